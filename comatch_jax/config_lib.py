@@ -1,0 +1,199 @@
+"""The config schema shared by every config file, presets, and validation.
+
+Config files in configs/ start from `base_config()` and override fields; every field can be
+overridden on the command line (`--config.num_labels=250`). `validate_config` turns
+mistakes into one clear line before anything expensive happens.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+FASHION_MNIST_MEAN, FASHION_MNIST_STD = (0.2860,), (0.3530,)
+CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2471, 0.2435, 0.2616)
+CIFAR100_MEAN, CIFAR100_STD = (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)
+STL10_MEAN, STL10_STD = (0.4409, 0.4279, 0.3868), (0.2683, 0.2610, 0.2687)
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+def base_config() -> ml_collections.ConfigDict:
+    """Defaults: CoMatch on offline Fashion-MNIST with 40 labels, sized for 2 CPU cores."""
+    config = ml_collections.ConfigDict()
+    config.method = "comatch"
+    config.seed = 0
+    config.num_labels = 40
+    config.batch_size = 16  # labeled images per step
+    config.mu = 7  # unlabeled images per labeled image
+    config.num_steps = 2000
+    config.log_every = 50
+    config.eval_every = 500
+    config.checkpoint_every = 500
+    config.keep_checkpoints = 3
+    config.eval_batch_size = 1000
+    config.data_on_device = True  # whole arrays on the accelerator; batches drawn in the step
+
+    config.dataset = ml_collections.ConfigDict()
+    config.dataset.name = "fashion_mnist"
+    config.dataset.source = "auto"  # auto | tfds | idx
+    config.dataset.data_dir = ml_collections.FieldReference(None, field_type=str)
+    config.dataset.idx_dir = "/usr/share/datasets/fashion-mnist"
+    config.dataset.train_split = "train"
+    config.dataset.test_split = "test"
+    config.dataset.extra_unlabeled_split = ml_collections.FieldReference(None, field_type=str)
+    config.dataset.include_labeled_in_unlabeled = False
+    config.dataset.mean = FASHION_MNIST_MEAN
+    config.dataset.std = FASHION_MNIST_STD
+
+    config.model = ml_collections.ConfigDict()
+    config.model.name = "small_cnn"
+    config.model.widths = (32, 64, 128)
+    config.model.convs_per_stage = 1
+    config.model.depth = 28  # wide_resnet / resnet
+    config.model.widen_factor = 2  # wide_resnet
+    config.model.stem = "imagenet"  # resnet: imagenet (7x7/2 + pool) or cifar (3x3/1)
+    config.model.low_dim = 64
+    config.model.bn_momentum = 0.999  # flax convention: 0.001 in PyTorch terms
+    config.model.dtype = "float32"
+
+    # View slots -> augmentation names (comatch_jax.augment.VIEW_NAMES); the rest are options.
+    config.augment = ml_collections.ConfigDict()
+    config.augment.weak = "weak"
+    config.augment.strong0 = "randaugment"
+    config.augment.strong1 = "simclr"
+    config.augment.flip = True
+    config.augment.pad_fraction = 0.125
+    config.augment.num_ops = 2
+    config.augment.op_prob = 0.5
+    config.augment.cutout_fraction = 0.5
+    config.augment.crop_scale = (0.2, 1.0)
+    config.augment.jitter_strength = (0.4, 0.4, 0.4, 0.1)
+    config.augment.jitter_prob = 0.8
+    config.augment.grayscale_prob = 0.2
+
+    config.comatch = ml_collections.ConfigDict()
+    config.comatch.alpha = 0.9  # weight of the model's own prediction in memory smoothing
+    config.comatch.temperature = 0.2  # t
+    config.comatch.contrast_threshold = 0.8  # T, pseudo-label graph
+    config.comatch.threshold = 0.95  # tau, confidence mask
+    config.comatch.lambda_cls = 1.0
+    config.comatch.lambda_ctr = 1.0
+    config.comatch.queue_size = 640  # K; the official CIFAR value is 5 batches: 5*(mu+1)*B
+    config.comatch.distribution_alignment = True
+    config.comatch.da_length = 32
+
+    config.optim = ml_collections.ConfigDict()
+    config.optim.lr = 0.03
+    config.optim.momentum = 0.9
+    config.optim.nesterov = True
+    config.optim.weight_decay = 5e-4
+    config.optim.schedule = "cosine"
+    config.optim.warmup_steps = 0
+
+    config.ema = ml_collections.ConfigDict()
+    config.ema.decay = 0.999
+    config.ema.average_batch_stats = False  # official: copy BN statistics into the EMA model
+    config.ema.teacher_weak_views = False  # EMA model makes the weak views' pseudo-labels
+    return config
+
+
+def apply_preset(config: ml_collections.ConfigDict, preset: str) -> ml_collections.ConfigDict:
+    """Published settings. '' = the CPU default. Names: cifar10_{40,250,4000},
+    cifar100_{400,2500,10000}, stl10, competition96."""
+    if not preset:
+        return config
+    name, _, labels = preset.partition("_")
+    if name == "cifar10" and labels in ("40", "250", "4000"):
+        # CoMatch paper / official code: WRN-28-2, B=64, mu=7, 2^19 steps.
+        _cifar(config, "cifar10", int(labels), CIFAR10_MEAN, CIFAR10_STD, widen_factor=2)
+        config.optim.weight_decay = 5e-4
+    elif name == "cifar100" and labels in ("400", "2500", "10000"):
+        _cifar(config, "cifar100", int(labels), CIFAR100_MEAN, CIFAR100_STD, widen_factor=8)
+        config.optim.weight_decay = 1e-3
+    elif preset == "stl10":
+        config.dataset.name = "stl10"
+        config.dataset.extra_unlabeled_split = "unlabelled"
+        config.dataset.include_labeled_in_unlabeled = True
+        config.dataset.mean, config.dataset.std = STL10_MEAN, STL10_STD
+        config.num_labels = 5000
+        config.model.name = "resnet"
+        config.model.depth = 18
+        config.model.stem = "imagenet"
+        config.batch_size, config.mu = 64, 7
+        config.num_steps = 512 * 1024
+        config.comatch.queue_size = 2560
+        config.optim.lr = 0.03
+        config.optim.weight_decay = 5e-4
+        _gpu_cadence(config)
+    elif preset == "competition96":
+        # The user's paper: 96 px, 800 classes, ResNet-50, B=64, mu=4, 400 epochs.
+        config.dataset.name = "image_folder"
+        config.dataset.mean, config.dataset.std = IMAGENET_MEAN, IMAGENET_STD
+        config.num_labels = 25600
+        config.model.name = "resnet"
+        config.model.depth = 50
+        config.model.stem = "imagenet"
+        config.model.bn_momentum = 0.9
+        config.batch_size, config.mu = 64, 4
+        config.num_steps = 400 * 512000 // (64 * 4)  # 400 epochs over the unlabeled set
+        config.comatch.update(
+            alpha=0.9, temperature=0.1, contrast_threshold=0.25, threshold=0.55,
+            lambda_cls=10.0, lambda_ctr=5.0, queue_size=30000,
+        )
+        config.optim.update(lr=0.1, momentum=0.9, nesterov=False, weight_decay=1e-4)
+        config.ema.teacher_weak_views = True
+        _gpu_cadence(config)
+    else:
+        raise ValueError(
+            f"Unknown preset {preset!r}; expected '', cifar10_40, cifar10_250, cifar10_4000, "
+            "cifar100_400, cifar100_2500, cifar100_10000, stl10 or competition96"
+        )
+    return config
+
+
+def _cifar(config, name, num_labels, mean, std, *, widen_factor):
+    config.dataset.name = name
+    config.dataset.mean, config.dataset.std = mean, std
+    config.num_labels = num_labels
+    config.model.name = "wide_resnet"
+    config.model.depth = 28
+    config.model.widen_factor = widen_factor
+    config.batch_size, config.mu = 64, 7
+    config.num_steps = 512 * 1024
+    config.comatch.queue_size = 2560
+    config.optim.lr = 0.03
+    _gpu_cadence(config)
+
+
+def _gpu_cadence(config):
+    config.log_every = 200
+    config.eval_every = 5000
+    config.checkpoint_every = 5000
+    config.model.dtype = "bfloat16"
+
+
+def validate_config(config: ml_collections.ConfigDict) -> None:
+    """Raises ValueError with one clear line for a config that cannot train."""
+    checks = [
+        (config.batch_size > 0, f"batch_size must be positive, got {config.batch_size}"),
+        (config.mu >= 0, f"mu must be >= 0, got {config.mu}"),
+        (config.num_steps > 0, f"num_steps must be positive, got {config.num_steps}"),
+        (config.num_labels > 0, f"num_labels must be positive, got {config.num_labels}"),
+        (config.log_every > 0 and config.eval_every > 0 and config.checkpoint_every > 0,
+         "log_every, eval_every and checkpoint_every must be positive"),
+        (0.0 <= config.ema.decay < 1.0, f"ema.decay must be in [0, 1), got {config.ema.decay}"),
+        (len(config.dataset.mean) == len(config.dataset.std),
+         "dataset.mean and dataset.std must have the same length"),
+        (config.eval_batch_size > 0, "eval_batch_size must be positive"),
+    ]
+    if config.method == "comatch":
+        options = config.comatch
+        checks += [
+            (config.mu > 0, "method=comatch needs unlabeled data: mu must be > 0"),
+            (0.0 <= options.alpha <= 1.0, f"comatch.alpha must be in [0, 1], got {options.alpha}"),
+            (options.temperature > 0, "comatch.temperature must be positive"),
+            (options.queue_size > 0, "comatch.queue_size must be positive"),
+            (options.da_length > 0, "comatch.da_length must be positive"),
+        ]
+    for ok, message in checks:
+        if not ok:
+            raise ValueError(f"Invalid config: {message}")

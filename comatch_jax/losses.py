@@ -1,0 +1,142 @@
+"""Losses and pseudo-label machinery of CoMatch (Li, Xiong, Hoi 2021, arXiv 2011.11183).
+
+Every function is pure: arrays in, arrays out, no state. Equation numbers refer to the
+CoMatch paper; where the paper and the official implementation (salesforce/CoMatch) differ
+in a detail, the official semantics are followed and the docstring says so.
+
+Shapes: B = batch, C = classes, D = embedding size, K = queue size.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+_LOG_EPS = 1e-7  # the official code's epsilon inside log(W^z)
+
+
+def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
+    """Mean cross-entropy of integer `labels` [B] under `logits` [B, C] (the L_x term)."""
+    log_probs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+    return -jnp.mean(jnp.take_along_axis(log_probs, labels[:, None], axis=-1))
+
+
+def soft_cross_entropy(logits: jax.Array, targets: jax.Array) -> jax.Array:
+    """Per-example cross-entropy -sum_c targets_c log softmax(logits)_c, shape [B]."""
+    log_probs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+    return -jnp.sum(targets * log_probs, axis=-1)
+
+
+def distribution_alignment(
+    probs: jax.Array, history: jax.Array, count: jax.Array
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Distribution alignment as in the official CoMatch/ReMixMatch code.
+
+    The batch's mean prediction is pushed into a ring buffer `history` [L, C] of the last L
+    batch means (`count` = how many were ever pushed); `probs` [B, C] are divided by the mean
+    of the buffer's valid rows (this batch included) and renormalised.
+
+    Returns (aligned probs [B, C], new history, new count).
+    """
+    length = history.shape[0]
+    history = history.at[count % length].set(jnp.mean(probs, axis=0))
+    count = count + 1
+    valid = (jnp.arange(length) < count)[:, None]
+    average = jnp.sum(jnp.where(valid, history, 0.0), axis=0) / jnp.minimum(count, length)
+    aligned = probs / average
+    aligned = aligned / jnp.sum(aligned, axis=-1, keepdims=True)
+    return aligned, history, count
+
+
+def memory_smoothed_pseudo_labels(
+    probs: jax.Array,
+    embeddings: jax.Array,
+    queue_embeddings: jax.Array,
+    queue_probs: jax.Array,
+    *,
+    alpha: float,
+    temperature: float,
+) -> jax.Array:
+    """Memory-smoothed pseudo-labels, Eq. (3)-(4).
+
+    q_b = alpha p_b + (1 - alpha) sum_k a_bk p_k,  a_bk = softmax_k(z_b . z_k / t),
+    where (z_k, p_k) are the K queue entries. probs [B, C], embeddings [B, D],
+    queue_embeddings [K, D], queue_probs [K, C] -> [B, C].
+    """
+    affinity = jax.nn.softmax(embeddings @ queue_embeddings.T / temperature, axis=-1)
+    return alpha * probs + (1.0 - alpha) * affinity @ queue_probs
+
+
+def pseudo_label_graph(pseudo_labels: jax.Array, *, threshold: float) -> jax.Array:
+    """Pseudo-label graph W^q, Eq. (5) with the paper's self-loop and threshold T.
+
+    W_bj = q_b . q_j with W_bb = 1, entries below `threshold` zeroed, rows normalised
+    to sum to one. pseudo_labels [B, C] -> [B, B].
+    """
+    graph = pseudo_labels @ pseudo_labels.T
+    graph = jnp.where(jnp.eye(graph.shape[0], dtype=bool), 1.0, graph)
+    graph = jnp.where(graph >= threshold, graph, 0.0)
+    return graph / jnp.sum(graph, axis=-1, keepdims=True)
+
+
+def embedding_graph(
+    embeddings: jax.Array, other_embeddings: jax.Array, *, temperature: float
+) -> jax.Array:
+    """Embedding graph W^z, Eq. (6)-(7): row-normalised exp(z_b . z'_j / t), shape [B, B].
+
+    `embeddings` and `other_embeddings` [B, D] are the two strong views' L2-normalised
+    projections (the official code uses the strong-to-strong similarity, no self pairs).
+    """
+    return jax.nn.softmax(embeddings @ other_embeddings.T / temperature, axis=-1)
+
+
+def graph_contrastive_loss(target_graph: jax.Array, similarity_graph: jax.Array) -> jax.Array:
+    """L_u^ctr, Eq. (8): mean over rows of the cross-entropy H(W^q_b, W^z_b).
+
+    `target_graph` is W^q (a target: no gradient flows into it), `similarity_graph` W^z.
+    The official code's 1e-7 inside the log is kept.
+    """
+    target_graph = jax.lax.stop_gradient(target_graph)  # W^q is a target, Eq. (8)
+    per_row = -jnp.sum(target_graph * jnp.log(similarity_graph + _LOG_EPS), axis=-1)
+    return jnp.mean(per_row)
+
+
+def masked_pseudo_label_loss(
+    strong_logits: jax.Array, pseudo_labels: jax.Array, *, threshold: float
+) -> tuple[jax.Array, jax.Array]:
+    """L_u^cls, Eq. (9): soft cross-entropy of the strong view against q where max(q) >= tau.
+
+    Averaged over the whole batch (masked examples count as zero), as in the official code.
+    Returns (loss, mask [B] of kept examples as float).
+    """
+    pseudo_labels = jax.lax.stop_gradient(pseudo_labels)  # q is a target
+    mask = (jnp.max(pseudo_labels, axis=-1) >= threshold).astype(jnp.float32)
+    return jnp.mean(soft_cross_entropy(strong_logits, pseudo_labels) * mask), mask
+
+
+def hard_pseudo_label_loss(
+    strong_logits: jax.Array, weak_probs: jax.Array, *, threshold: float
+) -> tuple[jax.Array, jax.Array]:
+    """FixMatch's unlabeled loss: CE of the strong view against argmax(p_weak) where max >= tau.
+
+    Returns (loss averaged over the whole batch, mask [B] as float).
+    """
+    weak_probs = jax.lax.stop_gradient(weak_probs)  # the weak view's prediction is a target
+    mask = (jnp.max(weak_probs, axis=-1) >= threshold).astype(jnp.float32)
+    hard = jax.nn.one_hot(jnp.argmax(weak_probs, axis=-1), weak_probs.shape[-1])
+    return jnp.mean(soft_cross_entropy(strong_logits, hard) * mask), mask
+
+
+def enqueue(
+    queue: jax.Array, pointer: jax.Array, entries: jax.Array
+) -> tuple[jax.Array, jax.Array]:
+    """Writes `entries` [N, ...] into the ring buffer `queue` [K, ...] at `pointer`.
+
+    Wraps around when the write passes the end (K need not be a multiple of N; if N > K
+    only the last K entries stay). Returns (new queue, new pointer = (pointer + N) % K).
+    """
+    size, count = queue.shape[0], entries.shape[0]
+    if count > size:
+        entries, pointer, count = entries[-size:], (pointer + count - size) % size, size
+    rows = (pointer + jnp.arange(count)) % size
+    return queue.at[rows].set(entries.astype(queue.dtype)), (pointer + count) % size

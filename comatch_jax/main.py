@@ -1,0 +1,30 @@
+"""Entry point: python -m comatch_jax.main --config=configs/comatch.py --workdir=/tmp/run.
+
+Any config field can be overridden, e.g. --config.num_labels=250; presets are chosen after
+a colon: --config=configs/comatch.py:cifar10_40.
+"""
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from comatch_jax import train
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file("config", None, "Training config file.", lock_config=True)
+flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and metrics.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+    # tf.data must never take GPU memory from JAX.
+    import tensorflow as tf  # file reading only
+
+    tf.config.set_visible_devices([], "GPU")
+    logging.info("Config:\n%s", FLAGS.config)
+    train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,280 @@
+"""The trainer: one loop for every method, with evaluation, logging and checkpoints.
+
+`train_and_evaluate(config, workdir)` builds everything from the config, resumes from the
+latest checkpoint in `workdir` if there is one, trains, and returns the final state and a
+summary. TensorFlow (file reading) and clu's writers are imported only here, lazily.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import signal
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import orbax.checkpoint as ocp
+from absl import logging
+
+from comatch_jax import config_lib, methods, models, sampling, train_state, train_step
+from comatch_jax.train_state import TrainState
+
+
+@dataclasses.dataclass(frozen=True)
+class SemiSupervisedData:
+    """The arrays one run trains and evaluates on (uint8 images, int32 labels)."""
+
+    labeled_images: np.ndarray
+    labels: np.ndarray
+    unlabeled_images: np.ndarray
+    unlabeled_labels: np.ndarray  # ground truth, only to monitor pseudo-label accuracy
+    test_images: np.ndarray
+    test_labels: np.ndarray
+    num_classes: int
+    source: str
+
+
+def prepare_data(config: ml_collections.ConfigDict, dataset: Any = None) -> SemiSupervisedData:
+    """Loads the dataset (unless given) and splits it into labeled and unlabeled parts."""
+    from comatch_jax import input_pipeline  # imports TensorFlow lazily, only to read files
+
+    if dataset is None:
+        dataset = input_pipeline.load_dataset(config.dataset)
+    labeled, unlabeled = input_pipeline.split_labeled_unlabeled(
+        dataset.train_labels,
+        num_labels=config.num_labels,
+        num_classes=dataset.num_classes,
+        seed=config.seed,
+        include_labeled_in_unlabeled=config.dataset.include_labeled_in_unlabeled,
+    )
+    unlabeled_images = dataset.train_images[unlabeled]
+    unlabeled_labels = dataset.train_labels[unlabeled]
+    extra = getattr(dataset, "extra_unlabeled_images", None)
+    if extra is not None and len(extra):
+        unlabeled_images = np.concatenate([unlabeled_images, extra])
+        # Extra unlabeled images have no ground truth: -1 never matches a pseudo-label.
+        unlabeled_labels = np.concatenate([unlabeled_labels, np.full(len(extra), -1, np.int32)])
+    logging.info(
+        "Data from %s: %d labeled, %d unlabeled, %d test images of shape %s, %d classes",
+        dataset.source, len(labeled), len(unlabeled_images), len(dataset.test_labels),
+        dataset.train_images.shape[1:], dataset.num_classes,
+    )
+    return SemiSupervisedData(
+        labeled_images=dataset.train_images[labeled],
+        labels=dataset.train_labels[labeled].astype(np.int32),
+        unlabeled_images=unlabeled_images,
+        unlabeled_labels=unlabeled_labels.astype(np.int32),
+        test_images=dataset.test_images,
+        test_labels=dataset.test_labels.astype(np.int32),
+        num_classes=dataset.num_classes,
+        source=dataset.source,
+    )
+
+
+def evaluate(eval_step, params, batch_stats, images: np.ndarray, labels: np.ndarray, batch_size: int) -> dict[str, float]:
+    """Accuracy and mean NLL over the whole set; the last batch is padded and masked."""
+    totals = {"correct": 0.0, "nll": 0.0, "count": 0.0}
+    for start in range(0, len(labels), batch_size):
+        chunk_images = images[start : start + batch_size]
+        chunk_labels = labels[start : start + batch_size]
+        pad = batch_size - len(chunk_labels)
+        mask = np.concatenate([np.ones(len(chunk_labels), np.float32), np.zeros(pad, np.float32)])
+        if pad:
+            chunk_images = np.concatenate([chunk_images, np.zeros((pad, *chunk_images.shape[1:]), chunk_images.dtype)])
+            chunk_labels = np.concatenate([chunk_labels, np.zeros(pad, chunk_labels.dtype)])
+        sums = eval_step(params, batch_stats, chunk_images, chunk_labels, mask)
+        for key, value in jax.device_get(sums).items():
+            totals[key] += float(value)
+    return {"accuracy": totals["correct"] / totals["count"], "nll": totals["nll"] / totals["count"]}
+
+
+class _TerminationRequest:
+    """Turns SIGTERM into a flag the loop checks, so it can checkpoint before exiting."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = None
+
+    def __enter__(self):
+        try:
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+        except ValueError:  # not the main thread: leave signals alone
+            self._previous = None
+        return self
+
+    def _handle(self, signum, frame):
+        logging.warning("SIGTERM received: checkpointing and stopping.")
+        self.requested = True
+
+    def __exit__(self, *exc):
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+
+
+def _check_finite(step: int, metrics: dict[str, float]) -> None:
+    bad = [name for name, value in metrics.items() if not np.isfinite(value)]
+    if bad:
+        raise FloatingPointError(
+            f"Non-finite {', '.join(bad)} at step {step}; training stopped, the last good "
+            "checkpoint is kept. Lower optim.lr or check the inputs."
+        )
+
+
+def _format_progress(step: int, total: int, metrics: dict[str, float], images_per_sec: float, eta: float) -> str:
+    shown = " ".join(
+        f"{name}={metrics[name]:.4f}"
+        for name in ("loss", "loss_x", "loss_u", "loss_ctr", "mask_rate", "pseudo_label_acc")
+        if name in metrics
+    )
+    return f"step {step}/{total} {shown} | {images_per_sec:.0f} img/s | ETA {_hms(eta)}"
+
+
+def _hms(seconds: float) -> str:
+    seconds = int(max(seconds, 0))
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+def _create_writer(workdir: str):
+    from clu import metric_writers  # imports TensorFlow: kept out of the core
+
+    return metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
+
+
+def _save_config(config: ml_collections.ConfigDict, workdir: str) -> None:
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+        f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+
+
+def train_and_evaluate(
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    *,
+    writer: Any = None,
+    dataset: Any = None,
+) -> tuple[TrainState, dict[str, Any]]:
+    """Trains `config.method` and evaluates the EMA model; resumes from `workdir`.
+
+    Returns the final state and a summary (final test accuracy of the EMA and raw models,
+    steps, wall time, data source). `writer` defaults to clu's TensorBoard + log writer;
+    `dataset` (an input_pipeline.InMemoryDataset) defaults to loading config.dataset.
+    """
+    config_lib.validate_config(config)
+    os.makedirs(workdir, exist_ok=True)
+    data = prepare_data(config, dataset)
+    method = methods.get_method(config.method)
+    model = models.create_model(config.model, data.num_classes)
+    tx = train_state.create_optimizer(config)
+    image_shape = data.labeled_images.shape[1:]
+
+    rng = jax.random.PRNGKey(config.seed)
+    init_rng, sampling_rng = jax.random.split(rng)
+    create = lambda: train_state.create_train_state(
+        init_rng, model=model, tx=tx, method=method, config=config,
+        image_shape=image_shape, num_classes=data.num_classes,
+    )
+    state = jax.jit(create)()
+
+    checkpoints = ocp.CheckpointManager(
+        os.path.abspath(os.path.join(workdir, "checkpoints")),
+        options=ocp.CheckpointManagerOptions(max_to_keep=config.keep_checkpoints, create=True),
+    )
+    if checkpoints.latest_step() is not None:
+        latest = checkpoints.latest_step()
+        state = checkpoints.restore(latest, args=ocp.args.StandardRestore(state))
+        logging.info("Resumed from the checkpoint of step %d in %s", latest, workdir)
+    _save_config(config, workdir)
+    writer = writer if writer is not None else _create_writer(workdir)
+
+    step_fn = train_step.make_train_step(model=model, tx=tx, method=method, config=config)
+    unlabeled_batch_size = config.batch_size * config.mu
+    arrays = {
+        "labeled_images": data.labeled_images,
+        "labels": data.labels,
+        "unlabeled_images": data.unlabeled_images,
+        "unlabeled_labels": data.unlabeled_labels,
+        "sampling_rng": np.asarray(sampling_rng),
+    }
+    if config.data_on_device:
+        arrays = jax.device_put(arrays)
+        jitted_step = jax.jit(
+            train_step.make_sampling_train_step(step_fn, config), donate_argnums=0
+        )
+        next_input = lambda step: arrays
+    else:
+        jitted_step = jax.jit(step_fn, donate_argnums=0)
+        next_input = lambda step: jax.tree.map(
+            np.asarray,
+            sampling.sample_batch(
+                arrays, step, batch_size=config.batch_size,
+                unlabeled_batch_size=unlabeled_batch_size,
+            ),
+        )
+    eval_step = jax.jit(train_step.make_eval_step(model, config))
+    images_per_step = config.batch_size * len(method.labeled_views) + unlabeled_batch_size * len(
+        method.unlabeled_views
+    )
+
+    def run_eval(step: int) -> dict[str, float]:
+        ema = evaluate(eval_step, state.ema_params, state.ema_batch_stats, data.test_images, data.test_labels, config.eval_batch_size)
+        raw = evaluate(eval_step, state.params, state.batch_stats, data.test_images, data.test_labels, config.eval_batch_size)
+        results = {"test_accuracy": ema["accuracy"], "test_nll": ema["nll"], "test_accuracy_raw": raw["accuracy"]}
+        writer.write_scalars(step, results)
+        _append_jsonl(workdir, {"step": step, **results})
+        logging.info("step %d: test accuracy %.4f (EMA), %.4f (raw model)", step, ema["accuracy"], raw["accuracy"])
+        return results
+
+    start_step = int(jax.device_get(state.step))
+    pending: list[dict[str, jax.Array]] = []
+    last_time, last_step, train_start = time.time(), start_step, time.time()
+    results: dict[str, float] = {}
+    step = start_step
+    with _TerminationRequest() as termination:
+        while step < config.num_steps:
+            state, metrics = jitted_step(state, next_input(step))
+            pending.append(metrics)
+            step += 1
+            if step % config.log_every == 0 or step == config.num_steps:
+                fetched = jax.device_get(pending)
+                pending = []
+                means = {k: float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
+                _check_finite(step, means)
+                now = time.time()
+                images_per_sec = (step - last_step) * images_per_step / max(now - last_time, 1e-9)
+                eta = (config.num_steps - step) * (now - last_time) / max(step - last_step, 1)
+                last_time, last_step = now, step
+                writer.write_scalars(step, {**means, "images_per_sec": images_per_sec})
+                _append_jsonl(workdir, {"step": step, **means, "images_per_sec": images_per_sec})
+                logging.info("%s", _format_progress(step, config.num_steps, means, images_per_sec, eta))
+            if step % config.eval_every == 0 or step == config.num_steps:
+                results = run_eval(step)
+            if step % config.checkpoint_every == 0 or step == config.num_steps or termination.requested:
+                checkpoints.save(step, args=ocp.args.StandardSave(state))
+            if termination.requested:
+                checkpoints.wait_until_finished()
+                raise SystemExit(f"Stopped by SIGTERM at step {step}; rerun the same command to resume.")
+    checkpoints.wait_until_finished()
+    if not results:
+        results = run_eval(step)
+    writer.flush()
+    summary = {
+        "final_step": step,
+        "test_accuracy": results["test_accuracy"],
+        "test_accuracy_raw": results["test_accuracy_raw"],
+        "train_seconds": time.time() - train_start,
+        "data_source": data.source,
+    }
+    with open(os.path.join(workdir, "summary.json"), "w") as f:
+        json.dump(summary, f, indent=2)
+    logging.info("Final test accuracy (EMA model): %.4f", summary["test_accuracy"])
+    return state, summary
+
+
+def _append_jsonl(workdir: str, record: dict[str, Any]) -> None:
+    if jax.process_index() == 0:
+        with open(os.path.join(workdir, "metrics.jsonl"), "a") as f:
+            f.write(json.dumps(record) + "\n")

@@ -1,0 +1,24 @@
+"""CoMatch (Li, Xiong, Hoi 2021).
+
+Default: a CPU-sized run on the real Fashion-MNIST (offline, Debian's dataset-fashion-mnist)
+with 40 labels and a small CNN:
+
+  python -m comatch_jax.main --config=configs/comatch.py --workdir=/tmp/run
+
+Presets with the published settings (for a GPU), e.g.
+
+  python -m comatch_jax.main --config=configs/comatch.py:cifar10_40 --workdir=/tmp/c10_40
+
+cifar10_{40,250,4000}: WRN-28-2, B=64, mu=7, 2^19 steps; the paper reports 93.09 / 95.09 /
+95.44 % accuracy. cifar100_{400,2500,10000}: WRN-28-8. stl10: ResNet-18 at 96 px.
+competition96: ResNet-50, 96 px, 800 classes from an image folder (the user's paper).
+Measured results of the default are in experiments/RESULTS.md.
+"""
+
+from comatch_jax import config_lib
+
+
+def get_config(preset: str = ""):
+    config = config_lib.base_config()
+    config.method = "comatch"
+    return config_lib.apply_preset(config, preset)

@@ -1,0 +1,15 @@
+"""Supervised-only baseline: the same model, data and loop with the unlabeled terms off.
+
+  python -m comatch_jax.main --config=configs/supervised.py --workdir=/tmp/sup
+
+Takes the same presets as configs/comatch.py (e.g. configs/supervised.py:cifar10_4000).
+"""
+
+from comatch_jax import config_lib
+
+
+def get_config(preset: str = ""):
+    config = config_lib.apply_preset(config_lib.base_config(), preset)
+    config.method = "supervised"
+    config.mu = 0  # no unlabeled images are drawn
+    return config

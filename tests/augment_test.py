@@ -1,0 +1,565 @@
+"""Tests for comatch_jax.augment."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from comatch_jax import augment
+
+VIEWS = {
+    "weak": augment.weak_view,
+    "randaugment": augment.randaugment_view,
+    "simclr": augment.simclr_view,
+}
+
+
+def random_images(shape, seed=0, low=0, high=256):
+    return np.random.RandomState(seed).randint(low, high, shape).astype(np.uint8)
+
+
+def gradient_image(height, width, channels):
+    """Distinct, fill-free pixel values that encode their position."""
+    rows = np.arange(height)[:, None, None]
+    cols = np.arange(width)[None, :, None]
+    chans = np.arange(channels)[None, None, :]
+    return (1 + rows * width + cols + 3 * chans).astype(np.uint8)
+
+
+def reference_affine(image, matrix, fill):
+    """NumPy PIL-style affine: nearest sampling of the inverse map, fill outside."""
+    height, width, _ = image.shape
+    matrix = np.asarray(matrix, np.float64)
+    out = np.empty_like(image, dtype=np.float64)
+    for y in range(height):
+        for x in range(width):
+            x_in, y_in, _ = matrix @ np.array([x + 0.5, y + 0.5, 1.0])
+            col, row = int(np.floor(x_in)), int(np.floor(y_in))
+            inside = 0 <= col < width and 0 <= row < height
+            out[y, x] = image[row, col] if inside else fill
+    return out
+
+
+def assert_close_pixels(actual, expected, atol=0, err_msg=""):
+    np.testing.assert_allclose(
+        np.asarray(actual, np.float64),
+        np.asarray(expected, np.float64),
+        atol=atol,
+        err_msg=err_msg,
+    )
+
+
+@functools.lru_cache(maxsize=None)
+def jitted_view(name, **options):
+    return jax.jit(functools.partial(VIEWS[name], **options))
+
+
+# ---------------------------------------------------------------------------
+# Views: shape, dtype, determinism, per-image randomness
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", sorted(VIEWS))
+@pytest.mark.parametrize("shape", [(4, 8, 8, 1), (4, 16, 16, 3), (3, 12, 10, 3)])
+def test_view_keeps_shape_dtype_and_range(name, shape):
+    images = random_images(shape)
+    out = jitted_view(name)(jax.random.PRNGKey(0), images)
+    assert out.shape == shape
+    assert out.dtype == jnp.uint8
+    out = np.asarray(out)
+    assert 0 <= out.min() <= out.max() <= 255
+    assert out.std() > 0
+
+
+@pytest.mark.parametrize("name", sorted(VIEWS))
+def test_view_is_deterministic_per_key(name):
+    images = random_images((4, 16, 16, 3))
+    view = jitted_view(name)
+    first = view(jax.random.PRNGKey(1), images)
+    again = view(jax.random.PRNGKey(1), images)
+    other = view(jax.random.PRNGKey(2), images)
+    np.testing.assert_array_equal(first, again)
+    assert not np.array_equal(first, other)
+
+
+@pytest.mark.parametrize("name", sorted(VIEWS))
+def test_view_draws_parameters_per_image(name):
+    images = np.repeat(random_images((1, 16, 16, 3)), 8, axis=0)
+    out = np.asarray(jitted_view(name)(jax.random.PRNGKey(3), images))
+    distinct = {out[i].tobytes() for i in range(len(out))}
+    assert len(distinct) > 1
+
+
+def test_view_accepts_new_style_keys():
+    images = random_images((2, 8, 8, 3))
+    out = augment.randaugment_view(jax.random.key(0), images)
+    assert out.shape == images.shape
+
+
+# ---------------------------------------------------------------------------
+# Weak view: flip + reflect pad-and-crop
+# ---------------------------------------------------------------------------
+
+
+def test_weak_without_flip_and_pad_is_identity():
+    images = random_images((4, 8, 8, 3))
+    out = augment.weak_view(
+        jax.random.PRNGKey(0), images, flip=False, pad_fraction=0.0
+    )
+    np.testing.assert_array_equal(out, images)
+
+
+def test_horizontal_flip_of_gradient_equals_np_flip():
+    image = gradient_image(8, 8, 3)
+    out = augment._warp_weak(jnp.asarray(image), jnp.asarray(True), 0, 0)
+    np.testing.assert_array_equal(out, np.flip(image, axis=1))
+
+
+def test_weak_flip_only_gives_image_or_its_mirror():
+    images = np.repeat(gradient_image(8, 8, 1)[None], 16, axis=0)
+    out = np.asarray(
+        augment.weak_view(jax.random.PRNGKey(0), images, pad_fraction=0.0)
+    )
+    flipped = [np.array_equal(o, np.flip(images[0], axis=1)) for o in out]
+    same = [np.array_equal(o, images[0]) for o in out]
+    assert all(f or s for f, s in zip(flipped, same))
+    assert any(flipped) and any(same)
+
+
+def test_reflect_index_matches_numpy_reflect_padding():
+    size = 5
+    index = np.arange(-12, 17)
+    padded = np.pad(np.arange(size), 12, mode="reflect")
+    np.testing.assert_array_equal(augment.reflect_index(jnp.asarray(index), size), padded)
+    np.testing.assert_array_equal(augment.reflect_index(jnp.arange(-3, 3), 1), 0)
+
+
+@pytest.mark.parametrize("flip", [False, True])
+def test_weak_translation_uses_reflected_pixels(flip):
+    pad = 3
+    image = gradient_image(8, 8, 2)
+    source = np.flip(image, axis=1) if flip else image
+    padded = np.pad(source, ((pad, pad), (pad, pad), (0, 0)), mode="reflect")
+    for shift_y in range(-pad, pad + 1):
+        for shift_x in range(-pad, pad + 1):
+            out = augment._warp_weak(
+                jnp.asarray(image), jnp.asarray(flip), shift_y, shift_x
+            )
+            top, left = pad + shift_y, pad + shift_x
+            np.testing.assert_array_equal(out, padded[top : top + 8, left : left + 8])
+
+
+def test_weak_view_outputs_are_reflect_padded_crops():
+    pad = 2  # round(0.25 * 8)
+    image = gradient_image(8, 8, 1)
+    candidates = set()
+    for source in (image, np.flip(image, axis=1)):
+        padded = np.pad(source, ((pad, pad), (pad, pad), (0, 0)), mode="reflect")
+        for top in range(2 * pad + 1):
+            for left in range(2 * pad + 1):
+                candidates.add(padded[top : top + 8, left : left + 8].tobytes())
+    images = np.repeat(image[None], 32, axis=0)
+    out = np.asarray(augment.weak_view(jax.random.PRNGKey(0), images, pad_fraction=0.25))
+    produced = {o.tobytes() for o in out}
+    assert produced <= candidates
+    assert len(produced) > 8
+
+
+# ---------------------------------------------------------------------------
+# Geometric ops
+# ---------------------------------------------------------------------------
+
+
+def test_rotate_90_is_counter_clockwise_like_np_rot90():
+    image = gradient_image(8, 8, 3)
+    out = augment.warp(image, augment.rotate_matrix(90.0, 8, 8), 0)
+    np.testing.assert_array_equal(out, np.rot90(image))
+    out = augment.warp(image, augment.rotate_matrix(-90.0, 8, 8), 0)
+    np.testing.assert_array_equal(out, np.rot90(image, k=-1))
+
+
+@pytest.mark.parametrize("degrees", [30.0, -30.0, 17.0])
+def test_rotate_matches_numpy_reference(degrees):
+    image = gradient_image(10, 12, 1)
+    matrix = augment.rotate_matrix(degrees, 10, 12)
+    out = augment.warp(image, matrix, 128)
+    assert_close_pixels(out, reference_affine(image, matrix, 128))
+
+
+@pytest.mark.parametrize("tx, ty", [(3, 0), (-2, 0), (0, 4), (2, -3)])
+def test_translate_matches_shift_with_fill(tx, ty):
+    image = gradient_image(8, 8, 3)
+    expected = np.full_like(image, 128)
+    # output(x, y) = input(x + tx, y + ty)
+    src = image[max(ty, 0) : 8 + min(ty, 0), max(tx, 0) : 8 + min(tx, 0)]
+    expected[max(-ty, 0) : 8 + min(-ty, 0), max(-tx, 0) : 8 + min(-tx, 0)] = src
+    out = augment.warp(image, augment.translate_matrix(tx, ty), 128)
+    np.testing.assert_array_equal(out, expected)
+
+
+@pytest.mark.parametrize(
+    "matrix_fn", [augment.shear_x_matrix, augment.shear_y_matrix], ids=["x", "y"]
+)
+@pytest.mark.parametrize("amount", [0.3, -0.3])
+def test_shear_of_constant_image_is_constant_inside(matrix_fn, amount):
+    image = np.full((8, 8, 1), 77, np.uint8)
+    out = np.asarray(augment.warp(image, matrix_fn(amount), 128))
+    assert set(np.unique(out)) <= {77.0, 128.0}
+    assert (out == 77).sum() > 32
+    assert_close_pixels(out, reference_affine(image, matrix_fn(amount), 128))
+    gradient = gradient_image(8, 8, 1)
+    assert_close_pixels(
+        augment.warp(gradient, matrix_fn(amount), 128),
+        reference_affine(gradient, matrix_fn(amount), 128),
+    )
+
+
+def test_chained_warp_equals_sequential_warps():
+    image = gradient_image(12, 12, 1)
+    matrices = [augment.rotate_matrix(30.0, 12, 12), augment.shear_x_matrix(-0.3)]
+    sequential = augment.warp(augment.warp(image, matrices[0], 128), matrices[1], 128)
+    combined = augment._warp_weak(
+        jnp.asarray(image), jnp.asarray(False), 0, 0, matrices, 128
+    )
+    np.testing.assert_array_equal(combined, sequential)
+
+
+# ---------------------------------------------------------------------------
+# Photometric ops vs NumPy references
+# ---------------------------------------------------------------------------
+
+
+def numpy_luma(image):
+    image = image.astype(np.float64)
+    if image.shape[-1] != 3:
+        return image[..., 0]
+    return np.round(image @ np.array([0.299, 0.587, 0.114]))
+
+
+@pytest.mark.parametrize("threshold", [0, 100, 128, 256])
+def test_solarize_inverts_pixels_at_or_above_threshold(threshold):
+    image = random_images((8, 8, 3))
+    expected = np.where(image >= threshold, 255 - image, image)
+    assert_close_pixels(augment.solarize(image, threshold), expected)
+
+
+@pytest.mark.parametrize("bits", [1, 4, 7, 8])
+def test_posterize_keeps_high_bits(bits):
+    image = random_images((8, 8, 3))
+    mask = (0xFF << (8 - bits)) & 0xFF
+    assert_close_pixels(augment.posterize(image, bits), image & mask)
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_auto_contrast_stretches_each_channel(channels):
+    image = random_images((8, 8, channels), low=40, high=180)
+    out = np.asarray(augment.auto_contrast(image))
+    lo = image.min(axis=(0, 1)).astype(np.float64)
+    hi = image.max(axis=(0, 1)).astype(np.float64)
+    expected = np.round((image - lo) * 255.0 / (hi - lo))
+    assert_close_pixels(out, expected)
+    np.testing.assert_array_equal(out.min(axis=(0, 1)), 0)
+    np.testing.assert_array_equal(out.max(axis=(0, 1)), 255)
+
+
+def test_auto_contrast_keeps_constant_channel():
+    image = random_images((8, 8, 3), low=40, high=180)
+    image[..., 1] = 99
+    out = np.asarray(augment.auto_contrast(image))
+    np.testing.assert_array_equal(out[..., 1], 99)
+
+
+def numpy_equalize(image):
+    """PIL ImageOps.equalize, per channel."""
+    out = np.empty(image.shape, np.float64)
+    for c in range(image.shape[-1]):
+        histogram = np.bincount(image[..., c].ravel(), minlength=256)
+        nonzero = histogram[histogram > 0]
+        step = (nonzero.sum() - nonzero[-1]) // 256
+        if len(nonzero) <= 1 or step == 0:
+            lut = np.arange(256)
+        else:
+            count_below = np.cumsum(histogram) - histogram
+            lut = np.minimum((step // 2 + count_below) // step, 255)
+        out[..., c] = lut[image[..., c]]
+    return out
+
+
+def test_equalize_of_flat_histogram_is_unchanged():
+    image = np.random.RandomState(0).permutation(256).reshape(16, 16, 1)
+    image = image.astype(np.uint8)
+    assert_close_pixels(augment.equalize(image), image)
+
+
+def test_equalize_of_two_valued_image_maps_to_extremes():
+    image = np.full((32, 32, 1), 50, np.uint8)
+    image[:16] = 200
+    out = np.asarray(augment.equalize(image))
+    np.testing.assert_array_equal(out[16:], 0)
+    np.testing.assert_array_equal(out[:16], 255)
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_equalize_matches_numpy_reference(channels):
+    image = random_images((32, 32, channels), low=60, high=140)
+    assert_close_pixels(augment.equalize(image), numpy_equalize(image))
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_brightness(channels):
+    image = random_images((8, 8, channels))
+    assert_close_pixels(augment.brightness(image, 0.0), 0)
+    assert_close_pixels(augment.brightness(image, 1.0), image)
+    expected = np.clip(np.round(image * 1.9), 0, 255)
+    assert_close_pixels(augment.brightness(image, 1.9), expected, atol=1)
+
+
+@pytest.mark.parametrize("factor", [0.1, 1.0, 1.9])
+@pytest.mark.parametrize("channels", [1, 3])
+def test_contrast(factor, channels):
+    image = random_images((8, 8, channels))
+    mean = np.floor(numpy_luma(image).mean() + 0.5)
+    expected = np.clip(np.round(mean + factor * (image - mean)), 0, 255)
+    out = augment.contrast(image, factor)
+    assert_close_pixels(out, expected, atol=0 if factor == 1.0 else 1)
+
+
+@pytest.mark.parametrize("factor", [0.1, 1.0, 1.9])
+def test_color(factor):
+    image = random_images((8, 8, 3))
+    gray = numpy_luma(image)[..., None]
+    expected = np.clip(np.round(gray + factor * (image - gray)), 0, 255)
+    assert_close_pixels(
+        augment.color(image, factor), expected, atol=0 if factor == 1.0 else 1
+    )
+    assert_close_pixels(augment.color(image[..., :1], factor), image[..., :1])
+
+
+def numpy_smooth(image):
+    image = image.astype(np.float64)
+    out = image.copy()
+    kernel = np.array([[1, 1, 1], [1, 5, 1], [1, 1, 1]]) / 13.0
+    for y in range(1, image.shape[0] - 1):
+        for x in range(1, image.shape[1] - 1):
+            window = image[y - 1 : y + 2, x - 1 : x + 2]
+            out[y, x] = np.round(np.tensordot(kernel, window, axes=2))
+    return out
+
+
+@pytest.mark.parametrize("factor", [0.0, 1.0, 1.9])
+def test_sharpness(factor):
+    image = random_images((8, 8, 3))
+    smooth = numpy_smooth(image)
+    expected = np.clip(np.round(smooth + factor * (image - smooth)), 0, 255)
+    out = augment.sharpness(image, factor)
+    assert_close_pixels(out, expected, atol=0 if factor in (0.0, 1.0) else 1)
+    # Borders are never changed.
+    np.testing.assert_array_equal(np.asarray(out)[0], image[0])
+    np.testing.assert_array_equal(np.asarray(out)[:, -1], image[:, -1])
+
+
+def test_cutout_fills_exact_square_inside_and_clips_at_border():
+    image = random_images((16, 16, 3), low=0, high=100)
+    out = np.asarray(augment.cutout(image, 8, 7, 6, 128))
+    filled = np.all(out == 128, axis=-1)
+    assert filled.sum() == 36
+    assert filled[5:11, 4:10].all()
+    np.testing.assert_array_equal(out[~filled], image[~filled])
+    corner = np.all(np.asarray(augment.cutout(image, 0, 15, 6, 128)) == 128, axis=-1)
+    assert corner.sum() == 3 * 4
+    assert corner[:3, 12:].all()
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_ops_agree_with_pil_within_rounding(channels):
+    pytest.importorskip("PIL", reason="PIL not installed")
+    from PIL import Image, ImageEnhance, ImageOps
+
+    image = random_images((12, 10, channels), seed=channels)
+
+    def to_pil(array):
+        return Image.fromarray(array[..., 0] if channels == 1 else array)
+
+    def from_pil(pil_image):
+        return np.asarray(pil_image).reshape(12, 10, channels)
+
+    fill = 128 if channels == 1 else (128,) * 3
+    exact = {
+        "rotate": (
+            augment.warp(image, augment.rotate_matrix(30.0, 12, 10), 128),
+            to_pil(image).rotate(30.0, fillcolor=fill),
+        ),
+        "shear": (
+            augment.warp(image, augment.shear_x_matrix(0.3), 128),
+            to_pil(image).transform(
+                (10, 12), Image.AFFINE, (1, 0.3, 0, 0, 1, 0), fillcolor=fill
+            ),
+        ),
+        "solarize": (augment.solarize(image, 128), ImageOps.solarize(to_pil(image))),
+        "posterize": (augment.posterize(image, 4), ImageOps.posterize(to_pil(image), 4)),
+        "equalize": (augment.equalize(image), ImageOps.equalize(to_pil(image))),
+    }
+    for name, (ours, theirs) in exact.items():
+        assert_close_pixels(ours, from_pil(theirs), err_msg=name)
+    # PIL truncates where we round: at most one gray level apart.
+    approximate = {
+        "auto_contrast": (augment.auto_contrast(image), ImageOps.autocontrast),
+        "color": (augment.color(image, 1.9), lambda p: ImageEnhance.Color(p).enhance(1.9)),
+        "contrast": (
+            augment.contrast(image, 0.1),
+            lambda p: ImageEnhance.Contrast(p).enhance(0.1),
+        ),
+        "brightness": (
+            augment.brightness(image, 1.9),
+            lambda p: ImageEnhance.Brightness(p).enhance(1.9),
+        ),
+        "sharpness": (
+            augment.sharpness(image, 1.9),
+            lambda p: ImageEnhance.Sharpness(p).enhance(1.9),
+        ),
+    }
+    for name, (ours, pil_op) in approximate.items():
+        assert_close_pixels(ours, from_pil(pil_op(to_pil(image))), 1, name)
+
+
+# ---------------------------------------------------------------------------
+# RandAugment internals
+# ---------------------------------------------------------------------------
+
+
+def test_randaugment_op_table():
+    h, w = 16, 12
+    sign = jnp.float32(-1.0)
+    expected_matrices = {
+        augment.ROTATE: augment.rotate_matrix(-30.0, h, w),
+        augment.SHEAR_X: augment.shear_x_matrix(-0.3),
+        augment.SHEAR_Y: augment.shear_y_matrix(-0.3),
+        augment.TRANSLATE_X: augment.translate_matrix(-3, 0),
+        augment.TRANSLATE_Y: augment.translate_matrix(0, -4),
+    }
+    identity = augment.PhotometricParams()
+    expected_params = {
+        augment.AUTO_CONTRAST: identity._replace(auto_contrast=True),
+        augment.EQUALIZE: identity._replace(equalize=True),
+        augment.SOLARIZE: identity._replace(solarize_threshold=128),
+        augment.POSTERIZE: identity._replace(posterize_bits=4),
+        augment.COLOR: identity._replace(color=0.1),
+        augment.CONTRAST: identity._replace(contrast=0.1),
+        augment.BRIGHTNESS: identity._replace(brightness=0.1),
+        augment.SHARPNESS: identity._replace(sharpness=0.1),
+    }
+    for op in range(len(augment.RANDAUGMENT_OPS)):
+        matrix = augment._randaugment_matrix(jnp.int32(op), sign, h, w)
+        np.testing.assert_allclose(
+            matrix, expected_matrices.get(op, np.eye(3)), atol=1e-6
+        )
+        params = augment._randaugment_photometric_params(jnp.int32(op), sign)
+        for field, value in zip(params._fields, expected_params.get(op, identity)):
+            np.testing.assert_allclose(
+                np.asarray(getattr(params, field), np.float64), value, atol=1e-6
+            )
+
+
+def test_randaugment_with_nothing_enabled_is_identity():
+    images = random_images((4, 8, 8, 3))
+    out = augment.randaugment_view(
+        jax.random.PRNGKey(0),
+        images,
+        flip=False,
+        pad_fraction=0.0,
+        op_prob=0.0,
+        cutout_fraction=0.0,
+    )
+    np.testing.assert_array_equal(out, images)
+
+
+def test_randaugment_cutout_is_always_applied():
+    images = random_images((8, 16, 16, 3), low=0, high=100)
+    out = np.asarray(
+        augment.randaugment_view(
+            jax.random.PRNGKey(0), images, flip=False, pad_fraction=0.0, op_prob=0.0
+        )
+    )
+    filled = np.all(out == 128, axis=-1).sum(axis=(1, 2))
+    assert np.all(filled >= 4 * 4)  # at least a quarter of the 8x8 square
+    assert np.all(filled <= 8 * 8)
+
+
+# ---------------------------------------------------------------------------
+# SimCLR view
+# ---------------------------------------------------------------------------
+
+
+def test_simclr_full_crop_without_jitter_is_identity():
+    images = random_images((4, 8, 8, 3))
+    out = augment.simclr_view(
+        jax.random.PRNGKey(0),
+        images,
+        flip=False,
+        crop_scale=(1.0, 1.0),
+        crop_ratio=(1.0, 1.0),
+        jitter_prob=0.0,
+        grayscale_prob=0.0,
+    )
+    np.testing.assert_array_equal(out, images)
+
+
+def test_simclr_grayscale_makes_channels_equal():
+    images = random_images((4, 8, 8, 3))
+    out = np.asarray(
+        augment.simclr_view(jax.random.PRNGKey(0), images, grayscale_prob=1.0)
+    )
+    np.testing.assert_array_equal(out[..., 0], out[..., 1])
+    np.testing.assert_array_equal(out[..., 0], out[..., 2])
+
+
+def test_simclr_crop_params_stay_inside_image():
+    keys = jax.random.split(jax.random.PRNGKey(0), 256)
+    params = jax.vmap(
+        lambda k: augment._random_resized_crop_params(
+            k, 12, 10, (0.2, 1.0), (3 / 4, 4 / 3)
+        )
+    )(keys)
+    top, left, crop_h, crop_w = map(np.asarray, params)
+    assert np.all((crop_h >= 1) & (crop_w >= 1))
+    assert np.all((top >= 0) & (top + crop_h <= 12))
+    assert np.all((left >= 0) & (left + crop_w <= 10))
+    area = crop_h * crop_w / 120.0
+    assert area.min() < 0.5 and area.max() > 0.7
+
+
+# ---------------------------------------------------------------------------
+# make_view
+# ---------------------------------------------------------------------------
+
+
+def test_make_view_dispatches_and_filters_options():
+    images = random_images((4, 8, 8, 3))
+    rng = jax.random.PRNGKey(0)
+    options = dict(pad_fraction=0.25, num_ops=1, jitter_prob=0.5)
+    np.testing.assert_array_equal(
+        augment.make_view("none", rng, images, **options), images
+    )
+    np.testing.assert_array_equal(
+        augment.make_view("weak", rng, images, **options),
+        augment.weak_view(rng, images, pad_fraction=0.25),
+    )
+    np.testing.assert_array_equal(
+        augment.make_view("randaugment", rng, images, **options),
+        augment.randaugment_view(rng, images, pad_fraction=0.25, num_ops=1),
+    )
+    np.testing.assert_array_equal(
+        augment.make_view("simclr", rng, images, **options),
+        augment.simclr_view(rng, images, jitter_prob=0.5),
+    )
+    assert set(augment.VIEW_NAMES) == {"none", "weak", "randaugment", "simclr"}
+
+
+def test_make_view_rejects_unknown_name_and_option():
+    images = random_images((2, 8, 8, 1))
+    with pytest.raises(ValueError, match="randaugment"):
+        augment.make_view("strong", jax.random.PRNGKey(0), images)
+    with pytest.raises(TypeError, match="pad_fractoin"):
+        augment.make_view("weak", jax.random.PRNGKey(0), images, pad_fractoin=0.1)

@@ -1,0 +1,160 @@
+"""A few real steps of tiny configs: losses finite, queue fills, EMA moves, resume, main."""
+
+import json
+import os
+import shutil
+
+import jax
+import ml_collections
+import numpy as np
+import pytest
+
+from comatch_jax import config_lib, input_pipeline, train
+
+
+def tiny_config(method: str = "comatch") -> ml_collections.ConfigDict:
+    config = config_lib.base_config()
+    config.method = method
+    config.num_labels = 20
+    config.batch_size = 4
+    config.mu = 2 if method != "supervised" else 0
+    config.num_steps = 6
+    config.log_every = 2
+    config.eval_every = 3
+    config.checkpoint_every = 3
+    config.eval_batch_size = 16
+    config.model.widths = (8, 16)
+    config.model.low_dim = 8
+    config.model.bn_momentum = 0.9  # running statistics must settle within a few steps
+    config.comatch.queue_size = 20  # 12 entries per step: fills (and wraps) on step 2
+    config.comatch.da_length = 4
+    config.comatch.threshold = 0.0  # keep every pseudo-label so L_u is exercised
+    config.optim.lr = 0.05
+    config.ema.decay = 0.9
+    return config
+
+
+def synthetic_dataset(num_train: int = 120, num_test: int = 50, size: int = 12) -> input_pipeline.InMemoryDataset:
+    """10 classes whose images differ in mean brightness: learnable in a few steps."""
+    rng = np.random.default_rng(0)
+
+    def make(n):
+        labels = np.arange(n, dtype=np.int32) % 10
+        images = rng.integers(0, 20, size=(n, size, size, 1)) + labels[:, None, None, None] * 25
+        return images.astype(np.uint8), labels
+
+    train_images, train_labels = make(num_train)
+    test_images, test_labels = make(num_test)
+    return input_pipeline.InMemoryDataset(
+        train_images=train_images,
+        train_labels=train_labels,
+        test_images=test_images,
+        test_labels=test_labels,
+        num_classes=10,
+        class_names=tuple(str(i) for i in range(10)),
+        source="synthetic (test)",
+    )
+
+
+class RecordingWriter:
+    def __init__(self):
+        self.scalars = []
+
+    def write_scalars(self, step, scalars):
+        self.scalars.append((step, dict(scalars)))
+
+    def flush(self):
+        pass
+
+
+def _leaves(tree):
+    return [np.asarray(x) for x in jax.tree.leaves(jax.device_get(tree))]
+
+
+def test_comatch_steps_are_finite_queue_fills_and_ema_moves(tmp_path):
+    writer = RecordingWriter()
+    state, summary = train.train_and_evaluate(
+        tiny_config(), str(tmp_path), writer=writer, dataset=synthetic_dataset()
+    )
+    assert int(state.step) == 6
+    logged = [s for _, s in writer.scalars if "loss" in s]
+    assert logged, "training metrics were written"
+    for scalars in logged:
+        for name in ("loss", "loss_x", "loss_u", "loss_ctr", "mask_rate"):
+            assert np.isfinite(scalars[name]), name
+    assert any(s["loss_u"] > 0 for s in logged) and any(s["loss_ctr"] > 0 for s in logged)
+    queue = state.method_state
+    assert int(queue["queue_filled"]) == 20
+    assert int(queue["queue_pointer"]) == (6 * 12) % 20
+    np.testing.assert_allclose(np.linalg.norm(queue["queue_embeddings"], axis=-1), 1.0, rtol=1e-4)
+    np.testing.assert_allclose(queue["queue_probs"].sum(-1), 1.0, rtol=1e-4)
+    # The EMA moved away from the initial params but is not the trained params.
+    ema, params = _leaves(state.ema_params), _leaves(state.params)
+    assert any(not np.allclose(e, p) for e, p in zip(ema, params))
+    assert 0.0 <= summary["test_accuracy"] <= 1.0
+    assert os.path.exists(tmp_path / "summary.json")
+    records = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
+    assert any("test_accuracy" in r for r in records)
+
+
+def test_supervised_baseline_learns_the_synthetic_task(tmp_path):
+    config = tiny_config("supervised")
+    config.num_steps = 200
+    config.eval_every = 200
+    config.checkpoint_every = 200
+    config.log_every = 50
+    config.optim.lr = 0.1
+    config.ema.decay = 0.5
+    config.augment.flip = False
+    _, summary = train.train_and_evaluate(
+        config, str(tmp_path), writer=RecordingWriter(), dataset=synthetic_dataset()
+    )
+    assert summary["test_accuracy"] > 0.4  # chance is 0.1; about 0.6 after 200 steps
+
+
+def test_same_config_and_seed_give_the_same_numbers(tmp_path):
+    runs = []
+    for name in ("a", "b"):
+        state, summary = train.train_and_evaluate(
+            tiny_config(), str(tmp_path / name), writer=RecordingWriter(), dataset=synthetic_dataset()
+        )
+        runs.append((_leaves(state.params), summary["test_accuracy"]))
+    for x, y in zip(runs[0][0], runs[1][0]):
+        np.testing.assert_array_equal(x, y)
+    assert runs[0][1] == runs[1][1]
+
+
+def test_resume_from_checkpoint_matches_an_uninterrupted_run(tmp_path):
+    config = tiny_config()
+    full_state, _ = train.train_and_evaluate(
+        config, str(tmp_path / "full"), writer=RecordingWriter(), dataset=synthetic_dataset()
+    )
+    # A run killed after its step-3 checkpoint: the same workdir without the later one.
+    shutil.copytree(tmp_path / "full", tmp_path / "killed")
+    shutil.rmtree(tmp_path / "killed" / "checkpoints" / "6")
+    resumed_state, _ = train.train_and_evaluate(
+        config, str(tmp_path / "killed"), writer=RecordingWriter(), dataset=synthetic_dataset()
+    )
+    assert int(resumed_state.step) == 6
+    for x, y in zip(_leaves(full_state), _leaves(resumed_state)):
+        np.testing.assert_array_equal(x, y)
+
+
+def test_host_batches_match_device_batches(tmp_path):
+    config = tiny_config()
+    device_state, _ = train.train_and_evaluate(
+        config, str(tmp_path / "device"), writer=RecordingWriter(), dataset=synthetic_dataset()
+    )
+    config.data_on_device = False
+    host_state, _ = train.train_and_evaluate(
+        config, str(tmp_path / "host"), writer=RecordingWriter(), dataset=synthetic_dataset()
+    )
+    for x, y in zip(_leaves(device_state.params), _leaves(host_state.params)):
+        np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
+
+
+def test_invalid_config_is_one_clear_error(tmp_path):
+    config = tiny_config()
+    config.mu = 0
+    with pytest.raises(ValueError, match="mu must be > 0"):
+        train.train_and_evaluate(config, str(tmp_path), writer=RecordingWriter(), dataset=synthetic_dataset())
