@@ -20,6 +20,8 @@ setup(
         "orbax-checkpoint>=0.9",
         "dm-pix>=0.4.3",
         "absl-py",
+        "tensorboard",  # clu's TensorBoard writer; tensorflow-cpu does not bring it
+        "importlib_resources",  # tensorflow-datasets needs it to download
     ],
     extras_require={"test": ["pytest>=8", "pytest-xdist>=3"]},
 )

@@ -182,7 +182,8 @@ def _pil_grayscale(image: jax.Array) -> jax.Array:
     """PIL ``convert('L').convert(mode)``: rounded luma broadcast to all channels."""
     if image.shape[-1] != 3:
         return image
-    luma = jnp.round(image @ jnp.asarray(_PIL_LUMA, jnp.float32))
+    red, green, blue = image[..., 0], image[..., 1], image[..., 2]
+    luma = jnp.round(_PIL_LUMA[0] * red + _PIL_LUMA[1] * green + _PIL_LUMA[2] * blue)
     return jnp.broadcast_to(luma[..., None], image.shape)
 
 
@@ -371,19 +372,21 @@ class PhotometricParams(NamedTuple):
     sharpness: Any = 1.0
 
 
-def _equalize_lut(pixels: jax.Array) -> jax.Array:
-    """PIL ``ImageOps.equalize`` lookup tables ``int32[C, 256]`` for ``int[N, C]``."""
+def _equalize_tables(pixels: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """PIL ``ImageOps.equalize`` statistics of ``int32[N, C]`` pixels (as float32).
+
+    Returns ``count_below`` (``[C, 256]``, pixels darker than each level) and
+    ``step`` (``[C]``; PIL's bin width, 0 means identity).
+    """
     num_pixels, channels = pixels.shape
     channel_offsets = jnp.arange(channels, dtype=jnp.int32) * 256
     histogram = jnp.bincount(
         (pixels + channel_offsets).reshape(-1), length=256 * channels
     ).reshape(channels, 256)
     last_count = jnp.take_along_axis(histogram, pixels.max(axis=0)[:, None], axis=1)
-    step = (num_pixels - last_count) // 256  # [C, 1]
+    step = jnp.floor((num_pixels - last_count[:, 0]) / 256.0)
     count_below = jnp.cumsum(histogram, axis=1) - histogram
-    lut = (step // 2 + count_below) // jnp.maximum(step, 1)
-    identity = jnp.arange(256, dtype=jnp.int32)[None, :]
-    return jnp.where(step > 0, jnp.minimum(lut, 255), identity)
+    return count_below.astype(jnp.float32), step.astype(jnp.float32)
 
 
 def _contrast_mean(image: jax.Array) -> jax.Array:
@@ -392,8 +395,24 @@ def _contrast_mean(image: jax.Array) -> jax.Array:
     return jnp.floor(jnp.mean(luma) + 0.5)
 
 
-def _photometric_lut(image: jax.Array, params: PhotometricParams) -> jax.Array:
-    """Per-channel lookup table ``int32[C, 256]`` of the LUT-type ops."""
+def _blend(image: jax.Array, params: PhotometricParams) -> jax.Array:
+    """Color / Sharpness: ``degenerate + factor * (image - degenerate)``."""
+    use_smooth = jnp.asarray(params.sharpness) != 1.0
+    degenerate = jnp.where(use_smooth, _pil_smooth(image), _pil_grayscale(image))
+    factor = params.color * params.sharpness
+    return _round_pixels(degenerate + factor * (image - degenerate))
+
+
+def _photometric_step(image: jax.Array, params: PhotometricParams) -> jax.Array:
+    """Applies one photometric op given by ``params`` to ``image``; float32 out.
+
+    Pipeline: blend (Color, Sharpness), then the per-channel lookup-table ops
+    (AutoContrast, Equalize, Brightness, Contrast, Solarize, Posterize) as
+    per-pixel arithmetic plus one gather into the equalisation table. All
+    statistics come from the step's input; that is exact because only one op
+    is active per step, so the blend is the identity whenever they are used.
+    """
+    image = _round_pixels(_as_float(image))
     channels = image.shape[-1]
     pixels = image.reshape(-1, channels).astype(jnp.int32)
     low = pixels.min(axis=0).astype(jnp.float32)
@@ -401,29 +420,22 @@ def _photometric_lut(image: jax.Array, params: PhotometricParams) -> jax.Array:
     stretch = params.auto_contrast & (high > low)
     stretch_scale = 255.0 / jnp.maximum(high - low, 1.0)
     scale = jnp.where(stretch, stretch_scale, 1.0) * params.brightness * params.contrast
-    offset = jnp.where(stretch, -low * stretch_scale, 0.0) + _contrast_mean(image) * (
-        1.0 - params.contrast
-    )
-    levels = jnp.arange(256, dtype=jnp.float32)
-    lut = _round_pixels(scale[:, None] * levels + offset[:, None]).astype(jnp.int32)
-    lut = jnp.where(params.equalize, _equalize_lut(pixels), lut)
-    lut = jnp.where(lut >= params.solarize_threshold, 255 - lut, lut)
-    keep_mask = jnp.left_shift(255, 8 - jnp.asarray(params.posterize_bits)) & 255
-    return lut & keep_mask
+    offset = jnp.where(stretch, -low * stretch_scale, 0.0)
+    offset = offset + _contrast_mean(image) * (1.0 - params.contrast)
+    count_below, step = _equalize_tables(pixels)
 
-
-def _photometric_step(image: jax.Array, params: PhotometricParams) -> jax.Array:
-    """Applies one photometric op given by ``params`` to float32 ``image``."""
-    image = _round_pixels(_as_float(image))
-    channels = image.shape[-1]
-    lut = _photometric_lut(image, params).reshape(-1)
+    values = _blend(image, params)
     channel_offsets = jnp.arange(channels, dtype=jnp.int32) * 256
-    indices = image.astype(jnp.int32) + channel_offsets
-    image = lut.at[indices].get(mode="promise_in_bounds").astype(jnp.float32)
-    use_smooth = jnp.asarray(params.sharpness) != 1.0
-    degenerate = jnp.where(use_smooth, _pil_smooth(image), _pil_grayscale(image))
-    factor = params.color * params.sharpness
-    return _round_pixels(degenerate + factor * (image - degenerate))
+    darker = count_below.reshape(-1).at[values.astype(jnp.int32) + channel_offsets].get(
+        mode="promise_in_bounds"
+    )
+    equalized = jnp.floor((jnp.floor(step / 2) + darker) / jnp.maximum(step, 1.0))
+    equalized = jnp.where(step > 0, jnp.minimum(equalized, 255.0), values)
+    linear = _round_pixels(scale * values + offset)
+    values = jnp.where(params.equalize, equalized, linear)
+    values = jnp.where(values >= params.solarize_threshold, 255.0 - values, values)
+    quantum = jnp.exp2(8.0 - jnp.asarray(params.posterize_bits, jnp.float32))
+    return jnp.floor(values / quantum) * quantum
 
 
 def auto_contrast(image: jax.Array) -> jax.Array:
@@ -571,11 +583,15 @@ def _randaugment_one(
     matrices = [
         _randaugment_matrix(ops[i], signs[i], height, width) for i in range(num_ops)
     ]
-    out = _warp_weak(image, do_flip, shift_y, shift_x, matrices, fill)
-    if num_ops == 0:
-        out = _as_float(out)
-    for i in range(num_ops):
-        out = _photometric_step(out, _randaugment_photometric_params(ops[i], signs[i]))
+    out = _as_float(_warp_weak(image, do_flip, shift_y, shift_x, matrices, fill))
+
+    def apply_op(image: jax.Array, op_and_sign: tuple[jax.Array, jax.Array]):
+        params = _randaugment_photometric_params(*op_and_sign)
+        return _photometric_step(image, params), None
+
+    # A scan (not a Python loop) keeps XLA from fusing, and so recomputing,
+    # one step's per-pixel work into every consumer in the next step.
+    out, _ = jax.lax.scan(apply_op, out, (ops, signs))
     centre = jax.random.randint(cutout_key, (2,), 0, jnp.array([height, width]))
     return cutout(out, centre[0], centre[1], cutout_size, fill)
 

@@ -24,7 +24,7 @@ def base_config() -> ml_collections.ConfigDict:
     config.num_labels = 40
     config.batch_size = 16  # labeled images per step
     config.mu = 7  # unlabeled images per labeled image
-    config.num_steps = 2000
+    config.num_steps = 2500
     config.log_every = 50
     config.eval_every = 500
     config.checkpoint_every = 500
@@ -46,13 +46,15 @@ def base_config() -> ml_collections.ConfigDict:
 
     config.model = ml_collections.ConfigDict()
     config.model.name = "small_cnn"
-    config.model.widths = (32, 64, 128)
+    config.model.widths = (24, 48, 96)  # measured: 0.3 s per CoMatch step on 2 CPU cores
     config.model.convs_per_stage = 1
     config.model.depth = 28  # wide_resnet / resnet
     config.model.widen_factor = 2  # wide_resnet
     config.model.stem = "imagenet"  # resnet: imagenet (7x7/2 + pool) or cifar (3x3/1)
     config.model.low_dim = 64
-    config.model.bn_momentum = 0.999  # flax convention: 0.001 in PyTorch terms
+    # Flax convention (0.01 in PyTorch terms). The published 0.999 suits 2^19 steps; over a
+    # few thousand steps it leaves the running statistics near their initial values.
+    config.model.bn_momentum = 0.99
     config.model.dtype = "float32"
 
     # View slots -> augmentation names (comatch_jax.augment.VIEW_NAMES); the rest are options.
@@ -116,6 +118,7 @@ def apply_preset(config: ml_collections.ConfigDict, preset: str) -> ml_collectio
         config.dataset.mean, config.dataset.std = STL10_MEAN, STL10_STD
         config.num_labels = 5000
         config.model.name = "resnet"
+        config.model.bn_momentum = 0.999
         config.model.depth = 18
         config.model.stem = "imagenet"
         config.batch_size, config.mu = 64, 7
@@ -151,6 +154,7 @@ def apply_preset(config: ml_collections.ConfigDict, preset: str) -> ml_collectio
 
 
 def _cifar(config, name, num_labels, mean, std, *, widen_factor):
+    config.model.bn_momentum = 0.999  # official: 0.001 in PyTorch terms
     config.dataset.name = name
     config.dataset.mean, config.dataset.std = mean, std
     config.num_labels = num_labels

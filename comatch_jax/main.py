@@ -4,6 +4,8 @@ Any config field can be overridden, e.g. --config.num_labels=250; presets are ch
 a colon: --config=configs/comatch.py:cifar10_40.
 """
 
+import sys
+
 from absl import app, flags, logging
 from ml_collections import config_flags
 
@@ -23,7 +25,12 @@ def main(argv):
 
     tf.config.set_visible_devices([], "GPU")
     logging.info("Config:\n%s", FLAGS.config)
-    train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    try:
+        train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    except (ValueError, OSError, FloatingPointError) as error:
+        # Bad input (config, data, workdir) or a numerical fault: one line, non-zero exit.
+        logging.error("%s: %s", type(error).__name__, error)
+        sys.exit(f"error: {error}")
 
 
 if __name__ == "__main__":

@@ -145,6 +145,46 @@ def _create_writer(workdir: str):
     return metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
 
 
+# Fields a resumed run may change without changing what is trained.
+RESUMABLE_CHANGES = frozenset(
+    ["num_steps", "log_every", "eval_every", "checkpoint_every", "keep_checkpoints",
+     "eval_batch_size", "data_on_device"]
+)
+
+
+def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(tree, dict):
+        out = {}
+        for key, value in tree.items():
+            out.update(_flatten(value, f"{prefix}{key}."))
+        return out
+    return {prefix[:-1]: tree}
+
+
+def check_workdir(config: ml_collections.ConfigDict, workdir: str) -> None:
+    """Refuses a workdir that holds something else than this run, before touching it."""
+    if not os.path.isdir(workdir) or not os.listdir(workdir):
+        return
+    saved_path = os.path.join(workdir, "config.json")
+    if not os.path.exists(saved_path):
+        raise ValueError(
+            f"--workdir={workdir} is not empty and holds no comatch_jax run; "
+            "choose a new or empty directory."
+        )
+    with open(saved_path) as f:
+        saved = _flatten(json.load(f))
+    current = _flatten(json.loads(config.to_json_best_effort()))
+    differing = sorted(
+        key for key in set(saved) | set(current)
+        if saved.get(key) != current.get(key) and key not in RESUMABLE_CHANGES
+    )
+    if differing:
+        raise ValueError(
+            f"--workdir={workdir} holds a run with a different config ({', '.join(differing)}); "
+            "use a new --workdir, or the same config to resume."
+        )
+
+
 def _save_config(config: ml_collections.ConfigDict, workdir: str) -> None:
     with open(os.path.join(workdir, "config.json"), "w") as f:
         f.write(config.to_json_best_effort(indent=2, sort_keys=True))
@@ -164,6 +204,7 @@ def train_and_evaluate(
     `dataset` (an input_pipeline.InMemoryDataset) defaults to loading config.dataset.
     """
     config_lib.validate_config(config)
+    check_workdir(config, workdir)
     os.makedirs(workdir, exist_ok=True)
     data = prepare_data(config, dataset)
     method = methods.get_method(config.method)

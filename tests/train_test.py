@@ -3,6 +3,7 @@
 import json
 import os
 import shutil
+import sys
 
 import jax
 import ml_collections
@@ -158,3 +159,44 @@ def test_invalid_config_is_one_clear_error(tmp_path):
     config.mu = 0
     with pytest.raises(ValueError, match="mu must be > 0"):
         train.train_and_evaluate(config, str(tmp_path), writer=RecordingWriter(), dataset=synthetic_dataset())
+
+
+def test_main_end_to_end_under_tfds_mock_data(tmp_path, monkeypatch):
+    """The real entry point and the real TFDS path (cifar10), with TFDS's mock data."""
+    import tensorflow_datasets as tfds
+    from absl import flags
+
+    from comatch_jax import main
+
+    argv = [
+        "main",
+        "--config=configs/comatch.py",
+        f"--workdir={tmp_path}",
+        "--config.dataset.name=cifar10",
+        "--config.dataset.source=tfds",
+        "--config.dataset.mean=(0.5,0.5,0.5)",
+        "--config.dataset.std=(0.25,0.25,0.25)",
+        "--config.num_labels=10",
+        "--config.batch_size=2",
+        "--config.mu=2",
+        "--config.num_steps=2",
+        "--config.log_every=1",
+        "--config.eval_every=2",
+        "--config.checkpoint_every=2",
+        "--config.eval_batch_size=8",
+        "--config.model.widths=(4,8)",
+        "--config.comatch.queue_size=8",
+    ]
+    monkeypatch.setattr(sys, "argv", argv)  # config_flags reads overrides from sys.argv
+    flags.FLAGS.unparse_flags()
+    flags.FLAGS(argv)
+    try:
+        with tfds.testing.mock_data(num_examples=40):
+            main.main(["main"])
+    finally:
+        flags.FLAGS.unparse_flags()
+    summary = json.load(open(tmp_path / "summary.json"))
+    assert summary["final_step"] == 2
+    assert summary["data_source"].startswith("tfds:cifar10")
+    assert 0.0 <= summary["test_accuracy"] <= 1.0
+    assert os.path.isdir(tmp_path / "checkpoints" / "2")

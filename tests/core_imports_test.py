@@ -1,0 +1,18 @@
+"""The core must run where only jax/flax/optax are installed (a GPU box without TensorFlow)."""
+
+import subprocess
+import sys
+
+CORE = ["augment", "losses", "models", "methods", "sampling", "train_state", "train_step", "config_lib"]
+
+
+def test_core_imports_without_tensorflow_or_clu_writers():
+    code = (
+        "import sys\n"
+        "for blocked in ('tensorflow', 'tensorflow_datasets', 'clu.metric_writers'):\n"
+        "    sys.modules[blocked] = None  # any import of these now raises ImportError\n"
+        + "".join(f"import comatch_jax.{name}\n" for name in CORE)
+        + "assert 'tensorflow' not in [m for m in sys.modules if sys.modules[m] is not None]\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr

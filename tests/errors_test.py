@@ -1,0 +1,67 @@
+"""Bad input gives one clear error naming the problem, and never touches a good run."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from comatch_jax import config_lib, train
+
+from train_test import RecordingWriter, synthetic_dataset, tiny_config
+
+
+def _main(tmp_path, *overrides, config="configs/comatch.py"):
+    command = [sys.executable, "-m", "comatch_jax.main", f"--config={config}", f"--workdir={tmp_path}", *overrides]
+    return subprocess.run(command, capture_output=True, text=True, cwd=os.path.dirname(os.path.dirname(__file__)))
+
+
+def test_unknown_method_exits_nonzero_with_one_line(tmp_path):
+    result = _main(tmp_path / "run", "--config.method=mixmatch")
+    assert result.returncode != 0
+    assert "error: Unknown method 'mixmatch'" in result.stderr.splitlines()[-1]
+
+
+def test_unknown_config_key_is_rejected_by_name(tmp_path):
+    result = _main(tmp_path / "run", "--config.num_lables=250")
+    assert result.returncode != 0
+    assert "num_lables" in result.stderr
+
+
+def test_foreign_nonempty_workdir_is_refused(tmp_path):
+    (tmp_path / "thesis.tex").write_text("precious")
+    with pytest.raises(ValueError, match="not empty and holds no comatch_jax run"):
+        train.train_and_evaluate(tiny_config(), str(tmp_path), writer=RecordingWriter(), dataset=synthetic_dataset())
+    assert (tmp_path / "thesis.tex").read_text() == "precious"
+
+
+def test_workdir_of_a_different_model_is_refused_and_kept(tmp_path):
+    train.train_and_evaluate(tiny_config(), str(tmp_path), writer=RecordingWriter(), dataset=synthetic_dataset())
+    before = sorted(os.listdir(tmp_path / "checkpoints"))
+    config = tiny_config()
+    config.model.widths = (8, 32)
+    config.num_steps = 9  # a longer run alone would be allowed
+    with pytest.raises(ValueError, match=r"different config \(model.widths\)"):
+        train.train_and_evaluate(config, str(tmp_path), writer=RecordingWriter(), dataset=synthetic_dataset())
+    assert sorted(os.listdir(tmp_path / "checkpoints")) == before
+
+
+@pytest.mark.parametrize(
+    "field,value,message",
+    [
+        ("batch_size", 0, "batch_size must be positive"),
+        ("num_steps", -1, "num_steps must be positive"),
+        ("num_labels", 0, "num_labels must be positive"),
+    ],
+)
+def test_invalid_values_are_rejected(field, value, message):
+    config = config_lib.base_config()
+    config[field] = value
+    with pytest.raises(ValueError, match=message):
+        config_lib.validate_config(config)
+
+
+def test_unknown_preset_lists_the_known_ones():
+    with pytest.raises(ValueError, match="cifar10_40"):
+        config_lib.apply_preset(config_lib.base_config(), "cifar10_41")
