@@ -150,13 +150,33 @@ def _to_uint8(image: jax.Array) -> jax.Array:
     return _round_pixels(image).astype(jnp.uint8)
 
 
+def _float_tuple(values: Sequence[float], length: int) -> tuple[float, ...]:
+    """Hashable option tuple; checks its length."""
+    values = tuple(float(v) for v in values)
+    if len(values) != length:
+        raise ValueError(f"expected {length} values, got {values}")
+    return values
+
+
 def _check_images(images: jax.Array) -> None:
     if images.ndim != 4:
         raise ValueError(f"expected images [B, H, W, C], got shape {images.shape}")
 
 
-def _per_image_keys(rng: jax.Array, images: jax.Array) -> jax.Array:
-    return jax.random.split(rng, images.shape[0])
+@functools.lru_cache(maxsize=None)
+def _batched_view(per_image: Callable[..., jax.Array], **options: Any) -> Callable:
+    """``jit(vmap(per_image))`` with one key per image, cached per static options.
+
+    Caching makes eager calls fast; inside an outer jit it is simply inlined.
+    """
+    per_image = functools.partial(per_image, **options)
+
+    @jax.jit
+    def view(rng: jax.Array, images: jax.Array) -> jax.Array:
+        keys = jax.random.split(rng, images.shape[0])
+        return jax.vmap(per_image)(keys, images)
+
+    return view
 
 
 def _gather_pixels(image: jax.Array, rows: jax.Array, cols: jax.Array) -> jax.Array:
@@ -288,6 +308,7 @@ def _chain_inverse_maps(
     return rows, cols, valid
 
 
+@jax.jit
 def warp(image: jax.Array, matrix: jax.Array, fill: Any) -> jax.Array:
     """PIL-style affine transform with nearest sampling; outside -> ``fill``.
 
@@ -417,11 +438,13 @@ def _photometric_step(image: jax.Array, params: PhotometricParams) -> jax.Array:
     pixels = image.reshape(-1, channels).astype(jnp.int32)
     low = pixels.min(axis=0).astype(jnp.float32)
     high = pixels.max(axis=0).astype(jnp.float32)
+    # Linear ops as ``anchor_out + scale * (x - anchor)``: AutoContrast
+    # (low -> 0), Brightness (black anchor) and Contrast (mean-level anchor).
     stretch = params.auto_contrast & (high > low)
     stretch_scale = 255.0 / jnp.maximum(high - low, 1.0)
     scale = jnp.where(stretch, stretch_scale, 1.0) * params.brightness * params.contrast
-    offset = jnp.where(stretch, -low * stretch_scale, 0.0)
-    offset = offset + _contrast_mean(image) * (1.0 - params.contrast)
+    mean_anchor = jnp.where(params.contrast != 1.0, _contrast_mean(image), 0.0)
+    anchor = jnp.where(stretch, low, 0.0) + mean_anchor
     count_below, step = _equalize_tables(pixels)
 
     values = _blend(image, params)
@@ -431,53 +454,62 @@ def _photometric_step(image: jax.Array, params: PhotometricParams) -> jax.Array:
     )
     equalized = jnp.floor((jnp.floor(step / 2) + darker) / jnp.maximum(step, 1.0))
     equalized = jnp.where(step > 0, jnp.minimum(equalized, 255.0), values)
-    linear = _round_pixels(scale * values + offset)
+    linear = _round_pixels(mean_anchor + scale * (values - anchor))
     values = jnp.where(params.equalize, equalized, linear)
     values = jnp.where(values >= params.solarize_threshold, 255.0 - values, values)
     quantum = jnp.exp2(8.0 - jnp.asarray(params.posterize_bits, jnp.float32))
     return jnp.floor(values / quantum) * quantum
 
 
+@jax.jit
 def auto_contrast(image: jax.Array) -> jax.Array:
     """Per-channel linear stretch of [min, max] to [0, 255] (PIL autocontrast)."""
     return _photometric_step(image, PhotometricParams(auto_contrast=True))
 
 
+@jax.jit
 def equalize(image: jax.Array) -> jax.Array:
     """Per-channel histogram equalisation (PIL ``ImageOps.equalize``)."""
     return _photometric_step(image, PhotometricParams(equalize=True))
 
 
+@jax.jit
 def solarize(image: jax.Array, threshold: Any) -> jax.Array:
     """Inverts pixels >= ``threshold``; 256 is the identity."""
     return _photometric_step(image, PhotometricParams(solarize_threshold=threshold))
 
 
+@jax.jit
 def posterize(image: jax.Array, bits: Any) -> jax.Array:
     """Keeps the ``bits`` most significant bits of every pixel."""
     return _photometric_step(image, PhotometricParams(posterize_bits=bits))
 
 
+@jax.jit
 def color(image: jax.Array, factor: Any) -> jax.Array:
     """PIL ``ImageEnhance.Color``: blend with the grayscale image (C=1: identity)."""
     return _photometric_step(image, PhotometricParams(color=factor))
 
 
+@jax.jit
 def contrast(image: jax.Array, factor: Any) -> jax.Array:
     """PIL ``ImageEnhance.Contrast``: blend with the rounded mean luma level."""
     return _photometric_step(image, PhotometricParams(contrast=factor))
 
 
+@jax.jit
 def brightness(image: jax.Array, factor: Any) -> jax.Array:
     """PIL ``ImageEnhance.Brightness``: blend with black (scale by ``factor``)."""
     return _photometric_step(image, PhotometricParams(brightness=factor))
 
 
+@jax.jit
 def sharpness(image: jax.Array, factor: Any) -> jax.Array:
     """PIL ``ImageEnhance.Sharpness``: blend with the SMOOTH-filtered image."""
     return _photometric_step(image, PhotometricParams(sharpness=factor))
 
 
+@jax.jit
 def cutout(
     image: jax.Array, center_y: Any, center_x: Any, size: Any, fill: Any
 ) -> jax.Array:
@@ -511,7 +543,7 @@ def _sample_weak_params(
 
 
 def _weak_one(key: jax.Array, image: jax.Array, *, flip: bool, pad: int) -> jax.Array:
-    return _warp_weak(image, *_sample_weak_params(key, flip, pad))
+    return _to_uint8(_warp_weak(image, *_sample_weak_params(key, flip, pad)))
 
 
 def weak_view(
@@ -520,9 +552,7 @@ def weak_view(
     """Random horizontal flip (p=0.5) + reflect pad-and-crop by round(pad_fraction*H)."""
     _check_images(images)
     pad = int(round(pad_fraction * images.shape[1]))
-    per_image = functools.partial(_weak_one, flip=flip, pad=pad)
-    out = jax.vmap(per_image)(_per_image_keys(rng, images), images)
-    return out.astype(jnp.uint8)
+    return _batched_view(_weak_one, flip=bool(flip), pad=pad)(rng, images)
 
 
 def _randaugment_matrix(op: jax.Array, sign: jax.Array, h: int, w: int) -> jax.Array:
@@ -593,7 +623,7 @@ def _randaugment_one(
     # one step's per-pixel work into every consumer in the next step.
     out, _ = jax.lax.scan(apply_op, out, (ops, signs))
     centre = jax.random.randint(cutout_key, (2,), 0, jnp.array([height, width]))
-    return cutout(out, centre[0], centre[1], cutout_size, fill)
+    return _to_uint8(cutout(out, centre[0], centre[1], cutout_size, fill))
 
 
 def randaugment_view(
@@ -615,17 +645,16 @@ def randaugment_view(
     """
     _check_images(images)
     height = images.shape[1]
-    per_image = functools.partial(
+    view = _batched_view(
         _randaugment_one,
-        flip=flip,
+        flip=bool(flip),
         pad=int(round(pad_fraction * height)),
-        num_ops=num_ops,
-        op_prob=op_prob,
+        num_ops=int(num_ops),
+        op_prob=float(op_prob),
         cutout_size=int(round(cutout_fraction * height)),
-        fill=fill,
+        fill=int(fill),
     )
-    out = jax.vmap(per_image)(_per_image_keys(rng, images), images)
-    return _to_uint8(out)
+    return view(rng, images)
 
 
 def _random_resized_crop_params(
@@ -779,7 +808,7 @@ def _simclr_one(
         to_gray = jax.random.bernoulli(gray_key, grayscale_prob)
         gray = dm_pix.rgb_to_grayscale(out, keep_dims=True)
         out = jnp.where(to_gray, gray, out)
-    return out * 255.0
+    return _to_uint8(out * 255.0)
 
 
 def simclr_view(
@@ -801,17 +830,16 @@ def simclr_view(
     ``grayscale_prob``. For C=1 saturation, hue and grayscale are the identity.
     """
     _check_images(images)
-    per_image = functools.partial(
+    view = _batched_view(
         _simclr_one,
-        flip=flip,
-        crop_scale=tuple(crop_scale),
-        crop_ratio=tuple(crop_ratio),
-        jitter_strength=tuple(jitter_strength),
-        jitter_prob=jitter_prob,
-        grayscale_prob=grayscale_prob,
+        flip=bool(flip),
+        crop_scale=_float_tuple(crop_scale, 2),
+        crop_ratio=_float_tuple(crop_ratio, 2),
+        jitter_strength=_float_tuple(jitter_strength, 4),
+        jitter_prob=float(jitter_prob),
+        grayscale_prob=float(grayscale_prob),
     )
-    out = jax.vmap(per_image)(_per_image_keys(rng, images), images)
-    return _to_uint8(out)
+    return view(rng, images)
 
 
 _VIEW_FUNCTIONS: dict[str, Callable[..., jax.Array]] = {

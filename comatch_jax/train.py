@@ -36,6 +36,7 @@ class SemiSupervisedData:
     test_images: np.ndarray
     test_labels: np.ndarray
     num_classes: int
+    class_names: tuple[str, ...]
     source: str
 
 
@@ -72,6 +73,7 @@ def prepare_data(config: ml_collections.ConfigDict, dataset: Any = None) -> Semi
         test_images=dataset.test_images,
         test_labels=dataset.test_labels.astype(np.int32),
         num_classes=dataset.num_classes,
+        class_names=tuple(dataset.class_names),
         source=dataset.source,
     )
 
@@ -229,6 +231,10 @@ def train_and_evaluate(
         state = checkpoints.restore(latest, args=ocp.args.StandardRestore(state))
         logging.info("Resumed from the checkpoint of step %d in %s", latest, workdir)
     _save_config(config, workdir)
+    _save_json(workdir, DATASET_INFO, {
+        "num_classes": data.num_classes, "class_names": list(data.class_names),
+        "image_shape": list(image_shape), "source": data.source,
+    })
     writer = writer if writer is not None else _create_writer(workdir)
 
     step_fn = train_step.make_train_step(model=model, tx=tx, method=method, config=config)
@@ -313,6 +319,50 @@ def train_and_evaluate(
         json.dump(summary, f, indent=2)
     logging.info("Final test accuracy (EMA model): %.4f", summary["test_accuracy"])
     return state, summary
+
+
+def _save_json(workdir: str, name: str, record: dict[str, Any]) -> None:
+    with open(os.path.join(workdir, name), "w") as f:
+        json.dump(record, f, indent=2)
+
+
+DATASET_INFO = "dataset_info.json"
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainedRun:
+    """A finished (or checkpointed) run read back from its workdir."""
+
+    config: ml_collections.ConfigDict
+    state: TrainState
+    model: Any
+    num_classes: int
+    class_names: tuple[str, ...]
+    image_shape: tuple[int, int, int]
+
+
+def load_run(workdir: str, step: int | None = None) -> TrainedRun:
+    """Restores the config, the model and the TrainState (latest checkpoint, or `step`)."""
+    config_path, info_path = os.path.join(workdir, "config.json"), os.path.join(workdir, DATASET_INFO)
+    if not (os.path.exists(config_path) and os.path.exists(info_path)):
+        raise FileNotFoundError(f"{workdir} holds no comatch_jax run (no config.json / {DATASET_INFO}).")
+    with open(config_path) as f:
+        config = ml_collections.ConfigDict(json.load(f))
+    with open(info_path) as f:
+        info = json.load(f)
+    method = methods.get_method(config.method)
+    model = models.create_model(config.model, info["num_classes"])
+    tx = train_state.create_optimizer(config)
+    abstract = jax.eval_shape(lambda: train_state.create_train_state(
+        jax.random.PRNGKey(0), model=model, tx=tx, method=method, config=config,
+        image_shape=tuple(info["image_shape"]), num_classes=info["num_classes"]))
+    with ocp.CheckpointManager(os.path.abspath(os.path.join(workdir, "checkpoints"))) as manager:
+        step = manager.latest_step() if step is None else step
+        if step is None:
+            raise FileNotFoundError(f"{workdir} has no checkpoint yet.")
+        state = manager.restore(step, args=ocp.args.StandardRestore(abstract))
+    return TrainedRun(config, state, model, info["num_classes"], tuple(info["class_names"]),
+                      tuple(info["image_shape"]))
 
 
 def _append_jsonl(workdir: str, record: dict[str, Any]) -> None:

@@ -200,3 +200,14 @@ def test_main_end_to_end_under_tfds_mock_data(tmp_path, monkeypatch):
     assert summary["data_source"].startswith("tfds:cifar10")
     assert 0.0 <= summary["test_accuracy"] <= 1.0
     assert os.path.isdir(tmp_path / "checkpoints" / "2")
+
+
+def test_load_run_restores_the_final_state(tmp_path):
+    state, _ = train.train_and_evaluate(
+        tiny_config(), str(tmp_path), writer=RecordingWriter(), dataset=synthetic_dataset()
+    )
+    run = train.load_run(str(tmp_path))
+    assert run.num_classes == 10 and run.image_shape == (12, 12, 1)
+    assert run.config.model.widths == [8, 16] or tuple(run.config.model.widths) == (8, 16)
+    for x, y in zip(_leaves(state), _leaves(run.state)):
+        np.testing.assert_array_equal(x, y)

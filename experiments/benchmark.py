@@ -1,0 +1,156 @@
+"""Speed of the pieces of a CoMatch step, and of the training loop, on whatever JAX runs on.
+
+Figures (median of --repeats timed calls after warm-up), as ms/step and images/s:
+  augment     the views of one batch (weak labeled, weak + 2 strong unlabeled)
+  bare_step   forward + losses + update + queue + EMA on ready-made views (no augmentation)
+  full_step   augment + bare step, batch already on the device
+  loop        train.train_and_evaluate's loop on in-memory random data (sampling on the
+              device, logging, no evaluation), per step
+plus the compiled step's FLOPs (XLA cost analysis), achieved FLOP/s, peak device memory
+(where the backend reports it) and host RSS. Needs no TensorFlow.
+
+  python experiments/benchmark.py                         # the CPU default config
+  python experiments/benchmark.py --preset=cifar10_40 --dtype=bfloat16   # on a GPU
+  taskset -c 0,1 python experiments/benchmark.py          # 2 cores
+"""
+
+import json
+import resource
+import tempfile
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import app, flags
+
+from comatch_jax import config_lib, methods, models, train, train_state, train_step
+
+flags.DEFINE_string("preset", "", "A config preset (comatch.py's), '' = the CPU default.")
+flags.DEFINE_string("method", "comatch", "Method to time.")
+flags.DEFINE_string("dtype", "", "Override model.dtype (float32 / bfloat16).")
+flags.DEFINE_integer("image_size", 0, "Override the image side (0 = the dataset's).")
+flags.DEFINE_integer("num_classes", 0, "Override the number of classes (0 = the dataset's).")
+flags.DEFINE_integer("repeats", 10, "Timed calls per figure.")
+flags.DEFINE_integer("loop_steps", 50, "Steps of the training loop to time.")
+flags.DEFINE_string("json_out", "", "Also write the figures as JSON here.")
+FLAGS = flags.FLAGS
+
+_SHAPES = {"fashion_mnist": (28, 1, 10), "cifar10": (32, 3, 10), "cifar100": (32, 3, 100),
+           "stl10": (96, 3, 10), "image_folder": (96, 3, 800)}
+
+
+def _median_seconds(fn, repeats):
+    jax.block_until_ready(fn())  # compile + warm-up
+    jax.block_until_ready(fn())
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        jax.block_until_ready(fn())
+        times.append(time.perf_counter() - start)
+    return float(np.median(times))
+
+
+def _random_dataset(size, channels, num_classes, num_labels, num_unlabeled):
+    from comatch_jax.input_pipeline import InMemoryDataset
+
+    rng = np.random.default_rng(0)
+    n = num_labels + num_unlabeled
+    labels = (np.arange(n) % num_classes).astype(np.int32)
+    return InMemoryDataset(
+        train_images=rng.integers(0, 256, (n, size, size, channels), dtype=np.uint8),
+        train_labels=labels,
+        test_images=rng.integers(0, 256, (num_classes, size, size, channels), dtype=np.uint8),
+        test_labels=np.arange(num_classes, dtype=np.int32),
+        num_classes=num_classes,
+        class_names=tuple(map(str, range(num_classes))),
+        source="random (benchmark)",
+    )
+
+
+class _TimingWriter:
+    """Records when each training-metrics line is written."""
+
+    def __init__(self):
+        self.times = []
+
+    def write_scalars(self, step, scalars):
+        if "loss" in scalars:
+            self.times.append((step, time.perf_counter()))
+
+    def flush(self):
+        pass
+
+
+def main(argv):
+    del argv
+    config = config_lib.apply_preset(config_lib.base_config(), FLAGS.preset)
+    config.method = FLAGS.method
+    if FLAGS.dtype:
+        config.model.dtype = FLAGS.dtype
+    size, channels, num_classes = _SHAPES[config.dataset.name]
+    size = FLAGS.image_size or size
+    num_classes = FLAGS.num_classes or num_classes
+    method = methods.get_method(config.method)
+    model = models.create_model(config.model, num_classes)
+    tx = train_state.create_optimizer(config)
+    state = jax.jit(lambda: train_state.create_train_state(
+        jax.random.PRNGKey(0), model=model, tx=tx, method=method, config=config,
+        image_shape=(size, size, channels), num_classes=num_classes))()
+    b, u = config.batch_size, config.batch_size * config.mu
+    rng = np.random.default_rng(0)
+    batch = jax.device_put({
+        "labeled_images": rng.integers(0, 256, (b, size, size, channels), dtype=np.uint8),
+        "labels": (np.arange(b) % num_classes).astype(np.int32),
+        "unlabeled_images": rng.integers(0, 256, (u, size, size, channels), dtype=np.uint8),
+        "unlabeled_labels": (np.arange(u) % num_classes).astype(np.int32),
+    })
+    images_per_step = b * len(method.labeled_views) + u * len(method.unlabeled_views)
+    figures = {"device": str(jax.devices()[0].device_kind), "platform": jax.default_backend(),
+               "preset": FLAGS.preset or "cpu_default", "dtype": config.model.dtype,
+               "images_per_step": images_per_step, "model": config.model.name}
+
+    make_views = jax.jit(lambda key, batch: train_step.make_views(key, batch, method, config))
+    figures["augment_s"] = _median_seconds(lambda: make_views(jax.random.PRNGKey(1), batch), FLAGS.repeats)
+
+    # The bare step: the same step with every view slot set to 'none' (no augmentation).
+    bare_config = config.copy_and_resolve_references()
+    for slot in train_step.VIEW_SLOTS:
+        bare_config.augment[slot] = "none"
+    bare = jax.jit(train_step.make_train_step(model=model, tx=tx, method=method, config=bare_config))
+    full = jax.jit(train_step.make_train_step(model=model, tx=tx, method=method, config=config))
+    figures["bare_step_s"] = _median_seconds(lambda: bare(state, batch)[1], FLAGS.repeats)
+    figures["full_step_s"] = _median_seconds(lambda: full(state, batch)[1], FLAGS.repeats)
+    cost = full.lower(state, batch).compile().cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    figures["step_gflop"] = float(cost.get("flops", 0.0)) / 1e9
+    figures["achieved_gflop_per_s"] = figures["step_gflop"] / figures["full_step_s"]
+
+    # The training loop of main (sampling on the device, logging, checkpoint at the end),
+    # timed between its log lines after the first (which includes compilation).
+    loop_config = config.copy_and_resolve_references()
+    loop_config.num_labels = max(b, num_classes) // num_classes * num_classes
+    loop_config.num_steps = FLAGS.loop_steps
+    loop_config.log_every = max(FLAGS.loop_steps // 5, 1)
+    loop_config.eval_every = loop_config.checkpoint_every = 10 * FLAGS.loop_steps
+    dataset = _random_dataset(size, channels, num_classes, loop_config.num_labels, max(4 * u, 1000))
+    writer = _TimingWriter()
+    with tempfile.TemporaryDirectory() as workdir:
+        train.train_and_evaluate(loop_config, workdir, writer=writer, dataset=dataset)
+    (first_step, first_time), (last_step, last_time) = writer.times[0], writer.times[-1]
+    figures["loop_s"] = (last_time - first_time) / (last_step - first_step)
+    for name in ("augment", "bare_step", "full_step", "loop"):
+        figures[f"{name}_images_per_s"] = images_per_step / figures[f"{name}_s"]
+    figures["augment_fraction_of_full_step"] = figures["augment_s"] / figures["full_step_s"]
+    stats = jax.devices()[0].memory_stats() or {}
+    figures["peak_device_memory_gib"] = stats.get("peak_bytes_in_use", 0) / 2**30
+    figures["host_rss_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    for key, value in figures.items():
+        print(f"{key:32s} {value:.4g}" if isinstance(value, float) else f"{key:32s} {value}")
+    if FLAGS.json_out:
+        with open(FLAGS.json_out, "w") as f:
+            json.dump(figures, f, indent=2)
+
+
+if __name__ == "__main__":
+    app.run(main)
