@@ -4,7 +4,9 @@ Every view takes a PRNG key and a batch ``uint8[B, H, W, C]`` (C = 1 or 3) and
 returns a batch of the same shape and dtype. The key is split into B keys and a
 per-image function is ``jax.vmap``-ed over the batch, so every image draws its
 own random parameters. All shapes are static; the views are jittable with their
-keyword options held fixed (they are Python values, not traced).
+keyword options held fixed (they are Python values, not traced). Each view is
+compiled once per (options, input shape) and cached, so eager calls are fast
+too; inside an outer ``jax.jit`` it is simply inlined.
 
 Views
 -----
@@ -24,11 +26,15 @@ Speed design
   weak flip/translation with reflect indexing, and the source image is gathered
   once. Coordinates that left the frame of any op are filled with gray.
 * Photometric ops are parameterised instead of switched: each drawn op slot
-  runs one shared step = a per-channel 256-entry lookup table (covers
-  AutoContrast, Equalize, Brightness, Contrast, Solarize, Posterize) followed by
-  a blend ``degenerate + f * (image - degenerate)`` (covers Color with a gray
-  degenerate and Sharpness with a smoothed degenerate). Ops that were not drawn
-  leave their parameters at the identity (LUT = arange(256), f = 1).
+  runs one shared step whose parameters are the identity for ops that were not
+  drawn. The step is a blend ``degenerate + f * (image - degenerate)`` (Color
+  with a gray degenerate, Sharpness with a smoothed one; f = 1 otherwise)
+  followed by the per-channel lookup-table ops written as per-pixel
+  arithmetic: ``anchor_out + scale * (x - anchor)`` (AutoContrast, Brightness,
+  Contrast; identity scale 1), one gather into the image's equalisation table
+  (Equalize), threshold 256 (Solarize) and 8 bits (Posterize) as identities.
+  The op slots run under ``lax.scan`` so that XLA does not fuse (and so
+  recompute) one slot's per-pixel work into every consumer in the next slot.
 * Approximation: geometric ops are hoisted before the photometric ones (the
   photometric ops then run in their drawn order). Under sequential PIL
   semantics a photometric op drawn before a geometric op would see the image
@@ -44,26 +50,31 @@ Identity        --
 AutoContrast    per-channel min -> 0, max -> 255 (identity if min == max)
 Equalize        per-channel histogram equalisation (PIL ``ImageOps`` rule)
 Rotate          +-30 degrees (random sign) about the image centre, gray fill
-Solarize        threshold 128: pixels >= 128 become 255 - pixel
+Solarize        threshold 128: pixels >= 128 become 255 - pixel (the
+                FixMatch pool's max, threshold 0, would invert every pixel)
 Color           saturation factor 1 +- 0.9 (1.9 or 0.1), gray degenerate
 Contrast        factor 1 +- 0.9 around the rounded mean of the luma image
 Brightness      factor 1 +- 0.9 (black degenerate)
 Sharpness       factor 1 +- 0.9, degenerate = PIL SMOOTH 3x3 kernel
                 [[1,1,1],[1,5,1],[1,1,1]] / 13, border pixels unchanged
-ShearX          x_in = x_out + s * y_out, s = +-0.3, gray fill
+ShearX          x_in = x_out + s * y_out, s = +-0.3 (about the top-left
+                corner, as FixMatch's PIL transform), gray fill
 ShearY          y_in = y_out + s * x_out, s = +-0.3, gray fill
-TranslateX      +-int(0.3 * W) pixels, gray fill
+TranslateX      +-int(0.3 * W) pixels (FixMatch: int(v * size)), gray fill
 TranslateY      +-int(0.3 * H) pixels, gray fill
 Posterize       keep the 4 most significant bits
 ==============  ==========================================================
 Cutout: a ``round(cutout_fraction * H)`` square at a uniform random pixel
-centre, clipped at the borders, filled with ``fill``.
+centre, clipped at the borders, filled with ``fill``. The same gray ``fill``
+(default 128) is used for the geometric ops (FixMatch: 128 there, 127 for
+Cutout).
 
 Per-image op functions
 ----------------------
 The individual ops operate on ONE image ``[H, W, C]`` given as uint8 or as
 float in [0, 255]. They return float32 in [0, 255] holding whole numbers (like
-PIL's uint8 output; PIL truncates, these round). Geometric ops are 3x3 affine
+PIL's uint8 output; PIL truncates, these round, so results can differ from
+PIL by one gray level). Geometric ops are 3x3 affine
 matrices in PIL's convention: they map an OUTPUT point ``(x, y, 1)`` (x =
 column, y = row, pixel centres at +0.5) to the INPUT point that is sampled
 with nearest-neighbour (``floor``) lookup.
@@ -372,7 +383,7 @@ def _warp_weak(
 
 
 # ---------------------------------------------------------------------------
-# Photometric ops: one shared, parameterised step (LUT + blend)
+# Photometric ops: one shared, parameterised step (blend + LUT-type ops)
 # ---------------------------------------------------------------------------
 
 
@@ -449,8 +460,10 @@ def _photometric_step(image: jax.Array, params: PhotometricParams) -> jax.Array:
 
     values = _blend(image, params)
     channel_offsets = jnp.arange(channels, dtype=jnp.int32) * 256
-    darker = count_below.reshape(-1).at[values.astype(jnp.int32) + channel_offsets].get(
-        mode="promise_in_bounds"
+    darker = (
+        count_below.reshape(-1)
+        .at[values.astype(jnp.int32) + channel_offsets]
+        .get(mode="promise_in_bounds")
     )
     equalized = jnp.floor((jnp.floor(step / 2) + darker) / jnp.maximum(step, 1.0))
     equalized = jnp.where(step > 0, jnp.minimum(equalized, 255.0), values)
@@ -572,7 +585,9 @@ def _randaugment_matrix(op: jax.Array, sign: jax.Array, h: int, w: int) -> jax.A
     )
 
 
-def _randaugment_photometric_params(op: jax.Array, sign: jax.Array) -> PhotometricParams:
+def _randaugment_photometric_params(
+    op: jax.Array, sign: jax.Array
+) -> PhotometricParams:
     """Photometric parameters of RandAugment op ``op`` (identity for geometric)."""
     enhance = 1.0 + MAX_ENHANCE_DELTA * sign
 
@@ -619,8 +634,7 @@ def _randaugment_one(
         params = _randaugment_photometric_params(*op_and_sign)
         return _photometric_step(image, params), None
 
-    # A scan (not a Python loop) keeps XLA from fusing, and so recomputing,
-    # one step's per-pixel work into every consumer in the next step.
+    # A scan, not a Python loop: see "Speed design" in the module docstring.
     out, _ = jax.lax.scan(apply_op, out, (ops, signs))
     centre = jax.random.randint(cutout_key, (2,), 0, jnp.array([height, width]))
     return _to_uint8(cutout(out, centre[0], centre[1], cutout_size, fill))
@@ -854,7 +868,9 @@ def _view_options(view: Callable[..., jax.Array]) -> set[str]:
     return {p.name for p in parameters if p.kind is inspect.Parameter.KEYWORD_ONLY}
 
 
-def make_view(name: str, rng: jax.Array, images: jax.Array, **options: Any) -> jax.Array:
+def make_view(
+    name: str, rng: jax.Array, images: jax.Array, **options: Any
+) -> jax.Array:
     """Applies the view ``name`` (one of ``VIEW_NAMES``) to a batch.
 
     ``options`` may be a union of options for several views: each view gets

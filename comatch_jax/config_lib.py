@@ -30,6 +30,7 @@ def base_config() -> ml_collections.ConfigDict:
     config.checkpoint_every = 500
     config.keep_checkpoints = 3
     config.eval_batch_size = 1000
+    config.nonfinite_policy = "stop"  # stop: raise naming step and term; skip: skip the update
     config.data_on_device = True  # whole arrays on the accelerator; batches drawn in the step
 
     config.dataset = ml_collections.ConfigDict()
@@ -41,6 +42,9 @@ def base_config() -> ml_collections.ConfigDict:
     config.dataset.test_split = "test"
     config.dataset.extra_unlabeled_split = ml_collections.FieldReference(None, field_type=str)
     config.dataset.include_labeled_in_unlabeled = False
+    # A CSV (id,label) of extra labeled train-split images, e.g. answered label requests
+    # (comatch_jax.request_labels); they join the labeled set and leave the unlabeled one.
+    config.dataset.extra_labels_csv = ml_collections.FieldReference(None, field_type=str)
     config.dataset.mean = FASHION_MNIST_MEAN
     config.dataset.std = FASHION_MNIST_STD
 
@@ -188,6 +192,8 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         (len(config.dataset.mean) == len(config.dataset.std),
          "dataset.mean and dataset.std must have the same length"),
         (config.eval_batch_size > 0, "eval_batch_size must be positive"),
+        (config.nonfinite_policy in ("stop", "skip"),
+         f"nonfinite_policy must be 'stop' or 'skip', got {config.nonfinite_policy!r}"),
     ]
     if config.method == "comatch":
         options = config.comatch

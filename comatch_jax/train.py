@@ -33,6 +33,8 @@ class SemiSupervisedData:
     labels: np.ndarray
     unlabeled_images: np.ndarray
     unlabeled_labels: np.ndarray  # ground truth, only to monitor pseudo-label accuracy
+    labeled_ids: np.ndarray  # int32 train-split index of each labeled image
+    unlabeled_ids: np.ndarray  # int32 train-split index, -1 for extra_unlabeled_split images
     test_images: np.ndarray
     test_labels: np.ndarray
     num_classes: int
@@ -41,8 +43,13 @@ class SemiSupervisedData:
 
 
 def prepare_data(config: ml_collections.ConfigDict, dataset: Any = None) -> SemiSupervisedData:
-    """Loads the dataset (unless given) and splits it into labeled and unlabeled parts."""
+    """Loads the dataset (unless given) and splits it into labeled and unlabeled parts.
+
+    The rows of `config.dataset.extra_labels_csv` (id,label), if set, join the labeled set
+    with their given labels and leave the unlabeled set.
+    """
     from comatch_jax import input_pipeline  # imports TensorFlow lazily, only to read files
+    from comatch_jax import label_requests
 
     if dataset is None:
         dataset = input_pipeline.load_dataset(config.dataset)
@@ -53,13 +60,27 @@ def prepare_data(config: ml_collections.ConfigDict, dataset: Any = None) -> Semi
         seed=config.seed,
         include_labeled_in_unlabeled=config.dataset.include_labeled_in_unlabeled,
     )
+    labels = dataset.train_labels[labeled]
+    extra_labels_csv = config.dataset.get("extra_labels_csv")
+    if extra_labels_csv:
+        extra_ids, extra_labels = label_requests.read_labels_csv(
+            extra_labels_csv, num_images=len(dataset.train_labels),
+            num_classes=dataset.num_classes, already_labeled=labeled,
+        )
+        order = np.argsort(np.concatenate([labeled, extra_ids]), kind="stable")
+        labeled = np.concatenate([labeled, extra_ids])[order]
+        labels = np.concatenate([labels, extra_labels])[order]
+        if not config.dataset.include_labeled_in_unlabeled:
+            unlabeled = np.setdiff1d(unlabeled, extra_ids).astype(np.int32)
     unlabeled_images = dataset.train_images[unlabeled]
     unlabeled_labels = dataset.train_labels[unlabeled]
+    unlabeled_ids = unlabeled
     extra = getattr(dataset, "extra_unlabeled_images", None)
     if extra is not None and len(extra):
         unlabeled_images = np.concatenate([unlabeled_images, extra])
         # Extra unlabeled images have no ground truth: -1 never matches a pseudo-label.
         unlabeled_labels = np.concatenate([unlabeled_labels, np.full(len(extra), -1, np.int32)])
+        unlabeled_ids = np.concatenate([unlabeled_ids, np.full(len(extra), -1, np.int32)])
     logging.info(
         "Data from %s: %d labeled, %d unlabeled, %d test images of shape %s, %d classes",
         dataset.source, len(labeled), len(unlabeled_images), len(dataset.test_labels),
@@ -67,9 +88,11 @@ def prepare_data(config: ml_collections.ConfigDict, dataset: Any = None) -> Semi
     )
     return SemiSupervisedData(
         labeled_images=dataset.train_images[labeled],
-        labels=dataset.train_labels[labeled].astype(np.int32),
+        labels=labels.astype(np.int32),
         unlabeled_images=unlabeled_images,
         unlabeled_labels=unlabeled_labels.astype(np.int32),
+        labeled_ids=labeled.astype(np.int32),
+        unlabeled_ids=unlabeled_ids.astype(np.int32),
         test_images=dataset.test_images,
         test_labels=dataset.test_labels.astype(np.int32),
         num_classes=dataset.num_classes,
@@ -96,44 +119,63 @@ def evaluate(eval_step, params, batch_stats, images: np.ndarray, labels: np.ndar
 
 
 class _TerminationRequest:
-    """Turns SIGTERM into a flag the loop checks, so it can checkpoint before exiting."""
+    """Turns SIGTERM and Ctrl-C into a flag the loop checks, so it checkpoints before exiting."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
     def __init__(self):
         self.requested = False
-        self._previous = None
+        self.signal_name = ""
+        self._previous = {}
 
     def __enter__(self):
         try:
-            self._previous = signal.signal(signal.SIGTERM, self._handle)
+            self._previous = {sig: signal.signal(sig, self._handle) for sig in self.SIGNALS}
         except ValueError:  # not the main thread: leave signals alone
-            self._previous = None
+            self._previous = {}
         return self
 
     def _handle(self, signum, frame):
-        logging.warning("SIGTERM received: checkpointing and stopping.")
+        self.signal_name = signal.Signals(signum).name
+        logging.warning("%s received: checkpointing and stopping.", self.signal_name)
         self.requested = True
 
     def __exit__(self, *exc):
-        if self._previous is not None:
-            signal.signal(signal.SIGTERM, self._previous)
+        for sig, previous in self._previous.items():
+            signal.signal(sig, previous)
 
 
-def _check_finite(step: int, metrics: dict[str, float]) -> None:
-    bad = [name for name, value in metrics.items() if not np.isfinite(value)]
+def _mean_metrics(fetched: list[dict[str, Any]], policy: str) -> dict[str, float]:
+    """Means over the steps since the last log; with policy 'skip', skipped steps' losses
+    are left out and their number is reported as skipped_steps."""
+    keep = fetched
+    if policy == "skip":
+        keep = [m for m in fetched if not m["skipped"]] or fetched
+    means = {k: float(np.mean([m[k] for m in keep])) for k in fetched[0] if k != "skipped"}
+    if policy == "skip":
+        means["skipped_steps"] = float(sum(m["skipped"] for m in fetched))
+    return means
+
+
+def _check_finite(step: int, metrics: dict[str, float], policy: str) -> None:
+    """Raises, naming the step and the term, on non-finite metrics ('skip': on params only)."""
+    names = ["param_norm"] if policy == "skip" else list(metrics)
+    bad = [name for name in names if not np.isfinite(metrics[name])]
     if bad:
         raise FloatingPointError(
-            f"Non-finite {', '.join(bad)} at step {step}; training stopped, the last good "
-            "checkpoint is kept. Lower optim.lr or check the inputs."
+            f"Non-finite {', '.join(bad)} in the steps up to {step}; training stopped and the "
+            "last good checkpoint is kept. Lower optim.lr, check the inputs, or set "
+            "--config.nonfinite_policy=skip to skip such steps."
         )
 
 
-def _format_progress(step: int, total: int, metrics: dict[str, float], images_per_sec: float, eta: float) -> str:
+def _format_progress(step: int, total: int, metrics: dict[str, float], eta: float) -> str:
     shown = " ".join(
         f"{name}={metrics[name]:.4f}"
         for name in ("loss", "loss_x", "loss_u", "loss_ctr", "mask_rate", "pseudo_label_acc")
         if name in metrics
     )
-    return f"step {step}/{total} {shown} | {images_per_sec:.0f} img/s | ETA {_hms(eta)}"
+    return f"step {step}/{total} {shown} | {metrics['images_per_sec']:.0f} img/s | ETA {_hms(eta)}"
 
 
 def _hms(seconds: float) -> str:
@@ -285,25 +327,33 @@ def train_and_evaluate(
             state, metrics = jitted_step(state, next_input(step))
             pending.append(metrics)
             step += 1
-            if step % config.log_every == 0 or step == config.num_steps:
-                fetched = jax.device_get(pending)
+            final = step == config.num_steps
+            save = step % config.checkpoint_every == 0 or final or termination.requested
+            if pending and (step % config.log_every == 0 or save):
+                # Metrics are checked before any checkpoint, so a non-finite state is never saved.
+                means = _mean_metrics(jax.device_get(pending), config.nonfinite_policy)
                 pending = []
-                means = {k: float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
-                _check_finite(step, means)
+                _check_finite(step, means, config.nonfinite_policy)
                 now = time.time()
-                images_per_sec = (step - last_step) * images_per_step / max(now - last_time, 1e-9)
-                eta = (config.num_steps - step) * (now - last_time) / max(step - last_step, 1)
+                seconds_per_step = (now - last_time) / max(step - last_step, 1)
+                means["images_per_sec"] = images_per_step / seconds_per_step
                 last_time, last_step = now, step
-                writer.write_scalars(step, {**means, "images_per_sec": images_per_sec})
-                _append_jsonl(workdir, {"step": step, **means, "images_per_sec": images_per_sec})
-                logging.info("%s", _format_progress(step, config.num_steps, means, images_per_sec, eta))
-            if step % config.eval_every == 0 or step == config.num_steps:
+                writer.write_scalars(step, means)
+                _append_jsonl(workdir, {"step": step, **means})
+                logging.info("%s", _format_progress(
+                    step, config.num_steps, means, (config.num_steps - step) * seconds_per_step))
+            if step % config.eval_every == 0 or final:
+                eval_start = time.time()
                 results = run_eval(step)
-            if step % config.checkpoint_every == 0 or step == config.num_steps or termination.requested:
+                last_time += time.time() - eval_start  # throughput and ETA count training only
+            if save:
                 checkpoints.save(step, args=ocp.args.StandardSave(state))
             if termination.requested:
                 checkpoints.wait_until_finished()
-                raise SystemExit(f"Stopped by SIGTERM at step {step}; rerun the same command to resume.")
+                raise SystemExit(
+                    f"Stopped by {termination.signal_name} at step {step} after a checkpoint; "
+                    "rerun the same command to resume."
+                )
     checkpoints.wait_until_finished()
     if not results:
         results = run_eval(step)

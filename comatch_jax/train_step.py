@@ -115,8 +115,7 @@ def make_train_step(
             ema_batch_stats = ema_update(state.ema_batch_stats, batch_stats, config.ema.decay)
         else:  # the official code copies the BN statistics into the EMA model
             ema_batch_stats = batch_stats
-        new_state = state.replace(
-            step=state.step + 1,
+        candidate = state.replace(
             params=params,
             batch_stats=batch_stats,
             opt_state=opt_state,
@@ -124,6 +123,12 @@ def make_train_step(
             ema_batch_stats=ema_batch_stats,
             method_state=method_state,
         )
+        if config.nonfinite_policy == "skip":
+            # A non-finite loss or gradient leaves the state as it was (the step still counts).
+            finite = jnp.isfinite(loss) & jnp.isfinite(optax.tree.norm(grads))
+            candidate = jax.tree.map(lambda new, old: jnp.where(finite, new, old), candidate, state)
+            metrics = {**metrics, "skipped": jnp.logical_not(finite)}
+        new_state = candidate.replace(step=state.step + 1)
         metrics = {
             **metrics,
             "loss": loss,

@@ -1,0 +1,68 @@
+"""An oracle for OFFLINE EVALUATION ONLY: answers label requests from the ground truth.
+
+  python -m comatch_jax.oracle --requests=requests.csv --workdir=RUN --out=labels.csv
+  python -m comatch_jax.oracle --requests=requests.csv --config=configs/comatch.py --out=labels.csv
+
+Reads the `id` column of a requests CSV (comatch_jax.request_labels), looks the ids up in the
+train split of the run's (or the config's) dataset and writes `id,label`. It stands in for
+the person who labels the images, so that the active-learning loop (train, request, label,
+retrain) runs unattended on a benchmark whose labels are known. In real use the labels CSV
+comes from people, not from this tool.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import ml_collections
+import numpy as np
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from comatch_jax import label_requests
+
+config_flags.DEFINE_config_file("config", None, "Config whose dataset to read (or --workdir).")
+flags.DEFINE_string("workdir", None, "A run whose config.json names the dataset (or --config).")
+flags.DEFINE_string("requests", None, "The requests CSV (needs an id column).")
+flags.DEFINE_string("out", None, "Where to write the labels CSV (id,label).")
+flags.mark_flags_as_required(["requests", "out"])
+FLAGS = flags.FLAGS
+
+
+def read_run_config(workdir: str) -> ml_collections.ConfigDict:
+    """The config a run saved in its workdir."""
+    path = os.path.join(workdir, "config.json")
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{workdir} holds no comatch_jax run (no config.json).")
+    with open(path) as f:
+        return ml_collections.ConfigDict(json.load(f))
+
+
+def ground_truth_labels(requests_csv: str, train_labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(ids, labels) for the ids of `requests_csv`, from the train split's true labels."""
+    ids = label_requests.read_request_ids(requests_csv, num_images=len(train_labels))
+    return ids, np.asarray(train_labels)[ids]
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+    try:
+        if (FLAGS.config is None) == (FLAGS.workdir is None):
+            raise ValueError("give exactly one of --config and --workdir.")
+        config = FLAGS.config if FLAGS.config is not None else read_run_config(FLAGS.workdir)
+        from comatch_jax import input_pipeline  # imports TensorFlow lazily, only to read files
+
+        dataset = input_pipeline.load_dataset(config.dataset)
+        ids, labels = ground_truth_labels(FLAGS.requests, dataset.train_labels)
+        label_requests.write_labels_csv(FLAGS.out, ids, labels)
+    except (ValueError, OSError) as error:
+        logging.error("%s: %s", type(error).__name__, error)
+        sys.exit(f"error: {error}")
+    logging.info("Oracle: wrote %d ground-truth labels to %s (offline evaluation).", len(ids), FLAGS.out)
+
+
+if __name__ == "__main__":
+    app.run(main)

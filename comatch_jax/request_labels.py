@@ -1,0 +1,119 @@
+"""Asks for labels: ranks a trained run's unlabeled images and writes the top ones as CSV.
+
+  python -m comatch_jax.request_labels --workdir=RUN --budget=40 --strategy=entropy \\
+      --out=requests.csv
+
+Scores every unlabeled train-split image with the run's EMA model, picks `--budget` of them
+with `--strategy` (entropy, margin, least_confidence, random, kcenter; see
+comatch_jax.label_requests) and writes `id,score,predicted_class,predicted_class_name`, the
+most wanted first. Once labeled (`id,label`; offline, comatch_jax.oracle fills them in), the
+answers train a new run with `--config.dataset.extra_labels_csv=labels.csv`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+
+import numpy as np
+from absl import app, flags, logging
+
+from comatch_jax import inference, label_requests, train
+
+flags.DEFINE_string("workdir", None, "Workdir of a trained run.")
+flags.DEFINE_integer("budget", None, "How many labels to request.")
+flags.DEFINE_string("strategy", "entropy", f"One of {', '.join(label_requests.STRATEGIES)}.")
+flags.DEFINE_bool(
+    "balance_by_predicted_class", False,
+    "Take the requests round-robin over predicted classes (e.g. entropy within class).",
+)
+flags.DEFINE_integer("seed", 0, "Seed of the random strategy.")
+flags.DEFINE_string("out", None, "Where to write the requests CSV.")
+flags.DEFINE_integer("batch_size", 1000, "Images per inference batch.")
+flags.mark_flags_as_required(["workdir", "budget", "out"])
+FLAGS = flags.FLAGS
+
+
+@dataclasses.dataclass(frozen=True)
+class LabelRequests:
+    """The chosen images, most wanted first."""
+
+    ids: np.ndarray  # train-split indices
+    scores: np.ndarray  # the strategy's score (kcenter: distance to the nearest labeled image)
+    predicted_classes: np.ndarray
+
+
+def rank_unlabeled(
+    run: train.TrainedRun,
+    data: train.SemiSupervisedData,
+    *,
+    budget: int,
+    strategy: str,
+    balance_by_predicted_class: bool = False,
+    seed: int = 0,
+    batch_size: int = 1000,
+) -> LabelRequests:
+    """Scores the unlabeled train-split images of `data` with `run` and picks `budget`.
+
+    Images of an extra unlabeled split have no train-split id and cannot be requested.
+    """
+    label_requests.check_strategy(strategy, balance_by_predicted_class)
+    candidates = (data.unlabeled_ids >= 0) & ~np.isin(data.unlabeled_ids, data.labeled_ids)
+    if budget <= 0 or budget > int(candidates.sum()):
+        raise ValueError(
+            f"--budget must be in 1..{int(candidates.sum())} (the unlabeled train-split "
+            f"images), got {budget}."
+        )
+    skipped = int(np.sum(data.unlabeled_ids < 0))
+    if skipped:
+        logging.info("Skipping %d extra unlabeled images: they have no train-split id.", skipped)
+    ids = data.unlabeled_ids[candidates]
+    outputs = inference.predict(run, data.unlabeled_images[candidates], batch_size)
+    labeled_embeddings = None
+    if strategy == "kcenter":
+        labeled_embeddings = inference.predict(run, data.labeled_images, batch_size)["embedding"]
+    chosen = label_requests.select(
+        strategy,
+        probs=outputs["probs"],
+        budget=budget,
+        embeddings=outputs["embedding"],
+        labeled_embeddings=labeled_embeddings,
+        balance_by_predicted_class=balance_by_predicted_class,
+        seed=seed,
+    )
+    if strategy == "kcenter":
+        scores = label_requests.distance_to_nearest(
+            outputs["embedding"][chosen], labeled_embeddings
+        )
+    else:
+        scores = label_requests.strategy_scores(strategy, outputs["probs"], seed)[chosen]
+    return LabelRequests(
+        ids=ids[chosen], scores=scores, predicted_classes=np.argmax(outputs["probs"][chosen], -1)
+    )
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+    try:
+        label_requests.check_strategy(FLAGS.strategy, FLAGS.balance_by_predicted_class)
+        if FLAGS.budget <= 0:
+            raise ValueError(f"--budget must be positive, got {FLAGS.budget}.")
+        run = train.load_run(FLAGS.workdir)
+        data = train.prepare_data(run.config)
+        requests = rank_unlabeled(
+            run, data, budget=FLAGS.budget, strategy=FLAGS.strategy,
+            balance_by_predicted_class=FLAGS.balance_by_predicted_class, seed=FLAGS.seed,
+            batch_size=FLAGS.batch_size,
+        )
+        label_requests.write_requests_csv(
+            FLAGS.out, requests.ids, requests.scores, requests.predicted_classes, run.class_names
+        )
+    except (ValueError, OSError) as error:
+        logging.error("%s: %s", type(error).__name__, error)
+        sys.exit(f"error: {error}")
+    logging.info("Wrote %d label requests (%s) to %s", len(requests.ids), FLAGS.strategy, FLAGS.out)
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,154 @@
+"""Label-request strategies on the real Fashion-MNIST: 40 labels, request 40 more, retrain.
+
+One CoMatch run with 40 labels; then, for each strategy, its 40 label requests
+(comatch_jax.request_labels), answered from the ground truth (comatch_jax.oracle), and a new
+run from scratch on the 40 + 40 labels (same seed, same steps). Prints a Markdown table of
+test accuracy (EMA model) per strategy against the random baseline and writes it to --out.
+Every step is the real command-line tool in a subprocess; finished runs are reused.
+
+  python experiments/label_requests.py --num_steps=600 --out=experiments/RESULTS_label_requests.md
+"""
+
+import collections
+import json
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+from absl import app, flags
+
+from comatch_jax import label_requests
+
+flags.DEFINE_integer("num_steps", 2500, "Training steps of every run (--config.num_steps).")
+flags.DEFINE_integer("num_labels", 40, "Labels of the base run.")
+flags.DEFINE_integer("budget", 40, "Labels each strategy requests.")
+flags.DEFINE_integer("seed", 0, "Seed of every run (and of the random strategy).")
+flags.DEFINE_list(
+    "strategies",
+    ["random", "entropy", "margin", "least_confidence", "kcenter", "entropy_balanced"],
+    "Strategies; '<name>_balanced' adds --balance_by_predicted_class.",
+)
+flags.DEFINE_string("workdir", "/tmp/label_requests", "Parent directory of the runs.")
+flags.DEFINE_string("out", "experiments/out/label_requests.md", "Where to write the table.")
+flags.DEFINE_list("overrides", [], "Extra --config.X=Y overrides for every run, without the dashes.")
+FLAGS = flags.FLAGS
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BALANCED_SUFFIX = "_balanced"
+
+
+def _run(command: list[str], log_path: str) -> float:
+    """Runs a command from the repo root, logging to `log_path`; returns its wall seconds."""
+    print(" ".join(command[1:]), flush=True)
+    start = time.time()
+    with open(log_path, "w") as log:
+        subprocess.run(command, check=True, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
+    return time.time() - start
+
+
+def train_run(name: str, extra_labels_csv: str | None = None) -> dict:
+    """Trains (or reuses) one CoMatch run; returns its summary plus the command."""
+    workdir = os.path.join(FLAGS.workdir, name)
+    command = [
+        sys.executable, "-m", "comatch_jax.main", "--config=configs/comatch.py",
+        f"--workdir={workdir}", f"--config.seed={FLAGS.seed}",
+        f"--config.num_labels={FLAGS.num_labels}", f"--config.num_steps={FLAGS.num_steps}",
+        *[f"--{override}" for override in FLAGS.overrides],
+    ]
+    if extra_labels_csv:
+        command.append(f"--config.dataset.extra_labels_csv={extra_labels_csv}")
+    summary_path = os.path.join(workdir, "summary.json")
+    wall = None
+    if not _finished(summary_path):
+        wall = _run(command, workdir + ".log")
+    with open(summary_path) as f:
+        summary = json.load(f)
+    return {**summary, "wall_seconds": wall, "command": " ".join(command[1:])}
+
+
+def _finished(summary_path: str) -> bool:
+    if not os.path.exists(summary_path):
+        return False
+    with open(summary_path) as f:
+        return json.load(f)["final_step"] == FLAGS.num_steps
+
+
+def request_and_answer(strategy: str) -> tuple[str, dict]:
+    """Label requests of the base run with `strategy`, answered by the oracle.
+
+    Returns the labels CSV and facts about the requests: how many distinct true classes they
+    cover and how often the base model's prediction was already right.
+    """
+    name = strategy.removesuffix(BALANCED_SUFFIX)
+    requests_csv = os.path.join(FLAGS.workdir, f"requests_{strategy}.csv")
+    labels_csv = os.path.join(FLAGS.workdir, f"labels_{strategy}.csv")
+    base = os.path.join(FLAGS.workdir, "base")
+    request = [
+        sys.executable, "-m", "comatch_jax.request_labels", f"--workdir={base}",
+        f"--budget={FLAGS.budget}", f"--strategy={name}", f"--seed={FLAGS.seed}",
+        f"--out={requests_csv}",
+    ]
+    if strategy.endswith(BALANCED_SUFFIX):
+        request.append("--balance_by_predicted_class")
+    answer = [
+        sys.executable, "-m", "comatch_jax.oracle", f"--requests={requests_csv}",
+        f"--workdir={base}", f"--out={labels_csv}",
+    ]
+    if not os.path.exists(labels_csv):
+        _run(request, requests_csv + ".log")
+        _run(answer, labels_csv + ".log")
+    predicted = _read_column(requests_csv, "predicted_class")
+    labels = _read_column(labels_csv, "label")
+    facts = {
+        "classes": len(set(labels.tolist())),
+        "largest_class": max(collections.Counter(labels.tolist()).values()),
+        "base_right": float(np.mean(predicted == labels)),
+        "commands": [" ".join(request[1:]), " ".join(answer[1:])],
+    }
+    return labels_csv, facts
+
+
+def _read_column(path: str, column: str) -> np.ndarray:
+    with open(path) as f:
+        header = f.readline().strip().split(",")
+        return np.asarray([int(line.split(",")[header.index(column)]) for line in f if line.strip()])
+
+
+def main(argv):
+    del argv
+    os.makedirs(FLAGS.workdir, exist_ok=True)
+    base = train_run("base")
+    rows = []
+    for strategy in FLAGS.strategies:
+        if strategy.removesuffix(BALANCED_SUFFIX) not in label_requests.STRATEGIES:
+            raise app.UsageError(f"Unknown strategy {strategy!r}.")
+        labels_csv, facts = request_and_answer(strategy)
+        rows.append({"strategy": strategy, **facts, **train_run(f"with_{strategy}", labels_csv)})
+    random_accuracy = next((r["test_accuracy"] for r in rows if r["strategy"] == "random"), None)
+    total = FLAGS.num_labels + FLAGS.budget
+    lines = [
+        f"| labels | strategy | test accuracy (EMA) | vs random | raw model | requests: classes "
+        f"covered / largest class | base model right on requests |",
+        "|---|---|---|---|---|---|---|",
+        f"| {FLAGS.num_labels} | (base run) | {100 * base['test_accuracy']:.2f}% | | "
+        f"{100 * base['test_accuracy_raw']:.2f}% | | |",
+    ]
+    for r in rows:
+        delta = "" if random_accuracy is None else f"{100 * (r['test_accuracy'] - random_accuracy):+.2f}"
+        lines.append(
+            f"| {total} | {r['strategy']} | {100 * r['test_accuracy']:.2f}% | {delta} "
+            f"| {100 * r['test_accuracy_raw']:.2f}% | {r['classes']} / {r['largest_class']} "
+            f"| {100 * r['base_right']:.0f}% |"
+        )
+    table = "\n".join(lines)
+    print(table)
+    commands = [base["command"]] + [c for r in rows for c in (*r["commands"], r["command"])]
+    os.makedirs(os.path.dirname(FLAGS.out) or ".", exist_ok=True)
+    with open(FLAGS.out, "w") as f:
+        f.write(table + "\n\nCommands:\n" + "\n".join(f"    python {c}" for c in commands) + "\n")
+
+
+if __name__ == "__main__":
+    app.run(main)
