@@ -22,6 +22,8 @@ setup(
         "absl-py",
         "tensorboard",  # clu's TensorBoard writer; tensorflow-cpu does not bring it
         "importlib_resources",  # tensorflow-datasets needs it to download
+        "matplotlib",
+        "scikit-learn",
     ],
     extras_require={"test": ["pytest>=8", "pytest-xdist>=3"]},
 )

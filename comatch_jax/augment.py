@@ -209,33 +209,6 @@ def reflect_index(index: jax.Array, size: int) -> jax.Array:
     return jnp.where(index >= size, period - index, index)
 
 
-def _pil_grayscale(image: jax.Array) -> jax.Array:
-    """PIL ``convert('L').convert(mode)``: rounded luma broadcast to all channels."""
-    if image.shape[-1] != 3:
-        return image
-    red, green, blue = image[..., 0], image[..., 1], image[..., 2]
-    luma = jnp.round(_PIL_LUMA[0] * red + _PIL_LUMA[1] * green + _PIL_LUMA[2] * blue)
-    return jnp.broadcast_to(luma[..., None], image.shape)
-
-
-def _pil_smooth(image: jax.Array) -> jax.Array:
-    """PIL ``ImageFilter.SMOOTH`` (3x3 kernel, weight 5 centre, / 13), borders kept."""
-    height, width, _ = image.shape
-    if height < 3 or width < 3:
-        return image
-    neighbourhood = sum(
-        image[dy : height - 2 + dy, dx : width - 2 + dx]
-        for dy in range(3)
-        for dx in range(3)
-    )
-    interior = jnp.round((neighbourhood + 4.0 * image[1:-1, 1:-1]) / 13.0)
-    # pad + select instead of ``.at[].set``, which lowers to a slow scatter on CPU.
-    rows = jnp.arange(height)[:, None, None]
-    cols = jnp.arange(width)[None, :, None]
-    is_border = (rows == 0) | (rows == height - 1) | (cols == 0) | (cols == width - 1)
-    return jnp.where(is_border, image, jnp.pad(interior, ((1, 1), (1, 1), (0, 0))))
-
-
 # ---------------------------------------------------------------------------
 # Geometric ops: 3x3 inverse affine matrices (PIL convention) and warping
 # ---------------------------------------------------------------------------
@@ -404,27 +377,48 @@ class PhotometricParams(NamedTuple):
     sharpness: Any = 1.0
 
 
+def _pil_grayscale(image: jax.Array) -> jax.Array:
+    """PIL ``convert('L').convert(mode)``: rounded luma in every channel."""
+    if image.shape[0] != 3:
+        return image
+    red, green, blue = image
+    luma = jnp.round(_PIL_LUMA[0] * red + _PIL_LUMA[1] * green + _PIL_LUMA[2] * blue)
+    return jnp.broadcast_to(luma, image.shape)
+
+
+def _pil_smooth(image: jax.Array) -> jax.Array:
+    """PIL ``ImageFilter.SMOOTH`` (3x3 kernel, weight 5 centre, / 13), borders kept."""
+    _, height, width = image.shape
+    if height < 3 or width < 3:
+        return image
+    neighbourhood = sum(
+        image[:, dy : height - 2 + dy, dx : width - 2 + dx]
+        for dy in range(3)
+        for dx in range(3)
+    )
+    interior = jnp.round((neighbourhood + 4.0 * image[:, 1:-1, 1:-1]) / 13.0)
+    # pad + select instead of ``.at[].set``, which lowers to a slow scatter on CPU.
+    rows = jnp.arange(height)[:, None]
+    cols = jnp.arange(width)[None, :]
+    is_border = (rows == 0) | (rows == height - 1) | (cols == 0) | (cols == width - 1)
+    return jnp.where(is_border, image, jnp.pad(interior, ((0, 0), (1, 1), (1, 1))))
+
+
 def _equalize_tables(pixels: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """PIL ``ImageOps.equalize`` statistics of ``int32[N, C]`` pixels (as float32).
+    """PIL ``ImageOps.equalize`` statistics of ``int32[C, N]`` pixels (as float32).
 
     Returns ``count_below`` (``[C, 256]``, pixels darker than each level) and
     ``step`` (``[C]``; PIL's bin width, 0 means identity).
     """
-    num_pixels, channels = pixels.shape
-    channel_offsets = jnp.arange(channels, dtype=jnp.int32) * 256
+    channels, num_pixels = pixels.shape
+    channel_offsets = jnp.arange(channels, dtype=jnp.int32)[:, None] * 256
     histogram = jnp.bincount(
         (pixels + channel_offsets).reshape(-1), length=256 * channels
     ).reshape(channels, 256)
-    last_count = jnp.take_along_axis(histogram, pixels.max(axis=0)[:, None], axis=1)
+    last_count = jnp.take_along_axis(histogram, pixels.max(axis=1)[:, None], axis=1)
     step = jnp.floor((num_pixels - last_count[:, 0]) / 256.0)
     count_below = jnp.cumsum(histogram, axis=1) - histogram
     return count_below.astype(jnp.float32), step.astype(jnp.float32)
-
-
-def _contrast_mean(image: jax.Array) -> jax.Array:
-    """PIL Contrast's degenerate level: rounded mean of the luma image."""
-    luma = _pil_grayscale(image)[..., 0] if image.shape[-1] == 3 else image
-    return jnp.floor(jnp.mean(luma) + 0.5)
 
 
 def _blend(image: jax.Array, params: PhotometricParams) -> jax.Array:
@@ -436,30 +430,34 @@ def _blend(image: jax.Array, params: PhotometricParams) -> jax.Array:
 
 
 def _photometric_step(image: jax.Array, params: PhotometricParams) -> jax.Array:
-    """Applies one photometric op given by ``params`` to ``image``; float32 out.
+    """Applies one photometric op to a channel-first ``[C, H, W]`` image.
 
     Pipeline: blend (Color, Sharpness), then the per-channel lookup-table ops
     (AutoContrast, Equalize, Brightness, Contrast, Solarize, Posterize) as
     per-pixel arithmetic plus one gather into the equalisation table. All
     statistics come from the step's input; that is exact because only one op
     is active per step, so the blend is the identity whenever they are used.
+    Channel-first keeps the per-channel work contiguous (faster on CPU).
+    Returns float32 whole numbers in [0, 255].
     """
     image = _round_pixels(_as_float(image))
-    channels = image.shape[-1]
-    pixels = image.reshape(-1, channels).astype(jnp.int32)
-    low = pixels.min(axis=0).astype(jnp.float32)
-    high = pixels.max(axis=0).astype(jnp.float32)
+    channels = image.shape[0]
+    pixels = image.reshape(channels, -1).astype(jnp.int32)
+    low = pixels.min(axis=1).astype(jnp.float32)[:, None, None]
+    high = pixels.max(axis=1).astype(jnp.float32)[:, None, None]
     # Linear ops as ``anchor_out + scale * (x - anchor)``: AutoContrast
-    # (low -> 0), Brightness (black anchor) and Contrast (mean-level anchor).
+    # (low -> 0), Brightness (black anchor), Contrast (PIL's rounded mean luma).
     stretch = params.auto_contrast & (high > low)
     stretch_scale = 255.0 / jnp.maximum(high - low, 1.0)
     scale = jnp.where(stretch, stretch_scale, 1.0) * params.brightness * params.contrast
-    mean_anchor = jnp.where(params.contrast != 1.0, _contrast_mean(image), 0.0)
+    mean_luma = jnp.floor(jnp.mean(_pil_grayscale(image)[0]) + 0.5)
+    mean_anchor = jnp.where(params.contrast != 1.0, mean_luma, 0.0)
     anchor = jnp.where(stretch, low, 0.0) + mean_anchor
     count_below, step = _equalize_tables(pixels)
+    step = step[:, None, None]
 
     values = _blend(image, params)
-    channel_offsets = jnp.arange(channels, dtype=jnp.int32) * 256
+    channel_offsets = jnp.arange(channels, dtype=jnp.int32)[:, None, None] * 256
     darker = (
         count_below.reshape(-1)
         .at[values.astype(jnp.int32) + channel_offsets]
@@ -474,52 +472,58 @@ def _photometric_step(image: jax.Array, params: PhotometricParams) -> jax.Array:
     return jnp.floor(values / quantum) * quantum
 
 
+def _apply_photometric(image: jax.Array, params: PhotometricParams) -> jax.Array:
+    """``_photometric_step`` for a channel-last ``[H, W, C]`` image."""
+    channel_first = jnp.moveaxis(_as_float(image), -1, 0)
+    return jnp.moveaxis(_photometric_step(channel_first, params), 0, -1)
+
+
 @jax.jit
 def auto_contrast(image: jax.Array) -> jax.Array:
     """Per-channel linear stretch of [min, max] to [0, 255] (PIL autocontrast)."""
-    return _photometric_step(image, PhotometricParams(auto_contrast=True))
+    return _apply_photometric(image, PhotometricParams(auto_contrast=True))
 
 
 @jax.jit
 def equalize(image: jax.Array) -> jax.Array:
     """Per-channel histogram equalisation (PIL ``ImageOps.equalize``)."""
-    return _photometric_step(image, PhotometricParams(equalize=True))
+    return _apply_photometric(image, PhotometricParams(equalize=True))
 
 
 @jax.jit
 def solarize(image: jax.Array, threshold: Any) -> jax.Array:
     """Inverts pixels >= ``threshold``; 256 is the identity."""
-    return _photometric_step(image, PhotometricParams(solarize_threshold=threshold))
+    return _apply_photometric(image, PhotometricParams(solarize_threshold=threshold))
 
 
 @jax.jit
 def posterize(image: jax.Array, bits: Any) -> jax.Array:
     """Keeps the ``bits`` most significant bits of every pixel."""
-    return _photometric_step(image, PhotometricParams(posterize_bits=bits))
+    return _apply_photometric(image, PhotometricParams(posterize_bits=bits))
 
 
 @jax.jit
 def color(image: jax.Array, factor: Any) -> jax.Array:
     """PIL ``ImageEnhance.Color``: blend with the grayscale image (C=1: identity)."""
-    return _photometric_step(image, PhotometricParams(color=factor))
+    return _apply_photometric(image, PhotometricParams(color=factor))
 
 
 @jax.jit
 def contrast(image: jax.Array, factor: Any) -> jax.Array:
     """PIL ``ImageEnhance.Contrast``: blend with the rounded mean luma level."""
-    return _photometric_step(image, PhotometricParams(contrast=factor))
+    return _apply_photometric(image, PhotometricParams(contrast=factor))
 
 
 @jax.jit
 def brightness(image: jax.Array, factor: Any) -> jax.Array:
     """PIL ``ImageEnhance.Brightness``: blend with black (scale by ``factor``)."""
-    return _photometric_step(image, PhotometricParams(brightness=factor))
+    return _apply_photometric(image, PhotometricParams(brightness=factor))
 
 
 @jax.jit
 def sharpness(image: jax.Array, factor: Any) -> jax.Array:
     """PIL ``ImageEnhance.Sharpness``: blend with the SMOOTH-filtered image."""
-    return _photometric_step(image, PhotometricParams(sharpness=factor))
+    return _apply_photometric(image, PhotometricParams(sharpness=factor))
 
 
 @jax.jit
@@ -635,7 +639,8 @@ def _randaugment_one(
         return _photometric_step(image, params), None
 
     # A scan, not a Python loop: see "Speed design" in the module docstring.
-    out, _ = jax.lax.scan(apply_op, out, (ops, signs))
+    out, _ = jax.lax.scan(apply_op, jnp.moveaxis(out, -1, 0), (ops, signs))
+    out = jnp.moveaxis(out, 0, -1)
     centre = jax.random.randint(cutout_key, (2,), 0, jnp.array([height, width]))
     return _to_uint8(cutout(out, centre[0], centre[1], cutout_size, fill))
 

@@ -23,11 +23,6 @@ from ml_collections import config_flags
 
 from comatch_jax import label_requests
 
-config_flags.DEFINE_config_file("config", None, "Config whose dataset to read (or --workdir).")
-flags.DEFINE_string("workdir", None, "A run whose config.json names the dataset (or --config).")
-flags.DEFINE_string("requests", None, "The requests CSV (needs an id column).")
-flags.DEFINE_string("out", None, "Where to write the labels CSV (id,label).")
-flags.mark_flags_as_required(["requests", "out"])
 FLAGS = flags.FLAGS
 
 
@@ -44,6 +39,15 @@ def ground_truth_labels(requests_csv: str, train_labels: np.ndarray) -> tuple[np
     """(ids, labels) for the ids of `requests_csv`, from the train split's true labels."""
     ids = label_requests.read_request_ids(requests_csv, num_images=len(train_labels))
     return ids, np.asarray(train_labels)[ids]
+
+
+def define_flags() -> None:
+    """The command-line flags (defined only when run as a program, so importing is free)."""
+    config_flags.DEFINE_config_file("config", None, "Config whose dataset to read (or --workdir).")
+    flags.DEFINE_string("workdir", None, "A run whose config.json names the dataset (or --config).")
+    flags.DEFINE_string("requests", None, "The requests CSV (needs an id column).")
+    flags.DEFINE_string("out", None, "Where to write the labels CSV (id,label).")
+    flags.mark_flags_as_required(["requests", "out"])
 
 
 def main(argv):
@@ -65,4 +69,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)

@@ -20,17 +20,6 @@ from absl import app, flags, logging
 
 from comatch_jax import inference, label_requests, train
 
-flags.DEFINE_string("workdir", None, "Workdir of a trained run.")
-flags.DEFINE_integer("budget", None, "How many labels to request.")
-flags.DEFINE_string("strategy", "entropy", f"One of {', '.join(label_requests.STRATEGIES)}.")
-flags.DEFINE_bool(
-    "balance_by_predicted_class", False,
-    "Take the requests round-robin over predicted classes (e.g. entropy within class).",
-)
-flags.DEFINE_integer("seed", 0, "Seed of the random strategy.")
-flags.DEFINE_string("out", None, "Where to write the requests CSV.")
-flags.DEFINE_integer("batch_size", 1000, "Images per inference batch.")
-flags.mark_flags_as_required(["workdir", "budget", "out"])
 FLAGS = flags.FLAGS
 
 
@@ -92,6 +81,21 @@ def rank_unlabeled(
     )
 
 
+def define_flags() -> None:
+    """The command-line flags (defined only when run as a program, so importing is free)."""
+    flags.DEFINE_string("workdir", None, "Workdir of a trained run.")
+    flags.DEFINE_integer("budget", None, "How many labels to request.")
+    flags.DEFINE_string("strategy", "entropy", f"One of {', '.join(label_requests.STRATEGIES)}.")
+    flags.DEFINE_bool(
+        "balance_by_predicted_class", False,
+        "Take the requests round-robin over predicted classes (e.g. entropy within class).",
+    )
+    flags.DEFINE_integer("seed", 0, "Seed of the random strategy.")
+    flags.DEFINE_string("out", None, "Where to write the requests CSV.")
+    flags.DEFINE_integer("batch_size", 1000, "Images per inference batch.")
+    flags.mark_flags_as_required(["workdir", "budget", "out"])
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
@@ -116,4 +120,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)

@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from absl import logging
 
 from comatch_jax import config_lib, methods, models, sampling, train_state, train_step
@@ -183,6 +184,11 @@ def _hms(seconds: float) -> str:
     return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
 
+def data_parallel_mesh() -> Mesh:
+    """A 1-D mesh named 'data' over this process's devices (one device: nothing changes)."""
+    return Mesh(np.array(jax.local_devices()), ("data",))
+
+
 def _create_writer(workdir: str):
     from clu import metric_writers  # imports TensorFlow: kept out of the core
 
@@ -262,7 +268,16 @@ def train_and_evaluate(
         init_rng, model=model, tx=tx, method=method, config=config,
         image_shape=image_shape, num_classes=data.num_classes,
     )
-    state = jax.jit(create)()
+    mesh = data_parallel_mesh()
+    replicated = NamedSharding(mesh, PartitionSpec())
+    batch_sharding = NamedSharding(mesh, PartitionSpec("data"))
+    if config.batch_size % mesh.size or config.eval_batch_size % mesh.size:
+        raise ValueError(
+            f"batch_size ({config.batch_size}) and eval_batch_size ({config.eval_batch_size}) "
+            f"must be multiples of the {mesh.size} local devices the batch is sharded over."
+        )
+    # Params, EMA, queue and optimizer state are replicated; every batch is sharded.
+    state = jax.jit(create, out_shardings=replicated)()
 
     checkpoints = ocp.CheckpointManager(
         os.path.abspath(os.path.join(workdir, "checkpoints")),
@@ -270,7 +285,7 @@ def train_and_evaluate(
     )
     if checkpoints.latest_step() is not None:
         latest = checkpoints.latest_step()
-        state = checkpoints.restore(latest, args=ocp.args.StandardRestore(state))
+        state = checkpoints.restore(latest, args=ocp.args.StandardRestore(state))  # keeps shardings
         logging.info("Resumed from the checkpoint of step %d in %s", latest, workdir)
     _save_config(config, workdir)
     _save_json(workdir, DATASET_INFO, {
@@ -289,21 +304,26 @@ def train_and_evaluate(
         "sampling_rng": np.asarray(sampling_rng),
     }
     if config.data_on_device:
-        arrays = jax.device_put(arrays)
+        arrays = jax.device_put(arrays, replicated)
         jitted_step = jax.jit(
-            train_step.make_sampling_train_step(step_fn, config), donate_argnums=0
+            train_step.make_sampling_train_step(step_fn, config, batch_sharding=batch_sharding),
+            out_shardings=(replicated, replicated),
+            donate_argnums=0,
         )
         next_input = lambda step: arrays
     else:
-        jitted_step = jax.jit(step_fn, donate_argnums=0)
-        next_input = lambda step: jax.tree.map(
-            np.asarray,
+        jitted_step = jax.jit(step_fn, out_shardings=(replicated, replicated), donate_argnums=0)
+        next_input = lambda step: jax.device_put(
             sampling.sample_batch(
                 arrays, step, batch_size=config.batch_size,
                 unlabeled_batch_size=unlabeled_batch_size,
             ),
+            batch_sharding,
         )
-    eval_step = jax.jit(train_step.make_eval_step(model, config))
+    eval_step = jax.jit(
+        train_step.make_eval_step(model, config),
+        in_shardings=(replicated, replicated, batch_sharding, batch_sharding, batch_sharding),
+    )
     images_per_step = config.batch_size * len(method.labeled_views) + unlabeled_batch_size * len(
         method.unlabeled_views
     )

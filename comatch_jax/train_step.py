@@ -141,9 +141,14 @@ def make_train_step(
     return train_step
 
 
-def make_sampling_train_step(train_step: StepFn, config: ml_collections.ConfigDict) -> StepFn:
+def make_sampling_train_step(
+    train_step: StepFn,
+    config: ml_collections.ConfigDict,
+    batch_sharding: jax.sharding.Sharding | None = None,
+) -> StepFn:
     """Wraps train_step to draw its batch from whole-dataset arrays (on the device), so a
-    step needs nothing from the host. The batch is a pure function of (seed, step)."""
+    step needs nothing from the host. The batch is a pure function of (seed, step); with
+    `batch_sharding` it is split over the devices of a data-parallel mesh."""
     batch_size = config.batch_size
     unlabeled_batch_size = config.batch_size * config.mu
 
@@ -151,6 +156,8 @@ def make_sampling_train_step(train_step: StepFn, config: ml_collections.ConfigDi
         batch = sampling.sample_batch(
             data, state.step, batch_size=batch_size, unlabeled_batch_size=unlabeled_batch_size
         )
+        if batch_sharding is not None:
+            batch = jax.lax.with_sharding_constraint(batch, batch_sharding)
         return train_step(state, batch)
 
     return sampling_train_step

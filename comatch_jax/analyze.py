@@ -1,0 +1,476 @@
+"""Plots a person looks at to understand a trained run (PNG files, headless matplotlib).
+
+  python -m comatch_jax.analyze --workdir=RUN --out=DIR
+
+writes to DIR:
+  training_curves.png          losses, mask rate, pseudo-label accuracy, test accuracy vs step
+  predicted_distribution.png   predicted-label counts on the unlabeled set and on the test set,
+                               each sorted by count, side by side (CoMatch-at-scale paper, Fig. 3)
+  predicted_counts_scatter.png per-class predicted share, unlabeled vs test
+  prediction_bias.png          predicted minus true count per test class, sorted
+  under_predicted_samples.png  the most under-predicted classes: their test images the model
+                               missed, with what it predicted (Fig. 5)
+  over_predicted_samples.png   the most over-predicted classes: test images wrongly put there
+  confusion_matrix.png         row-normalised confusion matrix on the test set
+  per_class_accuracy.png       test accuracy of every class
+  feature_maps.png             encoder convolution outputs for one test image (Fig. 4)
+  embedding_pca.png            2-D PCA (or t-SNE) of the CoMatch embeddings, coloured by class
+The model is the run's EMA model, the one evaluation reports. At most --max_images images of
+each set are scored (a seeded random subset), which keeps a CPU run to a minute or so.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from typing import Any, Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")  # headless: files only, no display needed
+import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
+import numpy as np  # noqa: E402
+from absl import app, flags, logging  # noqa: E402
+
+from comatch_jax import inference, train  # noqa: E402
+
+FLAGS = flags.FLAGS
+
+# Classes drawn in the sample grids, images per class, feature-map layers and channels.
+NUM_SAMPLE_CLASSES = 3
+SAMPLES_PER_CLASS = 8
+MAX_LAYERS = 6
+CHANNELS_PER_LAYER = 8
+# Points in the embedding plot (t-SNE is quadratic) and classes that still get tick labels.
+MAX_EMBEDDING_POINTS = 3000
+MAX_NAMED_CLASSES = 30
+
+
+# --------------------------------------------------------------------------- computations
+
+
+def read_metrics(workdir: str) -> tuple[list[dict[str, float]], list[dict[str, float]]]:
+    """(training records, evaluation records) of metrics.jsonl, sorted by step. A resumed
+    run may log a step twice: the last record of each step and kind wins."""
+    path = os.path.join(workdir, "metrics.jsonl")
+    if not os.path.exists(path):
+        return [], []
+    training, evaluation = {}, {}
+    with open(path) as f:
+        for line in f:
+            if not line.strip():
+                continue
+            record = json.loads(line)
+            kind = evaluation if "test_accuracy" in record else training
+            kind[record["step"]] = record
+    return [training[s] for s in sorted(training)], [evaluation[s] for s in sorted(evaluation)]
+
+
+def class_counts(classes: np.ndarray, num_classes: int) -> np.ndarray:
+    """How many entries of `classes` fall in each class [num_classes]."""
+    return np.bincount(np.asarray(classes), minlength=num_classes)[:num_classes]
+
+
+def confusion_matrix(labels: np.ndarray, predicted: np.ndarray, num_classes: int) -> np.ndarray:
+    """counts[true, predicted] [num_classes, num_classes]."""
+    matrix = np.zeros((num_classes, num_classes), np.int64)
+    np.add.at(matrix, (np.asarray(labels), np.asarray(predicted)), 1)
+    return matrix
+
+
+def per_class_accuracy(matrix: np.ndarray) -> np.ndarray:
+    """Diagonal over row sums; NaN for a class with no images."""
+    totals = matrix.sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(totals > 0, np.diag(matrix) / totals, np.nan)
+
+
+def prediction_bias(labels: np.ndarray, predicted: np.ndarray, num_classes: int) -> np.ndarray:
+    """Predicted minus true count per class: < 0 under-predicted, > 0 over-predicted."""
+    return class_counts(predicted, num_classes) - class_counts(labels, num_classes)
+
+
+def subset(num: int, max_images: int, seed: int) -> np.ndarray:
+    """Sorted indices of at most `max_images` of `num` items (all of them if few enough)."""
+    if num <= max_images:
+        return np.arange(num)
+    return np.sort(np.random.default_rng(seed).choice(num, size=max_images, replace=False))
+
+
+# ------------------------------------------------------------------------------- plotting
+
+
+def _save(fig: Any, path: str) -> str:
+    fig.savefig(path, dpi=110, bbox_inches="tight", facecolor="white")
+    plt.close(fig)
+    return path
+
+
+def _class_ticks(ax: Any, order: np.ndarray, class_names: Sequence[str], axis: str = "x") -> None:
+    """Class names as ticks when there are few classes, else only the rank."""
+    if len(order) > MAX_NAMED_CLASSES:
+        getattr(ax, f"set_{axis}label")("classes (by rank)")
+        return
+    positions = np.arange(len(order))
+    names = [class_names[i] for i in order]
+    if axis == "x":
+        ax.set_xticks(positions, names, rotation=60, ha="right", fontsize=8)
+    else:
+        ax.set_yticks(positions, names, fontsize=8)
+
+
+def _show_image(ax: Any, image: np.ndarray) -> None:
+    image = np.asarray(image)
+    if image.shape[-1] == 1:
+        ax.imshow(image[..., 0], cmap="gray", vmin=0, vmax=255)
+    else:
+        ax.imshow(image)
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def plot_training_curves(training: list[dict], evaluation: list[dict], path: str) -> str:
+    """Losses, mask rate / pseudo-label accuracy, learning rate and test accuracy vs step."""
+    fig, axes = plt.subplots(2, 2, figsize=(11, 7))
+    panels = [
+        (axes[0, 0], training, ("loss", "loss_x", "loss_u", "loss_ctr"), "losses"),
+        (axes[0, 1], training, ("mask_rate", "pseudo_label_acc"), "unlabeled batch"),
+        (axes[1, 0], training, ("learning_rate",), "learning rate"),
+        (axes[1, 1], evaluation, ("test_accuracy", "test_accuracy_raw"), "test accuracy"),
+    ]
+    for ax, records, keys, title in panels:
+        for key in keys:
+            points = [(r["step"], r[key]) for r in records if key in r]
+            if points:
+                steps, values = zip(*points)
+                label = {"test_accuracy": "EMA model", "test_accuracy_raw": "raw model"}.get(key, key)
+                ax.plot(steps, values, marker="o" if len(points) < 20 else None, ms=3, label=label)
+        ax.set_title(title)
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
+        else:
+            ax.text(0.5, 0.5, "not logged", ha="center", va="center", transform=ax.transAxes)
+    fig.suptitle("Training curves")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_predicted_distribution(
+    unlabeled_predicted: np.ndarray,
+    test_predicted: np.ndarray,
+    class_names: Sequence[str],
+    path: str,
+) -> str:
+    """Predicted-label counts, unlabeled set and test set side by side, each sorted by count."""
+    num_classes = len(class_names)
+    fig, axes = plt.subplots(1, 2, figsize=(max(10, 0.5 * min(num_classes, 60) + 6), 4.5))
+    for ax, predicted, title in [
+        (axes[0], unlabeled_predicted, "unlabeled set"),
+        (axes[1], test_predicted, "test set"),
+    ]:
+        counts = class_counts(predicted, num_classes)
+        order = np.argsort(-counts, kind="stable")
+        ax.bar(np.arange(num_classes), counts[order], color="tab:blue")
+        ax.axhline(len(predicted) / num_classes, color="tab:red", ls="--", lw=1, label="uniform")
+        _class_ticks(ax, order, class_names)
+        ax.set_ylabel("images predicted")
+        ax.set_title(f"Predicted labels, {title} ({len(predicted)} images)")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_predicted_counts_scatter(
+    unlabeled_predicted: np.ndarray,
+    test_predicted: np.ndarray,
+    class_names: Sequence[str],
+    path: str,
+) -> str:
+    """Each class's share of predictions on the unlabeled set against the test set."""
+    num_classes = len(class_names)
+    unlabeled_share = class_counts(unlabeled_predicted, num_classes) / max(len(unlabeled_predicted), 1)
+    test_share = class_counts(test_predicted, num_classes) / max(len(test_predicted), 1)
+    fig, ax = plt.subplots(figsize=(6, 6))
+    ax.scatter(unlabeled_share, test_share, s=25, color="tab:blue")
+    top = max(unlabeled_share.max(), test_share.max()) * 1.1
+    ax.plot([0, top], [0, top], color="gray", ls="--", lw=1, label="equal share")
+    if num_classes <= MAX_NAMED_CLASSES:
+        for c in range(num_classes):
+            ax.annotate(class_names[c], (unlabeled_share[c], test_share[c]), fontsize=8,
+                        xytext=(3, 3), textcoords="offset points")
+    ax.set_xlim(0, top)
+    ax.set_ylim(0, top)
+    ax.set_xlabel("share of predictions, unlabeled set")
+    ax.set_ylabel("share of predictions, test set")
+    ax.set_title("Predicted class shares: unlabeled vs test")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    return _save(fig, path)
+
+
+def plot_prediction_bias(labels: np.ndarray, predicted: np.ndarray, class_names: Sequence[str], path: str) -> str:
+    """Predicted minus true test count per class, sorted: left under-, right over-predicted."""
+    bias = prediction_bias(labels, predicted, len(class_names))
+    order = np.argsort(bias, kind="stable")
+    fig, ax = plt.subplots(figsize=(max(8, 0.45 * min(len(order), 60) + 3), 4.5))
+    colors = np.where(bias[order] < 0, "tab:orange", "tab:green")
+    ax.bar(np.arange(len(order)), bias[order], color=colors)
+    ax.axhline(0, color="black", lw=0.8)
+    _class_ticks(ax, order, class_names)
+    ax.set_ylabel("predicted - true count")
+    ax.set_title("Test set: under-predicted (orange) and over-predicted (green) classes")
+    ax.grid(axis="y", alpha=0.3)
+    return _save(fig, path)
+
+
+def plot_class_samples(
+    images: np.ndarray,
+    labels: np.ndarray,
+    predicted: np.ndarray,
+    class_names: Sequence[str],
+    path: str,
+    *,
+    over: bool,
+) -> str:
+    """A grid: one row per most under- (or over-) predicted class, with its mistakes.
+
+    Under-predicted class c: test images of class c predicted as something else.
+    Over-predicted class c: test images of other classes predicted as c.
+    """
+    bias = prediction_bias(labels, predicted, len(class_names))
+    order = np.argsort(-bias if over else bias, kind="stable")[:NUM_SAMPLE_CLASSES]
+    fig, axes = plt.subplots(
+        len(order), SAMPLES_PER_CLASS + 1,
+        figsize=(1.3 * (SAMPLES_PER_CLASS + 1) + 1.2, 1.6 * len(order) + 0.6), squeeze=False,
+    )
+    for row, c in enumerate(order):
+        if over:
+            chosen = np.flatnonzero((predicted == c) & (labels != c))
+        else:
+            chosen = np.flatnonzero((labels == c) & (predicted != c))
+        header = axes[row, 0]
+        header.axis("off")
+        header.text(0.0, 0.5, f"{class_names[c]}\n{bias[c]:+d} predicted", fontsize=9, va="center",
+                    ha="left", transform=header.transAxes, fontweight="bold")
+        for col in range(SAMPLES_PER_CLASS):
+            ax = axes[row, col + 1]
+            if col < len(chosen):
+                i = chosen[col]
+                _show_image(ax, images[i])
+                caption = f"true {class_names[labels[i]]}" if over else f"as {class_names[predicted[i]]}"
+                ax.set_title(caption, fontsize=7)
+            else:
+                ax.axis("off")
+                if col == 0:
+                    ax.text(0.5, 0.5, "no mistakes", ha="center", va="center", fontsize=8,
+                            transform=ax.transAxes)
+    kind = "Over-predicted: images wrongly predicted as" if over else "Under-predicted: images missed of"
+    fig.suptitle(f"{kind} each class (count = predicted - true)", fontsize=10)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_confusion_matrix(labels: np.ndarray, predicted: np.ndarray, class_names: Sequence[str], path: str) -> str:
+    """Row-normalised confusion matrix (rows: true class), with counts for few classes."""
+    num_classes = len(class_names)
+    matrix = confusion_matrix(labels, predicted, num_classes)
+    rows = np.maximum(matrix.sum(axis=1, keepdims=True), 1)
+    size = min(max(6, 0.55 * num_classes + 2), 20)
+    fig, ax = plt.subplots(figsize=(size + 1, size))
+    shown = ax.imshow(matrix / rows, cmap="Blues", vmin=0, vmax=1)
+    fig.colorbar(shown, ax=ax, fraction=0.046, label="fraction of the true class")
+    if num_classes <= MAX_NAMED_CLASSES:
+        order = np.arange(num_classes)
+        _class_ticks(ax, order, class_names, "x")
+        _class_ticks(ax, order, class_names, "y")
+        for t in range(num_classes):
+            for p in range(num_classes):
+                if matrix[t, p]:
+                    dark = matrix[t, p] / rows[t, 0] > 0.5
+                    ax.text(p, t, str(matrix[t, p]), ha="center", va="center", fontsize=7,
+                            color="white" if dark else "black")
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("true class")
+    accuracy = np.trace(matrix) / max(matrix.sum(), 1)
+    ax.set_title(f"Confusion matrix, test set (accuracy {100 * accuracy:.1f}%)")
+    return _save(fig, path)
+
+
+def plot_per_class_accuracy(labels: np.ndarray, predicted: np.ndarray, class_names: Sequence[str], path: str) -> str:
+    """Test accuracy of every class, sorted, with the overall accuracy as a line."""
+    accuracy = per_class_accuracy(confusion_matrix(labels, predicted, len(class_names)))
+    order = np.argsort(np.nan_to_num(accuracy, nan=-1.0), kind="stable")
+    fig, ax = plt.subplots(figsize=(max(8, 0.45 * min(len(order), 60) + 3), 4.5))
+    ax.bar(np.arange(len(order)), np.nan_to_num(accuracy[order]), color="tab:blue")
+    overall = np.mean(np.asarray(labels) == np.asarray(predicted))
+    ax.axhline(overall, color="tab:red", ls="--", lw=1, label=f"overall {100 * overall:.1f}%")
+    _class_ticks(ax, order, class_names)
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("accuracy")
+    ax.set_title("Per-class test accuracy")
+    ax.legend(fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
+    return _save(fig, path)
+
+
+def plot_feature_maps(image: np.ndarray, maps: dict[str, np.ndarray], title: str, path: str) -> str:
+    """The input image, then the first channels of up to MAX_LAYERS convolution outputs
+    (evenly spread over the encoder's depth), one row per layer."""
+    names = list(maps)
+    if len(names) > MAX_LAYERS:
+        names = [names[i] for i in np.linspace(0, len(names) - 1, MAX_LAYERS).round().astype(int)]
+    fig, axes = plt.subplots(
+        len(names) + 1, CHANNELS_PER_LAYER, figsize=(1.4 * CHANNELS_PER_LAYER, 1.5 * (len(names) + 1)),
+        squeeze=False,
+    )
+    for ax in axes.ravel():
+        ax.axis("off")
+    _show_image(axes[0, 0], image)
+    axes[0, 0].axis("on")
+    axes[0, 0].set_title("input", fontsize=8)
+    for row, name in enumerate(names, start=1):
+        layer = maps[name]
+        for channel in range(min(CHANNELS_PER_LAYER, layer.shape[-1])):
+            ax = axes[row, channel]
+            ax.axis("on")
+            ax.imshow(layer[..., channel], cmap="viridis")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if channel == 0:
+                ax.set_ylabel(f"{name}\n{layer.shape[0]}x{layer.shape[1]}x{layer.shape[2]}", fontsize=7)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def project_2d(embeddings: np.ndarray, method: str, seed: int) -> np.ndarray:
+    """[N, D] -> [N, 2] with scikit-learn's PCA or t-SNE."""
+    if method == "pca":
+        from sklearn.decomposition import PCA
+
+        return PCA(n_components=2, random_state=seed).fit_transform(embeddings)
+    if method == "tsne":
+        from sklearn.manifold import TSNE
+
+        perplexity = min(30.0, max(2.0, (len(embeddings) - 1) / 3))
+        return TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed).fit_transform(embeddings)
+    raise ValueError(f"Unknown embedding projection {method!r}; expected pca or tsne.")
+
+
+def plot_embedding(points: np.ndarray, labels: np.ndarray, class_names: Sequence[str], method: str, path: str) -> str:
+    """2-D projection of the embeddings, coloured by true class."""
+    num_classes = len(class_names)
+    fig, ax = plt.subplots(figsize=(8, 6.5))
+    cmap = plt.get_cmap("tab10" if num_classes <= 10 else "tab20" if num_classes <= 20 else "turbo")
+    colors = cmap(labels / max(num_classes - 1, 1)) if num_classes > 20 else cmap(labels % cmap.N)
+    ax.scatter(points[:, 0], points[:, 1], c=colors, s=6, alpha=0.7, linewidths=0)
+    if num_classes <= 20:
+        handles = [
+            plt.Line2D([], [], marker="o", ls="", color=cmap(c % cmap.N), label=class_names[c])
+            for c in range(num_classes)
+        ]
+        ax.legend(handles=handles, fontsize=8, loc="center left", bbox_to_anchor=(1.0, 0.5))
+    ax.set_title(f"Embeddings of {len(points)} test images ({method.upper()}), coloured by true class")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    return _save(fig, path)
+
+
+# -------------------------------------------------------------------------------- driver
+
+
+def define_flags() -> None:
+    """The command-line flags (defined only when run as a program, so importing is free)."""
+    flags.DEFINE_string("workdir", None, "Workdir of a trained run.")
+    flags.DEFINE_string("out", None, "Directory to write the PNG files to.")
+    flags.DEFINE_integer("max_images", 10000, "Most images scored per set (unlabeled, test).")
+    flags.DEFINE_integer("image_index", 0, "Test image whose feature maps are drawn.")
+    flags.DEFINE_enum("embedding", "pca", ["pca", "tsne"], "2-D projection of the embeddings.")
+    flags.DEFINE_integer("seed", 0, "Seed of the image subsets.")
+    flags.DEFINE_integer("batch_size", 1000, "Images per inference batch.")
+    flags.mark_flags_as_required(["workdir", "out"])
+
+
+def write_analysis(
+    run: train.TrainedRun,
+    data: train.SemiSupervisedData,
+    workdir: str,
+    out_dir: str,
+    *,
+    max_images: int = 10000,
+    image_index: int = 0,
+    embedding: str = "pca",
+    seed: int = 0,
+    batch_size: int = 1000,
+) -> list[str]:
+    """Writes every plot of the module docstring to `out_dir`; returns the paths."""
+    if max_images <= 0:
+        raise ValueError(f"--max_images must be positive, got {max_images}.")
+    if not 0 <= image_index < len(data.test_labels):
+        raise ValueError(
+            f"--image_index must be in 0..{len(data.test_labels) - 1} (a test image), got {image_index}."
+        )
+    os.makedirs(out_dir, exist_ok=True)
+    path = lambda name: os.path.join(out_dir, name)
+    names = run.class_names
+    written = []
+
+    training, evaluation = read_metrics(workdir)
+    if training or evaluation:
+        written.append(plot_training_curves(training, evaluation, path("training_curves.png")))
+    else:
+        logging.warning("No metrics.jsonl in %s: no training curves.", workdir)
+
+    unlabeled_rows = subset(len(data.unlabeled_images), max_images, seed)
+    test_rows = subset(len(data.test_labels), max_images, seed)
+    unlabeled_predicted = np.argmax(
+        inference.predict(run, data.unlabeled_images[unlabeled_rows], batch_size)["probs"], -1
+    )
+    test_outputs = inference.predict(run, data.test_images[test_rows], batch_size)
+    test_predicted = np.argmax(test_outputs["probs"], -1)
+    test_images, test_labels = data.test_images[test_rows], data.test_labels[test_rows]
+
+    written += [
+        plot_predicted_distribution(unlabeled_predicted, test_predicted, names, path("predicted_distribution.png")),
+        plot_predicted_counts_scatter(unlabeled_predicted, test_predicted, names, path("predicted_counts_scatter.png")),
+        plot_prediction_bias(test_labels, test_predicted, names, path("prediction_bias.png")),
+        plot_class_samples(test_images, test_labels, test_predicted, names, path("under_predicted_samples.png"), over=False),
+        plot_class_samples(test_images, test_labels, test_predicted, names, path("over_predicted_samples.png"), over=True),
+        plot_confusion_matrix(test_labels, test_predicted, names, path("confusion_matrix.png")),
+        plot_per_class_accuracy(test_labels, test_predicted, names, path("per_class_accuracy.png")),
+    ]
+
+    image = data.test_images[image_index]
+    title = f"Encoder feature maps, test image {image_index} (class {names[data.test_labels[image_index]]})"
+    written.append(plot_feature_maps(image, inference.feature_maps(run, image), title, path("feature_maps.png")))
+
+    shown = subset(len(test_rows), MAX_EMBEDDING_POINTS, seed)
+    points = project_2d(test_outputs["embedding"][shown], embedding, seed)
+    written.append(plot_embedding(points, test_labels[shown], names, embedding, path(f"embedding_{embedding}.png")))
+    return written
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+    try:
+        run = train.load_run(FLAGS.workdir)
+        data = train.prepare_data(run.config)
+        written = write_analysis(
+            run, data, FLAGS.workdir, FLAGS.out, max_images=FLAGS.max_images,
+            image_index=FLAGS.image_index, embedding=FLAGS.embedding, seed=FLAGS.seed,
+            batch_size=FLAGS.batch_size,
+        )
+    except (ValueError, OSError) as error:
+        logging.error("%s: %s", type(error).__name__, error)
+        sys.exit(f"error: {error}")
+    for path in written:
+        logging.info("wrote %s", path)
+
+
+if __name__ == "__main__":
+    define_flags()
+    app.run(main)

@@ -1,0 +1,312 @@
+"""Label requests: each strategy on hand cases, the CSV files, and the whole loop
+(train -> request_labels -> oracle -> train on the extra labels) through the real commands."""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from comatch_jax import inference, label_requests, train
+from comatch_jax.request_labels import rank_unlabeled
+
+from train_test import RecordingWriter, synthetic_dataset, tiny_config
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+# ------------------------------------------------------------------------ strategies
+
+
+def test_entropy_is_largest_for_uniform_and_zero_for_certain_predictions():
+    probs = np.array([[0.25] * 4, [1.0, 0, 0, 0], [0.7, 0.1, 0.1, 0.1]])
+    scores = label_requests.entropy_scores(probs)
+    np.testing.assert_allclose(scores[0], np.log(4))
+    np.testing.assert_allclose(scores[1], 0.0, atol=1e-9)
+    expected = -(0.7 * np.log(0.7) + 3 * 0.1 * np.log(0.1))
+    np.testing.assert_allclose(scores[2], expected)
+    assert list(label_requests.top_k(scores, 3)) == [0, 2, 1]
+
+
+def test_margin_prefers_the_closest_top_two():
+    probs = np.array([[0.9, 0.05, 0.05], [0.5, 0.01, 0.49], [0.4, 0.3, 0.3]])
+    np.testing.assert_allclose(label_requests.margin_scores(probs), [0.15, 0.99, 0.9])
+    picked = label_requests.select("margin", probs=probs, budget=1)
+    assert list(picked) == [1]
+
+
+def test_least_confidence_is_one_minus_the_top_probability():
+    probs = np.array([[0.9, 0.1], [0.6, 0.4], [0.2, 0.8]])
+    np.testing.assert_allclose(label_requests.least_confidence_scores(probs), [0.1, 0.4, 0.2])
+    assert list(label_requests.select("least_confidence", probs=probs, budget=2)) == [1, 2]
+
+
+def test_strategies_disagree_where_they_should():
+    # Row 0: two classes tie, the rest empty (small margin, lower entropy).
+    # Row 1: spread over four classes (larger margin, higher entropy).
+    probs = np.array([[0.45, 0.45, 0.05, 0.05], [0.4, 0.2, 0.2, 0.2]])
+    assert label_requests.select("margin", probs=probs, budget=1)[0] == 0
+    assert label_requests.select("entropy", probs=probs, budget=1)[0] == 1
+
+
+def test_random_is_seeded():
+    a = label_requests.random_scores(100, seed=3)
+    np.testing.assert_array_equal(a, label_requests.random_scores(100, seed=3))
+    assert not np.array_equal(a, label_requests.random_scores(100, seed=4))
+    probs = np.full((50, 5), 0.2)
+    picks = [label_requests.select("random", probs=probs, budget=10, seed=s) for s in (0, 0, 1)]
+    np.testing.assert_array_equal(picks[0], picks[1])
+    assert set(picks[0]) != set(picks[2])
+
+
+def test_k_center_picks_the_farthest_point_then_fills_the_largest_gap():
+    labeled = np.array([[0.0, 0.0]])
+    points = np.array([[1.0, 0.0], [2.0, 0.0], [10.0, 0.0], [9.0, 0.0], [5.0, 0.0]])
+    # 10 is farthest from the labeled 0; then 5 (distance 5 from both 0 and 10).
+    assert list(label_requests.k_center_greedy(points, labeled, 2)) == [2, 4]
+    # Without labeled points the first pick is the farthest from the mean (5.4): 10.
+    assert label_requests.k_center_greedy(points, np.zeros((0, 2)), 1)[0] == 2
+
+
+def test_k_center_never_repeats_even_with_duplicate_points():
+    points = np.zeros((4, 3))
+    picked = label_requests.k_center_greedy(points, np.ones((1, 3)), 4)
+    assert sorted(picked) == [0, 1, 2, 3]
+
+
+def test_k_center_matches_a_naive_reference():
+    rng = np.random.default_rng(0)
+    points, labeled = rng.normal(size=(60, 4)), rng.normal(size=(5, 4))
+    centers, expected = list(labeled), []
+    for _ in range(8):
+        nearest = [min(np.linalg.norm(p - c) for c in centers) for p in points]
+        for i in expected:
+            nearest[i] = -1.0
+        expected.append(int(np.argmax(nearest)))
+        centers.append(points[expected[-1]])
+    assert list(label_requests.k_center_greedy(points, labeled, 8)) == expected
+
+
+def test_class_balanced_top_k_goes_round_robin_over_predicted_classes():
+    scores = np.array([0.9, 0.8, 0.7, 0.5, 0.4, 0.1])
+    predicted = np.array([0, 0, 0, 1, 1, 2])
+    assert list(label_requests.class_balanced_top_k(scores, predicted, 3)) == [0, 3, 5]
+    # Second round: class 0's second best (0.8) before class 1's (0.4); class 2 ran out.
+    assert list(label_requests.class_balanced_top_k(scores, predicted, 5)) == [0, 3, 5, 1, 4]
+    # Plain top-k would take three images of class 0.
+    assert list(label_requests.top_k(scores, 3)) == [0, 1, 2]
+
+
+def test_balanced_entropy_spreads_requests_over_predicted_classes():
+    rng = np.random.default_rng(1)
+    logits = 8.0 * np.eye(5)[np.arange(200) % 5] + rng.normal(size=(200, 5))  # confident...
+    logits[:100] = 0.05 * rng.normal(size=(100, 5))  # ...and 100 near-uniform ones...
+    logits[:100, 0] += 0.3  # ...all predicted as class 0
+    probs = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
+    predicted = probs.argmax(-1)
+    plain = label_requests.select("entropy", probs=probs, budget=10)
+    balanced = label_requests.select("entropy", probs=probs, budget=10, balance_by_predicted_class=True)
+    counts = np.bincount(predicted[balanced], minlength=5)
+    assert counts.max() - counts.min() <= 1  # 2 per predicted class
+    assert set(predicted[plain]) == {0}
+
+
+@pytest.mark.parametrize(
+    "strategy,balance",
+    [(s, False) for s in label_requests.STRATEGIES] + [("entropy", True), ("random", True)],
+)
+def test_select_returns_budget_unique_indices(strategy, balance):
+    rng = np.random.default_rng(0)
+    probs = rng.dirichlet(np.ones(6), size=80)
+    embeddings = rng.normal(size=(80, 5))
+    picked = label_requests.select(
+        strategy, probs=probs, budget=17, embeddings=embeddings,
+        labeled_embeddings=rng.normal(size=(4, 5)), balance_by_predicted_class=balance, seed=2,
+    )
+    assert len(picked) == 17 and len(set(picked.tolist())) == 17
+    assert picked.min() >= 0 and picked.max() < 80
+
+
+@pytest.mark.parametrize(
+    "kwargs,message",
+    [
+        (dict(strategy="entropy", budget=0), "budget must be in 1..10"),
+        (dict(strategy="entropy", budget=11), "budget must be in 1..10"),
+        (dict(strategy="badge", budget=2), "Unknown strategy 'badge'"),
+        (dict(strategy="kcenter", budget=2, balance_by_predicted_class=True), "not kcenter"),
+        (dict(strategy="kcenter", budget=2), "needs embeddings"),
+    ],
+)
+def test_select_rejects_bad_requests(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        label_requests.select(probs=np.full((10, 2), 0.5), **kwargs)
+
+
+# ------------------------------------------------------------------------- CSV files
+
+
+def _write(path, text):
+    path.write_text(text)
+    return str(path)
+
+
+def test_labels_csv_round_trip(tmp_path):
+    path = str(tmp_path / "labels.csv")
+    label_requests.write_labels_csv(path, np.array([7, 3]), np.array([1, 0]))
+    ids, labels = label_requests.read_labels_csv(path, num_images=10, num_classes=2, already_labeled=np.array([0]))
+    assert list(ids) == [7, 3] and list(labels) == [1, 0]
+
+
+@pytest.mark.parametrize(
+    "text,message",
+    [
+        ("id,label\n12,1\n", r"id 12 is not in the train split \(ids are 0..9\)"),
+        ("id,label\n-1,1\n", "id -1 is not in the train split"),
+        ("id,label\n3,5\n", "label 5 of id 3 is outside 0..2"),
+        ("id,label\n4,1\n", "id 4 is already in the labeled set"),
+        ("id,label\n3,1\n3,2\n", "id 3 appears more than once"),
+        ("id,label\n3,cat\n", r"line 2: label 'cat' is not an integer"),
+        ("id,label\n3\n", "line 2: 1 fields, the header has 2"),
+        ("image,label\n3,1\n", "expected id,label .missing id."),
+        ("", "is empty"),
+        ("id,label\n", "no rows"),
+    ],
+)
+def test_bad_labels_csv_is_one_clear_error(tmp_path, text, message):
+    path = _write(tmp_path / "labels.csv", text)
+    with pytest.raises(ValueError, match=message) as error:
+        label_requests.read_labels_csv(path, num_images=10, num_classes=3, already_labeled=np.array([4]))
+    assert "\n" not in str(error.value) and "labels.csv" in str(error.value)
+
+
+def test_extra_labels_join_the_labeled_set_and_leave_the_unlabeled_set(tmp_path):
+    dataset = synthetic_dataset()
+    config = tiny_config()
+    base = train.prepare_data(config, dataset)
+    new_ids = np.setdiff1d(np.arange(120), base.labeled_ids)[:5]
+    # The given labels win over the dataset's (a person may label differently).
+    given = (dataset.train_labels[new_ids] + 1) % 10
+    config.dataset.extra_labels_csv = str(tmp_path / "labels.csv")
+    label_requests.write_labels_csv(config.dataset.extra_labels_csv, new_ids, given)
+    data = train.prepare_data(config, dataset)
+    assert len(data.labeled_ids) == len(base.labeled_ids) + 5
+    assert len(data.unlabeled_ids) == len(base.unlabeled_ids) - 5
+    assert not np.isin(new_ids, data.unlabeled_ids).any()
+    assert np.all(np.diff(data.labeled_ids) > 0)
+    position = np.searchsorted(data.labeled_ids, new_ids)
+    np.testing.assert_array_equal(data.labels[position], given)
+    np.testing.assert_array_equal(data.labeled_images[position], dataset.train_images[new_ids])
+    np.testing.assert_array_equal(data.unlabeled_images, dataset.train_images[data.unlabeled_ids])
+    assert data.labeled_images.shape[0] == data.labels.shape[0]
+
+
+# ------------------------------------------------------------------- the whole loop
+
+
+def _command(module, *args):
+    result = subprocess.run(
+        [sys.executable, "-m", f"comatch_jax.{module}", *args], capture_output=True, text=True, cwd=REPO
+    )
+    return result
+
+
+@pytest.fixture(scope="module")
+def digits_run(tmp_path_factory):
+    """A few steps on scikit-learn's digits, a dataset the commands can load by name."""
+    workdir = str(tmp_path_factory.mktemp("digits_run"))
+    config = tiny_config()
+    config.dataset.name = "digits"
+    train.train_and_evaluate(config, workdir, writer=RecordingWriter())
+    return workdir, config
+
+
+def test_request_oracle_retrain_loop_adds_budget_labels(digits_run, tmp_path):
+    workdir, config = digits_run
+    requests_csv, labels_csv = str(tmp_path / "requests.csv"), str(tmp_path / "labels.csv")
+    result = _command("request_labels", f"--workdir={workdir}", "--budget=15", "--strategy=entropy",
+                      "--balance_by_predicted_class", f"--out={requests_csv}")
+    assert result.returncode == 0, result.stderr
+    lines = open(requests_csv).read().splitlines()
+    assert lines[0] == "id,score,predicted_class,predicted_class_name" and len(lines) == 16
+    base = train.prepare_data(config)
+    ids = [int(line.split(",")[0]) for line in lines[1:]]
+    assert set(ids) <= set(base.unlabeled_ids.tolist())
+
+    result = _command("oracle", f"--requests={requests_csv}", f"--workdir={workdir}", f"--out={labels_csv}")
+    assert result.returncode == 0, result.stderr
+    digits_labels = train.prepare_data(config)  # ground truth of the answered ids
+    truth = dict(zip(digits_labels.unlabeled_ids.tolist(), digits_labels.unlabeled_labels.tolist()))
+    answered = [tuple(map(int, line.split(","))) for line in open(labels_csv).read().splitlines()[1:]]
+    assert answered == [(i, truth[i]) for i in ids]
+
+    config = tiny_config()
+    config.dataset.name = "digits"
+    config.num_steps = 2
+    config.dataset.extra_labels_csv = labels_csv
+    retrained = train.prepare_data(config)
+    assert len(retrained.labeled_ids) == len(base.labeled_ids) + 15
+    assert len(retrained.unlabeled_ids) == len(base.unlabeled_ids) - 15
+    _, summary = train.train_and_evaluate(config, str(tmp_path / "retrained"), writer=RecordingWriter())
+    assert summary["final_step"] == 2
+
+
+def test_requests_skip_labeled_images_kept_in_the_unlabeled_set(digits_run):
+    workdir, config = digits_run
+    run = train.load_run(workdir)
+    config = tiny_config()
+    config.dataset.name = "digits"
+    config.dataset.include_labeled_in_unlabeled = True
+    data = train.prepare_data(config)
+    assert np.isin(data.labeled_ids, data.unlabeled_ids).all()
+    requests = rank_unlabeled(run, data, budget=1480, strategy="entropy")
+    assert not np.isin(requests.ids, data.labeled_ids).any()
+    with pytest.raises(ValueError, match=r"budget must be in 1..1480"):
+        rank_unlabeled(run, data, budget=1481, strategy="entropy")
+
+
+def test_padding_the_last_batch_changes_no_prediction(digits_run):
+    run = train.load_run(digits_run[0])
+    images = train.prepare_data(digits_run[1]).test_images
+    whole = inference.predict(run, images, batch_size=len(images), progress=False)
+    padded = inference.predict(run, images, batch_size=7, progress=False)
+    for name in ("probs", "embedding", "features"):
+        np.testing.assert_allclose(whole[name], padded[name], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(whole["probs"].sum(-1), 1.0, rtol=1e-5)
+
+
+def test_kcenter_requests_through_the_command(digits_run, tmp_path):
+    workdir, _ = digits_run
+    out = str(tmp_path / "requests.csv")
+    result = _command("request_labels", f"--workdir={workdir}", "--budget=5", "--strategy=kcenter", f"--out={out}")
+    assert result.returncode == 0, result.stderr
+    rows = [line.split(",") for line in open(out).read().splitlines()[1:]]
+    assert len({row[0] for row in rows}) == 5
+    assert all(float(row[1]) > 0 for row in rows)  # distance to the nearest labeled image
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--budget=5", "--workdir={empty}"], "holds no comatch_jax run"),
+        (["--budget=0", "--workdir={run}"], "--budget must be positive, got 0"),
+        (["--budget=100000", "--workdir={run}"], r"--budget must be in 1..1480"),
+        (["--budget=5", "--strategy=coreset", "--workdir={run}"], "Unknown strategy 'coreset'"),
+    ],
+)
+def test_request_labels_errors_are_one_line(digits_run, tmp_path, args, message):
+    workdir, _ = digits_run
+    args = [a.format(empty=tmp_path, run=workdir) for a in args]
+    result = _command("request_labels", *args, f"--out={tmp_path / 'r.csv'}")
+    assert result.returncode != 0
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and message.replace("\\", "") in last.replace("\\", "")
+    assert not os.path.exists(tmp_path / "r.csv")
+
+
+def test_oracle_rejects_unknown_ids(digits_run, tmp_path):
+    workdir, _ = digits_run
+    requests_csv = _write(tmp_path / "requests.csv", "id,score\n5,0.1\n1500,0.2\n")
+    result = _command("oracle", f"--requests={requests_csv}", f"--workdir={workdir}", f"--out={tmp_path / 'l.csv'}")
+    assert result.returncode != 0
+    assert "id 1500 is not in the train split" in result.stderr.strip().splitlines()[-1]
