@@ -44,6 +44,7 @@ MAX_LAYERS = 6
 CHANNELS_PER_LAYER = 8
 # Points in the embedding plot (t-SNE is quadratic) and classes that still get tick labels.
 MAX_EMBEDDING_POINTS = 3000
+EXACT_TSNE_POINTS = 1000
 MAX_NAMED_CLASSES = 30
 
 
@@ -144,7 +145,9 @@ def plot_training_curves(training: list[dict], evaluation: list[dict], path: str
             points = [(r["step"], r[key]) for r in records if key in r]
             if points:
                 steps, values = zip(*points)
-                label = {"test_accuracy": "EMA model", "test_accuracy_raw": "raw model"}.get(key, key)
+                label = {"test_accuracy": "EMA model", "test_accuracy_raw": "raw model"}.get(
+                    key, key
+                )
                 ax.plot(steps, values, marker="o" if len(points) < 20 else None, ms=3, label=label)
         ax.set_title(title)
         ax.set_xlabel("step")
@@ -191,7 +194,9 @@ def plot_predicted_counts_scatter(
 ) -> str:
     """Each class's share of predictions on the unlabeled set against the test set."""
     num_classes = len(class_names)
-    unlabeled_share = class_counts(unlabeled_predicted, num_classes) / max(len(unlabeled_predicted), 1)
+    unlabeled_share = class_counts(unlabeled_predicted, num_classes) / max(
+        len(unlabeled_predicted), 1
+    )
     test_share = class_counts(test_predicted, num_classes) / max(len(test_predicted), 1)
     fig, ax = plt.subplots(figsize=(6, 6))
     ax.scatter(unlabeled_share, test_share, s=25, color="tab:blue")
@@ -199,8 +204,13 @@ def plot_predicted_counts_scatter(
     ax.plot([0, top], [0, top], color="gray", ls="--", lw=1, label="equal share")
     if num_classes <= MAX_NAMED_CLASSES:
         for c in range(num_classes):
-            ax.annotate(class_names[c], (unlabeled_share[c], test_share[c]), fontsize=8,
-                        xytext=(3, 3), textcoords="offset points")
+            ax.annotate(
+                class_names[c],
+                (unlabeled_share[c], test_share[c]),
+                fontsize=8,
+                xytext=(3, 3),
+                textcoords="offset points",
+            )
     ax.set_xlim(0, top)
     ax.set_ylim(0, top)
     ax.set_xlabel("share of predictions, unlabeled set")
@@ -211,7 +221,9 @@ def plot_predicted_counts_scatter(
     return _save(fig, path)
 
 
-def plot_prediction_bias(labels: np.ndarray, predicted: np.ndarray, class_names: Sequence[str], path: str) -> str:
+def plot_prediction_bias(
+    labels: np.ndarray, predicted: np.ndarray, class_names: Sequence[str], path: str
+) -> str:
     """Predicted minus true test count per class, sorted: left under-, right over-predicted."""
     bias = prediction_bias(labels, predicted, len(class_names))
     order = np.argsort(bias, kind="stable")
@@ -243,8 +255,10 @@ def plot_class_samples(
     bias = prediction_bias(labels, predicted, len(class_names))
     order = np.argsort(-bias if over else bias, kind="stable")[:NUM_SAMPLE_CLASSES]
     fig, axes = plt.subplots(
-        len(order), SAMPLES_PER_CLASS + 1,
-        figsize=(1.3 * (SAMPLES_PER_CLASS + 1) + 1.2, 1.6 * len(order) + 0.6), squeeze=False,
+        len(order),
+        SAMPLES_PER_CLASS + 1,
+        figsize=(1.3 * (SAMPLES_PER_CLASS + 1) + 1.2, 1.6 * len(order) + 0.6),
+        squeeze=False,
     )
     for row, c in enumerate(order):
         if over:
@@ -253,27 +267,50 @@ def plot_class_samples(
             chosen = np.flatnonzero((labels == c) & (predicted != c))
         header = axes[row, 0]
         header.axis("off")
-        header.text(0.0, 0.5, f"{class_names[c]}\n{bias[c]:+d} predicted", fontsize=9, va="center",
-                    ha="left", transform=header.transAxes, fontweight="bold")
+        header.text(
+            0.0,
+            0.5,
+            f"{class_names[c]}\n{bias[c]:+d} predicted",
+            fontsize=9,
+            va="center",
+            ha="left",
+            transform=header.transAxes,
+            fontweight="bold",
+        )
         for col in range(SAMPLES_PER_CLASS):
             ax = axes[row, col + 1]
             if col < len(chosen):
                 i = chosen[col]
                 _show_image(ax, images[i])
-                caption = f"true {class_names[labels[i]]}" if over else f"as {class_names[predicted[i]]}"
+                caption = (
+                    f"true {class_names[labels[i]]}" if over else f"as {class_names[predicted[i]]}"
+                )
                 ax.set_title(caption, fontsize=7)
             else:
                 ax.axis("off")
                 if col == 0:
-                    ax.text(0.5, 0.5, "no mistakes", ha="center", va="center", fontsize=8,
-                            transform=ax.transAxes)
-    kind = "Over-predicted: images wrongly predicted as" if over else "Under-predicted: images missed of"
+                    ax.text(
+                        0.5,
+                        0.5,
+                        "no mistakes",
+                        ha="center",
+                        va="center",
+                        fontsize=8,
+                        transform=ax.transAxes,
+                    )
+    kind = (
+        "Over-predicted: images wrongly predicted as"
+        if over
+        else "Under-predicted: images missed of"
+    )
     fig.suptitle(f"{kind} each class (count = predicted - true)", fontsize=10)
     fig.tight_layout()
     return _save(fig, path)
 
 
-def plot_confusion_matrix(labels: np.ndarray, predicted: np.ndarray, class_names: Sequence[str], path: str) -> str:
+def plot_confusion_matrix(
+    labels: np.ndarray, predicted: np.ndarray, class_names: Sequence[str], path: str
+) -> str:
     """Row-normalised confusion matrix (rows: true class), with counts for few classes."""
     num_classes = len(class_names)
     matrix = confusion_matrix(labels, predicted, num_classes)
@@ -290,8 +327,15 @@ def plot_confusion_matrix(labels: np.ndarray, predicted: np.ndarray, class_names
             for p in range(num_classes):
                 if matrix[t, p]:
                     dark = matrix[t, p] / rows[t, 0] > 0.5
-                    ax.text(p, t, str(matrix[t, p]), ha="center", va="center", fontsize=7,
-                            color="white" if dark else "black")
+                    ax.text(
+                        p,
+                        t,
+                        str(matrix[t, p]),
+                        ha="center",
+                        va="center",
+                        fontsize=7,
+                        color="white" if dark else "black",
+                    )
     ax.set_xlabel("predicted class")
     ax.set_ylabel("true class")
     accuracy = np.trace(matrix) / max(matrix.sum(), 1)
@@ -299,7 +343,9 @@ def plot_confusion_matrix(labels: np.ndarray, predicted: np.ndarray, class_names
     return _save(fig, path)
 
 
-def plot_per_class_accuracy(labels: np.ndarray, predicted: np.ndarray, class_names: Sequence[str], path: str) -> str:
+def plot_per_class_accuracy(
+    labels: np.ndarray, predicted: np.ndarray, class_names: Sequence[str], path: str
+) -> str:
     """Test accuracy of every class, sorted, with the overall accuracy as a line."""
     accuracy = per_class_accuracy(confusion_matrix(labels, predicted, len(class_names)))
     order = np.argsort(np.nan_to_num(accuracy, nan=-1.0), kind="stable")
@@ -323,7 +369,9 @@ def plot_feature_maps(image: np.ndarray, maps: dict[str, np.ndarray], title: str
     if len(names) > MAX_LAYERS:
         names = [names[i] for i in np.linspace(0, len(names) - 1, MAX_LAYERS).round().astype(int)]
     fig, axes = plt.subplots(
-        len(names) + 1, CHANNELS_PER_LAYER, figsize=(1.4 * CHANNELS_PER_LAYER, 1.5 * (len(names) + 1)),
+        len(names) + 1,
+        CHANNELS_PER_LAYER,
+        figsize=(1.4 * CHANNELS_PER_LAYER, 1.5 * (len(names) + 1)),
         squeeze=False,
     )
     for ax in axes.ravel():
@@ -340,7 +388,9 @@ def plot_feature_maps(image: np.ndarray, maps: dict[str, np.ndarray], title: str
             ax.set_xticks([])
             ax.set_yticks([])
             if channel == 0:
-                ax.set_ylabel(f"{name}\n{layer.shape[0]}x{layer.shape[1]}x{layer.shape[2]}", fontsize=7)
+                ax.set_ylabel(
+                    f"{name}\n{layer.shape[0]}x{layer.shape[1]}x{layer.shape[2]}", fontsize=7
+                )
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return _save(fig, path)
@@ -356,11 +406,18 @@ def project_2d(embeddings: np.ndarray, method: str, seed: int) -> np.ndarray:
         from sklearn.manifold import TSNE
 
         perplexity = min(30.0, max(2.0, (len(embeddings) - 1) / 3))
-        return TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed).fit_transform(embeddings)
+        # Exact gradients are faster than Barnes-Hut below about a thousand points.
+        method = "exact" if len(embeddings) <= EXACT_TSNE_POINTS else "barnes_hut"
+        tsne = TSNE(
+            n_components=2, perplexity=perplexity, init="pca", method=method, random_state=seed
+        )
+        return tsne.fit_transform(embeddings)
     raise ValueError(f"Unknown embedding projection {method!r}; expected pca or tsne.")
 
 
-def plot_embedding(points: np.ndarray, labels: np.ndarray, class_names: Sequence[str], method: str, path: str) -> str:
+def plot_embedding(
+    points: np.ndarray, labels: np.ndarray, class_names: Sequence[str], method: str, path: str
+) -> str:
     """2-D projection of the embeddings, coloured by true class."""
     num_classes = len(class_names)
     fig, ax = plt.subplots(figsize=(8, 6.5))
@@ -373,7 +430,9 @@ def plot_embedding(points: np.ndarray, labels: np.ndarray, class_names: Sequence
             for c in range(num_classes)
         ]
         ax.legend(handles=handles, fontsize=8, loc="center left", bbox_to_anchor=(1.0, 0.5))
-    ax.set_title(f"Embeddings of {len(points)} test images ({method.upper()}), coloured by true class")
+    ax.set_title(
+        f"Embeddings of {len(points)} test images ({method.upper()}), coloured by true class"
+    )
     ax.set_xticks([])
     ax.set_yticks([])
     return _save(fig, path)
@@ -434,22 +493,48 @@ def write_analysis(
     test_images, test_labels = data.test_images[test_rows], data.test_labels[test_rows]
 
     written += [
-        plot_predicted_distribution(unlabeled_predicted, test_predicted, names, path("predicted_distribution.png")),
-        plot_predicted_counts_scatter(unlabeled_predicted, test_predicted, names, path("predicted_counts_scatter.png")),
+        plot_predicted_distribution(
+            unlabeled_predicted, test_predicted, names, path("predicted_distribution.png")
+        ),
+        plot_predicted_counts_scatter(
+            unlabeled_predicted, test_predicted, names, path("predicted_counts_scatter.png")
+        ),
         plot_prediction_bias(test_labels, test_predicted, names, path("prediction_bias.png")),
-        plot_class_samples(test_images, test_labels, test_predicted, names, path("under_predicted_samples.png"), over=False),
-        plot_class_samples(test_images, test_labels, test_predicted, names, path("over_predicted_samples.png"), over=True),
+        plot_class_samples(
+            test_images,
+            test_labels,
+            test_predicted,
+            names,
+            path("under_predicted_samples.png"),
+            over=False,
+        ),
+        plot_class_samples(
+            test_images,
+            test_labels,
+            test_predicted,
+            names,
+            path("over_predicted_samples.png"),
+            over=True,
+        ),
         plot_confusion_matrix(test_labels, test_predicted, names, path("confusion_matrix.png")),
         plot_per_class_accuracy(test_labels, test_predicted, names, path("per_class_accuracy.png")),
     ]
 
     image = data.test_images[image_index]
     title = f"Encoder feature maps, test image {image_index} (class {names[data.test_labels[image_index]]})"
-    written.append(plot_feature_maps(image, inference.feature_maps(run, image), title, path("feature_maps.png")))
+    written.append(
+        plot_feature_maps(
+            image, inference.feature_maps(run, image), title, path("feature_maps.png")
+        )
+    )
 
     shown = subset(len(test_rows), MAX_EMBEDDING_POINTS, seed)
     points = project_2d(test_outputs["embedding"][shown], embedding, seed)
-    written.append(plot_embedding(points, test_labels[shown], names, embedding, path(f"embedding_{embedding}.png")))
+    written.append(
+        plot_embedding(
+            points, test_labels[shown], names, embedding, path(f"embedding_{embedding}.png")
+        )
+    )
     return written
 
 
@@ -460,8 +545,14 @@ def main(argv):
         run = train.load_run(FLAGS.workdir)
         data = train.prepare_data(run.config)
         written = write_analysis(
-            run, data, FLAGS.workdir, FLAGS.out, max_images=FLAGS.max_images,
-            image_index=FLAGS.image_index, embedding=FLAGS.embedding, seed=FLAGS.seed,
+            run,
+            data,
+            FLAGS.workdir,
+            FLAGS.out,
+            max_images=FLAGS.max_images,
+            image_index=FLAGS.image_index,
+            embedding=FLAGS.embedding,
+            seed=FLAGS.seed,
             batch_size=FLAGS.batch_size,
         )
     except (ValueError, OSError) as error:

@@ -56,6 +56,10 @@ def base_config() -> ml_collections.ConfigDict:
     config.model.widen_factor = 2  # wide_resnet
     config.model.stem = "imagenet"  # resnet: imagenet (7x7/2 + pool) or cifar (3x3/1)
     config.model.low_dim = 64
+    config.model.projector_widths = ()  # SSL projector MLP (Barlow Twins, SimSiam); () = none
+    config.model.predictor_widths = ()  # SimSiam's predictor MLP; () = none
+    config.model.decoder = False  # the autoencoder's decoder
+    config.model.decoder_width = 64
     # Flax convention (0.01 in PyTorch terms). The published 0.999 suits 2^19 steps; over a
     # few thousand steps it leaves the running statistics near their initial values.
     config.model.bn_momentum = 0.99
@@ -86,6 +90,31 @@ def base_config() -> ml_collections.ConfigDict:
     config.comatch.queue_size = 640  # K; the official CIFAR value is 5 batches: 5*(mu+1)*B
     config.comatch.distribution_alignment = True
     config.comatch.da_length = 32
+    config.comatch.lambda_bt = 0.01  # method comatch_bt only: weight of the Barlow Twins term
+
+    config.fixmatch = ml_collections.ConfigDict()
+    config.fixmatch.threshold = 0.95  # tau
+    config.fixmatch.lambda_u = 1.0
+
+    config.simclr = ml_collections.ConfigDict()
+    config.simclr.temperature = 0.5
+
+    config.barlow_twins = ml_collections.ConfigDict()
+    config.barlow_twins.lambda_offdiag = 5e-3
+
+    config.autoencoder = ml_collections.ConfigDict()
+    config.autoencoder.loss = "mse"  # mse | bce
+
+    # Fine-tuning: initialise the backbone from another run's latest checkpoint.
+    config.init_from = ml_collections.FieldReference(None, field_type=str)
+
+    # Frozen-feature evaluation of self-supervised runs (and the probe command).
+    config.probe = ml_collections.ConfigDict()
+    config.probe.knn_k = 200
+    config.probe.knn_temperature = 0.07
+    config.probe.linear_steps = 500
+    config.probe.linear_lr = 0.1
+    config.probe.linear_weight_decay = 5e-4
 
     config.optim = ml_collections.ConfigDict()
     config.optim.lr = 0.03
@@ -159,6 +188,14 @@ def apply_preset(config: ml_collections.ConfigDict, preset: str) -> ml_collectio
     return config
 
 
+def self_supervised_config(preset: str = "") -> ml_collections.ConfigDict:
+    """Shared by the self-supervised configs: two SimCLR-style views of unlabeled images."""
+    config = apply_preset(base_config(), preset)
+    config.augment.strong0 = "simclr"
+    config.augment.strong1 = "simclr"
+    return config
+
+
 def _cifar(config, name, num_labels, mean, std, *, widen_factor):
     config.model.bn_momentum = 0.999  # official: 0.001 in PyTorch terms
     config.dataset.name = name
@@ -198,7 +235,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         (config.nonfinite_policy in ("stop", "skip"),
          f"nonfinite_policy must be 'stop' or 'skip', got {config.nonfinite_policy!r}"),
     ]
-    if config.method == "comatch":
+    if config.method in ("comatch", "comatch_bt"):
         options = config.comatch
         checks += [
             (config.mu > 0, "method=comatch needs unlabeled data: mu must be > 0"),
@@ -207,6 +244,18 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
             (options.queue_size > 0, "comatch.queue_size must be positive"),
             (options.da_length > 0, "comatch.da_length must be positive"),
         ]
+    checks.append((config.get("init_from") != "",
+                   "fine-tuning needs --config.init_from=PRETRAINING_WORKDIR"))
+    needs = {
+        "comatch_bt": ("projector_widths",),
+        "barlow_twins": ("projector_widths",),
+        "simsiam": ("projector_widths", "predictor_widths"),
+        "autoencoder": ("decoder",),
+    }
+    for field in needs.get(config.method, ()):
+        checks.append((bool(config.model[field]), f"method={config.method} needs model.{field} set"))
+    if config.method in ("fixmatch", "comatch_bt", "simclr", "barlow_twins", "simsiam", "autoencoder"):
+        checks.append((config.mu > 0, f"method={config.method} needs unlabeled data: mu must be > 0"))
     for ok, message in checks:
         if not ok:
             raise ValueError(f"Invalid config: {message}")

@@ -57,19 +57,44 @@ def _progress_bar(done: int, total: int, start: float, width: int = 30) -> str:
 def predict(
     run: TrainedRun, images: np.ndarray, batch_size: int = 1000, progress: bool = True
 ) -> dict[str, np.ndarray]:
-    """Runs the EMA model over uint8 `images` [N, H, W, C].
+    """Runs the EMA model of `run` over uint8 `images` [N, H, W, C].
 
     Returns numpy `probs` [N, num_classes], `embedding` [N, low_dim] (unit norm) and
     `features` [N, F]. `progress` logs a bar every few seconds on long passes.
     """
+    config = run.config
+    return predict_with(
+        run.model,
+        ema_variables(run),
+        images,
+        mean=config.dataset.mean,
+        std=config.dataset.std,
+        batch_size=batch_size,
+        progress=progress,
+    )
+
+
+def predict_with(
+    model: nn.Module,
+    variables: dict[str, Any],
+    images: np.ndarray,
+    *,
+    mean: Any,
+    std: Any,
+    batch_size: int = 1000,
+    progress: bool = True,
+    predict_batch: Any = None,
+) -> dict[str, np.ndarray]:
+    """`predict` for any model variables (e.g. during training). `predict_batch` may be a
+    jitted make_predict_fn(...) to reuse across calls."""
     if batch_size <= 0:
         raise ValueError(f"batch_size must be positive, got {batch_size}.")
     images = np.asarray(images)
     if images.dtype != np.uint8 or images.ndim != 4:
-        raise ValueError(f"predict needs uint8 images [N, H, W, C], got {images.dtype} {images.shape}.")
-    config = run.config
-    predict_batch = jax.jit(make_predict_fn(run.model, config.dataset.mean, config.dataset.std))
-    variables = ema_variables(run)
+        raise ValueError(
+            f"predict needs uint8 images [N, H, W, C], got {images.dtype} {images.shape}."
+        )
+    predict_batch = predict_batch or jax.jit(make_predict_fn(model, mean, std))
     total = len(images)
     batch_size = min(batch_size, max(total, 1))
     chunks: list[dict[str, np.ndarray]] = []
@@ -92,8 +117,8 @@ def predict(
 
 
 def feature_maps(run: TrainedRun, image: np.ndarray) -> dict[str, np.ndarray]:
-    """The output of every convolution of the EMA model's encoder for one uint8 image
-    [H, W, C], in forward order: {module path: [h, w, channels]}."""
+    """The output of every convolution of the EMA model's encoder (backbone) for one uint8
+    image [H, W, C], in forward order: {module path in the backbone: [h, w, channels]}."""
     config = run.config
     inputs = train_step.preprocess(np.asarray(image)[None], config.dataset.mean, config.dataset.std)
     _, state = run.model.apply(
@@ -113,5 +138,6 @@ def feature_maps(run: TrainedRun, image: np.ndarray) -> dict[str, np.ndarray]:
             else:
                 collect(value, path + (key,))
 
-    collect(state["intermediates"], ())
+    captured = state["intermediates"]
+    collect(captured.get("backbone", captured), ())  # the encoder, without any head
     return maps

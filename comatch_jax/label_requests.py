@@ -169,9 +169,7 @@ def select(
 def check_strategy(strategy: str, balance_by_predicted_class: bool = False) -> None:
     """Raises ValueError with one line for an unknown strategy or an impossible combination."""
     if strategy not in STRATEGIES:
-        raise ValueError(
-            f"Unknown strategy {strategy!r}; expected one of {', '.join(STRATEGIES)}."
-        )
+        raise ValueError(f"Unknown strategy {strategy!r}; expected one of {', '.join(STRATEGIES)}.")
     if strategy == "kcenter" and balance_by_predicted_class:
         raise ValueError(
             "balance_by_predicted_class needs a score strategy "
@@ -202,7 +200,9 @@ def write_requests_csv(
         writer = csv.writer(f)
         writer.writerow(REQUEST_COLUMNS)
         for image_id, score, predicted in zip(ids, scores, predicted_classes):
-            writer.writerow([int(image_id), f"{float(score):.6g}", int(predicted), class_names[int(predicted)]])
+            writer.writerow(
+                [int(image_id), f"{float(score):.6g}", int(predicted), class_names[int(predicted)]]
+            )
 
 
 def write_labels_csv(path: str, ids: np.ndarray, labels: np.ndarray) -> None:
@@ -238,7 +238,9 @@ def _read_int_columns(path: str, columns: Sequence[str]) -> dict[str, np.ndarray
         if not any(cell.strip() for cell in row):
             continue  # a blank line
         if len(row) != len(header):
-            raise ValueError(f"{path} line {line}: {len(row)} fields, the header has {len(header)}.")
+            raise ValueError(
+                f"{path} line {line}: {len(row)} fields, the header has {len(header)}."
+            )
         for name, position in zip(columns, positions):
             try:
                 values[name].append(int(row[position]))

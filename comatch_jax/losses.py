@@ -140,3 +140,74 @@ def enqueue(
         entries, pointer, count = entries[-size:], (pointer + count - size) % size, size
     rows = (pointer + jnp.arange(count)) % size
     return queue.at[rows].set(entries.astype(queue.dtype)), (pointer + count) % size
+
+
+# ----------------------------------------------------------------------------- self-supervised
+def barlow_twins_loss(
+    embeddings: jax.Array, other_embeddings: jax.Array, *, lambda_offdiag: float
+) -> jax.Array:
+    """Barlow Twins (Zbontar et al. 2021, Eq. 1-2).
+
+    Each embedding dimension is standardised over the batch; C = z^A_n^T z^B_n / N is the
+    cross-correlation matrix [D, D]; L = sum_i (1 - C_ii)^2 + lambda sum_{i != j} C_ij^2.
+    """
+    def standardise(z):
+        z = z.astype(jnp.float32)
+        return (z - jnp.mean(z, axis=0)) / jnp.sqrt(jnp.var(z, axis=0) + 1e-5)
+
+    n = embeddings.shape[0]
+    correlation = standardise(embeddings).T @ standardise(other_embeddings) / n
+    diagonal = jnp.diagonal(correlation)
+    on_diagonal = jnp.sum((1.0 - diagonal) ** 2)
+    off_diagonal = jnp.sum(correlation**2) - jnp.sum(diagonal**2)
+    return on_diagonal + lambda_offdiag * off_diagonal
+
+
+def nt_xent_loss(embeddings: jax.Array, other_embeddings: jax.Array, *, temperature: float) -> jax.Array:
+    """SimCLR's NT-Xent (Chen et al. 2020, Eq. 1) over the 2N views.
+
+    For each of the 2N L2-normalised views, cross-entropy of its positive (the other view of
+    the same image) against all 2N - 1 other views, with similarities divided by t; mean
+    over the 2N anchors.
+    """
+    z = jnp.concatenate([embeddings, other_embeddings]).astype(jnp.float32)
+    z = z / jnp.linalg.norm(z, axis=-1, keepdims=True)
+    n = embeddings.shape[0]
+    logits = z @ z.T / temperature
+    logits = jnp.where(jnp.eye(2 * n, dtype=bool), -jnp.inf, logits)  # no self-pairs
+    positives = jnp.concatenate([jnp.arange(n, 2 * n), jnp.arange(n)])
+    log_probs = jax.nn.log_softmax(logits, axis=-1)
+    return -jnp.mean(log_probs[jnp.arange(2 * n), positives])
+
+
+def negative_cosine(prediction: jax.Array, target: jax.Array) -> jax.Array:
+    """D(p, z) = -mean_b cos(p_b, stop_gradient(z_b)), SimSiam's Eq. 1 with Eq. 3's stop-grad."""
+    target = jax.lax.stop_gradient(target)  # SimSiam: the target branch gets no gradient
+    p = prediction / jnp.linalg.norm(prediction, axis=-1, keepdims=True)
+    z = target / jnp.linalg.norm(target, axis=-1, keepdims=True)
+    return -jnp.mean(jnp.sum(p * z, axis=-1))
+
+
+def simsiam_loss(
+    prediction: jax.Array, other_prediction: jax.Array, projection: jax.Array, other_projection: jax.Array
+) -> jax.Array:
+    """SimSiam (Chen & He 2021, Eq. 4): L = D(p1, sg(z2)) / 2 + D(p2, sg(z1)) / 2."""
+    return 0.5 * negative_cosine(prediction, other_projection) + 0.5 * negative_cosine(
+        other_prediction, projection
+    )
+
+
+def reconstruction_loss(reconstruction_logits: jax.Array, images: jax.Array, *, kind: str) -> jax.Array:
+    """Autoencoder loss between pixel logits and target intensities in [0, 1].
+
+    'mse': mean squared error of sigmoid(logits); 'bce': mean binary cross-entropy.
+    """
+    images = images.astype(jnp.float32)
+    if kind == "mse":
+        return jnp.mean((jax.nn.sigmoid(reconstruction_logits) - images) ** 2)
+    if kind == "bce":
+        return jnp.mean(
+            -images * jax.nn.log_sigmoid(reconstruction_logits)
+            - (1.0 - images) * jax.nn.log_sigmoid(-reconstruction_logits)
+        )
+    raise ValueError(f"reconstruction kind must be 'mse' or 'bce', got {kind!r}")

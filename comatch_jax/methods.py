@@ -37,6 +37,9 @@ class Method:
     unlabeled_views: tuple[str, ...]
     init_state: Callable[[ml_collections.ConfigDict, int, int], Any]
     loss: LossFn
+    # 'classifier': evaluated by its classifier; 'self_supervised': by kNN on frozen features
+    # (the classifier is untrained until fine-tuning).
+    evaluation: str = "classifier"
 
 
 def _pseudo_label_accuracy(pseudo_labels: jax.Array, mask: jax.Array, batch: dict) -> jax.Array:
@@ -140,11 +143,94 @@ def comatch_loss(outputs: Outputs, batch: dict, state: dict, config) -> tuple:
     return loss, (new_state, metrics)
 
 
+# ----------------------------------------------------------------------------- CoMatch + BT
+def comatch_barlow_twins_loss(outputs: Outputs, batch: dict, state: dict, config) -> tuple:
+    """CoMatch plus lambda_bt times Barlow Twins on the two strong views' projections (the
+    CoMatch paper's stated future work)."""
+    loss, (state, metrics) = comatch_loss(outputs, batch, state, config)
+    loss_bt = losses.barlow_twins_loss(
+        outputs["unlabeled_strong0"]["projection"],
+        outputs["unlabeled_strong1"]["projection"],
+        lambda_offdiag=config.barlow_twins.lambda_offdiag,
+    )
+    return loss + config.comatch.lambda_bt * loss_bt, (state, {**metrics, "loss_bt": loss_bt})
+
+
+# ----------------------------------------------------------------------------- FixMatch
+def fixmatch_loss(outputs: Outputs, batch: dict, state: dict, config) -> tuple:
+    """FixMatch (Sohn et al. 2020, Eq. 4): L_x + lambda_u CE(strong, argmax p_weak) where
+    max p_weak >= tau."""
+    options = config.fixmatch
+    loss_x = losses.cross_entropy(outputs["labeled_weak"]["logits"], batch["labels"])
+    weak_probs = jax.nn.softmax(outputs["unlabeled_weak"]["logits"], axis=-1)
+    loss_u, mask = losses.hard_pseudo_label_loss(
+        outputs["unlabeled_strong0"]["logits"], weak_probs, threshold=options.threshold
+    )
+    metrics = {
+        "loss_x": loss_x,
+        "loss_u": loss_u,
+        "mask_rate": jnp.mean(mask),
+        "pseudo_label_acc": _pseudo_label_accuracy(weak_probs, mask, batch),
+    }
+    return loss_x + options.lambda_u * loss_u, (state, metrics)
+
+
+# ----------------------------------------------------------------------------- self-supervised
+def simclr_loss(outputs: Outputs, batch: dict, state: dict, config) -> tuple:
+    """NT-Xent between the two views' L2-normalised projections (the `embedding` head)."""
+    loss = losses.nt_xent_loss(
+        outputs["unlabeled_strong0"]["embedding"],
+        outputs["unlabeled_strong1"]["embedding"],
+        temperature=config.simclr.temperature,
+    )
+    return loss, (state, {"loss_ssl": loss})
+
+
+def barlow_twins_method_loss(outputs: Outputs, batch: dict, state: dict, config) -> tuple:
+    """Redundancy reduction between the two views' projector outputs."""
+    loss = losses.barlow_twins_loss(
+        outputs["unlabeled_strong0"]["projection"],
+        outputs["unlabeled_strong1"]["projection"],
+        lambda_offdiag=config.barlow_twins.lambda_offdiag,
+    )
+    return loss, (state, {"loss_ssl": loss})
+
+
+def simsiam_method_loss(outputs: Outputs, batch: dict, state: dict, config) -> tuple:
+    """Symmetric negative cosine between predictions and stop-gradient projections."""
+    first, second = outputs["unlabeled_strong0"], outputs["unlabeled_strong1"]
+    loss = losses.simsiam_loss(
+        first["prediction"], second["prediction"], first["projection"], second["projection"]
+    )
+    return loss, (state, {"loss_ssl": loss})
+
+
+def autoencoder_loss(outputs: Outputs, batch: dict, state: dict, config) -> tuple:
+    """Reconstruct the (weakly augmented) input image from the backbone's features."""
+    view = outputs["unlabeled_weak"]
+    loss = losses.reconstruction_loss(
+        view["reconstruction"], view["image"] / 255.0, kind=config.autoencoder.loss
+    )
+    return loss, (state, {"loss_ssl": loss})
+
+
 METHODS: dict[str, Method] = {
     "supervised": Method("supervised", ("weak",), (), _no_state, supervised_loss),
     "comatch": Method(
         "comatch", ("weak",), ("weak", "strong0", "strong1"), init_comatch_state, comatch_loss
     ),
+    "comatch_bt": Method(
+        "comatch_bt", ("weak",), ("weak", "strong0", "strong1"), init_comatch_state,
+        comatch_barlow_twins_loss,
+    ),
+    "fixmatch": Method("fixmatch", ("weak",), ("weak", "strong0"), _no_state, fixmatch_loss),
+    "simclr": Method("simclr", (), ("strong0", "strong1"), _no_state, simclr_loss, "self_supervised"),
+    "barlow_twins": Method(
+        "barlow_twins", (), ("strong0", "strong1"), _no_state, barlow_twins_method_loss,
+        "self_supervised",
+    ),
+    "simsiam": Method("simsiam", (), ("strong0", "strong1"), _no_state, simsiam_method_loss, "self_supervised"),
+    "autoencoder": Method("autoencoder", (), ("weak",), _no_state, autoencoder_loss, "self_supervised"),
 }
 
 

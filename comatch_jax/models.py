@@ -1,8 +1,10 @@
-"""Backbones with a classifier head and an L2-normalised projection head (Flax Linen).
+"""Backbones and the heads on top of them (Flax Linen).
 
-Every model maps float images [B, H, W, C] (already normalised) to a dict with
-`logits` [B, num_classes], `embedding` [B, low_dim] (unit norm, as CoMatch's z) and
-`features` [B, F] (the pooled backbone output, used by probes and analysis).
+A Network maps float images [B, H, W, C] (already normalised) to a dict with `logits`
+[B, num_classes], `embedding` [B, low_dim] (unit norm, CoMatch's z), `features` [B, F]
+(the pooled backbone output, used by probes and analysis) and, when configured, the SSL
+`projection` / `prediction` and the autoencoder's `reconstruction`. Backbone parameters
+live under 'backbone', so a pretrained encoder can be loaded into another run.
 `dtype` is the activation dtype (bfloat16 on GPU/TPU); parameters stay float32.
 """
 
@@ -27,40 +29,102 @@ def l2_normalize(x: jax.Array, axis: int = -1, eps: float = 1e-12) -> jax.Array:
     return x * jax.lax.rsqrt(jnp.maximum(jnp.sum(x * x, axis=axis, keepdims=True), eps * eps))
 
 
-class Heads(nn.Module):
-    """Classifier (one linear layer) and projection head (2-layer MLP -> low_dim, L2-normalised)."""
+class MLP(nn.Module):
+    """Dense layers with BatchNorm + ReLU between them (the SSL projectors and predictor)."""
 
-    num_classes: int
-    low_dim: int
-    leaky_slope: float
+    widths: Sequence[int]
+    bn_momentum: float
     dtype: Any
 
     @nn.compact
-    def __call__(self, features: jax.Array) -> dict[str, jax.Array]:
+    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+        for i, width in enumerate(self.widths):
+            x = nn.Dense(width, dtype=self.dtype, kernel_init=_dense_init)(x)
+            if i < len(self.widths) - 1:
+                x = nn.BatchNorm(
+                    use_running_average=not train, momentum=self.bn_momentum, dtype=self.dtype
+                )(x)
+                x = nn.relu(x)
+        return x
+
+
+class Decoder(nn.Module):
+    """Features -> image: a dense layer to a 1/4-size map, two 2x transposed convolutions."""
+
+    image_shape: tuple[int, int, int]
+    width: int
+    dtype: Any
+
+    @nn.compact
+    def __call__(self, features: jax.Array) -> jax.Array:
+        height, width, channels = self.image_shape
+        h, w = -(-height // 4), -(-width // 4)
+        x = nn.Dense(h * w * self.width, dtype=self.dtype, kernel_init=_dense_init)(features)
+        x = nn.relu(x.reshape(-1, h, w, self.width))
+        x = nn.relu(nn.ConvTranspose(self.width // 2, (4, 4), strides=(2, 2), dtype=self.dtype)(x))
+        x = nn.ConvTranspose(channels, (4, 4), strides=(2, 2), dtype=self.dtype)(x)
+        return x[:, :height, :width, :].astype(jnp.float32)  # logits of pixel intensity
+
+
+class Network(nn.Module):
+    """A backbone and the heads a method needs.
+
+    Always: `logits` (linear classifier) and `embedding` (CoMatch's projection head: a
+    2-layer MLP to low_dim, L2-normalised). Optional: `projection` (an SSL projector MLP,
+    Barlow Twins / SimSiam), `prediction` (SimSiam's predictor on the projection) and
+    `reconstruction` (the autoencoder's decoder output, pixel logits).
+    """
+
+    backbone: nn.Module
+    num_classes: int
+    low_dim: int
+    leaky_slope: float
+    bn_momentum: float
+    dtype: Any
+    projector_widths: Sequence[int] = ()
+    predictor_widths: Sequence[int] = ()
+    decoder_shape: tuple[int, int, int] | None = None
+    decoder_width: int = 64
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool) -> dict[str, jax.Array]:
+        features = self.backbone(x, train)
         dense = functools.partial(nn.Dense, dtype=self.dtype, kernel_init=_dense_init)
         logits = dense(self.num_classes, name="classifier")(features)
         hidden = nn.leaky_relu(dense(features.shape[-1], name="head_hidden")(features), self.leaky_slope)
-        embedding = dense(self.low_dim, name="head_out")(hidden)
-        return {
+        outputs = {
             "logits": logits.astype(jnp.float32),
-            "embedding": l2_normalize(embedding),
+            "embedding": l2_normalize(dense(self.low_dim, name="head_out")(hidden)),
             "features": features.astype(jnp.float32),
         }
+        if self.projector_widths:
+            projection = MLP(self.projector_widths, self.bn_momentum, self.dtype, name="projector")(
+                features, train
+            )
+            outputs["projection"] = projection.astype(jnp.float32)
+            if self.predictor_widths:
+                prediction = MLP(
+                    self.predictor_widths, self.bn_momentum, self.dtype, name="predictor"
+                )(projection, train)
+                outputs["prediction"] = prediction.astype(jnp.float32)
+        if self.decoder_shape is not None:
+            outputs["reconstruction"] = Decoder(
+                self.decoder_shape, self.decoder_width, self.dtype, name="decoder"
+            )(features)
+        return outputs
 
 
 class SmallCNN(nn.Module):
-    """A small VGG-style CNN for CPU runs: stages of (conv3x3-BN-LeakyReLU) x n, max-pool 2."""
+    """A small VGG-style CNN backbone for CPU runs: stages of (conv3x3-BN-LReLU) x n, max-pool 2."""
 
-    num_classes: int
     widths: Sequence[int] = (32, 64, 128)
     convs_per_stage: int = 1
-    low_dim: int = 64
     bn_momentum: float = 0.999
     leaky_slope: float = 0.1
     dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, x: jax.Array, train: bool) -> dict[str, jax.Array]:
+    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         norm = functools.partial(
             nn.BatchNorm, use_running_average=not train, momentum=self.bn_momentum, dtype=self.dtype
         )
@@ -71,8 +135,7 @@ class SmallCNN(nn.Module):
                 x = nn.leaky_relu(norm()(x), self.leaky_slope)
             if stage < len(self.widths) - 1:
                 x = nn.max_pool(x, (2, 2), strides=(2, 2))
-        features = jnp.mean(x, axis=(1, 2))
-        return Heads(self.num_classes, self.low_dim, self.leaky_slope, self.dtype)(features)
+        return jnp.mean(x, axis=(1, 2))
 
 
 class WideBasicBlock(nn.Module):
@@ -111,16 +174,14 @@ class WideBasicBlock(nn.Module):
 class WideResNet(nn.Module):
     """WideResNet-depth-widen (Zagoruyko & Komodakis), the variant of the official CoMatch code."""
 
-    num_classes: int
     depth: int = 28
     widen_factor: int = 2
-    low_dim: int = 64
     bn_momentum: float = 0.999
     leaky_slope: float = 0.1
     dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, x: jax.Array, train: bool) -> dict[str, jax.Array]:
+    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         if (self.depth - 4) % 6:
             raise ValueError(f"WideResNet depth must be 6n+4, got {self.depth}")
         blocks_per_group = (self.depth - 4) // 6
@@ -143,8 +204,7 @@ class WideResNet(nn.Module):
                     dtype=self.dtype,
                 )(x)
         x = nn.leaky_relu(norm()(x), self.leaky_slope)
-        features = jnp.mean(x, axis=(1, 2))
-        return Heads(self.num_classes, self.low_dim, self.leaky_slope, self.dtype)(features)
+        return jnp.mean(x, axis=(1, 2))
 
 
 class ResNetBlock(nn.Module):
@@ -178,15 +238,13 @@ _RESNET_STAGES = {18: ((2, 2, 2, 2), False), 34: ((3, 4, 6, 3), False), 50: ((3,
 class ResNet(nn.Module):
     """ResNet-18/34/50. stem='imagenet' (7x7/2 + max-pool, for 96 px) or 'cifar' (3x3/1)."""
 
-    num_classes: int
     depth: int = 18
     stem: str = "imagenet"
-    low_dim: int = 64
     bn_momentum: float = 0.9
     dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, x: jax.Array, train: bool) -> dict[str, jax.Array]:
+    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         if self.depth not in _RESNET_STAGES:
             raise ValueError(f"ResNet depth must be one of {sorted(_RESNET_STAGES)}, got {self.depth}")
         stages, bottleneck = _RESNET_STAGES[self.depth]
@@ -213,30 +271,50 @@ class ResNet(nn.Module):
                     norm=norm,
                     dtype=self.dtype,
                 )(x)
-        features = jnp.mean(x, axis=(1, 2))
-        return Heads(self.num_classes, self.low_dim, 0.0, self.dtype)(features)
+        return jnp.mean(x, axis=(1, 2))
 
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 MODEL_NAMES = ("small_cnn", "wide_resnet", "resnet")
 
 
-def create_model(config: ml_collections.ConfigDict, num_classes: int) -> nn.Module:
-    """Builds the backbone named by `config.name` from the `model` sub-config."""
+def create_model(
+    config: ml_collections.ConfigDict,
+    num_classes: int,
+    image_shape: tuple[int, int, int] | None = None,
+) -> nn.Module:
+    """Builds the Network (backbone `config.name` + heads) from the `model` sub-config.
+
+    `image_shape` is needed only when config.decoder is on (the autoencoder).
+    """
     if config.dtype not in _DTYPES:
         raise ValueError(f"model.dtype must be one of {sorted(_DTYPES)}, got {config.dtype!r}")
-    common = dict(
-        num_classes=num_classes,
-        low_dim=config.low_dim,
-        bn_momentum=config.bn_momentum,
-        dtype=_DTYPES[config.dtype],
-    )
+    dtype = _DTYPES[config.dtype]
+    common = dict(bn_momentum=config.bn_momentum, dtype=dtype, name="backbone")
     if config.name == "small_cnn":
-        return SmallCNN(
+        backbone = SmallCNN(
             widths=tuple(config.widths), convs_per_stage=config.convs_per_stage, **common
         )
-    if config.name == "wide_resnet":
-        return WideResNet(depth=config.depth, widen_factor=config.widen_factor, **common)
-    if config.name == "resnet":
-        return ResNet(depth=config.depth, stem=config.stem, **common)
-    raise ValueError(f"Unknown model.name {config.name!r}; expected one of {MODEL_NAMES}")
+        slope = backbone.leaky_slope
+    elif config.name == "wide_resnet":
+        backbone = WideResNet(depth=config.depth, widen_factor=config.widen_factor, **common)
+        slope = backbone.leaky_slope
+    elif config.name == "resnet":
+        backbone = ResNet(depth=config.depth, stem=config.stem, **common)
+        slope = 0.0
+    else:
+        raise ValueError(f"Unknown model.name {config.name!r}; expected one of {MODEL_NAMES}")
+    if config.get("decoder", False) and image_shape is None:
+        raise ValueError("model.decoder needs the image shape")
+    return Network(
+        backbone=backbone,
+        num_classes=num_classes,
+        low_dim=config.low_dim,
+        leaky_slope=slope,
+        bn_momentum=config.bn_momentum,
+        dtype=dtype,
+        projector_widths=tuple(config.get("projector_widths", ())),
+        predictor_widths=tuple(config.get("predictor_widths", ())),
+        decoder_shape=tuple(image_shape) if config.get("decoder", False) else None,
+        decoder_width=config.get("decoder_width", 64),
+    )

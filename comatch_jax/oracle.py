@@ -35,7 +35,9 @@ def read_run_config(workdir: str) -> ml_collections.ConfigDict:
         return ml_collections.ConfigDict(json.load(f))
 
 
-def ground_truth_labels(requests_csv: str, train_labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def ground_truth_labels(
+    requests_csv: str, train_labels: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     """(ids, labels) for the ids of `requests_csv`, from the train split's true labels."""
     ids = label_requests.read_request_ids(requests_csv, num_images=len(train_labels))
     return ids, np.asarray(train_labels)[ids]
@@ -65,7 +67,9 @@ def main(argv):
     except (ValueError, OSError) as error:
         logging.error("%s: %s", type(error).__name__, error)
         sys.exit(f"error: {error}")
-    logging.info("Oracle: wrote %d ground-truth labels to %s (offline evaluation).", len(ids), FLAGS.out)
+    logging.info(
+        "Oracle: wrote %d ground-truth labels to %s (offline evaluation).", len(ids), FLAGS.out
+    )
 
 
 if __name__ == "__main__":

@@ -87,7 +87,8 @@ def define_flags() -> None:
     flags.DEFINE_integer("budget", None, "How many labels to request.")
     flags.DEFINE_string("strategy", "entropy", f"One of {', '.join(label_requests.STRATEGIES)}.")
     flags.DEFINE_bool(
-        "balance_by_predicted_class", False,
+        "balance_by_predicted_class",
+        False,
         "Take the requests round-robin over predicted classes (e.g. entropy within class).",
     )
     flags.DEFINE_integer("seed", 0, "Seed of the random strategy.")
@@ -106,8 +107,12 @@ def main(argv):
         run = train.load_run(FLAGS.workdir)
         data = train.prepare_data(run.config)
         requests = rank_unlabeled(
-            run, data, budget=FLAGS.budget, strategy=FLAGS.strategy,
-            balance_by_predicted_class=FLAGS.balance_by_predicted_class, seed=FLAGS.seed,
+            run,
+            data,
+            budget=FLAGS.budget,
+            strategy=FLAGS.strategy,
+            balance_by_predicted_class=FLAGS.balance_by_predicted_class,
+            seed=FLAGS.seed,
             batch_size=FLAGS.batch_size,
         )
         label_requests.write_requests_csv(

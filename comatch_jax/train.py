@@ -22,7 +22,7 @@ import orbax.checkpoint as ocp
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from absl import logging
 
-from comatch_jax import config_lib, methods, models, sampling, train_state, train_step
+from comatch_jax import config_lib, inference, methods, models, probes, sampling, train_state, train_step
 from comatch_jax.train_state import TrainState
 
 
@@ -117,6 +117,41 @@ def evaluate(eval_step, params, batch_stats, images: np.ndarray, labels: np.ndar
         for key, value in jax.device_get(sums).items():
             totals[key] += float(value)
     return {"accuracy": totals["correct"] / totals["count"], "nll": totals["nll"] / totals["count"]}
+
+
+def knn_evaluate(predict_batch, variables, data: SemiSupervisedData, config) -> dict[str, float]:
+    """Weighted-kNN test accuracy with the labeled images' features as the memory bank."""
+    predict = lambda images: inference.predict_with(
+        None, variables, images, mean=None, std=None, batch_size=config.eval_batch_size,
+        progress=False, predict_batch=predict_batch,
+    )["features"]
+    predictions = probes.knn_predict(
+        predict(data.labeled_images), data.labels, predict(data.test_images),
+        num_classes=data.num_classes, k=config.probe.knn_k, temperature=config.probe.knn_temperature,
+    )
+    return {"accuracy": float(np.mean(np.asarray(predictions) == data.test_labels))}
+
+
+def initialise_backbone_from(state: TrainState, workdir: str) -> TrainState:
+    """Copies the backbone's params and BatchNorm statistics (raw and EMA) of another run's
+    latest checkpoint into `state` (fine-tuning a pretrained encoder)."""
+    pretrained = load_run(workdir).state
+    def graft(tree, source):
+        if jax.tree.structure(tree["backbone"]) != jax.tree.structure(source["backbone"]) or any(
+            a.shape != b.shape for a, b in zip(jax.tree.leaves(tree["backbone"]), jax.tree.leaves(source["backbone"]))
+        ):
+            raise ValueError(
+                f"init_from={workdir}: its backbone does not match this model; use the same "
+                "model.* settings as the pretraining run."
+            )
+        return {**tree, "backbone": jax.tree.map(jnp.copy, source["backbone"])}
+    logging.info("Initialised the backbone from %s (step %d)", workdir, int(pretrained.step))
+    return state.replace(
+        params=graft(state.params, pretrained.ema_params),
+        batch_stats=graft(state.batch_stats, pretrained.ema_batch_stats),
+        ema_params=graft(state.ema_params, pretrained.ema_params),
+        ema_batch_stats=graft(state.ema_batch_stats, pretrained.ema_batch_stats),
+    )
 
 
 class _TerminationRequest:
@@ -258,9 +293,9 @@ def train_and_evaluate(
     os.makedirs(workdir, exist_ok=True)
     data = prepare_data(config, dataset)
     method = methods.get_method(config.method)
-    model = models.create_model(config.model, data.num_classes)
-    tx = train_state.create_optimizer(config)
     image_shape = data.labeled_images.shape[1:]
+    model = models.create_model(config.model, data.num_classes, image_shape)
+    tx = train_state.create_optimizer(config)
 
     rng = jax.random.PRNGKey(config.seed)
     init_rng, sampling_rng = jax.random.split(rng)
@@ -287,6 +322,8 @@ def train_and_evaluate(
         latest = checkpoints.latest_step()
         state = checkpoints.restore(latest, args=ocp.args.StandardRestore(state))  # keeps shardings
         logging.info("Resumed from the checkpoint of step %d in %s", latest, workdir)
+    elif config.init_from:
+        state = jax.device_put(initialise_backbone_from(state, config.init_from), replicated)
     _save_config(config, workdir)
     _save_json(workdir, DATASET_INFO, {
         "num_classes": data.num_classes, "class_names": list(data.class_names),
@@ -328,13 +365,27 @@ def train_and_evaluate(
         method.unlabeled_views
     )
 
+    predict_batch = jax.jit(
+        inference.make_predict_fn(model, config.dataset.mean, config.dataset.std)
+    )
+
+    def accuracy_of(params, batch_stats) -> dict[str, float]:
+        if method.evaluation == "self_supervised":  # the classifier is untrained: kNN
+            return knn_evaluate(predict_batch, {"params": params, "batch_stats": batch_stats}, data, config)
+        return evaluate(eval_step, params, batch_stats, data.test_images, data.test_labels,
+                        config.eval_batch_size)
+
     def run_eval(step: int) -> dict[str, float]:
-        ema = evaluate(eval_step, state.ema_params, state.ema_batch_stats, data.test_images, data.test_labels, config.eval_batch_size)
-        raw = evaluate(eval_step, state.params, state.batch_stats, data.test_images, data.test_labels, config.eval_batch_size)
-        results = {"test_accuracy": ema["accuracy"], "test_nll": ema["nll"], "test_accuracy_raw": raw["accuracy"]}
+        ema = accuracy_of(state.ema_params, state.ema_batch_stats)
+        raw = accuracy_of(state.params, state.batch_stats)
+        results = {"test_accuracy": ema["accuracy"], "test_accuracy_raw": raw["accuracy"]}
+        if "nll" in ema:
+            results["test_nll"] = ema["nll"]
         writer.write_scalars(step, results)
         _append_jsonl(workdir, {"step": step, **results})
-        logging.info("step %d: test accuracy %.4f (EMA), %.4f (raw model)", step, ema["accuracy"], raw["accuracy"])
+        logging.info("step %d: test accuracy %.4f (EMA), %.4f (raw model)%s", step,
+                     ema["accuracy"], raw["accuracy"],
+                     " by kNN on frozen features" if method.evaluation == "self_supervised" else "")
         return results
 
     start_step = int(jax.device_get(state.step))
@@ -380,6 +431,7 @@ def train_and_evaluate(
     writer.flush()
     summary = {
         "final_step": step,
+        "evaluation": "knn" if method.evaluation == "self_supervised" else "classifier",
         "test_accuracy": results["test_accuracy"],
         "test_accuracy_raw": results["test_accuracy_raw"],
         "train_seconds": time.time() - train_start,
@@ -421,7 +473,7 @@ def load_run(workdir: str, step: int | None = None) -> TrainedRun:
     with open(info_path) as f:
         info = json.load(f)
     method = methods.get_method(config.method)
-    model = models.create_model(config.model, info["num_classes"])
+    model = models.create_model(config.model, info["num_classes"], tuple(info["image_shape"]))
     tx = train_state.create_optimizer(config)
     abstract = jax.eval_shape(lambda: train_state.create_train_state(
         jax.random.PRNGKey(0), model=model, tx=tx, method=method, config=config,

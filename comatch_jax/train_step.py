@@ -98,7 +98,8 @@ def make_train_step(
             )
             pieces = {key: jnp.split(value, split_points) for key, value in outputs.items()}
             per_view = {
-                name: {key: pieces[key][i] for key in outputs} for i, name in enumerate(names)
+                name: {**{key: pieces[key][i] for key in outputs}, "image": views[name]}
+                for i, name in enumerate(names)
             }
             per_view.update(jax.lax.stop_gradient(teacher_outputs))
             loss, (method_state, metrics) = method.loss(

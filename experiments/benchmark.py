@@ -92,7 +92,7 @@ def main(argv):
     size = FLAGS.image_size or size
     num_classes = FLAGS.num_classes or num_classes
     method = methods.get_method(config.method)
-    model = models.create_model(config.model, num_classes)
+    model = models.create_model(config.model, num_classes, (size, size, channels))
     tx = train_state.create_optimizer(config)
     state = jax.jit(lambda: train_state.create_train_state(
         jax.random.PRNGKey(0), model=model, tx=tx, method=method, config=config,

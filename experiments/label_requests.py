@@ -32,7 +32,9 @@ flags.DEFINE_list(
 )
 flags.DEFINE_string("workdir", "/tmp/label_requests", "Parent directory of the runs.")
 flags.DEFINE_string("out", "experiments/out/label_requests.md", "Where to write the table.")
-flags.DEFINE_list("overrides", [], "Extra --config.X=Y overrides for every run, without the dashes.")
+flags.DEFINE_list(
+    "overrides", [], "Extra --config.X=Y overrides for every run, without the dashes."
+)
 FLAGS = flags.FLAGS
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -52,9 +54,14 @@ def train_run(name: str, extra_labels_csv: str | None = None) -> dict:
     """Trains (or reuses) one CoMatch run; returns its summary plus the command."""
     workdir = os.path.join(FLAGS.workdir, name)
     command = [
-        sys.executable, "-m", "comatch_jax.main", "--config=configs/comatch.py",
-        f"--workdir={workdir}", f"--config.seed={FLAGS.seed}",
-        f"--config.num_labels={FLAGS.num_labels}", f"--config.num_steps={FLAGS.num_steps}",
+        sys.executable,
+        "-m",
+        "comatch_jax.main",
+        "--config=configs/comatch.py",
+        f"--workdir={workdir}",
+        f"--config.seed={FLAGS.seed}",
+        f"--config.num_labels={FLAGS.num_labels}",
+        f"--config.num_steps={FLAGS.num_steps}",
         *[f"--{override}" for override in FLAGS.overrides],
     ]
     if extra_labels_csv:
@@ -86,15 +93,24 @@ def request_and_answer(strategy: str) -> tuple[str, dict]:
     labels_csv = os.path.join(FLAGS.workdir, f"labels_{strategy}.csv")
     base = os.path.join(FLAGS.workdir, "base")
     request = [
-        sys.executable, "-m", "comatch_jax.request_labels", f"--workdir={base}",
-        f"--budget={FLAGS.budget}", f"--strategy={name}", f"--seed={FLAGS.seed}",
+        sys.executable,
+        "-m",
+        "comatch_jax.request_labels",
+        f"--workdir={base}",
+        f"--budget={FLAGS.budget}",
+        f"--strategy={name}",
+        f"--seed={FLAGS.seed}",
         f"--out={requests_csv}",
     ]
     if strategy.endswith(BALANCED_SUFFIX):
         request.append("--balance_by_predicted_class")
     answer = [
-        sys.executable, "-m", "comatch_jax.oracle", f"--requests={requests_csv}",
-        f"--workdir={base}", f"--out={labels_csv}",
+        sys.executable,
+        "-m",
+        "comatch_jax.oracle",
+        f"--requests={requests_csv}",
+        f"--workdir={base}",
+        f"--out={labels_csv}",
     ]
     if not os.path.exists(labels_csv):
         _run(request, requests_csv + ".log")
@@ -113,7 +129,9 @@ def request_and_answer(strategy: str) -> tuple[str, dict]:
 def _read_column(path: str, column: str) -> np.ndarray:
     with open(path) as f:
         header = f.readline().strip().split(",")
-        return np.asarray([int(line.split(",")[header.index(column)]) for line in f if line.strip()])
+        return np.asarray(
+            [int(line.split(",")[header.index(column)]) for line in f if line.strip()]
+        )
 
 
 def main(argv):
@@ -136,7 +154,11 @@ def main(argv):
         f"{100 * base['test_accuracy_raw']:.2f}% | | |",
     ]
     for r in rows:
-        delta = "" if random_accuracy is None else f"{100 * (r['test_accuracy'] - random_accuracy):+.2f}"
+        delta = (
+            ""
+            if random_accuracy is None
+            else f"{100 * (r['test_accuracy'] - random_accuracy):+.2f}"
+        )
         lines.append(
             f"| {total} | {r['strategy']} | {100 * r['test_accuracy']:.2f}% | {delta} "
             f"| {100 * r['test_accuracy_raw']:.2f}% | {r['classes']} / {r['largest_class']} "

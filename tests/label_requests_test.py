@@ -106,7 +106,9 @@ def test_balanced_entropy_spreads_requests_over_predicted_classes():
     probs = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
     predicted = probs.argmax(-1)
     plain = label_requests.select("entropy", probs=probs, budget=10)
-    balanced = label_requests.select("entropy", probs=probs, budget=10, balance_by_predicted_class=True)
+    balanced = label_requests.select(
+        "entropy", probs=probs, budget=10, balance_by_predicted_class=True
+    )
     counts = np.bincount(predicted[balanced], minlength=5)
     assert counts.max() - counts.min() <= 1  # 2 per predicted class
     assert set(predicted[plain]) == {0}
@@ -121,8 +123,13 @@ def test_select_returns_budget_unique_indices(strategy, balance):
     probs = rng.dirichlet(np.ones(6), size=80)
     embeddings = rng.normal(size=(80, 5))
     picked = label_requests.select(
-        strategy, probs=probs, budget=17, embeddings=embeddings,
-        labeled_embeddings=rng.normal(size=(4, 5)), balance_by_predicted_class=balance, seed=2,
+        strategy,
+        probs=probs,
+        budget=17,
+        embeddings=embeddings,
+        labeled_embeddings=rng.normal(size=(4, 5)),
+        balance_by_predicted_class=balance,
+        seed=2,
     )
     assert len(picked) == 17 and len(set(picked.tolist())) == 17
     assert picked.min() >= 0 and picked.max() < 80
@@ -154,7 +161,9 @@ def _write(path, text):
 def test_labels_csv_round_trip(tmp_path):
     path = str(tmp_path / "labels.csv")
     label_requests.write_labels_csv(path, np.array([7, 3]), np.array([1, 0]))
-    ids, labels = label_requests.read_labels_csv(path, num_images=10, num_classes=2, already_labeled=np.array([0]))
+    ids, labels = label_requests.read_labels_csv(
+        path, num_images=10, num_classes=2, already_labeled=np.array([0])
+    )
     assert list(ids) == [7, 3] and list(labels) == [1, 0]
 
 
@@ -176,7 +185,9 @@ def test_labels_csv_round_trip(tmp_path):
 def test_bad_labels_csv_is_one_clear_error(tmp_path, text, message):
     path = _write(tmp_path / "labels.csv", text)
     with pytest.raises(ValueError, match=message) as error:
-        label_requests.read_labels_csv(path, num_images=10, num_classes=3, already_labeled=np.array([4]))
+        label_requests.read_labels_csv(
+            path, num_images=10, num_classes=3, already_labeled=np.array([4])
+        )
     assert "\n" not in str(error.value) and "labels.csv" in str(error.value)
 
 
@@ -206,7 +217,10 @@ def test_extra_labels_join_the_labeled_set_and_leave_the_unlabeled_set(tmp_path)
 
 def _command(module, *args):
     result = subprocess.run(
-        [sys.executable, "-m", f"comatch_jax.{module}", *args], capture_output=True, text=True, cwd=REPO
+        [sys.executable, "-m", f"comatch_jax.{module}", *args],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
     )
     return result
 
@@ -224,8 +238,14 @@ def digits_run(tmp_path_factory):
 def test_request_oracle_retrain_loop_adds_budget_labels(digits_run, tmp_path):
     workdir, config = digits_run
     requests_csv, labels_csv = str(tmp_path / "requests.csv"), str(tmp_path / "labels.csv")
-    result = _command("request_labels", f"--workdir={workdir}", "--budget=15", "--strategy=entropy",
-                      "--balance_by_predicted_class", f"--out={requests_csv}")
+    result = _command(
+        "request_labels",
+        f"--workdir={workdir}",
+        "--budget=15",
+        "--strategy=entropy",
+        "--balance_by_predicted_class",
+        f"--out={requests_csv}",
+    )
     assert result.returncode == 0, result.stderr
     lines = open(requests_csv).read().splitlines()
     assert lines[0] == "id,score,predicted_class,predicted_class_name" and len(lines) == 16
@@ -233,11 +253,15 @@ def test_request_oracle_retrain_loop_adds_budget_labels(digits_run, tmp_path):
     ids = [int(line.split(",")[0]) for line in lines[1:]]
     assert set(ids) <= set(base.unlabeled_ids.tolist())
 
-    result = _command("oracle", f"--requests={requests_csv}", f"--workdir={workdir}", f"--out={labels_csv}")
+    result = _command(
+        "oracle", f"--requests={requests_csv}", f"--workdir={workdir}", f"--out={labels_csv}"
+    )
     assert result.returncode == 0, result.stderr
     digits_labels = train.prepare_data(config)  # ground truth of the answered ids
     truth = dict(zip(digits_labels.unlabeled_ids.tolist(), digits_labels.unlabeled_labels.tolist()))
-    answered = [tuple(map(int, line.split(","))) for line in open(labels_csv).read().splitlines()[1:]]
+    answered = [
+        tuple(map(int, line.split(","))) for line in open(labels_csv).read().splitlines()[1:]
+    ]
     assert answered == [(i, truth[i]) for i in ids]
 
     config = tiny_config()
@@ -247,7 +271,9 @@ def test_request_oracle_retrain_loop_adds_budget_labels(digits_run, tmp_path):
     retrained = train.prepare_data(config)
     assert len(retrained.labeled_ids) == len(base.labeled_ids) + 15
     assert len(retrained.unlabeled_ids) == len(base.unlabeled_ids) - 15
-    _, summary = train.train_and_evaluate(config, str(tmp_path / "retrained"), writer=RecordingWriter())
+    _, summary = train.train_and_evaluate(
+        config, str(tmp_path / "retrained"), writer=RecordingWriter()
+    )
     assert summary["final_step"] == 2
 
 
@@ -278,7 +304,9 @@ def test_padding_the_last_batch_changes_no_prediction(digits_run):
 def test_kcenter_requests_through_the_command(digits_run, tmp_path):
     workdir, _ = digits_run
     out = str(tmp_path / "requests.csv")
-    result = _command("request_labels", f"--workdir={workdir}", "--budget=5", "--strategy=kcenter", f"--out={out}")
+    result = _command(
+        "request_labels", f"--workdir={workdir}", "--budget=5", "--strategy=kcenter", f"--out={out}"
+    )
     assert result.returncode == 0, result.stderr
     rows = [line.split(",") for line in open(out).read().splitlines()[1:]]
     assert len({row[0] for row in rows}) == 5
@@ -307,6 +335,11 @@ def test_request_labels_errors_are_one_line(digits_run, tmp_path, args, message)
 def test_oracle_rejects_unknown_ids(digits_run, tmp_path):
     workdir, _ = digits_run
     requests_csv = _write(tmp_path / "requests.csv", "id,score\n5,0.1\n1500,0.2\n")
-    result = _command("oracle", f"--requests={requests_csv}", f"--workdir={workdir}", f"--out={tmp_path / 'l.csv'}")
+    result = _command(
+        "oracle",
+        f"--requests={requests_csv}",
+        f"--workdir={workdir}",
+        f"--out={tmp_path / 'l.csv'}",
+    )
     assert result.returncode != 0
     assert "id 1500 is not in the train split" in result.stderr.strip().splitlines()[-1]

@@ -37,11 +37,25 @@ def test_models_give_logits_and_unit_embeddings(overrides, size):
 def test_wide_resnet_28_2_has_the_published_parameter_count():
     model = models.create_model(_model_config(name="wide_resnet", depth=28, widen_factor=2), 10)
     shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.ones((1, 32, 32, 3)), train=False))
-    backbone = {k: v for k, v in shapes["params"].items() if k != "Heads_0"}
-    count = sum(np.prod(p.shape) for p in jax.tree.leaves(backbone))
+    count = sum(np.prod(p.shape) for p in jax.tree.leaves(shapes["params"]["backbone"]))
     assert 1.46e6 < count < 1.48e6  # WRN-28-2: 1.47 M parameters without the heads
 
 
 def test_unknown_model_is_a_clear_error():
     with pytest.raises(ValueError, match="Unknown model.name"):
         models.create_model(_model_config(name="vgg"), 10)
+
+
+def test_optional_ssl_heads_and_decoder():
+    config = _model_config(
+        name="small_cnn", widths=(8, 16), projector_widths=(32, 32, 24), predictor_widths=(8, 24),
+        decoder=True, decoder_width=8,
+    )
+    model = models.create_model(config, num_classes=3, image_shape=(14, 14, 1))
+    x = jnp.ones((4, 14, 14, 1))
+    variables = model.init(jax.random.PRNGKey(0), x, train=False)
+    out, _ = model.apply(variables, x, train=True, mutable=["batch_stats"])
+    assert out["projection"].shape == (4, 24)
+    assert out["prediction"].shape == (4, 24)
+    assert out["reconstruction"].shape == (4, 14, 14, 1)
+    assert set(variables["params"]) >= {"backbone", "classifier", "projector", "predictor", "decoder"}

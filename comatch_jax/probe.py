@@ -1,0 +1,69 @@
+"""Frozen-feature evaluation of a trained run: weighted kNN and a linear probe.
+
+  python -m comatch_jax.probe --workdir=RUN --mode=all
+
+Features are the EMA encoder's pooled outputs; the labeled images of the run's split are the
+kNN memory bank and the probe's training set; accuracy is on the test split. Writes
+RUN/probe.json. k, temperature and the probe's optimiser come from the run's config.probe.
+"""
+
+import json
+import os
+import sys
+from typing import Any
+
+import numpy as np
+from absl import app, flags, logging
+
+from comatch_jax import inference, probes, train
+
+flags.DEFINE_string("workdir", None, "A run's workdir (its latest checkpoint is used).")
+flags.DEFINE_enum("mode", "all", ["knn", "linear", "all"], "Which evaluation.")
+flags.DEFINE_integer("batch_size", 500, "Images per forward pass.")
+FLAGS = flags.FLAGS
+
+
+def probe_run(
+    workdir: str, mode: str = "all", batch_size: int = 500, dataset: Any = None
+) -> dict[str, float]:
+    """kNN and/or linear-probe test accuracy of a run's frozen EMA features. `dataset`
+    defaults to loading the run's config.dataset (the split is the run's own)."""
+    run = train.load_run(workdir)
+    data = train.prepare_data(run.config, dataset)
+    labeled = inference.predict(run, data.labeled_images, batch_size)["features"]
+    test = inference.predict(run, data.test_images, batch_size)["features"]
+    options, results = run.config.probe, {}
+    if mode in ("knn", "all"):
+        predicted = probes.knn_predict(
+            labeled, data.labels, test, num_classes=run.num_classes, k=options.knn_k,
+            temperature=options.knn_temperature,
+        )
+        results["knn_accuracy"] = float(np.mean(np.asarray(predicted) == data.test_labels))
+    if mode in ("linear", "all"):
+        probe = probes.fit_linear_probe(
+            labeled, data.labels, num_classes=run.num_classes, steps=options.linear_steps,
+            learning_rate=options.linear_lr, weight_decay=options.linear_weight_decay,
+        )
+        predicted = probes.linear_probe_predict(probe, test)
+        results["linear_probe_accuracy"] = float(np.mean(np.asarray(predicted) == data.test_labels))
+    results["num_labeled"] = int(len(data.labels))
+    with open(os.path.join(workdir, "probe.json"), "w") as f:
+        json.dump(results, f, indent=2)
+    return results
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+    try:
+        results = probe_run(FLAGS.workdir, FLAGS.mode, FLAGS.batch_size)
+    except (ValueError, OSError) as error:
+        sys.exit(f"error: {error}")
+    for name, value in results.items():
+        logging.info("%s: %s", name, value)
+        print(f"{name}: {value}")
+
+
+if __name__ == "__main__":
+    flags.mark_flag_as_required("workdir")
+    app.run(main)

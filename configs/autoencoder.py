@@ -1,0 +1,15 @@
+"""Autoencoder pretraining: the backbone encodes, a small decoder reconstructs the weakly
+augmented image (MSE; --config.autoencoder.loss=bce for BCE).
+
+  python -m comatch_jax.main --config=configs/autoencoder.py --workdir=/tmp/ae
+  python -m comatch_jax.probe --workdir=/tmp/ae --mode=all
+"""
+
+from comatch_jax import config_lib
+
+
+def get_config(preset: str = ""):
+    config = config_lib.self_supervised_config(preset)
+    config.method = "autoencoder"
+    config.model.decoder = True
+    return config

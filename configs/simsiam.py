@@ -1,0 +1,16 @@
+"""SimSiam pretraining (Chen & He 2021): projector + bottleneck predictor, symmetric
+negative cosine with stop-gradient.
+
+  python -m comatch_jax.main --config=configs/simsiam.py --workdir=/tmp/simsiam
+  python -m comatch_jax.probe --workdir=/tmp/simsiam --mode=all
+"""
+
+from comatch_jax import config_lib
+
+
+def get_config(preset: str = ""):
+    config = config_lib.self_supervised_config(preset)
+    config.method = "simsiam"
+    config.model.projector_widths = (256, 256, 256)
+    config.model.predictor_widths = (64, 256)
+    return config

@@ -1,0 +1,139 @@
+"""Analysis plots: every PNG is written and is a real, non-blank image; the counts behind them."""
+
+import json
+import os
+import subprocess
+import sys
+
+import matplotlib.image
+import numpy as np
+import pytest
+
+from comatch_jax import analyze, inference, train
+
+from train_test import RecordingWriter, tiny_config
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PLOTS = [
+    "training_curves.png",
+    "predicted_distribution.png",
+    "predicted_counts_scatter.png",
+    "prediction_bias.png",
+    "under_predicted_samples.png",
+    "over_predicted_samples.png",
+    "confusion_matrix.png",
+    "per_class_accuracy.png",
+    "feature_maps.png",
+    "embedding_pca.png",
+]
+
+
+def _check_image(path):
+    pixels = matplotlib.image.imread(path)  # fails on anything but a valid PNG
+    assert pixels.ndim == 3 and pixels.shape[0] > 100 and pixels.shape[1] > 100, path
+    rgb = pixels[..., :3]
+    assert rgb.std() > 0.01, f"{path} is blank"
+    drawn = np.mean(np.any(rgb < 0.9, axis=-1))  # anything but the white background
+    assert drawn > 0.01, f"{path} is almost empty ({drawn:.3%} drawn)"
+
+
+@pytest.fixture(scope="module")
+def digits_run(tmp_path_factory):
+    """A few steps on scikit-learn's digits, a dataset the command can load by name."""
+    workdir = str(tmp_path_factory.mktemp("digits_run"))
+    config = tiny_config()
+    config.dataset.name = "digits"
+    train.train_and_evaluate(config, workdir, writer=RecordingWriter())
+    return workdir
+
+
+def test_write_analysis_writes_every_plot_as_a_non_blank_png(digits_run, tmp_path):
+    run = train.load_run(digits_run)
+    data = train.prepare_data(run.config)
+    written = analyze.write_analysis(
+        run, data, digits_run, str(tmp_path), max_images=500, image_index=3
+    )
+    assert sorted(os.path.basename(p) for p in written) == sorted(PLOTS)
+    for name in PLOTS:
+        _check_image(tmp_path / name)
+
+
+def test_the_command_writes_the_plots(digits_run, tmp_path):
+    command = [
+        sys.executable,
+        "-m",
+        "comatch_jax.analyze",
+        f"--workdir={digits_run}",
+        f"--out={tmp_path}",
+        "--max_images=300",
+    ]
+    result = subprocess.run(command, capture_output=True, text=True, cwd=REPO)
+    assert result.returncode == 0, result.stderr
+    for name in PLOTS:
+        _check_image(tmp_path / name)
+
+
+@pytest.mark.parametrize("method", ["pca", "tsne"])
+def test_2d_projection_keeps_separate_clusters_apart(method):
+    rng = np.random.default_rng(0)
+    labels = np.repeat([0, 1], 30)
+    embeddings = rng.normal(size=(60, 16)) + 10.0 * labels[:, None] * np.eye(16)[0]
+    points = analyze.project_2d(embeddings, method, seed=0)
+    assert points.shape == (60, 2) and np.all(np.isfinite(points))
+    centers = [points[labels == c].mean(0) for c in (0, 1)]
+    spread = max(np.linalg.norm(points[labels == c] - centers[c], axis=1).mean() for c in (0, 1))
+    assert np.linalg.norm(centers[0] - centers[1]) > 2 * spread
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--workdir={empty}"], "holds no comatch_jax run"),
+        (["--image_index=297"], "image_index must be in 0..296"),
+    ],
+)
+def test_command_errors_are_one_line(digits_run, tmp_path, args, message):
+    args = [a.format(empty=tmp_path / "nothing") for a in args]
+    if not any(a.startswith("--workdir") for a in args):
+        args.append(f"--workdir={digits_run}")
+    command = [sys.executable, "-m", "comatch_jax.analyze", *args, f"--out={tmp_path / 'out'}"]
+    result = subprocess.run(command, capture_output=True, text=True, cwd=REPO)
+    assert result.returncode != 0
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and message in last
+
+
+def test_feature_maps_are_the_convolutions_in_forward_order(digits_run):
+    run = train.load_run(digits_run)
+    maps = inference.feature_maps(run, np.full((8, 8, 1), 128, np.uint8))
+    assert list(maps) == ["Conv_0", "Conv_1"]  # tiny_config: widths (8, 16), one pool
+    assert maps["Conv_0"].shape == (8, 8, 8) and maps["Conv_1"].shape == (4, 4, 16)
+
+
+def test_read_metrics_keeps_the_last_record_of_each_step(tmp_path):
+    records = [
+        {"step": 2, "loss": 3.0},
+        {"step": 4, "loss": 2.0},
+        {"step": 4, "test_accuracy": 0.5},
+        {"step": 4, "loss": 1.5},  # a resumed run logged step 4 again
+        {"step": 3, "loss": 2.5},
+    ]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records) + "\n")
+    training, evaluation = analyze.read_metrics(str(tmp_path))
+    assert [(r["step"], r["loss"]) for r in training] == [(2, 3.0), (3, 2.5), (4, 1.5)]
+    assert evaluation == [{"step": 4, "test_accuracy": 0.5}]
+    assert analyze.read_metrics(str(tmp_path / "missing")) == ([], [])
+
+
+def test_counts_behind_the_plots_on_a_hand_case():
+    labels = np.array([0, 0, 0, 1, 1, 2])
+    predicted = np.array([0, 1, 1, 1, 1, 1])
+    matrix = analyze.confusion_matrix(labels, predicted, 4)
+    np.testing.assert_array_equal(matrix[:3, :3], [[1, 2, 0], [0, 2, 0], [0, 1, 0]])
+    np.testing.assert_array_equal(analyze.prediction_bias(labels, predicted, 4), [-2, 3, -1, 0])
+    accuracy = analyze.per_class_accuracy(matrix)
+    np.testing.assert_allclose(accuracy[:3], [1 / 3, 1.0, 0.0])
+    assert np.isnan(accuracy[3])  # no test image of class 3
+    assert list(analyze.subset(5, 10, seed=0)) == [0, 1, 2, 3, 4]
+    picked = analyze.subset(100, 10, seed=0)
+    assert len(set(picked)) == 10 and np.all(np.diff(picked) > 0)

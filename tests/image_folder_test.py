@@ -1,0 +1,441 @@
+"""Tests for the image-folder dataset source (input_pipeline.load_image_folder)."""
+
+import glob
+import logging
+import os
+import re
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from comatch_jax import input_pipeline as ip
+
+SIZE = 16  # decoded image size in these tests
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _pixels(seed: int, shape=(20, 30, 3)) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, shape, dtype=np.uint8)
+
+
+def _save(path, array: np.ndarray, **kwargs) -> str:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    Image.fromarray(array).save(path, **kwargs)
+    return str(path)
+
+
+def _make_folder(
+    root, classes=("zebra", "ant", "moose"), per_class=4, num_unlabeled=5, val_classes=None
+) -> str:
+    """labeled/<class>/ PNGs (20x30), unlabeled/ nested PNGs, optional val/<class>/ PNGs."""
+    seed = 0
+    for name in classes:
+        for i in range(per_class):
+            seed += 1
+            _save(os.path.join(root, "labeled", name, f"{i:02d}.png"), _pixels(seed))
+    for i in range(num_unlabeled):
+        seed += 1
+        _save(os.path.join(root, "unlabeled", f"batch{i % 2}", "deep", f"u{i}.png"), _pixels(seed))
+    for name in val_classes or ():
+        for i in range(2):
+            seed += 1
+            _save(os.path.join(root, "val", name, f"v{i}.png"), _pixels(seed))
+    return str(root)
+
+
+def _load(root, **kwargs) -> ip.FolderDataset:
+    kwargs.setdefault("image_size", SIZE)
+    return ip.load_image_folder(str(root), **kwargs)
+
+
+@pytest.fixture
+def decode_calls(monkeypatch):
+    """Records the cache path of every decode_images_to_cache call (i.e. every cache build)."""
+    calls = []
+    real = ip.decode_images_to_cache
+
+    def spy(paths, root, image_size, cache_path, corrupt_policy):
+        calls.append(os.path.basename(cache_path))
+        return real(paths, root, image_size, cache_path, corrupt_policy)
+
+    monkeypatch.setattr(ip, "decode_images_to_cache", spy)
+    return calls
+
+
+def _cache_files(root, pattern="*"):
+    return sorted(
+        os.path.basename(p) for p in glob.glob(os.path.join(root, ".comatch_cache", pattern))
+    )
+
+
+# ------------------------------------------------------------------------ loading
+
+
+def test_shapes_labels_and_class_order(tmp_path):
+    root = _make_folder(tmp_path, val_classes=("moose", "ant"))
+    _save(os.path.join(root, "test", "t0.png"), _pixels(99))  # test/ is not loaded
+    data = _load(root)
+
+    assert data.class_names == ("ant", "moose", "zebra")  # sorted folder names
+    assert data.num_classes == 3
+    assert data.labeled_images.shape == (12, SIZE, SIZE, 3)
+    assert data.unlabeled_images.shape == (5, SIZE, SIZE, 3)
+    assert data.val_images.shape == (4, SIZE, SIZE, 3)
+    for images in (data.labeled_images, data.unlabeled_images, data.val_images):
+        assert images.dtype == np.uint8
+    assert isinstance(data.unlabeled_images, np.memmap)
+    assert data.labeled_labels.dtype == np.int32 and data.val_labels.dtype == np.int32
+    for paths, labels in [
+        (data.labeled_paths, data.labeled_labels),
+        (data.val_paths, data.val_labels),
+    ]:
+        assert [data.class_names[c] for c in labels] == [p.split("/")[1] for p in paths]
+    assert list(data.labeled_paths) == sorted(data.labeled_paths)
+    assert all(p.startswith("labeled/") for p in data.labeled_paths)
+    assert all(p.startswith("val/") for p in data.val_paths)
+    assert "unlabeled/batch0/deep/u0.png" in data.unlabeled_paths  # nested folders
+    assert not any("test/" in p for p in data.labeled_paths + data.unlabeled_paths + data.val_paths)
+    assert data.source == f"image_folder:{root} (val: val/)"
+    assert data.skipped_corrupt == ()
+
+
+def test_formats_decode_to_rgb(tmp_path):
+    """RGBA, grayscale, palette, 16-bit PNG, JPEG and WEBP all come out uint8 RGB; images already
+    SIZE x SIZE pass through unchanged, other sizes are resized."""
+    root = _make_folder(tmp_path, per_class=1, num_unlabeled=1, val_classes=("ant",))
+    rgb, gray = _pixels(1, (SIZE, SIZE, 3)), _pixels(2, (SIZE, SIZE))
+    rgba = _pixels(3, (SIZE, SIZE, 4))
+    palette = Image.fromarray(_pixels(4, (SIZE, SIZE, 3))).convert("P")
+    u = os.path.join(root, "unlabeled", "formats")
+    _save(os.path.join(u, "rgba.png"), rgba)
+    _save(os.path.join(u, "gray.png"), gray)
+    _save(os.path.join(u, "gray16.png"), gray.astype(np.uint16) * 257)
+    palette.save(os.path.join(u, "palette.png"))
+    _save(os.path.join(u, "lossless.webp"), rgb, lossless=True)
+    _save(os.path.join(u, "photo.JPG"), rgb, quality=95, subsampling=0)  # no chroma resampling
+    _save(os.path.join(u, "gray.jpeg"), gray, quality=95)
+    _save(os.path.join(u, "flat.png"), np.full((20, 30, 3), (10, 200, 77), np.uint8))
+    data = _load(root)
+    images = dict(zip(data.unlabeled_paths, data.unlabeled_images))
+
+    def get(name):
+        return np.asarray(images[f"unlabeled/formats/{name}"])
+
+    np.testing.assert_array_equal(get("rgba.png"), rgba[..., :3])  # alpha dropped
+    np.testing.assert_array_equal(get("gray.png"), np.repeat(gray[..., None], 3, -1))
+    np.testing.assert_array_equal(get("gray16.png"), np.repeat(gray[..., None], 3, -1))
+    np.testing.assert_array_equal(get("palette.png"), np.asarray(palette.convert("RGB")))
+    np.testing.assert_array_equal(get("lossless.webp"), rgb)
+    for name in ("photo.JPG", "gray.jpeg"):
+        # TensorFlow's default JPEG IDCT is the fast integer one, PIL's the accurate one.
+        reference = np.asarray(Image.open(os.path.join(u, name)).convert("RGB")).astype(int)
+        error = np.abs(get(name).astype(int) - reference)
+        assert error.mean() < 2 and error.max() <= 12, name
+    np.testing.assert_array_equal(get("flat.png"), np.full((SIZE, SIZE, 3), (10, 200, 77)))
+
+
+def test_list_image_files_ignores_and_counts_non_images(tmp_path, caplog):
+    root = _make_folder(tmp_path, val_classes=("ant",))
+    for rel in ["labeled/ant/notes.txt", "labeled/zebra/meta.json", "unlabeled/batch0/x.gif"]:
+        with open(os.path.join(root, rel), "w") as f:
+            f.write("not used")
+    with open(os.path.join(root, "labeled", "ant", ".DS_Store"), "w") as f:
+        f.write("hidden files are skipped, not counted")
+    _save(os.path.join(root, "unlabeled", ".ipynb_checkpoints", "copy.png"), _pixels(0))
+
+    paths, ignored = ip.list_image_files(os.path.join(root, "unlabeled"))
+    assert ignored == 1
+    assert paths == sorted(paths) and len(paths) == 5
+    assert paths[0] == "batch0/deep/u0.png"
+    assert ip.list_image_files(os.path.join(root, "labeled")) == (
+        sorted(f"{c}/{i:02d}.png" for c in ("zebra", "ant", "moose") for i in range(4)),
+        2,
+    )
+    with caplog.at_level(logging.INFO, logger="absl"):
+        data = _load(root)
+    assert len(data.labeled_paths) == 12 and len(data.unlabeled_paths) == 5
+    assert f"Ignored 2 non-image files in {root}/labeled" in caplog.text
+    assert f"Ignored 1 non-image files in {root}/unlabeled" in caplog.text
+
+
+def test_held_out_val_is_stratified_and_seeded(tmp_path, caplog, decode_calls):
+    root = _make_folder(tmp_path, per_class=10)
+    with caplog.at_level(logging.INFO, logger="absl"):
+        data = _load(root, val_fraction=0.2, seed=0)
+    assert "holding out 6 of 30 labeled images" in caplog.text
+    assert data.source == f"image_folder:{root} (val: held out 20% of labeled, seed 0)"
+    assert np.bincount(data.val_labels).tolist() == [2, 2, 2]
+    assert np.bincount(data.labeled_labels).tolist() == [8, 8, 8]
+    assert not set(data.val_paths) & set(data.labeled_paths)
+    assert len(set(data.val_paths) | set(data.labeled_paths)) == 30
+    assert [data.class_names[c] for c in data.val_labels] == [
+        p.split("/")[1] for p in data.val_paths
+    ]
+
+    # The images follow their paths through the split.
+    for name, images, paths in [
+        ("val", data.val_images, data.val_paths),
+        ("labeled", data.labeled_images, data.labeled_paths),
+    ]:
+        reference, _ = ip.decode_images_to_cache(
+            list(paths), root, SIZE, str(tmp_path / f"{name}.npy"), "fail"
+        )
+        np.testing.assert_array_equal(images, reference)
+
+    decode_calls.clear()
+    again = _load(root, val_fraction=0.2, seed=0)
+    other = _load(root, val_fraction=0.2, seed=1)
+    assert again.val_paths == data.val_paths
+    assert other.val_paths != data.val_paths
+    assert decode_calls == []  # the labeled cache does not depend on the split
+
+
+@pytest.mark.parametrize(
+    "counts, fraction, expected",
+    [
+        ([10, 10, 10], 0.1, [1, 1, 1]),
+        ([20, 5, 2, 1], 0.1, [2, 1, 1, 0]),  # >= 1 from a class of >= 2, none from a singleton
+        ([4, 3], 0.5, [2, 2]),  # round half up (3 * 0.5 = 1.5 -> 2)
+        ([2], 0.9, [1]),  # one image always stays in training
+    ],
+)
+def test_stratified_holdout_counts(counts, fraction, expected):
+    labels = np.repeat(np.arange(len(counts)), counts)
+    train, val = ip._stratified_holdout(labels, len(counts), fraction, seed=3)
+    assert np.bincount(labels[val], minlength=len(counts)).tolist() == expected
+    assert np.array_equal(np.sort(np.concatenate([train, val])), np.arange(len(labels)))
+    again = ip._stratified_holdout(labels, len(counts), fraction, seed=3)
+    assert np.array_equal(again[1], val)
+
+
+# ------------------------------------------------------------------------- errors
+
+
+def _remove_class(root, part, name):
+    for path in glob.glob(os.path.join(root, part, name, "*")):
+        os.remove(path)
+
+
+# name: (how to break the folder r (for 'root missing': the path to load), error, message)
+ERROR_CASES = {
+    "root missing": (
+        lambda r: os.path.join(r, "nope"),
+        FileNotFoundError,
+        "{r}/nope does not exist",
+    ),
+    "labeled missing": (
+        lambda r: os.rename(os.path.join(r, "labeled"), os.path.join(r, "x")),
+        FileNotFoundError,
+        "{r}/labeled does not exist",
+    ),
+    "unlabeled missing": (
+        lambda r: os.rename(os.path.join(r, "unlabeled"), os.path.join(r, "x")),
+        FileNotFoundError,
+        "{r}/unlabeled does not exist",
+    ),
+    "no class folders": (
+        lambda r: [
+            _remove_class(r, "labeled", c) or os.rmdir(os.path.join(r, "labeled", c))
+            for c in ("ant", "moose", "zebra")
+        ],
+        ValueError,
+        "{r}/labeled has no class folders",
+    ),
+    "image outside class folder": (
+        lambda r: _save(os.path.join(r, "labeled", "stray.png"), _pixels(0)),
+        ValueError,
+        "Image {r}/labeled/stray.png is not in a class folder",
+    ),
+    "empty class folder": (
+        lambda r: _remove_class(r, "labeled", "moose")
+        or open(os.path.join(r, "labeled", "moose", "a.txt"), "w").close(),
+        ValueError,
+        "Class folder {r}/labeled/moose has no images",
+    ),
+    "empty val class folder": (
+        lambda r: os.makedirs(os.path.join(r, "val", "ant")),
+        ValueError,
+        "Class folder {r}/val/ant has no images",
+    ),
+    "val class not in labeled": (
+        lambda r: _save(os.path.join(r, "val", "ghost", "g.png"), _pixels(0)),
+        ValueError,
+        "Class folder {r}/val/ghost has no counterpart in {r}/labeled",
+    ),
+    "no unlabeled images": (
+        lambda r: [
+            os.remove(p)
+            for p in glob.glob(os.path.join(r, "unlabeled", "**", "*.png"), recursive=True)
+        ],
+        ValueError,
+        "{r}/unlabeled has no images",
+    ),
+    "cache dir not writable": (
+        lambda r: open(os.path.join(r, ".comatch_cache"), "w").close(),
+        PermissionError,
+        "Cannot write the image cache in {r}/.comatch_cache .*--config.dataset.cache_dir",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(ERROR_CASES))
+def test_bad_folders_raise_naming_the_path(tmp_path, case):
+    root = _make_folder(tmp_path / "data")
+    break_it, error, message = ERROR_CASES[case]
+    returned = break_it(root)
+    to_load = returned if case == "root missing" else root
+    pattern = re.escape(message.format(r=root)).replace(re.escape(".*"), ".*")
+    with pytest.raises(error, match=pattern) as raised:
+        _load(to_load)
+    assert "\n" not in str(raised.value)  # one line
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(corrupt_policy="ignore"), "Unknown corrupt_policy 'ignore'.*fail, skip"),
+        (dict(image_size=0), "image_size must be a positive integer"),
+        (dict(val_fraction=1.0), "val_fraction must be in"),
+    ],
+)
+def test_bad_arguments(tmp_path, kwargs, match):
+    root = _make_folder(tmp_path)
+    with pytest.raises(ValueError, match=match):
+        _load(root, **kwargs)
+
+
+# ----------------------------------------------------------------- corrupt images
+
+
+def _write_corrupt_files(root) -> list[str]:
+    """Garbage, truncated and empty image files; returns their paths relative to root."""
+    good = _save(os.path.join(root, "labeled", "ant", "zz_good.png"), _pixels(7, (SIZE, SIZE, 3)))
+    with open(good, "rb") as f:
+        png = f.read()
+    files = {
+        "labeled/ant/01b_garbage.jpg": b"this is not a jpeg",
+        "unlabeled/batch0/deep/u0_truncated.png": png[: len(png) // 2],
+        "unlabeled/batch1/empty.webp": b"",
+    }
+    for rel, raw in files.items():
+        with open(os.path.join(root, rel), "wb") as f:
+            f.write(raw)
+    return sorted(files)
+
+
+def test_corrupt_image_fails_naming_it(tmp_path):
+    root = _make_folder(tmp_path)
+    _write_corrupt_files(root)
+    with pytest.raises(
+        ValueError, match=re.escape(f"Cannot decode image {root}/labeled/ant/01b_garbage.jpg (")
+    ) as raised:
+        _load(root)
+    assert "corrupt_policy=skip" in str(raised.value) and "\n" not in str(raised.value)
+    assert not _cache_files(root, "labeled_*")  # nothing half-built is left behind
+
+
+def test_corrupt_images_skipped_and_listed(tmp_path, caplog, decode_calls):
+    root = _make_folder(tmp_path, val_classes=("ant",))
+    corrupt = _write_corrupt_files(root)
+    with caplog.at_level(logging.INFO, logger="absl"):
+        data = _load(root, corrupt_policy="skip")
+    assert sorted(data.skipped_corrupt) == corrupt
+    assert "Skipped 3 unreadable or corrupt images" in caplog.text
+    assert not set(corrupt) & set(data.labeled_paths + data.unlabeled_paths)
+    assert len(data.labeled_paths) == 13 and len(data.unlabeled_paths) == 5
+    assert data.labeled_images.shape[0] == 13 and data.unlabeled_images.shape[0] == 5
+    # Rows after a skipped file still hold their own image.
+    row = data.labeled_paths.index("labeled/ant/zz_good.png")
+    np.testing.assert_array_equal(data.labeled_images[row], _pixels(7, (SIZE, SIZE, 3)))
+    assert data.labeled_labels[row] == data.class_names.index("ant")
+
+    # The skip list is cached with the images: 'skip' reuses it, 'fail' still names the file.
+    calls = len(decode_calls)
+    assert _load(root, corrupt_policy="skip").skipped_corrupt == data.skipped_corrupt
+    assert len(decode_calls) == calls
+    with pytest.raises(ValueError, match=re.escape(f"{root}/labeled/ant/01b_garbage.jpg")):
+        _load(root, corrupt_policy="fail")
+
+
+# -------------------------------------------------------------------------- cache
+
+
+def test_cache_reused_then_rebuilt_when_files_change(tmp_path, decode_calls):
+    root = _make_folder(tmp_path, val_classes=("ant", "zebra"))
+    first = _load(root)
+    assert sorted(c.split("_")[0] for c in decode_calls) == ["labeled", "unlabeled", "val"]
+    assert len(_cache_files(root, "*.npy")) == 3 and len(_cache_files(root, "*.json")) == 3
+    mtimes = {
+        p: os.stat(p).st_mtime_ns for p in glob.glob(os.path.join(root, ".comatch_cache", "*"))
+    }
+
+    decode_calls.clear()
+    second = _load(root)
+    assert decode_calls == []
+    assert {p: os.stat(p).st_mtime_ns for p in mtimes} == mtimes
+    np.testing.assert_array_equal(second.unlabeled_images, first.unlabeled_images)
+    assert second.unlabeled_paths == first.unlabeled_paths
+
+    _save(os.path.join(root, "unlabeled", "new", "n.png"), _pixels(50))
+    third = _load(root)
+    assert [c.split("_")[0] for c in decode_calls] == ["unlabeled"]
+    assert len(third.unlabeled_paths) == 6
+    assert len(_cache_files(root, "unlabeled_*.npy")) == 1  # the stale cache was removed
+
+    decode_calls.clear()
+    _load(root, image_size=8)  # another size: its own caches
+    assert len(decode_calls) == 3
+
+
+def test_half_written_cache_is_never_used(tmp_path, monkeypatch, decode_calls):
+    root = _make_folder(tmp_path)
+    real_batches = ip._decoded_batches
+
+    def killed_after_first_batch(full_paths, image_size):
+        for i, batch in enumerate(real_batches(full_paths, image_size)):
+            if i:
+                break
+            yield batch
+        raise KeyboardInterrupt  # as if the build was stopped part-way
+
+    monkeypatch.setattr(ip, "_DECODE_BATCH", 2)
+    monkeypatch.setattr(ip, "_decoded_batches", killed_after_first_batch)
+    with pytest.raises(KeyboardInterrupt):
+        _load(root)
+    assert _cache_files(root) == []  # temp file removed, nothing renamed into place
+    monkeypatch.setattr(ip, "_decoded_batches", real_batches)
+    good = _load(root)
+    reference = {p: np.array(x) for p, x in zip(good.unlabeled_paths, good.unlabeled_images)}
+
+    # A kill between writing the .npy and its .json, a truncated .npy, and a temp file left by a
+    # dead process: each is ignored (and cleaned up) and the images are decoded again.
+    (npy,) = glob.glob(os.path.join(root, ".comatch_cache", "unlabeled_*.npy"))
+    os.remove(npy[: -len(".npy")] + ".json")
+    np.save(npy, np.zeros((5, SIZE, SIZE, 3), np.uint8))
+    leftover = npy + ".tmp-999999999"
+    with open(leftover, "wb") as f:
+        f.write(b"half written")
+    decode_calls.clear()
+    data = _load(root)
+    assert [c.split("_")[0] for c in decode_calls] == ["unlabeled"]
+    assert not os.path.exists(leftover)
+    for path, image in zip(data.unlabeled_paths, data.unlabeled_images):
+        np.testing.assert_array_equal(image, reference[path])
+
+    with open(npy, "r+b") as f:
+        f.truncate(os.path.getsize(npy) // 2)
+    decode_calls.clear()
+    data = _load(root)
+    assert [c.split("_")[0] for c in decode_calls] == ["unlabeled"]
+    np.testing.assert_array_equal(data.unlabeled_images[0], reference[data.unlabeled_paths[0]])
+
+
+def test_explicit_cache_dir(tmp_path):
+    root = _make_folder(tmp_path / "data")
+    cache = tmp_path / "elsewhere" / "cache"
+    _load(root, cache_dir=str(cache))
+    assert len(glob.glob(str(cache / "*.npy"))) == 2
+    assert not os.path.exists(os.path.join(root, ".comatch_cache"))
