@@ -148,6 +148,8 @@ def plot_training_curves(training: list[dict], evaluation: list[dict], path: str
                 label = {"test_accuracy": "EMA model", "test_accuracy_raw": "raw model"}.get(
                     key, key
                 )
+                if records is evaluation:
+                    label += f" (last {100 * values[-1]:.1f}%)"
                 ax.plot(steps, values, marker="o" if len(points) < 20 else None, ms=3, label=label)
         ax.set_title(title)
         ax.set_xlabel("step")
@@ -270,7 +272,7 @@ def plot_class_samples(
         header.text(
             0.0,
             0.5,
-            f"{class_names[c]}\n{bias[c]:+d} predicted",
+            f"{class_names[c]}\n{abs(bias[c])} too {'many' if over else 'few'}",
             fontsize=9,
             va="center",
             ha="left",
@@ -303,7 +305,7 @@ def plot_class_samples(
         if over
         else "Under-predicted: images missed of"
     )
-    fig.suptitle(f"{kind} each class (count = predicted - true)", fontsize=10)
+    fig.suptitle(f"{kind} each class (too many / few: predicted vs true count)", fontsize=10)
     fig.tight_layout()
     return _save(fig, path)
 

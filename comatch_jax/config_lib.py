@@ -45,6 +45,12 @@ def base_config() -> ml_collections.ConfigDict:
     # A CSV (id,label) of extra labeled train-split images, e.g. answered label requests
     # (comatch_jax.request_labels); they join the labeled set and leave the unlabeled one.
     config.dataset.extra_labels_csv = ml_collections.FieldReference(None, field_type=str)
+    # name=image_folder: ROOT/labeled/<class>/*, ROOT/unlabeled/**, optional ROOT/val/<class>/*.
+    config.dataset.root = ml_collections.FieldReference(None, field_type=str)
+    config.dataset.image_size = 96
+    config.dataset.cache_dir = ml_collections.FieldReference(None, field_type=str)
+    config.dataset.val_fraction = 0.1  # held out of labeled/ when there is no val/
+    config.dataset.corrupt_policy = "fail"  # fail | skip (and count) unreadable images
     config.dataset.mean = FASHION_MNIST_MEAN
     config.dataset.std = FASHION_MNIST_STD
 

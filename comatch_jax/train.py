@@ -52,6 +52,10 @@ def prepare_data(config: ml_collections.ConfigDict, dataset: Any = None) -> Semi
     from comatch_jax import input_pipeline  # imports TensorFlow lazily, only to read files
     from comatch_jax import label_requests
 
+    if dataset is None and config.dataset.name == "image_folder":
+        dataset = load_image_folder_dataset(config)
+    if isinstance(dataset, input_pipeline.FolderDataset):
+        return _folder_data(dataset)
     if dataset is None:
         dataset = input_pipeline.load_dataset(config.dataset)
     labeled, unlabeled = input_pipeline.split_labeled_unlabeled(
@@ -96,6 +100,47 @@ def prepare_data(config: ml_collections.ConfigDict, dataset: Any = None) -> Semi
         unlabeled_ids=unlabeled_ids.astype(np.int32),
         test_images=dataset.test_images,
         test_labels=dataset.test_labels.astype(np.int32),
+        num_classes=dataset.num_classes,
+        class_names=tuple(dataset.class_names),
+        source=dataset.source,
+    )
+
+
+def load_image_folder_dataset(config: ml_collections.ConfigDict):
+    """The image-folder source: labeled/<class>/, unlabeled/**, optional val/<class>/."""
+    from comatch_jax import input_pipeline
+
+    options = config.dataset
+    if not options.root:
+        raise ValueError("dataset.name=image_folder needs --config.dataset.root=DIR")
+    return input_pipeline.load_image_folder(
+        options.root,
+        image_size=options.image_size,
+        cache_dir=options.cache_dir,
+        val_fraction=options.val_fraction,
+        seed=config.seed,
+        corrupt_policy=options.corrupt_policy,
+    )
+
+
+def _folder_data(dataset) -> SemiSupervisedData:
+    """All of labeled/ is labeled (num_labels does not apply); val/ (or the held-out part)
+    is the evaluation set. The unlabeled images stay a memory-mapped uint8 cache."""
+    unlabeled_count = len(dataset.unlabeled_paths)
+    logging.info(
+        "Data from %s: %d labeled, %d unlabeled, %d validation images, %d classes",
+        dataset.source, len(dataset.labeled_labels), unlabeled_count, len(dataset.val_labels),
+        dataset.num_classes,
+    )
+    return SemiSupervisedData(
+        labeled_images=np.asarray(dataset.labeled_images),
+        labels=dataset.labeled_labels.astype(np.int32),
+        unlabeled_images=dataset.unlabeled_images,
+        unlabeled_labels=np.full(unlabeled_count, -1, np.int32),  # no ground truth
+        labeled_ids=np.arange(len(dataset.labeled_labels), dtype=np.int32),
+        unlabeled_ids=np.arange(unlabeled_count, dtype=np.int32),  # rows of unlabeled_paths
+        test_images=np.asarray(dataset.val_images),
+        test_labels=dataset.val_labels.astype(np.int32),
         num_classes=dataset.num_classes,
         class_names=tuple(dataset.class_names),
         source=dataset.source,
@@ -340,7 +385,11 @@ def train_and_evaluate(
         "unlabeled_labels": data.unlabeled_labels,
         "sampling_rng": np.asarray(sampling_rng),
     }
-    if config.data_on_device:
+    data_on_device = config.data_on_device
+    if data_on_device and isinstance(data.unlabeled_images, np.memmap):
+        logging.info("Unlabeled images are a memory-mapped cache: batches are gathered on the host.")
+        data_on_device = False
+    if data_on_device:
         arrays = jax.device_put(arrays, replicated)
         jitted_step = jax.jit(
             train_step.make_sampling_train_step(step_fn, config, batch_sharding=batch_sharding),

@@ -1,0 +1,85 @@
+"""Predictions for a folder of images with a trained run's EMA model.
+
+  python -m comatch_jax.predict --workdir=RUN --images=DIR --out=preds.csv [--top_k=5]
+
+Every image under DIR (recursively; .jpg .jpeg .png .webp) is decoded and resized to the
+run's image size with tf.data (into a temporary uint8 cache), then scored in jitted
+batches with a progress bar. The CSV has: path (relative to DIR), predicted class name,
+confidence, and with --top_k > 1 the top-k classes and probabilities.
+"""
+
+import csv
+import os
+import sys
+import tempfile
+
+import numpy as np
+from absl import app, flags, logging
+
+from comatch_jax import inference, train
+
+flags.DEFINE_string("workdir", None, "The trained run's workdir.")
+flags.DEFINE_string("images", None, "Directory of images to classify.")
+flags.DEFINE_string("out", None, "Output CSV path.")
+flags.DEFINE_integer("top_k", 1, "Also write the k most probable classes.")
+flags.DEFINE_integer("batch_size", 256, "Images per forward pass.")
+flags.DEFINE_enum("corrupt_policy", "fail", ["fail", "skip"], "Unreadable images: fail or skip.")
+FLAGS = flags.FLAGS
+
+
+def predict_folder(workdir: str, images_dir: str, out: str, *, top_k: int = 1, batch_size: int = 256, corrupt_policy: str = "fail") -> int:
+    """Writes the predictions CSV; returns the number of images classified."""
+    from comatch_jax import input_pipeline  # TensorFlow: file reading only
+
+    run = train.load_run(workdir)
+    if not os.path.isdir(images_dir):
+        raise FileNotFoundError(f"--images={images_dir} is not a directory.")
+    paths, ignored = input_pipeline.list_image_files(images_dir)
+    if not paths:
+        raise ValueError(f"No images (.jpg .jpeg .png .webp) under {images_dir}.")
+    if ignored:
+        logging.info("Ignored %d non-image files under %s", ignored, images_dir)
+    height, width, channels = run.image_shape
+    if height != width or channels != 3:
+        raise ValueError(
+            f"The run was trained on {run.image_shape} images; folder prediction needs a run "
+            "trained on square RGB images (an image-folder or colour TFDS dataset)."
+        )
+    top_k = max(1, min(top_k, run.num_classes))
+    with tempfile.TemporaryDirectory() as cache:
+        images, skipped = input_pipeline.decode_images_to_cache(
+            paths, images_dir, height, os.path.join(cache, "predict.npy"), corrupt_policy
+        )
+        kept = [p for i, p in enumerate(paths) if i not in set(skipped)]
+        probs = inference.predict(run, np.asarray(images), batch_size)["probs"]
+    if skipped:
+        logging.warning("Skipped %d unreadable images", len(skipped))
+    order = np.argsort(-probs, axis=-1)[:, :top_k]
+    with open(out, "w", newline="") as f:
+        writer = csv.writer(f)
+        header = ["path", "predicted_class", "confidence"]
+        if top_k > 1:
+            header += [f"{kind}_{r}" for r in range(1, top_k + 1) for kind in ("class", "prob")]
+        writer.writerow(header)
+        for path, p, ranked in zip(kept, probs, order):
+            row = [path, run.class_names[ranked[0]], f"{p[ranked[0]]:.6f}"]
+            if top_k > 1:
+                row += [v for c in ranked for v in (run.class_names[c], f"{p[c]:.6f}")]
+            writer.writerow(row)
+    return len(kept)
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+    try:
+        count = predict_folder(FLAGS.workdir, FLAGS.images, FLAGS.out, top_k=FLAGS.top_k,
+                               batch_size=FLAGS.batch_size, corrupt_policy=FLAGS.corrupt_policy)
+    except (ValueError, OSError) as error:
+        sys.exit(f"error: {error}")
+    print(f"Wrote predictions for {count} images to {FLAGS.out}")
+
+
+if __name__ == "__main__":
+    flags.mark_flags_as_required(["workdir", "images", "out"])
+    app.run(main)
