@@ -65,3 +65,18 @@ def test_invalid_values_are_rejected(field, value, message):
 def test_unknown_preset_lists_the_known_ones():
     with pytest.raises(ValueError, match="cifar10_40"):
         config_lib.apply_preset(config_lib.base_config(), "cifar10_41")
+
+
+def test_unwritable_workdir_exits_nonzero_with_one_line(tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    result = _main(blocker / "run", "--config.num_steps=1")
+    assert result.returncode != 0
+    assert result.stderr.splitlines()[-1].startswith("error: ")
+    assert "a_file" in result.stderr.splitlines()[-1]
+
+
+def test_missing_offline_data_says_how_to_get_it(tmp_path):
+    result = _main(tmp_path / "run", f"--config.dataset.idx_dir={tmp_path}/nowhere", "--config.dataset.source=idx")
+    assert result.returncode != 0
+    assert "dataset-fashion-mnist" in result.stderr.splitlines()[-1]
