@@ -211,3 +211,22 @@ def test_load_run_restores_the_final_state(tmp_path):
     assert run.config.model.widths == [8, 16] or tuple(run.config.model.widths) == (8, 16)
     for x, y in zip(_leaves(state), _leaves(run.state)):
         np.testing.assert_array_equal(x, y)
+
+
+def test_a_half_written_checkpoint_is_never_loaded(tmp_path):
+    config = tiny_config()
+    full_state, _ = train.train_and_evaluate(
+        config, str(tmp_path / "full"), writer=RecordingWriter(), dataset=synthetic_dataset()
+    )
+    # Killed while writing the step-6 checkpoint: Orbax's temporary directory is left behind
+    # (with garbage in it) and the finished step-6 checkpoint does not exist.
+    shutil.copytree(tmp_path / "full", tmp_path / "killed")
+    shutil.rmtree(tmp_path / "killed" / "checkpoints" / "6")
+    partial = tmp_path / "killed" / "checkpoints" / "6.orbax-checkpoint-tmp-1795600000000000"
+    (partial / "state").mkdir(parents=True)
+    (partial / "state" / "garbage").write_bytes(b"\x00" * 10)
+    resumed_state, _ = train.train_and_evaluate(
+        config, str(tmp_path / "killed"), writer=RecordingWriter(), dataset=synthetic_dataset()
+    )
+    for x, y in zip(_leaves(full_state), _leaves(resumed_state)):
+        np.testing.assert_array_equal(x, y)
