@@ -365,7 +365,7 @@ def train_and_evaluate(
     )
     if checkpoints.latest_step() is not None:
         latest = checkpoints.latest_step()
-        state = checkpoints.restore(latest, args=ocp.args.StandardRestore(state))  # keeps shardings
+        state = _restore(checkpoints, latest, state, workdir)  # keeps the shardings
         logging.info("Resumed from the checkpoint of step %d in %s", latest, workdir)
     elif config.init_from:
         state = jax.device_put(initialise_backbone_from(state, config.init_from), replicated)
@@ -531,9 +531,22 @@ def load_run(workdir: str, step: int | None = None) -> TrainedRun:
         step = manager.latest_step() if step is None else step
         if step is None:
             raise FileNotFoundError(f"{workdir} has no checkpoint yet.")
-        state = manager.restore(step, args=ocp.args.StandardRestore(abstract))
+        state = _restore(manager, step, abstract, workdir)
     return TrainedRun(config, state, model, info["num_classes"], tuple(info["class_names"]),
                       tuple(info["image_shape"]))
+
+
+def _restore(manager: ocp.CheckpointManager, step: int, target: Any, workdir: str) -> TrainState:
+    """Restores checkpoint `step` into the structure of `target`, with a clear error when the
+    checkpoint was written for a different model or code version."""
+    try:
+        return manager.restore(step, args=ocp.args.StandardRestore(target))
+    except ValueError as error:
+        raise ValueError(
+            f"The checkpoint of step {step} in {workdir} does not match this model's state "
+            f"({str(error).splitlines()[0][:160]}...); it was written by another model or "
+            "version of comatch_jax. Use a new --workdir."
+        ) from None
 
 
 def _append_jsonl(workdir: str, record: dict[str, Any]) -> None:
