@@ -392,9 +392,7 @@ def _pil_smooth(image: jax.Array) -> jax.Array:
     if height < 3 or width < 3:
         return image
     neighbourhood = sum(
-        image[:, dy : height - 2 + dy, dx : width - 2 + dx]
-        for dy in range(3)
-        for dx in range(3)
+        image[:, dy : height - 2 + dy, dx : width - 2 + dx] for dy in range(3) for dx in range(3)
     )
     interior = jnp.round((neighbourhood + 4.0 * image[:, 1:-1, 1:-1]) / 13.0)
     # pad + select instead of ``.at[].set``, which lowers to a slow scatter on CPU.
@@ -412,9 +410,9 @@ def _equalize_tables(pixels: jax.Array) -> tuple[jax.Array, jax.Array]:
     """
     channels, num_pixels = pixels.shape
     channel_offsets = jnp.arange(channels, dtype=jnp.int32)[:, None] * 256
-    histogram = jnp.bincount(
-        (pixels + channel_offsets).reshape(-1), length=256 * channels
-    ).reshape(channels, 256)
+    histogram = jnp.bincount((pixels + channel_offsets).reshape(-1), length=256 * channels).reshape(
+        channels, 256
+    )
     last_count = jnp.take_along_axis(histogram, pixels.max(axis=1)[:, None], axis=1)
     step = jnp.floor((num_pixels - last_count[:, 0]) / 256.0)
     count_below = jnp.cumsum(histogram, axis=1) - histogram
@@ -527,9 +525,7 @@ def sharpness(image: jax.Array, factor: Any) -> jax.Array:
 
 
 @jax.jit
-def cutout(
-    image: jax.Array, center_y: Any, center_x: Any, size: Any, fill: Any
-) -> jax.Array:
+def cutout(image: jax.Array, center_y: Any, center_x: Any, size: Any, fill: Any) -> jax.Array:
     """Fills the ``size`` x ``size`` square starting at ``center - size // 2``.
 
     The square is clipped at the image borders. Returns float32.
@@ -589,9 +585,7 @@ def _randaugment_matrix(op: jax.Array, sign: jax.Array, h: int, w: int) -> jax.A
     )
 
 
-def _randaugment_photometric_params(
-    op: jax.Array, sign: jax.Array
-) -> PhotometricParams:
+def _randaugment_photometric_params(op: jax.Array, sign: jax.Array) -> PhotometricParams:
     """Photometric parameters of RandAugment op ``op`` (identity for geometric)."""
     enhance = 1.0 + MAX_ENHANCE_DELTA * sign
 
@@ -629,9 +623,7 @@ def _randaugment_one(
     ops = jnp.where(applied, ops, IDENTITY)
     signs = jnp.where(jax.random.bernoulli(sign_key, shape=(num_ops,)), 1.0, -1.0)
 
-    matrices = [
-        _randaugment_matrix(ops[i], signs[i], height, width) for i in range(num_ops)
-    ]
+    matrices = [_randaugment_matrix(ops[i], signs[i], height, width) for i in range(num_ops)]
     out = _as_float(_warp_weak(image, do_flip, shift_y, shift_x, matrices, fill))
 
     def apply_op(image: jax.Array, op_and_sign: tuple[jax.Array, jax.Array]):
@@ -788,9 +780,7 @@ def _color_jitter(
     b_strength, c_strength, s_strength, h_strength = strength
 
     def factor(factor_key: jax.Array, amount: float) -> jax.Array:
-        value = jax.random.uniform(
-            factor_key, minval=max(0.0, 1.0 - amount), maxval=1.0 + amount
-        )
+        value = jax.random.uniform(factor_key, minval=max(0.0, 1.0 - amount), maxval=1.0 + amount)
         return jnp.where(apply, value, 1.0)
 
     image = jnp.clip(image * factor(b_key, b_strength), 0.0, 1.0)
@@ -873,9 +863,7 @@ def _view_options(view: Callable[..., jax.Array]) -> set[str]:
     return {p.name for p in parameters if p.kind is inspect.Parameter.KEYWORD_ONLY}
 
 
-def make_view(
-    name: str, rng: jax.Array, images: jax.Array, **options: Any
-) -> jax.Array:
+def make_view(name: str, rng: jax.Array, images: jax.Array, **options: Any) -> jax.Array:
     """Applies the view ``name`` (one of ``VIEW_NAMES``) to a batch.
 
     ``options`` may be a union of options for several views: each view gets

@@ -180,8 +180,13 @@ def apply_preset(config: ml_collections.ConfigDict, preset: str) -> ml_collectio
         config.batch_size, config.mu = 64, 4
         config.num_steps = 400 * 512000 // (64 * 4)  # 400 epochs over the unlabeled set
         config.comatch.update(
-            alpha=0.9, temperature=0.1, contrast_threshold=0.25, threshold=0.55,
-            lambda_cls=10.0, lambda_ctr=5.0, queue_size=30000,
+            alpha=0.9,
+            temperature=0.1,
+            contrast_threshold=0.25,
+            threshold=0.55,
+            lambda_cls=10.0,
+            lambda_ctr=5.0,
+            queue_size=30000,
         )
         config.optim.update(lr=0.1, momentum=0.9, nesterov=False, weight_decay=1e-4)
         config.ema.teacher_weak_views = True
@@ -232,14 +237,20 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         (config.mu >= 0, f"mu must be >= 0, got {config.mu}"),
         (config.num_steps > 0, f"num_steps must be positive, got {config.num_steps}"),
         (config.num_labels > 0, f"num_labels must be positive, got {config.num_labels}"),
-        (config.log_every > 0 and config.eval_every > 0 and config.checkpoint_every > 0,
-         "log_every, eval_every and checkpoint_every must be positive"),
+        (
+            config.log_every > 0 and config.eval_every > 0 and config.checkpoint_every > 0,
+            "log_every, eval_every and checkpoint_every must be positive",
+        ),
         (0.0 <= config.ema.decay < 1.0, f"ema.decay must be in [0, 1), got {config.ema.decay}"),
-        (len(config.dataset.mean) == len(config.dataset.std),
-         "dataset.mean and dataset.std must have the same length"),
+        (
+            len(config.dataset.mean) == len(config.dataset.std),
+            "dataset.mean and dataset.std must have the same length",
+        ),
         (config.eval_batch_size > 0, "eval_batch_size must be positive"),
-        (config.nonfinite_policy in ("stop", "skip"),
-         f"nonfinite_policy must be 'stop' or 'skip', got {config.nonfinite_policy!r}"),
+        (
+            config.nonfinite_policy in ("stop", "skip"),
+            f"nonfinite_policy must be 'stop' or 'skip', got {config.nonfinite_policy!r}",
+        ),
     ]
     if config.method in ("comatch", "comatch_bt"):
         options = config.comatch
@@ -250,8 +261,9 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
             (options.queue_size > 0, "comatch.queue_size must be positive"),
             (options.da_length > 0, "comatch.da_length must be positive"),
         ]
-    checks.append((config.get("init_from") != "",
-                   "fine-tuning needs --config.init_from=PRETRAINING_WORKDIR"))
+    checks.append(
+        (config.get("init_from") != "", "fine-tuning needs --config.init_from=PRETRAINING_WORKDIR")
+    )
     needs = {
         "comatch_bt": ("projector_widths",),
         "barlow_twins": ("projector_widths",),
@@ -259,9 +271,20 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         "autoencoder": ("decoder",),
     }
     for field in needs.get(config.method, ()):
-        checks.append((bool(config.model[field]), f"method={config.method} needs model.{field} set"))
-    if config.method in ("fixmatch", "comatch_bt", "simclr", "barlow_twins", "simsiam", "autoencoder"):
-        checks.append((config.mu > 0, f"method={config.method} needs unlabeled data: mu must be > 0"))
+        checks.append(
+            (bool(config.model[field]), f"method={config.method} needs model.{field} set")
+        )
+    if config.method in (
+        "fixmatch",
+        "comatch_bt",
+        "simclr",
+        "barlow_twins",
+        "simsiam",
+        "autoencoder",
+    ):
+        checks.append(
+            (config.mu > 0, f"method={config.method} needs unlabeled data: mu must be > 0")
+        )
     for ok, message in checks:
         if not ok:
             raise ValueError(f"Invalid config: {message}")

@@ -162,8 +162,7 @@ def read_idx_file(path: str | os.PathLike) -> np.ndarray:
     header_len = 4 + 4 * ndim
     if len(raw) < header_len:
         raise ValueError(
-            f"IDX file {path} is truncated inside its header; "
-            "re-download or reinstall it."
+            f"IDX file {path} is truncated inside its header; " "re-download or reinstall it."
         )
     dims = struct.unpack(f">{ndim}I", raw[4:header_len])
     count = math.prod(dims)
@@ -205,19 +204,14 @@ def _idx_missing_message(idx_dir: str, name: str, missing: list[str]) -> str:
             "or --config.dataset.source=tfds with internet"
         )
     return (
-        f"{name} IDX files not found in {idx_dir} "
-        f"(missing {', '.join(missing)}); fix: {fix}."
+        f"{name} IDX files not found in {idx_dir} " f"(missing {', '.join(missing)}); fix: {fix}."
     )
 
 
-def load_idx_dataset(
-    idx_dir: str | os.PathLike, name: str = "fashion_mnist"
-) -> InMemoryDataset:
+def load_idx_dataset(idx_dir: str | os.PathLike, name: str = "fashion_mnist") -> InMemoryDataset:
     """Loads Fashion-MNIST (or MNIST) from the four IDX files in `idx_dir`."""
     if name not in IDX_DATASETS:
-        raise ValueError(
-            f"IDX loading supports {IDX_DATASETS}, not {name!r}; use source='tfds'."
-        )
+        raise ValueError(f"IDX loading supports {IDX_DATASETS}, not {name!r}; use source='tfds'.")
     idx_dir = os.fspath(idx_dir)
     if name == "mnist" and "fashion" in os.path.abspath(idx_dir).lower():
         raise ValueError(
@@ -252,9 +246,7 @@ def load_idx_dataset(
                 f"IDX file {labels_path} has label {labels.max()} outside 0..9; "
                 "check that it is the right file."
             )
-    class_names = (
-        FASHION_MNIST_CLASS_NAMES if name == "fashion_mnist" else DIGIT_CLASS_NAMES
-    )
+    class_names = FASHION_MNIST_CLASS_NAMES if name == "fashion_mnist" else DIGIT_CLASS_NAMES
     return InMemoryDataset(
         train_images=arrays["train_images"][..., None],
         train_labels=arrays["train_labels"].astype(np.int32),
@@ -322,9 +314,7 @@ def _read_tfds_split(builder: Any, split: str) -> dict[str, np.ndarray]:
     ds = builder.as_dataset(split=split).map(lambda ex: (ex["image"], ex["label"]))
     chunks = list(tfds.as_numpy(ds.batch(_TFDS_CHUNK)))
     if not chunks:
-        raise ValueError(
-            f"TFDS split {builder.name}:{split} is empty; pick another split."
-        )
+        raise ValueError(f"TFDS split {builder.name}:{split} is empty; pick another split.")
     return {
         "image": np.concatenate([c[0] for c in chunks]),
         "label": np.concatenate([c[1] for c in chunks]),
@@ -374,9 +364,7 @@ def load_digits_dataset() -> InMemoryDataset:
     try:
         from sklearn import datasets  # pylint: disable=g-import-not-at-top
     except ImportError as e:
-        raise ImportError(
-            "Dataset 'digits' needs scikit-learn; pip install scikit-learn."
-        ) from e
+        raise ImportError("Dataset 'digits' needs scikit-learn; pip install scikit-learn.") from e
     digits = datasets.load_digits()
     images = np.round(digits.images * (255.0 / 16.0)).clip(0, 255).astype(np.uint8)
     images = images[..., None]
@@ -478,9 +466,7 @@ def _load_fashion_mnist_auto(
             tfds_kwargs["test_split"],
             tfds_kwargs["extra_unlabeled_split"],
         )
-        logging.info(
-            "fashion_mnist: no prepared TFDS data; using IDX files in %s.", idx_dir
-        )
+        logging.info("fashion_mnist: no prepared TFDS data; using IDX files in %s.", idx_dir)
         return load_idx_dataset(idx_dir, name)
 
     logging.info("fashion_mnist: no TFDS data and no IDX files; trying TFDS download.")
@@ -514,16 +500,13 @@ def split_labeled_unlabeled(
     """
     labels = np.asarray(labels)
     if labels.ndim != 1:
-        raise ValueError(
-            f"labels must be 1-D, got shape {labels.shape}; pass train labels."
-        )
+        raise ValueError(f"labels must be 1-D, got shape {labels.shape}; pass train labels.")
     n = labels.shape[0]
     if num_labels <= 0:
         raise ValueError(f"num_labels must be positive, got {num_labels}; set it > 0.")
     if num_labels > n:
         raise ValueError(
-            f"num_labels={num_labels} exceeds the {n} training images; "
-            "lower num_labels."
+            f"num_labels={num_labels} exceeds the {n} training images; " "lower num_labels."
         )
     if num_classes <= 0 or num_labels % num_classes:
         raise ValueError(

@@ -151,6 +151,7 @@ def barlow_twins_loss(
     Each embedding dimension is standardised over the batch; C = z^A_n^T z^B_n / N is the
     cross-correlation matrix [D, D]; L = sum_i (1 - C_ii)^2 + lambda sum_{i != j} C_ij^2.
     """
+
     def standardise(z):
         z = z.astype(jnp.float32)
         return (z - jnp.mean(z, axis=0)) / jnp.sqrt(jnp.var(z, axis=0) + 1e-5)
@@ -163,7 +164,9 @@ def barlow_twins_loss(
     return on_diagonal + lambda_offdiag * off_diagonal
 
 
-def nt_xent_loss(embeddings: jax.Array, other_embeddings: jax.Array, *, temperature: float) -> jax.Array:
+def nt_xent_loss(
+    embeddings: jax.Array, other_embeddings: jax.Array, *, temperature: float
+) -> jax.Array:
     """SimCLR's NT-Xent (Chen et al. 2020, Eq. 1) over the 2N views.
 
     For each of the 2N L2-normalised views, cross-entropy of its positive (the other view of
@@ -189,7 +192,10 @@ def negative_cosine(prediction: jax.Array, target: jax.Array) -> jax.Array:
 
 
 def simsiam_loss(
-    prediction: jax.Array, other_prediction: jax.Array, projection: jax.Array, other_projection: jax.Array
+    prediction: jax.Array,
+    other_prediction: jax.Array,
+    projection: jax.Array,
+    other_projection: jax.Array,
 ) -> jax.Array:
     """SimSiam (Chen & He 2021, Eq. 4): L = D(p1, sg(z2)) / 2 + D(p2, sg(z1)) / 2."""
     return 0.5 * negative_cosine(prediction, other_projection) + 0.5 * negative_cosine(
@@ -197,7 +203,9 @@ def simsiam_loss(
     )
 
 
-def reconstruction_loss(reconstruction_logits: jax.Array, images: jax.Array, *, kind: str) -> jax.Array:
+def reconstruction_loss(
+    reconstruction_logits: jax.Array, images: jax.Array, *, kind: str
+) -> jax.Array:
     """Autoencoder loss between pixel logits and target intensities in [0, 1].
 
     'mse': mean squared error of sigmoid(logits); 'bce': mean binary cross-entropy.

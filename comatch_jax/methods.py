@@ -220,17 +220,30 @@ METHODS: dict[str, Method] = {
         "comatch", ("weak",), ("weak", "strong0", "strong1"), init_comatch_state, comatch_loss
     ),
     "comatch_bt": Method(
-        "comatch_bt", ("weak",), ("weak", "strong0", "strong1"), init_comatch_state,
+        "comatch_bt",
+        ("weak",),
+        ("weak", "strong0", "strong1"),
+        init_comatch_state,
         comatch_barlow_twins_loss,
     ),
     "fixmatch": Method("fixmatch", ("weak",), ("weak", "strong0"), _no_state, fixmatch_loss),
-    "simclr": Method("simclr", (), ("strong0", "strong1"), _no_state, simclr_loss, "self_supervised"),
+    "simclr": Method(
+        "simclr", (), ("strong0", "strong1"), _no_state, simclr_loss, "self_supervised"
+    ),
     "barlow_twins": Method(
-        "barlow_twins", (), ("strong0", "strong1"), _no_state, barlow_twins_method_loss,
+        "barlow_twins",
+        (),
+        ("strong0", "strong1"),
+        _no_state,
+        barlow_twins_method_loss,
         "self_supervised",
     ),
-    "simsiam": Method("simsiam", (), ("strong0", "strong1"), _no_state, simsiam_method_loss, "self_supervised"),
-    "autoencoder": Method("autoencoder", (), ("weak",), _no_state, autoencoder_loss, "self_supervised"),
+    "simsiam": Method(
+        "simsiam", (), ("strong0", "strong1"), _no_state, simsiam_method_loss, "self_supervised"
+    ),
+    "autoencoder": Method(
+        "autoencoder", (), ("weak",), _no_state, autoencoder_loss, "self_supervised"
+    ),
 }
 
 

@@ -91,7 +91,9 @@ class Network(nn.Module):
         features = self.backbone(x, train)
         dense = functools.partial(nn.Dense, dtype=self.dtype, kernel_init=_dense_init)
         logits = dense(self.num_classes, name="classifier")(features)
-        hidden = nn.leaky_relu(dense(features.shape[-1], name="head_hidden")(features), self.leaky_slope)
+        hidden = nn.leaky_relu(
+            dense(features.shape[-1], name="head_hidden")(features), self.leaky_slope
+        )
         outputs = {
             "logits": logits.astype(jnp.float32),
             "embedding": l2_normalize(dense(self.low_dim, name="head_out")(hidden)),
@@ -131,7 +133,9 @@ class SmallCNN(nn.Module):
         x = x.astype(self.dtype)
         for stage, width in enumerate(self.widths):
             for _ in range(self.convs_per_stage):
-                x = nn.Conv(width, (3, 3), use_bias=False, dtype=self.dtype, kernel_init=_conv_init)(x)
+                x = nn.Conv(
+                    width, (3, 3), use_bias=False, dtype=self.dtype, kernel_init=_conv_init
+                )(x)
                 x = nn.leaky_relu(norm()(x), self.leaky_slope)
             if stage < len(self.widths) - 1:
                 x = nn.max_pool(x, (2, 2), strides=(2, 2))
@@ -165,7 +169,11 @@ class WideBasicBlock(nn.Module):
         y = conv(self.width, (3, 3))(y)
         if needs_projection:
             x = nn.Conv(
-                self.width, (1, 1), strides=self.stride, use_bias=False, dtype=self.dtype,
+                self.width,
+                (1, 1),
+                strides=self.stride,
+                use_bias=False,
+                dtype=self.dtype,
                 kernel_init=_conv_init,
             )(x)
         return x + y
@@ -186,8 +194,11 @@ class WideResNet(nn.Module):
             raise ValueError(f"WideResNet depth must be 6n+4, got {self.depth}")
         blocks_per_group = (self.depth - 4) // 6
         norm = functools.partial(
-            nn.BatchNorm, use_running_average=not train, momentum=self.bn_momentum,
-            epsilon=1e-5, dtype=self.dtype,
+            nn.BatchNorm,
+            use_running_average=not train,
+            momentum=self.bn_momentum,
+            epsilon=1e-5,
+            dtype=self.dtype,
         )
         x = x.astype(self.dtype)
         x = nn.Conv(16, (3, 3), use_bias=False, dtype=self.dtype, kernel_init=_conv_init)(x)
@@ -246,15 +257,22 @@ class ResNet(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         if self.depth not in _RESNET_STAGES:
-            raise ValueError(f"ResNet depth must be one of {sorted(_RESNET_STAGES)}, got {self.depth}")
+            raise ValueError(
+                f"ResNet depth must be one of {sorted(_RESNET_STAGES)}, got {self.depth}"
+            )
         stages, bottleneck = _RESNET_STAGES[self.depth]
         norm = functools.partial(
-            nn.BatchNorm, use_running_average=not train, momentum=self.bn_momentum,
-            epsilon=1e-5, dtype=self.dtype,
+            nn.BatchNorm,
+            use_running_average=not train,
+            momentum=self.bn_momentum,
+            epsilon=1e-5,
+            dtype=self.dtype,
         )
         x = x.astype(self.dtype)
         if self.stem == "imagenet":
-            x = nn.Conv(64, (7, 7), strides=2, use_bias=False, dtype=self.dtype, kernel_init=_conv_init)(x)
+            x = nn.Conv(
+                64, (7, 7), strides=2, use_bias=False, dtype=self.dtype, kernel_init=_conv_init
+            )(x)
             x = nn.relu(norm()(x))
             x = nn.max_pool(x, (3, 3), strides=(2, 2), padding="SAME")
         elif self.stem == "cifar":

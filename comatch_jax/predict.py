@@ -18,16 +18,31 @@ from absl import app, flags, logging
 
 from comatch_jax import inference, train
 
-flags.DEFINE_string("workdir", None, "The trained run's workdir.")
-flags.DEFINE_string("images", None, "Directory of images to classify.")
-flags.DEFINE_string("out", None, "Output CSV path.")
-flags.DEFINE_integer("top_k", 1, "Also write the k most probable classes.")
-flags.DEFINE_integer("batch_size", 256, "Images per forward pass.")
-flags.DEFINE_enum("corrupt_policy", "fail", ["fail", "skip"], "Unreadable images: fail or skip.")
 FLAGS = flags.FLAGS
 
 
-def predict_folder(workdir: str, images_dir: str, out: str, *, top_k: int = 1, batch_size: int = 256, corrupt_policy: str = "fail") -> int:
+def define_flags() -> None:
+    """Command-line flags, defined only when run as a command (modules import cleanly)."""
+    flags.DEFINE_string("workdir", None, "The trained run's workdir.")
+    flags.DEFINE_string("images", None, "Directory of images to classify.")
+    flags.DEFINE_string("out", None, "Output CSV path.")
+    flags.DEFINE_integer("top_k", 1, "Also write the k most probable classes.")
+    flags.DEFINE_integer("batch_size", 256, "Images per forward pass.")
+    flags.DEFINE_enum(
+        "corrupt_policy", "fail", ["fail", "skip"], "Unreadable images: fail or skip."
+    )
+    flags.mark_flags_as_required(["workdir", "images", "out"])
+
+
+def predict_folder(
+    workdir: str,
+    images_dir: str,
+    out: str,
+    *,
+    top_k: int = 1,
+    batch_size: int = 256,
+    corrupt_policy: str = "fail",
+) -> int:
     """Writes the predictions CSV; returns the number of images classified."""
     from comatch_jax import input_pipeline  # TensorFlow: file reading only
 
@@ -73,13 +88,19 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
     try:
-        count = predict_folder(FLAGS.workdir, FLAGS.images, FLAGS.out, top_k=FLAGS.top_k,
-                               batch_size=FLAGS.batch_size, corrupt_policy=FLAGS.corrupt_policy)
+        count = predict_folder(
+            FLAGS.workdir,
+            FLAGS.images,
+            FLAGS.out,
+            top_k=FLAGS.top_k,
+            batch_size=FLAGS.batch_size,
+            corrupt_policy=FLAGS.corrupt_policy,
+        )
     except (ValueError, OSError) as error:
         sys.exit(f"error: {error}")
     print(f"Wrote predictions for {count} images to {FLAGS.out}")
 
 
 if __name__ == "__main__":
-    flags.mark_flags_as_required(["workdir", "images", "out"])
+    define_flags()
     app.run(main)

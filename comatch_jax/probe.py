@@ -17,10 +17,15 @@ from absl import app, flags, logging
 
 from comatch_jax import inference, probes, train
 
-flags.DEFINE_string("workdir", None, "A run's workdir (its latest checkpoint is used).")
-flags.DEFINE_enum("mode", "all", ["knn", "linear", "all"], "Which evaluation.")
-flags.DEFINE_integer("batch_size", 500, "Images per forward pass.")
 FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+    """Command-line flags, defined only when run as a command (modules import cleanly)."""
+    flags.DEFINE_string("workdir", None, "A run's workdir (its latest checkpoint is used).")
+    flags.DEFINE_enum("mode", "all", ["knn", "linear", "all"], "Which evaluation.")
+    flags.DEFINE_integer("batch_size", 500, "Images per forward pass.")
+    flags.mark_flag_as_required("workdir")
 
 
 def probe_run(
@@ -35,14 +40,22 @@ def probe_run(
     options, results = run.config.probe, {}
     if mode in ("knn", "all"):
         predicted = probes.knn_predict(
-            labeled, data.labels, test, num_classes=run.num_classes, k=options.knn_k,
+            labeled,
+            data.labels,
+            test,
+            num_classes=run.num_classes,
+            k=options.knn_k,
             temperature=options.knn_temperature,
         )
         results["knn_accuracy"] = float(np.mean(np.asarray(predicted) == data.test_labels))
     if mode in ("linear", "all"):
         probe = probes.fit_linear_probe(
-            labeled, data.labels, num_classes=run.num_classes, steps=options.linear_steps,
-            learning_rate=options.linear_lr, weight_decay=options.linear_weight_decay,
+            labeled,
+            data.labels,
+            num_classes=run.num_classes,
+            steps=options.linear_steps,
+            learning_rate=options.linear_lr,
+            weight_decay=options.linear_weight_decay,
         )
         predicted = probes.linear_probe_predict(probe, test)
         results["linear_probe_accuracy"] = float(np.mean(np.asarray(predicted) == data.test_labels))
@@ -65,5 +78,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    flags.mark_flag_as_required("workdir")
+    define_flags()
     app.run(main)

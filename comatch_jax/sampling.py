@@ -33,7 +33,9 @@ def epoch_permutation_indices(
     )
 
 
-def sample_batch(data: dict[str, jax.Array], step: jax.Array, *, batch_size: int, unlabeled_batch_size: int) -> dict[str, jax.Array]:
+def sample_batch(
+    data: dict[str, jax.Array], step: jax.Array, *, batch_size: int, unlabeled_batch_size: int
+) -> dict[str, jax.Array]:
     """Gathers batch `step` from whole-dataset arrays.
 
     `data` holds `labeled_images` uint8 [NL, H, W, C], `labels` [NL], `unlabeled_images`

@@ -22,7 +22,16 @@ import orbax.checkpoint as ocp
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from absl import logging
 
-from comatch_jax import config_lib, inference, methods, models, probes, sampling, train_state, train_step
+from comatch_jax import (
+    config_lib,
+    inference,
+    methods,
+    models,
+    probes,
+    sampling,
+    train_state,
+    train_step,
+)
 from comatch_jax.train_state import TrainState
 
 
@@ -69,8 +78,10 @@ def prepare_data(config: ml_collections.ConfigDict, dataset: Any = None) -> Semi
     extra_labels_csv = config.dataset.get("extra_labels_csv")
     if extra_labels_csv:
         extra_ids, extra_labels = label_requests.read_labels_csv(
-            extra_labels_csv, num_images=len(dataset.train_labels),
-            num_classes=dataset.num_classes, already_labeled=labeled,
+            extra_labels_csv,
+            num_images=len(dataset.train_labels),
+            num_classes=dataset.num_classes,
+            already_labeled=labeled,
         )
         order = np.argsort(np.concatenate([labeled, extra_ids]), kind="stable")
         labeled = np.concatenate([labeled, extra_ids])[order]
@@ -88,8 +99,12 @@ def prepare_data(config: ml_collections.ConfigDict, dataset: Any = None) -> Semi
         unlabeled_ids = np.concatenate([unlabeled_ids, np.full(len(extra), -1, np.int32)])
     logging.info(
         "Data from %s: %d labeled, %d unlabeled, %d test images of shape %s, %d classes",
-        dataset.source, len(labeled), len(unlabeled_images), len(dataset.test_labels),
-        dataset.train_images.shape[1:], dataset.num_classes,
+        dataset.source,
+        len(labeled),
+        len(unlabeled_images),
+        len(dataset.test_labels),
+        dataset.train_images.shape[1:],
+        dataset.num_classes,
     )
     return SemiSupervisedData(
         labeled_images=dataset.train_images[labeled],
@@ -129,7 +144,10 @@ def _folder_data(dataset) -> SemiSupervisedData:
     unlabeled_count = len(dataset.unlabeled_paths)
     logging.info(
         "Data from %s: %d labeled, %d unlabeled, %d validation images, %d classes",
-        dataset.source, len(dataset.labeled_labels), unlabeled_count, len(dataset.val_labels),
+        dataset.source,
+        len(dataset.labeled_labels),
+        unlabeled_count,
+        len(dataset.val_labels),
         dataset.num_classes,
     )
     return SemiSupervisedData(
@@ -147,7 +165,9 @@ def _folder_data(dataset) -> SemiSupervisedData:
     )
 
 
-def evaluate(eval_step, params, batch_stats, images: np.ndarray, labels: np.ndarray, batch_size: int) -> dict[str, float]:
+def evaluate(
+    eval_step, params, batch_stats, images: np.ndarray, labels: np.ndarray, batch_size: int
+) -> dict[str, float]:
     """Accuracy and mean NLL over the whole set; the last batch is padded and masked."""
     totals = {"correct": 0.0, "nll": 0.0, "count": 0.0}
     for start in range(0, len(labels), batch_size):
@@ -156,7 +176,9 @@ def evaluate(eval_step, params, batch_stats, images: np.ndarray, labels: np.ndar
         pad = batch_size - len(chunk_labels)
         mask = np.concatenate([np.ones(len(chunk_labels), np.float32), np.zeros(pad, np.float32)])
         if pad:
-            chunk_images = np.concatenate([chunk_images, np.zeros((pad, *chunk_images.shape[1:]), chunk_images.dtype)])
+            chunk_images = np.concatenate(
+                [chunk_images, np.zeros((pad, *chunk_images.shape[1:]), chunk_images.dtype)]
+            )
             chunk_labels = np.concatenate([chunk_labels, np.zeros(pad, chunk_labels.dtype)])
         sums = eval_step(params, batch_stats, chunk_images, chunk_labels, mask)
         for key, value in jax.device_get(sums).items():
@@ -167,12 +189,22 @@ def evaluate(eval_step, params, batch_stats, images: np.ndarray, labels: np.ndar
 def knn_evaluate(predict_batch, variables, data: SemiSupervisedData, config) -> dict[str, float]:
     """Weighted-kNN test accuracy with the labeled images' features as the memory bank."""
     predict = lambda images: inference.predict_with(
-        None, variables, images, mean=None, std=None, batch_size=config.eval_batch_size,
-        progress=False, predict_batch=predict_batch,
+        None,
+        variables,
+        images,
+        mean=None,
+        std=None,
+        batch_size=config.eval_batch_size,
+        progress=False,
+        predict_batch=predict_batch,
     )["features"]
     predictions = probes.knn_predict(
-        predict(data.labeled_images), data.labels, predict(data.test_images),
-        num_classes=data.num_classes, k=config.probe.knn_k, temperature=config.probe.knn_temperature,
+        predict(data.labeled_images),
+        data.labels,
+        predict(data.test_images),
+        num_classes=data.num_classes,
+        k=config.probe.knn_k,
+        temperature=config.probe.knn_temperature,
     )
     return {"accuracy": float(np.mean(np.asarray(predictions) == data.test_labels))}
 
@@ -181,15 +213,18 @@ def initialise_backbone_from(state: TrainState, workdir: str) -> TrainState:
     """Copies the backbone's params and BatchNorm statistics (raw and EMA) of another run's
     latest checkpoint into `state` (fine-tuning a pretrained encoder)."""
     pretrained = load_run(workdir).state
+
     def graft(tree, source):
         if jax.tree.structure(tree["backbone"]) != jax.tree.structure(source["backbone"]) or any(
-            a.shape != b.shape for a, b in zip(jax.tree.leaves(tree["backbone"]), jax.tree.leaves(source["backbone"]))
+            a.shape != b.shape
+            for a, b in zip(jax.tree.leaves(tree["backbone"]), jax.tree.leaves(source["backbone"]))
         ):
             raise ValueError(
                 f"init_from={workdir}: its backbone does not match this model; use the same "
                 "model.* settings as the pretraining run."
             )
         return {**tree, "backbone": jax.tree.map(jnp.copy, source["backbone"])}
+
     logging.info("Initialised the backbone from %s (step %d)", workdir, int(pretrained.step))
     return state.replace(
         params=graft(state.params, pretrained.ema_params),
@@ -277,8 +312,15 @@ def _create_writer(workdir: str):
 
 # Fields a resumed run may change without changing what is trained.
 RESUMABLE_CHANGES = frozenset(
-    ["num_steps", "log_every", "eval_every", "checkpoint_every", "keep_checkpoints",
-     "eval_batch_size", "data_on_device"]
+    [
+        "num_steps",
+        "log_every",
+        "eval_every",
+        "checkpoint_every",
+        "keep_checkpoints",
+        "eval_batch_size",
+        "data_on_device",
+    ]
 )
 
 
@@ -305,7 +347,8 @@ def check_workdir(config: ml_collections.ConfigDict, workdir: str) -> None:
         saved = _flatten(json.load(f))
     current = _flatten(json.loads(config.to_json_best_effort()))
     differing = sorted(
-        key for key in set(saved) | set(current)
+        key
+        for key in set(saved) | set(current)
         if saved.get(key) != current.get(key) and key not in RESUMABLE_CHANGES
     )
     if differing:
@@ -345,8 +388,13 @@ def train_and_evaluate(
     rng = jax.random.PRNGKey(config.seed)
     init_rng, sampling_rng = jax.random.split(rng)
     create = lambda: train_state.create_train_state(
-        init_rng, model=model, tx=tx, method=method, config=config,
-        image_shape=image_shape, num_classes=data.num_classes,
+        init_rng,
+        model=model,
+        tx=tx,
+        method=method,
+        config=config,
+        image_shape=image_shape,
+        num_classes=data.num_classes,
     )
     mesh = data_parallel_mesh()
     replicated = NamedSharding(mesh, PartitionSpec())
@@ -370,10 +418,16 @@ def train_and_evaluate(
     elif config.init_from:
         state = jax.device_put(initialise_backbone_from(state, config.init_from), replicated)
     _save_config(config, workdir)
-    _save_json(workdir, DATASET_INFO, {
-        "num_classes": data.num_classes, "class_names": list(data.class_names),
-        "image_shape": list(image_shape), "source": data.source,
-    })
+    _save_json(
+        workdir,
+        DATASET_INFO,
+        {
+            "num_classes": data.num_classes,
+            "class_names": list(data.class_names),
+            "image_shape": list(image_shape),
+            "source": data.source,
+        },
+    )
     writer = writer if writer is not None else _create_writer(workdir)
 
     step_fn = train_step.make_train_step(model=model, tx=tx, method=method, config=config)
@@ -387,7 +441,9 @@ def train_and_evaluate(
     }
     data_on_device = config.data_on_device
     if data_on_device and isinstance(data.unlabeled_images, np.memmap):
-        logging.info("Unlabeled images are a memory-mapped cache: batches are gathered on the host.")
+        logging.info(
+            "Unlabeled images are a memory-mapped cache: batches are gathered on the host."
+        )
         data_on_device = False
     if data_on_device:
         arrays = jax.device_put(arrays, replicated)
@@ -401,7 +457,9 @@ def train_and_evaluate(
         jitted_step = jax.jit(step_fn, out_shardings=(replicated, replicated), donate_argnums=0)
         next_input = lambda step: jax.device_put(
             sampling.sample_batch(
-                arrays, step, batch_size=config.batch_size,
+                arrays,
+                step,
+                batch_size=config.batch_size,
                 unlabeled_batch_size=unlabeled_batch_size,
             ),
             batch_sharding,
@@ -420,9 +478,17 @@ def train_and_evaluate(
 
     def accuracy_of(params, batch_stats) -> dict[str, float]:
         if method.evaluation == "self_supervised":  # the classifier is untrained: kNN
-            return knn_evaluate(predict_batch, {"params": params, "batch_stats": batch_stats}, data, config)
-        return evaluate(eval_step, params, batch_stats, data.test_images, data.test_labels,
-                        config.eval_batch_size)
+            return knn_evaluate(
+                predict_batch, {"params": params, "batch_stats": batch_stats}, data, config
+            )
+        return evaluate(
+            eval_step,
+            params,
+            batch_stats,
+            data.test_images,
+            data.test_labels,
+            config.eval_batch_size,
+        )
 
     def run_eval(step: int) -> dict[str, float]:
         ema = accuracy_of(state.ema_params, state.ema_batch_stats)
@@ -432,9 +498,13 @@ def train_and_evaluate(
             results["test_nll"] = ema["nll"]
         writer.write_scalars(step, results)
         _append_jsonl(workdir, {"step": step, **results})
-        logging.info("step %d: test accuracy %.4f (EMA), %.4f (raw model)%s", step,
-                     ema["accuracy"], raw["accuracy"],
-                     " by kNN on frozen features" if method.evaluation == "self_supervised" else "")
+        logging.info(
+            "step %d: test accuracy %.4f (EMA), %.4f (raw model)%s",
+            step,
+            ema["accuracy"],
+            raw["accuracy"],
+            " by kNN on frozen features" if method.evaluation == "self_supervised" else "",
+        )
         return results
 
     start_step = int(jax.device_get(state.step))
@@ -460,8 +530,12 @@ def train_and_evaluate(
                 last_time, last_step = now, step
                 writer.write_scalars(step, means)
                 _append_jsonl(workdir, {"step": step, **means})
-                logging.info("%s", _format_progress(
-                    step, config.num_steps, means, (config.num_steps - step) * seconds_per_step))
+                logging.info(
+                    "%s",
+                    _format_progress(
+                        step, config.num_steps, means, (config.num_steps - step) * seconds_per_step
+                    ),
+                )
             if step % config.eval_every == 0 or final:
                 eval_start = time.time()
                 results = run_eval(step)
@@ -514,9 +588,13 @@ class TrainedRun:
 
 def load_run(workdir: str, step: int | None = None) -> TrainedRun:
     """Restores the config, the model and the TrainState (latest checkpoint, or `step`)."""
-    config_path, info_path = os.path.join(workdir, "config.json"), os.path.join(workdir, DATASET_INFO)
+    config_path, info_path = os.path.join(workdir, "config.json"), os.path.join(
+        workdir, DATASET_INFO
+    )
     if not (os.path.exists(config_path) and os.path.exists(info_path)):
-        raise FileNotFoundError(f"{workdir} holds no comatch_jax run (no config.json / {DATASET_INFO}).")
+        raise FileNotFoundError(
+            f"{workdir} holds no comatch_jax run (no config.json / {DATASET_INFO})."
+        )
     with open(config_path) as f:
         config = ml_collections.ConfigDict(json.load(f))
     with open(info_path) as f:
@@ -524,16 +602,30 @@ def load_run(workdir: str, step: int | None = None) -> TrainedRun:
     method = methods.get_method(config.method)
     model = models.create_model(config.model, info["num_classes"], tuple(info["image_shape"]))
     tx = train_state.create_optimizer(config)
-    abstract = jax.eval_shape(lambda: train_state.create_train_state(
-        jax.random.PRNGKey(0), model=model, tx=tx, method=method, config=config,
-        image_shape=tuple(info["image_shape"]), num_classes=info["num_classes"]))
+    abstract = jax.eval_shape(
+        lambda: train_state.create_train_state(
+            jax.random.PRNGKey(0),
+            model=model,
+            tx=tx,
+            method=method,
+            config=config,
+            image_shape=tuple(info["image_shape"]),
+            num_classes=info["num_classes"],
+        )
+    )
     with ocp.CheckpointManager(os.path.abspath(os.path.join(workdir, "checkpoints"))) as manager:
         step = manager.latest_step() if step is None else step
         if step is None:
             raise FileNotFoundError(f"{workdir} has no checkpoint yet.")
         state = _restore(manager, step, abstract, workdir)
-    return TrainedRun(config, state, model, info["num_classes"], tuple(info["class_names"]),
-                      tuple(info["image_shape"]))
+    return TrainedRun(
+        config,
+        state,
+        model,
+        info["num_classes"],
+        tuple(info["class_names"]),
+        tuple(info["image_shape"]),
+    )
 
 
 def _restore(manager: ocp.CheckpointManager, step: int, target: Any, workdir: str) -> TrainState:

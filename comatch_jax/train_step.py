@@ -102,9 +102,7 @@ def make_train_step(
                 for i, name in enumerate(names)
             }
             per_view.update(jax.lax.stop_gradient(teacher_outputs))
-            loss, (method_state, metrics) = method.loss(
-                per_view, batch, state.method_state, config
-            )
+            loss, (method_state, metrics) = method.loss(per_view, batch, state.method_state, config)
             return loss, (model_updates["batch_stats"], method_state, metrics)
 
         (loss, (batch_stats, method_state, metrics)), grads = jax.value_and_grad(

@@ -36,8 +36,13 @@ flags.DEFINE_integer("loop_steps", 50, "Steps of the training loop to time.")
 flags.DEFINE_string("json_out", "", "Also write the figures as JSON here.")
 FLAGS = flags.FLAGS
 
-_SHAPES = {"fashion_mnist": (28, 1, 10), "cifar10": (32, 3, 10), "cifar100": (32, 3, 100),
-           "stl10": (96, 3, 10), "image_folder": (96, 3, 800)}
+_SHAPES = {
+    "fashion_mnist": (28, 1, 10),
+    "cifar10": (32, 3, 10),
+    "cifar100": (32, 3, 100),
+    "stl10": (96, 3, 10),
+    "image_folder": (96, 3, 800),
+}
 
 
 def _median_seconds(fn, repeats):
@@ -94,30 +99,49 @@ def main(argv):
     method = methods.get_method(config.method)
     model = models.create_model(config.model, num_classes, (size, size, channels))
     tx = train_state.create_optimizer(config)
-    state = jax.jit(lambda: train_state.create_train_state(
-        jax.random.PRNGKey(0), model=model, tx=tx, method=method, config=config,
-        image_shape=(size, size, channels), num_classes=num_classes))()
+    state = jax.jit(
+        lambda: train_state.create_train_state(
+            jax.random.PRNGKey(0),
+            model=model,
+            tx=tx,
+            method=method,
+            config=config,
+            image_shape=(size, size, channels),
+            num_classes=num_classes,
+        )
+    )()
     b, u = config.batch_size, config.batch_size * config.mu
     rng = np.random.default_rng(0)
-    batch = jax.device_put({
-        "labeled_images": rng.integers(0, 256, (b, size, size, channels), dtype=np.uint8),
-        "labels": (np.arange(b) % num_classes).astype(np.int32),
-        "unlabeled_images": rng.integers(0, 256, (u, size, size, channels), dtype=np.uint8),
-        "unlabeled_labels": (np.arange(u) % num_classes).astype(np.int32),
-    })
+    batch = jax.device_put(
+        {
+            "labeled_images": rng.integers(0, 256, (b, size, size, channels), dtype=np.uint8),
+            "labels": (np.arange(b) % num_classes).astype(np.int32),
+            "unlabeled_images": rng.integers(0, 256, (u, size, size, channels), dtype=np.uint8),
+            "unlabeled_labels": (np.arange(u) % num_classes).astype(np.int32),
+        }
+    )
     images_per_step = b * len(method.labeled_views) + u * len(method.unlabeled_views)
-    figures = {"device": str(jax.devices()[0].device_kind), "platform": jax.default_backend(),
-               "preset": FLAGS.preset or "cpu_default", "dtype": config.model.dtype,
-               "images_per_step": images_per_step, "model": config.model.name}
+    figures = {
+        "device": str(jax.devices()[0].device_kind),
+        "platform": jax.default_backend(),
+        "preset": FLAGS.preset or "cpu_default",
+        "dtype": config.model.dtype,
+        "images_per_step": images_per_step,
+        "model": config.model.name,
+    }
 
     make_views = jax.jit(lambda key, batch: train_step.make_views(key, batch, method, config))
-    figures["augment_s"] = _median_seconds(lambda: make_views(jax.random.PRNGKey(1), batch), FLAGS.repeats)
+    figures["augment_s"] = _median_seconds(
+        lambda: make_views(jax.random.PRNGKey(1), batch), FLAGS.repeats
+    )
 
     # The bare step: the same step with every view slot set to 'none' (no augmentation).
     bare_config = config.copy_and_resolve_references()
     for slot in train_step.VIEW_SLOTS:
         bare_config.augment[slot] = "none"
-    bare = jax.jit(train_step.make_train_step(model=model, tx=tx, method=method, config=bare_config))
+    bare = jax.jit(
+        train_step.make_train_step(model=model, tx=tx, method=method, config=bare_config)
+    )
     full = jax.jit(train_step.make_train_step(model=model, tx=tx, method=method, config=config))
     figures["bare_step_s"] = _median_seconds(lambda: bare(state, batch)[1], FLAGS.repeats)
     figures["full_step_s"] = _median_seconds(lambda: full(state, batch)[1], FLAGS.repeats)

@@ -20,15 +20,21 @@ flags.DEFINE_string("seeds", "0,1,2", "Comma-separated seeds.")
 flags.DEFINE_string("methods", "supervised,comatch", "Config names in configs/.")
 flags.DEFINE_string("workdir", "/tmp/fmnist40", "Parent directory of the runs.")
 flags.DEFINE_string("out", "experiments/out/fmnist40.md", "Where to write the table.")
-flags.DEFINE_list("overrides", [], "Extra --config.X=Y overrides for every run, without the dashes.")
+flags.DEFINE_list(
+    "overrides", [], "Extra --config.X=Y overrides for every run, without the dashes."
+)
 FLAGS = flags.FLAGS
 
 
 def run_one(method: str, seed: int) -> dict:
     workdir = os.path.join(FLAGS.workdir, f"{method}_seed{seed}")
     command = [
-        sys.executable, "-m", "comatch_jax.main", f"--config=configs/{method}.py",
-        f"--workdir={workdir}", f"--config.seed={seed}",
+        sys.executable,
+        "-m",
+        "comatch_jax.main",
+        f"--config=configs/{method}.py",
+        f"--workdir={workdir}",
+        f"--config.seed={seed}",
         *[f"--{override}" for override in FLAGS.overrides],
     ]
     print(" ".join(command), flush=True)
@@ -37,7 +43,9 @@ def run_one(method: str, seed: int) -> dict:
         subprocess.run(command, check=True, stdout=log, stderr=subprocess.STDOUT)
     with open(os.path.join(workdir, "summary.json")) as f:
         summary = json.load(f)
-    summary.update(method=method, seed=seed, wall_seconds=time.time() - start, command=" ".join(command[1:]))
+    summary.update(
+        method=method, seed=seed, wall_seconds=time.time() - start, command=" ".join(command[1:])
+    )
     return summary
 
 
@@ -63,7 +71,9 @@ def main(argv):
     print(table)
     os.makedirs(os.path.dirname(FLAGS.out) or ".", exist_ok=True)
     with open(FLAGS.out, "w") as f:
-        f.write(table + "\n\nCommands:\n" + "\n".join(f"    python {r['command']}" for r in rows) + "\n")
+        f.write(
+            table + "\n\nCommands:\n" + "\n".join(f"    python {r['command']}" for r in rows) + "\n"
+        )
 
 
 if __name__ == "__main__":

@@ -3,7 +3,16 @@
 import subprocess
 import sys
 
-CORE = ["augment", "losses", "models", "methods", "sampling", "train_state", "train_step", "config_lib"]
+CORE = [
+    "augment",
+    "losses",
+    "models",
+    "methods",
+    "sampling",
+    "train_state",
+    "train_step",
+    "config_lib",
+]
 
 
 def test_core_imports_without_tensorflow_or_clu_writers():
@@ -16,3 +25,27 @@ def test_core_imports_without_tensorflow_or_clu_writers():
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
+
+
+def test_every_command_module_imports_together():
+    """Command flags are defined only when run as a command, so modules never clash."""
+    code = "".join(
+        f"import comatch_jax.{name}\n"
+        for name in ("main", "train", "probe", "predict", "request_labels", "oracle", "analyze")
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+
+
+def test_commands_report_a_missing_run_in_one_line(tmp_path):
+    for command in (
+        ["comatch_jax.probe"],
+        ["comatch_jax.predict", f"--images={tmp_path}", f"--out={tmp_path}/p.csv"],
+    ):
+        result = subprocess.run(
+            [sys.executable, "-m", *command, f"--workdir={tmp_path}/missing"],
+            capture_output=True,
+            text=True,
+        )
+        assert result.returncode != 0
+        assert result.stderr.strip().splitlines()[-1].startswith("error: "), result.stderr[-500:]

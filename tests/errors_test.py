@@ -13,8 +13,17 @@ from train_test import RecordingWriter, synthetic_dataset, tiny_config
 
 
 def _main(tmp_path, *overrides, config="configs/comatch.py"):
-    command = [sys.executable, "-m", "comatch_jax.main", f"--config={config}", f"--workdir={tmp_path}", *overrides]
-    return subprocess.run(command, capture_output=True, text=True, cwd=os.path.dirname(os.path.dirname(__file__)))
+    command = [
+        sys.executable,
+        "-m",
+        "comatch_jax.main",
+        f"--config={config}",
+        f"--workdir={tmp_path}",
+        *overrides,
+    ]
+    return subprocess.run(
+        command, capture_output=True, text=True, cwd=os.path.dirname(os.path.dirname(__file__))
+    )
 
 
 def test_unknown_method_exits_nonzero_with_one_line(tmp_path):
@@ -32,18 +41,24 @@ def test_unknown_config_key_is_rejected_by_name(tmp_path):
 def test_foreign_nonempty_workdir_is_refused(tmp_path):
     (tmp_path / "thesis.tex").write_text("precious")
     with pytest.raises(ValueError, match="not empty and holds no comatch_jax run"):
-        train.train_and_evaluate(tiny_config(), str(tmp_path), writer=RecordingWriter(), dataset=synthetic_dataset())
+        train.train_and_evaluate(
+            tiny_config(), str(tmp_path), writer=RecordingWriter(), dataset=synthetic_dataset()
+        )
     assert (tmp_path / "thesis.tex").read_text() == "precious"
 
 
 def test_workdir_of_a_different_model_is_refused_and_kept(tmp_path):
-    train.train_and_evaluate(tiny_config(), str(tmp_path), writer=RecordingWriter(), dataset=synthetic_dataset())
+    train.train_and_evaluate(
+        tiny_config(), str(tmp_path), writer=RecordingWriter(), dataset=synthetic_dataset()
+    )
     before = sorted(os.listdir(tmp_path / "checkpoints"))
     config = tiny_config()
     config.model.widths = (8, 32)
     config.num_steps = 9  # a longer run alone would be allowed
     with pytest.raises(ValueError, match=r"different config \(model.widths\)"):
-        train.train_and_evaluate(config, str(tmp_path), writer=RecordingWriter(), dataset=synthetic_dataset())
+        train.train_and_evaluate(
+            config, str(tmp_path), writer=RecordingWriter(), dataset=synthetic_dataset()
+        )
     assert sorted(os.listdir(tmp_path / "checkpoints")) == before
 
 
@@ -77,6 +92,10 @@ def test_unwritable_workdir_exits_nonzero_with_one_line(tmp_path):
 
 
 def test_missing_offline_data_says_how_to_get_it(tmp_path):
-    result = _main(tmp_path / "run", f"--config.dataset.idx_dir={tmp_path}/nowhere", "--config.dataset.source=idx")
+    result = _main(
+        tmp_path / "run",
+        f"--config.dataset.idx_dir={tmp_path}/nowhere",
+        "--config.dataset.source=idx",
+    )
     assert result.returncode != 0
     assert "dataset-fashion-mnist" in result.stderr.splitlines()[-1]

@@ -52,7 +52,9 @@ def _finished_checkpoints(workdir):
 
 def _start_and_signal(workdir, sig, after_checkpoint):
     """Starts a run and sends `sig` once checkpoint `after_checkpoint` is complete."""
-    process = subprocess.Popen(_command(workdir), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        _command(workdir), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
     deadline = time.time() + 300
     while time.time() < deadline and process.poll() is None:
         if any(step >= after_checkpoint for step in _finished_checkpoints(workdir)):
@@ -76,7 +78,9 @@ def uninterrupted(tmp_path_factory):
     return workdir
 
 
-@pytest.mark.parametrize("sig,after_checkpoint", [(signal.SIGKILL, 5), (signal.SIGKILL, 20), (signal.SIGTERM, 10)])
+@pytest.mark.parametrize(
+    "sig,after_checkpoint", [(signal.SIGKILL, 5), (signal.SIGKILL, 20), (signal.SIGTERM, 10)]
+)
 def test_killed_run_resumes_to_the_same_final_state(tmp_path, uninterrupted, sig, after_checkpoint):
     workdir = str(tmp_path)
     returncode, stderr = _start_and_signal(workdir, sig, after_checkpoint)

@@ -49,7 +49,9 @@ def reference_embedding_graph(z0, z1, t):
 
 
 def reference_contrastive(wq, wz):
-    return np.mean([-sum(wq[i, j] * np.log(wz[i, j] + 1e-7) for j in range(len(wq))) for i in range(len(wq))])
+    return np.mean(
+        [-sum(wq[i, j] * np.log(wz[i, j] + 1e-7) for j in range(len(wq))) for i in range(len(wq))]
+    )
 
 
 def reference_masked_ce(logits, q, tau):
@@ -73,8 +75,12 @@ def test_memory_smoothing_hand_case():
     # One queue entry: a = 1, so q = alpha p + (1 - alpha) p_1.
     p = jnp.array([[1.0, 0.0]])
     got = losses.memory_smoothed_pseudo_labels(
-        p, jnp.array([[1.0, 0.0]]), jnp.array([[0.0, 1.0]]), jnp.array([[0.0, 1.0]]),
-        alpha=0.75, temperature=0.1,
+        p,
+        jnp.array([[1.0, 0.0]]),
+        jnp.array([[0.0, 1.0]]),
+        jnp.array([[0.0, 1.0]]),
+        alpha=0.75,
+        temperature=0.1,
     )
     np.testing.assert_allclose(got, [[0.75, 0.25]], atol=1e-6)
 
@@ -102,7 +108,9 @@ def test_embedding_graph_and_contrastive_loss_match_reference(b, d):
     np.testing.assert_allclose(wz, reference_embedding_graph(z0, z1, 0.2), atol=1e-5)
     wq = reference_label_graph(q, 0.5)
     got = losses.graph_contrastive_loss(jnp.array(wq), wz)
-    np.testing.assert_allclose(got, reference_contrastive(wq, reference_embedding_graph(z0, z1, 0.2)), rtol=1e-5)
+    np.testing.assert_allclose(
+        got, reference_contrastive(wq, reference_embedding_graph(z0, z1, 0.2)), rtol=1e-5
+    )
 
 
 def test_contrastive_loss_hand_case():
@@ -139,7 +147,9 @@ def test_cross_entropy_matches_reference():
     rng = np.random.default_rng(0)
     logits, labels = rng.normal(size=(8, 5)), rng.integers(0, 5, 8)
     expected = -np.mean(np.log(_softmax(logits))[np.arange(8), labels])
-    np.testing.assert_allclose(losses.cross_entropy(jnp.array(logits), jnp.array(labels)), expected, rtol=1e-5)
+    np.testing.assert_allclose(
+        losses.cross_entropy(jnp.array(logits), jnp.array(labels)), expected, rtol=1e-5
+    )
 
 
 def test_hard_pseudo_label_loss_matches_reference():

@@ -33,7 +33,9 @@ def method_config(name):
 @pytest.mark.parametrize("name", sorted(methods.METHODS))
 def test_each_method_trains_with_finite_losses(tmp_path, name):
     writer = RecordingWriter()
-    state, summary = train.train_and_evaluate(method_config(name), str(tmp_path), writer=writer, dataset=synthetic_dataset())
+    state, summary = train.train_and_evaluate(
+        method_config(name), str(tmp_path), writer=writer, dataset=synthetic_dataset()
+    )
     logged = [s for _, s in writer.scalars if "loss" in s]
     assert logged and all(np.isfinite(v) for s in logged for v in s.values())
     assert int(state.step) == 4
@@ -44,10 +46,17 @@ def test_each_method_trains_with_finite_losses(tmp_path, name):
 
 def test_pretrain_then_finetune_and_probe(tmp_path):
     pretrain = str(tmp_path / "pretrain")
-    train.train_and_evaluate(method_config("barlow_twins"), pretrain, writer=RecordingWriter(), dataset=synthetic_dataset())
+    train.train_and_evaluate(
+        method_config("barlow_twins"),
+        pretrain,
+        writer=RecordingWriter(),
+        dataset=synthetic_dataset(),
+    )
     finetune = method_config("supervised")
     finetune.init_from = pretrain
-    state, _ = train.train_and_evaluate(finetune, str(tmp_path / "ft"), writer=RecordingWriter(), dataset=synthetic_dataset())
+    state, _ = train.train_and_evaluate(
+        finetune, str(tmp_path / "ft"), writer=RecordingWriter(), dataset=synthetic_dataset()
+    )
     assert int(state.step) == 4
 
     # With lr 0 and no weight decay the fine-tuned backbone stays the pretrained one.
@@ -55,7 +64,9 @@ def test_pretrain_then_finetune_and_probe(tmp_path):
     frozen.init_from = pretrain
     frozen.optim.lr = 0.0
     frozen.optim.weight_decay = 0.0
-    state, _ = train.train_and_evaluate(frozen, str(tmp_path / "ft0"), writer=RecordingWriter(), dataset=synthetic_dataset())
+    state, _ = train.train_and_evaluate(
+        frozen, str(tmp_path / "ft0"), writer=RecordingWriter(), dataset=synthetic_dataset()
+    )
     pretrained = train.load_run(pretrain).state.ema_params["backbone"]
     for a, b in zip(jax.tree.leaves(pretrained), jax.tree.leaves(state.params["backbone"])):
         np.testing.assert_array_equal(a, b)
@@ -74,9 +85,13 @@ def test_finetune_config_requires_init_from():
 
 def test_finetune_from_a_different_backbone_is_a_clear_error(tmp_path):
     pretrain = str(tmp_path / "pretrain")
-    train.train_and_evaluate(method_config("simclr"), pretrain, writer=RecordingWriter(), dataset=synthetic_dataset())
+    train.train_and_evaluate(
+        method_config("simclr"), pretrain, writer=RecordingWriter(), dataset=synthetic_dataset()
+    )
     finetune = method_config("supervised")
     finetune.init_from = pretrain
     finetune.model.widths = (8, 32)
     with pytest.raises(ValueError, match="backbone does not match"):
-        train.train_and_evaluate(finetune, str(tmp_path / "ft"), writer=RecordingWriter(), dataset=synthetic_dataset())
+        train.train_and_evaluate(
+            finetune, str(tmp_path / "ft"), writer=RecordingWriter(), dataset=synthetic_dataset()
+        )

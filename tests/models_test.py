@@ -36,7 +36,9 @@ def test_models_give_logits_and_unit_embeddings(overrides, size):
 
 def test_wide_resnet_28_2_has_the_published_parameter_count():
     model = models.create_model(_model_config(name="wide_resnet", depth=28, widen_factor=2), 10)
-    shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.ones((1, 32, 32, 3)), train=False))
+    shapes = jax.eval_shape(
+        lambda: model.init(jax.random.PRNGKey(0), jnp.ones((1, 32, 32, 3)), train=False)
+    )
     count = sum(np.prod(p.shape) for p in jax.tree.leaves(shapes["params"]["backbone"]))
     assert 1.46e6 < count < 1.48e6  # WRN-28-2: 1.47 M parameters without the heads
 
@@ -48,8 +50,12 @@ def test_unknown_model_is_a_clear_error():
 
 def test_optional_ssl_heads_and_decoder():
     config = _model_config(
-        name="small_cnn", widths=(8, 16), projector_widths=(32, 32, 24), predictor_widths=(8, 24),
-        decoder=True, decoder_width=8,
+        name="small_cnn",
+        widths=(8, 16),
+        projector_widths=(32, 32, 24),
+        predictor_widths=(8, 24),
+        decoder=True,
+        decoder_width=8,
     )
     model = models.create_model(config, num_classes=3, image_shape=(14, 14, 1))
     x = jnp.ones((4, 14, 14, 1))
@@ -58,4 +64,10 @@ def test_optional_ssl_heads_and_decoder():
     assert out["projection"].shape == (4, 24)
     assert out["prediction"].shape == (4, 24)
     assert out["reconstruction"].shape == (4, 14, 14, 1)
-    assert set(variables["params"]) >= {"backbone", "classifier", "projector", "predictor", "decoder"}
+    assert set(variables["params"]) >= {
+        "backbone",
+        "classifier",
+        "projector",
+        "predictor",
+        "decoder",
+    }

@@ -23,8 +23,12 @@ np.savez({out!r}, losses=np.array(losses), params=np.concatenate(leaves))
 def _run(tmp_path, devices):
     env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
     out = str(tmp_path / f"result{devices}.npz")
-    code = SCRIPT.format(tests=os.path.dirname(os.path.abspath(__file__)), devices=devices,
-                         workdir=str(tmp_path / f"run{devices}"), out=out)
+    code = SCRIPT.format(
+        tests=os.path.dirname(os.path.abspath(__file__)),
+        devices=devices,
+        workdir=str(tmp_path / f"run{devices}"),
+        out=out,
+    )
     result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-3000:]
     return np.load(out)

@@ -21,7 +21,10 @@ def _nan_from_fourth_step_loss(outputs, batch, state, config):
 @pytest.fixture
 def nan_method(monkeypatch):
     method = methods.Method(
-        "nan_test", ("weak",), (), lambda *_: {"count": jnp.zeros((), jnp.int32)},
+        "nan_test",
+        ("weak",),
+        (),
+        lambda *_: {"count": jnp.zeros((), jnp.int32)},
         _nan_from_fourth_step_loss,
     )
     monkeypatch.setitem(methods.METHODS, "nan_test", method)
@@ -38,7 +41,9 @@ def _config(policy):
 
 def test_nonfinite_loss_stops_with_step_and_term_and_keeps_last_checkpoint(tmp_path, nan_method):
     with pytest.raises(FloatingPointError, match=r"Non-finite loss, loss_x.*up to 4"):
-        train.train_and_evaluate(_config("stop"), str(tmp_path), writer=RecordingWriter(), dataset=synthetic_dataset())
+        train.train_and_evaluate(
+            _config("stop"), str(tmp_path), writer=RecordingWriter(), dataset=synthetic_dataset()
+        )
     assert sorted(os.listdir(tmp_path / "checkpoints")) == ["2"]
     run = train.load_run(str(tmp_path))
     assert int(run.state.step) == 2
@@ -47,7 +52,9 @@ def test_nonfinite_loss_stops_with_step_and_term_and_keeps_last_checkpoint(tmp_p
 
 def test_nonfinite_steps_can_be_skipped_and_counted(tmp_path, nan_method):
     writer = RecordingWriter()
-    state, _ = train.train_and_evaluate(_config("skip"), str(tmp_path), writer=writer, dataset=synthetic_dataset())
+    state, _ = train.train_and_evaluate(
+        _config("skip"), str(tmp_path), writer=writer, dataset=synthetic_dataset()
+    )
     assert int(state.step) == 6
     assert all(np.isfinite(x).all() for x in jax.tree.leaves(state.params))
     skipped = sum(s["skipped_steps"] for _, s in writer.scalars if "skipped_steps" in s)

@@ -32,8 +32,13 @@ def _step_and_inputs(preset, batch_size=2, mu=1):
     model = models.create_model(config.model, num_classes, (size, size, 3))
     tx = train_state.create_optimizer(config)
     init = lambda: train_state.create_train_state(
-        jax.random.PRNGKey(0), model=model, tx=tx, method=method, config=config,
-        image_shape=(size, size, 3), num_classes=num_classes,
+        jax.random.PRNGKey(0),
+        model=model,
+        tx=tx,
+        method=method,
+        config=config,
+        image_shape=(size, size, 3),
+        num_classes=num_classes,
     )
     rng = np.random.default_rng(0)
     batch = {
@@ -42,7 +47,12 @@ def _step_and_inputs(preset, batch_size=2, mu=1):
         "unlabeled_images": rng.integers(0, 256, (batch_size * mu, size, size, 3), dtype=np.uint8),
         "unlabeled_labels": np.zeros(batch_size * mu, np.int32),
     }
-    return config, init, train_step.make_train_step(model=model, tx=tx, method=method, config=config), batch
+    return (
+        config,
+        init,
+        train_step.make_train_step(model=model, tx=tx, method=method, config=config),
+        batch,
+    )
 
 
 @pytest.mark.parametrize("preset", sorted(PRESETS))
@@ -52,22 +62,46 @@ def test_preset_traces_a_whole_train_step(preset):
     new_state, metrics = jax.eval_shape(step, state, batch)
     assert jax.tree.structure(new_state) == jax.tree.structure(state)
     assert metrics["loss"].shape == ()
-    assert state.method_state["queue_embeddings"].shape == (config.comatch.queue_size, config.model.low_dim)
+    assert state.method_state["queue_embeddings"].shape == (
+        config.comatch.queue_size,
+        config.model.low_dim,
+    )
 
 
 def test_cifar10_preset_runs_one_real_step():
     config, init, step, batch = _step_and_inputs("cifar10_40")
     assert config.model.name == "wide_resnet" and config.model.widen_factor == 2
-    assert (config.comatch.queue_size, config.comatch.threshold, config.comatch.contrast_threshold) == (2560, 0.95, 0.8)
+    assert (
+        config.comatch.queue_size,
+        config.comatch.threshold,
+        config.comatch.contrast_threshold,
+    ) == (2560, 0.95, 0.8)
     state, metrics = jax.jit(step)(jax.jit(init)(), batch)
     assert np.isfinite(float(metrics["loss"])) and int(state.step) == 1
 
 
 def test_competition_preset_carries_the_papers_settings():
     config = config_lib.apply_preset(config_lib.base_config(), "competition96")
-    assert (config.model.name, config.model.depth, config.batch_size, config.mu) == ("resnet", 50, 64, 4)
+    assert (config.model.name, config.model.depth, config.batch_size, config.mu) == (
+        "resnet",
+        50,
+        64,
+        4,
+    )
     c = config.comatch
-    assert (c.lambda_cls, c.alpha, c.queue_size, c.temperature, c.threshold, c.contrast_threshold, c.lambda_ctr) == (
-        10.0, 0.9, 30000, 0.1, 0.55, 0.25, 5.0)
-    assert (config.optim.lr, config.optim.momentum, config.optim.weight_decay, config.optim.schedule) == (0.1, 0.9, 1e-4, "cosine")
+    assert (
+        c.lambda_cls,
+        c.alpha,
+        c.queue_size,
+        c.temperature,
+        c.threshold,
+        c.contrast_threshold,
+        c.lambda_ctr,
+    ) == (10.0, 0.9, 30000, 0.1, 0.55, 0.25, 5.0)
+    assert (
+        config.optim.lr,
+        config.optim.momentum,
+        config.optim.weight_decay,
+        config.optim.schedule,
+    ) == (0.1, 0.9, 1e-4, "cosine")
     assert config.ema.teacher_weak_views and config.dataset.name == "image_folder"

@@ -16,7 +16,9 @@ def reference_barlow_twins(a, b, lam):
     for i in range(d):
         for j in range(d):
             c[i, j] = sum(an[k, i] * bn[k, j] for k in range(n)) / n
-    return sum((1 - c[i, i]) ** 2 for i in range(d)) + lam * sum(c[i, j] ** 2 for i in range(d) for j in range(d) if i != j)
+    return sum((1 - c[i, i]) ** 2 for i in range(d)) + lam * sum(
+        c[i, j] ** 2 for i in range(d) for j in range(d) if i != j
+    )
 
 
 def reference_nt_xent(a, b, t):
@@ -32,7 +34,9 @@ def reference_nt_xent(a, b, t):
 
 
 def reference_simsiam(p1, p2, z1, z2):
-    cos = lambda p, z: np.mean([p[i] @ z[i] / np.linalg.norm(p[i]) / np.linalg.norm(z[i]) for i in range(len(p))])
+    cos = lambda p, z: np.mean(
+        [p[i] @ z[i] / np.linalg.norm(p[i]) / np.linalg.norm(z[i]) for i in range(len(p))]
+    )
     return -0.5 * cos(p1, z2) - 0.5 * cos(p2, z1)
 
 
@@ -56,7 +60,9 @@ def test_nt_xent_matches_brute_force_loop(n, d, t):
     rng = np.random.default_rng(d)
     a, b = rng.normal(size=(n, d)), rng.normal(size=(n, d))
     np.testing.assert_allclose(
-        losses.nt_xent_loss(jnp.array(a), jnp.array(b), temperature=t), reference_nt_xent(a, b, t), rtol=1e-5
+        losses.nt_xent_loss(jnp.array(a), jnp.array(b), temperature=t),
+        reference_nt_xent(a, b, t),
+        rtol=1e-5,
     )
 
 
@@ -75,7 +81,11 @@ def test_simsiam_matches_reference():
     got = losses.simsiam_loss(*(jnp.array(x) for x in (p1, p2, z1, z2)))
     np.testing.assert_allclose(got, reference_simsiam(p1, p2, z1, z2), rtol=1e-5)
     # Hand case: predictions equal to their targets give the minimum, -1.
-    np.testing.assert_allclose(losses.simsiam_loss(jnp.array(z2), jnp.array(z1), jnp.array(z1), jnp.array(z2)), -1.0, rtol=1e-6)
+    np.testing.assert_allclose(
+        losses.simsiam_loss(jnp.array(z2), jnp.array(z1), jnp.array(z1), jnp.array(z2)),
+        -1.0,
+        rtol=1e-6,
+    )
 
 
 def test_simsiam_gradient_does_not_flow_through_the_stop_gradient_branch():
@@ -91,9 +101,15 @@ def test_reconstruction_losses():
     logits = jnp.array([[0.0, 2.0]])
     target = jnp.array([[0.5, 1.0]])
     sigmoid = 1 / (1 + np.exp(-np.array([0.0, 2.0])))
-    np.testing.assert_allclose(losses.reconstruction_loss(logits, target, kind="mse"), np.mean((sigmoid - [0.5, 1.0]) ** 2), rtol=1e-6)
+    np.testing.assert_allclose(
+        losses.reconstruction_loss(logits, target, kind="mse"),
+        np.mean((sigmoid - [0.5, 1.0]) ** 2),
+        rtol=1e-6,
+    )
     bce = -np.mean([0.5 * np.log(sigmoid[0]) + 0.5 * np.log(1 - sigmoid[0]), np.log(sigmoid[1])])
-    np.testing.assert_allclose(losses.reconstruction_loss(logits, target, kind="bce"), bce, rtol=1e-5)
+    np.testing.assert_allclose(
+        losses.reconstruction_loss(logits, target, kind="bce"), bce, rtol=1e-5
+    )
     with pytest.raises(ValueError):
         losses.reconstruction_loss(logits, target, kind="l1")
 
@@ -105,12 +121,16 @@ def test_knn_votes_weighted_by_similarity():
     predicted = probes.knn_predict(train, labels, test, num_classes=2, k=2, temperature=0.1)
     np.testing.assert_array_equal(predicted, [0, 1])
     # k larger than the bank is capped.
-    assert probes.knn_predict(train, labels, test, num_classes=2, k=200, temperature=0.07).shape == (2,)
+    assert probes.knn_predict(
+        train, labels, test, num_classes=2, k=200, temperature=0.07
+    ).shape == (2,)
 
 
 def test_linear_probe_separates_separable_features():
     rng = np.random.default_rng(0)
     labels = np.arange(60) % 3
     features = rng.normal(size=(60, 8)) + 4 * np.eye(8)[labels]
-    probe = probes.fit_linear_probe(features, labels, num_classes=3, steps=200, learning_rate=0.1, weight_decay=0.0)
+    probe = probes.fit_linear_probe(
+        features, labels, num_classes=3, steps=200, learning_rate=0.1, weight_decay=0.0
+    )
     assert np.mean(np.asarray(probes.linear_probe_predict(probe, features)) == labels) == 1.0

@@ -35,7 +35,9 @@ def tiny_config(method: str = "comatch") -> ml_collections.ConfigDict:
     return config
 
 
-def synthetic_dataset(num_train: int = 120, num_test: int = 50, size: int = 12) -> input_pipeline.InMemoryDataset:
+def synthetic_dataset(
+    num_train: int = 120, num_test: int = 50, size: int = 12
+) -> input_pipeline.InMemoryDataset:
     """10 classes whose images differ in mean brightness: learnable in a few steps."""
     rng = np.random.default_rng(0)
 
@@ -117,7 +119,10 @@ def test_same_config_and_seed_give_the_same_numbers(tmp_path):
     runs = []
     for name in ("a", "b"):
         state, summary = train.train_and_evaluate(
-            tiny_config(), str(tmp_path / name), writer=RecordingWriter(), dataset=synthetic_dataset()
+            tiny_config(),
+            str(tmp_path / name),
+            writer=RecordingWriter(),
+            dataset=synthetic_dataset(),
         )
         runs.append((_leaves(state.params), summary["test_accuracy"]))
     for x, y in zip(runs[0][0], runs[1][0]):
@@ -158,7 +163,9 @@ def test_invalid_config_is_one_clear_error(tmp_path):
     config = tiny_config()
     config.mu = 0
     with pytest.raises(ValueError, match="mu must be > 0"):
-        train.train_and_evaluate(config, str(tmp_path), writer=RecordingWriter(), dataset=synthetic_dataset())
+        train.train_and_evaluate(
+            config, str(tmp_path), writer=RecordingWriter(), dataset=synthetic_dataset()
+        )
 
 
 def test_main_end_to_end_under_tfds_mock_data(tmp_path, monkeypatch):
