@@ -4,6 +4,7 @@ Any config field can be overridden, e.g. --config.num_labels=250; presets are ch
 a colon: --config=configs/comatch.py:cifar10_40.
 """
 
+import ast
 import sys
 
 from absl import app, flags, logging
@@ -33,5 +34,21 @@ def main(argv):
         sys.exit(f"error: {error}")
 
 
+def parse_flags(argv: list[str]) -> list[str]:
+    """absl's parsing, with a config override naming a missing field (or a bad value) turned
+    into one line instead of a traceback."""
+    try:
+        return FLAGS(argv)
+    except (AttributeError, KeyError, TypeError, ValueError, flags.Error) as error:
+        detail = str(error.args[0] if error.args else error)
+        if isinstance(error, AttributeError):  # ml_collections: a field that does not exist
+            try:
+                detail = "no such config field " + ast.literal_eval(detail)
+            except (ValueError, SyntaxError):
+                pass
+        detail = " ".join(detail.split())
+        sys.exit(f"error: bad command-line flag or config override: {detail}")
+
+
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=parse_flags)

@@ -35,7 +35,11 @@ def test_unknown_method_exits_nonzero_with_one_line(tmp_path):
 def test_unknown_config_key_is_rejected_by_name(tmp_path):
     result = _main(tmp_path / "run", "--config.num_lables=250")
     assert result.returncode != 0
-    assert "num_lables" in result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert (
+        last.startswith("error: ") and "num_lables" in last and 'Did you mean "num_labels"' in last
+    )
+    assert "Traceback" not in result.stderr
 
 
 def test_foreign_nonempty_workdir_is_refused(tmp_path):
