@@ -2,11 +2,14 @@
 
 One CoMatch run with 40 labels; then, for each strategy, its 40 label requests
 (comatch_jax.request_labels), answered from the ground truth (comatch_jax.oracle), and a new
-run from scratch on the 40 + 40 labels (same seed, same steps). Prints a Markdown table of
-test accuracy (EMA model) per strategy against the random baseline and writes it to --out.
-Every step is the real command-line tool in a subprocess; finished runs are reused.
+run from scratch on the 40 + 40 labels (same training seed, same steps). `--random_seeds`
+draws the random baseline several times, which shows how much the accuracy moves with the
+choice of 40 images alone. Prints a Markdown table of test accuracy (EMA model) per strategy
+against the mean of the random draws and writes it to --out. Every step is the real
+command-line tool in a subprocess; finished runs and answered requests are reused.
 
-  python experiments/label_requests.py --num_steps=600 --out=experiments/RESULTS_label_requests.md
+  python experiments/label_requests.py --num_steps=500 --random_seeds=0,1,2 \\
+      --out=experiments/out/label_requests.md
 """
 
 import collections
@@ -24,11 +27,12 @@ from comatch_jax import label_requests
 flags.DEFINE_integer("num_steps", 2500, "Training steps of every run (--config.num_steps).")
 flags.DEFINE_integer("num_labels", 40, "Labels of the base run.")
 flags.DEFINE_integer("budget", 40, "Labels each strategy requests.")
-flags.DEFINE_integer("seed", 0, "Seed of every run (and of the random strategy).")
+flags.DEFINE_integer("seed", 0, "Training seed of every run (it also picks the first labels).")
+flags.DEFINE_list("random_seeds", ["0"], "Seeds of the random strategy: one baseline run each.")
 flags.DEFINE_list(
     "strategies",
-    ["random", "entropy", "margin", "least_confidence", "kcenter", "entropy_balanced"],
-    "Strategies; '<name>_balanced' adds --balance_by_predicted_class.",
+    ["entropy", "margin", "least_confidence", "kcenter", "entropy_balanced"],
+    "Strategies besides random; '<name>_balanced' adds --balance_by_predicted_class.",
 )
 flags.DEFINE_string("workdir", "/tmp/label_requests", "Parent directory of the runs.")
 flags.DEFINE_string("out", "experiments/out/label_requests.md", "Where to write the table.")
@@ -41,13 +45,11 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BALANCED_SUFFIX = "_balanced"
 
 
-def _run(command: list[str], log_path: str) -> float:
-    """Runs a command from the repo root, logging to `log_path`; returns its wall seconds."""
+def _run(command: list[str], log_path: str) -> None:
+    """Runs a command from the repo root, logging to `log_path`."""
     print(" ".join(command[1:]), flush=True)
-    start = time.time()
     with open(log_path, "w") as log:
         subprocess.run(command, check=True, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
-    return time.time() - start
 
 
 def train_run(name: str, extra_labels_csv: str | None = None) -> dict:
@@ -67,12 +69,11 @@ def train_run(name: str, extra_labels_csv: str | None = None) -> dict:
     if extra_labels_csv:
         command.append(f"--config.dataset.extra_labels_csv={extra_labels_csv}")
     summary_path = os.path.join(workdir, "summary.json")
-    wall = None
     if not _finished(summary_path):
-        wall = _run(command, workdir + ".log")
+        _run(command, workdir + ".log")
     with open(summary_path) as f:
         summary = json.load(f)
-    return {**summary, "wall_seconds": wall, "command": " ".join(command[1:])}
+    return {**summary, "command": " ".join(command[1:])}
 
 
 def _finished(summary_path: str) -> bool:
@@ -82,15 +83,14 @@ def _finished(summary_path: str) -> bool:
         return json.load(f)["final_step"] == FLAGS.num_steps
 
 
-def request_and_answer(strategy: str) -> tuple[str, dict]:
-    """Label requests of the base run with `strategy`, answered by the oracle.
+def request_and_answer(name: str, strategy: str, balanced: bool, seed: int) -> tuple[str, dict]:
+    """Label requests of the base run, answered by the oracle; files named after `name`.
 
     Returns the labels CSV and facts about the requests: how many distinct true classes they
-    cover and how often the base model's prediction was already right.
+    cover, the largest number of one class, and how often the base model was already right.
     """
-    name = strategy.removesuffix(BALANCED_SUFFIX)
-    requests_csv = os.path.join(FLAGS.workdir, f"requests_{strategy}.csv")
-    labels_csv = os.path.join(FLAGS.workdir, f"labels_{strategy}.csv")
+    requests_csv = os.path.join(FLAGS.workdir, f"requests_{name}.csv")
+    labels_csv = os.path.join(FLAGS.workdir, f"labels_{name}.csv")
     base = os.path.join(FLAGS.workdir, "base")
     request = [
         sys.executable,
@@ -98,11 +98,11 @@ def request_and_answer(strategy: str) -> tuple[str, dict]:
         "comatch_jax.request_labels",
         f"--workdir={base}",
         f"--budget={FLAGS.budget}",
-        f"--strategy={name}",
-        f"--seed={FLAGS.seed}",
+        f"--strategy={strategy}",
+        f"--seed={seed}",
         f"--out={requests_csv}",
     ]
-    if strategy.endswith(BALANCED_SUFFIX):
+    if balanced:
         request.append("--balance_by_predicted_class")
     answer = [
         sys.executable,
@@ -134,36 +134,52 @@ def _read_column(path: str, column: str) -> np.ndarray:
         )
 
 
+def _plan() -> list[tuple[str, str, bool, int]]:
+    """(name, strategy, balanced, seed) of every request round, random draws first."""
+    plan = []
+    for seed in map(int, FLAGS.random_seeds):
+        name = "random" if seed == FLAGS.seed else f"random_seed{seed}"
+        plan.append((name, "random", False, seed))
+    for name in FLAGS.strategies:
+        strategy = name.removesuffix(BALANCED_SUFFIX)
+        if strategy not in label_requests.STRATEGIES or strategy == "random":
+            raise app.UsageError(f"Unknown strategy {name!r} (random is set by --random_seeds).")
+        plan.append((name, strategy, name.endswith(BALANCED_SUFFIX), FLAGS.seed))
+    return plan
+
+
 def main(argv):
     del argv
     os.makedirs(FLAGS.workdir, exist_ok=True)
     base = train_run("base")
     rows = []
-    for strategy in FLAGS.strategies:
-        if strategy.removesuffix(BALANCED_SUFFIX) not in label_requests.STRATEGIES:
-            raise app.UsageError(f"Unknown strategy {strategy!r}.")
-        labels_csv, facts = request_and_answer(strategy)
-        rows.append({"strategy": strategy, **facts, **train_run(f"with_{strategy}", labels_csv)})
-    random_accuracy = next((r["test_accuracy"] for r in rows if r["strategy"] == "random"), None)
+    for name, strategy, balanced, seed in _plan():
+        labels_csv, facts = request_and_answer(name, strategy, balanced, seed)
+        rows.append(
+            {"name": name, "strategy": strategy, **facts, **train_run(f"with_{name}", labels_csv)}
+        )
+    random_accuracies = [100 * r["test_accuracy"] for r in rows if r["strategy"] == "random"]
+    random_mean = float(np.mean(random_accuracies))
+    random_std = float(np.std(random_accuracies, ddof=1)) if len(random_accuracies) > 1 else 0.0
     total = FLAGS.num_labels + FLAGS.budget
     lines = [
-        f"| labels | strategy | test accuracy (EMA) | vs random | raw model | requests: classes "
-        f"covered / largest class | base model right on requests |",
+        "| labels | strategy | test accuracy (EMA) | vs random mean | raw model "
+        "| requests: true classes covered / most of one class | base model right on requests |",
         "|---|---|---|---|---|---|---|",
         f"| {FLAGS.num_labels} | (base run) | {100 * base['test_accuracy']:.2f}% | | "
         f"{100 * base['test_accuracy_raw']:.2f}% | | |",
     ]
     for r in rows:
-        delta = (
-            ""
-            if random_accuracy is None
-            else f"{100 * (r['test_accuracy'] - random_accuracy):+.2f}"
-        )
         lines.append(
-            f"| {total} | {r['strategy']} | {100 * r['test_accuracy']:.2f}% | {delta} "
+            f"| {total} | {r['name']} | {100 * r['test_accuracy']:.2f}% "
+            f"| {100 * r['test_accuracy'] - random_mean:+.2f} "
             f"| {100 * r['test_accuracy_raw']:.2f}% | {r['classes']} / {r['largest_class']} "
             f"| {100 * r['base_right']:.0f}% |"
         )
+    lines.append(
+        f"| {total} | **random, mean ± std of {len(random_accuracies)} draws** "
+        f"| **{random_mean:.2f} ± {random_std:.2f}%** | | | | |"
+    )
     table = "\n".join(lines)
     print(table)
     commands = [base["command"]] + [c for r in rows for c in (*r["commands"], r["command"])]

@@ -343,3 +343,14 @@ def test_oracle_rejects_unknown_ids(digits_run, tmp_path):
     )
     assert result.returncode != 0
     assert "id 1500 is not in the train split" in result.stderr.strip().splitlines()[-1]
+
+
+def test_strategies_and_inference_import_without_tensorflow():
+    code = (
+        "import sys\n"
+        "for blocked in ('tensorflow', 'tensorflow_datasets'):\n"
+        "    sys.modules[blocked] = None  # any import of these now raises ImportError\n"
+        "import comatch_jax.label_requests, comatch_jax.inference\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
