@@ -540,7 +540,7 @@ def train_and_evaluate(
                 eval_start = time.time()
                 results = run_eval(step)
                 last_time += time.time() - eval_start  # throughput and ETA count training only
-            if save:
+            if save or termination.requested:  # a signal may arrive during logging
                 checkpoints.save(step, args=ocp.args.StandardSave(state))
             if termination.requested:
                 checkpoints.wait_until_finished()

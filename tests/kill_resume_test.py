@@ -1,5 +1,6 @@
-"""Kill a real run (SIGKILL, SIGTERM) at several points; the rerun ends exactly where an
-uninterrupted run ends. Uses the real entry point on scikit-learn's real 8x8 digits."""
+"""Kill a real run (SIGKILL, SIGTERM) at different points; the rerun ends exactly where an
+uninterrupted run ends. Uses the real entry point on scikit-learn's real 8x8 digits.
+Ctrl-C (SIGINT) takes the same path as SIGTERM and is tested in-process in train_test.py."""
 
 import json
 import os
@@ -78,15 +79,13 @@ def uninterrupted(tmp_path_factory):
     return workdir
 
 
-@pytest.mark.parametrize(
-    "sig,after_checkpoint", [(signal.SIGKILL, 5), (signal.SIGKILL, 20), (signal.SIGTERM, 10)]
-)
+@pytest.mark.parametrize("sig,after_checkpoint", [(signal.SIGKILL, 5), (signal.SIGTERM, 15)])
 def test_killed_run_resumes_to_the_same_final_state(tmp_path, uninterrupted, sig, after_checkpoint):
     workdir = str(tmp_path)
     returncode, stderr = _start_and_signal(workdir, sig, after_checkpoint)
     assert returncode != 0, "the run finished before it could be interrupted"
-    if sig == signal.SIGTERM:
-        assert "Stopped by SIGTERM" in stderr
+    if sig != signal.SIGKILL:  # SIGTERM and Ctrl-C checkpoint before exiting
+        assert f"Stopped by {signal.Signals(sig).name}" in stderr
     assert _finished_checkpoints(workdir), "a checkpoint survived the kill"
     _run(workdir)  # the same command again resumes
     for x, y in zip(_final_leaves(uninterrupted), _final_leaves(workdir)):

@@ -3,6 +3,7 @@
 import json
 import os
 import shutil
+import signal
 import sys
 
 import jax
@@ -234,6 +235,37 @@ def test_a_half_written_checkpoint_is_never_loaded(tmp_path):
     (partial / "state" / "garbage").write_bytes(b"\x00" * 10)
     resumed_state, _ = train.train_and_evaluate(
         config, str(tmp_path / "killed"), writer=RecordingWriter(), dataset=synthetic_dataset()
+    )
+    for x, y in zip(_leaves(full_state), _leaves(resumed_state)):
+        np.testing.assert_array_equal(x, y)
+
+
+class CtrlCWriter(RecordingWriter):
+    """Presses Ctrl-C (sends SIGINT to this process) when step `at_step` is logged."""
+
+    def __init__(self, at_step):
+        super().__init__()
+        self.at_step = at_step
+
+    def write_scalars(self, step, scalars):
+        super().write_scalars(step, scalars)
+        if step == self.at_step and "loss" in scalars:
+            os.kill(os.getpid(), signal.SIGINT)
+
+
+def test_ctrl_c_checkpoints_then_the_rerun_ends_identically(tmp_path):
+    config = tiny_config()
+    config.checkpoint_every = 100  # only the Ctrl-C checkpoint exists before the end
+    full_state, _ = train.train_and_evaluate(
+        config, str(tmp_path / "full"), writer=RecordingWriter(), dataset=synthetic_dataset()
+    )
+    with pytest.raises(SystemExit, match="Stopped by SIGINT at step 2"):
+        train.train_and_evaluate(
+            config, str(tmp_path / "ctrl_c"), writer=CtrlCWriter(2), dataset=synthetic_dataset()
+        )
+    assert sorted(os.listdir(tmp_path / "ctrl_c" / "checkpoints")) == ["2"]
+    resumed_state, _ = train.train_and_evaluate(
+        config, str(tmp_path / "ctrl_c"), writer=RecordingWriter(), dataset=synthetic_dataset()
     )
     for x, y in zip(_leaves(full_state), _leaves(resumed_state)):
         np.testing.assert_array_equal(x, y)
