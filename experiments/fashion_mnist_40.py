@@ -37,15 +37,14 @@ def run_one(method: str, seed: int) -> dict:
         f"--config.seed={seed}",
         *[f"--{override}" for override in FLAGS.overrides],
     ]
-    print(" ".join(command), flush=True)
-    start = time.time()
-    with open(workdir + ".log", "w") as log:
-        subprocess.run(command, check=True, stdout=log, stderr=subprocess.STDOUT)
-    with open(os.path.join(workdir, "summary.json")) as f:
+    summary_path = os.path.join(workdir, "summary.json")
+    if not os.path.exists(summary_path):  # finished runs are reported, not rerun
+        print(" ".join(command), flush=True)
+        with open(workdir + ".log", "a") as log:
+            subprocess.run(command, check=True, stdout=log, stderr=subprocess.STDOUT)
+    with open(summary_path) as f:
         summary = json.load(f)
-    summary.update(
-        method=method, seed=seed, wall_seconds=time.time() - start, command=" ".join(command[1:])
-    )
+    summary.update(method=method, seed=seed, command=" ".join(command[1:]))
     return summary
 
 
