@@ -3,6 +3,8 @@
   python -m comatch_jax.main --config=configs/supervised.py --workdir=/tmp/sup
 
 Takes the same presets as configs/comatch.py (e.g. configs/supervised.py:cifar10_4000).
+The default reaches 57.6 +- 4.9 % on Fashion-MNIST with 40 labels (3 seeds, about 2
+minutes on 2 CPU cores; experiments/RESULTS.md).
 """
 
 from comatch_jax import config_lib
