@@ -17,7 +17,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 
 import numpy as np
 from absl import app, flags

@@ -1,6 +1,5 @@
 """Bad input gives one clear error naming the problem, and never touches a good run."""
 
-import json
 import os
 import subprocess
 import sys

@@ -156,7 +156,6 @@ def test_hard_pseudo_label_loss_matches_reference():
     rng = np.random.default_rng(1)
     logits, p = rng.normal(size=(8, 4)), _random_probs(rng, 8, 4)
     tau = float(np.median(p.max(1)))
-    hard = np.eye(4)[p.argmax(1)]
     loss, _ = losses.hard_pseudo_label_loss(jnp.array(logits), jnp.array(p), threshold=tau)
     log_p = np.log(_softmax(logits))
     expected = np.mean([-log_p[b, p[b].argmax()] * float(p[b].max() >= tau) for b in range(8)])
