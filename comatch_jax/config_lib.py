@@ -70,6 +70,10 @@ def base_config() -> ml_collections.ConfigDict:
     # few thousand steps it leaves the running statistics near their initial values.
     config.model.bn_momentum = 0.99
     config.model.dtype = "float32"
+    # Over several devices: 'global' = BatchNorm statistics over the whole global batch
+    # (synchronised; any device count computes what one device does), 'per_device' = each
+    # device normalises its own shard (PyTorch DDP without SyncBatchNorm; no BN traffic).
+    config.model.batch_norm = "global"
 
     # View slots -> augmentation names (comatch_jax.augment.VIEW_NAMES); the rest are options.
     config.augment = ml_collections.ConfigDict()

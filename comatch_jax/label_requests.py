@@ -193,16 +193,73 @@ def write_requests_csv(
     scores: np.ndarray,
     predicted_classes: np.ndarray,
     class_names: Sequence[str],
+    paths: Sequence[str] | None = None,
 ) -> None:
-    """Writes the requests CSV, one row per requested image, in the given order."""
+    """Writes the requests CSV, one row per requested image, in the given order; with
+    `paths` (image-folder runs) a `path` column names each image's file."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(path, "w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(REQUEST_COLUMNS)
-        for image_id, score, predicted in zip(ids, scores, predicted_classes):
-            writer.writerow(
-                [int(image_id), f"{float(score):.6g}", int(predicted), class_names[int(predicted)]]
+        writer.writerow(REQUEST_COLUMNS + (("path",) if paths is not None else ()))
+        for i, (image_id, score, predicted) in enumerate(zip(ids, scores, predicted_classes)):
+            row = [
+                int(image_id),
+                f"{float(score):.6g}",
+                int(predicted),
+                class_names[int(predicted)],
+            ]
+            writer.writerow(row + ([paths[i]] if paths is not None else []))
+
+
+def read_folder_labels_csv(
+    path: str, *, root: str, unlabeled_paths: Sequence[str], class_names: Sequence[str]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Reads the answers to an image-folder run's requests: a CSV with columns `path,label`.
+
+    `path` is an image under root/unlabeled/ (absolute, or relative to the root as in the
+    requests CSV); `label` is a class name (a folder name under labeled/) or its index.
+    Returns (rows of `unlabeled_paths`, labels), int32; errors are one line naming the file.
+    """
+    try:
+        with open(path, newline="") as f:
+            rows = [row for row in csv.DictReader(f)]
+            header = rows[0].keys() if rows else []
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: no such file.") from None
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        raise ValueError(f"{path}: cannot read it as CSV ({e}).") from e
+    if not rows or any(column not in header for column in ("path", "label")):
+        raise ValueError(f"{path}: expected a header with columns path,label and at least one row.")
+    position = {p: i for i, p in enumerate(unlabeled_paths)}
+    class_index = {name: i for i, name in enumerate(class_names)}
+    root = os.path.abspath(root)
+    indices, labels = [], []
+    for line, row in enumerate(rows, start=2):
+        image = (row["path"] or "").strip()
+        relative = os.path.relpath(image, root) if os.path.isabs(image) else os.path.normpath(image)
+        if relative not in position:
+            raise ValueError(
+                f"{path} line {line}: {image!r} is not an image of {root}/unlabeled/ "
+                f"(paths are absolute or relative to {root})."
             )
+        label = (row["label"] or "").strip()
+        if label in class_index:
+            labels.append(class_index[label])
+        elif label.isdigit() and int(label) < len(class_names):
+            labels.append(int(label))
+        else:
+            raise ValueError(
+                f"{path} line {line}: label {label!r} is neither a class name "
+                f"({', '.join(class_names[:5])}{', ...' if len(class_names) > 5 else ''}) "
+                f"nor an index 0..{len(class_names) - 1}."
+            )
+        indices.append(position[relative])
+    unique, counts = np.unique(indices, return_counts=True)
+    if np.any(counts > 1):
+        raise ValueError(
+            f"{path}: {unlabeled_paths[unique[counts > 1][0]]} appears more than once."
+        )
+    return np.asarray(indices, np.int32), np.asarray(labels, np.int32)
 
 
 def write_labels_csv(path: str, ids: np.ndarray, labels: np.ndarray) -> None:

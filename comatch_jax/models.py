@@ -29,20 +29,77 @@ def l2_normalize(x: jax.Array, axis: int = -1, eps: float = 1e-12) -> jax.Array:
     return x * jax.lax.rsqrt(jnp.maximum(jnp.sum(x * x, axis=axis, keepdims=True), eps * eps))
 
 
+class BatchNorm(nn.Module):
+    """BatchNorm (Ioffe & Szegedy 2015) whose training statistics can be per group of the batch.
+
+    With `groups` = 1 this is flax's nn.BatchNorm (same variables, same float32 statistics,
+    E[x^2] - E[x]^2 variance, running averages with `momentum`). With `groups` = G the batch
+    is G contiguous chunks, each normalised with its own mean and variance: laid out one
+    chunk per device, that is per-device BatchNorm (PyTorch DDP without SyncBatchNorm),
+    computed without cross-device traffic. The running statistics take the mean of the
+    groups' statistics. Evaluation (use_running_average) does not depend on `groups`.
+    """
+
+    use_running_average: bool
+    momentum: float = 0.99
+    epsilon: float = 1e-5
+    dtype: Any = None
+    groups: int = 1
+    scale_init: Callable[..., Any] = nn.initializers.ones
+    bias_init: Callable[..., Any] = nn.initializers.zeros
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        features = x.shape[-1]
+        ra_mean = self.variable("batch_stats", "mean", jnp.zeros, (features,), jnp.float32)
+        ra_var = self.variable("batch_stats", "var", jnp.ones, (features,), jnp.float32)
+        scale = self.param("scale", self.scale_init, (features,), jnp.float32)
+        bias = self.param("bias", self.bias_init, (features,), jnp.float32)
+        if self.use_running_average:
+            mean, var = ra_mean.value, ra_var.value
+            y = (x - mean) * (jax.lax.rsqrt(var + self.epsilon) * scale) + bias
+        else:
+            groups = 1 if self.is_initializing() else self.groups
+            if x.shape[0] % groups:
+                raise ValueError(
+                    f"BatchNorm: batch {x.shape[0]} is not divisible into {groups} groups"
+                )
+            grouped = x.astype(jnp.promote_types(self.dtype or x.dtype, jnp.float32))
+            grouped = grouped.reshape(groups, -1, features)
+            mean = jnp.mean(grouped, axis=1, keepdims=True)
+            var = jnp.maximum(0.0, jnp.mean(jnp.square(grouped), axis=1, keepdims=True) - mean**2)
+            y = (x.reshape(groups, -1, features) - mean) * (
+                jax.lax.rsqrt(var + self.epsilon) * scale
+            ) + bias
+            y = y.reshape(x.shape)
+            if not self.is_initializing():
+                ra_mean.value = self.momentum * ra_mean.value + (1 - self.momentum) * jnp.mean(
+                    mean, axis=(0, 1)
+                )
+                ra_var.value = self.momentum * ra_var.value + (1 - self.momentum) * jnp.mean(
+                    var, axis=(0, 1)
+                )
+        return y.astype(self.dtype or jnp.result_type(x, scale))
+
+
 class MLP(nn.Module):
     """Dense layers with BatchNorm + ReLU between them (the SSL projectors and predictor)."""
 
     widths: Sequence[int]
     bn_momentum: float
     dtype: Any
+    bn_groups: int = 1
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         for i, width in enumerate(self.widths):
             x = nn.Dense(width, dtype=self.dtype, kernel_init=_dense_init)(x)
             if i < len(self.widths) - 1:
-                x = nn.BatchNorm(
-                    use_running_average=not train, momentum=self.bn_momentum, dtype=self.dtype
+                x = BatchNorm(
+                    use_running_average=not train,
+                    momentum=self.bn_momentum,
+                    dtype=self.dtype,
+                    groups=self.bn_groups,
                 )(x)
                 x = nn.relu(x)
         return x
@@ -85,6 +142,7 @@ class Network(nn.Module):
     predictor_widths: Sequence[int] = ()
     decoder_shape: tuple[int, int, int] | None = None
     decoder_width: int = 64
+    bn_groups: int = 1  # the train step lays the batch out as this many per-device chunks
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> dict[str, jax.Array]:
@@ -100,13 +158,21 @@ class Network(nn.Module):
             "features": features.astype(jnp.float32),
         }
         if self.projector_widths:
-            projection = MLP(self.projector_widths, self.bn_momentum, self.dtype, name="projector")(
-                features, train
-            )
+            projection = MLP(
+                self.projector_widths,
+                self.bn_momentum,
+                self.dtype,
+                bn_groups=self.bn_groups,
+                name="projector",
+            )(features, train)
             outputs["projection"] = projection.astype(jnp.float32)
             if self.predictor_widths:
                 prediction = MLP(
-                    self.predictor_widths, self.bn_momentum, self.dtype, name="predictor"
+                    self.predictor_widths,
+                    self.bn_momentum,
+                    self.dtype,
+                    bn_groups=self.bn_groups,
+                    name="predictor",
                 )(projection, train)
                 outputs["prediction"] = prediction.astype(jnp.float32)
         if self.decoder_shape is not None:
@@ -124,11 +190,16 @@ class SmallCNN(nn.Module):
     bn_momentum: float = 0.999
     leaky_slope: float = 0.1
     dtype: Any = jnp.float32
+    bn_groups: int = 1  # > 1: per-group (per-device) BatchNorm statistics
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         norm = functools.partial(
-            nn.BatchNorm, use_running_average=not train, momentum=self.bn_momentum, dtype=self.dtype
+            BatchNorm,
+            use_running_average=not train,
+            momentum=self.bn_momentum,
+            dtype=self.dtype,
+            groups=self.bn_groups,
         )
         x = x.astype(self.dtype)
         for stage, width in enumerate(self.widths):
@@ -187,6 +258,7 @@ class WideResNet(nn.Module):
     bn_momentum: float = 0.999
     leaky_slope: float = 0.1
     dtype: Any = jnp.float32
+    bn_groups: int = 1  # > 1: per-group (per-device) BatchNorm statistics
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
@@ -194,11 +266,12 @@ class WideResNet(nn.Module):
             raise ValueError(f"WideResNet depth must be 6n+4, got {self.depth}")
         blocks_per_group = (self.depth - 4) // 6
         norm = functools.partial(
-            nn.BatchNorm,
+            BatchNorm,
             use_running_average=not train,
             momentum=self.bn_momentum,
             epsilon=1e-5,
             dtype=self.dtype,
+            groups=self.bn_groups,
         )
         x = x.astype(self.dtype)
         x = nn.Conv(16, (3, 3), use_bias=False, dtype=self.dtype, kernel_init=_conv_init)(x)
@@ -253,6 +326,7 @@ class ResNet(nn.Module):
     stem: str = "imagenet"
     bn_momentum: float = 0.9
     dtype: Any = jnp.float32
+    bn_groups: int = 1  # > 1: per-group (per-device) BatchNorm statistics
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
@@ -262,11 +336,12 @@ class ResNet(nn.Module):
             )
         stages, bottleneck = _RESNET_STAGES[self.depth]
         norm = functools.partial(
-            nn.BatchNorm,
+            BatchNorm,
             use_running_average=not train,
             momentum=self.bn_momentum,
             epsilon=1e-5,
             dtype=self.dtype,
+            groups=self.bn_groups,
         )
         x = x.astype(self.dtype)
         if self.stem == "imagenet":
@@ -294,21 +369,31 @@ class ResNet(nn.Module):
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 MODEL_NAMES = ("small_cnn", "wide_resnet", "resnet")
+BATCH_NORM_MODES = ("global", "per_device")
 
 
 def create_model(
     config: ml_collections.ConfigDict,
     num_classes: int,
     image_shape: tuple[int, int, int] | None = None,
+    num_devices: int = 1,
 ) -> nn.Module:
     """Builds the Network (backbone `config.name` + heads) from the `model` sub-config.
 
     `image_shape` is needed only when config.decoder is on (the autoencoder).
+    `num_devices` is the size of the data-parallel mesh: with config.batch_norm =
+    'per_device' each device's shard of the batch is normalised with its own statistics;
+    with 'global' (the default) BatchNorm statistics span the whole global batch, so any
+    number of devices computes what one device would.
     """
     if config.dtype not in _DTYPES:
         raise ValueError(f"model.dtype must be one of {sorted(_DTYPES)}, got {config.dtype!r}")
+    batch_norm = config.get("batch_norm", "global")
+    if batch_norm not in BATCH_NORM_MODES:
+        raise ValueError(f"model.batch_norm must be one of {BATCH_NORM_MODES}, got {batch_norm!r}")
+    bn_groups = num_devices if batch_norm == "per_device" else 1
     dtype = _DTYPES[config.dtype]
-    common = dict(bn_momentum=config.bn_momentum, dtype=dtype, name="backbone")
+    common = dict(bn_momentum=config.bn_momentum, dtype=dtype, bn_groups=bn_groups, name="backbone")
     if config.name == "small_cnn":
         backbone = SmallCNN(
             widths=tuple(config.widths), convs_per_stage=config.convs_per_stage, **common
@@ -335,4 +420,5 @@ def create_model(
         predictor_widths=tuple(config.get("predictor_widths", ())),
         decoder_shape=tuple(image_shape) if config.get("decoder", False) else None,
         decoder_width=config.get("decoder_width", 64),
+        bn_groups=bn_groups,
     )

@@ -8,11 +8,15 @@ with `--strategy` (entropy, margin, least_confidence, random, kcenter; see
 comatch_jax.label_requests) and writes `id,score,predicted_class,predicted_class_name`, the
 most wanted first. Once labeled (`id,label`; offline, comatch_jax.oracle fills them in), the
 answers train a new run with `--config.dataset.extra_labels_csv=labels.csv`.
+
+Image-folder runs add a `path` column (the file under root/unlabeled/); their answers are a
+`path,label` CSV (label = class folder name or index), passed the same way.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
 import sys
 
 import numpy as np
@@ -115,8 +119,17 @@ def main(argv):
             seed=FLAGS.seed,
             batch_size=FLAGS.batch_size,
         )
+        paths = None
+        if data.unlabeled_paths:  # an image folder: name each requested file
+            root = os.path.abspath(run.config.dataset.root)
+            paths = [os.path.join(root, data.unlabeled_paths[i]) for i in requests.ids]
         label_requests.write_requests_csv(
-            FLAGS.out, requests.ids, requests.scores, requests.predicted_classes, run.class_names
+            FLAGS.out,
+            requests.ids,
+            requests.scores,
+            requests.predicted_classes,
+            run.class_names,
+            paths=paths,
         )
     except (ValueError, OSError) as error:
         logging.error("%s: %s", type(error).__name__, error)

@@ -50,13 +50,17 @@ class SemiSupervisedData:
     num_classes: int
     class_names: tuple[str, ...]
     source: str
+    # Image-folder runs: the file of each unlabeled row (relative to dataset.root); then
+    # unlabeled_ids are rows of it and labeled_ids are -1 for images from labeled/.
+    unlabeled_paths: tuple[str, ...] = ()
 
 
 def prepare_data(config: ml_collections.ConfigDict, dataset: Any = None) -> SemiSupervisedData:
     """Loads the dataset (unless given) and splits it into labeled and unlabeled parts.
 
     The rows of `config.dataset.extra_labels_csv` (id,label), if set, join the labeled set
-    with their given labels and leave the unlabeled set.
+    with their given labels and leave the unlabeled set (image folders: path,label rows, see
+    _folder_data).
     """
     from comatch_jax import input_pipeline  # imports TensorFlow lazily, only to read files
     from comatch_jax import label_requests
@@ -64,7 +68,7 @@ def prepare_data(config: ml_collections.ConfigDict, dataset: Any = None) -> Semi
     if dataset is None and config.dataset.name == "image_folder":
         dataset = load_image_folder_dataset(config)
     if isinstance(dataset, input_pipeline.FolderDataset):
-        return _folder_data(dataset)
+        return _folder_data(dataset, config)
     if dataset is None:
         dataset = input_pipeline.load_dataset(config.dataset)
     labeled, unlabeled = input_pipeline.split_labeled_unlabeled(
@@ -138,30 +142,53 @@ def load_image_folder_dataset(config: ml_collections.ConfigDict):
     )
 
 
-def _folder_data(dataset) -> SemiSupervisedData:
+def _folder_data(dataset, config: ml_collections.ConfigDict) -> SemiSupervisedData:
     """All of labeled/ is labeled (num_labels does not apply); val/ (or the held-out part)
-    is the evaluation set. The unlabeled images stay a memory-mapped uint8 cache."""
+    is the evaluation set. The unlabeled images stay a memory-mapped uint8 cache.
+
+    `config.dataset.extra_labels_csv` (path,label: the answers to a requests CSV) adds
+    unlabeled images to the labeled set; they also stay in the unlabeled pool (the cache is
+    not rewritten), as with dataset.include_labeled_in_unlabeled.
+    """
+    from comatch_jax import label_requests
+
     unlabeled_count = len(dataset.unlabeled_paths)
+    labeled_images = np.asarray(dataset.labeled_images)
+    labels = dataset.labeled_labels.astype(np.int32)
+    labeled_ids = np.full(len(labels), -1, np.int32)  # labeled/ images have no unlabeled row
+    extra_labels_csv = config.dataset.get("extra_labels_csv")
+    if extra_labels_csv:
+        rows, extra_labels = label_requests.read_folder_labels_csv(
+            extra_labels_csv,
+            root=config.dataset.root,
+            unlabeled_paths=dataset.unlabeled_paths,
+            class_names=dataset.class_names,
+        )
+        labeled_images = np.concatenate([labeled_images, dataset.unlabeled_images[np.sort(rows)]])
+        labels = np.concatenate([labels, extra_labels[np.argsort(rows)]])
+        labeled_ids = np.concatenate([labeled_ids, np.sort(rows)])
+        logging.info("Added %d labeled images from %s.", len(rows), extra_labels_csv)
     logging.info(
         "Data from %s: %d labeled, %d unlabeled, %d validation images, %d classes",
         dataset.source,
-        len(dataset.labeled_labels),
+        len(labels),
         unlabeled_count,
         len(dataset.val_labels),
         dataset.num_classes,
     )
     return SemiSupervisedData(
-        labeled_images=np.asarray(dataset.labeled_images),
-        labels=dataset.labeled_labels.astype(np.int32),
+        labeled_images=labeled_images,
+        labels=labels,
         unlabeled_images=dataset.unlabeled_images,
         unlabeled_labels=np.full(unlabeled_count, -1, np.int32),  # no ground truth
-        labeled_ids=np.arange(len(dataset.labeled_labels), dtype=np.int32),
+        labeled_ids=labeled_ids,
         unlabeled_ids=np.arange(unlabeled_count, dtype=np.int32),  # rows of unlabeled_paths
         test_images=np.asarray(dataset.val_images),
         test_labels=dataset.val_labels.astype(np.int32),
         num_classes=dataset.num_classes,
         class_names=tuple(dataset.class_names),
         source=dataset.source,
+        unlabeled_paths=tuple(dataset.unlabeled_paths),
     )
 
 
@@ -382,7 +409,8 @@ def train_and_evaluate(
     data = prepare_data(config, dataset)
     method = methods.get_method(config.method)
     image_shape = data.labeled_images.shape[1:]
-    model = models.create_model(config.model, data.num_classes, image_shape)
+    mesh = data_parallel_mesh()
+    model = models.create_model(config.model, data.num_classes, image_shape, num_devices=mesh.size)
     tx = train_state.create_optimizer(config)
 
     rng = jax.random.PRNGKey(config.seed)
@@ -396,7 +424,6 @@ def train_and_evaluate(
         image_shape=image_shape,
         num_classes=data.num_classes,
     )
-    mesh = data_parallel_mesh()
     replicated = NamedSharding(mesh, PartitionSpec())
     batch_sharding = NamedSharding(mesh, PartitionSpec("data"))
     if config.batch_size % mesh.size or config.eval_batch_size % mesh.size:

@@ -57,6 +57,23 @@ def ema_update(ema: Any, new: Any, decay: float) -> Any:
     return jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, ema, new)
 
 
+def concat_per_device(arrays: list[jax.Array], groups: int) -> jax.Array:
+    """Concatenates arrays along the batch as `groups` contiguous chunks, chunk d holding
+    chunk d of every array: with each array sharded over `groups` devices, chunk d is what
+    device d holds, so per-device BatchNorm (models.BatchNorm groups) sees each device's
+    own images. With groups = 1 this is jnp.concatenate."""
+    return jnp.concatenate(
+        [a.reshape(groups, a.shape[0] // groups, *a.shape[1:]) for a in arrays], axis=1
+    ).reshape(-1, *arrays[0].shape[1:])
+
+
+def split_per_device(x: jax.Array, sizes: list[int], groups: int) -> list[jax.Array]:
+    """Inverse of concat_per_device: the arrays of batch sizes `sizes` back from x."""
+    grouped = x.reshape(groups, x.shape[0] // groups, *x.shape[1:])
+    pieces = jnp.split(grouped, np.cumsum([size // groups for size in sizes])[:-1], axis=1)
+    return [piece.reshape(-1, *x.shape[1:]) for piece in pieces]
+
+
 def make_train_step(
     *,
     model: nn.Module,
@@ -67,6 +84,7 @@ def make_train_step(
     """Returns train_step(state, batch) -> (state, metrics) for a batch of uint8 images."""
     mean, std = config.dataset.mean, config.dataset.std
     teacher_views = ("unlabeled_weak",) if config.ema.teacher_weak_views else ()
+    bn_groups = getattr(model, "bn_groups", 1)  # per-device BatchNorm: one group per device
     schedule = learning_rate_schedule(config)
 
     def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, jax.Array]]:
@@ -84,8 +102,8 @@ def make_train_step(
             if name in views
         }
         names = list(views)
-        split_points = np.cumsum([views[name].shape[0] for name in names])[:-1]
-        inputs = preprocess(jnp.concatenate([views[name] for name in names]), mean, std)
+        sizes = [views[name].shape[0] for name in names]
+        inputs = preprocess(concat_per_device([views[n] for n in names], bn_groups), mean, std)
 
         def loss_fn(params):
             # One forward over all student views, so BatchNorm sees them together, as in
@@ -96,7 +114,9 @@ def make_train_step(
                 train=True,
                 mutable=["batch_stats"],
             )
-            pieces = {key: jnp.split(value, split_points) for key, value in outputs.items()}
+            pieces = {
+                key: split_per_device(value, sizes, bn_groups) for key, value in outputs.items()
+            }
             per_view = {
                 name: {**{key: pieces[key][i] for key in outputs}, "image": views[name]}
                 for i, name in enumerate(names)

@@ -12,6 +12,7 @@ plus the compiled step's FLOPs (XLA cost analysis), achieved FLOP/s, peak device
   python experiments/benchmark.py                         # the CPU default config
   python experiments/benchmark.py --preset=cifar10_40 --dtype=bfloat16   # on a GPU
   taskset -c 0,1 python experiments/benchmark.py          # 2 cores
+  python experiments/benchmark.py --preset=cifar10_40 --batch_size=8 --mu=1   # WRN-28-2 on a CPU
 """
 
 import json
@@ -30,8 +31,10 @@ flags.DEFINE_string("method", "comatch", "Method to time.")
 flags.DEFINE_string("dtype", "", "Override model.dtype (float32 / bfloat16).")
 flags.DEFINE_integer("image_size", 0, "Override the image side (0 = the dataset's).")
 flags.DEFINE_integer("num_classes", 0, "Override the number of classes (0 = the dataset's).")
+flags.DEFINE_integer("batch_size", 0, "Override the labeled batch size (0 = the config's).")
+flags.DEFINE_integer("mu", 0, "Override the unlabeled ratio mu (0 = the config's).")
 flags.DEFINE_integer("repeats", 10, "Timed calls per figure.")
-flags.DEFINE_integer("loop_steps", 50, "Steps of the training loop to time.")
+flags.DEFINE_integer("loop_steps", 50, "Steps of the training loop to time (0 = skip the loop).")
 flags.DEFINE_string("json_out", "", "Also write the figures as JSON here.")
 FLAGS = flags.FLAGS
 
@@ -92,6 +95,10 @@ def main(argv):
     config.method = FLAGS.method
     if FLAGS.dtype:
         config.model.dtype = FLAGS.dtype
+    if FLAGS.batch_size:
+        config.batch_size = FLAGS.batch_size
+    if FLAGS.mu:
+        config.mu = FLAGS.mu
     size, channels, num_classes = _SHAPES[config.dataset.name]
     size = FLAGS.image_size or size
     num_classes = FLAGS.num_classes or num_classes
@@ -151,6 +158,24 @@ def main(argv):
 
     # The training loop of main (sampling on the device, logging, checkpoint at the end),
     # timed between its log lines after the first (which includes compilation).
+    if FLAGS.loop_steps:
+        figures.update(_time_loop(config, size, channels, num_classes, b, u))
+    for name in ("augment", "bare_step", "full_step", "loop"):
+        if f"{name}_s" in figures:
+            figures[f"{name}_images_per_s"] = images_per_step / figures[f"{name}_s"]
+    figures["augment_fraction_of_full_step"] = figures["augment_s"] / figures["full_step_s"]
+    stats = jax.devices()[0].memory_stats() or {}
+    figures["peak_device_memory_gib"] = stats.get("peak_bytes_in_use", 0) / 2**30
+    figures["host_rss_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    for key, value in figures.items():
+        print(f"{key:32s} {value:.4g}" if isinstance(value, float) else f"{key:32s} {value}")
+    if FLAGS.json_out:
+        with open(FLAGS.json_out, "w") as f:
+            json.dump(figures, f, indent=2)
+
+
+def _time_loop(config, size, channels, num_classes, b, u):
+    """Seconds per step of train.train_and_evaluate's loop on random in-memory data."""
     loop_config = config.copy_and_resolve_references()
     loop_config.num_labels = max(b, num_classes) // num_classes * num_classes
     loop_config.num_steps = FLAGS.loop_steps
@@ -161,18 +186,7 @@ def main(argv):
     with tempfile.TemporaryDirectory() as workdir:
         train.train_and_evaluate(loop_config, workdir, writer=writer, dataset=dataset)
     (first_step, first_time), (last_step, last_time) = writer.times[0], writer.times[-1]
-    figures["loop_s"] = (last_time - first_time) / (last_step - first_step)
-    for name in ("augment", "bare_step", "full_step", "loop"):
-        figures[f"{name}_images_per_s"] = images_per_step / figures[f"{name}_s"]
-    figures["augment_fraction_of_full_step"] = figures["augment_s"] / figures["full_step_s"]
-    stats = jax.devices()[0].memory_stats() or {}
-    figures["peak_device_memory_gib"] = stats.get("peak_bytes_in_use", 0) / 2**30
-    figures["host_rss_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-    for key, value in figures.items():
-        print(f"{key:32s} {value:.4g}" if isinstance(value, float) else f"{key:32s} {value}")
-    if FLAGS.json_out:
-        with open(FLAGS.json_out, "w") as f:
-            json.dump(figures, f, indent=2)
+    return {"loop_s": (last_time - first_time) / (last_step - first_step)}
 
 
 if __name__ == "__main__":

@@ -126,9 +126,7 @@ def test_reflect_index_matches_numpy_reflect_padding():
     size = 5
     index = np.arange(-12, 17)
     padded = np.pad(np.arange(size), 12, mode="reflect")
-    np.testing.assert_array_equal(
-        augment.reflect_index(jnp.asarray(index), size), padded
-    )
+    np.testing.assert_array_equal(augment.reflect_index(jnp.asarray(index), size), padded)
     np.testing.assert_array_equal(augment.reflect_index(jnp.arange(-3, 3), 1), 0)
 
 
@@ -140,9 +138,7 @@ def test_weak_translation_uses_reflected_pixels(flip):
     padded = np.pad(source, ((pad, pad), (pad, pad), (0, 0)), mode="reflect")
     for shift_y in range(-pad, pad + 1):
         for shift_x in range(-pad, pad + 1):
-            out = augment._warp_weak(
-                jnp.asarray(image), jnp.asarray(flip), shift_y, shift_x
-            )
+            out = augment._warp_weak(jnp.asarray(image), jnp.asarray(flip), shift_y, shift_x)
             top, left = pad + shift_y, pad + shift_x
             np.testing.assert_array_equal(out, padded[top : top + 8, left : left + 8])
 
@@ -157,9 +153,7 @@ def test_weak_view_outputs_are_reflect_padded_crops():
             for left in range(2 * pad + 1):
                 candidates.add(padded[top : top + 8, left : left + 8].tobytes())
     images = np.repeat(image[None], 32, axis=0)
-    out = np.asarray(
-        augment.weak_view(jax.random.PRNGKey(0), images, pad_fraction=0.25)
-    )
+    out = np.asarray(augment.weak_view(jax.random.PRNGKey(0), images, pad_fraction=0.25))
     produced = {o.tobytes() for o in out}
     assert produced <= candidates
     assert len(produced) > 8
@@ -331,9 +325,7 @@ def test_color(factor):
     image = random_images((8, 8, 3))
     gray = numpy_luma(image)[..., None]
     expected = np.clip(np.round(gray + factor * (image - gray)), 0, 255)
-    assert_close_pixels(
-        augment.color(image, factor), expected, atol=0 if factor == 1.0 else 1
-    )
+    assert_close_pixels(augment.color(image, factor), expected, atol=0 if factor == 1.0 else 1)
     assert_close_pixels(augment.color(image[..., :1], factor), image[..., :1])
 
 
@@ -393,9 +385,7 @@ def test_ops_agree_with_pil_within_rounding(channels):
         ),
         "shear": (
             augment.warp(image, augment.shear_x_matrix(0.3), 128),
-            to_pil(image).transform(
-                (10, 12), Image.AFFINE, (1, 0.3, 0, 0, 1, 0), fillcolor=fill
-            ),
+            to_pil(image).transform((10, 12), Image.AFFINE, (1, 0.3, 0, 0, 1, 0), fillcolor=fill),
         ),
         "solarize": (augment.solarize(image, 128), ImageOps.solarize(to_pil(image))),
         "posterize": (
@@ -458,9 +448,7 @@ def test_randaugment_op_table():
     }
     for op in range(len(augment.RANDAUGMENT_OPS)):
         matrix = augment._randaugment_matrix(jnp.int32(op), sign, h, w)
-        np.testing.assert_allclose(
-            matrix, expected_matrices.get(op, np.eye(3)), atol=1e-6
-        )
+        np.testing.assert_allclose(matrix, expected_matrices.get(op, np.eye(3)), atol=1e-6)
         params = augment._randaugment_photometric_params(jnp.int32(op), sign)
         for field, value in zip(params._fields, expected_params.get(op, identity)):
             np.testing.assert_allclose(
@@ -504,9 +492,7 @@ def test_simclr_full_crop_without_jitter_is_identity():
 
 def test_simclr_grayscale_makes_channels_equal():
     images = random_images(COLOR_BATCH)
-    out = np.asarray(
-        augment.simclr_view(jax.random.PRNGKey(0), images, grayscale_prob=1.0)
-    )
+    out = np.asarray(augment.simclr_view(jax.random.PRNGKey(0), images, grayscale_prob=1.0))
     np.testing.assert_array_equal(out[..., 0], out[..., 1])
     np.testing.assert_array_equal(out[..., 0], out[..., 2])
 
@@ -515,9 +501,7 @@ def test_simclr_crop_params_stay_inside_image():
     keys = jax.random.split(jax.random.PRNGKey(0), 256)
     sample = jax.jit(
         jax.vmap(
-            lambda k: augment._random_resized_crop_params(
-                k, 12, 10, (0.2, 1.0), (3 / 4, 4 / 3)
-            )
+            lambda k: augment._random_resized_crop_params(k, 12, 10, (0.2, 1.0), (3 / 4, 4 / 3))
         )
     )
     top, left, crop_h, crop_w = map(np.asarray, sample(keys))
@@ -540,9 +524,7 @@ def test_make_view_dispatches_and_filters_options():
     rng = jax.random.PRNGKey(0)
     # A union of options for several views; each view takes its own.
     options = dict(pad_fraction=0.125, num_ops=2, grayscale_prob=1.0)
-    np.testing.assert_array_equal(
-        augment.make_view("none", rng, images, **options), images
-    )
+    np.testing.assert_array_equal(augment.make_view("none", rng, images, **options), images)
     np.testing.assert_array_equal(
         augment.make_view("weak", rng, images, **options),
         augment.weak_view(rng, images),
@@ -552,9 +534,7 @@ def test_make_view_dispatches_and_filters_options():
         augment.randaugment_view(rng, images),
     )
     simclr = augment.make_view("simclr", rng, images, **options)
-    np.testing.assert_array_equal(
-        simclr, augment.simclr_view(rng, images, grayscale_prob=1.0)
-    )
+    np.testing.assert_array_equal(simclr, augment.simclr_view(rng, images, grayscale_prob=1.0))
     assert np.all(simclr[..., 0] == simclr[..., 2])  # the option reached simclr
     assert set(augment.VIEW_NAMES) == {"none", "weak", "randaugment", "simclr"}
 

@@ -64,3 +64,83 @@ def test_train_on_image_folder_then_predict(tmp_path):
         r["predicted_class"] in run.class_names and 0 <= float(r["confidence"]) <= 1 for r in rows
     )
     assert all(float(r["prob_1"]) >= float(r["prob_2"]) for r in rows)
+
+
+def test_label_requests_on_an_image_folder_name_files_and_answers_join_by_path(tmp_path):
+    import subprocess
+    import sys
+
+    import pytest
+
+    from comatch_jax import label_requests
+
+    _write_folder(tmp_path / "data", np.random.default_rng(1))
+    config = tiny_config()
+    config.dataset.name = "image_folder"
+    config.dataset.root = str(tmp_path / "data")
+    config.dataset.image_size = 12
+    config.dataset.mean, config.dataset.std = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
+    config.dataset.val_fraction = 0.25
+    config.batch_size = 4
+    config.num_steps = 2
+    train.train_and_evaluate(config, str(tmp_path / "run"), writer=RecordingWriter())
+    requests_csv = tmp_path / "requests.csv"
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "comatch_jax.request_labels",
+            f"--workdir={tmp_path / 'run'}",
+            "--budget=12",
+            f"--out={requests_csv}",
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    rows = list(csv.DictReader(open(requests_csv)))
+    assert len(rows) == 12  # every unlabeled image: labeled/ images are not candidates
+    assert all(os.path.isfile(r["path"]) and "/unlabeled/" in r["path"] for r in rows)
+    data = train.prepare_data(config)
+    assert [
+        os.path.join(config.dataset.root, data.unlabeled_paths[int(r["id"])]) for r in rows
+    ] == [r["path"] for r in rows]
+
+    # Answers: u{i} has colour i % 3 of (red, green, blue); one by absolute path and class
+    # name, one by root-relative path and class index.
+    colour = lambda path: ("red", "green", "blue")[int(os.path.basename(path)[1:-4]) % 3]
+    first, second = rows[0]["path"], rows[1]["path"]
+    answers = tmp_path / "labels.csv"
+    answers.write_text(
+        f"path,label\n{first},{colour(first)}\n"
+        f"{os.path.relpath(second, config.dataset.root)},"
+        f"{data.class_names.index(colour(second))}\n"
+    )
+    config.dataset.extra_labels_csv = str(answers)
+    retrained = train.prepare_data(config)
+    assert len(retrained.labels) == len(data.labels) + 2
+    added = {
+        int(i): int(label) for i, label in zip(retrained.labeled_ids, retrained.labels) if i >= 0
+    }
+    by_path = {
+        retrained.unlabeled_paths[i]: retrained.class_names[label] for i, label in added.items()
+    }
+    assert by_path == {os.path.relpath(p, config.dataset.root): colour(p) for p in (first, second)}
+    np.testing.assert_array_equal(
+        retrained.labeled_images[len(data.labels)], data.unlabeled_images[min(added)]
+    )
+
+    for text, message in [
+        ("path,label\nunlabeled/nope.png,red\n", "is not an image of"),
+        (f"path,label\n{first},purple\n", "neither a class name"),
+        (f"path,label\n{first},red\n{first},red\n", "appears more than once"),
+        ("file,label\nx,red\n", "expected a header with columns path,label"),
+    ]:
+        answers.write_text(text)
+        with pytest.raises(ValueError, match=message):
+            label_requests.read_folder_labels_csv(
+                str(answers),
+                root=config.dataset.root,
+                unlabeled_paths=data.unlabeled_paths,
+                class_names=data.class_names,
+            )

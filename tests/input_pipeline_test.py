@@ -236,9 +236,7 @@ def test_idx_and_split_work_without_tensorflow(tmp_path):
         print("OK")
         """)
     env = dict(os.environ, PYTHONPATH=REPO_ROOT)
-    result = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, env=env
-    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     assert result.returncode == 0, result.stderr
     assert "OK" in result.stdout
 
@@ -296,9 +294,7 @@ def test_tfds_prepared_tiny_dataset(tmp_path):
     np.testing.assert_array_equal(ds.train_images[:, 0, 0, 0] % 3, ds.train_labels)
     assert sorted(ds.test_images[:, 0, 0, 0]) == list(range(100, 106))
     assert data_dir in ds.source
-    sliced = ip.load_tfds_dataset(
-        name, data_dir, train_split="train[:4]", download=False
-    )
+    sliced = ip.load_tfds_dataset(name, data_dir, train_split="train[:4]", download=False)
     assert sliced.train_images.shape == (4, 4, 5, 3)
 
 
@@ -441,9 +437,7 @@ def test_split_all_labels():
 )
 def test_split_errors(labels, num_labels, match):
     with pytest.raises(ValueError, match=match):
-        ip.split_labeled_unlabeled(
-            labels, num_labels=num_labels, num_classes=10, seed=0
-        )
+        ip.split_labeled_unlabeled(labels, num_labels=num_labels, num_classes=10, seed=0)
 
 
 def test_split_rejects_out_of_range_labels():

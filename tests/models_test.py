@@ -1,3 +1,4 @@
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -70,3 +71,77 @@ def test_optional_ssl_heads_and_decoder():
         "predictor",
         "decoder",
     }
+
+
+def _bn_pair(dtype, momentum=0.9):
+    ours = models.BatchNorm(use_running_average=False, momentum=momentum, dtype=dtype)
+    flax_bn = nn.BatchNorm(use_running_average=False, momentum=momentum, dtype=dtype)
+    return ours, flax_bn
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_batch_norm_with_one_group_is_flax_batch_norm(dtype):
+    x = jax.random.normal(jax.random.PRNGKey(0), (8, 5, 5, 6)) * 3 + 1
+    ours, flax_bn = _bn_pair(dtype)
+    variables = flax_bn.init(jax.random.PRNGKey(1), x)
+    assert jax.tree.map(jnp.shape, ours.init(jax.random.PRNGKey(1), x)) == jax.tree.map(
+        jnp.shape, variables
+    )
+    variables = {
+        "params": {"scale": jnp.linspace(0.5, 2, 6), "bias": jnp.linspace(-1, 1, 6)},
+        "batch_stats": variables["batch_stats"],
+    }
+    y_ours, new_ours = ours.apply(variables, x, mutable=["batch_stats"])
+    y_flax, new_flax = flax_bn.apply(variables, x, mutable=["batch_stats"])
+    assert y_ours.dtype == y_flax.dtype == dtype
+    tol = 1e-5 if dtype == jnp.float32 else 1e-2
+    np.testing.assert_allclose(np.float32(y_ours), np.float32(y_flax), rtol=tol, atol=tol)
+    for key in ("mean", "var"):
+        np.testing.assert_allclose(
+            new_ours["batch_stats"][key], new_flax["batch_stats"][key], rtol=1e-5, atol=1e-6
+        )
+    eval_ours = ours.clone(use_running_average=True).apply({**variables, **new_ours}, x)
+    eval_flax = flax_bn.clone(use_running_average=True).apply({**variables, **new_flax}, x)
+    np.testing.assert_allclose(np.float32(eval_ours), np.float32(eval_flax), rtol=tol, atol=tol)
+
+
+def test_grouped_batch_norm_normalises_each_chunk_with_its_own_statistics():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(12, 3, 3, 4)).astype(np.float32) * rng.uniform(0.5, 4, size=4) + 2.0
+    groups, momentum, eps = 3, 0.9, 1e-5
+    bn = models.BatchNorm(use_running_average=False, momentum=momentum, groups=groups)
+    variables = bn.init(jax.random.PRNGKey(0), x)
+    y, updates = bn.apply(variables, x, mutable=["batch_stats"])
+    # NumPy: chunk g = images 4g..4g+3, statistics over its images and pixels.
+    chunks = x.reshape(groups, 4, 3, 3, 4)
+    means = chunks.mean(axis=(1, 2, 3), keepdims=True)
+    variances = chunks.var(axis=(1, 2, 3), keepdims=True)
+    expected = ((chunks - means) / np.sqrt(variances + eps)).reshape(x.shape)
+    np.testing.assert_allclose(y, expected, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(
+        updates["batch_stats"]["mean"], (1 - momentum) * means.mean(axis=0).ravel(), rtol=1e-5
+    )
+    np.testing.assert_allclose(
+        updates["batch_stats"]["var"],
+        momentum + (1 - momentum) * variances.mean(axis=0).ravel(),
+        rtol=1e-5,
+    )
+    # It differs from one-group (global) statistics on data whose chunks differ.
+    y_global = models.BatchNorm(use_running_average=False).apply(
+        variables, x + np.arange(12).reshape(12, 1, 1, 1), mutable=["batch_stats"]
+    )[0]
+    y_grouped = bn.apply(
+        variables, x + np.arange(12).reshape(12, 1, 1, 1), mutable=["batch_stats"]
+    )[0]
+    assert np.abs(np.asarray(y_global) - np.asarray(y_grouped)).max() > 0.1
+
+
+def test_batch_norm_mode_sets_the_groups_and_is_validated():
+    config = config_lib.base_config().model
+    assert models.create_model(config, 10, num_devices=4).bn_groups == 1  # global
+    config.batch_norm = "per_device"
+    model = models.create_model(config, 10, num_devices=4)
+    assert model.bn_groups == 4 and model.backbone.bn_groups == 4
+    config.batch_norm = "per_devce"
+    with pytest.raises(ValueError, match="model.batch_norm must be one of"):
+        models.create_model(config, 10)

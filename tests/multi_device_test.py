@@ -1,4 +1,5 @@
-"""Two CPU devices (forced) and one device run the same steps to the same numbers."""
+"""Two CPU devices (forced) and one device run the same steps to the same numbers; per-device
+BatchNorm on two devices is what two BatchNorm groups compute on one."""
 
 import os
 import subprocess
@@ -10,23 +11,31 @@ SCRIPT = """
 import sys, numpy as np, jax
 sys.path.insert(0, {tests!r})
 from train_test import tiny_config, synthetic_dataset, RecordingWriter
-from comatch_jax import train
+from comatch_jax import models, train
 assert jax.local_device_count() == {devices}
+config = tiny_config()
+config.model.batch_norm = {batch_norm!r}
+if {bn_groups}:  # per-device BatchNorm of {bn_groups} devices, emulated on this one
+    create_model = models.create_model
+    models.create_model = lambda *a, **k: create_model(*a, **{{**k, "num_devices": {bn_groups}}})
 writer = RecordingWriter()
-state, summary = train.train_and_evaluate(tiny_config(), {workdir!r}, writer=writer, dataset=synthetic_dataset())
+state, summary = train.train_and_evaluate(config, {workdir!r}, writer=writer, dataset=synthetic_dataset())
 losses = [s["loss"] for _, s in writer.scalars if "loss" in s]
 leaves = [np.asarray(x).ravel() for x in jax.tree.leaves(jax.device_get(state.params))]
 np.savez({out!r}, losses=np.array(losses), params=np.concatenate(leaves))
 """
 
 
-def _run(tmp_path, devices):
+def _run(tmp_path, devices, batch_norm="global", bn_groups=0):
     env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
-    out = str(tmp_path / f"result{devices}.npz")
+    name = f"{devices}_{batch_norm}_{bn_groups}"
+    out = str(tmp_path / f"result{name}.npz")
     code = SCRIPT.format(
         tests=os.path.dirname(os.path.abspath(__file__)),
         devices=devices,
-        workdir=str(tmp_path / f"run{devices}"),
+        batch_norm=batch_norm,
+        bn_groups=bn_groups,
+        workdir=str(tmp_path / f"run{name}"),
         out=out,
     )
     result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
@@ -38,3 +47,15 @@ def test_two_devices_match_one_device(tmp_path):
     one, two = _run(tmp_path, 1), _run(tmp_path, 2)
     np.testing.assert_allclose(one["losses"], two["losses"], rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(one["params"], two["params"], rtol=1e-3, atol=1e-5)
+
+
+def test_per_device_batch_norm_on_two_devices_matches_two_groups_on_one(tmp_path):
+    """model.batch_norm='per_device': each device normalises its own shard. Two real devices
+    compute what one device computes with the batch split into two BatchNorm groups, and
+    that differs from global (synchronised) statistics."""
+    two = _run(tmp_path, 2, "per_device")
+    emulated = _run(tmp_path, 1, "per_device", bn_groups=2)
+    np.testing.assert_allclose(two["losses"], emulated["losses"], rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(two["params"], emulated["params"], rtol=1e-3, atol=1e-5)
+    global_stats = _run(tmp_path, 1)
+    assert np.abs(two["losses"] - global_stats["losses"]).max() > 1e-4

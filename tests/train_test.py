@@ -7,6 +7,7 @@ import signal
 import sys
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
@@ -269,3 +270,19 @@ def test_ctrl_c_checkpoints_then_the_rerun_ends_identically(tmp_path):
     )
     for x, y in zip(_leaves(full_state), _leaves(resumed_state)):
         np.testing.assert_array_equal(x, y)
+
+
+def test_concat_and_split_per_device_round_trip():
+    from comatch_jax.train_step import concat_per_device, split_per_device
+
+    a = jnp.arange(4)[:, None] * jnp.ones((4, 2))
+    b = 100 + jnp.arange(8)[:, None] * jnp.ones((8, 2))
+    joined = concat_per_device([a, b], groups=2)
+    # Device 0 holds a[:2] and b[:4], device 1 a[2:] and b[4:].
+    np.testing.assert_array_equal(
+        joined[:, 0], [0, 1, 100, 101, 102, 103, 2, 3, 104, 105, 106, 107]
+    )
+    back = split_per_device(joined, [4, 8], groups=2)
+    np.testing.assert_array_equal(back[0], a)
+    np.testing.assert_array_equal(back[1], b)
+    np.testing.assert_array_equal(concat_per_device([a, b], groups=1), jnp.concatenate([a, b]))
