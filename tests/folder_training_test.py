@@ -28,15 +28,20 @@ def _write_folder(root, rng):
         Image.fromarray(pixels).save(root / "test" / f"t{i}.png")
 
 
-def test_train_on_image_folder_then_predict(tmp_path):
-    _write_folder(tmp_path / "data", np.random.default_rng(0))
+def _folder_config(root):
     config = tiny_config()
     config.dataset.name = "image_folder"
-    config.dataset.root = str(tmp_path / "data")
+    config.dataset.root = str(root)
     config.dataset.image_size = 12
     config.dataset.mean, config.dataset.std = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
     config.dataset.val_fraction = 0.25
     config.batch_size = 4
+    return config
+
+
+def test_train_on_image_folder_then_predict(tmp_path):
+    _write_folder(tmp_path / "data", np.random.default_rng(0))
+    config = _folder_config(tmp_path / "data")
     state, summary = train.train_and_evaluate(
         config, str(tmp_path / "run"), writer=RecordingWriter()
     )
@@ -75,13 +80,7 @@ def test_label_requests_on_an_image_folder_name_files_and_answers_join_by_path(t
     from comatch_jax import label_requests
 
     _write_folder(tmp_path / "data", np.random.default_rng(1))
-    config = tiny_config()
-    config.dataset.name = "image_folder"
-    config.dataset.root = str(tmp_path / "data")
-    config.dataset.image_size = 12
-    config.dataset.mean, config.dataset.std = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
-    config.dataset.val_fraction = 0.25
-    config.batch_size = 4
+    config = _folder_config(tmp_path / "data")
     config.num_steps = 2
     train.train_and_evaluate(config, str(tmp_path / "run"), writer=RecordingWriter())
     requests_csv = tmp_path / "requests.csv"
