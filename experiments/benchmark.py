@@ -35,6 +35,12 @@ flags.DEFINE_integer("batch_size", 0, "Override the labeled batch size (0 = the 
 flags.DEFINE_integer("mu", 0, "Override the unlabeled ratio mu (0 = the config's).")
 flags.DEFINE_integer("repeats", 10, "Timed calls per figure.")
 flags.DEFINE_integer("loop_steps", 50, "Steps of the training loop to time (0 = skip the loop).")
+flags.DEFINE_bool(
+    "host_batches",
+    False,
+    "Loop: gather each batch on the host and transfer it (the image-folder cache path) "
+    "instead of sampling from arrays on the device.",
+)
 flags.DEFINE_string("json_out", "", "Also write the figures as JSON here.")
 FLAGS = flags.FLAGS
 
@@ -160,6 +166,9 @@ def main(argv):
     # timed between its log lines after the first (which includes compilation).
     if FLAGS.loop_steps:
         figures.update(_time_loop(config, size, channels, num_classes, b, u))
+        # The config's whole schedule (e.g. 2^19 steps for CIFAR-10) at the loop's speed.
+        figures["schedule_steps"] = config.num_steps
+        figures["projected_schedule_hours"] = config.num_steps * figures["loop_s"] / 3600
     for name in ("augment", "bare_step", "full_step", "loop"):
         if f"{name}_s" in figures:
             figures[f"{name}_images_per_s"] = images_per_step / figures[f"{name}_s"]
@@ -181,6 +190,7 @@ def _time_loop(config, size, channels, num_classes, b, u):
     loop_config.num_steps = FLAGS.loop_steps
     loop_config.log_every = max(FLAGS.loop_steps // 5, 1)
     loop_config.eval_every = loop_config.checkpoint_every = 10 * FLAGS.loop_steps
+    loop_config.data_on_device = not FLAGS.host_batches
     dataset = _random_dataset(size, channels, num_classes, loop_config.num_labels, max(4 * u, 1000))
     writer = _TimingWriter()
     with tempfile.TemporaryDirectory() as workdir:
