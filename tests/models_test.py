@@ -1,3 +1,5 @@
+import os
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -145,3 +147,34 @@ def test_batch_norm_mode_sets_the_groups_and_is_validated():
     config.batch_norm = "per_devce"
     with pytest.raises(ValueError, match="model.batch_norm must be one of"):
         models.create_model(config, 10)
+
+
+@pytest.mark.parametrize("shape", [(3, 8, 8, 4), (2, 7, 9, 3)])
+def test_max_pool_2x2_is_flax_max_pool_with_the_same_gradient(shape):
+    x = jax.random.normal(jax.random.PRNGKey(0), shape)
+    reference = lambda x: nn.max_pool(x, (2, 2), strides=(2, 2))
+    np.testing.assert_array_equal(models.max_pool_2x2(x), reference(x))
+    loss = lambda pool: lambda x: jnp.sum(pool(x) ** 2 * jnp.arange(shape[-1]))
+    np.testing.assert_array_equal(
+        jax.grad(loss(models.max_pool_2x2))(x), jax.grad(loss(reference))(x)
+    )
+
+
+def test_default_xla_cpu_flag_respects_the_users_flags(monkeypatch):
+    import comatch_jax
+
+    monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_experimental_ynn_fusion_type=reduce")
+    comatch_jax._set_default_xla_cpu_flags()
+    assert os.environ["XLA_FLAGS"] == "--xla_cpu_experimental_ynn_fusion_type=reduce"
+    monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=2")
+    monkeypatch.setenv("COMATCH_JAX_KEEP_XLA_FLAGS", "1")
+    comatch_jax._set_default_xla_cpu_flags()
+    assert os.environ["XLA_FLAGS"] == "--xla_force_host_platform_device_count=2"
+    monkeypatch.delenv("COMATCH_JAX_KEEP_XLA_FLAGS")
+    comatch_jax._set_default_xla_cpu_flags()
+    from importlib.metadata import version
+
+    if version("jaxlib").startswith("0.10."):
+        assert os.environ["XLA_FLAGS"] == (
+            "--xla_force_host_platform_device_count=2 " + comatch_jax._CPU_FLAG
+        )
