@@ -56,7 +56,7 @@ def base_config() -> ml_collections.ConfigDict:
 
     config.model = ml_collections.ConfigDict()
     config.model.name = "small_cnn"
-    config.model.widths = (24, 48, 96)  # measured: 0.3 s per CoMatch step on 2 CPU cores
+    config.model.widths = (24, 48, 96)  # measured: 0.18 s per CoMatch step on 2 CPU cores
     config.model.convs_per_stage = 1
     config.model.depth = 28  # wide_resnet / resnet
     config.model.widen_factor = 2  # wide_resnet
