@@ -157,23 +157,14 @@ class Network(nn.Module):
             "embedding": l2_normalize(dense(self.low_dim, name="head_out")(hidden)),
             "features": features.astype(jnp.float32),
         }
+        mlp = functools.partial(
+            MLP, bn_momentum=self.bn_momentum, dtype=self.dtype, bn_groups=self.bn_groups
+        )
         if self.projector_widths:
-            projection = MLP(
-                self.projector_widths,
-                self.bn_momentum,
-                self.dtype,
-                bn_groups=self.bn_groups,
-                name="projector",
-            )(features, train)
+            projection = mlp(self.projector_widths, name="projector")(features, train)
             outputs["projection"] = projection.astype(jnp.float32)
             if self.predictor_widths:
-                prediction = MLP(
-                    self.predictor_widths,
-                    self.bn_momentum,
-                    self.dtype,
-                    bn_groups=self.bn_groups,
-                    name="predictor",
-                )(projection, train)
+                prediction = mlp(self.predictor_widths, name="predictor")(projection, train)
                 outputs["prediction"] = prediction.astype(jnp.float32)
         if self.decoder_shape is not None:
             outputs["reconstruction"] = Decoder(

@@ -390,6 +390,28 @@ def _save_config(config: ml_collections.ConfigDict, workdir: str) -> None:
         f.write(config.to_json_best_effort(indent=2, sort_keys=True))
 
 
+def build_training(
+    config: ml_collections.ConfigDict,
+    num_classes: int,
+    image_shape: tuple[int, int, int],
+    num_devices: int = 1,
+) -> tuple[methods.Method, Any, Any, Any]:
+    """(method, model, optimizer, init_state) for `config`; init_state(rng) -> TrainState."""
+    method = methods.get_method(config.method)
+    model = models.create_model(config.model, num_classes, image_shape, num_devices=num_devices)
+    tx = train_state.create_optimizer(config)
+    init_state = lambda rng: train_state.create_train_state(
+        rng,
+        model=model,
+        tx=tx,
+        method=method,
+        config=config,
+        image_shape=image_shape,
+        num_classes=num_classes,
+    )
+    return method, model, tx, init_state
+
+
 def train_and_evaluate(
     config: ml_collections.ConfigDict,
     workdir: str,
@@ -407,23 +429,15 @@ def train_and_evaluate(
     check_workdir(config, workdir)
     os.makedirs(workdir, exist_ok=True)
     data = prepare_data(config, dataset)
-    method = methods.get_method(config.method)
     image_shape = data.labeled_images.shape[1:]
     mesh = data_parallel_mesh()
-    model = models.create_model(config.model, data.num_classes, image_shape, num_devices=mesh.size)
-    tx = train_state.create_optimizer(config)
+    method, model, tx, init_state = build_training(
+        config, data.num_classes, image_shape, num_devices=mesh.size
+    )
 
     rng = jax.random.PRNGKey(config.seed)
     init_rng, sampling_rng = jax.random.split(rng)
-    create = lambda: train_state.create_train_state(
-        init_rng,
-        model=model,
-        tx=tx,
-        method=method,
-        config=config,
-        image_shape=image_shape,
-        num_classes=data.num_classes,
-    )
+    create = lambda: init_state(init_rng)
     replicated = NamedSharding(mesh, PartitionSpec())
     batch_sharding = NamedSharding(mesh, PartitionSpec("data"))
     if config.batch_size % mesh.size or config.eval_batch_size % mesh.size:
@@ -626,20 +640,10 @@ def load_run(workdir: str, step: int | None = None) -> TrainedRun:
         config = ml_collections.ConfigDict(json.load(f))
     with open(info_path) as f:
         info = json.load(f)
-    method = methods.get_method(config.method)
-    model = models.create_model(config.model, info["num_classes"], tuple(info["image_shape"]))
-    tx = train_state.create_optimizer(config)
-    abstract = jax.eval_shape(
-        lambda: train_state.create_train_state(
-            jax.random.PRNGKey(0),
-            model=model,
-            tx=tx,
-            method=method,
-            config=config,
-            image_shape=tuple(info["image_shape"]),
-            num_classes=info["num_classes"],
-        )
+    method, model, _, init_state = build_training(
+        config, info["num_classes"], tuple(info["image_shape"])
     )
+    abstract = jax.eval_shape(lambda: init_state(jax.random.PRNGKey(0)))
     with ocp.CheckpointManager(os.path.abspath(os.path.join(workdir, "checkpoints"))) as manager:
         step = manager.latest_step() if step is None else step
         if step is None:

@@ -24,7 +24,7 @@ import jax
 import numpy as np
 from absl import app, flags
 
-from comatch_jax import config_lib, methods, models, train, train_state, train_step
+from comatch_jax import config_lib, train, train_step
 
 flags.DEFINE_string("preset", "", "A config preset (comatch.py's), '' = the CPU default.")
 flags.DEFINE_string("method", "comatch", "Method to time.")
@@ -108,20 +108,10 @@ def main(argv):
     size, channels, num_classes = _SHAPES[config.dataset.name]
     size = FLAGS.image_size or size
     num_classes = FLAGS.num_classes or num_classes
-    method = methods.get_method(config.method)
-    model = models.create_model(config.model, num_classes, (size, size, channels))
-    tx = train_state.create_optimizer(config)
-    state = jax.jit(
-        lambda: train_state.create_train_state(
-            jax.random.PRNGKey(0),
-            model=model,
-            tx=tx,
-            method=method,
-            config=config,
-            image_shape=(size, size, channels),
-            num_classes=num_classes,
-        )
-    )()
+    method, model, tx, init_state = train.build_training(
+        config, num_classes, (size, size, channels)
+    )
+    state = jax.jit(lambda: init_state(jax.random.PRNGKey(0)))()
     b, u = config.batch_size, config.batch_size * config.mu
     rng = np.random.default_rng(0)
     batch = jax.device_put(
