@@ -2,6 +2,11 @@
 
 Any config field can be overridden, e.g. --config.num_labels=250; presets are chosen after
 a colon: --config=configs/comatch.py:cifar10_40.
+
+Several hosts (one process each, same command and workdir on a shared disk): add
+--distributed (JAX detects SLURM, Open MPI, Kubernetes or Cloud TPU) or name the cluster with
+--coordinator_address=HOST:PORT --num_processes=N --process_id=I; the batch is then split
+over the devices of all processes (README, "Several hosts").
 """
 
 import ast
@@ -16,6 +21,37 @@ FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Training config file.", lock_config=True)
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and metrics.")
 flags.mark_flags_as_required(["config", "workdir"])
+flags.DEFINE_bool(
+    "distributed",
+    False,
+    "Multi-host: call jax.distributed.initialize() before anything else; with no "
+    "--coordinator_address etc. JAX detects the cluster (SLURM, Open MPI, Kubernetes, TPU) "
+    "or reads JAX_COORDINATOR_ADDRESS.",
+)
+flags.DEFINE_string("coordinator_address", None, "Multi-host: HOST:PORT of process 0.")
+flags.DEFINE_integer("num_processes", None, "Multi-host: number of processes.")
+flags.DEFINE_integer("process_id", None, "Multi-host: this process's index, 0..N-1.")
+
+
+def initialize_distributed() -> None:
+    """jax.distributed.initialize when any multi-host flag is given (before any JAX work)."""
+    cluster = {
+        "coordinator_address": FLAGS.coordinator_address,
+        "num_processes": FLAGS.num_processes,
+        "process_id": FLAGS.process_id,
+    }
+    if not FLAGS.distributed and all(value is None for value in cluster.values()):
+        return
+    import jax
+
+    jax.distributed.initialize(**cluster)
+    logging.info(
+        "Process %d of %d; devices: %d here, %d in all.",
+        jax.process_index(),
+        jax.process_count(),
+        jax.local_device_count(),
+        jax.device_count(),
+    )
 
 
 def main(argv):
@@ -25,6 +61,7 @@ def main(argv):
     import tensorflow as tf  # file reading only
 
     tf.config.set_visible_devices([], "GPU")
+    initialize_distributed()
     logging.info("Config:\n%s", FLAGS.config)
     try:
         train.train_and_evaluate(FLAGS.config, FLAGS.workdir)

@@ -33,6 +33,39 @@ def epoch_permutation_indices(
     )
 
 
+def batch_indices(
+    data: dict[str, jax.Array], step: jax.Array, *, batch_size: int, unlabeled_batch_size: int
+) -> dict[str, jax.Array]:
+    """Rows of batch `step`: {'labeled': int32[batch_size], 'unlabeled': int32[...]}.
+
+    Only the sizes of `data`'s arrays and its `sampling_rng` are read, so every process of a
+    multi-host run computes the same global batch and then reads just its own rows.
+    """
+    labeled_rng, unlabeled_rng = jax.random.split(data["sampling_rng"])
+    indices = {
+        "labeled": epoch_permutation_indices(
+            labeled_rng, step, dataset_size=data["labels"].shape[0], batch_size=batch_size
+        )
+    }
+    if unlabeled_batch_size:
+        indices["unlabeled"] = epoch_permutation_indices(
+            unlabeled_rng,
+            step,
+            dataset_size=data["unlabeled_labels"].shape[0],
+            batch_size=unlabeled_batch_size,
+        )
+    return indices
+
+
+# Which rows (batch_indices' keys) each batch entry is gathered with, from which array.
+BATCH_SOURCES = {
+    "labeled_images": ("labeled", "labeled_images"),
+    "labels": ("labeled", "labels"),
+    "unlabeled_images": ("unlabeled", "unlabeled_images"),
+    "unlabeled_labels": ("unlabeled", "unlabeled_labels"),
+}
+
+
 def sample_batch(
     data: dict[str, jax.Array], step: jax.Array, *, batch_size: int, unlabeled_batch_size: int
 ) -> dict[str, jax.Array]:
@@ -42,18 +75,11 @@ def sample_batch(
     [NU, H, W, C], `unlabeled_labels` [NU] (ground truth, for monitoring pseudo-label
     accuracy only) and `sampling_rng` (a PRNG key). Works on device or host arrays.
     """
-    labeled_rng, unlabeled_rng = jax.random.split(data["sampling_rng"])
-    labeled = epoch_permutation_indices(
-        labeled_rng, step, dataset_size=data["labels"].shape[0], batch_size=batch_size
+    indices = batch_indices(
+        data, step, batch_size=batch_size, unlabeled_batch_size=unlabeled_batch_size
     )
-    batch = {"labeled_images": data["labeled_images"][labeled], "labels": data["labels"][labeled]}
-    if unlabeled_batch_size:
-        unlabeled = epoch_permutation_indices(
-            unlabeled_rng,
-            step,
-            dataset_size=data["unlabeled_labels"].shape[0],
-            batch_size=unlabeled_batch_size,
-        )
-        batch["unlabeled_images"] = data["unlabeled_images"][unlabeled]
-        batch["unlabeled_labels"] = data["unlabeled_labels"][unlabeled]
-    return batch
+    return {
+        name: data[array][indices[rows]]
+        for name, (rows, array) in BATCH_SOURCES.items()
+        if rows in indices
+    }

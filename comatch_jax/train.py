@@ -125,6 +125,16 @@ def prepare_data(config: ml_collections.ConfigDict, dataset: Any = None) -> Semi
     )
 
 
+def _prepare_data_in_turn(config: ml_collections.ConfigDict, dataset: Any) -> SemiSupervisedData:
+    """prepare_data; in a multi-host run process 0 first, so that it alone builds an image
+    folder's decode cache (on a shared disk the others then read it)."""
+    if jax.process_count() == 1 or dataset is not None or config.dataset.name != "image_folder":
+        return prepare_data(config, dataset)
+    data = prepare_data(config, dataset) if _is_primary() else None
+    _barrier("image cache built")
+    return data if data is not None else prepare_data(config, dataset)
+
+
 def load_image_folder_dataset(config: ml_collections.ConfigDict):
     """The image-folder source: labeled/<class>/, unlabeled/**, optional val/<class>/."""
     from comatch_jax import input_pipeline
@@ -193,9 +203,18 @@ def _folder_data(dataset, config: ml_collections.ConfigDict) -> SemiSupervisedDa
 
 
 def evaluate(
-    eval_step, params, batch_stats, images: np.ndarray, labels: np.ndarray, batch_size: int
+    eval_step,
+    params,
+    batch_stats,
+    images: np.ndarray,
+    labels: np.ndarray,
+    batch_size: int,
+    sharding: jax.sharding.Sharding | None = None,
 ) -> dict[str, float]:
-    """Accuracy and mean NLL over the whole set; the last batch is padded and masked."""
+    """Accuracy and mean NLL over the whole set; the last batch is padded and masked.
+
+    With `sharding` (the batch sharding of the mesh) every chunk is split over the devices, so
+    in a multi-host run each process evaluates its share of every chunk."""
     totals = {"correct": 0.0, "nll": 0.0, "count": 0.0}
     for start in range(0, len(labels), batch_size):
         chunk_images = images[start : start + batch_size]
@@ -207,7 +226,10 @@ def evaluate(
                 [chunk_images, np.zeros((pad, *chunk_images.shape[1:]), chunk_images.dtype)]
             )
             chunk_labels = np.concatenate([chunk_labels, np.zeros(pad, chunk_labels.dtype)])
-        sums = eval_step(params, batch_stats, chunk_images, chunk_labels, mask)
+        chunk = (chunk_images, chunk_labels, mask)
+        if sharding is not None:  # the same host values on every process: each keeps its rows
+            chunk = jax.device_put(chunk, sharding)
+        sums = eval_step(params, batch_stats, *chunk)
         for key, value in jax.device_get(sums).items():
             totals[key] += float(value)
     return {"accuracy": totals["correct"] / totals["count"], "nll": totals["nll"] / totals["count"]}
@@ -236,10 +258,12 @@ def knn_evaluate(predict_batch, variables, data: SemiSupervisedData, config) -> 
     return {"accuracy": float(np.mean(np.asarray(predictions) == data.test_labels))}
 
 
-def initialise_backbone_from(state: TrainState, workdir: str) -> TrainState:
+def initialise_backbone_from(
+    state: TrainState, workdir: str, sharding: jax.sharding.Sharding | None = None
+) -> TrainState:
     """Copies the backbone's params and BatchNorm statistics (raw and EMA) of another run's
     latest checkpoint into `state` (fine-tuning a pretrained encoder)."""
-    pretrained = load_run(workdir).state
+    pretrained = load_run(workdir, sharding=sharding).state
 
     def graft(tree, source):
         if jax.tree.structure(tree["backbone"]) != jax.tree.structure(source["backbone"]) or any(
@@ -327,8 +351,62 @@ def _hms(seconds: float) -> str:
 
 
 def data_parallel_mesh() -> Mesh:
-    """A 1-D mesh named 'data' over this process's devices (one device: nothing changes)."""
-    return Mesh(np.array(jax.local_devices()), ("data",))
+    """A 1-D mesh named 'data' over every device of every process (one device: nothing
+    changes; several processes after jax.distributed.initialize: the global batch is split
+    over all their devices)."""
+    return Mesh(np.array(jax.devices()), ("data",))
+
+
+def _is_primary() -> bool:
+    """Process 0 writes the run's files (config, metrics, summary); orbax coordinates the
+    checkpoints itself."""
+    return jax.process_index() == 0
+
+
+def _barrier(name: str) -> None:
+    """All processes wait here (a no-op in a single-process run)."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(f"comatch_jax: {name}")
+
+
+def _on_any_process(flag: bool) -> bool:
+    """Whether `flag` is set on any process: a collective every process must call."""
+    if jax.process_count() == 1:
+        return flag
+    from jax.experimental import multihost_utils
+
+    return bool(np.any(multihost_utils.process_allgather(np.asarray(flag))))
+
+
+def host_batch(
+    arrays: dict[str, Any],
+    step: int,
+    *,
+    batch_size: int,
+    unlabeled_batch_size: int,
+    sharding: jax.sharding.Sharding,
+) -> dict[str, jax.Array]:
+    """Batch `step` from host arrays (e.g. a memory-mapped image cache) as global arrays
+    split by `sharding`: every process draws the same global rows (a pure function of the
+    seed and the step) and reads only those of its own devices."""
+    indices = jax.device_get(
+        sampling.batch_indices(
+            arrays, step, batch_size=batch_size, unlabeled_batch_size=unlabeled_batch_size
+        )
+    )
+    batch = {}
+    for name, (rows, array) in sampling.BATCH_SOURCES.items():
+        if rows not in indices:
+            continue
+        source, selected = arrays[array], np.asarray(indices[rows])
+        batch[name] = jax.make_array_from_callback(
+            (len(selected), *source.shape[1:]),
+            sharding,
+            lambda index, source=source, selected=selected: np.asarray(source[selected[index[0]]]),
+        )
+    return batch
 
 
 def _create_writer(workdir: str):
@@ -386,6 +464,8 @@ def check_workdir(config: ml_collections.ConfigDict, workdir: str) -> None:
 
 
 def _save_config(config: ml_collections.ConfigDict, workdir: str) -> None:
+    if not _is_primary():
+        return
     with open(os.path.join(workdir, "config.json"), "w") as f:
         f.write(config.to_json_best_effort(indent=2, sort_keys=True))
 
@@ -427,8 +507,9 @@ def train_and_evaluate(
     """
     config_lib.validate_config(config)
     check_workdir(config, workdir)
+    _barrier("workdir checked")  # before process 0 writes into it
     os.makedirs(workdir, exist_ok=True)
-    data = prepare_data(config, dataset)
+    data = _prepare_data_in_turn(config, dataset)
     image_shape = data.labeled_images.shape[1:]
     mesh = data_parallel_mesh()
     method, model, tx, init_state = build_training(
@@ -443,7 +524,8 @@ def train_and_evaluate(
     if config.batch_size % mesh.size or config.eval_batch_size % mesh.size:
         raise ValueError(
             f"batch_size ({config.batch_size}) and eval_batch_size ({config.eval_batch_size}) "
-            f"must be multiples of the {mesh.size} local devices the batch is sharded over."
+            f"must be multiples of the {mesh.size} devices the batch is sharded over"
+            f" ({jax.process_count()} process(es))."
         )
     # Params, EMA, queue and optimizer state are replicated; every batch is sharded.
     state = jax.jit(create, out_shardings=replicated)()
@@ -457,7 +539,9 @@ def train_and_evaluate(
         state = _restore(checkpoints, latest, state, workdir)  # keeps the shardings
         logging.info("Resumed from the checkpoint of step %d in %s", latest, workdir)
     elif config.init_from:
-        state = jax.device_put(initialise_backbone_from(state, config.init_from), replicated)
+        state = jax.device_put(
+            initialise_backbone_from(state, config.init_from, sharding=replicated), replicated
+        )
     _save_config(config, workdir)
     _save_json(
         workdir,
@@ -496,14 +580,12 @@ def train_and_evaluate(
         next_input = lambda step: arrays
     else:
         jitted_step = jax.jit(step_fn, out_shardings=(replicated, replicated), donate_argnums=0)
-        next_input = lambda step: jax.device_put(
-            sampling.sample_batch(
-                arrays,
-                step,
-                batch_size=config.batch_size,
-                unlabeled_batch_size=unlabeled_batch_size,
-            ),
-            batch_sharding,
+        next_input = lambda step: host_batch(
+            arrays,
+            step,
+            batch_size=config.batch_size,
+            unlabeled_batch_size=unlabeled_batch_size,
+            sharding=batch_sharding,
         )
     eval_step = jax.jit(
         train_step.make_eval_step(model, config),
@@ -529,6 +611,7 @@ def train_and_evaluate(
             data.test_images,
             data.test_labels,
             config.eval_batch_size,
+            sharding=batch_sharding,
         )
 
     def run_eval(step: int) -> dict[str, float]:
@@ -559,7 +642,11 @@ def train_and_evaluate(
             pending.append(metrics)
             step += 1
             final = step == config.num_steps
-            save = step % config.checkpoint_every == 0 or final or termination.requested
+            # Several processes stop together: they agree on a signal at logging steps.
+            stop = termination.requested
+            if jax.process_count() > 1:
+                stop = step % config.log_every == 0 and _on_any_process(termination.requested)
+            save = step % config.checkpoint_every == 0 or final or stop
             if pending and (step % config.log_every == 0 or save):
                 # Metrics are checked before any checkpoint, so a non-finite state is never saved.
                 means = _mean_metrics(jax.device_get(pending), config.nonfinite_policy)
@@ -581,12 +668,15 @@ def train_and_evaluate(
                 eval_start = time.time()
                 results = run_eval(step)
                 last_time += time.time() - eval_start  # throughput and ETA count training only
-            if save or termination.requested:  # a signal may arrive during logging
+            if jax.process_count() == 1:
+                stop = termination.requested  # a signal may arrive during logging
+            if save or stop:
                 checkpoints.save(step, args=ocp.args.StandardSave(state))
-            if termination.requested:
+            if stop:
                 checkpoints.wait_until_finished()
                 raise SystemExit(
-                    f"Stopped by {termination.signal_name} at step {step} after a checkpoint; "
+                    f"Stopped by {termination.signal_name or 'a signal to another process'} "
+                    f"at step {step} after a checkpoint; "
                     "rerun the same command to resume."
                 )
     checkpoints.wait_until_finished()
@@ -601,13 +691,14 @@ def train_and_evaluate(
         "train_seconds": time.time() - train_start,
         "data_source": data.source,
     }
-    with open(os.path.join(workdir, "summary.json"), "w") as f:
-        json.dump(summary, f, indent=2)
+    _save_json(workdir, "summary.json", summary)
     logging.info("Final test accuracy (EMA model): %.4f", summary["test_accuracy"])
     return state, summary
 
 
 def _save_json(workdir: str, name: str, record: dict[str, Any]) -> None:
+    if not _is_primary():
+        return
     with open(os.path.join(workdir, name), "w") as f:
         json.dump(record, f, indent=2)
 
@@ -627,8 +718,12 @@ class TrainedRun:
     image_shape: tuple[int, int, int]
 
 
-def load_run(workdir: str, step: int | None = None) -> TrainedRun:
-    """Restores the config, the model and the TrainState (latest checkpoint, or `step`)."""
+def load_run(
+    workdir: str, step: int | None = None, sharding: jax.sharding.Sharding | None = None
+) -> TrainedRun:
+    """Restores the config, the model and the TrainState (latest checkpoint, or `step`),
+    placed with `sharding` (e.g. replicated over a multi-host mesh; default: this process's
+    first device)."""
     config_path, info_path = os.path.join(workdir, "config.json"), os.path.join(
         workdir, DATASET_INFO
     )
@@ -643,7 +738,13 @@ def load_run(workdir: str, step: int | None = None) -> TrainedRun:
     method, model, _, init_state = build_training(
         config, info["num_classes"], tuple(info["image_shape"])
     )
-    abstract = jax.eval_shape(lambda: init_state(jax.random.PRNGKey(0)))
+    # An explicit placement, so that a checkpoint written by any number of devices or
+    # processes restores here (by default onto this process's first device).
+    sharding = sharding or jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    abstract = jax.tree.map(
+        lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sharding),
+        jax.eval_shape(lambda: init_state(jax.random.PRNGKey(0))),
+    )
     with ocp.CheckpointManager(os.path.abspath(os.path.join(workdir, "checkpoints"))) as manager:
         step = manager.latest_step() if step is None else step
         if step is None:
@@ -673,6 +774,6 @@ def _restore(manager: ocp.CheckpointManager, step: int, target: Any, workdir: st
 
 
 def _append_jsonl(workdir: str, record: dict[str, Any]) -> None:
-    if jax.process_index() == 0:
+    if _is_primary():
         with open(os.path.join(workdir, "metrics.jsonl"), "a") as f:
             f.write(json.dumps(record) + "\n")

@@ -1,0 +1,155 @@
+"""Multi-host training, emulated with two CPU processes on this machine (jax.distributed over
+localhost, gloo collectives): the real entry point with --coordinator_address etc.
+
+Two processes of one device each train what one process with two devices trains (the same
+global batch split the same way); only process 0 writes the run's files; a SIGTERM sent to
+one process stops both at the same step with one checkpoint, and rerunning the command
+ends where an uninterrupted run ends. The host-batch path (data not on the device: each
+process reads only its own rows) is the one resumed.
+"""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from comatch_jax import train
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY_RUN = [
+    "--config=configs/comatch.py",
+    "--config.dataset.name=digits",
+    "--config.dataset.mean=(0.3,)",
+    "--config.dataset.std=(0.4,)",
+    "--config.num_labels=20",
+    "--config.batch_size=4",
+    "--config.mu=2",
+    "--config.num_steps=60",
+    "--config.log_every=2",
+    "--config.checkpoint_every=10",
+    "--config.eval_every=60",
+    "--config.eval_batch_size=200",
+    "--config.keep_checkpoints=10",
+    "--config.model.widths=(8,16)",
+    "--config.comatch.queue_size=24",
+    "--config.comatch.threshold=0.5",
+]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
+
+
+def _start(workdir, *extra, processes=2, devices_per_process=1):
+    """Starts the run as `processes` processes; returns the Popen objects."""
+    env = dict(
+        os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices_per_process}"
+    )
+    command = [sys.executable, "-m", "comatch_jax.main", f"--workdir={workdir}", *TINY_RUN, *extra]
+    if processes == 1:
+        return [subprocess.Popen(command, cwd=REPO, env=env, stderr=subprocess.PIPE, text=True)]
+    port = _free_port()
+    return [
+        subprocess.Popen(
+            command
+            + [
+                f"--coordinator_address=localhost:{port}",
+                f"--num_processes={processes}",
+                f"--process_id={index}",
+            ],
+            cwd=REPO,
+            env=env,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for index in range(processes)
+    ]
+
+
+def _wait(processes, timeout=300):
+    """(return codes, stderr tails) of every process."""
+    outputs = [p.communicate(timeout=timeout)[1] for p in processes]
+    return [p.returncode for p in processes], [o[-3000:] for o in outputs]
+
+
+def _run(workdir, *extra, **kwargs):
+    codes, errors = _wait(_start(workdir, *extra, **kwargs))
+    assert codes == [0] * len(codes), "\n".join(errors)
+
+
+def _metrics(workdir):
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        return [json.loads(line) for line in f]
+
+
+def _losses(workdir):
+    return np.array([r["loss"] for r in _metrics(workdir) if "loss" in r])
+
+
+def _final_params(workdir):
+    run = train.load_run(workdir)
+    assert int(run.state.step) == 60
+    return np.concatenate([np.ravel(x) for x in jax.tree.leaves(jax.device_get(run.state.params))])
+
+
+def _checkpoints(workdir):
+    directory = os.path.join(workdir, "checkpoints")
+    if not os.path.isdir(directory):
+        return []
+    return sorted(int(name) for name in os.listdir(directory) if name.isdigit())
+
+
+@pytest.fixture(scope="module")
+def two_processes(tmp_path_factory):
+    workdir = str(tmp_path_factory.mktemp("two_processes"))
+    _run(workdir)
+    return workdir
+
+
+def test_two_processes_train_what_one_process_with_two_devices_trains(two_processes, tmp_path):
+    one_process = str(tmp_path / "one_process")
+    _run(one_process, processes=1, devices_per_process=2)
+    multi, single = _losses(two_processes), _losses(one_process)
+    assert len(multi) == len(single) == 30  # one metrics line per log step, not one per process
+    np.testing.assert_allclose(multi, single, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(
+        _final_params(two_processes), _final_params(one_process), rtol=1e-3, atol=1e-5
+    )
+    with open(os.path.join(two_processes, "summary.json")) as f:
+        summary = json.load(f)
+    with open(os.path.join(one_process, "summary.json")) as f:
+        assert abs(summary["test_accuracy"] - json.load(f)["test_accuracy"]) <= 0.01
+
+
+def test_sigterm_to_one_process_stops_both_and_the_rerun_matches(two_processes, tmp_path):
+    workdir = str(tmp_path / "interrupted")
+    host_batches = "--config.data_on_device=false"  # each process reads its rows on the host
+    processes = _start(workdir, host_batches)
+    deadline = time.time() + 300
+    while time.time() < deadline and all(p.poll() is None for p in processes):
+        if _checkpoints(workdir):
+            processes[1].send_signal(signal.SIGTERM)  # only the second process is told
+            break
+        time.sleep(0.02)
+    codes, errors = _wait(processes)
+    assert codes == [1, 1], "\n".join(errors)
+    stopped = _checkpoints(workdir)[-1]
+    assert 10 <= stopped < 60
+    assert f"Stopped by SIGTERM at step {stopped}" in errors[1]
+    assert f"Stopped by a signal to another process at step {stopped}" in errors[0]
+
+    _run(workdir, host_batches)  # the same command resumes both processes
+    assert int(train.load_run(workdir).state.step) == 60
+    np.testing.assert_allclose(_losses(workdir)[-5:], _losses(two_processes)[-5:], rtol=1e-4)
+    np.testing.assert_allclose(
+        _final_params(workdir), _final_params(two_processes), rtol=1e-3, atol=1e-5
+    )
