@@ -22,24 +22,19 @@ import pytest
 
 from comatch_jax import train
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY_RUN = [
-    "--config=configs/comatch.py",
-    "--config.dataset.name=digits",
-    "--config.dataset.mean=(0.3,)",
-    "--config.dataset.std=(0.4,)",
-    "--config.num_labels=20",
-    "--config.batch_size=4",
-    "--config.mu=2",
-    "--config.num_steps=60",
-    "--config.log_every=2",
-    "--config.checkpoint_every=10",
-    "--config.eval_every=60",
-    "--config.eval_batch_size=200",
-    "--config.keep_checkpoints=10",
-    "--config.model.widths=(8,16)",
-    "--config.comatch.queue_size=24",
-    "--config.comatch.threshold=0.5",
+from kill_resume_test import REPO, TINY_RUN as DIGITS_RUN
+
+# kill_resume_test's tiny digits run, longer and logged every other step.
+OVERRIDES = {
+    "--config.num_steps": "60",
+    "--config.log_every": "2",
+    "--config.checkpoint_every": "10",
+    "--config.eval_every": "60",
+    "--config.eval_batch_size": "200",
+    "--config.keep_checkpoints": "10",
+}
+TINY_RUN = [arg for arg in DIGITS_RUN if arg.split("=")[0] not in OVERRIDES] + [
+    f"{name}={value}" for name, value in OVERRIDES.items()
 ]
 
 
