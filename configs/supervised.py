@@ -4,7 +4,8 @@
 
 Takes the same presets as configs/comatch.py (e.g. configs/supervised.py:cifar10_4000).
 The default reaches 57.6 +- 4.9 % on Fashion-MNIST with 40 labels (3 seeds, about 2
-minutes on 2 CPU cores; experiments/RESULTS.md).
+minutes on 2 CPU cores; experiments/RESULTS.md); 58.9 +- 5.1 % with
+--config.num_steps=10000, where CoMatch reaches 69.0 +- 7.0 %.
 """
 
 from comatch_jax import config_lib
