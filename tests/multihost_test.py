@@ -1,11 +1,11 @@
 """Multi-host training, emulated with two CPU processes on this machine (jax.distributed over
 localhost, gloo collectives): the real entry point with --coordinator_address etc.
 
-Two processes of one device each train what one process with two devices trains (the same
-global batch split the same way); only process 0 writes the run's files; a SIGTERM sent to
-one process stops both at the same step with one checkpoint, and rerunning the command
-ends where an uninterrupted run ends. The host-batch path (data not on the device: each
-process reads only its own rows) is the one resumed.
+A SIGTERM sent to one of two processes stops both at the same step with one checkpoint;
+rerunning the command, they end where one process with two devices ends (the same global
+batch split the same way), with one metrics line per log step (process 0 writes the run's
+files). The two processes use host batches (data not on the device): each reads only its
+own rows.
 """
 
 import json
@@ -104,47 +104,54 @@ def _checkpoints(workdir):
 
 
 @pytest.fixture(scope="module")
-def two_processes(tmp_path_factory):
-    workdir = str(tmp_path_factory.mktemp("two_processes"))
-    _run(workdir)
+def one_process(tmp_path_factory):
+    """The reference: one process with two (forced) devices."""
+    workdir = str(tmp_path_factory.mktemp("one_process"))
+    _run(workdir, processes=1, devices_per_process=2)
     return workdir
 
 
-def test_two_processes_train_what_one_process_with_two_devices_trains(two_processes, tmp_path):
-    one_process = str(tmp_path / "one_process")
-    _run(one_process, processes=1, devices_per_process=2)
-    multi, single = _losses(two_processes), _losses(one_process)
-    assert len(multi) == len(single) == 30  # one metrics line per log step, not one per process
-    np.testing.assert_allclose(multi, single, rtol=1e-4, atol=1e-5)
-    np.testing.assert_allclose(
-        _final_params(two_processes), _final_params(one_process), rtol=1e-3, atol=1e-5
-    )
-    with open(os.path.join(two_processes, "summary.json")) as f:
-        summary = json.load(f)
-    with open(os.path.join(one_process, "summary.json")) as f:
-        assert abs(summary["test_accuracy"] - json.load(f)["test_accuracy"]) <= 0.01
-
-
-def test_sigterm_to_one_process_stops_both_and_the_rerun_matches(two_processes, tmp_path):
-    workdir = str(tmp_path / "interrupted")
-    host_batches = "--config.data_on_device=false"  # each process reads its rows on the host
+@pytest.fixture(scope="module")
+def interrupted(tmp_path_factory):
+    """Two processes of one device each, with host batches (each process reads only its own
+    rows); the second one alone gets a SIGTERM after the first checkpoint; then the same
+    command runs again. Returns (workdir, return codes, stderr tails, step stopped at)."""
+    workdir = str(tmp_path_factory.mktemp("interrupted"))
+    host_batches = "--config.data_on_device=false"
     processes = _start(workdir, host_batches)
     deadline = time.time() + 300
     while time.time() < deadline and all(p.poll() is None for p in processes):
         if _checkpoints(workdir):
-            processes[1].send_signal(signal.SIGTERM)  # only the second process is told
+            processes[1].send_signal(signal.SIGTERM)
             break
         time.sleep(0.02)
     codes, errors = _wait(processes)
-    assert codes == [1, 1], "\n".join(errors)
     stopped = _checkpoints(workdir)[-1]
+    if codes == [1, 1]:
+        _run(workdir, host_batches)  # the same command resumes both processes
+    return workdir, codes, errors, stopped
+
+
+def test_sigterm_to_one_process_stops_both_at_the_same_step(interrupted):
+    _, codes, errors, stopped = interrupted
+    assert codes == [1, 1], "\n".join(errors)
     assert 10 <= stopped < 60
     assert f"Stopped by SIGTERM at step {stopped}" in errors[1]
     assert f"Stopped by a signal to another process at step {stopped}" in errors[0]
 
-    _run(workdir, host_batches)  # the same command resumes both processes
-    assert int(train.load_run(workdir).state.step) == 60
-    np.testing.assert_allclose(_losses(workdir)[-5:], _losses(two_processes)[-5:], rtol=1e-4)
+
+def test_two_processes_resumed_end_where_one_process_with_two_devices_ends(
+    interrupted, one_process
+):
+    workdir, codes, errors, _ = interrupted
+    assert codes == [1, 1], "\n".join(errors)
+    multi, single = _losses(workdir), _losses(one_process)
+    assert len(multi) == len(single) == 30  # one metrics line per log step, not one per process
+    np.testing.assert_allclose(multi, single, rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(
-        _final_params(workdir), _final_params(two_processes), rtol=1e-3, atol=1e-5
+        _final_params(workdir), _final_params(one_process), rtol=1e-3, atol=1e-5
     )
+    with open(os.path.join(workdir, "summary.json")) as f:
+        summary = json.load(f)
+    with open(os.path.join(one_process, "summary.json")) as f:
+        assert abs(summary["test_accuracy"] - json.load(f)["test_accuracy"]) <= 0.01
