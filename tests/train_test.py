@@ -76,11 +76,20 @@ def _leaves(tree):
     return [np.asarray(x) for x in jax.tree.leaves(jax.device_get(tree))]
 
 
-def test_comatch_steps_are_finite_queue_fills_and_ema_moves(tmp_path):
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """One uninterrupted run of tiny_config(): (workdir, final state, summary, writer). The
+    tests below compare their runs with it; none of them changes it."""
+    workdir = tmp_path_factory.mktemp("reference")
     writer = RecordingWriter()
     state, summary = train.train_and_evaluate(
-        tiny_config(), str(tmp_path), writer=writer, dataset=synthetic_dataset()
+        tiny_config(), str(workdir), writer=writer, dataset=synthetic_dataset()
     )
+    return workdir, state, summary, writer
+
+
+def test_comatch_steps_are_finite_queue_fills_and_ema_moves(reference):
+    tmp_path, state, summary, writer = reference
     assert int(state.step) == 6
     logged = [s for _, s in writer.scalars if "loss" in s]
     assert logged, "training metrics were written"
@@ -117,28 +126,21 @@ def test_supervised_baseline_learns_the_synthetic_task(tmp_path):
     assert summary["test_accuracy"] > 0.4  # chance is 0.1; about 0.6 after 200 steps
 
 
-def test_same_config_and_seed_give_the_same_numbers(tmp_path):
-    runs = []
-    for name in ("a", "b"):
-        state, summary = train.train_and_evaluate(
-            tiny_config(),
-            str(tmp_path / name),
-            writer=RecordingWriter(),
-            dataset=synthetic_dataset(),
-        )
-        runs.append((_leaves(state.params), summary["test_accuracy"]))
-    for x, y in zip(runs[0][0], runs[1][0]):
-        np.testing.assert_array_equal(x, y)
-    assert runs[0][1] == runs[1][1]
-
-
-def test_resume_from_checkpoint_matches_an_uninterrupted_run(tmp_path):
-    config = tiny_config()
-    full_state, _ = train.train_and_evaluate(
-        config, str(tmp_path / "full"), writer=RecordingWriter(), dataset=synthetic_dataset()
+def test_same_config_and_seed_give_the_same_numbers(reference, tmp_path):
+    _, reference_state, reference_summary, _ = reference
+    state, summary = train.train_and_evaluate(
+        tiny_config(), str(tmp_path), writer=RecordingWriter(), dataset=synthetic_dataset()
     )
+    for x, y in zip(_leaves(reference_state.params), _leaves(state.params)):
+        np.testing.assert_array_equal(x, y)
+    assert summary["test_accuracy"] == reference_summary["test_accuracy"]
+
+
+def test_resume_from_checkpoint_matches_an_uninterrupted_run(reference, tmp_path):
+    config = tiny_config()
+    full_workdir, full_state, _, _ = reference
     # A run killed after its step-3 checkpoint: the same workdir without the later one.
-    shutil.copytree(tmp_path / "full", tmp_path / "killed")
+    shutil.copytree(full_workdir, tmp_path / "killed")
     shutil.rmtree(tmp_path / "killed" / "checkpoints" / "6")
     resumed_state, _ = train.train_and_evaluate(
         config, str(tmp_path / "killed"), writer=RecordingWriter(), dataset=synthetic_dataset()
@@ -148,11 +150,10 @@ def test_resume_from_checkpoint_matches_an_uninterrupted_run(tmp_path):
         np.testing.assert_array_equal(x, y)
 
 
-def test_host_batches_match_device_batches(tmp_path):
+def test_host_batches_match_device_batches(reference, tmp_path):
     config = tiny_config()
-    device_state, _ = train.train_and_evaluate(
-        config, str(tmp_path / "device"), writer=RecordingWriter(), dataset=synthetic_dataset()
-    )
+    assert config.data_on_device
+    _, device_state, _, _ = reference
     config.data_on_device = False
     host_state, _ = train.train_and_evaluate(
         config, str(tmp_path / "host"), writer=RecordingWriter(), dataset=synthetic_dataset()
@@ -211,25 +212,21 @@ def test_main_end_to_end_under_tfds_mock_data(tmp_path, monkeypatch):
     assert os.path.isdir(tmp_path / "checkpoints" / "2")
 
 
-def test_load_run_restores_the_final_state(tmp_path):
-    state, _ = train.train_and_evaluate(
-        tiny_config(), str(tmp_path), writer=RecordingWriter(), dataset=synthetic_dataset()
-    )
-    run = train.load_run(str(tmp_path))
+def test_load_run_restores_the_final_state(reference):
+    workdir, state, _, _ = reference
+    run = train.load_run(str(workdir))
     assert run.num_classes == 10 and run.image_shape == (12, 12, 1)
     assert run.config.model.widths == [8, 16] or tuple(run.config.model.widths) == (8, 16)
     for x, y in zip(_leaves(state), _leaves(run.state)):
         np.testing.assert_array_equal(x, y)
 
 
-def test_a_half_written_checkpoint_is_never_loaded(tmp_path):
+def test_a_half_written_checkpoint_is_never_loaded(reference, tmp_path):
     config = tiny_config()
-    full_state, _ = train.train_and_evaluate(
-        config, str(tmp_path / "full"), writer=RecordingWriter(), dataset=synthetic_dataset()
-    )
+    full_workdir, full_state, _, _ = reference
     # Killed while writing the step-6 checkpoint: Orbax's temporary directory is left behind
     # (with garbage in it) and the finished step-6 checkpoint does not exist.
-    shutil.copytree(tmp_path / "full", tmp_path / "killed")
+    shutil.copytree(full_workdir, tmp_path / "killed")
     shutil.rmtree(tmp_path / "killed" / "checkpoints" / "6")
     partial = tmp_path / "killed" / "checkpoints" / "6.orbax-checkpoint-tmp-1795600000000000"
     (partial / "state").mkdir(parents=True)
@@ -254,12 +251,10 @@ class CtrlCWriter(RecordingWriter):
             os.kill(os.getpid(), signal.SIGINT)
 
 
-def test_ctrl_c_checkpoints_then_the_rerun_ends_identically(tmp_path):
+def test_ctrl_c_checkpoints_then_the_rerun_ends_identically(reference, tmp_path):
     config = tiny_config()
     config.checkpoint_every = 100  # only the Ctrl-C checkpoint exists before the end
-    full_state, _ = train.train_and_evaluate(
-        config, str(tmp_path / "full"), writer=RecordingWriter(), dataset=synthetic_dataset()
-    )
+    _, full_state, _, _ = reference  # checkpoint cadence does not change the numbers
     with pytest.raises(SystemExit, match="Stopped by SIGINT at step 2"):
         train.train_and_evaluate(
             config, str(tmp_path / "ctrl_c"), writer=CtrlCWriter(2), dataset=synthetic_dataset()
