@@ -114,14 +114,14 @@ def one_process(tmp_path_factory):
 @pytest.fixture(scope="module")
 def interrupted(tmp_path_factory):
     """Two processes of one device each, with host batches (each process reads only its own
-    rows); the second one alone gets a SIGTERM after the first checkpoint; then the same
+    rows); the second one alone gets a SIGTERM once training has started; then the same
     command runs again. Returns (workdir, return codes, stderr tails, step stopped at)."""
     workdir = str(tmp_path_factory.mktemp("interrupted"))
     host_batches = "--config.data_on_device=false"
     processes = _start(workdir, host_batches)
     deadline = time.time() + 300
     while time.time() < deadline and all(p.poll() is None for p in processes):
-        if _checkpoints(workdir):
+        if os.path.exists(os.path.join(workdir, "metrics.jsonl")):  # training has started
             processes[1].send_signal(signal.SIGTERM)
             break
         time.sleep(0.02)
@@ -135,7 +135,7 @@ def interrupted(tmp_path_factory):
 def test_sigterm_to_one_process_stops_both_at_the_same_step(interrupted):
     _, codes, errors, stopped = interrupted
     assert codes == [1, 1], "\n".join(errors)
-    assert 10 <= stopped < 60
+    assert 2 <= stopped < 60 and stopped % 2 == 0  # a logging step
     assert f"Stopped by SIGTERM at step {stopped}" in errors[1]
     assert f"Stopped by a signal to another process at step {stopped}" in errors[0]
 
