@@ -539,9 +539,7 @@ def train_and_evaluate(
         state = _restore(checkpoints, latest, state, workdir)  # keeps the shardings
         logging.info("Resumed from the checkpoint of step %d in %s", latest, workdir)
     elif config.init_from:
-        state = jax.device_put(
-            initialise_backbone_from(state, config.init_from, sharding=replicated), replicated
-        )
+        state = initialise_backbone_from(state, config.init_from, sharding=replicated)
     _save_config(config, workdir)
     _save_json(
         workdir,
@@ -637,15 +635,20 @@ def train_and_evaluate(
     results: dict[str, float] = {}
     step = start_step
     with _TerminationRequest() as termination:
+
+        def stop_requested() -> bool:
+            """One process: a signal seen at any time. Several: agreed at logging steps (a
+            collective every process calls at the same steps)."""
+            if jax.process_count() == 1:
+                return termination.requested
+            return step % config.log_every == 0 and _on_any_process(termination.requested)
+
         while step < config.num_steps:
             state, metrics = jitted_step(state, next_input(step))
             pending.append(metrics)
             step += 1
             final = step == config.num_steps
-            # Several processes stop together: they agree on a signal at logging steps.
-            stop = termination.requested
-            if jax.process_count() > 1:
-                stop = step % config.log_every == 0 and _on_any_process(termination.requested)
+            stop = stop_requested()
             save = step % config.checkpoint_every == 0 or final or stop
             if pending and (step % config.log_every == 0 or save):
                 # Metrics are checked before any checkpoint, so a non-finite state is never saved.
@@ -668,8 +671,7 @@ def train_and_evaluate(
                 eval_start = time.time()
                 results = run_eval(step)
                 last_time += time.time() - eval_start  # throughput and ETA count training only
-            if jax.process_count() == 1:
-                stop = termination.requested  # a signal may arrive during logging
+            stop = stop or stop_requested()  # a signal may arrive during logging
             if save or stop:
                 checkpoints.save(step, args=ocp.args.StandardSave(state))
             if stop:
