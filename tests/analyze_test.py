@@ -9,7 +9,7 @@ import matplotlib.image
 import numpy as np
 import pytest
 
-from comatch_jax import analyze, inference, train
+from comatch_jax import analyze, inference, runs, train, training_data
 
 from train_test import RecordingWriter, tiny_config
 
@@ -48,8 +48,8 @@ def digits_run(tmp_path_factory):
 
 
 def test_write_analysis_writes_every_plot_as_a_non_blank_png(digits_run, tmp_path):
-    run = train.load_run(digits_run)
-    data = train.prepare_data(run.config)
+    run = runs.load_run(digits_run)
+    data = training_data.prepare_data(run.config)
     written = analyze.write_analysis(
         run, data, digits_run, str(tmp_path), max_images=500, image_index=3
     )
@@ -104,7 +104,7 @@ def test_command_errors_are_one_line(digits_run, tmp_path, args, message):
 
 
 def test_feature_maps_are_the_convolutions_in_forward_order(digits_run):
-    run = train.load_run(digits_run)
+    run = runs.load_run(digits_run)
     maps = inference.feature_maps(run, np.full((8, 8, 1), 128, np.uint8))
     assert list(maps) == ["Conv_0", "Conv_1"]  # tiny_config: widths (8, 16), one pool
     assert maps["Conv_0"].shape == (8, 8, 8) and maps["Conv_1"].shape == (4, 4, 16)
