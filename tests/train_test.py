@@ -247,6 +247,30 @@ def test_a_half_written_checkpoint_is_never_loaded(reference, tmp_path):
         np.testing.assert_array_equal(x, y)
 
 
+def test_an_older_checkpoint_format_gets_one_line_saying_what_to_do(reference, tmp_path):
+    """A run of the format before typed PRNG keys: dataset_info.json, no recorded format."""
+    workdir = tmp_path / "old"
+    shutil.copytree(reference[0], workdir)
+    info = json.loads((workdir / runs.RUN_INFO).read_text())
+    del info["checkpoint_format"]
+    (workdir / "dataset_info.json").write_text(json.dumps(info))
+    os.remove(workdir / runs.RUN_INFO)
+    expected = r"checkpoint format 1; this version reads format 2.*start a fresh --workdir"
+    with pytest.raises(ValueError, match=expected) as error:
+        runs.load_run(str(workdir))
+    assert "\n" not in str(error.value)
+    before = sorted(os.listdir(workdir / "checkpoints"))
+    with pytest.raises(ValueError, match=expected):
+        train.train_and_evaluate(
+            tiny_config(), str(workdir), writer=RecordingWriter(), dataset=synthetic_dataset()
+        )
+    assert sorted(os.listdir(workdir / "checkpoints")) == before
+    # A later format than this version reads is named as such.
+    (workdir / runs.RUN_INFO).write_text(json.dumps({**info, "checkpoint_format": 3}))
+    with pytest.raises(ValueError, match="checkpoint format 3"):
+        runs.load_run(str(workdir))
+
+
 class CtrlCWriter(RecordingWriter):
     """Presses Ctrl-C (sends SIGINT to this process) when step `at_step` is logged."""
 
