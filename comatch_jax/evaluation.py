@@ -46,7 +46,9 @@ def evaluate(
     return {"accuracy": totals["correct"] / totals["count"], "nll": totals["nll"] / totals["count"]}
 
 
-def knn_evaluate(predict_batch, variables, data: training_data.SemiSupervisedData, config) -> dict[str, float]:
+def knn_evaluate(
+    predict_batch, variables, data: training_data.SemiSupervisedData, config
+) -> dict[str, float]:
     """Weighted-kNN test accuracy with the labeled images' features as the memory bank."""
     predict = lambda images: inference.predict_with(
         None,

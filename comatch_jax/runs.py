@@ -97,7 +97,9 @@ def read_run_info(workdir: str) -> dict[str, Any]:
     if not os.path.exists(path):
         if os.path.exists(os.path.join(workdir, LEGACY_DATASET_INFO)):
             _raise_old_format(workdir, 1)
-        raise FileNotFoundError(f"{workdir} holds no comatch_jax run (no config.json / {RUN_INFO}).")
+        raise FileNotFoundError(
+            f"{workdir} holds no comatch_jax run (no config.json / {RUN_INFO})."
+        )
     with open(path) as f:
         info = json.load(f)
     if info.get("checkpoint_format") != CHECKPOINT_FORMAT:
@@ -230,11 +232,15 @@ def load_run(
     format or model), each one line."""
     config_path = os.path.join(workdir, "config.json")
     if not os.path.exists(config_path):
-        raise FileNotFoundError(f"{workdir} holds no comatch_jax run (no config.json / {RUN_INFO}).")
+        raise FileNotFoundError(
+            f"{workdir} holds no comatch_jax run (no config.json / {RUN_INFO})."
+        )
     info = read_run_info(workdir)
     with open(config_path) as f:
         config = ml_collections.ConfigDict(json.load(f))
-    _, model, _, init_state = build_training(config, info["num_classes"], tuple(info["image_shape"]))
+    _, model, _, init_state = build_training(
+        config, info["num_classes"], tuple(info["image_shape"])
+    )
     # An explicit placement, so that a checkpoint written by any number of devices or
     # processes restores here (by default onto this process's first device).
     sharding = sharding or jax.sharding.SingleDeviceSharding(jax.local_devices()[0])

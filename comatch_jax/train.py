@@ -137,9 +137,7 @@ def train_and_evaluate(
             collective every process calls at the same steps)."""
             if jax.process_count() == 1:
                 return termination.requested
-            return step % config.log_every == 0 and multihost.on_any_process(
-                termination.requested
-            )
+            return step % config.log_every == 0 and multihost.on_any_process(termination.requested)
 
         while step < config.num_steps:
             state, metrics = jitted_step(state, next_input(step))

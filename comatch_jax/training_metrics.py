@@ -93,8 +93,6 @@ def progress_line(
 ) -> str:
     """The one human line per logging step: step, losses, mask rate, pseudo-label accuracy,
     images/s and the estimated time to the end (h:mm:ss)."""
-    shown = " ".join(
-        f"{name}={metrics[name]:.4f}" for name in PROGRESS_METRICS if name in metrics
-    )
+    shown = " ".join(f"{name}={metrics[name]:.4f}" for name in PROGRESS_METRICS if name in metrics)
     eta = datetime.timedelta(seconds=round(max(eta_s, 0.0))) if np.isfinite(eta_s) else "?"
     return f"step {step}/{num_steps} {shown} | {images_per_sec:.0f} img/s | ETA {eta}"

@@ -175,5 +175,10 @@ def test_command_modules_have_distinct_names_from_library_modules(command):
     names = module_names()
     assert command in names
     # No library module differs from a command by one letter or word order.
-    similar = [n for n in names if n != command and sorted(n.rstrip("s").split("_")) == sorted(command.rstrip("s").split("_"))]
+    similar = [
+        n
+        for n in names
+        if n != command
+        and sorted(n.rstrip("s").split("_")) == sorted(command.rstrip("s").split("_"))
+    ]
     assert not similar, (command, similar)

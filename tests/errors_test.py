@@ -71,8 +71,12 @@ def test_foreign_nonempty_workdir_is_refused(tmp_path):
 def test_workdir_of_a_different_model_is_refused_and_kept(tmp_path):
     # A run's workdir as the trainer leaves it: its config, its record and a checkpoint.
     runs.save_run(
-        tiny_config(), str(tmp_path), num_classes=10, class_names=tuple("0123456789"),
-        image_shape=(12, 12, 1), source="synthetic (test)",
+        tiny_config(),
+        str(tmp_path),
+        num_classes=10,
+        class_names=tuple("0123456789"),
+        image_shape=(12, 12, 1),
+        source="synthetic (test)",
     )
     (tmp_path / "checkpoints" / "6").mkdir(parents=True)
     (tmp_path / "checkpoints" / "6" / "state").write_text("kept")

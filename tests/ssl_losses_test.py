@@ -118,7 +118,9 @@ def test_knn_votes_weighted_by_similarity():
     train = jnp.array([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0]])
     labels = jnp.array([0, 0, 1])
     test = jnp.array([[1.0, 0.05], [0.1, 1.0]])
-    predicted = frozen_feature_probes.knn_predict(train, labels, test, num_classes=2, k=2, temperature=0.1)
+    predicted = frozen_feature_probes.knn_predict(
+        train, labels, test, num_classes=2, k=2, temperature=0.1
+    )
     np.testing.assert_array_equal(predicted, [0, 1])
     # k larger than the bank is capped.
     assert frozen_feature_probes.knn_predict(
@@ -133,4 +135,7 @@ def test_linear_probe_separates_separable_features():
     probe = frozen_feature_probes.fit_linear_probe(
         features, labels, num_classes=3, steps=200, learning_rate=0.1, weight_decay=0.0
     )
-    assert np.mean(np.asarray(frozen_feature_probes.linear_probe_predict(probe, features)) == labels) == 1.0
+    assert (
+        np.mean(np.asarray(frozen_feature_probes.linear_probe_predict(probe, features)) == labels)
+        == 1.0
+    )

@@ -75,7 +75,9 @@ class RecordingWriter:
 def _leaves(tree):
     """The leaves as numpy arrays; a typed PRNG key as its key data."""
     return [
-        np.asarray(jax.random.key_data(x) if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key) else x)
+        np.asarray(
+            jax.random.key_data(x) if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key) else x
+        )
         for x in jax.tree.leaves(jax.device_get(tree))
     ]
 
