@@ -27,13 +27,14 @@ import sys
 from typing import Any, Sequence
 
 import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np
+from absl import app, flags, logging
 
-matplotlib.use("Agg")  # headless: files only, no display needed
-import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
-import numpy as np  # noqa: E402
-from absl import app, flags, logging  # noqa: E402
+from comatch_jax import inference, runs, training_data
 
-from comatch_jax import inference, train  # noqa: E402
+# The trainer's metrics file (comatch_jax.metric_writing writes it; read here without clu).
+METRICS_JSONL = "metrics.jsonl"
 
 FLAGS = flags.FLAGS
 
@@ -52,19 +53,27 @@ MAX_NAMED_CLASSES = 30
 
 
 def read_metrics(workdir: str) -> tuple[list[dict[str, float]], list[dict[str, float]]]:
-    """(training records, evaluation records) of metrics.jsonl, sorted by step. A resumed
-    run may log a step twice: the last record of each step and kind wins."""
-    path = os.path.join(workdir, "metrics.jsonl")
+    """(training records, evaluation records) of metrics.jsonl, sorted by step, with the
+    `train/` and `eval/` prefixes removed ({'step', 'loss', ...}, {'step', 'test_accuracy',
+    ...}). Records of one step and kind are merged; a resumed run may log a step twice: the
+    later value wins. Unprefixed records of runs before the prefixes are read too."""
+    path = os.path.join(workdir, METRICS_JSONL)
     if not os.path.exists(path):
         return [], []
-    training, evaluation = {}, {}
+    kinds: dict[str, dict[int, dict[str, float]]] = {"train": {}, "eval": {}}
     with open(path) as f:
         for line in f:
             if not line.strip():
                 continue
             record = json.loads(line)
-            kind = evaluation if "test_accuracy" in record else training
-            kind[record["step"]] = record
+            step = record.pop("step")
+            for name, value in record.items():
+                kind, _, short = name.rpartition("/")
+                if not kind:  # an unprefixed record (older runs)
+                    kind = "eval" if "test_accuracy" in record else "train"
+                if kind in kinds:
+                    kinds[kind].setdefault(step, {"step": step})[short] = value
+    training, evaluation = kinds["train"], kinds["eval"]
     return [training[s] for s in sorted(training)], [evaluation[s] for s in sorted(evaluation)]
 
 
@@ -456,8 +465,8 @@ def define_flags() -> None:
 
 
 def write_analysis(
-    run: train.TrainedRun,
-    data: train.SemiSupervisedData,
+    run: runs.TrainedRun,
+    data: training_data.SemiSupervisedData,
     workdir: str,
     out_dir: str,
     *,
@@ -543,9 +552,10 @@ def write_analysis(
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+    matplotlib.use("Agg")  # headless: files only, no display needed
     try:
-        run = train.load_run(FLAGS.workdir)
-        data = train.prepare_data(run.config)
+        run = runs.load_run(FLAGS.workdir)
+        data = training_data.prepare_data(run.config)
         written = write_analysis(
             run,
             data,

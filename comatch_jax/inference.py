@@ -18,7 +18,7 @@ from absl import logging
 from comatch_jax import train_step
 
 if TYPE_CHECKING:
-    from comatch_jax.train import TrainedRun
+    from comatch_jax.runs import TrainedRun
 
 # Seconds between two progress lines of a long pass.
 _PROGRESS_EVERY_S = 5.0

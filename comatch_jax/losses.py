@@ -127,21 +127,6 @@ def hard_pseudo_label_loss(
     return jnp.mean(soft_cross_entropy(strong_logits, hard) * mask), mask
 
 
-def enqueue(
-    queue: jax.Array, pointer: jax.Array, entries: jax.Array
-) -> tuple[jax.Array, jax.Array]:
-    """Writes `entries` [N, ...] into the ring buffer `queue` [K, ...] at `pointer`.
-
-    Wraps around when the write passes the end (K need not be a multiple of N; if N > K
-    only the last K entries stay). Returns (new queue, new pointer = (pointer + N) % K).
-    """
-    size, count = queue.shape[0], entries.shape[0]
-    if count > size:
-        entries, pointer, count = entries[-size:], (pointer + count - size) % size, size
-    rows = (pointer + jnp.arange(count)) % size
-    return queue.at[rows].set(entries.astype(queue.dtype)), (pointer + count) % size
-
-
 # ----------------------------------------------------------------------------- self-supervised
 def barlow_twins_loss(
     embeddings: jax.Array, other_embeddings: jax.Array, *, lambda_offdiag: float

@@ -15,7 +15,7 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from comatch_jax import train
+from comatch_jax import xla_flags
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Training config file.", lock_config=True)
@@ -57,6 +57,11 @@ def initialize_distributed() -> None:
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+    # Before JAX starts its CPU backend (nothing above has run a computation).
+    if xla_flags.apply_default_cpu_flags():
+        logging.info("XLA_FLAGS += %s (comatch_jax's CPU default)", xla_flags.DEFAULT_CPU_FLAG)
+    from comatch_jax import train  # imports JAX's model code only now
+
     # tf.data must never take GPU memory from JAX.
     import tensorflow as tf  # file reading only
 

@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from comatch_jax import losses
+from comatch_jax import losses, memory_queue
 
 Outputs = dict[str, dict[str, jax.Array]]
 LossFn = Callable[..., tuple[jax.Array, tuple[Any, dict[str, jax.Array]]]]
@@ -121,10 +121,10 @@ def comatch_loss(outputs: Outputs, batch: dict, state: dict, config) -> tuple:
 
     new_embeddings = jnp.concatenate([weak_embeddings, labeled_embeddings])
     new_probs = jnp.concatenate([probs, jax.nn.one_hot(batch["labels"], num_classes)])
-    queue_embeddings, pointer = losses.enqueue(
+    queue_embeddings, pointer = memory_queue.enqueue(
         state["queue_embeddings"], state["queue_pointer"], new_embeddings
     )
-    queue_probs, _ = losses.enqueue(state["queue_probs"], state["queue_pointer"], new_probs)
+    queue_probs, _ = memory_queue.enqueue(state["queue_probs"], state["queue_pointer"], new_probs)
     new_state = {
         "queue_embeddings": queue_embeddings,
         "queue_probs": queue_probs,

@@ -21,7 +21,7 @@ import numpy as np
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from comatch_jax import label_requests
+from comatch_jax import active_learning
 
 FLAGS = flags.FLAGS
 
@@ -39,7 +39,7 @@ def ground_truth_labels(
     requests_csv: str, train_labels: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
     """(ids, labels) for the ids of `requests_csv`, from the train split's true labels."""
-    ids = label_requests.read_request_ids(requests_csv, num_images=len(train_labels))
+    ids = active_learning.read_request_ids(requests_csv, num_images=len(train_labels))
     return ids, np.asarray(train_labels)[ids]
 
 
@@ -68,7 +68,7 @@ def main(argv):
             )
         dataset = input_pipeline.load_dataset(config.dataset)
         ids, labels = ground_truth_labels(FLAGS.requests, dataset.train_labels)
-        label_requests.write_labels_csv(FLAGS.out, ids, labels)
+        active_learning.write_labels_csv(FLAGS.out, ids, labels)
     except (ValueError, OSError) as error:
         logging.error("%s: %s", type(error).__name__, error)
         sys.exit(f"error: {error}")

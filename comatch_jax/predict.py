@@ -16,7 +16,7 @@ import tempfile
 import numpy as np
 from absl import app, flags, logging
 
-from comatch_jax import inference, train
+from comatch_jax import inference, runs
 
 FLAGS = flags.FLAGS
 
@@ -46,7 +46,7 @@ def predict_folder(
     """Writes the predictions CSV; returns the number of images classified."""
     from comatch_jax import input_pipeline  # TensorFlow: file reading only
 
-    run = train.load_run(workdir)
+    run = runs.load_run(workdir)
     if not os.path.isdir(images_dir):
         raise FileNotFoundError(f"--images={images_dir} is not a directory.")
     paths, ignored = input_pipeline.list_image_files(images_dir)

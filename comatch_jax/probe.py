@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 from absl import app, flags, logging
 
-from comatch_jax import inference, probes, train
+from comatch_jax import frozen_feature_probes, inference, runs, training_data
 
 FLAGS = flags.FLAGS
 
@@ -33,13 +33,13 @@ def probe_run(
 ) -> dict[str, float]:
     """kNN and/or linear-probe test accuracy of a run's frozen EMA features. `dataset`
     defaults to loading the run's config.dataset (the split is the run's own)."""
-    run = train.load_run(workdir)
-    data = train.prepare_data(run.config, dataset)
+    run = runs.load_run(workdir)
+    data = training_data.prepare_data(run.config, dataset)
     labeled = inference.predict(run, data.labeled_images, batch_size)["features"]
     test = inference.predict(run, data.test_images, batch_size)["features"]
     options, results = run.config.probe, {}
     if mode in ("knn", "all"):
-        predicted = probes.knn_predict(
+        predicted = frozen_feature_probes.knn_predict(
             labeled,
             data.labels,
             test,
@@ -49,7 +49,7 @@ def probe_run(
         )
         results["knn_accuracy"] = float(np.mean(np.asarray(predicted) == data.test_labels))
     if mode in ("linear", "all"):
-        probe = probes.fit_linear_probe(
+        probe = frozen_feature_probes.fit_linear_probe(
             labeled,
             data.labels,
             num_classes=run.num_classes,
@@ -57,7 +57,7 @@ def probe_run(
             learning_rate=options.linear_lr,
             weight_decay=options.linear_weight_decay,
         )
-        predicted = probes.linear_probe_predict(probe, test)
+        predicted = frozen_feature_probes.linear_probe_predict(probe, test)
         results["linear_probe_accuracy"] = float(np.mean(np.asarray(predicted) == data.test_labels))
     results["num_labeled"] = int(len(data.labels))
     with open(os.path.join(workdir, "probe.json"), "w") as f:

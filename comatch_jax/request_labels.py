@@ -5,7 +5,7 @@
 
 Scores every unlabeled train-split image with the run's EMA model, picks `--budget` of them
 with `--strategy` (entropy, margin, least_confidence, random, kcenter; see
-comatch_jax.label_requests) and writes `id,score,predicted_class,predicted_class_name`, the
+comatch_jax.active_learning) and writes `id,score,predicted_class,predicted_class_name`, the
 most wanted first. Once labeled (`id,label`; offline, comatch_jax.oracle fills them in), the
 answers train a new run with `--config.dataset.extra_labels_csv=labels.csv`.
 
@@ -22,7 +22,7 @@ import sys
 import numpy as np
 from absl import app, flags, logging
 
-from comatch_jax import inference, label_requests, train
+from comatch_jax import active_learning, inference, runs, training_data
 
 FLAGS = flags.FLAGS
 
@@ -37,8 +37,8 @@ class LabelRequests:
 
 
 def rank_unlabeled(
-    run: train.TrainedRun,
-    data: train.SemiSupervisedData,
+    run: runs.TrainedRun,
+    data: training_data.SemiSupervisedData,
     *,
     budget: int,
     strategy: str,
@@ -50,7 +50,7 @@ def rank_unlabeled(
 
     Images of an extra unlabeled split have no train-split id and cannot be requested.
     """
-    label_requests.check_strategy(strategy, balance_by_predicted_class)
+    active_learning.check_strategy(strategy, balance_by_predicted_class)
     candidates = (data.unlabeled_ids >= 0) & ~np.isin(data.unlabeled_ids, data.labeled_ids)
     if budget <= 0 or budget > int(candidates.sum()):
         raise ValueError(
@@ -65,7 +65,7 @@ def rank_unlabeled(
     labeled_embeddings = None
     if strategy == "kcenter":
         labeled_embeddings = inference.predict(run, data.labeled_images, batch_size)["embedding"]
-    chosen = label_requests.select(
+    chosen = active_learning.select(
         strategy,
         probs=outputs["probs"],
         budget=budget,
@@ -75,11 +75,11 @@ def rank_unlabeled(
         seed=seed,
     )
     if strategy == "kcenter":
-        scores = label_requests.distance_to_nearest(
+        scores = active_learning.distance_to_nearest(
             outputs["embedding"][chosen], labeled_embeddings
         )
     else:
-        scores = label_requests.strategy_scores(strategy, outputs["probs"], seed)[chosen]
+        scores = active_learning.strategy_scores(strategy, outputs["probs"], seed)[chosen]
     return LabelRequests(
         ids=ids[chosen], scores=scores, predicted_classes=np.argmax(outputs["probs"][chosen], -1)
     )
@@ -89,7 +89,7 @@ def define_flags() -> None:
     """The command-line flags (defined only when run as a program, so importing is free)."""
     flags.DEFINE_string("workdir", None, "Workdir of a trained run.")
     flags.DEFINE_integer("budget", None, "How many labels to request.")
-    flags.DEFINE_string("strategy", "entropy", f"One of {', '.join(label_requests.STRATEGIES)}.")
+    flags.DEFINE_string("strategy", "entropy", f"One of {', '.join(active_learning.STRATEGIES)}.")
     flags.DEFINE_bool(
         "balance_by_predicted_class",
         False,
@@ -105,11 +105,11 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
     try:
-        label_requests.check_strategy(FLAGS.strategy, FLAGS.balance_by_predicted_class)
+        active_learning.check_strategy(FLAGS.strategy, FLAGS.balance_by_predicted_class)
         if FLAGS.budget <= 0:
             raise ValueError(f"--budget must be positive, got {FLAGS.budget}.")
-        run = train.load_run(FLAGS.workdir)
-        data = train.prepare_data(run.config)
+        run = runs.load_run(FLAGS.workdir)
+        data = training_data.prepare_data(run.config)
         requests = rank_unlabeled(
             run,
             data,
@@ -123,7 +123,7 @@ def main(argv):
         if data.unlabeled_paths:  # an image folder: name each requested file
             root = os.path.abspath(run.config.dataset.root)
             paths = [os.path.join(root, data.unlabeled_paths[i]) for i in requests.ids]
-        label_requests.write_requests_csv(
+        active_learning.write_requests_csv(
             FLAGS.out,
             requests.ids,
             requests.scores,

@@ -19,6 +19,8 @@ class TrainState(flax.struct.PyTreeNode):
 
     method_state holds what a method carries between steps (CoMatch: memory queue of
     embeddings and probabilities with its pointer, and the distribution-alignment history).
+    rng is a typed PRNG key (jax.random.key; scalar, dtype key<fry>), folded with the step
+    for each step's augmentations.
     """
 
     step: jax.Array
@@ -78,7 +80,14 @@ def create_train_state(
     image_shape: tuple[int, int, int],
     num_classes: int,
 ) -> TrainState:
-    """Initialises params, optimizer, EMA copies and the method's state from `rng`."""
+    """Initialises params, optimizer, EMA copies and the method's state from `rng`.
+
+    `rng` is a typed PRNG key (jax.random.key); a legacy raw uint32[2] key
+    (jax.random.PRNGKey) is wrapped into the typed key with the same bits (same numbers).
+    The state's own key (TrainState.rng) is always a typed key, split from it.
+    """
+    if not jax.dtypes.issubdtype(rng.dtype, jax.dtypes.prng_key):
+        rng = jax.random.wrap_key_data(rng)
     init_rng, state_rng = jax.random.split(rng)
     variables = model.init(init_rng, jnp.zeros((2, *image_shape), jnp.float32), train=False)
     params, batch_stats = variables["params"], variables.get("batch_stats", {})

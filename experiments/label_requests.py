@@ -21,7 +21,7 @@ import sys
 import numpy as np
 from absl import app, flags
 
-from comatch_jax import label_requests
+from comatch_jax import active_learning
 
 flags.DEFINE_integer("num_steps", 2500, "Training steps of every run (--config.num_steps).")
 flags.DEFINE_integer("num_labels", 40, "Labels of the base run.")
@@ -141,7 +141,7 @@ def _plan() -> list[tuple[str, str, bool, int]]:
         plan.append((name, "random", False, seed))
     for name in FLAGS.strategies:
         strategy = name.removesuffix(BALANCED_SUFFIX)
-        if strategy not in label_requests.STRATEGIES or strategy == "random":
+        if strategy not in active_learning.STRATEGIES or strategy == "random":
             raise app.UsageError(f"Unknown strategy {name!r} (random is set by --random_seeds).")
         plan.append((name, strategy, name.endswith(BALANCED_SUFFIX), FLAGS.seed))
     return plan

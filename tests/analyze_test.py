@@ -9,7 +9,7 @@ import matplotlib.image
 import numpy as np
 import pytest
 
-from comatch_jax import analyze, inference, train
+from comatch_jax import analyze, inference, runs, train, training_data
 
 from train_test import RecordingWriter, tiny_config
 
@@ -48,8 +48,8 @@ def digits_run(tmp_path_factory):
 
 
 def test_write_analysis_writes_every_plot_as_a_non_blank_png(digits_run, tmp_path):
-    run = train.load_run(digits_run)
-    data = train.prepare_data(run.config)
+    run = runs.load_run(digits_run)
+    data = training_data.prepare_data(run.config)
     written = analyze.write_analysis(
         run, data, digits_run, str(tmp_path), max_images=500, image_index=3
     )
@@ -104,7 +104,7 @@ def test_command_errors_are_one_line(digits_run, tmp_path, args, message):
 
 
 def test_feature_maps_are_the_convolutions_in_forward_order(digits_run):
-    run = train.load_run(digits_run)
+    run = runs.load_run(digits_run)
     maps = inference.feature_maps(run, np.full((8, 8, 1), 128, np.uint8))
     assert list(maps) == ["Conv_0", "Conv_1"]  # tiny_config: widths (8, 16), one pool
     assert maps["Conv_0"].shape == (8, 8, 8) and maps["Conv_1"].shape == (4, 4, 16)
@@ -112,17 +112,33 @@ def test_feature_maps_are_the_convolutions_in_forward_order(digits_run):
 
 def test_read_metrics_keeps_the_last_record_of_each_step(tmp_path):
     records = [
-        {"step": 2, "loss": 3.0},
-        {"step": 4, "loss": 2.0},
-        {"step": 4, "test_accuracy": 0.5},
-        {"step": 4, "loss": 1.5},  # a resumed run logged step 4 again
-        {"step": 3, "loss": 2.5},
+        {"step": 2, "train/loss": 3.0},
+        {"step": 4, "train/loss": 2.0, "train/images_per_sec": 10.0},
+        {"step": 4, "eval/test_accuracy": 0.5},
+        {"step": 4, "train/loss": 1.5},  # a resumed run logged step 4 again
+        {"step": 3, "train/loss": 2.5},
     ]
     (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records) + "\n")
     training, evaluation = analyze.read_metrics(str(tmp_path))
     assert [(r["step"], r["loss"]) for r in training] == [(2, 3.0), (3, 2.5), (4, 1.5)]
+    assert training[-1]["images_per_sec"] == 10.0
     assert evaluation == [{"step": 4, "test_accuracy": 0.5}]
     assert analyze.read_metrics(str(tmp_path / "missing")) == ([], [])
+
+
+def test_read_metrics_reads_unprefixed_records_of_older_runs(tmp_path):
+    records = [{"step": 2, "loss": 3.0}, {"step": 2, "test_accuracy": 0.25, "test_nll": 2.0}]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    training, evaluation = analyze.read_metrics(str(tmp_path))
+    assert training == [{"step": 2, "loss": 3.0}]
+    assert evaluation == [{"step": 2, "test_accuracy": 0.25, "test_nll": 2.0}]
+
+
+def test_the_trainer_metrics_file_feeds_the_training_curves(digits_run):
+    training, evaluation = analyze.read_metrics(digits_run)
+    assert [r["step"] for r in training] == [2, 3, 4, 6]  # tiny_config's logging steps
+    assert all({"loss", "mask_rate", "learning_rate"} <= set(r) for r in training)
+    assert [r["step"] for r in evaluation] == [3, 6]
 
 
 def test_counts_behind_the_plots_on_a_hand_case():

@@ -6,6 +6,7 @@ import sys
 CORE = [
     "augment",
     "losses",
+    "memory_queue",
     "models",
     "methods",
     "sampling",
@@ -22,6 +23,20 @@ def test_core_imports_without_tensorflow_or_clu_writers():
         "    sys.modules[blocked] = None  # any import of these now raises ImportError\n"
         + "".join(f"import comatch_jax.{name}\n" for name in CORE)
         + "assert 'tensorflow' not in [m for m in sys.modules if sys.modules[m] is not None]\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+
+
+def test_trainer_and_run_reading_import_without_tensorflow():
+    """TensorFlow is imported only when files are read or metrics written, so a machine
+    without it can import the trainer and load a run's checkpoint."""
+    code = (
+        "import sys\n"
+        "for blocked in ('tensorflow', 'tensorflow_datasets', 'clu.metric_writers'):\n"
+        "    sys.modules[blocked] = None\n"
+        "import comatch_jax.train, comatch_jax.runs, comatch_jax.training_data\n"
+        "import comatch_jax.evaluation, comatch_jax.training_metrics, comatch_jax.inference\n"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr

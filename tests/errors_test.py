@@ -5,10 +5,29 @@ import subprocess
 import sys
 
 import pytest
+from absl import flags
 
-from comatch_jax import config_lib, train
+from comatch_jax import config_lib, main, runs, train
 
 from train_test import RecordingWriter, synthetic_dataset, tiny_config
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _main_in_process(monkeypatch, workdir, *overrides) -> str:
+    """The entry point's flag parsing and main() in this process (no interpreter start-up);
+    returns the one line it exits with."""
+    argv = ["main", f"--config={REPO}/configs/comatch.py", f"--workdir={workdir}", *overrides]
+    monkeypatch.setattr(sys, "argv", argv)  # config_flags reads overrides from sys.argv
+    flags.FLAGS.unparse_flags()
+    try:
+        with pytest.raises(SystemExit) as exit_info:
+            main.main(main.parse_flags(argv))
+    finally:
+        flags.FLAGS.unparse_flags()
+    message = str(exit_info.value.code)
+    assert message.startswith("error: ") and "\n" not in message, message
+    return message
 
 
 def _main(tmp_path, *overrides, config="configs/comatch.py"):
@@ -25,10 +44,9 @@ def _main(tmp_path, *overrides, config="configs/comatch.py"):
     )
 
 
-def test_unknown_method_exits_nonzero_with_one_line(tmp_path):
-    result = _main(tmp_path / "run", "--config.method=mixmatch")
-    assert result.returncode != 0
-    assert "error: Unknown method 'mixmatch'" in result.stderr.splitlines()[-1]
+def test_unknown_method_exits_with_one_line(tmp_path, monkeypatch):
+    message = _main_in_process(monkeypatch, tmp_path / "run", "--config.method=mixmatch")
+    assert "error: Unknown method 'mixmatch'" in message
 
 
 def test_unknown_config_key_is_rejected_by_name(tmp_path):
@@ -51,10 +69,17 @@ def test_foreign_nonempty_workdir_is_refused(tmp_path):
 
 
 def test_workdir_of_a_different_model_is_refused_and_kept(tmp_path):
-    train.train_and_evaluate(
-        tiny_config(), str(tmp_path), writer=RecordingWriter(), dataset=synthetic_dataset()
+    # A run's workdir as the trainer leaves it: its config, its record and a checkpoint.
+    runs.save_run(
+        tiny_config(),
+        str(tmp_path),
+        num_classes=10,
+        class_names=tuple("0123456789"),
+        image_shape=(12, 12, 1),
+        source="synthetic (test)",
     )
-    before = sorted(os.listdir(tmp_path / "checkpoints"))
+    (tmp_path / "checkpoints" / "6").mkdir(parents=True)
+    (tmp_path / "checkpoints" / "6" / "state").write_text("kept")
     config = tiny_config()
     config.model.widths = (8, 32)
     config.num_steps = 9  # a longer run alone would be allowed
@@ -62,7 +87,8 @@ def test_workdir_of_a_different_model_is_refused_and_kept(tmp_path):
         train.train_and_evaluate(
             config, str(tmp_path), writer=RecordingWriter(), dataset=synthetic_dataset()
         )
-    assert sorted(os.listdir(tmp_path / "checkpoints")) == before
+    assert (tmp_path / "checkpoints" / "6" / "state").read_text() == "kept"
+    assert sorted(os.listdir(tmp_path / "checkpoints")) == ["6"]
 
 
 @pytest.mark.parametrize(
@@ -85,20 +111,18 @@ def test_unknown_preset_lists_the_known_ones():
         config_lib.apply_preset(config_lib.base_config(), "cifar10_41")
 
 
-def test_unwritable_workdir_exits_nonzero_with_one_line(tmp_path):
+def test_unwritable_workdir_exits_with_one_line(tmp_path, monkeypatch):
     blocker = tmp_path / "a_file"
     blocker.write_text("")
-    result = _main(blocker / "run", "--config.num_steps=1")
-    assert result.returncode != 0
-    assert result.stderr.splitlines()[-1].startswith("error: ")
-    assert "a_file" in result.stderr.splitlines()[-1]
+    message = _main_in_process(monkeypatch, blocker / "run", "--config.num_steps=1")
+    assert "a_file" in message
 
 
-def test_missing_offline_data_says_how_to_get_it(tmp_path):
-    result = _main(
+def test_missing_offline_data_says_how_to_get_it(tmp_path, monkeypatch):
+    message = _main_in_process(
+        monkeypatch,
         tmp_path / "run",
         f"--config.dataset.idx_dir={tmp_path}/nowhere",
         "--config.dataset.source=idx",
     )
-    assert result.returncode != 0
-    assert "dataset-fashion-mnist" in result.stderr.splitlines()[-1]
+    assert "dataset-fashion-mnist" in message

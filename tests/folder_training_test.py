@@ -6,7 +6,7 @@ import os
 import numpy as np
 from PIL import Image
 
-from comatch_jax import predict, train
+from comatch_jax import predict, runs, train, training_data
 
 from train_test import RecordingWriter, tiny_config
 
@@ -47,7 +47,7 @@ def test_train_on_image_folder_then_predict(tmp_path):
     )
     assert int(state.step) == config.num_steps
     assert "image_folder" in summary["data_source"]
-    run = train.load_run(str(tmp_path / "run"))
+    run = runs.load_run(str(tmp_path / "run"))
     assert run.class_names == ("blue", "green", "red")
 
     out = tmp_path / "preds.csv"
@@ -77,7 +77,7 @@ def test_label_requests_on_an_image_folder_name_files_and_answers_join_by_path(t
 
     import pytest
 
-    from comatch_jax import label_requests
+    from comatch_jax import active_learning
 
     _write_folder(tmp_path / "data", np.random.default_rng(1))
     config = _folder_config(tmp_path / "data")
@@ -100,7 +100,7 @@ def test_label_requests_on_an_image_folder_name_files_and_answers_join_by_path(t
     rows = list(csv.DictReader(open(requests_csv)))
     assert len(rows) == 12  # every unlabeled image: labeled/ images are not candidates
     assert all(os.path.isfile(r["path"]) and "/unlabeled/" in r["path"] for r in rows)
-    data = train.prepare_data(config)
+    data = training_data.prepare_data(config)
     assert [
         os.path.join(config.dataset.root, data.unlabeled_paths[int(r["id"])]) for r in rows
     ] == [r["path"] for r in rows]
@@ -116,7 +116,7 @@ def test_label_requests_on_an_image_folder_name_files_and_answers_join_by_path(t
         f"{data.class_names.index(colour(second))}\n"
     )
     config.dataset.extra_labels_csv = str(answers)
-    retrained = train.prepare_data(config)
+    retrained = training_data.prepare_data(config)
     assert len(retrained.labels) == len(data.labels) + 2
     added = {
         int(i): int(label) for i, label in zip(retrained.labeled_ids, retrained.labels) if i >= 0
@@ -137,7 +137,7 @@ def test_label_requests_on_an_image_folder_name_files_and_answers_join_by_path(t
     ]:
         answers.write_text(text)
         with pytest.raises(ValueError, match=message):
-            label_requests.read_folder_labels_csv(
+            active_learning.read_folder_labels_csv(
                 str(answers),
                 root=config.dataset.root,
                 unlabeled_paths=data.unlabeled_paths,

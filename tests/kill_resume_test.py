@@ -13,7 +13,9 @@ import jax
 import numpy as np
 import pytest
 
-from comatch_jax import train
+from comatch_jax import runs
+
+from train_test import _leaves
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY_RUN = [
@@ -67,9 +69,9 @@ def _start_and_signal(workdir, sig, after_checkpoint):
 
 
 def _final_leaves(workdir):
-    run = train.load_run(workdir)
+    run = runs.load_run(workdir)
     assert int(run.state.step) == 30
-    return [np.asarray(x) for x in jax.tree.leaves(jax.device_get(run.state))]
+    return _leaves(run.state)
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from comatch_jax import inference, label_requests, train
+from comatch_jax import active_learning, inference, runs, train, training_data
 from comatch_jax.request_labels import rank_unlabeled
 
 from train_test import RecordingWriter, synthetic_dataset, tiny_config
@@ -21,41 +21,41 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def test_entropy_is_largest_for_uniform_and_zero_for_certain_predictions():
     probs = np.array([[0.25] * 4, [1.0, 0, 0, 0], [0.7, 0.1, 0.1, 0.1]])
-    scores = label_requests.entropy_scores(probs)
+    scores = active_learning.entropy_scores(probs)
     np.testing.assert_allclose(scores[0], np.log(4))
     np.testing.assert_allclose(scores[1], 0.0, atol=1e-9)
     expected = -(0.7 * np.log(0.7) + 3 * 0.1 * np.log(0.1))
     np.testing.assert_allclose(scores[2], expected)
-    assert list(label_requests.top_k(scores, 3)) == [0, 2, 1]
+    assert list(active_learning.top_k(scores, 3)) == [0, 2, 1]
 
 
 def test_margin_prefers_the_closest_top_two():
     probs = np.array([[0.9, 0.05, 0.05], [0.5, 0.01, 0.49], [0.4, 0.3, 0.3]])
-    np.testing.assert_allclose(label_requests.margin_scores(probs), [0.15, 0.99, 0.9])
-    picked = label_requests.select("margin", probs=probs, budget=1)
+    np.testing.assert_allclose(active_learning.margin_scores(probs), [0.15, 0.99, 0.9])
+    picked = active_learning.select("margin", probs=probs, budget=1)
     assert list(picked) == [1]
 
 
 def test_least_confidence_is_one_minus_the_top_probability():
     probs = np.array([[0.9, 0.1], [0.6, 0.4], [0.2, 0.8]])
-    np.testing.assert_allclose(label_requests.least_confidence_scores(probs), [0.1, 0.4, 0.2])
-    assert list(label_requests.select("least_confidence", probs=probs, budget=2)) == [1, 2]
+    np.testing.assert_allclose(active_learning.least_confidence_scores(probs), [0.1, 0.4, 0.2])
+    assert list(active_learning.select("least_confidence", probs=probs, budget=2)) == [1, 2]
 
 
 def test_strategies_disagree_where_they_should():
     # Row 0: two classes tie, the rest empty (small margin, lower entropy).
     # Row 1: spread over four classes (larger margin, higher entropy).
     probs = np.array([[0.45, 0.45, 0.05, 0.05], [0.4, 0.2, 0.2, 0.2]])
-    assert label_requests.select("margin", probs=probs, budget=1)[0] == 0
-    assert label_requests.select("entropy", probs=probs, budget=1)[0] == 1
+    assert active_learning.select("margin", probs=probs, budget=1)[0] == 0
+    assert active_learning.select("entropy", probs=probs, budget=1)[0] == 1
 
 
 def test_random_is_seeded():
-    a = label_requests.random_scores(100, seed=3)
-    np.testing.assert_array_equal(a, label_requests.random_scores(100, seed=3))
-    assert not np.array_equal(a, label_requests.random_scores(100, seed=4))
+    a = active_learning.random_scores(100, seed=3)
+    np.testing.assert_array_equal(a, active_learning.random_scores(100, seed=3))
+    assert not np.array_equal(a, active_learning.random_scores(100, seed=4))
     probs = np.full((50, 5), 0.2)
-    picks = [label_requests.select("random", probs=probs, budget=10, seed=s) for s in (0, 0, 1)]
+    picks = [active_learning.select("random", probs=probs, budget=10, seed=s) for s in (0, 0, 1)]
     np.testing.assert_array_equal(picks[0], picks[1])
     assert set(picks[0]) != set(picks[2])
 
@@ -64,14 +64,14 @@ def test_k_center_picks_the_farthest_point_then_fills_the_largest_gap():
     labeled = np.array([[0.0, 0.0]])
     points = np.array([[1.0, 0.0], [2.0, 0.0], [10.0, 0.0], [9.0, 0.0], [5.0, 0.0]])
     # 10 is farthest from the labeled 0; then 5 (distance 5 from both 0 and 10).
-    assert list(label_requests.k_center_greedy(points, labeled, 2)) == [2, 4]
+    assert list(active_learning.k_center_greedy(points, labeled, 2)) == [2, 4]
     # Without labeled points the first pick is the farthest from the mean (5.4): 10.
-    assert label_requests.k_center_greedy(points, np.zeros((0, 2)), 1)[0] == 2
+    assert active_learning.k_center_greedy(points, np.zeros((0, 2)), 1)[0] == 2
 
 
 def test_k_center_never_repeats_even_with_duplicate_points():
     points = np.zeros((4, 3))
-    picked = label_requests.k_center_greedy(points, np.ones((1, 3)), 4)
+    picked = active_learning.k_center_greedy(points, np.ones((1, 3)), 4)
     assert sorted(picked) == [0, 1, 2, 3]
 
 
@@ -85,17 +85,17 @@ def test_k_center_matches_a_naive_reference():
             nearest[i] = -1.0
         expected.append(int(np.argmax(nearest)))
         centers.append(points[expected[-1]])
-    assert list(label_requests.k_center_greedy(points, labeled, 8)) == expected
+    assert list(active_learning.k_center_greedy(points, labeled, 8)) == expected
 
 
 def test_class_balanced_top_k_goes_round_robin_over_predicted_classes():
     scores = np.array([0.9, 0.8, 0.7, 0.5, 0.4, 0.1])
     predicted = np.array([0, 0, 0, 1, 1, 2])
-    assert list(label_requests.class_balanced_top_k(scores, predicted, 3)) == [0, 3, 5]
+    assert list(active_learning.class_balanced_top_k(scores, predicted, 3)) == [0, 3, 5]
     # Second round: class 0's second best (0.8) before class 1's (0.4); class 2 ran out.
-    assert list(label_requests.class_balanced_top_k(scores, predicted, 5)) == [0, 3, 5, 1, 4]
+    assert list(active_learning.class_balanced_top_k(scores, predicted, 5)) == [0, 3, 5, 1, 4]
     # Plain top-k would take three images of class 0.
-    assert list(label_requests.top_k(scores, 3)) == [0, 1, 2]
+    assert list(active_learning.top_k(scores, 3)) == [0, 1, 2]
 
 
 def test_balanced_entropy_spreads_requests_over_predicted_classes():
@@ -105,8 +105,8 @@ def test_balanced_entropy_spreads_requests_over_predicted_classes():
     logits[:100, 0] += 0.3  # ...all predicted as class 0
     probs = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
     predicted = probs.argmax(-1)
-    plain = label_requests.select("entropy", probs=probs, budget=10)
-    balanced = label_requests.select(
+    plain = active_learning.select("entropy", probs=probs, budget=10)
+    balanced = active_learning.select(
         "entropy", probs=probs, budget=10, balance_by_predicted_class=True
     )
     counts = np.bincount(predicted[balanced], minlength=5)
@@ -116,13 +116,13 @@ def test_balanced_entropy_spreads_requests_over_predicted_classes():
 
 @pytest.mark.parametrize(
     "strategy,balance",
-    [(s, False) for s in label_requests.STRATEGIES] + [("entropy", True), ("random", True)],
+    [(s, False) for s in active_learning.STRATEGIES] + [("entropy", True), ("random", True)],
 )
 def test_select_returns_budget_unique_indices(strategy, balance):
     rng = np.random.default_rng(0)
     probs = rng.dirichlet(np.ones(6), size=80)
     embeddings = rng.normal(size=(80, 5))
-    picked = label_requests.select(
+    picked = active_learning.select(
         strategy,
         probs=probs,
         budget=17,
@@ -147,7 +147,7 @@ def test_select_returns_budget_unique_indices(strategy, balance):
 )
 def test_select_rejects_bad_requests(kwargs, message):
     with pytest.raises(ValueError, match=message):
-        label_requests.select(probs=np.full((10, 2), 0.5), **kwargs)
+        active_learning.select(probs=np.full((10, 2), 0.5), **kwargs)
 
 
 # ------------------------------------------------------------------------- CSV files
@@ -160,8 +160,8 @@ def _write(path, text):
 
 def test_labels_csv_round_trip(tmp_path):
     path = str(tmp_path / "labels.csv")
-    label_requests.write_labels_csv(path, np.array([7, 3]), np.array([1, 0]))
-    ids, labels = label_requests.read_labels_csv(
+    active_learning.write_labels_csv(path, np.array([7, 3]), np.array([1, 0]))
+    ids, labels = active_learning.read_labels_csv(
         path, num_images=10, num_classes=2, already_labeled=np.array([0])
     )
     assert list(ids) == [7, 3] and list(labels) == [1, 0]
@@ -185,7 +185,7 @@ def test_labels_csv_round_trip(tmp_path):
 def test_bad_labels_csv_is_one_clear_error(tmp_path, text, message):
     path = _write(tmp_path / "labels.csv", text)
     with pytest.raises(ValueError, match=message) as error:
-        label_requests.read_labels_csv(
+        active_learning.read_labels_csv(
             path, num_images=10, num_classes=3, already_labeled=np.array([4])
         )
     assert "\n" not in str(error.value) and "labels.csv" in str(error.value)
@@ -194,13 +194,13 @@ def test_bad_labels_csv_is_one_clear_error(tmp_path, text, message):
 def test_extra_labels_join_the_labeled_set_and_leave_the_unlabeled_set(tmp_path):
     dataset = synthetic_dataset()
     config = tiny_config()
-    base = train.prepare_data(config, dataset)
+    base = training_data.prepare_data(config, dataset)
     new_ids = np.setdiff1d(np.arange(120), base.labeled_ids)[:5]
     # The given labels win over the dataset's (a person may label differently).
     given = (dataset.train_labels[new_ids] + 1) % 10
     config.dataset.extra_labels_csv = str(tmp_path / "labels.csv")
-    label_requests.write_labels_csv(config.dataset.extra_labels_csv, new_ids, given)
-    data = train.prepare_data(config, dataset)
+    active_learning.write_labels_csv(config.dataset.extra_labels_csv, new_ids, given)
+    data = training_data.prepare_data(config, dataset)
     assert len(data.labeled_ids) == len(base.labeled_ids) + 5
     assert len(data.unlabeled_ids) == len(base.unlabeled_ids) - 5
     assert not np.isin(new_ids, data.unlabeled_ids).any()
@@ -249,7 +249,7 @@ def test_request_oracle_retrain_loop_adds_budget_labels(digits_run, tmp_path):
     assert result.returncode == 0, result.stderr
     lines = open(requests_csv).read().splitlines()
     assert lines[0] == "id,score,predicted_class,predicted_class_name" and len(lines) == 16
-    base = train.prepare_data(config)
+    base = training_data.prepare_data(config)
     ids = [int(line.split(",")[0]) for line in lines[1:]]
     assert set(ids) <= set(base.unlabeled_ids.tolist())
 
@@ -257,7 +257,7 @@ def test_request_oracle_retrain_loop_adds_budget_labels(digits_run, tmp_path):
         "oracle", f"--requests={requests_csv}", f"--workdir={workdir}", f"--out={labels_csv}"
     )
     assert result.returncode == 0, result.stderr
-    digits_labels = train.prepare_data(config)  # ground truth of the answered ids
+    digits_labels = training_data.prepare_data(config)  # ground truth of the answered ids
     truth = dict(zip(digits_labels.unlabeled_ids.tolist(), digits_labels.unlabeled_labels.tolist()))
     answered = [
         tuple(map(int, line.split(","))) for line in open(labels_csv).read().splitlines()[1:]
@@ -268,7 +268,7 @@ def test_request_oracle_retrain_loop_adds_budget_labels(digits_run, tmp_path):
     config.dataset.name = "digits"
     config.num_steps = 2
     config.dataset.extra_labels_csv = labels_csv
-    retrained = train.prepare_data(config)
+    retrained = training_data.prepare_data(config)
     assert len(retrained.labeled_ids) == len(base.labeled_ids) + 15
     assert len(retrained.unlabeled_ids) == len(base.unlabeled_ids) - 15
     _, summary = train.train_and_evaluate(
@@ -279,11 +279,11 @@ def test_request_oracle_retrain_loop_adds_budget_labels(digits_run, tmp_path):
 
 def test_requests_skip_labeled_images_kept_in_the_unlabeled_set(digits_run):
     workdir, config = digits_run
-    run = train.load_run(workdir)
+    run = runs.load_run(workdir)
     config = tiny_config()
     config.dataset.name = "digits"
     config.dataset.include_labeled_in_unlabeled = True
-    data = train.prepare_data(config)
+    data = training_data.prepare_data(config)
     assert np.isin(data.labeled_ids, data.unlabeled_ids).all()
     requests = rank_unlabeled(run, data, budget=1480, strategy="entropy")
     assert not np.isin(requests.ids, data.labeled_ids).any()
@@ -292,8 +292,8 @@ def test_requests_skip_labeled_images_kept_in_the_unlabeled_set(digits_run):
 
 
 def test_padding_the_last_batch_changes_no_prediction(digits_run):
-    run = train.load_run(digits_run[0])
-    images = train.prepare_data(digits_run[1]).test_images
+    run = runs.load_run(digits_run[0])
+    images = training_data.prepare_data(digits_run[1]).test_images
     whole = inference.predict(run, images, batch_size=len(images), progress=False)
     padded = inference.predict(run, images, batch_size=7, progress=False)
     for name in ("probs", "embedding", "features"):
@@ -350,7 +350,7 @@ def test_strategies_and_inference_import_without_tensorflow():
         "import sys\n"
         "for blocked in ('tensorflow', 'tensorflow_datasets'):\n"
         "    sys.modules[blocked] = None  # any import of these now raises ImportError\n"
-        "import comatch_jax.label_requests, comatch_jax.inference\n"
+        "import comatch_jax.active_learning, comatch_jax.inference\n"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr

@@ -8,7 +8,10 @@ import sys
 import numpy as np
 
 SCRIPT = """
-import sys, numpy as np, jax
+import sys
+from comatch_jax import xla_flags
+xla_flags.apply_default_cpu_flags()  # as comatch_jax.main does
+import numpy as np, jax
 sys.path.insert(0, {tests!r})
 from train_test import tiny_config, synthetic_dataset, RecordingWriter
 from comatch_jax import models, train
@@ -20,7 +23,7 @@ if {bn_groups}:  # per-device BatchNorm of {bn_groups} devices, emulated on this
     models.create_model = lambda *a, **k: create_model(*a, **{{**k, "num_devices": {bn_groups}}})
 writer = RecordingWriter()
 state, summary = train.train_and_evaluate(config, {workdir!r}, writer=writer, dataset=synthetic_dataset())
-losses = [s["loss"] for _, s in writer.scalars if "loss" in s]
+losses = [s["train/loss"] for _, s in writer.scalars if "train/loss" in s]
 leaves = [np.asarray(x).ravel() for x in jax.tree.leaves(jax.device_get(state.params))]
 np.savez({out!r}, losses=np.array(losses), params=np.concatenate(leaves))
 """

@@ -20,7 +20,7 @@ import jax
 import numpy as np
 import pytest
 
-from comatch_jax import train
+from comatch_jax import runs
 
 from kill_resume_test import REPO, TINY_RUN as DIGITS_RUN
 
@@ -87,11 +87,11 @@ def _metrics(workdir):
 
 
 def _losses(workdir):
-    return np.array([r["loss"] for r in _metrics(workdir) if "loss" in r])
+    return np.array([r["train/loss"] for r in _metrics(workdir) if "train/loss" in r])
 
 
 def _final_params(workdir):
-    run = train.load_run(workdir)
+    run = runs.load_run(workdir)
     assert int(run.state.step) == 60
     return np.concatenate([np.ravel(x) for x in jax.tree.leaves(jax.device_get(run.state.params))])
 

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from comatch_jax import losses, methods, train
+from comatch_jax import losses, methods, runs, train
 
 from train_test import RecordingWriter, synthetic_dataset, tiny_config
 
@@ -45,7 +45,7 @@ def test_nonfinite_loss_stops_with_step_and_term_and_keeps_last_checkpoint(tmp_p
             _config("stop"), str(tmp_path), writer=RecordingWriter(), dataset=synthetic_dataset()
         )
     assert sorted(os.listdir(tmp_path / "checkpoints")) == ["2"]
-    run = train.load_run(str(tmp_path))
+    run = runs.load_run(str(tmp_path))
     assert int(run.state.step) == 2
     assert all(np.isfinite(x).all() for x in jax.tree.leaves(run.state.params))
 
@@ -57,5 +57,5 @@ def test_nonfinite_steps_can_be_skipped_and_counted(tmp_path, nan_method):
     )
     assert int(state.step) == 6
     assert all(np.isfinite(x).all() for x in jax.tree.leaves(state.params))
-    skipped = sum(s["skipped_steps"] for _, s in writer.scalars if "skipped_steps" in s)
+    skipped = sum(s["train/skipped_steps"] for _, s in writer.scalars if "train/skipped_steps" in s)
     assert skipped == 3

@@ -12,7 +12,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from comatch_jax import config_lib, input_pipeline, train
+from comatch_jax import config_lib, input_pipeline, runs, train
 
 
 def tiny_config(method: str = "comatch") -> ml_collections.ConfigDict:
@@ -73,7 +73,13 @@ class RecordingWriter:
 
 
 def _leaves(tree):
-    return [np.asarray(x) for x in jax.tree.leaves(jax.device_get(tree))]
+    """The leaves as numpy arrays; a typed PRNG key as its key data."""
+    return [
+        np.asarray(
+            jax.random.key_data(x) if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key) else x
+        )
+        for x in jax.tree.leaves(jax.device_get(tree))
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -91,12 +97,14 @@ def reference(tmp_path_factory):
 def test_comatch_steps_are_finite_queue_fills_and_ema_moves(reference):
     tmp_path, state, summary, writer = reference
     assert int(state.step) == 6
-    logged = [s for _, s in writer.scalars if "loss" in s]
-    assert logged, "training metrics were written"
+    assert jax.dtypes.issubdtype(state.rng.dtype, jax.dtypes.prng_key)  # a typed key
+    logged = [s for _, s in writer.scalars if "train/loss" in s]
+    assert [step for step, s in writer.scalars if "train/loss" in s] == [2, 3, 4, 6]
     for scalars in logged:
-        for name in ("loss", "loss_x", "loss_u", "loss_ctr", "mask_rate"):
-            assert np.isfinite(scalars[name]), name
-    assert any(s["loss_u"] > 0 for s in logged) and any(s["loss_ctr"] > 0 for s in logged)
+        for name in ("loss", "loss_x", "loss_u", "loss_ctr", "mask_rate", "images_per_sec"):
+            assert np.isfinite(scalars[f"train/{name}"]), name
+    assert any(s["train/loss_u"] > 0 for s in logged)
+    assert any(s["train/loss_ctr"] > 0 for s in logged)
     queue = state.method_state
     assert int(queue["queue_filled"]) == 20
     assert int(queue["queue_pointer"]) == (6 * 12) % 20
@@ -107,8 +115,11 @@ def test_comatch_steps_are_finite_queue_fills_and_ema_moves(reference):
     assert any(not np.allclose(e, p) for e, p in zip(ema, params))
     assert 0.0 <= summary["test_accuracy"] <= 1.0
     assert os.path.exists(tmp_path / "summary.json")
+    # metrics.jsonl holds what the writer got, record for record.
     records = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
-    assert any("test_accuracy" in r for r in records)
+    assert [(r.pop("step"), r) for r in records] == writer.scalars
+    assert [step for step, s in writer.scalars if "eval/test_accuracy" in s] == [3, 6]
+    assert writer.scalars[-1][1]["eval/test_accuracy"] == summary["test_accuracy"]
 
 
 def test_supervised_baseline_learns_the_synthetic_task(tmp_path):
@@ -214,7 +225,7 @@ def test_main_end_to_end_under_tfds_mock_data(tmp_path, monkeypatch):
 
 def test_load_run_restores_the_final_state(reference):
     workdir, state, _, _ = reference
-    run = train.load_run(str(workdir))
+    run = runs.load_run(str(workdir))
     assert run.num_classes == 10 and run.image_shape == (12, 12, 1)
     assert run.config.model.widths == [8, 16] or tuple(run.config.model.widths) == (8, 16)
     for x, y in zip(_leaves(state), _leaves(run.state)):
@@ -238,6 +249,30 @@ def test_a_half_written_checkpoint_is_never_loaded(reference, tmp_path):
         np.testing.assert_array_equal(x, y)
 
 
+def test_an_older_checkpoint_format_gets_one_line_saying_what_to_do(reference, tmp_path):
+    """A run of the format before typed PRNG keys: dataset_info.json, no recorded format."""
+    workdir = tmp_path / "old"
+    shutil.copytree(reference[0], workdir)
+    info = json.loads((workdir / runs.RUN_INFO).read_text())
+    del info["checkpoint_format"]
+    (workdir / "dataset_info.json").write_text(json.dumps(info))
+    os.remove(workdir / runs.RUN_INFO)
+    expected = r"checkpoint format 1; this version reads format 2.*start a fresh --workdir"
+    with pytest.raises(ValueError, match=expected) as error:
+        runs.load_run(str(workdir))
+    assert "\n" not in str(error.value)
+    before = sorted(os.listdir(workdir / "checkpoints"))
+    with pytest.raises(ValueError, match=expected):
+        train.train_and_evaluate(
+            tiny_config(), str(workdir), writer=RecordingWriter(), dataset=synthetic_dataset()
+        )
+    assert sorted(os.listdir(workdir / "checkpoints")) == before
+    # A later format than this version reads is named as such.
+    (workdir / runs.RUN_INFO).write_text(json.dumps({**info, "checkpoint_format": 3}))
+    with pytest.raises(ValueError, match="checkpoint format 3"):
+        runs.load_run(str(workdir))
+
+
 class CtrlCWriter(RecordingWriter):
     """Presses Ctrl-C (sends SIGINT to this process) when step `at_step` is logged."""
 
@@ -247,7 +282,7 @@ class CtrlCWriter(RecordingWriter):
 
     def write_scalars(self, step, scalars):
         super().write_scalars(step, scalars)
-        if step == self.at_step and "loss" in scalars:
+        if step == self.at_step and "train/loss" in scalars:
             os.kill(os.getpid(), signal.SIGINT)
 
 

@@ -47,7 +47,7 @@ def fit_linear_probe(
     mean, std = jnp.mean(features, axis=0), jnp.std(features, axis=0) + 1e-6
     x = (features - mean) / std
     params = {
-        "w": 0.01 * jax.random.normal(jax.random.PRNGKey(seed), (x.shape[1], num_classes)),
+        "w": 0.01 * jax.random.normal(jax.random.key(seed), (x.shape[1], num_classes)),
         "b": jnp.zeros((num_classes,)),
     }
     tx = optax.adamw(learning_rate, weight_decay=weight_decay)

@@ -1,0 +1,108 @@
+"""Where training metrics go: clu's writer (TensorBoard + log) and metrics.jsonl through one
+MultiWriter, and clu's ReportProgress for steps/s and ETA.
+
+clu.metric_writers and clu.periodic_actions import TensorFlow, so the trainer imports this
+module only when it trains (a machine without TensorFlow can still import the trainer).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Mapping
+
+from clu import metric_writers, periodic_actions
+
+METRICS_JSONL = "metrics.jsonl"
+
+
+class JsonlWriter(metric_writers.MetricWriter):
+    """A clu MetricWriter that appends one JSON line {"step": step, name: value, ...} per
+    write_scalars call to a file; every other kind of summary is ignored."""
+
+    def __init__(self, path: str):
+        self._path = path
+
+    def write_scalars(self, step: int, scalars: Mapping[str, Any]) -> None:
+        record = {"step": int(step), **{name: float(value) for name, value in scalars.items()}}
+        with open(self._path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def write_summaries(self, step, values, metadata=None) -> None:
+        pass
+
+    def write_images(self, step, images) -> None:
+        pass
+
+    def write_videos(self, step, videos) -> None:
+        pass
+
+    def write_audios(self, step, audios, *, sample_rate) -> None:
+        pass
+
+    def write_texts(self, step, texts) -> None:
+        pass
+
+    def write_histograms(self, step, arrays, num_buckets=None) -> None:
+        pass
+
+    def write_hparams(self, hparams) -> None:
+        pass
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def create_writer(workdir: str, *, primary: bool, writer: Any = None) -> metric_writers.MultiWriter:
+    """One writer for the trainer: `writer` (default: clu's default writer, TensorBoard event
+    files in `workdir` plus the log; only the log on processes other than 0) and, on
+    process 0, workdir/metrics.jsonl; one write_scalars call feeds both."""
+    if writer is None:
+        writer = metric_writers.create_default_writer(workdir, just_logging=not primary)
+    writers = [writer]
+    if primary:
+        writers.append(JsonlWriter(os.path.join(workdir, METRICS_JSONL)))
+    return metric_writers.MultiWriter(writers)
+
+
+class _LatestScalars(metric_writers.MultiWriter):
+    """Keeps the last value of every scalar written to it (and writes nowhere)."""
+
+    def __init__(self):
+        super().__init__([])
+        self.latest: dict[str, float] = {}
+
+    def write_scalars(self, step: int, scalars: Mapping[str, Any]) -> None:
+        self.latest.update({name: float(value) for name, value in scalars.items()})
+
+
+class _ReportAtEveryCall(periodic_actions.ReportProgress):
+    """ReportProgress that reports at every call after the first (PeriodicAction's
+    documented extension point), so that the trainer decides when."""
+
+    def _should_trigger(self, step: int, t: float) -> bool:
+        return step != self._previous_step
+
+
+class Progress:
+    """clu's ReportProgress, called by the trainer at its logging steps only (not on a
+    timer): `report(step, t)` returns steps/s since the previous report and the ETA in
+    seconds. `t` is a training-only clock (the trainer leaves evaluation time out)."""
+
+    def __init__(self, *, start_step: int, num_steps: int, t: float):
+        self._num_steps = num_steps
+        self._rates = _LatestScalars()
+        self._report = _ReportAtEveryCall(
+            num_train_steps=num_steps, writer=self._rates, every_steps=None, every_secs=None
+        )
+        self._report(start_step, t)  # the first call only starts the clock
+
+    def report(self, step: int, t: float) -> tuple[float, float]:
+        """(steps per second, seconds to the end); NaN when no step passed since the last."""
+        if not self._report(step, t):
+            return float("nan"), float("nan")
+        steps_per_sec = self._rates.latest["steps_per_sec"]
+        return steps_per_sec, (self._num_steps - step) / steps_per_sec

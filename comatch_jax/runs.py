@@ -1,0 +1,287 @@
+"""A run's workdir: what it holds, how it is checked, written, and read back.
+
+A workdir holds `config.json` (the config), `run_info.json` (checkpoint format, dataset facts:
+classes, image shape, source), `checkpoints/` (Orbax, the whole TrainState), `metrics.jsonl`,
+TensorBoard event files and `summary.json`. The trainer writes it; the commands (probe,
+predict, analyze, request_labels) read it with `load_run`, never through the trainer.
+Checkpoints are restored one way: onto the abstract (jax.eval_shape'd) TrainState of the
+run's config, with explicit shardings.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import orbax.checkpoint as ocp
+from absl import logging
+
+from comatch_jax import methods, models, multihost, train_state
+from comatch_jax.train_state import TrainState
+
+RUN_INFO = "run_info.json"
+# What runs before checkpoint format 2 wrote instead of run_info.json.
+LEGACY_DATASET_INFO = "dataset_info.json"
+# 1 (unrecorded): TrainState.rng a raw uint32[2] key. 2: typed PRNG keys (jax.random.key).
+CHECKPOINT_FORMAT = 2
+
+# Fields a resumed run may change without changing what is trained.
+RESUMABLE_CHANGES = frozenset(
+    [
+        "num_steps",
+        "log_every",
+        "eval_every",
+        "checkpoint_every",
+        "keep_checkpoints",
+        "eval_batch_size",
+        "data_on_device",
+    ]
+)
+
+
+def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(tree, dict):
+        out = {}
+        for key, value in tree.items():
+            out.update(_flatten(value, f"{prefix}{key}."))
+        return out
+    return {prefix[:-1]: tree}
+
+
+def check_workdir(config: ml_collections.ConfigDict, workdir: str) -> None:
+    """Refuses a workdir that holds something else than this run, before touching it.
+
+    Raises ValueError for a non-empty directory without a run, a run of a different config
+    (fields other than RESUMABLE_CHANGES), or checkpoints of an older format.
+    """
+    if not os.path.isdir(workdir) or not os.listdir(workdir):
+        return
+    saved_path = os.path.join(workdir, "config.json")
+    if not os.path.exists(saved_path):
+        raise ValueError(
+            f"--workdir={workdir} is not empty and holds no comatch_jax run; "
+            "choose a new or empty directory."
+        )
+    with open(saved_path) as f:
+        saved = _flatten(json.load(f))
+    current = _flatten(json.loads(config.to_json_best_effort()))
+    differing = sorted(
+        key
+        for key in set(saved) | set(current)
+        if saved.get(key) != current.get(key) and key not in RESUMABLE_CHANGES
+    )
+    if differing:
+        raise ValueError(
+            f"--workdir={workdir} holds a run with a different config ({', '.join(differing)}); "
+            "use a new --workdir, or the same config to resume."
+        )
+    if _has_checkpoints(workdir):
+        read_run_info(workdir)  # raises on an older checkpoint format
+
+
+def _has_checkpoints(workdir: str) -> bool:
+    directory = os.path.join(workdir, "checkpoints")
+    return os.path.isdir(directory) and any(name.isdigit() for name in os.listdir(directory))
+
+
+def read_run_info(workdir: str) -> dict[str, Any]:
+    """run_info.json of `workdir`: checkpoint_format, num_classes, class_names, image_shape,
+    source. Raises ValueError (one line: what to do) for a run of an older checkpoint
+    format, FileNotFoundError when the workdir holds no run."""
+    path = os.path.join(workdir, RUN_INFO)
+    if not os.path.exists(path):
+        if os.path.exists(os.path.join(workdir, LEGACY_DATASET_INFO)):
+            _raise_old_format(workdir, 1)
+        raise FileNotFoundError(
+            f"{workdir} holds no comatch_jax run (no config.json / {RUN_INFO})."
+        )
+    with open(path) as f:
+        info = json.load(f)
+    if info.get("checkpoint_format") != CHECKPOINT_FORMAT:
+        _raise_old_format(workdir, info.get("checkpoint_format"))
+    return info
+
+
+def _raise_old_format(workdir: str, found: Any) -> None:
+    raise ValueError(
+        f"{workdir} was written by another version of comatch_jax (checkpoint format {found}; "
+        f"this version reads format {CHECKPOINT_FORMAT}, with typed PRNG keys): start a fresh "
+        "--workdir, or use the comatch_jax release that wrote it to finish or read that run."
+    )
+
+
+def save_json(workdir: str, name: str, record: dict[str, Any]) -> None:
+    """Writes `record` as workdir/name (process 0 only)."""
+    if not multihost.is_primary():
+        return
+    with open(os.path.join(workdir, name), "w") as f:
+        json.dump(record, f, indent=2)
+
+
+def save_run(
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    *,
+    num_classes: int,
+    class_names: tuple[str, ...],
+    image_shape: tuple[int, ...],
+    source: str,
+) -> None:
+    """Writes config.json and run_info.json (process 0 only), before any checkpoint."""
+    if not multihost.is_primary():
+        return
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+        f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+    save_json(
+        workdir,
+        RUN_INFO,
+        {
+            "checkpoint_format": CHECKPOINT_FORMAT,
+            "num_classes": num_classes,
+            "class_names": list(class_names),
+            "image_shape": list(image_shape),
+            "source": source,
+        },
+    )
+
+
+def checkpoint_manager(workdir: str, max_to_keep: int | None = None) -> ocp.CheckpointManager:
+    """The Orbax manager of workdir/checkpoints (created if missing)."""
+    return ocp.CheckpointManager(
+        os.path.abspath(os.path.join(workdir, "checkpoints")),
+        options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True),
+    )
+
+
+def build_training(
+    config: ml_collections.ConfigDict,
+    num_classes: int,
+    image_shape: tuple[int, int, int],
+    num_devices: int = 1,
+) -> tuple[methods.Method, Any, Any, Any]:
+    """(method, model, optimizer, init_state) for `config`; init_state(key) -> TrainState,
+    with `key` a typed PRNG key (jax.random.key)."""
+    method = methods.get_method(config.method)
+    model = models.create_model(config.model, num_classes, image_shape, num_devices=num_devices)
+    tx = train_state.create_optimizer(config)
+    init_state = lambda key: train_state.create_train_state(
+        key,
+        model=model,
+        tx=tx,
+        method=method,
+        config=config,
+        image_shape=image_shape,
+        num_classes=num_classes,
+    )
+    return method, model, tx, init_state
+
+
+def abstract_state(init_state: Any, sharding: jax.sharding.Sharding) -> TrainState:
+    """The TrainState's shapes and dtypes (nothing computed), every leaf placed with
+    `sharding`: the target a checkpoint is restored onto."""
+    return jax.tree.map(
+        lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sharding),
+        jax.eval_shape(lambda: init_state(jax.random.key(0))),
+    )
+
+
+def save_checkpoint(manager: ocp.CheckpointManager, step: int, state: TrainState) -> None:
+    """Starts writing checkpoint `step` of the whole TrainState (asynchronously; Orbax
+    commits it only once complete, so a half-written checkpoint is never restored)."""
+    manager.save(step, args=ocp.args.StandardSave(state))
+
+
+def restore_state(
+    manager: ocp.CheckpointManager, step: int, target: TrainState, workdir: str
+) -> TrainState:
+    """Restores checkpoint `step` onto `target` (from `abstract_state`). Raises ValueError,
+    one line, when the checkpoint was written for a different model or code version."""
+    try:
+        return manager.restore(step, args=ocp.args.StandardRestore(target))
+    except ValueError as error:
+        raise ValueError(
+            f"The checkpoint of step {step} in {workdir} does not match this model's state "
+            f"({str(error).splitlines()[0][:160]}...); it was written by another model or "
+            "version of comatch_jax. Use a new --workdir."
+        ) from None
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainedRun:
+    """A finished (or checkpointed) run read back from its workdir."""
+
+    config: ml_collections.ConfigDict
+    state: TrainState
+    model: Any
+    num_classes: int
+    class_names: tuple[str, ...]
+    image_shape: tuple[int, int, int]
+
+
+def load_run(
+    workdir: str, step: int | None = None, sharding: jax.sharding.Sharding | None = None
+) -> TrainedRun:
+    """Restores the config, the model and the TrainState (latest checkpoint, or `step`),
+    placed with `sharding` (e.g. replicated over a multi-host mesh; default: this process's
+    first device). Raises FileNotFoundError (no run, no checkpoint) or ValueError (another
+    format or model), each one line."""
+    config_path = os.path.join(workdir, "config.json")
+    if not os.path.exists(config_path):
+        raise FileNotFoundError(
+            f"{workdir} holds no comatch_jax run (no config.json / {RUN_INFO})."
+        )
+    info = read_run_info(workdir)
+    with open(config_path) as f:
+        config = ml_collections.ConfigDict(json.load(f))
+    _, model, _, init_state = build_training(
+        config, info["num_classes"], tuple(info["image_shape"])
+    )
+    # An explicit placement, so that a checkpoint written by any number of devices or
+    # processes restores here (by default onto this process's first device).
+    sharding = sharding or jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    with checkpoint_manager(workdir) as manager:
+        step = manager.latest_step() if step is None else step
+        if step is None:
+            raise FileNotFoundError(f"{workdir} has no checkpoint yet.")
+        state = restore_state(manager, step, abstract_state(init_state, sharding), workdir)
+    return TrainedRun(
+        config,
+        state,
+        model,
+        info["num_classes"],
+        tuple(info["class_names"]),
+        tuple(info["image_shape"]),
+    )
+
+
+def initialise_backbone_from(
+    state: TrainState, workdir: str, sharding: jax.sharding.Sharding | None = None
+) -> TrainState:
+    """Copies the backbone's params and BatchNorm statistics (the EMA model's) of another
+    run's latest checkpoint into `state`, raw and EMA (fine-tuning a pretrained encoder).
+    Raises ValueError when the backbones differ."""
+    pretrained = load_run(workdir, sharding=sharding).state
+
+    def graft(tree, source):
+        if jax.tree.structure(tree["backbone"]) != jax.tree.structure(source["backbone"]) or any(
+            a.shape != b.shape
+            for a, b in zip(jax.tree.leaves(tree["backbone"]), jax.tree.leaves(source["backbone"]))
+        ):
+            raise ValueError(
+                f"init_from={workdir}: its backbone does not match this model; use the same "
+                "model.* settings as the pretraining run."
+            )
+        return {**tree, "backbone": jax.tree.map(jnp.copy, source["backbone"])}
+
+    logging.info("Initialised the backbone from %s (step %d)", workdir, int(pretrained.step))
+    return state.replace(
+        params=graft(state.params, pretrained.ema_params),
+        batch_stats=graft(state.batch_stats, pretrained.ema_batch_stats),
+        ema_params=graft(state.ema_params, pretrained.ema_params),
+        ema_batch_stats=graft(state.ema_batch_stats, pretrained.ema_batch_stats),
+    )

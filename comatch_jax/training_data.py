@@ -1,0 +1,213 @@
+"""The data a run trains on: the labeled/unlabeled/test arrays, and the batches cut from them.
+
+`prepare_data(config)` reads the configured dataset (TFDS, IDX or an image folder, through
+comatch_jax.input_pipeline, which imports TensorFlow lazily) and splits it into a
+SemiSupervisedData of uint8 images and int32 labels. `host_batch` gathers one step's batch on
+the host (e.g. from a memory-mapped cache) when the data does not sit on the device.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+from absl import logging
+
+from comatch_jax import active_learning, multihost, sampling
+
+
+@dataclasses.dataclass(frozen=True)
+class SemiSupervisedData:
+    """The arrays one run trains and evaluates on (uint8 images, int32 labels)."""
+
+    labeled_images: np.ndarray
+    labels: np.ndarray
+    unlabeled_images: np.ndarray
+    unlabeled_labels: np.ndarray  # ground truth, only to monitor pseudo-label accuracy
+    labeled_ids: np.ndarray  # int32 train-split index of each labeled image
+    unlabeled_ids: np.ndarray  # int32 train-split index, -1 for extra_unlabeled_split images
+    test_images: np.ndarray
+    test_labels: np.ndarray
+    num_classes: int
+    class_names: tuple[str, ...]
+    source: str
+    # Image-folder runs: the file of each unlabeled row (relative to dataset.root); then
+    # unlabeled_ids are rows of it and labeled_ids are -1 for images from labeled/.
+    unlabeled_paths: tuple[str, ...] = ()
+
+
+def prepare_data(config: ml_collections.ConfigDict, dataset: Any = None) -> SemiSupervisedData:
+    """Loads the dataset (unless given) and splits it into labeled and unlabeled parts.
+
+    The rows of `config.dataset.extra_labels_csv` (id,label), if set, join the labeled set
+    with their given labels and leave the unlabeled set (image folders: path,label rows, see
+    _folder_data).
+    """
+    from comatch_jax import input_pipeline  # imports TensorFlow lazily, only to read files
+
+    if dataset is None and config.dataset.name == "image_folder":
+        dataset = load_image_folder_dataset(config)
+    if isinstance(dataset, input_pipeline.FolderDataset):
+        return _folder_data(dataset, config)
+    if dataset is None:
+        dataset = input_pipeline.load_dataset(config.dataset)
+    labeled, unlabeled = input_pipeline.split_labeled_unlabeled(
+        dataset.train_labels,
+        num_labels=config.num_labels,
+        num_classes=dataset.num_classes,
+        seed=config.seed,
+        include_labeled_in_unlabeled=config.dataset.include_labeled_in_unlabeled,
+    )
+    labels = dataset.train_labels[labeled]
+    extra_labels_csv = config.dataset.get("extra_labels_csv")
+    if extra_labels_csv:
+        extra_ids, extra_labels = active_learning.read_labels_csv(
+            extra_labels_csv,
+            num_images=len(dataset.train_labels),
+            num_classes=dataset.num_classes,
+            already_labeled=labeled,
+        )
+        order = np.argsort(np.concatenate([labeled, extra_ids]), kind="stable")
+        labeled = np.concatenate([labeled, extra_ids])[order]
+        labels = np.concatenate([labels, extra_labels])[order]
+        if not config.dataset.include_labeled_in_unlabeled:
+            unlabeled = np.setdiff1d(unlabeled, extra_ids).astype(np.int32)
+    unlabeled_images = dataset.train_images[unlabeled]
+    unlabeled_labels = dataset.train_labels[unlabeled]
+    unlabeled_ids = unlabeled
+    extra = getattr(dataset, "extra_unlabeled_images", None)
+    if extra is not None and len(extra):
+        unlabeled_images = np.concatenate([unlabeled_images, extra])
+        # Extra unlabeled images have no ground truth: -1 never matches a pseudo-label.
+        unlabeled_labels = np.concatenate([unlabeled_labels, np.full(len(extra), -1, np.int32)])
+        unlabeled_ids = np.concatenate([unlabeled_ids, np.full(len(extra), -1, np.int32)])
+    logging.info(
+        "Data from %s: %d labeled, %d unlabeled, %d test images of shape %s, %d classes",
+        dataset.source,
+        len(labeled),
+        len(unlabeled_images),
+        len(dataset.test_labels),
+        dataset.train_images.shape[1:],
+        dataset.num_classes,
+    )
+    return SemiSupervisedData(
+        labeled_images=dataset.train_images[labeled],
+        labels=labels.astype(np.int32),
+        unlabeled_images=unlabeled_images,
+        unlabeled_labels=unlabeled_labels.astype(np.int32),
+        labeled_ids=labeled.astype(np.int32),
+        unlabeled_ids=unlabeled_ids.astype(np.int32),
+        test_images=dataset.test_images,
+        test_labels=dataset.test_labels.astype(np.int32),
+        num_classes=dataset.num_classes,
+        class_names=tuple(dataset.class_names),
+        source=dataset.source,
+    )
+
+
+def prepare_data_in_turn(config: ml_collections.ConfigDict, dataset: Any) -> SemiSupervisedData:
+    """prepare_data; in a multi-host run process 0 first, so that it alone builds an image
+    folder's decode cache (on a shared disk the others then read it)."""
+    if jax.process_count() == 1 or dataset is not None or config.dataset.name != "image_folder":
+        return prepare_data(config, dataset)
+    data = prepare_data(config, dataset) if multihost.is_primary() else None
+    multihost.barrier("image cache built")
+    return data if data is not None else prepare_data(config, dataset)
+
+
+def load_image_folder_dataset(config: ml_collections.ConfigDict):
+    """The image-folder source: labeled/<class>/, unlabeled/**, optional val/<class>/."""
+    from comatch_jax import input_pipeline
+
+    options = config.dataset
+    if not options.root:
+        raise ValueError("dataset.name=image_folder needs --config.dataset.root=DIR")
+    return input_pipeline.load_image_folder(
+        options.root,
+        image_size=options.image_size,
+        cache_dir=options.cache_dir,
+        val_fraction=options.val_fraction,
+        seed=config.seed,
+        corrupt_policy=options.corrupt_policy,
+    )
+
+
+def _folder_data(dataset, config: ml_collections.ConfigDict) -> SemiSupervisedData:
+    """All of labeled/ is labeled (num_labels does not apply); val/ (or the held-out part)
+    is the evaluation set. The unlabeled images stay a memory-mapped uint8 cache.
+
+    `config.dataset.extra_labels_csv` (path,label: the answers to a requests CSV) adds
+    unlabeled images to the labeled set; they also stay in the unlabeled pool (the cache is
+    not rewritten), as with dataset.include_labeled_in_unlabeled.
+    """
+
+    unlabeled_count = len(dataset.unlabeled_paths)
+    labeled_images = np.asarray(dataset.labeled_images)
+    labels = dataset.labeled_labels.astype(np.int32)
+    labeled_ids = np.full(len(labels), -1, np.int32)  # labeled/ images have no unlabeled row
+    extra_labels_csv = config.dataset.get("extra_labels_csv")
+    if extra_labels_csv:
+        rows, extra_labels = active_learning.read_folder_labels_csv(
+            extra_labels_csv,
+            root=config.dataset.root,
+            unlabeled_paths=dataset.unlabeled_paths,
+            class_names=dataset.class_names,
+        )
+        labeled_images = np.concatenate([labeled_images, dataset.unlabeled_images[np.sort(rows)]])
+        labels = np.concatenate([labels, extra_labels[np.argsort(rows)]])
+        labeled_ids = np.concatenate([labeled_ids, np.sort(rows)])
+        logging.info("Added %d labeled images from %s.", len(rows), extra_labels_csv)
+    logging.info(
+        "Data from %s: %d labeled, %d unlabeled, %d validation images, %d classes",
+        dataset.source,
+        len(labels),
+        unlabeled_count,
+        len(dataset.val_labels),
+        dataset.num_classes,
+    )
+    return SemiSupervisedData(
+        labeled_images=labeled_images,
+        labels=labels,
+        unlabeled_images=dataset.unlabeled_images,
+        unlabeled_labels=np.full(unlabeled_count, -1, np.int32),  # no ground truth
+        labeled_ids=labeled_ids,
+        unlabeled_ids=np.arange(unlabeled_count, dtype=np.int32),  # rows of unlabeled_paths
+        test_images=np.asarray(dataset.val_images),
+        test_labels=dataset.val_labels.astype(np.int32),
+        num_classes=dataset.num_classes,
+        class_names=tuple(dataset.class_names),
+        source=dataset.source,
+        unlabeled_paths=tuple(dataset.unlabeled_paths),
+    )
+
+
+def host_batch(
+    arrays: dict[str, Any],
+    step: int,
+    *,
+    batch_size: int,
+    unlabeled_batch_size: int,
+    sharding: jax.sharding.Sharding,
+) -> dict[str, jax.Array]:
+    """Batch `step` from host arrays (e.g. a memory-mapped image cache) as global arrays
+    split by `sharding`: every process draws the same global rows (a pure function of the
+    seed and the step) and reads only those of its own devices."""
+    indices = jax.device_get(
+        sampling.batch_indices(
+            arrays, step, batch_size=batch_size, unlabeled_batch_size=unlabeled_batch_size
+        )
+    )
+    batch = {}
+    for name, (rows, array) in sampling.BATCH_SOURCES.items():
+        if rows not in indices:
+            continue
+        source, selected = arrays[array], np.asarray(indices[rows])
+        batch[name] = jax.make_array_from_callback(
+            (len(selected), *source.shape[1:]),
+            sharding,
+            lambda index, source=source, selected=selected: np.asarray(source[selected[index[0]]]),
+        )
+    return batch

@@ -1,0 +1,98 @@
+"""Training metrics between two logs: averages (clu.metrics), the finiteness check and the
+progress line. No TensorFlow and no clu writers here (those are in metric_writing.py).
+
+The train step returns one dict of scalars per step; the trainer keeps them on the device
+until a logging step and averages them with a clu.metrics Collection of one `Average` per
+metric name. Names are written with a `train/` or `eval/` prefix.
+"""
+
+from __future__ import annotations
+
+import datetime
+from typing import Any, Sequence
+
+import flax
+import jax.numpy as jnp
+import numpy as np
+from clu import metrics as clu_metrics
+
+TRAIN = "train/"
+EVAL = "eval/"
+# The metrics on the progress line, in this order, when the method reports them.
+PROGRESS_METRICS = ("loss", "loss_x", "loss_u", "loss_ctr", "mask_rate", "pseudo_label_acc")
+
+
+@flax.struct.dataclass
+class SkippedSteps(clu_metrics.Metric):
+    """How many steps had their update skipped (model output `skipped`, bool per step;
+    nonfinite_policy='skip')."""
+
+    total: jnp.ndarray
+
+    @classmethod
+    def empty(cls) -> SkippedSteps:
+        return cls(total=jnp.array(0, jnp.int32))
+
+    @classmethod
+    def from_model_output(cls, *, skipped: jnp.ndarray, **_) -> SkippedSteps:
+        return cls(total=jnp.sum(jnp.asarray(skipped, jnp.int32)))
+
+    def merge(self, other: SkippedSteps) -> SkippedSteps:
+        return type(self)(total=self.total + other.total)
+
+    def compute(self) -> jnp.ndarray:
+        return self.total
+
+
+def metrics_collection(names: Sequence[str]) -> type[clu_metrics.Collection]:
+    """A clu Collection of one Average per metric name the train step returns; the step's
+    `skipped` flag (nonfinite_policy='skip') becomes the count `skipped_steps`."""
+    fields = {name: clu_metrics.Average.from_output(name) for name in names if name != "skipped"}
+    if "skipped" in names:
+        fields["skipped_steps"] = SkippedSteps
+    return clu_metrics.Collection.create(**fields)
+
+
+def average_over_steps(step_metrics: Sequence[dict[str, Any]]) -> dict[str, float]:
+    """Means of the per-step metric dicts (host values) since the last log.
+
+    When some steps were skipped (their `skipped` flag is set), their metrics are left out
+    of the means and their number is reported as `skipped_steps`; when every step was
+    skipped, the means are over all of them (as the losses were computed).
+    """
+    names = list(step_metrics[0])
+    stacked = {name: np.stack([np.asarray(m[name]) for m in step_metrics]) for name in names}
+    mask = None
+    if "skipped" in stacked:
+        kept = ~stacked["skipped"].astype(bool)
+        mask = kept if kept.any() else None
+    collection = metrics_collection(names).single_from_model_output(**stacked, mask=mask)
+    return {name: float(value) for name, value in collection.compute().items()}
+
+
+def check_finite(step: int, metrics: dict[str, float], policy: str) -> None:
+    """Raises FloatingPointError, naming the step and the terms, on non-finite metrics
+    (policy 'skip': on param_norm only, as skipped steps leave the params as they were)."""
+    names = ["param_norm"] if policy == "skip" else [n for n in metrics if n != "skipped_steps"]
+    bad = [name for name in names if name in metrics and not np.isfinite(metrics[name])]
+    if bad:
+        raise FloatingPointError(
+            f"Non-finite {', '.join(bad)} in the steps up to {step}; training stopped and the "
+            "last good checkpoint is kept. Lower optim.lr, check the inputs, or set "
+            "--config.nonfinite_policy=skip to skip such steps."
+        )
+
+
+def prefixed(prefix: str, metrics: dict[str, float]) -> dict[str, float]:
+    """{prefix + name: value}, e.g. 'train/loss'."""
+    return {prefix + name: value for name, value in metrics.items()}
+
+
+def progress_line(
+    step: int, num_steps: int, metrics: dict[str, float], images_per_sec: float, eta_s: float
+) -> str:
+    """The one human line per logging step: step, losses, mask rate, pseudo-label accuracy,
+    images/s and the estimated time to the end (h:mm:ss)."""
+    shown = " ".join(f"{name}={metrics[name]:.4f}" for name in PROGRESS_METRICS if name in metrics)
+    eta = datetime.timedelta(seconds=round(max(eta_s, 0.0))) if np.isfinite(eta_s) else "?"
+    return f"step {step}/{num_steps} {shown} | {images_per_sec:.0f} img/s | ETA {eta}"
