@@ -446,3 +446,179 @@ def test_split_rejects_out_of_range_labels():
     labels = np.array([0, 1, 2, 10], np.int32)
     with pytest.raises(ValueError, match="num_classes"):
         datasets.split_labeled_unlabeled(labels, num_labels=2, num_classes=2, seed=0)
+
+
+# -------------------------------------------------------------------- normalisation
+
+
+def _dataset(channels=3, n=6, size=4, seed=0, **kwargs):
+    rng = np.random.default_rng(seed)
+    images = rng.integers(0, 256, (n, size, size, channels), dtype=np.uint8)
+    labels = (np.arange(n) % 2).astype(np.int32)
+    fields = dict(
+        train_images=images,
+        train_labels=labels,
+        test_images=images[:2],
+        test_labels=labels[:2],
+        num_classes=2,
+        class_names=("a", "b"),
+        source="test",
+    )
+    fields.update(kwargs)
+    return datasets.ImageDataset(**fields)
+
+
+def _numpy_statistics(*arrays):
+    pixels = np.concatenate([a.reshape(-1, a.shape[-1]) for a in arrays]).astype(np.float64) / 255
+    return pixels.mean(axis=0), pixels.std(axis=0)
+
+
+def test_pixel_sums_and_image_statistics_match_numpy(tmp_path):
+    rng = np.random.default_rng(1)
+    a = rng.integers(0, 256, (70, 5, 3, 3), dtype=np.uint8)  # more rows than one block
+    np.save(tmp_path / "b.npy", rng.integers(0, 256, (9, 5, 3, 3), dtype=np.uint8))
+    b = np.load(tmp_path / "b.npy", mmap_mode="r")
+    sums = datasets.pixel_sums(a)
+    assert sums.dtype == np.int64 and sums.shape == (70, 2, 3)
+    flat = a.reshape(70, -1, 3).astype(np.int64)
+    np.testing.assert_array_equal(sums[:, 0], flat.sum(1))
+    np.testing.assert_array_equal(sums[:, 1], (flat**2).sum(1))
+    mean, std = datasets.image_statistics(a, None, b)
+    expected_mean, expected_std = _numpy_statistics(a, np.asarray(b))
+    np.testing.assert_allclose(mean, expected_mean, rtol=1e-12)
+    np.testing.assert_allclose(std, expected_std, rtol=1e-12)
+    # Hand-checked: pixels 0 and 255 -> mean 0.5, std 0.5.
+    two = np.array([0, 255], np.uint8).reshape(1, 2, 1, 1)
+    assert datasets.image_statistics(two) == ((0.5,), (0.5,))
+
+
+def test_resolve_normalization_user_values_win():
+    dataset = _dataset(mean=(0.1, 0.2, 0.3), std=(0.4, 0.5, 0.6))
+    assert datasets.resolve_normalization((0.5, 0.5, 0.5), (0.25, 0.25, 0.25), dataset) == (
+        (0.5, 0.5, 0.5),
+        (0.25, 0.25, 0.25),
+    )
+    assert datasets.resolve_normalization((), (), dataset) == ((0.1, 0.2, 0.3), (0.4, 0.5, 0.6))
+
+
+def test_resolve_normalization_measures_a_dataset_without_statistics():
+    unlabeled = np.random.default_rng(5).integers(0, 256, (3, 4, 4, 3), dtype=np.uint8)
+    dataset = _dataset(unlabeled_images=unlabeled)
+    mean, std = datasets.resolve_normalization((), (), dataset)
+    expected_mean, expected_std = _numpy_statistics(dataset.train_images, unlabeled)
+    np.testing.assert_allclose(mean, expected_mean, rtol=1e-12)
+    np.testing.assert_allclose(std, expected_std, rtol=1e-12)
+
+
+@pytest.mark.parametrize(
+    "channels, mean, std, message",
+    [
+        (
+            1,
+            (0.5, 0.5, 0.5),
+            (0.2, 0.2, 0.2),
+            "dataset.mean has 3 values but the images have 1 channel; set "
+            "--config.dataset.mean to 1 values",
+        ),
+        (3, (0.3,), (0.3,), "dataset.mean has 1 values but the images have 3 channels"),
+        (3, (0.3, 0.3, 0.3), (0.3,), "dataset.std has 1 values but the images have 3 channels"),
+        (1, (0.5,), (0.0,), "dataset.std (0.0000) has an entry <= 0"),
+    ],
+)
+def test_resolve_normalization_errors_are_one_line(channels, mean, std, message):
+    with pytest.raises(ValueError) as raised:
+        datasets.resolve_normalization(mean, std, _dataset(channels=channels))
+    assert message in str(raised.value) and "\n" not in str(raised.value)
+
+
+def test_named_datasets_carry_standard_statistics(tmp_path):
+    directory = _write_idx_dir(tmp_path / "idx", _fake_arrays())
+    fashion = datasets.load_idx_dataset(directory, "fashion_mnist")
+    assert (fashion.mean, fashion.std) == ((0.2860,), (0.3530,))
+    assert (fashion.name, fashion.channels) == ("fashion_mnist", 1)
+    assert set(fashion.file_digests) == {"train", "test"}  # hashes of the IDX files' stats
+    for name, stats in datasets.STANDARD_STATISTICS.items():
+        channels = 1 if name in ("fashion_mnist", "mnist") else 3
+        assert len(stats[0]) == len(stats[1]) == channels, name
+        assert all(0 < v < 1 for v in stats[0] + stats[1]), name
+
+
+def test_tfds_cifar10_carries_its_statistics(tmp_path):
+    tfds = _tfds()
+    with tfds.testing.mock_data(num_examples=2):
+        ds = datasets.load_dataset(_config(name="cifar10", source="tfds", data_dir=str(tmp_path)))
+    assert ds.mean == (0.4914, 0.4822, 0.4465) and ds.std == (0.2471, 0.2435, 0.2616)
+    assert datasets.resolve_normalization((), (), ds) == (ds.mean, ds.std)
+
+
+def test_digits_statistics_are_measured_on_the_train_split():
+    pytest.importorskip("sklearn")
+    ds = datasets.load_dataset(_config(name="digits"))
+    expected_mean, expected_std = _numpy_statistics(ds.train_images)
+    np.testing.assert_allclose(ds.mean, expected_mean, rtol=1e-12)
+    np.testing.assert_allclose(ds.std, expected_std, rtol=1e-12)
+
+
+def test_image_dataset_rejects_statistics_of_the_wrong_length():
+    with pytest.raises(ValueError, match="ImageDataset.mean has 1 values for 3-channel"):
+        _dataset(mean=(0.5,), std=(0.5,))
+
+
+# ---------------------------------------------------------------------- fingerprints
+
+
+def _fingerprint(counts=(6, 2, 0), classes=("a", "b"), digests=None, source="test"):
+    rng = np.random.default_rng(0)
+    images = lambda n: rng.integers(0, 256, (n, 2, 2, 1), dtype=np.uint8)
+    labels = lambda n: (np.arange(n) % len(classes)).astype(np.int32)
+    dataset = datasets.ImageDataset(
+        train_images=images(counts[0]),
+        train_labels=labels(counts[0]),
+        test_images=images(counts[1]),
+        test_labels=labels(counts[1]),
+        num_classes=len(classes),
+        class_names=tuple(classes),
+        source=source,
+        unlabeled_images=images(counts[2]) if counts[2] else None,
+        file_digests=digests or {},
+    )
+    return datasets.data_fingerprint(dataset)
+
+
+def test_data_fingerprint_counts_classes_and_files():
+    import json
+
+    fingerprint = _fingerprint(counts=(6, 2, 5), digests={"unlabeled": "f" * 64})
+    assert json.loads(json.dumps(fingerprint)) == fingerprint
+    assert fingerprint["class_names"] == ["a", "b"]
+    assert fingerprint["parts"] == {
+        "train": {"count": 6, "files": None},
+        "test": {"count": 2, "files": None},
+        "unlabeled": {"count": 5, "files": "f" * 64},
+    }
+
+
+def test_describe_data_change():
+    base = _fingerprint(counts=(6, 2, 5), digests={"unlabeled": "1" * 64})
+    assert datasets.describe_data_change(base, base) is None
+    assert datasets.describe_data_change(
+        base, _fingerprint(counts=(6, 2, 1005), digests={"unlabeled": "2" * 64})
+    ) == ("unlabeled: 5 -> 1,005 images (1,000 added)")
+    assert datasets.describe_data_change(
+        base, _fingerprint(counts=(5, 2, 5), digests={"unlabeled": "1" * 64})
+    ) == ("train: 6 -> 5 images (1 removed)")
+    assert datasets.describe_data_change(
+        base, _fingerprint(counts=(6, 2, 5), digests={"unlabeled": "3" * 64})
+    ) == ("unlabeled: 5 images, but files were replaced or modified")
+    assert datasets.describe_data_change(
+        base, _fingerprint(counts=(6, 2, 5), classes=("a", "c"), digests={"unlabeled": "1" * 64})
+    ) == ("classes added: c; classes removed: b")
+    assert datasets.describe_data_change(
+        base, _fingerprint(counts=(6, 2, 5), classes=("b", "a"), digests={"unlabeled": "1" * 64})
+    ) == ("the class order changed (labels now mean other classes)")
+    assert datasets.describe_data_change(
+        base, _fingerprint(counts=(6, 2, 5), digests={"unlabeled": "1" * 64}, source="other")
+    ) == ("source: test -> other")
+    assert datasets.describe_data_change(base, _fingerprint(counts=(6, 2, 0))) == (
+        "unlabeled: 5 -> 0 images (5 removed)"
+    )

@@ -441,3 +441,130 @@ def test_explicit_cache_dir(tmp_path):
     _load(root, cache_dir=str(cache))
     assert len(glob.glob(str(cache / "*.npy"))) == 2
     assert not os.path.exists(os.path.join(root, ".comatch_cache"))
+
+
+# ------------------------------------------------------------ incremental cache
+
+
+def _update(root, cache_dir, corrupt_policy="fail"):
+    return folder_cache.update_part_cache(
+        str(root),
+        "unlabeled",
+        image_folder.scan_unlabeled(str(root)),
+        image_size=SIZE,
+        cache_dir=folder_cache.prepare_cache_dir(str(root), str(cache_dir)),
+        corrupt_policy=corrupt_policy,
+    )
+
+
+def _fresh(root, tmp_path, name):
+    """The same part built from scratch in another cache directory."""
+    return _update(root, tmp_path / name)
+
+
+def _assert_same_part(part, reference):
+    assert part.entries == reference.entries
+    np.testing.assert_array_equal(np.asarray(part.images), np.asarray(reference.images))
+    np.testing.assert_array_equal(part.row_sums, reference.row_sums)
+    np.testing.assert_array_equal(part.row_sums, datasets.pixel_sums(np.asarray(part.images)))
+
+
+def test_adding_files_decodes_only_those(tmp_path):
+    root = _make_folder(tmp_path / "data", num_unlabeled=6)
+    cache = tmp_path / "cache"
+    first = _update(root, cache)
+    assert len(first.build.decoded) == 6 and first.build.copied == 0
+    assert _update(root, cache).build == folder_cache.BuildStats(reused=True)
+
+    # New files sort before, between and after the cached ones.
+    _save(os.path.join(root, "unlabeled", "a_first.png"), _pixels(61))
+    _save(os.path.join(root, "unlabeled", "batch0", "deep", "u2b.png"), _pixels(62))
+    second = _update(root, cache)
+    assert sorted(second.build.decoded) == [
+        "unlabeled/a_first.png",
+        "unlabeled/batch0/deep/u2b.png",
+    ]
+    assert second.build.copied == 6 and second.build.removed == 0
+    assert len(second.entries) == 8 and second.paths == sorted(second.paths)
+    _assert_same_part(second, _fresh(root, tmp_path, "fresh1"))
+    assert len(glob.glob(os.path.join(cache, "unlabeled_*"))) == 3  # .npy, .rowstats, .json
+
+
+def test_removed_and_changed_files_leave_the_cache(tmp_path):
+    root = _make_folder(tmp_path / "data", num_unlabeled=6)
+    cache = tmp_path / "cache"
+    _update(root, cache)
+    os.remove(os.path.join(root, "unlabeled", "batch1", "deep", "u3.png"))
+    removed = _update(root, cache)
+    assert removed.build.decoded == () and removed.build.removed == 1
+    assert removed.build.copied == 5
+    assert "unlabeled/batch1/deep/u3.png" not in removed.paths
+    _assert_same_part(removed, _fresh(root, tmp_path, "fresh1"))
+
+    changed_path = os.path.join(root, "unlabeled", "batch0", "deep", "u0.png")
+    _save(changed_path, _pixels(77, (10, 10, 3)))  # new content: new size and mtime
+    changed = _update(root, cache)
+    assert changed.build.decoded == ("unlabeled/batch0/deep/u0.png",)
+    assert changed.build.removed == 1 and changed.build.copied == 4
+    _assert_same_part(changed, _fresh(root, tmp_path, "fresh2"))
+
+
+def test_unreadable_file_is_not_decoded_again(tmp_path):
+    root = _make_folder(tmp_path / "data", num_unlabeled=3)
+    cache = tmp_path / "cache"
+    with open(os.path.join(root, "unlabeled", "bad.png"), "wb") as f:
+        f.write(b"not a png")
+    first = _update(root, cache, corrupt_policy="skip")
+    assert [e[0] for e in first.skipped] == ["unlabeled/bad.png"] and len(first.entries) == 3
+    _save(os.path.join(root, "unlabeled", "new.png"), _pixels(5))
+    second = _update(root, cache, corrupt_policy="skip")
+    assert second.build.decoded == ("unlabeled/new.png",)
+    assert [e[0] for e in second.skipped] == ["unlabeled/bad.png"]
+    with pytest.raises(
+        ValueError, match=re.escape(f"Cannot decode image {root}/unlabeled/bad.png")
+    ):
+        _update(root, cache, corrupt_policy="fail")
+
+
+def test_folder_statistics_equal_numpy_over_the_decoded_images(tmp_path):
+    for name, val_classes in [("held_out", None), ("with_val", ("ant", "zebra"))]:
+        root = _make_folder(tmp_path / name, per_class=5, val_classes=val_classes)
+        data = _load(root, val_fraction=0.2)
+        assert data.name == "image_folder" and data.channels == 3
+        pixels = np.concatenate(
+            [
+                np.asarray(data.train_images).reshape(-1, 3),
+                np.asarray(data.unlabeled_images).reshape(-1, 3),
+            ]
+        ).astype(np.float64)
+        np.testing.assert_allclose(data.mean, pixels.mean(0) / 255, rtol=1e-12)
+        np.testing.assert_allclose(data.std, pixels.std(0) / 255, rtol=1e-12)
+        assert datasets.resolve_normalization((), (), data) == (data.mean, data.std)
+        # The statistics come back with the cached dataset, without decoding again.
+        again = _load(root, val_fraction=0.2)
+        assert (again.mean, again.std) == (data.mean, data.std)
+    with pytest.raises(
+        ValueError, match="dataset.mean has 1 values but the images have 3 channels"
+    ):
+        datasets.resolve_normalization((0.5,), (0.2,), data)
+
+
+def test_folder_fingerprint_reports_added_files_and_classes(tmp_path):
+    root = _make_folder(tmp_path, val_classes=("ant", "moose", "zebra"))
+    before = datasets.data_fingerprint(_load(root))
+    assert before["parts"]["unlabeled"]["count"] == 5 and before["parts"]["unlabeled"]["files"]
+    assert datasets.describe_data_change(before, datasets.data_fingerprint(_load(root))) is None
+    _save(os.path.join(root, "unlabeled", "n1.png"), _pixels(80))
+    _save(os.path.join(root, "unlabeled", "n2.png"), _pixels(81))
+    for i in range(2):
+        _save(os.path.join(root, "labeled", "koala", f"k{i}.png"), _pixels(90 + i))
+    after = datasets.data_fingerprint(_load(root))
+    assert datasets.describe_data_change(before, after) == (
+        "classes added: koala; train: 12 -> 14 images (2 added); "
+        "unlabeled: 5 -> 7 images (2 added)"
+    )
+    os.utime(os.path.join(root, "unlabeled", "n1.png"), ns=(1, 1))  # touched: same count
+    touched = datasets.data_fingerprint(_load(root))
+    assert datasets.describe_data_change(after, touched) == (
+        "unlabeled: 7 images, but files were replaced or modified"
+    )

@@ -84,7 +84,9 @@ class ImageDataset:
                     f"ImageDataset has {len(paths)} {part} paths for {len(images)} images; "
                     "pass one path per image."
                 )
-            if labels is not None and (labels.dtype != np.int32 or labels.shape != images.shape[:1]):
+            if labels is not None and (
+                labels.dtype != np.int32 or labels.shape != images.shape[:1]
+            ):
                 raise ValueError(
                     f"ImageDataset.{part}_labels must be int32 [{images.shape[0]}], got "
                     f"{labels.dtype} {labels.shape}; make it match the images."

@@ -415,6 +415,7 @@ def update_part_cache(
     """The images of `entries` (sorted (path relative to `root`, size, mtime_ns)) from the
     cache of `part`, decoding only the files the cache does not hold with the same size and
     mtime; rows of files no longer listed are dropped and the kept rows copied, not decoded.
+    `cache_dir` is an existing, writable directory (see `prepare_cache_dir`).
 
     A file cached as unreadable stays left out without being decoded again; with
     corrupt_policy 'fail' it raises ValueError naming it, as any new unreadable file does.
@@ -497,9 +498,7 @@ def update_part_cache(
         sources = np.array([s for s, _ in final], np.int8)
         rows = np.array([r for _, r in final], np.int64)
         decoded_entries = [e for i, e in enumerate(new_entries) if i not in skipped_set]
-        final_entries = tuple(
-            old["entries"][r] if s == 0 else decoded_entries[r] for s, r in final
-        )
+        final_entries = tuple(old["entries"][r] if s == 0 else decoded_entries[r] for s, r in final)
         fresh_sums = np.concatenate(new_sums) if new_sums else np.zeros((0, 2, 3), np.int64)
         row_sums = np.empty((len(final), 2, 3), np.int64)
         if kept_old:

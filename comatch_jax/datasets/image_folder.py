@@ -223,9 +223,7 @@ def load_image_folder(
         skipped += val.skipped
         val_source = "val/"
     else:
-        train, held_out = _stratified_holdout(
-            labeled_labels, len(class_names), val_fraction, seed
-        )
+        train, held_out = _stratified_holdout(labeled_labels, len(class_names), val_fraction, seed)
         if not len(held_out):
             raise ValueError(
                 f"Cannot hold out validation images: every class in {root}/labeled has one "

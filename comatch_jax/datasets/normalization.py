@@ -53,7 +53,10 @@ def resolve_normalization(
     std entry is not positive.
     """
     channels = dataset.channels
-    given = {"mean": tuple(float(v) for v in config_mean), "std": tuple(float(v) for v in config_std)}
+    given = {
+        "mean": tuple(float(v) for v in config_mean),
+        "std": tuple(float(v) for v in config_std),
+    }
     for field, values in given.items():
         if values and len(values) != channels:
             raise ValueError(
