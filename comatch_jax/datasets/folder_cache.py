@@ -210,18 +210,31 @@ class _NpyRowWriter:
         self._file.close()
 
 
-def _read_rows(path: str, begin: int, end: int) -> np.ndarray:
-    """Rows begin..end-1 of a uint8 .npy file, with a plain read (no memory map)."""
-    with open(path, "rb") as f:
-        version = np.lib.format.read_magic(f)
+class _NpyRowReader:
+    """Reads row ranges of a uint8 .npy file with plain reads (no memory map, so resident
+    memory stays the rows read)."""
+
+    def __init__(self, path: str):
+        self._file = open(path, "rb")
+        version = np.lib.format.read_magic(self._file)
         if version == (1, 0):
-            shape, _, _ = np.lib.format.read_array_header_1_0(f)
+            shape, _, _ = np.lib.format.read_array_header_1_0(self._file)
         else:
-            shape, _, _ = np.lib.format.read_array_header_2_0(f)
-        row_bytes = int(np.prod(shape[1:]))
-        f.seek(f.tell() + begin * row_bytes)
-        data = np.fromfile(f, dtype=np.uint8, count=(end - begin) * row_bytes)
-    return data.reshape((end - begin,) + tuple(shape[1:]))
+            shape, _, _ = np.lib.format.read_array_header_2_0(self._file)
+        self._offset = self._file.tell()
+        self._row_shape = tuple(shape[1:])
+        self._row_bytes = int(np.prod(self._row_shape))
+
+    def read(self, begin: int, end: int) -> np.ndarray:
+        """Rows begin..end-1."""
+        size = (end - begin) * self._row_bytes
+        data = os.pread(self._file.fileno(), size, self._offset + begin * self._row_bytes)
+        if len(data) != size:
+            raise OSError(f"{self._file.name} is shorter than its header says; delete it.")
+        return np.frombuffer(data, np.uint8).reshape((end - begin,) + self._row_shape)
+
+    def close(self) -> None:
+        self._file.close()
 
 
 # ------------------------------------------------------------------- decoding a list
@@ -253,8 +266,9 @@ def decode_images_to_cache(
     temp = f"{cache_path}.tmp-{os.getpid()}"
     skipped: list[int] = []
     start = time.monotonic()
-    writer = _NpyRowWriter(temp, num, (image_size, image_size, 3))
+    writer = None
     try:
+        writer = _NpyRowWriter(temp, num, (image_size, image_size, 3))
         next_log = _DECODE_LOG_EVERY
         for indices, batch in _decoded_batches([os.path.join(root, p) for p in paths], image_size):
             done = writer.rows + len(skipped)
@@ -285,7 +299,8 @@ def decode_images_to_cache(
         writer.close()  # rows were written in order without gaps: the header says how many
         os.replace(temp, cache_path)
     finally:
-        writer.abort()
+        if writer is not None:
+            writer.abort()
         if os.path.exists(temp):
             os.remove(temp)
     logging.info(
@@ -389,18 +404,26 @@ def _write_json_atomic(path: str, data: dict[str, Any]) -> None:
 def _copy_rows(writer: _NpyRowWriter, sources: list[str], source: np.ndarray, rows: np.ndarray):
     """Appends rows[i] of file sources[source[i]] for every i, reading runs of consecutive
     rows of one file at once (at most _COPY_ROWS per read)."""
-    begin, count = 0, len(rows)
-    while begin < count:
-        end = begin + 1
-        while (
-            end < count
-            and end - begin < _COPY_ROWS
-            and source[end] == source[begin]
-            and rows[end] == rows[end - 1] + 1
-        ):
-            end += 1
-        writer.write(_read_rows(sources[source[begin]], int(rows[begin]), int(rows[end - 1]) + 1))
-        begin = end
+    readers = [
+        _NpyRowReader(path) if (source == i).any() else None for i, path in enumerate(sources)
+    ]
+    try:
+        begin, count = 0, len(rows)
+        while begin < count:
+            end = begin + 1
+            while (
+                end < count
+                and end - begin < _COPY_ROWS
+                and source[end] == source[begin]
+                and rows[end] == rows[end - 1] + 1
+            ):
+                end += 1
+            writer.write(readers[source[begin]].read(int(rows[begin]), int(rows[end - 1]) + 1))
+            begin = end
+    finally:
+        for reader in readers:
+            if reader is not None:
+                reader.close()
 
 
 def update_part_cache(
