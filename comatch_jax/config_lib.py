@@ -51,8 +51,10 @@ def base_config() -> ml_collections.ConfigDict:
     config.dataset.cache_dir = ml_collections.FieldReference(None, field_type=str)
     config.dataset.val_fraction = 0.1  # held out of labeled/ when there is no val/
     config.dataset.corrupt_policy = "fail"  # fail | skip (and count) unreadable images
-    config.dataset.mean = FASHION_MNIST_MEAN
-    config.dataset.std = FASHION_MNIST_STD
+    # Per-channel normalisation in [0, 1] units; () = from the data: a named dataset's standard
+    # values, an image folder's measured ones (datasets.resolve_normalization).
+    config.dataset.mean = ()
+    config.dataset.std = ()
 
     config.model = ml_collections.ConfigDict()
     config.model.name = "small_cnn"

@@ -59,14 +59,14 @@ def main(argv):
         if (FLAGS.config is None) == (FLAGS.workdir is None):
             raise ValueError("give exactly one of --config and --workdir.")
         config = FLAGS.config if FLAGS.config is not None else read_run_config(FLAGS.workdir)
-        from comatch_jax import input_pipeline  # imports TensorFlow lazily, only to read files
+        from comatch_jax import datasets  # imports TensorFlow lazily, only to read files
 
         if config.dataset.name == "image_folder":
             raise ValueError(
                 "an image folder has no ground truth to answer requests with: label the "
                 "requested files by hand as a path,label CSV (label = class folder name)."
             )
-        dataset = input_pipeline.load_dataset(config.dataset)
+        dataset = datasets.load_dataset(config.dataset)
         ids, labels = ground_truth_labels(FLAGS.requests, dataset.train_labels)
         active_learning.write_labels_csv(FLAGS.out, ids, labels)
     except (ValueError, OSError) as error:

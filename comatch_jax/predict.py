@@ -44,12 +44,12 @@ def predict_folder(
     corrupt_policy: str = "fail",
 ) -> int:
     """Writes the predictions CSV; returns the number of images classified."""
-    from comatch_jax import input_pipeline  # TensorFlow: file reading only
+    from comatch_jax import datasets  # TensorFlow: file reading only
 
     run = runs.load_run(workdir)
     if not os.path.isdir(images_dir):
         raise FileNotFoundError(f"--images={images_dir} is not a directory.")
-    paths, ignored = input_pipeline.list_image_files(images_dir)
+    paths, ignored = datasets.list_image_files(images_dir)
     if not paths:
         raise ValueError(f"No images (.jpg .jpeg .png .webp) under {images_dir}.")
     if ignored:
@@ -62,7 +62,7 @@ def predict_folder(
         )
     top_k = max(1, min(top_k, run.num_classes))
     with tempfile.TemporaryDirectory() as cache:
-        images, skipped = input_pipeline.decode_images_to_cache(
+        images, skipped = datasets.decode_images_to_cache(
             paths, images_dir, height, os.path.join(cache, "predict.npy"), corrupt_policy
         )
         kept = [p for i, p in enumerate(paths) if i not in set(skipped)]

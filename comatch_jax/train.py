@@ -52,7 +52,7 @@ def train_and_evaluate(
     Returns the final state and a summary (final test accuracy of the EMA and raw models,
     steps, wall time, data source). Scalars go to `writer` (default: clu's TensorBoard + log
     writer) and to workdir/metrics.jsonl, prefixed `train/` and `eval/`. `dataset` (an
-    input_pipeline.InMemoryDataset) defaults to loading config.dataset. Raises ValueError for
+    datasets.ImageDataset) defaults to loading config.dataset. Raises ValueError for
     a bad config, data or workdir, FloatingPointError for a non-finite loss, SystemExit after
     the checkpoint a SIGTERM or Ctrl-C asked for.
     """

@@ -1,7 +1,7 @@
 """The data a run trains on: the labeled/unlabeled/test arrays, and the batches cut from them.
 
 `prepare_data(config)` reads the configured dataset (TFDS, IDX or an image folder, through
-comatch_jax.input_pipeline, which imports TensorFlow lazily) and splits it into a
+comatch_jax.datasets, which imports TensorFlow lazily) and splits it into a
 SemiSupervisedData of uint8 images and int32 labels. `host_batch` gathers one step's batch on
 the host (e.g. from a memory-mapped cache) when the data does not sit on the device.
 """
@@ -46,15 +46,15 @@ def prepare_data(config: ml_collections.ConfigDict, dataset: Any = None) -> Semi
     with their given labels and leave the unlabeled set (image folders: path,label rows, see
     _folder_data).
     """
-    from comatch_jax import input_pipeline  # imports TensorFlow lazily, only to read files
+    from comatch_jax import datasets  # imports TensorFlow lazily, only to read files
 
     if dataset is None and config.dataset.name == "image_folder":
         dataset = load_image_folder_dataset(config)
-    if isinstance(dataset, input_pipeline.FolderDataset):
+    if dataset is not None and dataset.name == "image_folder":
         return _folder_data(dataset, config)
     if dataset is None:
-        dataset = input_pipeline.load_dataset(config.dataset)
-    labeled, unlabeled = input_pipeline.split_labeled_unlabeled(
+        dataset = datasets.load_dataset(config.dataset)
+    labeled, unlabeled = datasets.split_labeled_unlabeled(
         dataset.train_labels,
         num_labels=config.num_labels,
         num_classes=dataset.num_classes,
@@ -78,7 +78,7 @@ def prepare_data(config: ml_collections.ConfigDict, dataset: Any = None) -> Semi
     unlabeled_images = dataset.train_images[unlabeled]
     unlabeled_labels = dataset.train_labels[unlabeled]
     unlabeled_ids = unlabeled
-    extra = getattr(dataset, "extra_unlabeled_images", None)
+    extra = dataset.unlabeled_images
     if extra is not None and len(extra):
         unlabeled_images = np.concatenate([unlabeled_images, extra])
         # Extra unlabeled images have no ground truth: -1 never matches a pseudo-label.
@@ -120,12 +120,12 @@ def prepare_data_in_turn(config: ml_collections.ConfigDict, dataset: Any) -> Sem
 
 def load_image_folder_dataset(config: ml_collections.ConfigDict):
     """The image-folder source: labeled/<class>/, unlabeled/**, optional val/<class>/."""
-    from comatch_jax import input_pipeline
+    from comatch_jax import datasets
 
     options = config.dataset
     if not options.root:
         raise ValueError("dataset.name=image_folder needs --config.dataset.root=DIR")
-    return input_pipeline.load_image_folder(
+    return datasets.load_image_folder(
         options.root,
         image_size=options.image_size,
         cache_dir=options.cache_dir,
@@ -145,8 +145,8 @@ def _folder_data(dataset, config: ml_collections.ConfigDict) -> SemiSupervisedDa
     """
 
     unlabeled_count = len(dataset.unlabeled_paths)
-    labeled_images = np.asarray(dataset.labeled_images)
-    labels = dataset.labeled_labels.astype(np.int32)
+    labeled_images = np.asarray(dataset.train_images)
+    labels = dataset.train_labels.astype(np.int32)
     labeled_ids = np.full(len(labels), -1, np.int32)  # labeled/ images have no unlabeled row
     extra_labels_csv = config.dataset.get("extra_labels_csv")
     if extra_labels_csv:
@@ -165,7 +165,7 @@ def _folder_data(dataset, config: ml_collections.ConfigDict) -> SemiSupervisedDa
         dataset.source,
         len(labels),
         unlabeled_count,
-        len(dataset.val_labels),
+        len(dataset.test_labels),
         dataset.num_classes,
     )
     return SemiSupervisedData(
@@ -175,8 +175,8 @@ def _folder_data(dataset, config: ml_collections.ConfigDict) -> SemiSupervisedDa
         unlabeled_labels=np.full(unlabeled_count, -1, np.int32),  # no ground truth
         labeled_ids=labeled_ids,
         unlabeled_ids=np.arange(unlabeled_count, dtype=np.int32),  # rows of unlabeled_paths
-        test_images=np.asarray(dataset.val_images),
-        test_labels=dataset.val_labels.astype(np.int32),
+        test_images=np.asarray(dataset.test_images),
+        test_labels=dataset.test_labels.astype(np.int32),
         num_classes=dataset.num_classes,
         class_names=tuple(dataset.class_names),
         source=dataset.source,

@@ -65,12 +65,12 @@ def _median_seconds(fn, repeats):
 
 
 def _random_dataset(size, channels, num_classes, num_labels, num_unlabeled):
-    from comatch_jax.input_pipeline import InMemoryDataset
+    from comatch_jax.datasets import ImageDataset
 
     rng = np.random.default_rng(0)
     n = num_labels + num_unlabeled
     labels = (np.arange(n) % num_classes).astype(np.int32)
-    return InMemoryDataset(
+    return ImageDataset(
         train_images=rng.integers(0, 256, (n, size, size, channels), dtype=np.uint8),
         train_labels=labels,
         test_images=rng.integers(0, 256, (num_classes, size, size, channels), dtype=np.uint8),

@@ -1,4 +1,5 @@
-"""Tests for the image-folder dataset source (input_pipeline.load_image_folder)."""
+"""Tests for the image-folder dataset source (datasets.load_image_folder) and its incremental
+decode cache (datasets.folder_cache)."""
 
 import glob
 import logging
@@ -9,7 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from comatch_jax import input_pipeline as ip
+from comatch_jax import datasets
+from comatch_jax.datasets import folder_cache, image_folder
 
 SIZE = 16  # decoded image size in these tests
 
@@ -46,22 +48,22 @@ def _make_folder(
     return str(root)
 
 
-def _load(root, **kwargs) -> ip.FolderDataset:
+def _load(root, **kwargs) -> datasets.ImageDataset:
     kwargs.setdefault("image_size", SIZE)
-    return ip.load_image_folder(str(root), **kwargs)
+    return datasets.load_image_folder(str(root), **kwargs)
 
 
 @pytest.fixture
 def decode_calls(monkeypatch):
     """Records the cache path of every decode_images_to_cache call (i.e. every cache build)."""
     calls = []
-    real = ip.decode_images_to_cache
+    real = folder_cache.decode_images_to_cache
 
-    def spy(paths, root, image_size, cache_path, corrupt_policy):
+    def spy(paths, root, image_size, cache_path, corrupt_policy, **kwargs):
         calls.append(os.path.basename(cache_path))
-        return real(paths, root, image_size, cache_path, corrupt_policy)
+        return real(paths, root, image_size, cache_path, corrupt_policy, **kwargs)
 
-    monkeypatch.setattr(ip, "decode_images_to_cache", spy)
+    monkeypatch.setattr(folder_cache, "decode_images_to_cache", spy)
     return calls
 
 
@@ -81,23 +83,23 @@ def test_shapes_labels_and_class_order(tmp_path):
 
     assert data.class_names == ("ant", "moose", "zebra")  # sorted folder names
     assert data.num_classes == 3
-    assert data.labeled_images.shape == (12, SIZE, SIZE, 3)
+    assert data.train_images.shape == (12, SIZE, SIZE, 3)
     assert data.unlabeled_images.shape == (5, SIZE, SIZE, 3)
-    assert data.val_images.shape == (4, SIZE, SIZE, 3)
-    for images in (data.labeled_images, data.unlabeled_images, data.val_images):
+    assert data.test_images.shape == (4, SIZE, SIZE, 3)
+    for images in (data.train_images, data.unlabeled_images, data.test_images):
         assert images.dtype == np.uint8
     assert isinstance(data.unlabeled_images, np.memmap)
-    assert data.labeled_labels.dtype == np.int32 and data.val_labels.dtype == np.int32
+    assert data.train_labels.dtype == np.int32 and data.test_labels.dtype == np.int32
     for paths, labels in [
-        (data.labeled_paths, data.labeled_labels),
-        (data.val_paths, data.val_labels),
+        (data.train_paths, data.train_labels),
+        (data.test_paths, data.test_labels),
     ]:
         assert [data.class_names[c] for c in labels] == [p.split("/")[1] for p in paths]
-    assert list(data.labeled_paths) == sorted(data.labeled_paths)
-    assert all(p.startswith("labeled/") for p in data.labeled_paths)
-    assert all(p.startswith("val/") for p in data.val_paths)
+    assert list(data.train_paths) == sorted(data.train_paths)
+    assert all(p.startswith("labeled/") for p in data.train_paths)
+    assert all(p.startswith("val/") for p in data.test_paths)
     assert "unlabeled/batch0/deep/u0.png" in data.unlabeled_paths  # nested folders
-    assert not any("test/" in p for p in data.labeled_paths + data.unlabeled_paths + data.val_paths)
+    assert not any("test/" in p for p in data.train_paths + data.unlabeled_paths + data.test_paths)
     assert data.source == f"image_folder:{root} (val: val/)"
     assert data.skipped_corrupt == ()
 
@@ -146,17 +148,17 @@ def test_list_image_files_ignores_and_counts_non_images(tmp_path, caplog):
         f.write("hidden files are skipped, not counted")
     _save(os.path.join(root, "unlabeled", ".ipynb_checkpoints", "copy.png"), _pixels(0))
 
-    paths, ignored = ip.list_image_files(os.path.join(root, "unlabeled"))
+    paths, ignored = datasets.list_image_files(os.path.join(root, "unlabeled"))
     assert ignored == 1
     assert paths == sorted(paths) and len(paths) == 5
     assert paths[0] == "batch0/deep/u0.png"
-    assert ip.list_image_files(os.path.join(root, "labeled")) == (
+    assert datasets.list_image_files(os.path.join(root, "labeled")) == (
         sorted(f"{c}/{i:02d}.png" for c in ("zebra", "ant", "moose") for i in range(4)),
         2,
     )
     with caplog.at_level(logging.INFO, logger="absl"):
         data = _load(root)
-    assert len(data.labeled_paths) == 12 and len(data.unlabeled_paths) == 5
+    assert len(data.train_paths) == 12 and len(data.unlabeled_paths) == 5
     assert f"Ignored 2 non-image files in {root}/labeled" in caplog.text
     assert f"Ignored 1 non-image files in {root}/unlabeled" in caplog.text
 
@@ -167,20 +169,20 @@ def test_held_out_val_is_stratified_and_seeded(tmp_path, caplog, decode_calls):
         data = _load(root, val_fraction=0.2, seed=0)
     assert "holding out 6 of 30 labeled images" in caplog.text
     assert data.source == f"image_folder:{root} (val: held out 20% of labeled, seed 0)"
-    assert np.bincount(data.val_labels).tolist() == [2, 2, 2]
-    assert np.bincount(data.labeled_labels).tolist() == [8, 8, 8]
-    assert not set(data.val_paths) & set(data.labeled_paths)
-    assert len(set(data.val_paths) | set(data.labeled_paths)) == 30
-    assert [data.class_names[c] for c in data.val_labels] == [
-        p.split("/")[1] for p in data.val_paths
+    assert np.bincount(data.test_labels).tolist() == [2, 2, 2]
+    assert np.bincount(data.train_labels).tolist() == [8, 8, 8]
+    assert not set(data.test_paths) & set(data.train_paths)
+    assert len(set(data.test_paths) | set(data.train_paths)) == 30
+    assert [data.class_names[c] for c in data.test_labels] == [
+        p.split("/")[1] for p in data.test_paths
     ]
 
     # The images follow their paths through the split.
     for name, images, paths in [
-        ("val", data.val_images, data.val_paths),
-        ("labeled", data.labeled_images, data.labeled_paths),
+        ("val", data.test_images, data.test_paths),
+        ("labeled", data.train_images, data.train_paths),
     ]:
-        reference, _ = ip.decode_images_to_cache(
+        reference, _ = datasets.decode_images_to_cache(
             list(paths), root, SIZE, str(tmp_path / f"{name}.npy"), "fail"
         )
         np.testing.assert_array_equal(images, reference)
@@ -188,8 +190,8 @@ def test_held_out_val_is_stratified_and_seeded(tmp_path, caplog, decode_calls):
     decode_calls.clear()
     again = _load(root, val_fraction=0.2, seed=0)
     other = _load(root, val_fraction=0.2, seed=1)
-    assert again.val_paths == data.val_paths
-    assert other.val_paths != data.val_paths
+    assert again.test_paths == data.test_paths
+    assert other.test_paths != data.test_paths
     assert decode_calls == []  # the labeled cache does not depend on the split
 
 
@@ -204,10 +206,10 @@ def test_held_out_val_is_stratified_and_seeded(tmp_path, caplog, decode_calls):
 )
 def test_stratified_holdout_counts(counts, fraction, expected):
     labels = np.repeat(np.arange(len(counts)), counts)
-    train, val = ip._stratified_holdout(labels, len(counts), fraction, seed=3)
+    train, val = image_folder._stratified_holdout(labels, len(counts), fraction, seed=3)
     assert np.bincount(labels[val], minlength=len(counts)).tolist() == expected
     assert np.array_equal(np.sort(np.concatenate([train, val])), np.arange(len(labels)))
-    again = ip._stratified_holdout(labels, len(counts), fraction, seed=3)
+    again = image_folder._stratified_holdout(labels, len(counts), fraction, seed=3)
     assert np.array_equal(again[1], val)
 
 
@@ -344,13 +346,13 @@ def test_corrupt_images_skipped_and_listed(tmp_path, caplog, decode_calls):
         data = _load(root, corrupt_policy="skip")
     assert sorted(data.skipped_corrupt) == corrupt
     assert "Skipped 3 unreadable or corrupt images" in caplog.text
-    assert not set(corrupt) & set(data.labeled_paths + data.unlabeled_paths)
-    assert len(data.labeled_paths) == 13 and len(data.unlabeled_paths) == 5
-    assert data.labeled_images.shape[0] == 13 and data.unlabeled_images.shape[0] == 5
+    assert not set(corrupt) & set(data.train_paths + data.unlabeled_paths)
+    assert len(data.train_paths) == 13 and len(data.unlabeled_paths) == 5
+    assert data.train_images.shape[0] == 13 and data.unlabeled_images.shape[0] == 5
     # Rows after a skipped file still hold their own image.
-    row = data.labeled_paths.index("labeled/ant/zz_good.png")
-    np.testing.assert_array_equal(data.labeled_images[row], _pixels(7, (SIZE, SIZE, 3)))
-    assert data.labeled_labels[row] == data.class_names.index("ant")
+    row = data.train_paths.index("labeled/ant/zz_good.png")
+    np.testing.assert_array_equal(data.train_images[row], _pixels(7, (SIZE, SIZE, 3)))
+    assert data.train_labels[row] == data.class_names.index("ant")
 
     # The skip list is cached with the images: 'skip' reuses it, 'fail' still names the file.
     calls = len(decode_calls)
@@ -392,7 +394,7 @@ def test_cache_reused_then_rebuilt_when_files_change(tmp_path, decode_calls):
 
 def test_half_written_cache_is_never_used(tmp_path, monkeypatch, decode_calls):
     root = _make_folder(tmp_path)
-    real_batches = ip._decoded_batches
+    real_batches = folder_cache._decoded_batches
 
     def killed_after_first_batch(full_paths, image_size):
         for i, batch in enumerate(real_batches(full_paths, image_size)):
@@ -401,12 +403,12 @@ def test_half_written_cache_is_never_used(tmp_path, monkeypatch, decode_calls):
             yield batch
         raise KeyboardInterrupt  # as if the build was stopped part-way
 
-    monkeypatch.setattr(ip, "_DECODE_BATCH", 2)
-    monkeypatch.setattr(ip, "_decoded_batches", killed_after_first_batch)
+    monkeypatch.setattr(folder_cache, "_DECODE_BATCH", 2)
+    monkeypatch.setattr(folder_cache, "_decoded_batches", killed_after_first_batch)
     with pytest.raises(KeyboardInterrupt):
         _load(root)
     assert _cache_files(root) == []  # temp file removed, nothing renamed into place
-    monkeypatch.setattr(ip, "_decoded_batches", real_batches)
+    monkeypatch.setattr(folder_cache, "_decoded_batches", real_batches)
     good = _load(root)
     reference = {p: np.array(x) for p, x in zip(good.unlabeled_paths, good.unlabeled_images)}
 
@@ -439,3 +441,130 @@ def test_explicit_cache_dir(tmp_path):
     _load(root, cache_dir=str(cache))
     assert len(glob.glob(str(cache / "*.npy"))) == 2
     assert not os.path.exists(os.path.join(root, ".comatch_cache"))
+
+
+# ------------------------------------------------------------ incremental cache
+
+
+def _update(root, cache_dir, corrupt_policy="fail"):
+    return folder_cache.update_part_cache(
+        str(root),
+        "unlabeled",
+        image_folder.scan_unlabeled(str(root)),
+        image_size=SIZE,
+        cache_dir=folder_cache.prepare_cache_dir(str(root), str(cache_dir)),
+        corrupt_policy=corrupt_policy,
+    )
+
+
+def _fresh(root, tmp_path, name):
+    """The same part built from scratch in another cache directory."""
+    return _update(root, tmp_path / name)
+
+
+def _assert_same_part(part, reference):
+    assert part.entries == reference.entries
+    np.testing.assert_array_equal(np.asarray(part.images), np.asarray(reference.images))
+    np.testing.assert_array_equal(part.row_sums, reference.row_sums)
+    np.testing.assert_array_equal(part.row_sums, datasets.pixel_sums(np.asarray(part.images)))
+
+
+def test_adding_files_decodes_only_those(tmp_path):
+    root = _make_folder(tmp_path / "data", num_unlabeled=6)
+    cache = tmp_path / "cache"
+    first = _update(root, cache)
+    assert len(first.build.decoded) == 6 and first.build.copied == 0
+    assert _update(root, cache).build == folder_cache.BuildStats(reused=True)
+
+    # New files sort before, between and after the cached ones.
+    _save(os.path.join(root, "unlabeled", "a_first.png"), _pixels(61))
+    _save(os.path.join(root, "unlabeled", "batch0", "deep", "u2b.png"), _pixels(62))
+    second = _update(root, cache)
+    assert sorted(second.build.decoded) == [
+        "unlabeled/a_first.png",
+        "unlabeled/batch0/deep/u2b.png",
+    ]
+    assert second.build.copied == 6 and second.build.removed == 0
+    assert len(second.entries) == 8 and second.paths == sorted(second.paths)
+    _assert_same_part(second, _fresh(root, tmp_path, "fresh1"))
+    assert len(glob.glob(os.path.join(cache, "unlabeled_*"))) == 3  # .npy, .rowstats, .json
+
+
+def test_removed_and_changed_files_leave_the_cache(tmp_path):
+    root = _make_folder(tmp_path / "data", num_unlabeled=6)
+    cache = tmp_path / "cache"
+    _update(root, cache)
+    os.remove(os.path.join(root, "unlabeled", "batch1", "deep", "u3.png"))
+    removed = _update(root, cache)
+    assert removed.build.decoded == () and removed.build.removed == 1
+    assert removed.build.copied == 5
+    assert "unlabeled/batch1/deep/u3.png" not in removed.paths
+    _assert_same_part(removed, _fresh(root, tmp_path, "fresh1"))
+
+    changed_path = os.path.join(root, "unlabeled", "batch0", "deep", "u0.png")
+    _save(changed_path, _pixels(77, (10, 10, 3)))  # new content: new size and mtime
+    changed = _update(root, cache)
+    assert changed.build.decoded == ("unlabeled/batch0/deep/u0.png",)
+    assert changed.build.removed == 1 and changed.build.copied == 4
+    _assert_same_part(changed, _fresh(root, tmp_path, "fresh2"))
+
+
+def test_unreadable_file_is_not_decoded_again(tmp_path):
+    root = _make_folder(tmp_path / "data", num_unlabeled=3)
+    cache = tmp_path / "cache"
+    with open(os.path.join(root, "unlabeled", "bad.png"), "wb") as f:
+        f.write(b"not a png")
+    first = _update(root, cache, corrupt_policy="skip")
+    assert [e[0] for e in first.skipped] == ["unlabeled/bad.png"] and len(first.entries) == 3
+    _save(os.path.join(root, "unlabeled", "new.png"), _pixels(5))
+    second = _update(root, cache, corrupt_policy="skip")
+    assert second.build.decoded == ("unlabeled/new.png",)
+    assert [e[0] for e in second.skipped] == ["unlabeled/bad.png"]
+    with pytest.raises(
+        ValueError, match=re.escape(f"Cannot decode image {root}/unlabeled/bad.png")
+    ):
+        _update(root, cache, corrupt_policy="fail")
+
+
+def test_folder_statistics_equal_numpy_over_the_decoded_images(tmp_path):
+    for name, val_classes in [("held_out", None), ("with_val", ("ant", "zebra"))]:
+        root = _make_folder(tmp_path / name, per_class=5, val_classes=val_classes)
+        data = _load(root, val_fraction=0.2)
+        assert data.name == "image_folder" and data.channels == 3
+        pixels = np.concatenate(
+            [
+                np.asarray(data.train_images).reshape(-1, 3),
+                np.asarray(data.unlabeled_images).reshape(-1, 3),
+            ]
+        ).astype(np.float64)
+        np.testing.assert_allclose(data.mean, pixels.mean(0) / 255, rtol=1e-12)
+        np.testing.assert_allclose(data.std, pixels.std(0) / 255, rtol=1e-12)
+        assert datasets.resolve_normalization((), (), data) == (data.mean, data.std)
+        # The statistics come back with the cached dataset, without decoding again.
+        again = _load(root, val_fraction=0.2)
+        assert (again.mean, again.std) == (data.mean, data.std)
+    with pytest.raises(
+        ValueError, match="dataset.mean has 1 values but the images have 3 channels"
+    ):
+        datasets.resolve_normalization((0.5,), (0.2,), data)
+
+
+def test_folder_fingerprint_reports_added_files_and_classes(tmp_path):
+    root = _make_folder(tmp_path, val_classes=("ant", "moose", "zebra"))
+    before = datasets.data_fingerprint(_load(root))
+    assert before["parts"]["unlabeled"]["count"] == 5 and before["parts"]["unlabeled"]["files"]
+    assert datasets.describe_data_change(before, datasets.data_fingerprint(_load(root))) is None
+    _save(os.path.join(root, "unlabeled", "n1.png"), _pixels(80))
+    _save(os.path.join(root, "unlabeled", "n2.png"), _pixels(81))
+    for i in range(2):
+        _save(os.path.join(root, "labeled", "koala", f"k{i}.png"), _pixels(90 + i))
+    after = datasets.data_fingerprint(_load(root))
+    assert datasets.describe_data_change(before, after) == (
+        "classes added: koala; train: 12 -> 14 images (2 added); "
+        "unlabeled: 5 -> 7 images (2 added)"
+    )
+    os.utime(os.path.join(root, "unlabeled", "n1.png"), ns=(1, 1))  # touched: same count
+    touched = datasets.data_fingerprint(_load(root))
+    assert datasets.describe_data_change(after, touched) == (
+        "unlabeled: 7 images, but files were replaced or modified"
+    )

@@ -12,7 +12,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from comatch_jax import config_lib, input_pipeline, runs, train
+from comatch_jax import config_lib, datasets, runs, train
 
 
 def tiny_config(method: str = "comatch") -> ml_collections.ConfigDict:
@@ -39,7 +39,7 @@ def tiny_config(method: str = "comatch") -> ml_collections.ConfigDict:
 
 def synthetic_dataset(
     num_train: int = 120, num_test: int = 50, size: int = 12
-) -> input_pipeline.InMemoryDataset:
+) -> datasets.ImageDataset:
     """10 classes whose images differ in mean brightness: learnable in a few steps."""
     rng = np.random.default_rng(0)
 
@@ -50,7 +50,7 @@ def synthetic_dataset(
 
     train_images, train_labels = make(num_train)
     test_images, test_labels = make(num_test)
-    return input_pipeline.InMemoryDataset(
+    return datasets.ImageDataset(
         train_images=train_images,
         train_labels=train_labels,
         test_images=test_images,

@@ -1,4 +1,5 @@
-"""Tests for comatch_jax.input_pipeline (offline: IDX files, TFDS mock, tiny TFDS)."""
+"""Tests for the comatch_jax.datasets readers (offline: IDX files, TFDS mock, tiny TFDS), the
+labeled split, normalisation statistics and data fingerprints."""
 
 import functools
 import gzip
@@ -12,7 +13,8 @@ import ml_collections
 import numpy as np
 import pytest
 
-from comatch_jax import input_pipeline as ip
+from comatch_jax import datasets
+from comatch_jax.datasets import idx, tfds_source
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEBIAN_DIR = "/usr/share/datasets/fashion-mnist"
@@ -46,7 +48,7 @@ def _fake_arrays(num_train=30, num_test=10, height=6, width=7, seed=0):
 def _write_idx_dir(directory, arrays, gz_keys=("train_images", "train_labels")):
     """Writes the four IDX files; `gz_keys` are gzipped, the others plain."""
     os.makedirs(directory, exist_ok=True)
-    for key, base in ip.IDX_FILENAMES.items():
+    for key, base in idx.IDX_FILENAMES.items():
         name = base + ".gz" if key in gz_keys else base
         _write_idx(os.path.join(directory, name), arrays[key])
     return str(directory)
@@ -112,7 +114,7 @@ def _register_tiny_builder():
 def test_read_idx_file_uint8(tmp_path, suffix):
     array = np.arange(2 * 3 * 4, dtype=np.uint8).reshape(2, 3, 4)
     path = _write_idx(tmp_path / f"x-idx3-ubyte{suffix}", array)
-    out = ip.read_idx_file(path)
+    out = datasets.read_idx_file(path)
     assert out.dtype == np.uint8 and out.shape == (2, 3, 4)
     np.testing.assert_array_equal(out, array)
 
@@ -120,31 +122,31 @@ def test_read_idx_file_uint8(tmp_path, suffix):
 def test_read_idx_file_big_endian_int32(tmp_path):
     array = np.array([[1, -2, 70000], [3, 4, -5]], dtype=np.int32)
     path = _write_idx(tmp_path / "x.idx", array, type_byte=0x0C, big_endian_dtype=">i4")
-    out = ip.read_idx_file(path)
+    out = datasets.read_idx_file(path)
     assert out.dtype == np.int32
     np.testing.assert_array_equal(out, array)
 
 
-@pytest.mark.parametrize("gz_keys", [(), tuple(ip.IDX_FILENAMES)])
+@pytest.mark.parametrize("gz_keys", [(), tuple(idx.IDX_FILENAMES)])
 def test_load_idx_dataset_shapes_and_values(tmp_path, gz_keys):
     arrays = _fake_arrays()
     directory = _write_idx_dir(tmp_path / "idx", arrays, gz_keys=gz_keys)
-    ds = ip.load_idx_dataset(directory, "fashion_mnist")
+    ds = datasets.load_idx_dataset(directory, "fashion_mnist")
     assert ds.train_images.shape == (30, 6, 7, 1)
     assert ds.test_images.shape == (10, 6, 7, 1)
     assert ds.train_images.dtype == np.uint8 and ds.test_images.dtype == np.uint8
     assert ds.train_labels.dtype == np.int32 and ds.test_labels.dtype == np.int32
     np.testing.assert_array_equal(ds.train_images[..., 0], arrays["train_images"])
     np.testing.assert_array_equal(ds.test_labels, arrays["test_labels"])
-    assert ds.num_classes == 10 and ds.class_names == ip.FASHION_MNIST_CLASS_NAMES
+    assert ds.num_classes == 10 and ds.class_names == idx.FASHION_MNIST_CLASS_NAMES
     assert ds.source == f"idx:{directory}"
-    assert ds.extra_unlabeled_images is None
+    assert ds.unlabeled_images is None
 
 
 def test_load_idx_dataset_mixed_gz_and_plain(tmp_path):
     arrays = _fake_arrays()
     directory = _write_idx_dir(tmp_path / "idx", arrays)  # train .gz, test plain
-    ds = ip.load_idx_dataset(directory, "fashion_mnist")
+    ds = datasets.load_idx_dataset(directory, "fashion_mnist")
     np.testing.assert_array_equal(ds.test_images[..., 0], arrays["test_images"])
 
 
@@ -154,7 +156,7 @@ def test_corrupt_magic_names_file(tmp_path):
     with open(bad, "r+b") as f:
         f.write(b"\x12\x34")
     with pytest.raises(ValueError, match="magic number") as info:
-        ip.load_idx_dataset(directory, "fashion_mnist")
+        datasets.load_idx_dataset(directory, "fashion_mnist")
     assert bad in str(info.value)
 
 
@@ -164,7 +166,7 @@ def test_truncated_plain_file_names_file(tmp_path):
     with open(bad, "r+b") as f:
         f.truncate(100)
     with pytest.raises(ValueError, match="truncated") as info:
-        ip.load_idx_dataset(directory, "fashion_mnist")
+        datasets.load_idx_dataset(directory, "fashion_mnist")
     assert bad in str(info.value)
 
 
@@ -176,7 +178,7 @@ def test_truncated_gz_file_names_file(tmp_path):
     with open(bad, "wb") as f:
         f.write(data[: len(data) // 2])
     with pytest.raises(ValueError) as info:
-        ip.load_idx_dataset(directory, "fashion_mnist")
+        datasets.load_idx_dataset(directory, "fashion_mnist")
     assert bad in str(info.value)
 
 
@@ -185,13 +187,13 @@ def test_images_labels_count_mismatch(tmp_path):
     arrays["test_labels"] = arrays["test_labels"][:-1]
     directory = _write_idx_dir(tmp_path / "idx", arrays)
     with pytest.raises(ValueError, match="disagree"):
-        ip.load_idx_dataset(directory, "fashion_mnist")
+        datasets.load_idx_dataset(directory, "fashion_mnist")
 
 
 def test_missing_dir_mentions_debian_package(tmp_path):
     missing = str(tmp_path / "nowhere")
     with pytest.raises(FileNotFoundError, match="dataset-fashion-mnist") as info:
-        ip.load_idx_dataset(missing, "fashion_mnist")
+        datasets.load_idx_dataset(missing, "fashion_mnist")
     assert missing in str(info.value)
     assert "idx_dir" in str(info.value) and "source=tfds" in str(info.value)
 
@@ -199,7 +201,7 @@ def test_missing_dir_mentions_debian_package(tmp_path):
 def test_mnist_from_fashion_dir_is_refused(tmp_path):
     directory = _write_idx_dir(tmp_path / "fashion-mnist", _fake_arrays())
     with pytest.raises(ValueError, match="Fashion-MNIST"):
-        ip.load_idx_dataset(directory, "mnist")
+        datasets.load_idx_dataset(directory, "mnist")
 
 
 @pytest.mark.skipif(
@@ -207,7 +209,7 @@ def test_mnist_from_fashion_dir_is_refused(tmp_path):
     reason=f"{DEBIAN_DIR} absent (apt-get install dataset-fashion-mnist)",
 )
 def test_real_debian_fashion_mnist():
-    ds = ip.load_dataset(_config(source="idx", idx_dir=DEBIAN_DIR))
+    ds = datasets.load_dataset(_config(source="idx", idx_dir=DEBIAN_DIR))
     assert ds.train_images.shape == (60000, 28, 28, 1)
     assert ds.test_images.shape == (10000, 28, 28, 1)
     assert ds.train_images.dtype == np.uint8
@@ -226,7 +228,7 @@ def test_idx_and_split_work_without_tensorflow(tmp_path):
         import sys
         sys.modules["tensorflow"] = None
         sys.modules["tensorflow_datasets"] = None
-        from comatch_jax import input_pipeline as ip
+        from comatch_jax import datasets as ip
         ds = ip.load_idx_dataset({directory!r}, "fashion_mnist")
         lab, unl = ip.split_labeled_unlabeled(
             ds.train_labels, num_labels=10, num_classes=10, seed=0
@@ -251,7 +253,7 @@ def test_idx_and_split_work_without_tensorflow(tmp_path):
 def test_tfds_under_mock_data(tmp_path, name, shape, first_class):
     tfds = _tfds()
     with tfds.testing.mock_data(num_examples=6):
-        ds = ip.load_dataset(_config(name=name, source="tfds", data_dir=str(tmp_path)))
+        ds = datasets.load_dataset(_config(name=name, source="tfds", data_dir=str(tmp_path)))
     assert ds.train_images.shape == (6,) + shape
     assert ds.test_images.shape == (6,) + shape
     assert ds.train_images.dtype == np.uint8 and ds.test_images.dtype == np.uint8
@@ -273,19 +275,19 @@ def test_tfds_mock_stl10_extra_unlabeled(tmp_path):
         extra_unlabeled_split="unlabelled",
     )
     with tfds.testing.mock_data(num_examples=3):
-        ds = ip.load_dataset(config)
+        ds = datasets.load_dataset(config)
     assert ds.train_images.shape == (3, 96, 96, 3)
-    assert ds.extra_unlabeled_images.shape == (3, 96, 96, 3)
-    assert ds.extra_unlabeled_images.dtype == np.uint8
+    assert ds.unlabeled_images.shape == (3, 96, 96, 3)
+    assert ds.unlabeled_images.dtype == np.uint8
     assert ds.source.startswith("tfds:stl10")
 
 
 def test_tfds_prepared_tiny_dataset(tmp_path):
     name = _register_tiny_builder()
     data_dir = str(tmp_path / "tfds")
-    assert not ip.tfds_is_prepared(name, data_dir)
-    ds = ip.load_tfds_dataset(name, data_dir)
-    assert ip.tfds_is_prepared(name, data_dir)
+    assert not datasets.tfds_is_prepared(name, data_dir)
+    ds = datasets.load_tfds_dataset(name, data_dir)
+    assert datasets.tfds_is_prepared(name, data_dir)
     assert ds.train_images.shape == (12, 4, 5, 3)
     assert ds.test_images.shape == (6, 4, 5, 3)
     assert ds.class_names == ("a", "b", "c") and ds.num_classes == 3
@@ -294,7 +296,7 @@ def test_tfds_prepared_tiny_dataset(tmp_path):
     np.testing.assert_array_equal(ds.train_images[:, 0, 0, 0] % 3, ds.train_labels)
     assert sorted(ds.test_images[:, 0, 0, 0]) == list(range(100, 106))
     assert data_dir in ds.source
-    sliced = ip.load_tfds_dataset(name, data_dir, train_split="train[:4]", download=False)
+    sliced = datasets.load_tfds_dataset(name, data_dir, train_split="train[:4]", download=False)
     assert sliced.train_images.shape == (4, 4, 5, 3)
 
 
@@ -304,7 +306,7 @@ def test_auto_uses_idx_when_tfds_not_prepared(tmp_path):
     empty = tmp_path / "tfds_empty"
     empty.mkdir()
     config = _config(source="auto", data_dir=str(empty), idx_dir=directory)
-    ds = ip.load_dataset(config)
+    ds = datasets.load_dataset(config)
     assert ds.source == f"idx:{directory}"
     assert ds.train_images.shape == (30, 6, 7, 1)
     assert not any(empty.iterdir())  # nothing was downloaded or prepared
@@ -320,7 +322,7 @@ def test_auto_prefers_prepared_tfds(tmp_path):
     builder.info.write_to_directory(str(version_dir))
     directory = _write_idx_dir(tmp_path / "idx", _fake_arrays())
     with tfds.testing.mock_data(num_examples=4, data_dir=str(metadata)):
-        ds = ip.load_dataset(_config(source="auto", idx_dir=directory))
+        ds = datasets.load_dataset(_config(source="auto", idx_dir=directory))
     assert ds.source.startswith("tfds:fashion_mnist")
     assert ds.train_images.shape == (4, 28, 28, 1)
 
@@ -331,12 +333,12 @@ def test_auto_without_any_data_raises_one_clear_error(tmp_path, monkeypatch):
     def offline(*args, **kwargs):
         raise ConnectionError("no internet")
 
-    monkeypatch.setattr(ip, "load_tfds_dataset", offline)
+    monkeypatch.setattr(tfds_source, "load_tfds_dataset", offline)
     empty = tmp_path / "tfds_empty"
     empty.mkdir()
     config = _config(data_dir=str(empty), idx_dir=str(tmp_path / "no_idx"))
     with pytest.raises(FileNotFoundError, match="dataset-fashion-mnist") as info:
-        ip.load_dataset(config)
+        datasets.load_dataset(config)
     message = str(info.value)
     assert "no internet" in message and "source=tfds" in message
 
@@ -346,37 +348,37 @@ def test_auto_without_any_data_raises_one_clear_error(tmp_path, monkeypatch):
 
 def test_unknown_dataset_lists_known_names():
     with pytest.raises(ValueError, match="cifar10") as info:
-        ip.load_dataset(_config(name="imagenet"))
-    for name in ip.KNOWN_DATASETS:
+        datasets.load_dataset(_config(name="imagenet"))
+    for name in datasets.KNOWN_DATASETS:
         assert name in str(info.value)
 
 
 def test_unknown_source():
     with pytest.raises(ValueError, match="auto, tfds, idx"):
-        ip.load_dataset(_config(source="http"))
+        datasets.load_dataset(_config(source="http"))
 
 
 def test_idx_source_rejects_split_slicing(tmp_path):
     directory = _write_idx_dir(tmp_path / "idx", _fake_arrays())
     config = _config(source="idx", idx_dir=directory, train_split="train[:10]")
     with pytest.raises(ValueError, match="source=tfds"):
-        ip.load_dataset(config)
+        datasets.load_dataset(config)
 
 
 def test_digits():
     pytest.importorskip("sklearn")
-    ds = ip.load_dataset(_config(name="digits"))
+    ds = datasets.load_dataset(_config(name="digits"))
     assert ds.train_images.shape == (1500, 8, 8, 1)
     assert ds.test_images.shape == (297, 8, 8, 1)
     assert ds.train_images.dtype == np.uint8 and ds.train_images.max() == 255
     assert ds.source == "sklearn:load_digits"
 
 
-def test_in_memory_dataset_validates_shapes():
+def test_image_dataset_validates_shapes():
     images = np.zeros((2, 3, 3), np.uint8)  # 3-D: missing channel axis
     labels = np.zeros((2,), np.int32)
     with pytest.raises(ValueError, match="train_images"):
-        ip.InMemoryDataset(images, labels, images[..., None], labels, 1, ("a",), "x")
+        datasets.ImageDataset(images, labels, images[..., None], labels, 1, ("a",), "x")
 
 
 # ---------------------------------------------------------------------------- split
@@ -389,7 +391,7 @@ def _labels(per_class=50, num_classes=10, seed=0):
 
 def test_split_balanced_sorted_disjoint_covering():
     labels = _labels()
-    lab, unl = ip.split_labeled_unlabeled(labels, num_labels=40, num_classes=10, seed=1)
+    lab, unl = datasets.split_labeled_unlabeled(labels, num_labels=40, num_classes=10, seed=1)
     assert lab.dtype == np.int32 and unl.dtype == np.int32
     assert len(lab) == 40 and len(unl) == len(labels) - 40
     np.testing.assert_array_equal(np.bincount(labels[lab], minlength=10), [4] * 10)
@@ -401,9 +403,9 @@ def test_split_balanced_sorted_disjoint_covering():
 def test_split_seeded():
     labels = _labels()
     kwargs = dict(num_labels=40, num_classes=10)
-    a = ip.split_labeled_unlabeled(labels, seed=3, **kwargs)
-    b = ip.split_labeled_unlabeled(labels, seed=3, **kwargs)
-    c = ip.split_labeled_unlabeled(labels, seed=4, **kwargs)
+    a = datasets.split_labeled_unlabeled(labels, seed=3, **kwargs)
+    b = datasets.split_labeled_unlabeled(labels, seed=3, **kwargs)
+    c = datasets.split_labeled_unlabeled(labels, seed=4, **kwargs)
     np.testing.assert_array_equal(a[0], b[0])
     np.testing.assert_array_equal(a[1], b[1])
     assert not np.array_equal(a[0], c[0])
@@ -411,7 +413,7 @@ def test_split_seeded():
 
 def test_split_include_labeled_in_unlabeled():
     labels = _labels()
-    lab, unl = ip.split_labeled_unlabeled(
+    lab, unl = datasets.split_labeled_unlabeled(
         labels, num_labels=20, num_classes=10, seed=0, include_labeled_in_unlabeled=True
     )
     np.testing.assert_array_equal(unl, np.arange(len(labels)))
@@ -420,7 +422,7 @@ def test_split_include_labeled_in_unlabeled():
 
 def test_split_all_labels():
     labels = _labels(per_class=3)
-    lab, unl = ip.split_labeled_unlabeled(labels, num_labels=30, num_classes=10, seed=0)
+    lab, unl = datasets.split_labeled_unlabeled(labels, num_labels=30, num_classes=10, seed=0)
     np.testing.assert_array_equal(lab, np.arange(30))
     assert unl.shape == (0,) and unl.dtype == np.int32
 
@@ -437,10 +439,186 @@ def test_split_all_labels():
 )
 def test_split_errors(labels, num_labels, match):
     with pytest.raises(ValueError, match=match):
-        ip.split_labeled_unlabeled(labels, num_labels=num_labels, num_classes=10, seed=0)
+        datasets.split_labeled_unlabeled(labels, num_labels=num_labels, num_classes=10, seed=0)
 
 
 def test_split_rejects_out_of_range_labels():
     labels = np.array([0, 1, 2, 10], np.int32)
     with pytest.raises(ValueError, match="num_classes"):
-        ip.split_labeled_unlabeled(labels, num_labels=2, num_classes=2, seed=0)
+        datasets.split_labeled_unlabeled(labels, num_labels=2, num_classes=2, seed=0)
+
+
+# -------------------------------------------------------------------- normalisation
+
+
+def _dataset(channels=3, n=6, size=4, seed=0, **kwargs):
+    rng = np.random.default_rng(seed)
+    images = rng.integers(0, 256, (n, size, size, channels), dtype=np.uint8)
+    labels = (np.arange(n) % 2).astype(np.int32)
+    fields = dict(
+        train_images=images,
+        train_labels=labels,
+        test_images=images[:2],
+        test_labels=labels[:2],
+        num_classes=2,
+        class_names=("a", "b"),
+        source="test",
+    )
+    fields.update(kwargs)
+    return datasets.ImageDataset(**fields)
+
+
+def _numpy_statistics(*arrays):
+    pixels = np.concatenate([a.reshape(-1, a.shape[-1]) for a in arrays]).astype(np.float64) / 255
+    return pixels.mean(axis=0), pixels.std(axis=0)
+
+
+def test_pixel_sums_and_image_statistics_match_numpy(tmp_path):
+    rng = np.random.default_rng(1)
+    a = rng.integers(0, 256, (70, 5, 3, 3), dtype=np.uint8)  # more rows than one block
+    np.save(tmp_path / "b.npy", rng.integers(0, 256, (9, 5, 3, 3), dtype=np.uint8))
+    b = np.load(tmp_path / "b.npy", mmap_mode="r")
+    sums = datasets.pixel_sums(a)
+    assert sums.dtype == np.int64 and sums.shape == (70, 2, 3)
+    flat = a.reshape(70, -1, 3).astype(np.int64)
+    np.testing.assert_array_equal(sums[:, 0], flat.sum(1))
+    np.testing.assert_array_equal(sums[:, 1], (flat**2).sum(1))
+    mean, std = datasets.image_statistics(a, None, b)
+    expected_mean, expected_std = _numpy_statistics(a, np.asarray(b))
+    np.testing.assert_allclose(mean, expected_mean, rtol=1e-12)
+    np.testing.assert_allclose(std, expected_std, rtol=1e-12)
+    # Hand-checked: pixels 0 and 255 -> mean 0.5, std 0.5.
+    two = np.array([0, 255], np.uint8).reshape(1, 2, 1, 1)
+    assert datasets.image_statistics(two) == ((0.5,), (0.5,))
+
+
+def test_resolve_normalization_user_values_win():
+    dataset = _dataset(mean=(0.1, 0.2, 0.3), std=(0.4, 0.5, 0.6))
+    assert datasets.resolve_normalization((0.5, 0.5, 0.5), (0.25, 0.25, 0.25), dataset) == (
+        (0.5, 0.5, 0.5),
+        (0.25, 0.25, 0.25),
+    )
+    assert datasets.resolve_normalization((), (), dataset) == ((0.1, 0.2, 0.3), (0.4, 0.5, 0.6))
+
+
+def test_resolve_normalization_measures_a_dataset_without_statistics():
+    unlabeled = np.random.default_rng(5).integers(0, 256, (3, 4, 4, 3), dtype=np.uint8)
+    dataset = _dataset(unlabeled_images=unlabeled)
+    mean, std = datasets.resolve_normalization((), (), dataset)
+    expected_mean, expected_std = _numpy_statistics(dataset.train_images, unlabeled)
+    np.testing.assert_allclose(mean, expected_mean, rtol=1e-12)
+    np.testing.assert_allclose(std, expected_std, rtol=1e-12)
+
+
+@pytest.mark.parametrize(
+    "channels, mean, std, message",
+    [
+        (
+            1,
+            (0.5, 0.5, 0.5),
+            (0.2, 0.2, 0.2),
+            "dataset.mean has 3 values but the images have 1 channel; set "
+            "--config.dataset.mean to 1 values",
+        ),
+        (3, (0.3,), (0.3,), "dataset.mean has 1 values but the images have 3 channels"),
+        (3, (0.3, 0.3, 0.3), (0.3,), "dataset.std has 1 values but the images have 3 channels"),
+        (1, (0.5,), (0.0,), "dataset.std (0.0000) has an entry <= 0"),
+    ],
+)
+def test_resolve_normalization_errors_are_one_line(channels, mean, std, message):
+    with pytest.raises(ValueError) as raised:
+        datasets.resolve_normalization(mean, std, _dataset(channels=channels))
+    assert message in str(raised.value) and "\n" not in str(raised.value)
+
+
+def test_named_datasets_carry_standard_statistics(tmp_path):
+    directory = _write_idx_dir(tmp_path / "idx", _fake_arrays())
+    fashion = datasets.load_idx_dataset(directory, "fashion_mnist")
+    assert (fashion.mean, fashion.std) == ((0.2860,), (0.3530,))
+    assert (fashion.name, fashion.channels) == ("fashion_mnist", 1)
+    assert set(fashion.file_digests) == {"train", "test"}  # hashes of the IDX files' stats
+    for name, stats in datasets.STANDARD_STATISTICS.items():
+        channels = 1 if name in ("fashion_mnist", "mnist") else 3
+        assert len(stats[0]) == len(stats[1]) == channels, name
+        assert all(0 < v < 1 for v in stats[0] + stats[1]), name
+
+
+def test_tfds_cifar10_carries_its_statistics(tmp_path):
+    tfds = _tfds()
+    with tfds.testing.mock_data(num_examples=2):
+        ds = datasets.load_dataset(_config(name="cifar10", source="tfds", data_dir=str(tmp_path)))
+    assert ds.mean == (0.4914, 0.4822, 0.4465) and ds.std == (0.2471, 0.2435, 0.2616)
+    assert datasets.resolve_normalization((), (), ds) == (ds.mean, ds.std)
+
+
+def test_digits_statistics_are_measured_on_the_train_split():
+    pytest.importorskip("sklearn")
+    ds = datasets.load_dataset(_config(name="digits"))
+    expected_mean, expected_std = _numpy_statistics(ds.train_images)
+    np.testing.assert_allclose(ds.mean, expected_mean, rtol=1e-12)
+    np.testing.assert_allclose(ds.std, expected_std, rtol=1e-12)
+
+
+def test_image_dataset_rejects_statistics_of_the_wrong_length():
+    with pytest.raises(ValueError, match="ImageDataset.mean has 1 values for 3-channel"):
+        _dataset(mean=(0.5,), std=(0.5,))
+
+
+# ---------------------------------------------------------------------- fingerprints
+
+
+def _fingerprint(counts=(6, 2, 0), classes=("a", "b"), digests=None, source="test"):
+    rng = np.random.default_rng(0)
+    images = lambda n: rng.integers(0, 256, (n, 2, 2, 1), dtype=np.uint8)
+    labels = lambda n: (np.arange(n) % len(classes)).astype(np.int32)
+    dataset = datasets.ImageDataset(
+        train_images=images(counts[0]),
+        train_labels=labels(counts[0]),
+        test_images=images(counts[1]),
+        test_labels=labels(counts[1]),
+        num_classes=len(classes),
+        class_names=tuple(classes),
+        source=source,
+        unlabeled_images=images(counts[2]) if counts[2] else None,
+        file_digests=digests or {},
+    )
+    return datasets.data_fingerprint(dataset)
+
+
+def test_data_fingerprint_counts_classes_and_files():
+    import json
+
+    fingerprint = _fingerprint(counts=(6, 2, 5), digests={"unlabeled": "f" * 64})
+    assert json.loads(json.dumps(fingerprint)) == fingerprint
+    assert fingerprint["class_names"] == ["a", "b"]
+    assert fingerprint["parts"] == {
+        "train": {"count": 6, "files": None},
+        "test": {"count": 2, "files": None},
+        "unlabeled": {"count": 5, "files": "f" * 64},
+    }
+
+
+def test_describe_data_change():
+    base = _fingerprint(counts=(6, 2, 5), digests={"unlabeled": "1" * 64})
+    assert datasets.describe_data_change(base, base) is None
+    assert datasets.describe_data_change(
+        base, _fingerprint(counts=(6, 2, 1005), digests={"unlabeled": "2" * 64})
+    ) == ("unlabeled: 5 -> 1,005 images (1,000 added)")
+    assert datasets.describe_data_change(
+        base, _fingerprint(counts=(5, 2, 5), digests={"unlabeled": "1" * 64})
+    ) == ("train: 6 -> 5 images (1 removed)")
+    assert datasets.describe_data_change(
+        base, _fingerprint(counts=(6, 2, 5), digests={"unlabeled": "3" * 64})
+    ) == ("unlabeled: 5 images, but files were replaced or modified")
+    assert datasets.describe_data_change(
+        base, _fingerprint(counts=(6, 2, 5), classes=("a", "c"), digests={"unlabeled": "1" * 64})
+    ) == ("classes added: c; classes removed: b")
+    assert datasets.describe_data_change(
+        base, _fingerprint(counts=(6, 2, 5), classes=("b", "a"), digests={"unlabeled": "1" * 64})
+    ) == ("the class order changed (labels now mean other classes)")
+    assert datasets.describe_data_change(
+        base, _fingerprint(counts=(6, 2, 5), digests={"unlabeled": "1" * 64}, source="other")
+    ) == ("source: test -> other")
+    assert datasets.describe_data_change(base, _fingerprint(counts=(6, 2, 0))) == (
+        "unlabeled: 5 -> 0 images (5 removed)"
+    )
