@@ -94,7 +94,9 @@ def _key_words(rng: Any, xp):
     if xp is np:
         rng = np.asarray(rng)
     if rng.dtype != xp.uint32:
-        raise ValueError(f"sampling rng must be a PRNG key (uint32 key data), got dtype {rng.dtype}")
+        raise ValueError(
+            f"sampling rng must be a PRNG key (uint32 key data), got dtype {rng.dtype}"
+        )
     return rng.reshape(-1)
 
 

@@ -28,7 +28,9 @@ def test_every_epoch_is_a_permutation_for_many_sizes(n):
         stream = _stream(rng, n, batch, steps)
         assert stream.dtype == np.int32 and len(stream) == steps * batch
         for epoch in range(len(stream) // n):
-            np.testing.assert_array_equal(np.sort(stream[epoch * n : (epoch + 1) * n]), np.arange(n))
+            np.testing.assert_array_equal(
+                np.sort(stream[epoch * n : (epoch + 1) * n]), np.arange(n)
+            )
 
 
 def test_a_batch_spanning_several_epochs():
