@@ -5,7 +5,11 @@ Figures (median of --repeats timed calls after warm-up), as ms/step and images/s
   bare_step   forward + losses + update + queue + EMA on ready-made views (no augmentation)
   full_step   augment + bare step, batch already on the device
   loop        train.train_and_evaluate's loop on in-memory random data (sampling on the
-              device, logging, no evaluation), per step
+              device, or with --host_path gathered on the host; logging, no evaluation), per
+              step, with an unlabeled pool of --pool_size images; loop_over_full_step is the
+              loop's speed over the full step's
+  serial_host_loop / prefetch_host_loop (with --host_path)  a bare loop of the jitted step
+              fed by prefetch.host_batch, called in turn or from a prefetch.Prefetcher
 plus the compiled step's FLOPs (XLA cost analysis), achieved FLOP/s, peak device memory
 (where the backend reports it) and host RSS. Needs no TensorFlow.
 
@@ -13,18 +17,24 @@ plus the compiled step's FLOPs (XLA cost analysis), achieved FLOP/s, peak device
   python experiments/benchmark.py --preset=cifar10_40 --dtype=bfloat16   # on a GPU
   taskset -c 0,1 python experiments/benchmark.py          # 2 cores
   python experiments/benchmark.py --preset=cifar10_40 --batch_size=8 --mu=1   # WRN-28-2 on a CPU
+  python experiments/benchmark.py --pool_size=512000 --host_path   # the host path, paper's pool
 """
 
 import json
+import os
 import resource
 import tempfile
 import time
+
+from comatch_jax import xla_flags
+
+xla_flags.apply_default_cpu_flags()  # before JAX starts a backend, as comatch_jax.main does
 
 import jax
 import numpy as np
 from absl import app, flags
 
-from comatch_jax import config_lib, train, train_step
+from comatch_jax import config_lib, prefetch, runs, train, train_step
 
 flags.DEFINE_string("preset", "", "A config preset (comatch.py's), '' = the CPU default.")
 flags.DEFINE_string("method", "comatch", "Method to time.")
@@ -35,11 +45,15 @@ flags.DEFINE_integer("batch_size", 0, "Override the labeled batch size (0 = the 
 flags.DEFINE_integer("mu", 0, "Override the unlabeled ratio mu (0 = the config's).")
 flags.DEFINE_integer("repeats", 10, "Timed calls per figure.")
 flags.DEFINE_integer("loop_steps", 50, "Steps of the training loop to time (0 = skip the loop).")
+flags.DEFINE_integer(
+    "pool_size", 0, "Unlabeled images of the timed loop (0 = max(4 * unlabeled batch, 1000))."
+)
 flags.DEFINE_bool(
-    "host_batches",
+    "host_path",
     False,
     "Loop: gather each batch on the host and transfer it (the image-folder cache path) "
-    "instead of sampling from arrays on the device.",
+    "instead of sampling from arrays on the device; also times bare host-fed loops with and "
+    "without prefetching.",
 )
 flags.DEFINE_string("json_out", "", "Also write the figures as JSON here.")
 FLAGS = flags.FLAGS
@@ -64,6 +78,17 @@ def _median_seconds(fn, repeats):
     return float(np.median(times))
 
 
+def _random_images(n, size, channels, seed=0):
+    """uint8 [n, size, size, channels] noise, made in chunks (no int64 temporaries)."""
+    rng = np.random.default_rng(seed)
+    images = np.empty((n, size, size, channels), np.uint8)
+    for start in range(0, n, 65536):
+        images[start : start + 65536] = rng.integers(
+            0, 256, images[start : start + 65536].shape, dtype=np.uint8
+        )
+    return images
+
+
 def _random_dataset(size, channels, num_classes, num_labels, num_unlabeled):
     from comatch_jax.datasets import ImageDataset
 
@@ -71,7 +96,7 @@ def _random_dataset(size, channels, num_classes, num_labels, num_unlabeled):
     n = num_labels + num_unlabeled
     labels = (np.arange(n) % num_classes).astype(np.int32)
     return ImageDataset(
-        train_images=rng.integers(0, 256, (n, size, size, channels), dtype=np.uint8),
+        train_images=_random_images(n, size, channels),
         train_labels=labels,
         test_images=rng.integers(0, 256, (num_classes, size, size, channels), dtype=np.uint8),
         test_labels=np.arange(num_classes, dtype=np.int32),
@@ -108,7 +133,7 @@ def main(argv):
     size, channels, num_classes = _SHAPES[config.dataset.name]
     size = FLAGS.image_size or size
     num_classes = FLAGS.num_classes or num_classes
-    method, model, tx, init_state = train.build_training(
+    method, model, tx, init_state = runs.build_training(
         config, num_classes, (size, size, channels)
     )
     state = jax.jit(lambda: init_state(jax.random.PRNGKey(0)))()
@@ -120,7 +145,8 @@ def main(argv):
             "labels": (np.arange(b) % num_classes).astype(np.int32),
             "unlabeled_images": rng.integers(0, 256, (u, size, size, channels), dtype=np.uint8),
             "unlabeled_labels": (np.arange(u) % num_classes).astype(np.int32),
-        }
+        },
+        _batch_sharding(),  # as prefetch.host_batch's, so the host loops reuse the compiled step
     )
     images_per_step = b * len(method.labeled_views) + u * len(method.unlabeled_views)
     figures = {
@@ -130,6 +156,7 @@ def main(argv):
         "dtype": config.model.dtype,
         "images_per_step": images_per_step,
         "model": config.model.name,
+        "xla_flags": os.environ.get("XLA_FLAGS", ""),
     }
 
     make_views = jax.jit(lambda key, batch: train_step.make_views(key, batch, method, config))
@@ -155,13 +182,24 @@ def main(argv):
     # The training loop of main (sampling on the device, logging, checkpoint at the end),
     # timed between its log lines after the first (which includes compilation).
     if FLAGS.loop_steps:
-        figures.update(_time_loop(config, size, channels, num_classes, b, u))
+        figures["pool_size"] = FLAGS.pool_size or max(4 * u, 1000)
+        figures["host_path"] = FLAGS.host_path
+        figures.update(_time_loop(config, size, channels, num_classes, b, u, figures["pool_size"]))
+        if FLAGS.host_path:
+            figures.update(
+                _time_host_loops(
+                    full, state, size, channels, num_classes, b, u, figures["pool_size"]
+                )
+            )
         # The config's whole schedule (e.g. 2^19 steps for CIFAR-10) at the loop's speed.
         figures["schedule_steps"] = config.num_steps
         figures["projected_schedule_hours"] = config.num_steps * figures["loop_s"] / 3600
-    for name in ("augment", "bare_step", "full_step", "loop"):
+    timed = ("augment", "bare_step", "full_step", "loop", "serial_host_loop", "prefetch_host_loop")
+    for name in timed:
         if f"{name}_s" in figures:
             figures[f"{name}_images_per_s"] = images_per_step / figures[f"{name}_s"]
+    if "loop_s" in figures:
+        figures["loop_over_full_step"] = figures["full_step_s"] / figures["loop_s"]
     figures["augment_fraction_of_full_step"] = figures["augment_s"] / figures["full_step_s"]
     stats = jax.devices()[0].memory_stats() or {}
     figures["peak_device_memory_gib"] = stats.get("peak_bytes_in_use", 0) / 2**30
@@ -173,20 +211,58 @@ def main(argv):
             json.dump(figures, f, indent=2)
 
 
-def _time_loop(config, size, channels, num_classes, b, u):
+def _time_loop(config, size, channels, num_classes, b, u, pool_size):
     """Seconds per step of train.train_and_evaluate's loop on random in-memory data."""
     loop_config = config.copy_and_resolve_references()
     loop_config.num_labels = max(b, num_classes) // num_classes * num_classes
     loop_config.num_steps = FLAGS.loop_steps
     loop_config.log_every = max(FLAGS.loop_steps // 5, 1)
     loop_config.eval_every = loop_config.checkpoint_every = 10 * FLAGS.loop_steps
-    loop_config.data_on_device = not FLAGS.host_batches
-    dataset = _random_dataset(size, channels, num_classes, loop_config.num_labels, max(4 * u, 1000))
+    loop_config.data_on_device = not FLAGS.host_path
+    dataset = _random_dataset(size, channels, num_classes, loop_config.num_labels, pool_size)
     writer = _TimingWriter()
     with tempfile.TemporaryDirectory() as workdir:
         train.train_and_evaluate(loop_config, workdir, writer=writer, dataset=dataset)
     (first_step, first_time), (last_step, last_time) = writer.times[0], writer.times[-1]
     return {"loop_s": (last_time - first_time) / (last_step - first_step)}
+
+
+def _batch_sharding():
+    mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]), ("data",))
+    return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
+
+
+def _time_host_loops(full, state, size, channels, num_classes, b, u, pool_size):
+    """Seconds per step of the jitted full step fed by prefetch.host_batch from host arrays
+    (an unlabeled pool of `pool_size`), called in turn (serial) or prefetched in a thread."""
+    arrays = {
+        "labeled_images": _random_images(max(b, num_classes), size, channels, seed=1),
+        "labels": (np.arange(max(b, num_classes)) % num_classes).astype(np.int32),
+        "unlabeled_images": _random_images(pool_size, size, channels, seed=2),
+        "unlabeled_labels": (np.arange(pool_size) % num_classes).astype(np.int32),
+        "sampling_rng": np.asarray(jax.random.PRNGKey(0)),
+    }
+    make = lambda step: prefetch.host_batch(
+        arrays, step, batch_size=b, unlabeled_batch_size=u, sharding=_batch_sharding()
+    )
+    steps = FLAGS.loop_steps
+    figures = {"host_batch_s": _median_seconds(lambda: make(0), FLAGS.repeats)}
+
+    def run(next_batch):
+        # Two untimed steps: the step compiles again for the state the first one returns.
+        current, metrics = full(state, next_batch(0))
+        current, metrics = full(current, next_batch(1))
+        jax.block_until_ready(metrics)
+        start = time.perf_counter()
+        for step in range(2, steps + 2):
+            current, metrics = full(current, next_batch(step))
+        jax.block_until_ready(metrics)
+        return (time.perf_counter() - start) / steps
+
+    figures["serial_host_loop_s"] = run(make)
+    with prefetch.Prefetcher(make, start_step=0, stop_step=steps + 2, depth=2) as batches:
+        figures["prefetch_host_loop_s"] = run(batches.get)
+    return figures
 
 
 if __name__ == "__main__":

@@ -19,7 +19,8 @@ def test_benchmark_runs_on_cpu_with_small_shapes(tmp_path):
             "--image_size=12",
             "--repeats=1",
             "--loop_steps=4",
-            "--host_batches",
+            "--pool_size=50",
+            "--host_path",
             f"--json_out={out}",
         ],
         cwd=REPO,
@@ -29,8 +30,12 @@ def test_benchmark_runs_on_cpu_with_small_shapes(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     figures = json.loads(out.read_text())
     assert figures["images_per_step"] == 2 + 3 * 2  # labeled weak + 3 unlabeled views
-    for name in ("augment", "bare_step", "full_step", "loop"):
+    timed = ("augment", "bare_step", "full_step", "loop", "serial_host_loop", "prefetch_host_loop")
+    for name in timed:
         assert figures[f"{name}_s"] > 0 and figures[f"{name}_images_per_s"] > 0
+    assert figures["pool_size"] == 50 and figures["host_path"] is True
+    assert figures["loop_over_full_step"] == figures["full_step_s"] / figures["loop_s"]
+    assert figures["host_batch_s"] > 0
     assert figures["step_gflop"] > 0
     assert (
         figures["projected_schedule_hours"] == figures["schedule_steps"] * figures["loop_s"] / 3600
@@ -74,3 +79,63 @@ def test_compare_methods_tabulates_finished_runs(tmp_path):
     assert "100 + 10" in simclr and "2.5 min" in simclr and "56.00%" in simclr
     assert "60.00%" in simclr and "58.00%" in simclr  # linear probe, kNN
     assert (tmp_path / "table.png").stat().st_size > 1000
+
+
+def test_make_synthetic_folder_writes_the_image_folder_layout(tmp_path):
+    from PIL import Image
+
+    def make(out, seed=0, workers=1):
+        result = subprocess.run(
+            [
+                sys.executable,
+                "experiments/make_synthetic_folder.py",
+                f"--out={out}",
+                "--num_labeled=6",
+                "--num_unlabeled=7",
+                "--num_val=3",
+                "--num_classes=3",
+                "--image_size=16",
+                f"--seed={seed}",
+                f"--workers={workers}",
+            ],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+        )
+        assert result.returncode == 0, result.stderr[-3000:]
+
+    def files(root):
+        return sorted(
+            os.path.relpath(os.path.join(d, f), root)
+            for d, _, names in os.walk(root)
+            for f in names
+        )
+
+    make(tmp_path / "a")
+    names = files(tmp_path / "a")
+    labeled = [n for n in names if n.startswith("labeled/")]
+    assert sorted({n.split("/")[1] for n in labeled}) == ["class_0", "class_1", "class_2"]
+    assert len(labeled) == 6 and sum("class_1/" in n for n in labeled) == 2  # balanced
+    assert len([n for n in names if n.startswith("val/")]) == 3
+    unlabeled = [n for n in names if n.startswith("unlabeled/")]
+    assert len(unlabeled) == 7 and all(n.startswith("unlabeled/000/") for n in unlabeled)
+    with Image.open(tmp_path / "a" / labeled[0]) as image:
+        assert image.format == "JPEG" and image.size == (16, 16) and image.mode == "RGB"
+    truth = (tmp_path / "a" / "unlabeled_truth.csv").read_text().splitlines()
+    assert truth[0] == "path,label" and len(truth) == 8
+    assert sorted("unlabeled/" + line.split(",")[0] for line in truth[1:]) == unlabeled
+    # Deterministic by seed, whatever the number of workers; another seed, other pixels.
+    make(tmp_path / "b", workers=2)
+    make(tmp_path / "c", seed=1)
+    read = lambda root, name: (root / name).read_bytes()
+    assert files(tmp_path / "b") == names
+    assert all(read(tmp_path / "a", n) == read(tmp_path / "b", n) for n in names)
+    assert read(tmp_path / "a", labeled[0]) != read(tmp_path / "c", labeled[0])
+    # A non-empty target is refused with one line.
+    result = subprocess.run(
+        [sys.executable, "experiments/make_synthetic_folder.py", f"--out={tmp_path / 'a'}"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode != 0 and "is not empty" in result.stderr.strip().splitlines()[-1]
