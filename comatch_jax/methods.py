@@ -23,13 +23,45 @@ Outputs = dict[str, dict[str, jax.Array]]
 LossFn = Callable[..., tuple[jax.Array, tuple[Any, dict[str, jax.Array]]]]
 
 
+Check = tuple[bool, str]  # (condition that must hold, what the user must change)
+
+# Model output (head) -> the config.model fields that must be set for the model to build it.
+# `logits` (the classifier) and `embedding` (CoMatch's projection head) are always built.
+HEAD_FIELDS: dict[str, tuple[str, ...]] = {
+    "logits": (),
+    "embedding": (),
+    "projection": ("projector_widths",),
+    "prediction": ("projector_widths", "predictor_widths"),
+    "reconstruction": ("decoder",),
+}
+EVALUATIONS = ("classifier", "self_supervised")
+
+
+def _no_checks(config: ml_collections.ConfigDict) -> list[Check]:
+    return []
+
+
 @dataclasses.dataclass(frozen=True)
 class Method:
-    """A training method.
+    """A training method, declared once: everything the trainer, config validation and the
+    comparison tables need to know about it.
 
+    name: the config.method value; configs/<name>.py is its config file.
     labeled_views / unlabeled_views: view slots (names in config.augment) made per part.
-    init_state(config, num_classes, embedding_dim) -> the method's extra state pytree.
+    init_state(config, num_classes, embedding_dim) -> the method's extra state pytree
+        (carried in TrainState.method_state and checkpointed with it).
     loss(outputs, batch, method_state, config) -> (loss, (new method state, metrics)).
+    evaluation: 'classifier' (evaluated by its own classifier) or 'self_supervised'
+        (by kNN on frozen features; the classifier is untrained until fine-tuning).
+    heads: the model outputs the loss reads (keys of HEAD_FIELDS); validation requires the
+        config.model fields each needs.
+    config_sections: the config.<section> sub-configs the loss reads.
+    check_config(config) -> [(ok, message)]: the method's own option checks, run by
+        config_lib.validate_config ('Invalid config: <message>' when not ok).
+    display_name: the name in comparison tables and figures. The order of METHODS is the
+        row order of those tables.
+
+    A method needs unlabeled data (config.mu > 0) exactly when it has unlabeled views.
     """
 
     name: str
@@ -37,9 +69,37 @@ class Method:
     unlabeled_views: tuple[str, ...]
     init_state: Callable[[ml_collections.ConfigDict, int, int], Any]
     loss: LossFn
-    # 'classifier': evaluated by its classifier; 'self_supervised': by kNN on frozen features
-    # (the classifier is untrained until fine-tuning).
     evaluation: str = "classifier"
+    heads: tuple[str, ...] = ("logits",)
+    config_sections: tuple[str, ...] = ()
+    check_config: Callable[[ml_collections.ConfigDict], list[Check]] = _no_checks
+    display_name: str = ""
+
+    def __post_init__(self):
+        if self.evaluation not in EVALUATIONS:
+            raise ValueError(
+                f"Method {self.name!r}: evaluation must be one of {EVALUATIONS}, "
+                f"got {self.evaluation!r}"
+            )
+        unknown = [head for head in self.heads if head not in HEAD_FIELDS]
+        if unknown:
+            raise ValueError(
+                f"Method {self.name!r}: unknown heads {unknown}; expected some of "
+                f"{sorted(HEAD_FIELDS)}"
+            )
+        if not self.display_name:
+            object.__setattr__(self, "display_name", self.name)
+
+    @property
+    def needs_unlabeled_data(self) -> bool:
+        """True when the method has unlabeled views, i.e. needs config.mu > 0."""
+        return bool(self.unlabeled_views)
+
+    @property
+    def model_fields(self) -> tuple[str, ...]:
+        """The config.model fields that must be set (truthy) for the heads the loss reads."""
+        fields = [field for head in self.heads for field in HEAD_FIELDS[head]]
+        return tuple(dict.fromkeys(fields))
 
 
 def _pseudo_label_accuracy(pseudo_labels: jax.Array, mask: jax.Array, batch: dict) -> jax.Array:
@@ -214,40 +274,152 @@ def autoencoder_loss(outputs: Outputs, batch: dict, state: dict, config) -> tupl
     return loss, (state, {"loss_ssl": loss})
 
 
-METHODS: dict[str, Method] = {
-    "supervised": Method("supervised", ("weak",), (), _no_state, supervised_loss),
-    "comatch": Method(
-        "comatch", ("weak",), ("weak", "strong0", "strong1"), init_comatch_state, comatch_loss
-    ),
-    "comatch_bt": Method(
-        "comatch_bt",
+# ----------------------------------------------------------------------------- option checks
+def _probability(value) -> bool:
+    return 0.0 <= value <= 1.0
+
+
+def check_comatch_options(config: ml_collections.ConfigDict) -> list[Check]:
+    options = config.comatch
+    return [
+        (_probability(options.alpha), f"comatch.alpha must be in [0, 1], got {options.alpha}"),
+        (options.temperature > 0, "comatch.temperature must be positive"),
+        (options.queue_size > 0, "comatch.queue_size must be positive"),
+        (options.da_length > 0, "comatch.da_length must be positive"),
+        (
+            _probability(options.threshold),
+            f"comatch.threshold must be in [0, 1], got {options.threshold}",
+        ),
+    ]
+
+
+def check_comatch_bt_options(config: ml_collections.ConfigDict) -> list[Check]:
+    return check_comatch_options(config) + check_barlow_twins_options(config)
+
+
+def check_fixmatch_options(config: ml_collections.ConfigDict) -> list[Check]:
+    options = config.fixmatch
+    return [
+        (
+            _probability(options.threshold),
+            f"fixmatch.threshold must be in [0, 1], got {options.threshold}",
+        ),
+        (options.lambda_u >= 0, f"fixmatch.lambda_u must be >= 0, got {options.lambda_u}"),
+    ]
+
+
+def check_simclr_options(config: ml_collections.ConfigDict) -> list[Check]:
+    temperature = config.simclr.temperature
+    return [(temperature > 0, f"simclr.temperature must be positive, got {temperature}")]
+
+
+def check_barlow_twins_options(config: ml_collections.ConfigDict) -> list[Check]:
+    weight = config.barlow_twins.lambda_offdiag
+    return [(weight >= 0, f"barlow_twins.lambda_offdiag must be >= 0, got {weight}")]
+
+
+def check_autoencoder_options(config: ml_collections.ConfigDict) -> list[Check]:
+    kind = config.autoencoder.loss
+    return [(kind in ("mse", "bce"), f"autoencoder.loss must be 'mse' or 'bce', got {kind!r}")]
+
+
+# ----------------------------------------------------------------------------- the table
+_SEMI_SUPERVISED_VIEWS = dict(labeled_views=("weak",), unlabeled_views=("weak", "strong0"))
+_COMATCH_VIEWS = dict(labeled_views=("weak",), unlabeled_views=("weak", "strong0", "strong1"))
+_TWO_VIEW_SSL = dict(labeled_views=(), unlabeled_views=("strong0", "strong1"))
+
+
+def _methods(*entries: Method) -> dict[str, Method]:
+    return {method.name: method for method in entries}
+
+
+# One entry per method, in the row order of comparison tables.
+METHODS: dict[str, Method] = _methods(
+    Method(
+        "supervised",
         ("weak",),
-        ("weak", "strong0", "strong1"),
-        init_comatch_state,
-        comatch_barlow_twins_loss,
-    ),
-    "fixmatch": Method("fixmatch", ("weak",), ("weak", "strong0"), _no_state, fixmatch_loss),
-    "simclr": Method(
-        "simclr", (), ("strong0", "strong1"), _no_state, simclr_loss, "self_supervised"
-    ),
-    "barlow_twins": Method(
-        "barlow_twins",
         (),
-        ("strong0", "strong1"),
         _no_state,
-        barlow_twins_method_loss,
+        supervised_loss,
+        display_name="Supervised only",
+    ),
+    Method(
+        "autoencoder",
+        (),
+        ("weak",),
+        _no_state,
+        autoencoder_loss,
         "self_supervised",
+        heads=("reconstruction",),
+        config_sections=("autoencoder",),
+        check_config=check_autoencoder_options,
+        display_name="Autoencoder",
     ),
-    "simsiam": Method(
-        "simsiam", (), ("strong0", "strong1"), _no_state, simsiam_method_loss, "self_supervised"
+    Method(
+        "simclr",
+        init_state=_no_state,
+        loss=simclr_loss,
+        evaluation="self_supervised",
+        heads=("embedding",),
+        config_sections=("simclr",),
+        check_config=check_simclr_options,
+        display_name="SimCLR",
+        **_TWO_VIEW_SSL,
     ),
-    "autoencoder": Method(
-        "autoencoder", (), ("weak",), _no_state, autoencoder_loss, "self_supervised"
+    Method(
+        "simsiam",
+        init_state=_no_state,
+        loss=simsiam_method_loss,
+        evaluation="self_supervised",
+        heads=("projection", "prediction"),
+        display_name="SimSiam",
+        **_TWO_VIEW_SSL,
     ),
-}
+    Method(
+        "barlow_twins",
+        init_state=_no_state,
+        loss=barlow_twins_method_loss,
+        evaluation="self_supervised",
+        heads=("projection",),
+        config_sections=("barlow_twins",),
+        check_config=check_barlow_twins_options,
+        display_name="Barlow Twins",
+        **_TWO_VIEW_SSL,
+    ),
+    Method(
+        "fixmatch",
+        init_state=_no_state,
+        loss=fixmatch_loss,
+        config_sections=("fixmatch",),
+        check_config=check_fixmatch_options,
+        display_name="FixMatch",
+        **_SEMI_SUPERVISED_VIEWS,
+    ),
+    Method(
+        "comatch",
+        init_state=init_comatch_state,
+        loss=comatch_loss,
+        heads=("logits", "embedding"),
+        config_sections=("comatch",),
+        check_config=check_comatch_options,
+        display_name="CoMatch",
+        **_COMATCH_VIEWS,
+    ),
+    Method(
+        "comatch_bt",
+        init_state=init_comatch_state,
+        loss=comatch_barlow_twins_loss,
+        heads=("logits", "embedding", "projection"),
+        config_sections=("comatch", "barlow_twins"),
+        check_config=check_comatch_bt_options,
+        display_name="CoMatch + Barlow Twins",
+        **_COMATCH_VIEWS,
+    ),
+)
 
 
 def get_method(name: str) -> Method:
+    """The METHODS entry called `name`; ValueError listing the known ones otherwise."""
     if name not in METHODS:
         raise ValueError(f"Unknown method {name!r}; expected one of {sorted(METHODS)}")
     return METHODS[name]
