@@ -235,6 +235,112 @@ def fixmatch_loss(outputs: Outputs, batch: dict, state: dict, config) -> tuple:
     return loss_x + options.lambda_u * loss_u, (state, metrics)
 
 
+# ----------------------------------------------------------------------------- FreeMatch
+def init_freematch_state(
+    config: ml_collections.ConfigDict, num_classes: int, embedding_dim: int
+) -> dict[str, jax.Array]:
+    """tau_0 = 1/C and p~_0 = h~_0 = 1/C per class (the paper's start)."""
+    uniform = jnp.full((num_classes,), 1.0 / num_classes, jnp.float32)
+    return {
+        "global_threshold": jnp.asarray(1.0 / num_classes, jnp.float32),
+        "class_probs": uniform,
+        "class_histogram": uniform,
+    }
+
+
+def freematch_loss(outputs: Outputs, batch: dict, state: dict, config) -> tuple:
+    """FreeMatch (Wang et al. 2023): L_x + lambda_u L_u + lambda_f L_f with self-adaptive
+    class thresholds tau_t(c) updated from this batch's weak view first (official order)."""
+    options = config.freematch
+    loss_x = losses.cross_entropy(outputs["labeled_weak"]["logits"], batch["labels"])
+    weak_probs = jax.nn.softmax(
+        jax.lax.stop_gradient(outputs["unlabeled_weak"]["logits"]).astype(jnp.float32), axis=-1
+    )
+    thresholds, global_threshold, class_probs, class_histogram = losses.freematch_thresholds(
+        weak_probs,
+        state["global_threshold"],
+        state["class_probs"],
+        state["class_histogram"],
+        momentum=options.momentum,
+    )
+    strong_logits = outputs["unlabeled_strong0"]["logits"]
+    loss_u, mask = losses.freematch_unlabeled_loss(strong_logits, weak_probs, thresholds)
+    loss_f = losses.freematch_fairness_loss(strong_logits, mask, class_probs, class_histogram)
+    loss = loss_x + options.lambda_u * loss_u + options.lambda_f * loss_f
+    new_state = {
+        "global_threshold": global_threshold,
+        "class_probs": class_probs,
+        "class_histogram": class_histogram,
+    }
+    metrics = {
+        "loss_x": loss_x,
+        "loss_u": loss_u,
+        "loss_fair": loss_f,
+        "mask_rate": jnp.mean(mask),
+        "global_threshold": global_threshold,
+        "pseudo_label_acc": _pseudo_label_accuracy(weak_probs, mask, batch),
+    }
+    return loss, (new_state, metrics)
+
+
+# ----------------------------------------------------------------------------- SoftMatch
+def init_softmatch_state(
+    config: ml_collections.ConfigDict, num_classes: int, embedding_dim: int
+) -> dict[str, jax.Array]:
+    """mu_0 = 1/C, sigma_0^2 = 1 (paper and official code); E[p] set by the first batch."""
+    return {
+        "confidence_mean": jnp.asarray(1.0 / num_classes, jnp.float32),
+        "confidence_variance": jnp.asarray(1.0, jnp.float32),
+        "class_mean": jnp.full((num_classes,), 1.0 / num_classes, jnp.float32),
+        "alignment_count": jnp.zeros((), jnp.int32),
+    }
+
+
+def softmatch_loss(outputs: Outputs, batch: dict, state: dict, config) -> tuple:
+    """SoftMatch (Chen et al. 2023): L_x + mean_b lambda(p_b) CE(strong_b, argmax p_b).
+
+    As in the official code, uniform alignment (if on) enters only the weights: the Gaussian
+    estimates and lambda use the aligned p, the pseudo-label is argmax of the raw p.
+    """
+    options = config.softmatch
+    loss_x = losses.cross_entropy(outputs["labeled_weak"]["logits"], batch["labels"])
+    weak_probs = jax.nn.softmax(
+        jax.lax.stop_gradient(outputs["unlabeled_weak"]["logits"]).astype(jnp.float32), axis=-1
+    )
+    class_mean, count = state["class_mean"], state["alignment_count"]
+    weighting_probs = weak_probs
+    if options.uniform_alignment:
+        weighting_probs, class_mean, count = losses.uniform_alignment(
+            weak_probs, class_mean, count, momentum=options.momentum
+        )
+    mean, variance = losses.softmatch_gaussian(
+        weighting_probs,
+        state["confidence_mean"],
+        state["confidence_variance"],
+        momentum=options.momentum,
+    )
+    weights = losses.softmatch_weights(
+        weighting_probs, mean, variance, lambda_max=1.0, n_sigma=options.n_sigma
+    )
+    loss_u = losses.weighted_hard_pseudo_label_loss(
+        outputs["unlabeled_strong0"]["logits"], weak_probs, weights
+    )
+    new_state = {
+        "confidence_mean": mean,
+        "confidence_variance": variance,
+        "class_mean": class_mean,
+        "alignment_count": count,
+    }
+    metrics = {
+        "loss_x": loss_x,
+        "loss_u": loss_u,
+        "mask_rate": jnp.mean(weights),  # the weight mass
+        "confidence_mean": mean,
+        "pseudo_label_acc": _pseudo_label_accuracy(weak_probs, weights, batch),
+    }
+    return loss_x + options.lambda_u * loss_u, (new_state, metrics)
+
+
 # ----------------------------------------------------------------------------- self-supervised
 def simclr_loss(outputs: Outputs, batch: dict, state: dict, config) -> tuple:
     """NT-Xent between the two views' L2-normalised projections (the `embedding` head)."""
@@ -305,6 +411,34 @@ def check_fixmatch_options(config: ml_collections.ConfigDict) -> list[Check]:
             f"fixmatch.threshold must be in [0, 1], got {options.threshold}",
         ),
         (options.lambda_u >= 0, f"fixmatch.lambda_u must be >= 0, got {options.lambda_u}"),
+    ]
+
+
+def check_freematch_options(config: ml_collections.ConfigDict) -> list[Check]:
+    options = config.freematch
+    return [
+        (
+            0.0 <= options.momentum < 1.0,
+            f"freematch.momentum must be in [0, 1), got {options.momentum}",
+        ),
+        (options.lambda_u >= 0, f"freematch.lambda_u must be >= 0, got {options.lambda_u}"),
+        (options.lambda_f >= 0, f"freematch.lambda_f must be >= 0, got {options.lambda_f}"),
+    ]
+
+
+def check_softmatch_options(config: ml_collections.ConfigDict) -> list[Check]:
+    options = config.softmatch
+    return [
+        (
+            0.0 <= options.momentum < 1.0,
+            f"softmatch.momentum must be in [0, 1), got {options.momentum}",
+        ),
+        (options.lambda_u >= 0, f"softmatch.lambda_u must be >= 0, got {options.lambda_u}"),
+        (options.n_sigma > 0, f"softmatch.n_sigma must be positive, got {options.n_sigma}"),
+        (
+            config.batch_size * config.mu >= 2,
+            "softmatch estimates a variance: batch_size * mu must be >= 2",
+        ),
     ]
 
 
@@ -393,6 +527,24 @@ METHODS: dict[str, Method] = _methods(
         config_sections=("fixmatch",),
         check_config=check_fixmatch_options,
         display_name="FixMatch",
+        **_SEMI_SUPERVISED_VIEWS,
+    ),
+    Method(
+        "freematch",
+        init_state=init_freematch_state,
+        loss=freematch_loss,
+        config_sections=("freematch",),
+        check_config=check_freematch_options,
+        display_name="FreeMatch",
+        **_SEMI_SUPERVISED_VIEWS,
+    ),
+    Method(
+        "softmatch",
+        init_state=init_softmatch_state,
+        loss=softmatch_loss,
+        config_sections=("softmatch",),
+        check_config=check_softmatch_options,
+        display_name="SoftMatch",
         **_SEMI_SUPERVISED_VIEWS,
     ),
     Method(
