@@ -2,7 +2,9 @@
 method's tiny config run with finite losses and report the accuracy of the state they
 return; pretrain -> fine-tune and pretrain -> probe work end to end."""
 
+import importlib.util
 import json
+import pathlib
 
 import jax
 import jax.numpy as jnp
@@ -14,12 +16,25 @@ from comatch_jax import config_lib, methods, models, probe, train, train_step
 
 from train_test import RecordingWriter, synthetic_dataset, tiny_config
 
+CONFIGS = pathlib.Path(__file__).resolve().parent.parent / "configs"
 SSL_MODEL = dict(projector_widths=(16, 16), predictor_widths=(8, 16), decoder=True, decoder_width=8)
+
+
+def config_file(name, preset=""):
+    """configs/<name>.py's get_config(preset) (every method has its config file)."""
+    spec = importlib.util.spec_from_file_location(f"configs_{name}", CONFIGS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config(preset)
 
 
 def method_config(name):
     config = tiny_config("comatch")
     config.method = name
+    full = config_file(name)
+    for section in methods.get_method(name).config_sections:
+        if section not in config:  # sections that only the method's config file adds
+            config[section] = full[section]
     config.num_steps = 4
     config.eval_every = 4
     config.checkpoint_every = 4
@@ -151,7 +166,7 @@ def _only_declared_sections(config, method):
     """A copy of `config` without the method sections (any method's) `method` does not read."""
     config = ml_collections.ConfigDict(config.to_dict())
     for section in {s for m in methods.METHODS.values() for s in m.config_sections}:
-        if section not in method.config_sections:
+        if section not in method.config_sections and section in config:
             del config[section]
     return config
 
@@ -332,3 +347,47 @@ def test_no_gradient_through_the_weak_view_or_the_method_state(name):
     changed = {**outputs, "unlabeled_weak": {**outputs["unlabeled_weak"]}}
     changed["unlabeled_weak"]["logits"] = -outputs["unlabeled_weak"]["logits"]
     assert float(loss(changed, state)) != float(loss(outputs, state))
+
+
+# ----------------------------------------------------------------------------- FreeMatch, SoftMatch
+@pytest.mark.parametrize("name", ["freematch", "softmatch"])
+def test_adaptive_threshold_methods_train_20_steps(tmp_path, name):
+    """A 20-step smoke run: finite losses, pseudo-labels used from the first steps (the
+    thresholds start at 1/C), and the method state carried as the EMAs say."""
+    config = method_config(name)
+    config.num_steps = 20
+    config.log_every = 5
+    config.eval_every = config.checkpoint_every = 10
+    writer = RecordingWriter()
+    state, summary = train.train_and_evaluate(
+        config, str(tmp_path), writer=writer, dataset=synthetic_dataset()
+    )
+    logged = [s for _, s in writer.scalars if "loss_u" in s]
+    assert len(logged) == 4 and int(state.step) == 20
+    assert all(np.isfinite(v) for s in logged for v in s.values())
+    assert logged[0]["mask_rate"] > 0.5  # most unlabeled images teach from the start
+    ms = jax.device_get(state.method_state)
+    momentum = config[name].momentum
+    if name == "freematch":
+        # tau_20 = m^20 / C + (1 - m^20) * (a mean max-confidence in [1/C, 1]).
+        low = momentum**20 * 0.1 + (1 - momentum**20) * 0.1
+        high = momentum**20 * 0.1 + (1 - momentum**20) * 1.0
+        assert low < float(ms["global_threshold"]) < high
+        np.testing.assert_allclose(ms["class_probs"].sum(), 1.0, rtol=1e-5)
+        np.testing.assert_allclose(ms["class_histogram"].sum(), 1.0, rtol=1e-5)
+        assert "loss_fair" in logged[0]
+    else:
+        assert int(ms["alignment_count"]) == 20
+        np.testing.assert_allclose(ms["class_mean"].sum(), 1.0, rtol=1e-5)
+        assert float(ms["confidence_variance"]) < 1.0  # moved from sigma_0^2 = 1 towards data
+    assert summary["final_step"] == 20
+
+
+@pytest.mark.parametrize("name", ["freematch", "softmatch"])
+def test_adaptive_presets_take_the_papers_schedule(name):
+    config = config_file(name, "cifar10_40")
+    config_lib.validate_config(config)
+    assert config.method == name and config.num_steps == 2**20
+    assert (config.batch_size, config.mu, config.optim.lr) == (64, 7, 0.03)
+    assert config[name].momentum == 0.999 and config[name].lambda_u == 1.0
+    assert config_file(name).num_steps == config_lib.base_config().num_steps  # CPU default
