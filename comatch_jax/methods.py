@@ -1,8 +1,11 @@
 """Training methods: each is its views, its extra state and its loss over model outputs.
 
 The one train step (train_step.py) makes the views a method names, runs the model once on
-all of them, and hands the outputs to the method's loss. Adding a method means adding an
-entry to METHODS, never another loop.
+all of them, and hands the outputs to the method's loss. A method is one `Method` entry in
+METHODS (plus its loss and configs/<name>.py): the entry declares its views, heads, config
+sections, option checks and evaluation, and config validation (config_lib.method_checks) and
+the comparison tables (experiments/compare_methods.py) are derived from it; never another
+loop or table.
 
 Outputs reach a loss as a dict keyed '<part>_<view>', e.g. 'labeled_weak',
 'unlabeled_strong0', each a model output dict (logits, embedding, features).
