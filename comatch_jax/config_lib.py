@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import ml_collections
 
+from comatch_jax import methods
+
 FASHION_MNIST_MEAN, FASHION_MNIST_STD = (0.2860,), (0.3530,)
 CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2471, 0.2435, 0.2616)
 CIFAR100_MEAN, CIFAR100_STD = (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)
@@ -236,8 +238,28 @@ def _gpu_cadence(config):
     config.model.dtype = "bfloat16"
 
 
+def method_checks(config: ml_collections.ConfigDict) -> list[tuple[bool, str]]:
+    """The checks config.method's declaration (comatch_jax.methods.Method) implies: its
+    unlabeled data (mu > 0), its config sections, the model fields its heads need, and its
+    own option checks. ValueError for an unknown method."""
+    method = methods.get_method(config.method)
+    name = config.method
+    checks = []
+    if method.needs_unlabeled_data:
+        checks.append((config.mu > 0, f"method={name} needs unlabeled data: mu must be > 0"))
+    missing = [section for section in method.config_sections if section not in config]
+    if missing:  # the option checks below read these sections
+        return checks + [(False, f"method={name} needs config.{missing[0]} (see base_config)")]
+    for field in method.model_fields:
+        checks.append((bool(config.model[field]), f"method={name} needs model.{field} set"))
+    return checks + list(method.check_config(config))
+
+
 def validate_config(config: ml_collections.ConfigDict) -> None:
-    """Raises ValueError with one clear line for a config that cannot train."""
+    """Raises ValueError with one clear line for a config that cannot train.
+
+    Generic checks first, then those config.method's declaration implies (method_checks).
+    """
     checks = [
         (config.batch_size > 0, f"batch_size must be positive, got {config.batch_size}"),
         (config.mu >= 0, f"mu must be >= 0, got {config.mu}"),
@@ -258,39 +280,10 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
             f"nonfinite_policy must be 'stop' or 'skip', got {config.nonfinite_policy!r}",
         ),
     ]
-    if config.method in ("comatch", "comatch_bt"):
-        options = config.comatch
-        checks += [
-            (config.mu > 0, "method=comatch needs unlabeled data: mu must be > 0"),
-            (0.0 <= options.alpha <= 1.0, f"comatch.alpha must be in [0, 1], got {options.alpha}"),
-            (options.temperature > 0, "comatch.temperature must be positive"),
-            (options.queue_size > 0, "comatch.queue_size must be positive"),
-            (options.da_length > 0, "comatch.da_length must be positive"),
-        ]
     checks.append(
         (config.get("init_from") != "", "fine-tuning needs --config.init_from=PRETRAINING_WORKDIR")
     )
-    needs = {
-        "comatch_bt": ("projector_widths",),
-        "barlow_twins": ("projector_widths",),
-        "simsiam": ("projector_widths", "predictor_widths"),
-        "autoencoder": ("decoder",),
-    }
-    for field in needs.get(config.method, ()):
-        checks.append(
-            (bool(config.model[field]), f"method={config.method} needs model.{field} set")
-        )
-    if config.method in (
-        "fixmatch",
-        "comatch_bt",
-        "simclr",
-        "barlow_twins",
-        "simsiam",
-        "autoencoder",
-    ):
-        checks.append(
-            (config.mu > 0, f"method={config.method} needs unlabeled data: mu must be > 0")
-        )
+    checks += method_checks(config)
     for ok, message in checks:
         if not ok:
             raise ValueError(f"Invalid config: {message}")

@@ -204,3 +204,160 @@ def reconstruction_loss(
             - (1.0 - images) * jax.nn.log_sigmoid(-reconstruction_logits)
         )
     raise ValueError(f"reconstruction kind must be 'mse' or 'bce', got {kind!r}")
+
+
+# ----------------------------------------------------------------------------- adaptive thresholds
+def _hard_pseudo_label_cross_entropy(strong_logits: jax.Array, weak_probs: jax.Array) -> jax.Array:
+    """Per-example CE of the strong view against argmax(weak_probs) (a target), shape [B]."""
+    weak_probs = jax.lax.stop_gradient(weak_probs)
+    hard = jax.nn.one_hot(jnp.argmax(weak_probs, axis=-1), weak_probs.shape[-1])
+    return soft_cross_entropy(strong_logits, hard)
+
+
+def freematch_thresholds(
+    probs: jax.Array,
+    global_threshold: jax.Array,
+    class_probs: jax.Array,
+    class_histogram: jax.Array,
+    *,
+    momentum: float,
+) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
+    """FreeMatch's self-adaptive thresholds (Wang et al., ICLR 2023, arXiv 2205.07246).
+
+    From the weak unlabeled view's probabilities `probs` [B, C] (targets, no gradient), with
+    momentum lambda = `momentum`:
+      tau_t   = lambda tau_{t-1}   + (1 - lambda) mean_b max_c p_b(c)      (global)
+      p~_t(c) = lambda p~_{t-1}(c) + (1 - lambda) mean_b p_b(c)            (local)
+      tau_t(c) = p~_t(c) / max_c' p~_t(c') * tau_t
+    and h~_t = lambda h~_{t-1} + (1 - lambda) Hist(argmax_c p_b) / B, the histogram EMA the
+    fairness term needs. The paper starts tau_0 and p~_0 (and h~_0 here) at 1/C;
+    the official code (USB) starts them at 1, which keeps the mask near empty for thousands
+    of steps. `global_threshold` [], `class_probs` [C], `class_histogram` [C].
+
+    Returns (class thresholds [C], tau_t [], p~_t [C], h~_t [C]); the update uses this batch
+    first, as in the official code.
+    """
+    probs = jax.lax.stop_gradient(probs.astype(jnp.float32))
+    num_classes = probs.shape[-1]
+    global_threshold = momentum * global_threshold + (1.0 - momentum) * jnp.mean(
+        jnp.max(probs, axis=-1)
+    )
+    class_probs = momentum * class_probs + (1.0 - momentum) * jnp.mean(probs, axis=0)
+    histogram = jnp.mean(jax.nn.one_hot(jnp.argmax(probs, axis=-1), num_classes), axis=0)
+    class_histogram = momentum * class_histogram + (1.0 - momentum) * histogram
+    thresholds = class_probs / jnp.max(class_probs) * global_threshold
+    return thresholds, global_threshold, class_probs, class_histogram
+
+
+def freematch_unlabeled_loss(
+    strong_logits: jax.Array, weak_probs: jax.Array, class_thresholds: jax.Array
+) -> tuple[jax.Array, jax.Array]:
+    """FreeMatch's L_u: CE of the strong view against argmax(p_weak), kept where
+    max p_weak >= tau_t(argmax p_weak) (>= as the official code; the paper writes >).
+
+    strong_logits [B, C], weak_probs [B, C] (a target), class_thresholds [C]. Averaged over
+    the whole batch. Returns (loss, mask [B] as float).
+    """
+    weak_probs = jax.lax.stop_gradient(weak_probs)
+    confidence = jnp.max(weak_probs, axis=-1)
+    mask = (confidence >= class_thresholds[jnp.argmax(weak_probs, axis=-1)]).astype(jnp.float32)
+    return jnp.mean(_hard_pseudo_label_cross_entropy(strong_logits, weak_probs) * mask), mask
+
+
+def _inverse_or_zero(x: jax.Array) -> jax.Array:
+    """1 / x where x > 0, else 0 (the official code's inf -> 0)."""
+    return jnp.where(x > 0, 1.0 / jnp.where(x > 0, x, 1.0), 0.0)
+
+
+def freematch_fairness_loss(
+    strong_logits: jax.Array,
+    mask: jax.Array,
+    class_probs: jax.Array,
+    class_histogram: jax.Array,
+) -> jax.Array:
+    """FreeMatch's self-adaptive fairness L_f.
+
+    Over the kept examples (mask [B]), p_bar = the mean of the strong view's probabilities
+    Q_b and h_bar = the histogram of argmax Q_b (normalised); with p~_t = `class_probs` [C]
+    and h~_t = `class_histogram` [C] (the EMAs of freematch_thresholds):
+      L_f = -H(SumNorm(p~_t / h~_t), SumNorm(p_bar / h_bar)),  H(x, y) = -sum_c x_c log y_c,
+    i.e. sum_c x_c log y_c. Division by a zero histogram entry gives 0 and log gets +1e-12
+    (official code); 1/h are constants (no gradient), the gradient flows through p_bar.
+    0 when no example is kept. strong_logits [B, C] -> [].
+    """
+    mask = jax.lax.stop_gradient(mask.astype(jnp.float32))
+    num_classes = strong_logits.shape[-1]
+    kept = jnp.sum(mask)
+    safe_kept = jnp.maximum(kept, 1.0)
+    probs = jax.nn.softmax(strong_logits.astype(jnp.float32), axis=-1)
+    mean_probs = jnp.sum(probs * mask[:, None], axis=0) / safe_kept
+    one_hot = jax.nn.one_hot(jnp.argmax(probs, axis=-1), num_classes)
+    histogram = jax.lax.stop_gradient(jnp.sum(one_hot * mask[:, None], axis=0) / safe_kept)
+    target = class_probs * _inverse_or_zero(class_histogram)
+    target = jax.lax.stop_gradient(target / jnp.sum(target))
+    modulated = mean_probs * _inverse_or_zero(histogram)
+    modulated = modulated / jnp.maximum(jnp.sum(modulated), 1e-30)
+    loss = jnp.sum(target * jnp.log(modulated + 1e-12))
+    return jnp.where(kept > 0, loss, 0.0)
+
+
+def softmatch_gaussian(
+    probs: jax.Array, mean: jax.Array, variance: jax.Array, *, momentum: float
+) -> tuple[jax.Array, jax.Array]:
+    """SoftMatch's Gaussian estimates (Chen et al., ICLR 2023, arXiv 2301.10921):
+      mu_t      = m mu_{t-1}      + (1 - m) mean_b max_c p_b(c)
+      sigma_t^2 = m sigma_{t-1}^2 + (1 - m) B/(B-1) var_b max_c p_b(c)  (unbiased)
+    probs [B, C] (B >= 2; a target, no gradient), mean [], variance []. The paper (and code)
+    start from mu_0 = 1/C, sigma_0^2 = 1. Returns (mu_t, sigma_t^2).
+    """
+    confidence = jnp.max(jax.lax.stop_gradient(probs.astype(jnp.float32)), axis=-1)
+    mean = momentum * mean + (1.0 - momentum) * jnp.mean(confidence)
+    variance = momentum * variance + (1.0 - momentum) * jnp.var(confidence, ddof=1)
+    return mean, variance
+
+
+def softmatch_weights(
+    probs: jax.Array,
+    mean: jax.Array,
+    variance: jax.Array,
+    *,
+    lambda_max: float = 1.0,
+    n_sigma: float = 1.0,
+) -> jax.Array:
+    """SoftMatch's truncated Gaussian sample weights:
+      lambda(p) = lambda_max exp(-(max p - mu_t)^2 / (2 sigma_t^2 / n_sigma^2)) if max p < mu_t,
+                  lambda_max otherwise.
+    n_sigma = 1 is the paper's equation; the official code (USB) uses n_sigma = 2 (a Gaussian
+    half as wide). probs [B, C] (a target), mean [], variance [] -> weights [B] in (0, lambda_max].
+    """
+    confidence = jnp.max(jax.lax.stop_gradient(probs.astype(jnp.float32)), axis=-1)
+    gap = jnp.minimum(confidence - mean, 0.0)
+    return lambda_max * jnp.exp(-(gap**2) / (2.0 * variance / n_sigma**2))
+
+
+def uniform_alignment(
+    probs: jax.Array, class_mean: jax.Array, count: jax.Array, *, momentum: float
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """SoftMatch's uniform alignment: UA(p) = Normalize(p * u(C) / E[p]).
+
+    E[p] = `class_mean` [C] is the EMA (momentum m) of the batch's mean prediction over the
+    steps, updated with this batch first; its first value is the first batch's mean
+    (`count` = updates so far = 0), as in the official code (USB DistAlignEMAHook).
+    probs [B, C] (a target). Returns (aligned probs [B, C], new class_mean, count + 1).
+    """
+    probs = jax.lax.stop_gradient(probs.astype(jnp.float32))
+    batch_mean = jnp.mean(probs, axis=0)
+    class_mean = jnp.where(
+        count == 0, batch_mean, momentum * class_mean + (1 - momentum) * batch_mean
+    )
+    aligned = probs / probs.shape[-1] / class_mean
+    return aligned / jnp.sum(aligned, axis=-1, keepdims=True), class_mean, count + 1
+
+
+def weighted_hard_pseudo_label_loss(
+    strong_logits: jax.Array, weak_probs: jax.Array, weights: jax.Array
+) -> jax.Array:
+    """SoftMatch's L_u: mean_b lambda_b CE(strong_b, argmax p_weak_b); the weights
+    [B] and the weak probabilities [B, C] are targets (no gradient)."""
+    weights = jax.lax.stop_gradient(weights)
+    return jnp.mean(_hard_pseudo_label_cross_entropy(strong_logits, weak_probs) * weights)

@@ -1,8 +1,11 @@
 """Training methods: each is its views, its extra state and its loss over model outputs.
 
 The one train step (train_step.py) makes the views a method names, runs the model once on
-all of them, and hands the outputs to the method's loss. Adding a method means adding an
-entry to METHODS, never another loop.
+all of them, and hands the outputs to the method's loss. A method is one `Method` entry in
+METHODS (plus its loss and configs/<name>.py): the entry declares its views, heads, config
+sections, option checks and evaluation, and config validation (config_lib.method_checks) and
+the comparison tables (experiments/compare_methods.py) are derived from it; never another
+loop or table.
 
 Outputs reach a loss as a dict keyed '<part>_<view>', e.g. 'labeled_weak',
 'unlabeled_strong0', each a model output dict (logits, embedding, features).
@@ -23,13 +26,45 @@ Outputs = dict[str, dict[str, jax.Array]]
 LossFn = Callable[..., tuple[jax.Array, tuple[Any, dict[str, jax.Array]]]]
 
 
+Check = tuple[bool, str]  # (condition that must hold, what the user must change)
+
+# Model output (head) -> the config.model fields that must be set for the model to build it.
+# `logits` (the classifier) and `embedding` (CoMatch's projection head) are always built.
+HEAD_FIELDS: dict[str, tuple[str, ...]] = {
+    "logits": (),
+    "embedding": (),
+    "projection": ("projector_widths",),
+    "prediction": ("projector_widths", "predictor_widths"),
+    "reconstruction": ("decoder",),
+}
+EVALUATIONS = ("classifier", "self_supervised")
+
+
+def _no_checks(config: ml_collections.ConfigDict) -> list[Check]:
+    return []
+
+
 @dataclasses.dataclass(frozen=True)
 class Method:
-    """A training method.
+    """A training method, declared once: everything the trainer, config validation and the
+    comparison tables need to know about it.
 
+    name: the config.method value; configs/<name>.py is its config file.
     labeled_views / unlabeled_views: view slots (names in config.augment) made per part.
-    init_state(config, num_classes, embedding_dim) -> the method's extra state pytree.
+    init_state(config, num_classes, embedding_dim) -> the method's extra state pytree
+        (carried in TrainState.method_state and checkpointed with it).
     loss(outputs, batch, method_state, config) -> (loss, (new method state, metrics)).
+    evaluation: 'classifier' (evaluated by its own classifier) or 'self_supervised'
+        (by kNN on frozen features; the classifier is untrained until fine-tuning).
+    heads: the model outputs the loss reads (keys of HEAD_FIELDS); validation requires the
+        config.model fields each needs.
+    config_sections: the config.<section> sub-configs the loss reads.
+    check_config(config) -> [(ok, message)]: the method's own option checks, run by
+        config_lib.validate_config ('Invalid config: <message>' when not ok).
+    display_name: the name in comparison tables and figures. The order of METHODS is the
+        row order of those tables.
+
+    A method needs unlabeled data (config.mu > 0) exactly when it has unlabeled views.
     """
 
     name: str
@@ -37,9 +72,37 @@ class Method:
     unlabeled_views: tuple[str, ...]
     init_state: Callable[[ml_collections.ConfigDict, int, int], Any]
     loss: LossFn
-    # 'classifier': evaluated by its classifier; 'self_supervised': by kNN on frozen features
-    # (the classifier is untrained until fine-tuning).
     evaluation: str = "classifier"
+    heads: tuple[str, ...] = ("logits",)
+    config_sections: tuple[str, ...] = ()
+    check_config: Callable[[ml_collections.ConfigDict], list[Check]] = _no_checks
+    display_name: str = ""
+
+    def __post_init__(self):
+        if self.evaluation not in EVALUATIONS:
+            raise ValueError(
+                f"Method {self.name!r}: evaluation must be one of {EVALUATIONS}, "
+                f"got {self.evaluation!r}"
+            )
+        unknown = [head for head in self.heads if head not in HEAD_FIELDS]
+        if unknown:
+            raise ValueError(
+                f"Method {self.name!r}: unknown heads {unknown}; expected some of "
+                f"{sorted(HEAD_FIELDS)}"
+            )
+        if not self.display_name:
+            object.__setattr__(self, "display_name", self.name)
+
+    @property
+    def needs_unlabeled_data(self) -> bool:
+        """True when the method has unlabeled views, i.e. needs config.mu > 0."""
+        return bool(self.unlabeled_views)
+
+    @property
+    def model_fields(self) -> tuple[str, ...]:
+        """The config.model fields that must be set (truthy) for the heads the loss reads."""
+        fields = [field for head in self.heads for field in HEAD_FIELDS[head]]
+        return tuple(dict.fromkeys(fields))
 
 
 def _pseudo_label_accuracy(pseudo_labels: jax.Array, mask: jax.Array, batch: dict) -> jax.Array:
@@ -175,6 +238,112 @@ def fixmatch_loss(outputs: Outputs, batch: dict, state: dict, config) -> tuple:
     return loss_x + options.lambda_u * loss_u, (state, metrics)
 
 
+# ----------------------------------------------------------------------------- FreeMatch
+def init_freematch_state(
+    config: ml_collections.ConfigDict, num_classes: int, embedding_dim: int
+) -> dict[str, jax.Array]:
+    """tau_0 = 1/C and p~_0 = h~_0 = 1/C per class (the paper's start)."""
+    uniform = jnp.full((num_classes,), 1.0 / num_classes, jnp.float32)
+    return {
+        "global_threshold": jnp.asarray(1.0 / num_classes, jnp.float32),
+        "class_probs": uniform,
+        "class_histogram": uniform,
+    }
+
+
+def freematch_loss(outputs: Outputs, batch: dict, state: dict, config) -> tuple:
+    """FreeMatch (Wang et al. 2023): L_x + lambda_u L_u + lambda_f L_f with self-adaptive
+    class thresholds tau_t(c) updated from this batch's weak view first (official order)."""
+    options = config.freematch
+    loss_x = losses.cross_entropy(outputs["labeled_weak"]["logits"], batch["labels"])
+    weak_probs = jax.nn.softmax(
+        jax.lax.stop_gradient(outputs["unlabeled_weak"]["logits"]).astype(jnp.float32), axis=-1
+    )
+    thresholds, global_threshold, class_probs, class_histogram = losses.freematch_thresholds(
+        weak_probs,
+        state["global_threshold"],
+        state["class_probs"],
+        state["class_histogram"],
+        momentum=options.momentum,
+    )
+    strong_logits = outputs["unlabeled_strong0"]["logits"]
+    loss_u, mask = losses.freematch_unlabeled_loss(strong_logits, weak_probs, thresholds)
+    loss_f = losses.freematch_fairness_loss(strong_logits, mask, class_probs, class_histogram)
+    loss = loss_x + options.lambda_u * loss_u + options.lambda_f * loss_f
+    new_state = {
+        "global_threshold": global_threshold,
+        "class_probs": class_probs,
+        "class_histogram": class_histogram,
+    }
+    metrics = {
+        "loss_x": loss_x,
+        "loss_u": loss_u,
+        "loss_fair": loss_f,
+        "mask_rate": jnp.mean(mask),
+        "global_threshold": global_threshold,
+        "pseudo_label_acc": _pseudo_label_accuracy(weak_probs, mask, batch),
+    }
+    return loss, (new_state, metrics)
+
+
+# ----------------------------------------------------------------------------- SoftMatch
+def init_softmatch_state(
+    config: ml_collections.ConfigDict, num_classes: int, embedding_dim: int
+) -> dict[str, jax.Array]:
+    """mu_0 = 1/C, sigma_0^2 = 1 (paper and official code); E[p] set by the first batch."""
+    return {
+        "confidence_mean": jnp.asarray(1.0 / num_classes, jnp.float32),
+        "confidence_variance": jnp.asarray(1.0, jnp.float32),
+        "class_mean": jnp.full((num_classes,), 1.0 / num_classes, jnp.float32),
+        "alignment_count": jnp.zeros((), jnp.int32),
+    }
+
+
+def softmatch_loss(outputs: Outputs, batch: dict, state: dict, config) -> tuple:
+    """SoftMatch (Chen et al. 2023): L_x + mean_b lambda(p_b) CE(strong_b, argmax p_b).
+
+    As in the official code, uniform alignment (if on) enters only the weights: the Gaussian
+    estimates and lambda use the aligned p, the pseudo-label is argmax of the raw p.
+    """
+    options = config.softmatch
+    loss_x = losses.cross_entropy(outputs["labeled_weak"]["logits"], batch["labels"])
+    weak_probs = jax.nn.softmax(
+        jax.lax.stop_gradient(outputs["unlabeled_weak"]["logits"]).astype(jnp.float32), axis=-1
+    )
+    class_mean, count = state["class_mean"], state["alignment_count"]
+    weighting_probs = weak_probs
+    if options.uniform_alignment:
+        weighting_probs, class_mean, count = losses.uniform_alignment(
+            weak_probs, class_mean, count, momentum=options.momentum
+        )
+    mean, variance = losses.softmatch_gaussian(
+        weighting_probs,
+        state["confidence_mean"],
+        state["confidence_variance"],
+        momentum=options.momentum,
+    )
+    weights = losses.softmatch_weights(
+        weighting_probs, mean, variance, lambda_max=1.0, n_sigma=options.n_sigma
+    )
+    loss_u = losses.weighted_hard_pseudo_label_loss(
+        outputs["unlabeled_strong0"]["logits"], weak_probs, weights
+    )
+    new_state = {
+        "confidence_mean": mean,
+        "confidence_variance": variance,
+        "class_mean": class_mean,
+        "alignment_count": count,
+    }
+    metrics = {
+        "loss_x": loss_x,
+        "loss_u": loss_u,
+        "mask_rate": jnp.mean(weights),  # the weight mass
+        "confidence_mean": mean,
+        "pseudo_label_acc": _pseudo_label_accuracy(weak_probs, weights, batch),
+    }
+    return loss_x + options.lambda_u * loss_u, (new_state, metrics)
+
+
 # ----------------------------------------------------------------------------- self-supervised
 def simclr_loss(outputs: Outputs, batch: dict, state: dict, config) -> tuple:
     """NT-Xent between the two views' L2-normalised projections (the `embedding` head)."""
@@ -214,40 +383,198 @@ def autoencoder_loss(outputs: Outputs, batch: dict, state: dict, config) -> tupl
     return loss, (state, {"loss_ssl": loss})
 
 
-METHODS: dict[str, Method] = {
-    "supervised": Method("supervised", ("weak",), (), _no_state, supervised_loss),
-    "comatch": Method(
-        "comatch", ("weak",), ("weak", "strong0", "strong1"), init_comatch_state, comatch_loss
-    ),
-    "comatch_bt": Method(
-        "comatch_bt",
+# ----------------------------------------------------------------------------- option checks
+def _probability(value) -> bool:
+    return 0.0 <= value <= 1.0
+
+
+def check_comatch_options(config: ml_collections.ConfigDict) -> list[Check]:
+    options = config.comatch
+    return [
+        (_probability(options.alpha), f"comatch.alpha must be in [0, 1], got {options.alpha}"),
+        (options.temperature > 0, "comatch.temperature must be positive"),
+        (options.queue_size > 0, "comatch.queue_size must be positive"),
+        (options.da_length > 0, "comatch.da_length must be positive"),
+        (
+            _probability(options.threshold),
+            f"comatch.threshold must be in [0, 1], got {options.threshold}",
+        ),
+    ]
+
+
+def check_comatch_bt_options(config: ml_collections.ConfigDict) -> list[Check]:
+    return check_comatch_options(config) + check_barlow_twins_options(config)
+
+
+def check_fixmatch_options(config: ml_collections.ConfigDict) -> list[Check]:
+    options = config.fixmatch
+    return [
+        (
+            _probability(options.threshold),
+            f"fixmatch.threshold must be in [0, 1], got {options.threshold}",
+        ),
+        (options.lambda_u >= 0, f"fixmatch.lambda_u must be >= 0, got {options.lambda_u}"),
+    ]
+
+
+def check_freematch_options(config: ml_collections.ConfigDict) -> list[Check]:
+    options = config.freematch
+    return [
+        (
+            0.0 <= options.momentum < 1.0,
+            f"freematch.momentum must be in [0, 1), got {options.momentum}",
+        ),
+        (options.lambda_u >= 0, f"freematch.lambda_u must be >= 0, got {options.lambda_u}"),
+        (options.lambda_f >= 0, f"freematch.lambda_f must be >= 0, got {options.lambda_f}"),
+    ]
+
+
+def check_softmatch_options(config: ml_collections.ConfigDict) -> list[Check]:
+    options = config.softmatch
+    return [
+        (
+            0.0 <= options.momentum < 1.0,
+            f"softmatch.momentum must be in [0, 1), got {options.momentum}",
+        ),
+        (options.lambda_u >= 0, f"softmatch.lambda_u must be >= 0, got {options.lambda_u}"),
+        (options.n_sigma > 0, f"softmatch.n_sigma must be positive, got {options.n_sigma}"),
+        (
+            config.batch_size * config.mu >= 2,
+            "softmatch estimates a variance: batch_size * mu must be >= 2",
+        ),
+    ]
+
+
+def check_simclr_options(config: ml_collections.ConfigDict) -> list[Check]:
+    temperature = config.simclr.temperature
+    return [(temperature > 0, f"simclr.temperature must be positive, got {temperature}")]
+
+
+def check_barlow_twins_options(config: ml_collections.ConfigDict) -> list[Check]:
+    weight = config.barlow_twins.lambda_offdiag
+    return [(weight >= 0, f"barlow_twins.lambda_offdiag must be >= 0, got {weight}")]
+
+
+def check_autoencoder_options(config: ml_collections.ConfigDict) -> list[Check]:
+    kind = config.autoencoder.loss
+    return [(kind in ("mse", "bce"), f"autoencoder.loss must be 'mse' or 'bce', got {kind!r}")]
+
+
+# ----------------------------------------------------------------------------- the table
+_SEMI_SUPERVISED_VIEWS = dict(labeled_views=("weak",), unlabeled_views=("weak", "strong0"))
+_COMATCH_VIEWS = dict(labeled_views=("weak",), unlabeled_views=("weak", "strong0", "strong1"))
+_TWO_VIEW_SSL = dict(labeled_views=(), unlabeled_views=("strong0", "strong1"))
+
+
+def _methods(*entries: Method) -> dict[str, Method]:
+    return {method.name: method for method in entries}
+
+
+# One entry per method, in the row order of comparison tables.
+METHODS: dict[str, Method] = _methods(
+    Method(
+        "supervised",
         ("weak",),
-        ("weak", "strong0", "strong1"),
-        init_comatch_state,
-        comatch_barlow_twins_loss,
-    ),
-    "fixmatch": Method("fixmatch", ("weak",), ("weak", "strong0"), _no_state, fixmatch_loss),
-    "simclr": Method(
-        "simclr", (), ("strong0", "strong1"), _no_state, simclr_loss, "self_supervised"
-    ),
-    "barlow_twins": Method(
-        "barlow_twins",
         (),
-        ("strong0", "strong1"),
         _no_state,
-        barlow_twins_method_loss,
+        supervised_loss,
+        display_name="Supervised only",
+    ),
+    Method(
+        "autoencoder",
+        (),
+        ("weak",),
+        _no_state,
+        autoencoder_loss,
         "self_supervised",
+        heads=("reconstruction",),
+        config_sections=("autoencoder",),
+        check_config=check_autoencoder_options,
+        display_name="Autoencoder",
     ),
-    "simsiam": Method(
-        "simsiam", (), ("strong0", "strong1"), _no_state, simsiam_method_loss, "self_supervised"
+    Method(
+        "simclr",
+        init_state=_no_state,
+        loss=simclr_loss,
+        evaluation="self_supervised",
+        heads=("embedding",),
+        config_sections=("simclr",),
+        check_config=check_simclr_options,
+        display_name="SimCLR",
+        **_TWO_VIEW_SSL,
     ),
-    "autoencoder": Method(
-        "autoencoder", (), ("weak",), _no_state, autoencoder_loss, "self_supervised"
+    Method(
+        "simsiam",
+        init_state=_no_state,
+        loss=simsiam_method_loss,
+        evaluation="self_supervised",
+        heads=("projection", "prediction"),
+        display_name="SimSiam",
+        **_TWO_VIEW_SSL,
     ),
-}
+    Method(
+        "barlow_twins",
+        init_state=_no_state,
+        loss=barlow_twins_method_loss,
+        evaluation="self_supervised",
+        heads=("projection",),
+        config_sections=("barlow_twins",),
+        check_config=check_barlow_twins_options,
+        display_name="Barlow Twins",
+        **_TWO_VIEW_SSL,
+    ),
+    Method(
+        "fixmatch",
+        init_state=_no_state,
+        loss=fixmatch_loss,
+        config_sections=("fixmatch",),
+        check_config=check_fixmatch_options,
+        display_name="FixMatch",
+        **_SEMI_SUPERVISED_VIEWS,
+    ),
+    Method(
+        "freematch",
+        init_state=init_freematch_state,
+        loss=freematch_loss,
+        config_sections=("freematch",),
+        check_config=check_freematch_options,
+        display_name="FreeMatch",
+        **_SEMI_SUPERVISED_VIEWS,
+    ),
+    Method(
+        "softmatch",
+        init_state=init_softmatch_state,
+        loss=softmatch_loss,
+        config_sections=("softmatch",),
+        check_config=check_softmatch_options,
+        display_name="SoftMatch",
+        **_SEMI_SUPERVISED_VIEWS,
+    ),
+    Method(
+        "comatch",
+        init_state=init_comatch_state,
+        loss=comatch_loss,
+        heads=("logits", "embedding"),
+        config_sections=("comatch",),
+        check_config=check_comatch_options,
+        display_name="CoMatch",
+        **_COMATCH_VIEWS,
+    ),
+    Method(
+        "comatch_bt",
+        init_state=init_comatch_state,
+        loss=comatch_barlow_twins_loss,
+        heads=("logits", "embedding", "projection"),
+        config_sections=("comatch", "barlow_twins"),
+        check_config=check_comatch_bt_options,
+        display_name="CoMatch + Barlow Twins",
+        **_COMATCH_VIEWS,
+    ),
+)
 
 
 def get_method(name: str) -> Method:
+    """The METHODS entry called `name`; ValueError listing the known ones otherwise."""
     if name not in METHODS:
         raise ValueError(f"Unknown method {name!r}; expected one of {sorted(METHODS)}")
     return METHODS[name]

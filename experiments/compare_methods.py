@@ -1,9 +1,9 @@
 """The paper's Table 2 at CPU scale: every method on Fashion-MNIST with 40 labels.
 
-Rows: supervised, autoencoder, SimCLR, SimSiam, Barlow Twins (each self-supervised method is
-pretrained on the unlabeled images for --steps, then evaluated by kNN and a linear probe on
-frozen features and fine-tuned on the labeled images for --finetune_steps), FixMatch, CoMatch
-and CoMatch + Barlow Twins (--steps each). Same model, data and seed everywhere; every run is
+Rows: every entry of comatch_jax.methods.METHODS, in its order (configs/<method>.py each).
+A self-supervised method is pretrained on the unlabeled images for --steps, then evaluated by
+kNN and a linear probe on frozen features and fine-tuned on the labeled images for
+--finetune_steps; the others train for --steps. Same model, data and seed everywhere; every run is
 the real entry point in a subprocess and a finished run is reported, not rerun.
 
   python experiments/compare_methods.py --steps=2500 --finetune_steps=1000 --workdir=/tmp/compare
@@ -18,6 +18,8 @@ import sys
 
 from absl import app, flags
 
+from comatch_jax import methods
+
 flags.DEFINE_integer("steps", 2500, "Training (or pretraining) steps per method.")
 flags.DEFINE_integer("finetune_steps", 1000, "Fine-tuning steps after self-supervised pretraining.")
 flags.DEFINE_integer("seed", 0, "Seed of every run (the labeled split too).")
@@ -26,18 +28,8 @@ flags.DEFINE_string("out_prefix", "experiments/out/compare_methods", "Output .md
 flags.DEFINE_list("methods", [], "Subset of rows to run (default: all).")
 FLAGS = flags.FLAGS
 
-SEMI_SUPERVISED = ["supervised", "fixmatch", "comatch", "comatch_bt"]
-SELF_SUPERVISED = ["autoencoder", "simclr", "simsiam", "barlow_twins"]
-ROW_ORDER = [
-    "supervised",
-    "autoencoder",
-    "simclr",
-    "simsiam",
-    "barlow_twins",
-    "fixmatch",
-    "comatch",
-    "comatch_bt",
-]
+# Rows in the order of the method table; each method's declaration says how it is evaluated.
+ROW_ORDER = list(methods.METHODS)
 
 
 def _run(args: list[str], workdir: str) -> dict:
@@ -68,7 +60,7 @@ def run_row(method: str) -> dict:
     steps = [f"--config.num_steps={FLAGS.steps}"]
     summary = _run([f"--config=configs/{method}.py", *common, *steps], workdir)
     row = {"method": method, "steps": FLAGS.steps, "minutes": summary["train_seconds"] / 60}
-    if method in SEMI_SUPERVISED:
+    if methods.get_method(method).evaluation == "classifier":
         row["accuracy"] = summary["test_accuracy"]
         return row
     row.update(_probe(workdir))
@@ -93,6 +85,8 @@ def _percent(value) -> str:
 
 def main(argv):
     del argv
+    for name in FLAGS.methods:
+        methods.get_method(name)  # ValueError naming the known methods
     os.makedirs(FLAGS.workdir, exist_ok=True)
     rows = [run_row(m) for m in ROW_ORDER if not FLAGS.methods or m in FLAGS.methods]
     lines = [
@@ -116,7 +110,7 @@ def main(argv):
     import matplotlib.pyplot as plt
 
     figure, axis = plt.subplots(figsize=(9, 4))
-    names = [r["method"] for r in rows]
+    names = [methods.get_method(r["method"]).display_name for r in rows]
     axis.bar(names, [100 * r["accuracy"] for r in rows], color="tab:blue", label="test accuracy")
     for i, r in enumerate(rows):
         axis.text(i, 100 * r["accuracy"] + 0.5, f"{100 * r['accuracy']:.1f}", ha="center")

@@ -1,22 +1,40 @@
-"""A few steps of every method's tiny config run with finite losses; pretrain -> fine-tune
-and pretrain -> probe work end to end."""
+"""Every method's declaration is truthful and drives validation; a few steps of every
+method's tiny config run with finite losses and report the accuracy of the state they
+return; pretrain -> fine-tune and pretrain -> probe work end to end."""
 
+import importlib.util
 import json
+import pathlib
 
 import jax
+import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 
-from comatch_jax import config_lib, methods, probe, train
+from comatch_jax import config_lib, methods, models, probe, train, train_step
 
 from train_test import RecordingWriter, synthetic_dataset, tiny_config
 
+CONFIGS = pathlib.Path(__file__).resolve().parent.parent / "configs"
 SSL_MODEL = dict(projector_widths=(16, 16), predictor_widths=(8, 16), decoder=True, decoder_width=8)
+
+
+def config_file(name, preset=""):
+    """configs/<name>.py's get_config(preset) (every method has its config file)."""
+    spec = importlib.util.spec_from_file_location(f"configs_{name}", CONFIGS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config(preset)
 
 
 def method_config(name):
     config = tiny_config("comatch")
     config.method = name
+    full = config_file(name)
+    for section in methods.get_method(name).config_sections:
+        if section not in config:  # sections that only the method's config file adds
+            config[section] = full[section]
     config.num_steps = 4
     config.eval_every = 4
     config.checkpoint_every = 4
@@ -39,9 +57,23 @@ def test_each_method_trains_with_finite_losses(tmp_path, name):
     logged = [s for _, s in writer.scalars if "loss" in s]
     assert logged and all(np.isfinite(v) for s in logged for v in s.values())
     assert int(state.step) == 4
-    expected = "knn" if methods.get_method(name).evaluation == "self_supervised" else "classifier"
-    assert summary["evaluation"] == expected
-    assert 0.0 <= summary["test_accuracy"] <= 1.0
+    self_supervised = methods.get_method(name).evaluation == "self_supervised"
+    assert summary["evaluation"] == ("knn" if self_supervised else "classifier")
+    if self_supervised:  # kNN on the EMA model's features, as the probe command computes it
+        knn = probe.probe_run(str(tmp_path), "knn", batch_size=16, dataset=synthetic_dataset())
+        assert summary["test_accuracy"] == knn["knn_accuracy"]
+    else:  # the EMA (and raw) classifier of the returned state, recomputed here
+        config, data = method_config(name), synthetic_dataset()
+        model = models.create_model(config.model, 10, data.test_images.shape[1:])
+        inputs = train_step.preprocess(data.test_images, config.dataset.mean, config.dataset.std)
+        for key, params, batch_stats in [
+            ("test_accuracy", state.ema_params, state.ema_batch_stats),
+            ("test_accuracy_raw", state.params, state.batch_stats),
+        ]:
+            variables = {"params": params, "batch_stats": batch_stats}
+            logits = model.apply(variables, inputs, train=False)["logits"]
+            accuracy = np.mean(np.argmax(np.asarray(logits), -1) == data.test_labels)
+            assert summary[key] == pytest.approx(accuracy, abs=1e-9), key
 
 
 def test_pretrain_then_finetune_and_probe(tmp_path):
@@ -72,7 +104,13 @@ def test_pretrain_then_finetune_and_probe(tmp_path):
         np.testing.assert_array_equal(a, b)
 
     results = probe.probe_run(pretrain, "all", batch_size=16, dataset=synthetic_dataset())
-    assert 0.0 <= results["knn_accuracy"] <= 1.0 and 0.0 <= results["linear_probe_accuracy"] <= 1.0
+    summary = json.load(open(f"{pretrain}/summary.json"))
+    assert results["knn_accuracy"] == summary["test_accuracy"]  # the run's own kNN evaluation
+    # 50 test images; the classes differ in brightness, which frozen random-ish features keep.
+    assert results["linear_probe_accuracy"] * 50 == pytest.approx(
+        round(results["linear_probe_accuracy"] * 50)
+    )
+    assert results["linear_probe_accuracy"] > 0.2, results  # chance is 0.1
     assert json.load(open(f"{pretrain}/probe.json"))["num_labeled"] == 20
 
 
@@ -95,3 +133,261 @@ def test_finetune_from_a_different_backbone_is_a_clear_error(tmp_path):
         train.train_and_evaluate(
             finetune, str(tmp_path / "ft"), writer=RecordingWriter(), dataset=synthetic_dataset()
         )
+
+
+# ----------------------------------------------------------------------------- declarations
+NUM_CLASSES, SIZE = 10, 12
+HEAD_SHAPES = {  # per example, for method_config()'s model
+    "logits": (NUM_CLASSES,),
+    "embedding": (8,),
+    "features": (16,),
+    "projection": (16,),
+    "prediction": (16,),
+    "reconstruction": (SIZE, SIZE, 1),
+}
+
+
+def _declared_outputs(method, config, rng):
+    """Random model outputs holding only the views and heads `method` declares."""
+    outputs = {}
+    parts = [("labeled", config.batch_size, method.labeled_views)]
+    parts.append(("unlabeled", config.batch_size * config.mu, method.unlabeled_views))
+    for part, size, slots in parts:
+        for slot in slots:
+            view = {h: rng.normal(size=(size, *HEAD_SHAPES[h])) for h in method.heads}
+            if "embedding" in view:
+                view["embedding"] /= np.linalg.norm(view["embedding"], axis=-1, keepdims=True)
+            view["image"] = rng.integers(0, 256, (size, SIZE, SIZE, 1)).astype(np.uint8)
+            outputs[f"{part}_{slot}"] = {k: jnp.asarray(v) for k, v in view.items()}
+    return outputs
+
+
+def _only_declared_sections(config, method):
+    """A copy of `config` without the method sections (any method's) `method` does not read."""
+    config = ml_collections.ConfigDict(config.to_dict())
+    for section in {s for m in methods.METHODS.values() for s in m.config_sections}:
+        if section not in method.config_sections and section in config:
+            del config[section]
+    return config
+
+
+def _batch(config, rng):
+    return {
+        "labels": jnp.asarray(rng.integers(0, NUM_CLASSES, config.batch_size), jnp.int32),
+        "unlabeled_labels": jnp.asarray(
+            rng.integers(0, NUM_CLASSES, config.batch_size * config.mu), jnp.int32
+        ),
+    }
+
+
+@pytest.mark.parametrize("name", list(methods.METHODS))
+def test_declaration_names_everything_the_loss_reads(name):
+    """The loss runs on only the declared views, heads and config sections (a KeyError or
+    AttributeError here means the declaration is incomplete)."""
+    method = methods.get_method(name)
+    config = method_config(name)
+    config_lib.validate_config(config)
+    rng = np.random.default_rng(0)
+    state = method.init_state(config, NUM_CLASSES, HEAD_SHAPES["embedding"][0])
+    loss, (new_state, metrics) = method.loss(
+        _declared_outputs(method, config, rng),
+        _batch(config, rng),
+        state,
+        _only_declared_sections(config, method),
+    )
+    assert np.isfinite(float(loss))
+    assert jax.tree.structure(new_state) == jax.tree.structure(state)
+    assert method.needs_unlabeled_data == (config.mu > 0)
+    assert method.display_name
+
+
+@pytest.mark.parametrize("name", [n for n, m in methods.METHODS.items() if m.needs_unlabeled_data])
+def test_methods_with_unlabeled_views_need_mu(name):
+    config = method_config(name)
+    config.mu = 0
+    with pytest.raises(ValueError, match=f"method={name} needs unlabeled data: mu must be > 0"):
+        config_lib.validate_config(config)
+
+
+@pytest.mark.parametrize(
+    "name,field",
+    [(n, f) for n, m in methods.METHODS.items() for f in m.model_fields],
+)
+def test_methods_need_the_model_fields_of_their_heads(name, field):
+    config = method_config(name)
+    config.model[field] = type(config.model[field])()  # () or False
+    with pytest.raises(ValueError, match=f"method={name} needs model.{field} set"):
+        config_lib.validate_config(config)
+
+
+def test_every_head_field_is_required_by_some_method():
+    required = {f for m in methods.METHODS.values() for f in m.model_fields}
+    assert required == {"projector_widths", "predictor_widths", "decoder"}
+
+
+@pytest.mark.parametrize(
+    "name,field,value,message",
+    [
+        ("comatch", "alpha", 1.5, "comatch.alpha must be in"),
+        ("comatch", "queue_size", 0, "comatch.queue_size must be positive"),
+        ("comatch_bt", "temperature", 0.0, "comatch.temperature must be positive"),
+        ("fixmatch", "threshold", 1.2, "fixmatch.threshold must be in"),
+        ("simclr", "temperature", 0.0, "simclr.temperature must be positive"),
+        ("autoencoder", "loss", "l1", "autoencoder.loss must be 'mse' or 'bce'"),
+    ],
+)
+def test_method_option_checks(name, field, value, message):
+    config = method_config(name)
+    section = methods.get_method(name).config_sections[0]
+    config[section][field] = value
+    with pytest.raises(ValueError, match=f"Invalid config: {message}"):
+        config_lib.validate_config(config)
+    # The same value is not checked for a method that does not read that section.
+    other = method_config("supervised")
+    other[section][field] = value
+    config_lib.validate_config(other)
+
+
+def test_unknown_method_is_a_clear_error():
+    config = method_config("comatch")
+    config.method = "comatchh"
+    with pytest.raises(ValueError, match=r"Unknown method 'comatchh'; expected one of"):
+        config_lib.validate_config(config)
+
+
+def _toy_loss(outputs, batch, state, config):
+    view = outputs["unlabeled_weak"]
+    loss = config.toy.weight * jnp.mean(view["projection"] ** 2)
+    return loss, (state, {"loss_toy": loss})
+
+
+def test_a_new_method_is_one_entry(monkeypatch):
+    """Validation follows a new entry's declaration with no other edit."""
+    toy = methods.Method(
+        "toy",
+        (),
+        ("weak",),
+        lambda *_: {},
+        _toy_loss,
+        "self_supervised",
+        heads=("projection",),
+        config_sections=("toy",),
+        check_config=lambda c: [(c.toy.weight > 0, "toy.weight must be positive")],
+        display_name="Toy",
+    )
+    monkeypatch.setitem(methods.METHODS, "toy", toy)
+    config = method_config("supervised")
+    config.method = "toy"
+    with pytest.raises(ValueError, match="method=toy needs unlabeled data: mu must be > 0"):
+        config_lib.validate_config(config)
+    config.mu = 2
+    with pytest.raises(ValueError, match=r"method=toy needs config.toy"):
+        config_lib.validate_config(config)
+    config.toy = ml_collections.ConfigDict({"weight": 0.0})
+    with pytest.raises(ValueError, match="toy.weight must be positive"):
+        config_lib.validate_config(config)
+    config.toy.weight = 1.0
+    config.model.projector_widths = ()
+    with pytest.raises(ValueError, match="method=toy needs model.projector_widths set"):
+        config_lib.validate_config(config)
+    config.model.projector_widths = (16,)
+    config_lib.validate_config(config)
+
+
+def test_declaration_errors_are_caught_when_the_entry_is_made():
+    with pytest.raises(ValueError, match="evaluation must be one of"):
+        methods.Method("x", (), ("weak",), lambda *_: {}, _toy_loss, "knn")
+    with pytest.raises(ValueError, match="unknown heads"):
+        methods.Method("x", (), ("weak",), lambda *_: {}, _toy_loss, heads=("projector",))
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        n
+        for n, m in methods.METHODS.items()
+        if m.needs_unlabeled_data and m.evaluation == "classifier"
+    ],
+)
+def test_no_gradient_through_the_weak_view_or_the_method_state(name):
+    """Pseudo-labels, queue and alignment history are targets: the loss's gradient w.r.t.
+    the weak unlabeled view's outputs and the method state is exactly zero, while the strong
+    view and the labeled logits do get gradient."""
+    method = methods.get_method(name)
+    config = method_config(name)
+    for section in ("comatch", "fixmatch"):
+        config[section].threshold = 0.0  # every pseudo-label kept
+    rng = np.random.default_rng(1)
+    outputs = _declared_outputs(method, config, rng)
+    outputs = {k: {h: v for h, v in view.items() if h != "image"} for k, view in outputs.items()}
+    state = method.init_state(config, NUM_CLASSES, HEAD_SHAPES["embedding"][0])
+    # A full queue of random entries (CoMatch smooths with it only once full).
+    state = {
+        k: (jnp.asarray(rng.random(v.shape), v.dtype) if v.dtype == jnp.float32 else v)
+        for k, v in state.items()
+    }
+    if "queue_filled" in state:
+        state["queue_filled"] = jnp.asarray(state["queue_embeddings"].shape[0], jnp.int32)
+    batch = _batch(config, rng)
+
+    def loss(outputs, state):
+        return method.loss(outputs, batch, state, config)[0]
+
+    grad_outputs, grad_state = jax.grad(loss, argnums=(0, 1), allow_int=True)(outputs, state)
+    for head, value in grad_outputs["unlabeled_weak"].items():
+        np.testing.assert_array_equal(value, 0.0, err_msg=f"unlabeled_weak {head}")
+    for key, value in state.items():
+        if value.dtype == jnp.float32:
+            np.testing.assert_array_equal(grad_state[key], 0.0, err_msg=key)
+    if "embedding" in grad_outputs["labeled_weak"]:  # enters the queue only
+        np.testing.assert_array_equal(grad_outputs["labeled_weak"]["embedding"], 0.0)
+    assert np.abs(grad_outputs["unlabeled_strong0"]["logits"]).max() > 0
+    assert np.abs(grad_outputs["labeled_weak"]["logits"]).max() > 0
+    # The weak view does decide the loss: other weak logits give another value.
+    changed = {**outputs, "unlabeled_weak": {**outputs["unlabeled_weak"]}}
+    changed["unlabeled_weak"]["logits"] = -outputs["unlabeled_weak"]["logits"]
+    assert float(loss(changed, state)) != float(loss(outputs, state))
+
+
+# ----------------------------------------------------------------------------- FreeMatch, SoftMatch
+@pytest.mark.parametrize("name", ["freematch", "softmatch"])
+def test_adaptive_threshold_methods_train_20_steps(tmp_path, name):
+    """A 20-step smoke run: finite losses, pseudo-labels used from the first steps (the
+    thresholds start at 1/C), and the method state carried as the EMAs say."""
+    config = method_config(name)
+    config.num_steps = 20
+    config.log_every = 5
+    config.eval_every = config.checkpoint_every = 10
+    writer = RecordingWriter()
+    state, summary = train.train_and_evaluate(
+        config, str(tmp_path), writer=writer, dataset=synthetic_dataset()
+    )
+    logged = [s for _, s in writer.scalars if "loss_u" in s]
+    assert len(logged) == 4 and int(state.step) == 20
+    assert all(np.isfinite(v) for s in logged for v in s.values())
+    assert logged[0]["mask_rate"] > 0.5  # most unlabeled images teach from the start
+    ms = jax.device_get(state.method_state)
+    momentum = config[name].momentum
+    if name == "freematch":
+        # tau_20 = m^20 / C + (1 - m^20) * (a mean max-confidence in [1/C, 1]).
+        low = momentum**20 * 0.1 + (1 - momentum**20) * 0.1
+        high = momentum**20 * 0.1 + (1 - momentum**20) * 1.0
+        assert low < float(ms["global_threshold"]) < high
+        np.testing.assert_allclose(ms["class_probs"].sum(), 1.0, rtol=1e-5)
+        np.testing.assert_allclose(ms["class_histogram"].sum(), 1.0, rtol=1e-5)
+        assert "loss_fair" in logged[0]
+    else:
+        assert int(ms["alignment_count"]) == 20
+        np.testing.assert_allclose(ms["class_mean"].sum(), 1.0, rtol=1e-5)
+        assert float(ms["confidence_variance"]) < 1.0  # moved from sigma_0^2 = 1 towards data
+    assert summary["final_step"] == 20
+
+
+@pytest.mark.parametrize("name", ["freematch", "softmatch"])
+def test_adaptive_presets_take_the_papers_schedule(name):
+    config = config_file(name, "cifar10_40")
+    config_lib.validate_config(config)
+    assert config.method == name and config.num_steps == 2**20
+    assert (config.batch_size, config.mu, config.optim.lr) == (64, 7, 0.03)
+    assert config[name].momentum == 0.999 and config[name].lambda_u == 1.0
+    assert config_file(name).num_steps == config_lib.base_config().num_steps  # CPU default

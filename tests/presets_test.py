@@ -80,28 +80,53 @@ def test_cifar10_preset_runs_one_real_step():
     assert np.isfinite(float(metrics["loss"])) and int(state.step) == 1
 
 
-def test_competition_preset_carries_the_papers_settings():
-    config = config_lib.apply_preset(config_lib.base_config(), "competition96")
-    assert (config.model.name, config.model.depth, config.batch_size, config.mu) == (
-        "resnet",
-        50,
-        64,
-        4,
+def test_competition_preset_behaves_as_the_papers_setup():
+    """What the preset does, not what it sets: a ResNet-50 backbone over 96 px colour images
+    with an 800-way classifier, a 30,000-entry queue, the teacher making the weak views'
+    pseudo-labels, L = L_x + 10 L_cls + 5 L_ctr, a cosine learning rate from 0.1 to 0 and
+    400 epochs of the 512,000 unlabeled images."""
+    config, init, step, batch = _step_and_inputs("competition96")
+    state = jax.eval_shape(init)
+    backbone = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state.params["backbone"]))
+    assert 23.4e6 < backbone < 23.6e6, backbone  # ResNet-50 without its fc: 23.5M
+    assert state.params["classifier"]["kernel"].shape == (2048, 800)
+    assert state.method_state["queue_embeddings"].shape[0] == 30000
+    assert config.dataset.name == "image_folder" and config.dataset.image_size == 96
+
+    # The student's one forward sees the labeled and the two strong views only: the weak
+    # unlabeled view goes through the EMA model (eval mode), so the traced step applies the
+    # backbone's first convolution to B + 2 B mu images, not B + 3 B mu.
+    jaxpr = str(jax.make_jaxpr(step)(state, batch))
+    size = 96
+    student = config.batch_size * (1 + 2 * config.mu)
+    assert f"f32[{student},{size},{size},3]" in jaxpr
+    assert f"f32[{config.batch_size * (1 + 3 * config.mu)},{size},{size},3]" not in jaxpr
+
+    # The loss weights, measured on the loss itself.
+    rng = np.random.default_rng(0)
+    unit = lambda x: x / np.linalg.norm(x, axis=-1, keepdims=True)
+    outputs = {
+        name: {
+            "logits": rng.normal(size=(4, 800)).astype(np.float32) * 5,
+            "embedding": unit(rng.normal(size=(4, 64))).astype(np.float32),
+        }
+        for name in ("labeled_weak", "unlabeled_weak", "unlabeled_strong0", "unlabeled_strong1")
+    }
+    method = methods.get_method(config.method)
+    loss, (_, metrics) = method.loss(
+        outputs,
+        {"labels": np.arange(4, dtype=np.int32), "unlabeled_labels": np.zeros(4, np.int32)},
+        method.init_state(config, 800, 64),
+        config,
     )
-    c = config.comatch
-    assert (
-        c.lambda_cls,
-        c.alpha,
-        c.queue_size,
-        c.temperature,
-        c.threshold,
-        c.contrast_threshold,
-        c.lambda_ctr,
-    ) == (10.0, 0.9, 30000, 0.1, 0.55, 0.25, 5.0)
-    assert (
-        config.optim.lr,
-        config.optim.momentum,
-        config.optim.weight_decay,
-        config.optim.schedule,
-    ) == (0.1, 0.9, 1e-4, "cosine")
-    assert config.ema.teacher_weak_views and config.dataset.name == "image_folder"
+    terms = metrics["loss_x"] + 10 * metrics["loss_u"] + 5 * metrics["loss_ctr"]
+    assert float(loss) == pytest.approx(float(terms), rel=1e-6)
+
+    schedule = train_state.learning_rate_schedule(config)
+    total = config.num_steps
+    assert float(schedule(0)) == pytest.approx(0.1)
+    assert float(schedule(total // 2)) == pytest.approx(0.05, rel=1e-3)
+    assert float(schedule(total)) == pytest.approx(0.0, abs=1e-9)
+    published = config_lib.apply_preset(config_lib.base_config(), "competition96")
+    epochs = total * published.batch_size * published.mu / 512000  # (here B=2, mu=1)
+    assert epochs == pytest.approx(400, abs=0.01)

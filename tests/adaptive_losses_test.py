@@ -1,0 +1,226 @@
+"""FreeMatch's and SoftMatch's losses against NumPy loops written here from the papers'
+equations (random inputs), plus hand-checked tiny cases.
+
+FreeMatch (Wang et al., ICLR 2023): tau_t = m tau + (1-m) mean max p; p~_t = m p~ + (1-m) mean p;
+tau_t(c) = p~_t(c) / max p~_t * tau_t; L_u = mean 1[max p >= tau_t(argmax p)] CE(Q, argmax p);
+L_f = -H(SumNorm(p~_t / h~_t), SumNorm(p_bar / h_bar)) over the kept examples.
+SoftMatch (Chen et al., ICLR 2023): mu_t, sigma_t^2 EMAs of the mean and unbiased variance of
+max p; lambda(p) = exp(-(min(max p - mu_t, 0))^2 / (2 sigma_t^2 / n^2)); UA(p) = Normalize(
+p / C / E[p]); L_u = mean lambda CE(Q, argmax p).
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from comatch_jax import losses
+
+
+def _softmax(x):
+    e = np.exp(x - x.max(-1, keepdims=True))
+    return e / e.sum(-1, keepdims=True)
+
+
+# ------------------------------------------------------------------ references (loops, NumPy)
+def reference_freematch(p, strong_logits, tau, p_model, hist_model, m):
+    batch, classes = p.shape
+    tau = m * tau + (1 - m) * sum(max(p[b]) for b in range(batch)) / batch
+    p_model = m * p_model + (1 - m) * sum(p[b] for b in range(batch)) / batch
+    hist = np.zeros(classes)
+    for b in range(batch):
+        hist[int(np.argmax(p[b]))] += 1.0 / batch
+    hist_model = m * hist_model + (1 - m) * hist
+    thresholds = np.array([p_model[c] / max(p_model) * tau for c in range(classes)])
+    q = _softmax(strong_logits)
+    mask = np.zeros(batch)
+    loss_u = 0.0
+    for b in range(batch):
+        label = int(np.argmax(p[b]))
+        mask[b] = float(max(p[b]) >= thresholds[label])
+        loss_u += mask[b] * -np.log(q[b, label]) / batch
+    kept = [b for b in range(batch) if mask[b]]
+    if kept:
+        p_bar = sum(q[b] for b in kept) / len(kept)
+        h_bar = np.zeros(classes)
+        for b in kept:
+            h_bar[int(np.argmax(q[b]))] += 1.0 / len(kept)
+        x = np.array([p_model[c] / hist_model[c] for c in range(classes)])
+        x /= x.sum()
+        y = np.array([p_bar[c] / h_bar[c] if h_bar[c] > 0 else 0.0 for c in range(classes)])
+        y /= y.sum()
+        loss_f = sum(x[c] * np.log(y[c] + 1e-12) for c in range(classes))
+    else:
+        loss_f = 0.0
+    return thresholds, tau, p_model, hist_model, mask, loss_u, loss_f
+
+
+def reference_softmatch(p, strong_logits, mu, var, class_mean, count, m, n_sigma, align):
+    batch, classes = p.shape
+    weighting = p
+    if align:
+        batch_mean = sum(p[b] for b in range(batch)) / batch
+        class_mean = batch_mean if count == 0 else m * class_mean + (1 - m) * batch_mean
+        weighting = np.array([p[b] / classes / class_mean for b in range(batch)])
+        weighting /= weighting.sum(-1, keepdims=True)
+    confidence = np.array([max(weighting[b]) for b in range(batch)])
+    mean = confidence.sum() / batch
+    unbiased = sum((c - mean) ** 2 for c in confidence) / (batch - 1)
+    mu = m * mu + (1 - m) * mean
+    var = m * var + (1 - m) * unbiased
+    weights = np.array(
+        [1.0 if c >= mu else np.exp(-((c - mu) ** 2) / (2 * var / n_sigma**2)) for c in confidence]
+    )
+    q = _softmax(strong_logits)
+    loss_u = sum(weights[b] * -np.log(q[b, int(np.argmax(p[b]))]) for b in range(batch)) / batch
+    return weights, mu, var, class_mean, loss_u
+
+
+def _freematch(p, strong, tau, p_model, hist_model, m):
+    thresholds, tau, p_model, hist_model = losses.freematch_thresholds(
+        jnp.asarray(p, jnp.float32), tau, p_model, hist_model, momentum=m
+    )
+    loss_u, mask = losses.freematch_unlabeled_loss(strong, p, thresholds)
+    loss_f = losses.freematch_fairness_loss(strong, mask, p_model, hist_model)
+    return thresholds, tau, p_model, hist_model, mask, loss_u, loss_f
+
+
+@pytest.mark.parametrize(
+    "seed,batch,classes,m", [(0, 16, 10, 0.999), (1, 7, 4, 0.5), (2, 32, 3, 0.9)]
+)
+def test_freematch_matches_reference(seed, batch, classes, m):
+    rng = np.random.default_rng(seed)
+    p = _softmax(rng.normal(size=(batch, classes)) * 2).astype(np.float32)
+    strong = (rng.normal(size=(batch, classes)) * 2).astype(np.float32)
+    tau = np.float32(rng.uniform(0.6, 0.9))
+    p_model = _softmax(rng.normal(size=classes)).astype(np.float32)
+    hist_model = _softmax(rng.normal(size=classes)).astype(np.float32)
+    expected = reference_freematch(
+        p.astype(np.float64), strong.astype(np.float64), tau, p_model, hist_model, m
+    )
+    got = _freematch(p, strong, tau, p_model, hist_model, m)
+    names = ["thresholds", "tau", "p_model", "hist_model", "mask", "loss_u", "loss_f"]
+    for name, e, g in zip(names, expected, got):
+        np.testing.assert_allclose(np.asarray(g), e, rtol=2e-5, atol=1e-6, err_msg=name)
+    assert 0 < float(np.mean(got[4])) < 1, "the case keeps some examples and drops others"
+
+
+def test_freematch_hand_case():
+    # p = [[.9, .1], [.6, .4]], tau_0 = .5, p~_0 = h~_0 = [.5, .5], m = .5:
+    # tau = .25 + .5 * .75 = .625; p~ = .25 + .5 * [.75, .25] = [.625, .375];
+    # tau(c) = [.625, .375]; mask = [.9 >= .625, .6 >= .625] = [1, 0]; h~ = [.75, .25].
+    # Q_0 = [.8, .2]: L_u = -log(.8) / 2. Kept: p_bar = [.8, .2], h_bar = [1, 0] ->
+    # y = [1, 0]; x = SumNorm([.625/.75, .375/.25]) = [5/14, 9/14]; L_f = 9/14 log(1e-12).
+    p = np.array([[0.9, 0.1], [0.6, 0.4]], np.float32)
+    strong = np.log(np.array([[0.8, 0.2], [0.3, 0.7]], np.float32))
+    half = np.array([0.5, 0.5], np.float32)
+    thresholds, tau, p_model, hist_model, mask, loss_u, loss_f = _freematch(
+        p, strong, np.float32(0.5), half, half, 0.5
+    )
+    np.testing.assert_allclose(thresholds, [0.625, 0.375], rtol=1e-6)
+    assert float(tau) == pytest.approx(0.625)
+    np.testing.assert_allclose(p_model, [0.625, 0.375], rtol=1e-6)
+    np.testing.assert_allclose(hist_model, [0.75, 0.25], rtol=1e-6)
+    np.testing.assert_array_equal(mask, [1.0, 0.0])
+    assert float(loss_u) == pytest.approx(-np.log(0.8) / 2, rel=1e-5)
+    assert float(loss_f) == pytest.approx(9 / 14 * np.log(1e-12), rel=1e-5)
+
+
+def test_freematch_fairness_is_zero_without_kept_examples_and_its_gradient_is_the_strong_views():
+    rng = np.random.default_rng(3)
+    strong = jnp.asarray(rng.normal(size=(6, 5)), jnp.float32)
+    p_model = jnp.full((5,), 0.2)
+    assert float(losses.freematch_fairness_loss(strong, jnp.zeros(6), p_model, p_model)) == 0.0
+    mask = jnp.array([1.0, 1, 0, 1, 0, 1])
+    grads = jax.grad(losses.freematch_fairness_loss, argnums=(0, 2, 3))(
+        strong, mask, p_model, p_model
+    )
+    np.testing.assert_array_equal(grads[0][np.array([2, 4])], 0.0)  # dropped examples
+    assert np.abs(grads[0]).max() > 0
+    np.testing.assert_array_equal(grads[1], 0.0)  # the EMAs are constants
+    np.testing.assert_array_equal(grads[2], 0.0)
+
+
+def test_freematch_thresholds_start_low_and_rise_with_confidence():
+    """From the paper's start 1/C, a confident model's thresholds rise towards its mean
+    confidence (and a class it never predicts keeps a lower threshold)."""
+    classes = 4
+    p = np.tile(np.array([[0.97, 0.01, 0.01, 0.01]], np.float32), (8, 1))
+    tau, p_model = jnp.float32(1 / classes), jnp.full((classes,), 1 / classes)
+    hist = p_model
+    previous = float(tau)
+    for _ in range(50):
+        thresholds, tau, p_model, hist = losses.freematch_thresholds(
+            p, tau, p_model, hist, momentum=0.9
+        )
+        assert float(tau) > previous
+        previous = float(tau)
+    assert 0.9 < float(tau) < 0.97
+    assert float(thresholds[0]) == pytest.approx(float(tau))
+    assert float(thresholds[1]) < 0.2 * float(tau)
+
+
+@pytest.mark.parametrize(
+    "seed,batch,classes,count,n_sigma,align",
+    [(0, 16, 10, 0, 1.0, True), (1, 9, 4, 3, 2.0, True), (2, 12, 6, 1, 2.0, False)],
+)
+def test_softmatch_matches_reference(seed, batch, classes, count, n_sigma, align):
+    rng = np.random.default_rng(seed)
+    m = 0.9
+    p = _softmax(rng.normal(size=(batch, classes)) * 2).astype(np.float32)
+    strong = (rng.normal(size=(batch, classes)) * 2).astype(np.float32)
+    mu, var = np.float32(p.max(-1).mean()), np.float32(0.05)  # a plausible state
+    class_mean = _softmax(rng.normal(size=classes)).astype(np.float32)
+    weights, e_mu, e_var, e_class_mean, e_loss = reference_softmatch(
+        p.astype(np.float64),
+        strong.astype(np.float64),
+        mu,
+        var,
+        class_mean,
+        count,
+        m,
+        n_sigma,
+        align,
+    )
+    weighting, new_class_mean, new_count = p, class_mean, count
+    if align:
+        weighting, new_class_mean, new_count = losses.uniform_alignment(
+            p, class_mean, jnp.asarray(count), momentum=m
+        )
+        assert int(new_count) == count + 1
+    new_mu, new_var = losses.softmatch_gaussian(weighting, mu, var, momentum=m)
+    got_weights = losses.softmatch_weights(weighting, new_mu, new_var, n_sigma=n_sigma)
+    loss = losses.weighted_hard_pseudo_label_loss(strong, p, got_weights)
+    np.testing.assert_allclose(new_class_mean, e_class_mean, rtol=1e-5)
+    assert float(new_mu) == pytest.approx(e_mu, rel=1e-5)
+    assert float(new_var) == pytest.approx(e_var, rel=1e-5)
+    np.testing.assert_allclose(got_weights, weights, rtol=1e-5, atol=1e-7)
+    assert float(loss) == pytest.approx(e_loss, rel=1e-5)
+    assert 0 < np.mean(weights < 1) < 1, "some weights below 1 and some at 1"
+
+
+def test_softmatch_hand_case():
+    # max p = [.9, .6, .5]: mean 2/3, unbiased var 0.04333...; mu_0 = .5, var_0 = 1, m = .5:
+    # mu = .25 + 1/3 = 0.58333, var = .5 + .021667 = 0.521667. Weights: 1, 1 (.6 >= mu) and
+    # exp(-(.5 - .58333)^2 / (2 * .521667)) = exp(-0.0066560) = 0.993366 (n_sigma = 1).
+    p = np.array([[0.9, 0.1], [0.6, 0.4], [0.5, 0.5]], np.float32)
+    mu, var = losses.softmatch_gaussian(p, np.float32(0.5), np.float32(1.0), momentum=0.5)
+    assert float(mu) == pytest.approx(0.583333, rel=1e-5)
+    assert float(var) == pytest.approx(0.521667, rel=1e-5)
+    weights = losses.softmatch_weights(p, mu, var)
+    np.testing.assert_allclose(weights, [1.0, 1.0, 0.993366], rtol=1e-5)
+    # n_sigma = 2: exponent times 4.
+    weights = losses.softmatch_weights(p, mu, var, n_sigma=2.0)
+    assert float(weights[2]) == pytest.approx(np.exp(-4 * 0.0066560), rel=1e-4)
+    # Uniform alignment from an empty estimate: E[p] = batch mean [.7, .3] of [[.9,.1],[.5,.5]]:
+    # [.9/.7, .1/.3] -> [.794118, .205882]; [.5/.7, .5/.3] -> [.3, .7].
+    aligned, class_mean, count = losses.uniform_alignment(
+        np.array([[0.9, 0.1], [0.5, 0.5]], np.float32), np.zeros(2), jnp.asarray(0), momentum=0.5
+    )
+    np.testing.assert_allclose(class_mean, [0.7, 0.3], rtol=1e-6)
+    np.testing.assert_allclose(aligned, [[0.794118, 0.205882], [0.3, 0.7]], rtol=1e-5)
+    assert int(count) == 1
+    # CE against argmax of the raw p, weighted: strong Q_b = [.8, .2] for every b.
+    strong = np.log(np.full((3, 2), [0.8, 0.2], np.float32))
+    loss = losses.weighted_hard_pseudo_label_loss(strong, p, jnp.array([1.0, 0.5, 0.0]))
+    assert float(loss) == pytest.approx((1.0 + 0.5) * -np.log(0.8) / 3, rel=1e-5)
