@@ -69,6 +69,9 @@ def base_config() -> ml_collections.ConfigDict:
     # Flax convention (0.01 in PyTorch terms). The published 0.999 suits 2^19 steps; over a
     # few thousand steps it leaves the running statistics near their initial values.
     config.model.bn_momentum = 0.99
+    # PyTorch (the official code) updates the running variance with the unbiased batch
+    # variance (n / (n - 1)); False = flax's biased estimate.
+    config.model.bn_unbiased_running_var = True
     config.model.dtype = "float32"
     # Over several devices: 'global' = BatchNorm statistics over the whole global batch
     # (synchronised; any device count computes what one device does), 'per_device' = each
