@@ -193,7 +193,9 @@ class Network(nn.Module):
         features = self.backbone(x, train).astype(jnp.float32)
         width = features.shape[-1]
         logits = torch_linear(self.num_classes, width, "classifier")(features)
-        hidden = nn.leaky_relu(torch_linear(width, width, "head_hidden")(features), self.leaky_slope)
+        hidden = nn.leaky_relu(
+            torch_linear(width, width, "head_hidden")(features), self.leaky_slope
+        )
         outputs = {
             "logits": logits,
             "embedding": l2_normalize(torch_linear(self.low_dim, width, "head_out")(hidden)),
@@ -365,7 +367,9 @@ class ResNetBlock(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype, kernel_init=_resnet_conv_init)
+        conv = functools.partial(
+            nn.Conv, use_bias=False, dtype=self.dtype, kernel_init=_resnet_conv_init
+        )
         out_width = self.width * 4 if self.bottleneck else self.width
         if self.bottleneck:
             y = nn.relu(self.norm()(conv(self.width, (1, 1))(x)))
@@ -411,12 +415,19 @@ class ResNet(nn.Module):
         x = x.astype(self.dtype)
         if self.stem == "imagenet":
             x = nn.Conv(
-                64, (7, 7), strides=2, use_bias=False, dtype=self.dtype, kernel_init=_resnet_conv_init
+                64,
+                (7, 7),
+                strides=2,
+                use_bias=False,
+                dtype=self.dtype,
+                kernel_init=_resnet_conv_init,
             )(x)
             x = nn.relu(norm()(x))
             x = nn.max_pool(x, (3, 3), strides=(2, 2), padding="SAME")
         elif self.stem == "cifar":
-            x = nn.Conv(64, (3, 3), use_bias=False, dtype=self.dtype, kernel_init=_resnet_conv_init)(x)
+            x = nn.Conv(
+                64, (3, 3), use_bias=False, dtype=self.dtype, kernel_init=_resnet_conv_init
+            )(x)
             x = nn.relu(norm()(x))
         else:
             raise ValueError(f"ResNet stem must be 'imagenet' or 'cifar', got {self.stem!r}")

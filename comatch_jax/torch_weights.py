@@ -246,9 +246,7 @@ def convert_state_dict(
         for layer in mapping
         for collection, leaf, _ in _LAYOUTS[layer.kind].values()
     }
-    report.not_in_table = [
-        "/".join(path) for path in _leaf_paths(variables) if path not in mapped
-    ]
+    report.not_in_table = ["/".join(path) for path in _leaf_paths(variables) if path not in mapped]
     if log is not None:
         for line in report.lines():
             log(line)

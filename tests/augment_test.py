@@ -34,7 +34,8 @@ def gradient_image(height, width, channels):
 def reference_affine(image, matrix, fill):
     """NumPy cv2.warpAffine(INTER_LINEAR, BORDER_CONSTANT): pixel centres at integers, the
     inverse map ``matrix`` (output -> input), coordinates rounded to 1/32 px, bilinear from
-    4 neighbours, outside -> fill, rounded. float32 arithmetic, so that ties at x.5 round as in the JAX version."""
+    4 neighbours, outside -> fill, rounded. float32 arithmetic, so that ties at x.5 round as in the JAX version.
+    """
     height, width, _ = image.shape
     f32 = np.float32
     matrix = np.asarray(matrix, f32)
@@ -537,7 +538,9 @@ def _reference_randaugment(key, image, pad, op_prob, cutout_size, fill):
             A.SHEAR_X: lambda x: A.warp(x, A.shear_x_matrix(sign * 0.3), fill),
             A.SHEAR_Y: lambda x: A.warp(x, A.shear_y_matrix(sign * 0.3), fill),
             A.TRANSLATE_X: lambda x: A.warp(x, A.translate_matrix(sign * width * 10 / 32, 0), fill),
-            A.TRANSLATE_Y: lambda x: A.warp(x, A.translate_matrix(0, sign * height * 10 / 32), fill),
+            A.TRANSLATE_Y: lambda x: A.warp(
+                x, A.translate_matrix(0, sign * height * 10 / 32), fill
+            ),
             A.POSTERIZE: lambda x: A.posterize(x, 4),
         }[int(op)](np.asarray(out))
         out = np.asarray(out)

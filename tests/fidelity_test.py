@@ -190,7 +190,11 @@ def test_bfloat16_model_runs_the_backbone_in_bf16_and_heads_and_losses_in_float3
     x = jax.random.normal(jax.random.PRNGKey(0), (8, 32, 32, 3))
     variables = model.init(jax.random.PRNGKey(1), x, train=False)
     out, state = model.apply(
-        variables, x, train=True, mutable=["batch_stats", "intermediates"], capture_intermediates=True
+        variables,
+        x,
+        train=True,
+        mutable=["batch_stats", "intermediates"],
+        capture_intermediates=True,
     )
     inter = flax.traverse_util.flatten_dict(state["intermediates"])
     backbone = {k: v for k, v in inter.items() if k[0] == "backbone" and len(k) > 2}
@@ -222,7 +226,9 @@ def test_other_backbones_also_have_float32_heads(name):
     model = models.create_model(config, 3)
     x = jnp.ones((2, 32, 32, 3))
     variables = model.init(jax.random.PRNGKey(0), x, train=False)
-    _, state = model.apply(variables, x, train=False, capture_intermediates=True, mutable=["intermediates"])
+    _, state = model.apply(
+        variables, x, train=False, capture_intermediates=True, mutable=["intermediates"]
+    )
     inter = flax.traverse_util.flatten_dict(state["intermediates"])
     assert inter[("classifier", "__call__")][0].dtype == jnp.float32
     assert inter[("backbone", "__call__")][0].dtype == jnp.float32  # pooled in float32
