@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import flax
+import flax.core
 import flax.traverse_util
 import flax.linen as nn
 import jax
@@ -70,8 +71,8 @@ def weight_decay_mask(params: Any) -> Any:
     """
     flat = flax.traverse_util.flatten_dict(params)
     norm_modules = {path[:-1] for path in flat if path[-1] == "scale"}
-    mask = {path: path[:-1] not in norm_modules for path in flat}
-    return flax.traverse_util.unflatten_dict(mask)
+    mask = flax.traverse_util.unflatten_dict({path: path[:-1] not in norm_modules for path in flat})
+    return flax.core.freeze(mask) if isinstance(params, flax.core.FrozenDict) else mask
 
 
 def create_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
