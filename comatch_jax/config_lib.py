@@ -73,6 +73,9 @@ def base_config() -> ml_collections.ConfigDict:
     # Flax convention (0.01 in PyTorch terms). The published 0.999 suits 2^19 steps; over a
     # few thousand steps it leaves the running statistics near their initial values.
     config.model.bn_momentum = 0.99
+    # PyTorch (the official code) updates the running variance with the unbiased batch
+    # variance (n / (n - 1)); False = flax's biased estimate.
+    config.model.bn_unbiased_running_var = True
     config.model.dtype = "float32"
     # Over several devices: 'global' = BatchNorm statistics over the whole global batch
     # (synchronised; any device count computes what one device does), 'per_device' = each
@@ -109,6 +112,10 @@ def base_config() -> ml_collections.ConfigDict:
     config.fixmatch = ml_collections.ConfigDict()
     config.fixmatch.threshold = 0.95  # tau
     config.fixmatch.lambda_u = 1.0
+    # DA on the weak-view probabilities (the official CoMatch repository's Train_fixmatch.py
+    # default, --DA True); off = the FixMatch paper. Preset suffix '_da' turns it on.
+    config.fixmatch.distribution_alignment = False
+    config.fixmatch.da_length = 32
 
     config.simclr = ml_collections.ConfigDict()
     config.simclr.temperature = 0.5
@@ -135,7 +142,9 @@ def base_config() -> ml_collections.ConfigDict:
     config.optim.momentum = 0.9
     config.optim.nesterov = True
     config.optim.weight_decay = 5e-4
-    config.optim.schedule = "cosine"
+    # 'fixmatch_cosine' = lr cos(7 pi k / 16 K), the official CoMatch/FixMatch schedule
+    # (utils.py WarmupCosineLrScheduler, warmup_iter=0); 'cosine' decays to 0.
+    config.optim.schedule = "fixmatch_cosine"
     config.optim.warmup_steps = 0
 
     config.ema = ml_collections.ConfigDict()
@@ -149,7 +158,16 @@ def base_config() -> ml_collections.ConfigDict:
 
 def apply_preset(config: ml_collections.ConfigDict, preset: str) -> ml_collections.ConfigDict:
     """Published settings. '' = the CPU default. Names: cifar10_{40,250,4000},
-    cifar100_{400,2500,10000}, stl10, competition96."""
+    cifar100_{400,2500,10000}, stl10, competition96 (5 % labels), competition96_7p5 (7.5 %).
+
+    The CIFAR presets are the official CoMatch code's recipe (github salesforce/CoMatch,
+    Train_CoMatch.py defaults): WRN-28-k (models.WideResNet, official blocks and init),
+    B = 64, mu = 7, 512 x 1024 steps, SGD lr 0.03 Nesterov momentum 0.9, weight decay on
+    all but BatchNorm parameters, lr cos(7 pi k / 16 K) without warm-up, BatchNorm momentum
+    0.001 (PyTorch terms) with PyTorch's unbiased running variance, EMA 0.999 evaluation,
+    RandAugment(2, 10) + Cutout 16 and the weak pad-4 crop + flip (comatch_jax.augment).
+    A suffix '_da' (for configs/fixmatch.py) adds `fixmatch_with_da` on top.
+    """
     if not preset:
         return config
     name, _, labels = preset.partition("_")
@@ -176,7 +194,7 @@ def apply_preset(config: ml_collections.ConfigDict, preset: str) -> ml_collectio
         config.optim.lr = 0.03
         config.optim.weight_decay = 5e-4
         _gpu_cadence(config)
-    elif preset == "competition96":
+    elif preset in ("competition96", "competition96_7p5"):
         # The user's paper: 96 px, 800 classes, ResNet-50, B=64, mu=4, 400 epochs.
         config.dataset.name = "image_folder"
         config.dataset.mean, config.dataset.std = IMAGENET_MEAN, IMAGENET_STD
@@ -196,14 +214,34 @@ def apply_preset(config: ml_collections.ConfigDict, preset: str) -> ml_collectio
             lambda_ctr=5.0,
             queue_size=30000,
         )
-        config.optim.update(lr=0.1, momentum=0.9, nesterov=False, weight_decay=1e-4)
+        # Half-cosine to 0 (the official ImageNet script, imagenet/Train_CoMatch.py --cos).
+        config.optim.update(
+            lr=0.1, momentum=0.9, nesterov=False, weight_decay=1e-4, schedule="cosine"
+        )
         config.ema.teacher_weak_views = True
+        if preset == "competition96_7p5":
+            # The paper's Table 1, second row: 7.5 % labels, tau 0.52, T 0.22, lambda_ctr 3.
+            config.num_labels = 38400  # 7.5 % of the 512,000 images
+            config.comatch.update(threshold=0.52, contrast_threshold=0.22, lambda_ctr=3.0)
         _gpu_cadence(config)
     else:
         raise ValueError(
             f"Unknown preset {preset!r}; expected '', cifar10_40, cifar10_250, cifar10_4000, "
-            "cifar100_400, cifar100_2500, cifar100_10000, stl10 or competition96"
+            "cifar100_400, cifar100_2500, cifar100_10000, stl10, competition96 or "
+            "competition96_7p5"
         )
+    return config
+
+
+def fixmatch_with_da(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """The official repository's FixMatch script on top of a preset (github
+    salesforce/CoMatch Train_fixmatch.py defaults): method fixmatch with distribution
+    alignment on (--DA True, 32 batch means), tau 0.95, lambda_u 1, and for the CIFAR
+    presets 1024 epochs of 1024 steps (--n-epoches 1024, twice CoMatch's 512)."""
+    config.method = "fixmatch"
+    config.fixmatch.update(distribution_alignment=True, da_length=32, threshold=0.95, lambda_u=1.0)
+    if config.dataset.name in ("cifar10", "cifar100"):
+        config.num_steps = 1024 * 1024
     return config
 
 
@@ -227,6 +265,9 @@ def _cifar(config, name, num_labels, mean, std, *, widen_factor):
     config.num_steps = 512 * 1024
     config.comatch.queue_size = 2560
     config.optim.lr = 0.03
+    config.optim.momentum, config.optim.nesterov = 0.9, True
+    config.optim.schedule, config.optim.warmup_steps = "fixmatch_cosine", 0
+    config.model.bn_unbiased_running_var = True
     _gpu_cadence(config)
 
 

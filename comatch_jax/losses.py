@@ -27,23 +27,34 @@ def soft_cross_entropy(logits: jax.Array, targets: jax.Array) -> jax.Array:
     return -jnp.sum(targets * log_probs, axis=-1)
 
 
+DA_FLOOR = 1e-12
+
+
 def distribution_alignment(
-    probs: jax.Array, history: jax.Array, count: jax.Array
+    probs: jax.Array, history: jax.Array, count: jax.Array, *, floor: float = DA_FLOOR
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
     """Distribution alignment as in the official CoMatch/ReMixMatch code.
 
     The batch's mean prediction is pushed into a ring buffer `history` [L, C] of the last L
     batch means (`count` = how many were ever pushed); `probs` [B, C] are divided by the mean
-    of the buffer's valid rows (this batch included) and renormalised.
+    of the buffer's valid rows (this batch included) and renormalised (github
+    salesforce/CoMatch Train_CoMatch.py: prob_list, probs / prob_avg, renormalise).
 
-    Returns (aligned probs [B, C], new history, new count).
+    Unlike the official float32 code, the mean is floored at `floor` (1e-12) first: with
+    saturated weak logits (e.g. +-80) float32 softmax is exactly one-hot, a class's mean
+    is 0 and the official division is 0 / 0 = NaN in every later step. A class whose mean
+    is above the floor is untouched, so ordinary inputs give the official result (to
+    float32 rounding); a row always keeps a positive sum (its largest probability's class
+    has a mean of at least that probability / (B L)).
+
+    Returns (aligned probs [B, C] float32, new history, new count).
     """
     length = history.shape[0]
     history = history.at[count % length].set(jnp.mean(probs, axis=0))
     count = count + 1
     valid = (jnp.arange(length) < count)[:, None]
     average = jnp.sum(jnp.where(valid, history, 0.0), axis=0) / jnp.minimum(count, length)
-    aligned = probs / average
+    aligned = probs / jnp.maximum(average, floor)
     aligned = aligned / jnp.sum(aligned, axis=-1, keepdims=True)
     return aligned, history, count
 

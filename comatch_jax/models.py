@@ -5,7 +5,9 @@ A Network maps float images [B, H, W, C] (already normalised) to a dict with `lo
 (the pooled backbone output, used by probes and analysis) and, when configured, the SSL
 `projection` / `prediction` and the autoencoder's `reconstruction`. Backbone parameters
 live under 'backbone', so a pretrained encoder can be loaded into another run.
-`dtype` is the activation dtype (bfloat16 on GPU/TPU); parameters stay float32.
+`dtype` is the backbone's activation dtype (bfloat16 on GPU/TPU); parameters stay float32,
+and the heads (classifier, embedding head, projector, predictor, decoder) always compute in
+float32 on the float32 pooled features, so every loss sees float32 logits and embeddings.
 """
 
 from __future__ import annotations
@@ -18,9 +20,37 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-# Official WRN init: kaiming normal (fan_out, leaky_relu) for convs, xavier normal for linear.
-_conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
+# Official CoMatch WRN init (WideResNet.py, WideResnetBackbone.init_weight): every conv
+# kaiming_normal_(a=0, mode='fan_in', nonlinearity='leaky_relu'), i.e. N(0, 2 / fan_in).
+_conv_init = nn.initializers.variance_scaling(2.0, "fan_in", "normal")
+# torchvision ResNets: kaiming_normal_(mode='fan_out', nonlinearity='relu').
+_resnet_conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
+# The SSL projector / predictor MLPs and the decoder.
 _dense_init = nn.initializers.xavier_normal()
+# PyTorch's default nn.Linear init (kaiming_uniform_(a=sqrt(5))): U(-1/sqrt(fan_in), ...).
+# The official CoMatch heads keep it (WideResnet.init_weight is never called).
+_torch_linear_kernel_init = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
+
+
+def _torch_linear_bias_init(fan_in: int) -> Callable[..., jax.Array]:
+    """PyTorch's default nn.Linear bias init: U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
+    bound = 1.0 / float(fan_in) ** 0.5
+
+    def init(key: jax.Array, shape: Sequence[int], dtype: Any = jnp.float32) -> jax.Array:
+        return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+    return init
+
+
+def torch_linear(features: int, fan_in: int, name: str) -> nn.Dense:
+    """A float32 nn.Dense initialised as PyTorch's default nn.Linear(fan_in, features)."""
+    return nn.Dense(
+        features,
+        dtype=jnp.float32,
+        kernel_init=_torch_linear_kernel_init,
+        bias_init=_torch_linear_bias_init(fan_in),
+        name=name,
+    )
 
 
 def l2_normalize(x: jax.Array, axis: int = -1, eps: float = 1e-12) -> jax.Array:
@@ -45,6 +75,7 @@ class BatchNorm(nn.Module):
     epsilon: float = 1e-5
     dtype: Any = None
     groups: int = 1
+    unbiased_running_var: bool = False
     scale_init: Callable[..., Any] = nn.initializers.ones
     bias_init: Callable[..., Any] = nn.initializers.zeros
 
@@ -73,6 +104,9 @@ class BatchNorm(nn.Module):
             ) + bias
             y = y.reshape(x.shape)
             if not self.is_initializing():
+                if self.unbiased_running_var:
+                    count = grouped.shape[1]
+                    var = var * (count / max(count - 1, 1))
                 ra_mean.value = self.momentum * ra_mean.value + (1 - self.momentum) * jnp.mean(
                     mean, axis=(0, 1)
                 )
@@ -89,6 +123,7 @@ class MLP(nn.Module):
     bn_momentum: float
     dtype: Any
     bn_groups: int = 1
+    unbiased_running_var: bool = False
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
@@ -100,6 +135,7 @@ class MLP(nn.Module):
                     momentum=self.bn_momentum,
                     dtype=self.dtype,
                     groups=self.bn_groups,
+                    unbiased_running_var=self.unbiased_running_var,
                 )(x)
                 x = nn.relu(x)
         return x
@@ -130,6 +166,13 @@ class Network(nn.Module):
     2-layer MLP to low_dim, L2-normalised). Optional: `projection` (an SSL projector MLP,
     Barlow Twins / SimSiam), `prediction` (SimSiam's predictor on the projection) and
     `reconstruction` (the autoencoder's decoder output, pixel logits).
+
+    The backbone runs in `dtype` (e.g. bfloat16); its pooled features are cast to float32
+    and every head computes in float32 (a bf16 embedding divided by CoMatch's t = 0.1 would
+    carry ~1e-2 relative error into the graph losses). The classifier and the embedding head
+    (`classifier`, `head_hidden`, `head_out`) are the official WideResnet's `classifier`,
+    `fc1`, `fc2` with PyTorch's default nn.Linear initialisation (WideResNet.py: the heads'
+    init_weight is never called).
     """
 
     backbone: nn.Module
@@ -143,32 +186,38 @@ class Network(nn.Module):
     decoder_shape: tuple[int, int, int] | None = None
     decoder_width: int = 64
     bn_groups: int = 1  # the train step lays the batch out as this many per-device chunks
+    unbiased_running_var: bool = False
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> dict[str, jax.Array]:
-        features = self.backbone(x, train)
-        dense = functools.partial(nn.Dense, dtype=self.dtype, kernel_init=_dense_init)
-        logits = dense(self.num_classes, name="classifier")(features)
+        features = self.backbone(x, train).astype(jnp.float32)
+        width = features.shape[-1]
+        logits = torch_linear(self.num_classes, width, "classifier")(features)
         hidden = nn.leaky_relu(
-            dense(features.shape[-1], name="head_hidden")(features), self.leaky_slope
+            torch_linear(width, width, "head_hidden")(features), self.leaky_slope
         )
         outputs = {
-            "logits": logits.astype(jnp.float32),
-            "embedding": l2_normalize(dense(self.low_dim, name="head_out")(hidden)),
-            "features": features.astype(jnp.float32),
+            "logits": logits,
+            "embedding": l2_normalize(torch_linear(self.low_dim, width, "head_out")(hidden)),
+            "features": features,
         }
         mlp = functools.partial(
-            MLP, bn_momentum=self.bn_momentum, dtype=self.dtype, bn_groups=self.bn_groups
+            MLP,
+            bn_momentum=self.bn_momentum,
+            dtype=jnp.float32,
+            bn_groups=self.bn_groups,
+            unbiased_running_var=self.unbiased_running_var,
         )
         if self.projector_widths:
             projection = mlp(self.projector_widths, name="projector")(features, train)
-            outputs["projection"] = projection.astype(jnp.float32)
+            outputs["projection"] = projection
             if self.predictor_widths:
-                prediction = mlp(self.predictor_widths, name="predictor")(projection, train)
-                outputs["prediction"] = prediction.astype(jnp.float32)
+                outputs["prediction"] = mlp(self.predictor_widths, name="predictor")(
+                    projection, train
+                )
         if self.decoder_shape is not None:
             outputs["reconstruction"] = Decoder(
-                self.decoder_shape, self.decoder_width, self.dtype, name="decoder"
+                self.decoder_shape, self.decoder_width, jnp.float32, name="decoder"
             )(features)
         return outputs
 
@@ -191,6 +240,7 @@ class SmallCNN(nn.Module):
     leaky_slope: float = 0.1
     dtype: Any = jnp.float32
     bn_groups: int = 1  # > 1: per-group (per-device) BatchNorm statistics
+    unbiased_running_var: bool = False
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
@@ -200,6 +250,7 @@ class SmallCNN(nn.Module):
             momentum=self.bn_momentum,
             dtype=self.dtype,
             groups=self.bn_groups,
+            unbiased_running_var=self.unbiased_running_var,
         )
         x = x.astype(self.dtype)
         for stage, width in enumerate(self.widths):
@@ -210,15 +261,21 @@ class SmallCNN(nn.Module):
                 x = nn.leaky_relu(norm()(x), self.leaky_slope)
             if stage < len(self.widths) - 1:
                 x = max_pool_2x2(x)
-        return jnp.mean(x, axis=(1, 2))
+        return jnp.mean(x.astype(jnp.float32), axis=(1, 2))
 
 
 class WideBasicBlock(nn.Module):
-    """Pre-activation WRN block (BN-LReLU-conv-BN-LReLU-conv) as in the official FixMatch/CoMatch."""
+    """The official CoMatch/FixMatch pre-activation block (WideResNet.py, BasicBlockPreAct).
+
+    act = LeakyReLU_0.1(bn1(x)); residual = conv2(LeakyReLU_0.1(bn2(conv1(act)))), conv1 with
+    the block's stride; shortcut = act if `pre_res_act` (first block of the first stage
+    only) else the raw x, through a 1x1 `downsample` conv (stride, no bias) when the width or
+    the stride changes; output = shortcut + residual. Module names are the official ones.
+    """
 
     width: int
     stride: int
-    activate_before_residual: bool
+    pre_res_act: bool
     norm: Callable[..., nn.Module]
     leaky_slope: float
     dtype: Any
@@ -228,30 +285,34 @@ class WideBasicBlock(nn.Module):
         conv = functools.partial(
             nn.Conv, use_bias=False, dtype=self.dtype, kernel_init=_conv_init, padding=1
         )
-        needs_projection = x.shape[-1] != self.width
-        if not needs_projection:
-            conv_input = nn.leaky_relu(self.norm()(x), self.leaky_slope)
-        elif self.activate_before_residual:
-            x = conv_input = nn.leaky_relu(self.norm()(x), self.leaky_slope)
-        else:  # as in the official code, the projecting block convolves the raw input
-            conv_input = x
-        y = conv(self.width, (3, 3), strides=self.stride)(conv_input)
-        y = nn.leaky_relu(self.norm()(y), self.leaky_slope)
-        y = conv(self.width, (3, 3))(y)
-        if needs_projection:
-            x = nn.Conv(
+        act = nn.leaky_relu(self.norm(name="bn1")(x), self.leaky_slope)
+        y = conv(self.width, (3, 3), strides=self.stride, name="conv1")(act)
+        y = nn.leaky_relu(self.norm(name="bn2")(y), self.leaky_slope)
+        y = conv(self.width, (3, 3), name="conv2")(y)
+        shortcut = act if self.pre_res_act else x
+        if x.shape[-1] != self.width or self.stride != 1:
+            shortcut = nn.Conv(
                 self.width,
                 (1, 1),
                 strides=self.stride,
+                padding="VALID",
                 use_bias=False,
                 dtype=self.dtype,
                 kernel_init=_conv_init,
-            )(x)
-        return x + y
+                name="downsample",
+            )(shortcut)
+        return shortcut + y
 
 
 class WideResNet(nn.Module):
-    """WideResNet-depth-widen (Zagoruyko & Komodakis), the variant of the official CoMatch code."""
+    """WideResNet-depth-widen (Zagoruyko & Komodakis 2016) as in the official CoMatch code.
+
+    WideResNet.py (WideResnetBackbone): conv1 3x3 to 16 channels, three stages
+    `layer{1,2,3}_{i}` of (depth - 4) / 6 WideBasicBlocks with widths 16k, 32k, 64k and
+    strides 1, 2, 2 (pre_res_act only in layer1_0), then bn_last + LeakyReLU_0.1 and a
+    global average pool. Returns float32 features [B, 64k]. BatchNorm momentum 0.001 in
+    PyTorch terms is bn_momentum = 0.999 here.
+    """
 
     depth: int = 28
     widen_factor: int = 2
@@ -259,6 +320,7 @@ class WideResNet(nn.Module):
     leaky_slope: float = 0.1
     dtype: Any = jnp.float32
     bn_groups: int = 1  # > 1: per-group (per-device) BatchNorm statistics
+    unbiased_running_var: bool = False
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
@@ -272,23 +334,26 @@ class WideResNet(nn.Module):
             epsilon=1e-5,
             dtype=self.dtype,
             groups=self.bn_groups,
+            unbiased_running_var=self.unbiased_running_var,
         )
         x = x.astype(self.dtype)
-        x = nn.Conv(16, (3, 3), use_bias=False, dtype=self.dtype, kernel_init=_conv_init)(x)
-        for group, (width, stride) in enumerate(
-            zip((16 * self.widen_factor, 32 * self.widen_factor, 64 * self.widen_factor), (1, 2, 2))
-        ):
+        x = nn.Conv(
+            16, (3, 3), use_bias=False, dtype=self.dtype, kernel_init=_conv_init, name="conv1"
+        )(x)
+        widths = (16 * self.widen_factor, 32 * self.widen_factor, 64 * self.widen_factor)
+        for group, (width, stride) in enumerate(zip(widths, (1, 2, 2))):
             for block in range(blocks_per_group):
                 x = WideBasicBlock(
                     width=width,
                     stride=stride if block == 0 else 1,
-                    activate_before_residual=group == 0 and block == 0,
+                    pre_res_act=group == 0 and block == 0,
                     norm=norm,
                     leaky_slope=self.leaky_slope,
                     dtype=self.dtype,
+                    name=f"layer{group + 1}_{block}",
                 )(x)
-        x = nn.leaky_relu(norm()(x), self.leaky_slope)
-        return jnp.mean(x, axis=(1, 2))
+        x = nn.leaky_relu(norm(name="bn_last")(x), self.leaky_slope)
+        return jnp.mean(x.astype(jnp.float32), axis=(1, 2))
 
 
 class ResNetBlock(nn.Module):
@@ -302,7 +367,9 @@ class ResNetBlock(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype, kernel_init=_conv_init)
+        conv = functools.partial(
+            nn.Conv, use_bias=False, dtype=self.dtype, kernel_init=_resnet_conv_init
+        )
         out_width = self.width * 4 if self.bottleneck else self.width
         if self.bottleneck:
             y = nn.relu(self.norm()(conv(self.width, (1, 1))(x)))
@@ -327,6 +394,7 @@ class ResNet(nn.Module):
     bn_momentum: float = 0.9
     dtype: Any = jnp.float32
     bn_groups: int = 1  # > 1: per-group (per-device) BatchNorm statistics
+    unbiased_running_var: bool = False
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
@@ -342,16 +410,24 @@ class ResNet(nn.Module):
             epsilon=1e-5,
             dtype=self.dtype,
             groups=self.bn_groups,
+            unbiased_running_var=self.unbiased_running_var,
         )
         x = x.astype(self.dtype)
         if self.stem == "imagenet":
             x = nn.Conv(
-                64, (7, 7), strides=2, use_bias=False, dtype=self.dtype, kernel_init=_conv_init
+                64,
+                (7, 7),
+                strides=2,
+                use_bias=False,
+                dtype=self.dtype,
+                kernel_init=_resnet_conv_init,
             )(x)
             x = nn.relu(norm()(x))
             x = nn.max_pool(x, (3, 3), strides=(2, 2), padding="SAME")
         elif self.stem == "cifar":
-            x = nn.Conv(64, (3, 3), use_bias=False, dtype=self.dtype, kernel_init=_conv_init)(x)
+            x = nn.Conv(
+                64, (3, 3), use_bias=False, dtype=self.dtype, kernel_init=_resnet_conv_init
+            )(x)
             x = nn.relu(norm()(x))
         else:
             raise ValueError(f"ResNet stem must be 'imagenet' or 'cifar', got {self.stem!r}")
@@ -364,7 +440,7 @@ class ResNet(nn.Module):
                     norm=norm,
                     dtype=self.dtype,
                 )(x)
-        return jnp.mean(x, axis=(1, 2))
+        return jnp.mean(x.astype(jnp.float32), axis=(1, 2))
 
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
@@ -384,7 +460,9 @@ def create_model(
     `num_devices` is the size of the data-parallel mesh: with config.batch_norm =
     'per_device' each device's shard of the batch is normalised with its own statistics;
     with 'global' (the default) BatchNorm statistics span the whole global batch, so any
-    number of devices computes what one device would.
+    number of devices computes what one device would. config.bn_unbiased_running_var = True
+    (the base default) updates BatchNorm's running variance with the unbiased batch
+    variance, as PyTorch (the official code) does.
     """
     if config.dtype not in _DTYPES:
         raise ValueError(f"model.dtype must be one of {sorted(_DTYPES)}, got {config.dtype!r}")
@@ -393,7 +471,14 @@ def create_model(
         raise ValueError(f"model.batch_norm must be one of {BATCH_NORM_MODES}, got {batch_norm!r}")
     bn_groups = num_devices if batch_norm == "per_device" else 1
     dtype = _DTYPES[config.dtype]
-    common = dict(bn_momentum=config.bn_momentum, dtype=dtype, bn_groups=bn_groups, name="backbone")
+    unbiased = bool(config.get("bn_unbiased_running_var", False))
+    common = dict(
+        bn_momentum=config.bn_momentum,
+        dtype=dtype,
+        bn_groups=bn_groups,
+        unbiased_running_var=unbiased,
+        name="backbone",
+    )
     if config.name == "small_cnn":
         backbone = SmallCNN(
             widths=tuple(config.widths), convs_per_stage=config.convs_per_stage, **common
@@ -421,4 +506,5 @@ def create_model(
         decoder_shape=tuple(image_shape) if config.get("decoder", False) else None,
         decoder_width=config.get("decoder_width", 64),
         bn_groups=bn_groups,
+        unbiased_running_var=unbiased,
     )

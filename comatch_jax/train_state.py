@@ -5,6 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 import flax
+import flax.core
+import flax.traverse_util
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -34,8 +36,15 @@ class TrainState(flax.struct.PyTreeNode):
 
 
 def learning_rate_schedule(config: ml_collections.ConfigDict) -> optax.Schedule:
-    """lr(step): linear warm-up, then 'cosine' (to 0 at num_steps), 'fixmatch_cosine'
-    (lr cos(7 pi k / 16 K), Sohn et al. 2020) or 'constant'."""
+    """lr(k) for the optimizer's update count k = 0, 1, ..., K - 1 (K = num_steps).
+
+    Linear warm-up over optim.warmup_steps (none in the official code), then
+    'fixmatch_cosine': lr cos(7 pi k / (16 K)) (the official CoMatch / FixMatch schedule,
+      github salesforce/CoMatch utils.py WarmupCosineLrScheduler with warmup_iter=0; it
+      ends at lr cos(7 pi / 16) = 0.195 lr, not 0); the presets' and the base default,
+    'cosine': half-cosine decay to 0 at K, or 'constant'.
+    With warm-up, K counts the steps after it. Raises ValueError for another name.
+    """
     optim, total = config.optim, config.num_steps
     warmup = optax.linear_schedule(0.0, optim.lr, max(optim.warmup_steps, 1))
     decay_steps = max(total - optim.warmup_steps, 1)
@@ -55,14 +64,22 @@ def learning_rate_schedule(config: ml_collections.ConfigDict) -> optax.Schedule:
 
 
 def weight_decay_mask(params: Any) -> Any:
-    """True for conv and dense kernels; BatchNorm scales/biases and biases are not decayed."""
-    return jax.tree_util.tree_map_with_path(
-        lambda path, _: getattr(path[-1], "key", None) == "kernel", params
-    )
+    """True for every parameter except BatchNorm's scale and bias.
+
+    The official rule (github salesforce/CoMatch Train_CoMatch.py, `'bn' in name` ->
+    weight_decay 0): conv kernels, dense kernels and dense / conv biases are decayed,
+    BatchNorm affine parameters are not. A BatchNorm module is recognised structurally:
+    the module holding a `scale` parameter (our BatchNorm, flax's nn.BatchNorm / LayerNorm).
+    """
+    flat = flax.traverse_util.flatten_dict(params)
+    norm_modules = {path[:-1] for path in flat if path[-1] == "scale"}
+    mask = flax.traverse_util.unflatten_dict({path: path[:-1] not in norm_modules for path in flat})
+    return flax.core.freeze(mask) if isinstance(params, flax.core.FrozenDict) else mask
 
 
 def create_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
-    """SGD (Nesterov) with coupled weight decay on kernels, as torch.optim.SGD does."""
+    """SGD (Nesterov) with coupled weight decay (added to the gradient before momentum, as
+    torch.optim.SGD does) on every parameter but BatchNorm's (`weight_decay_mask`)."""
     optim = config.optim
     return optax.chain(
         optax.add_decayed_weights(optim.weight_decay, mask=weight_decay_mask),

@@ -32,17 +32,39 @@ def gradient_image(height, width, channels):
 
 
 def reference_affine(image, matrix, fill):
-    """NumPy PIL-style affine: nearest sampling of the inverse map, fill outside."""
+    """NumPy cv2.warpAffine(INTER_LINEAR, BORDER_CONSTANT): pixel centres at integers, the
+    inverse map ``matrix`` (output -> input), coordinates rounded to 1/32 px, bilinear from
+    4 neighbours, outside -> fill, rounded. float32 arithmetic, so that ties at x.5 round as in the JAX version.
+    """
     height, width, _ = image.shape
-    matrix = np.asarray(matrix, np.float64)
-    out = np.empty_like(image, dtype=np.float64)
+    f32 = np.float32
+    matrix = np.asarray(matrix, f32)
+    image = image.astype(f32)
+    out = np.empty_like(image)
+
+    def pixel(row, col):
+        inside = 0 <= row < height and 0 <= col < width
+        return image[row, col] if inside else np.full(image.shape[-1], f32(fill))
+
     for y in range(height):
         for x in range(width):
-            x_in, y_in, _ = matrix @ np.array([x + 0.5, y + 0.5, 1.0])
+            x_in = matrix[0, 0] * f32(x) + matrix[0, 1] * f32(y) + matrix[0, 2]
+            y_in = matrix[1, 0] * f32(x) + matrix[1, 1] * f32(y) + matrix[1, 2]
+            x_in, y_in = np.round(x_in * 32) / f32(32), np.round(y_in * 32) / f32(32)  # cv2
             col, row = int(np.floor(x_in)), int(np.floor(y_in))
-            inside = 0 <= col < width and 0 <= row < height
-            out[y, x] = image[row, col] if inside else fill
-    return out
+            wx, wy = x_in - f32(col), y_in - f32(row)
+            one = f32(1)
+            top = (one - wx) * pixel(row, col) + wx * pixel(row, col + 1)
+            bottom = (one - wx) * pixel(row + 1, col) + wx * pixel(row + 1, col + 1)
+            out[y, x] = (one - wy) * top + wy * bottom
+    return np.clip(np.round(out), 0, 255)
+
+
+def assert_warp_close(actual, expected):
+    """Bilinear: equal but for float32-vs-float64 ties at x.5 (one gray level, rare)."""
+    actual, expected = np.asarray(actual, np.float64), np.asarray(expected, np.float64)
+    np.testing.assert_allclose(actual, expected, atol=1)
+    assert np.mean(actual != expected) < 0.05
 
 
 def assert_close_pixels(actual, expected, atol=0, err_msg=""):
@@ -132,26 +154,28 @@ def test_reflect_index_matches_numpy_reflect_padding():
 
 @pytest.mark.parametrize("flip", [False, True])
 def test_weak_translation_uses_reflected_pixels(flip):
+    # Official order: reflect pad, crop at offset pad + shift, then flip.
     pad = 3
     image = gradient_image(8, 8, 2)
-    source = np.flip(image, axis=1) if flip else image
-    padded = np.pad(source, ((pad, pad), (pad, pad), (0, 0)), mode="reflect")
-    for shift_y in range(-pad, pad + 1):
-        for shift_x in range(-pad, pad + 1):
+    padded = np.pad(image, ((pad, pad), (pad, pad), (0, 0)), mode="reflect")
+    for shift_y in range(-pad, pad):
+        for shift_x in range(-pad, pad):
             out = augment._warp_weak(jnp.asarray(image), jnp.asarray(flip), shift_y, shift_x)
             top, left = pad + shift_y, pad + shift_x
-            np.testing.assert_array_equal(out, padded[top : top + 8, left : left + 8])
+            crop = padded[top : top + 8, left : left + 8]
+            np.testing.assert_array_equal(out, np.flip(crop, axis=1) if flip else crop)
 
 
 def test_weak_view_outputs_are_reflect_padded_crops():
     pad = 2  # round(0.25 * 8)
     image = gradient_image(8, 8, 1)
     candidates = set()
-    for source in (image, np.flip(image, axis=1)):
-        padded = np.pad(source, ((pad, pad), (pad, pad), (0, 0)), mode="reflect")
-        for top in range(2 * pad + 1):
-            for left in range(2 * pad + 1):
-                candidates.add(padded[top : top + 8, left : left + 8].tobytes())
+    padded = np.pad(image, ((pad, pad), (pad, pad), (0, 0)), mode="reflect")
+    for top in range(2 * pad):  # official offsets 0 .. 2 pad - 1
+        for left in range(2 * pad):
+            crop = padded[top : top + 8, left : left + 8]
+            candidates.add(crop.tobytes())
+            candidates.add(np.flip(crop, axis=1).tobytes())
     images = np.repeat(image[None], 32, axis=0)
     out = np.asarray(augment.weak_view(jax.random.PRNGKey(0), images, pad_fraction=0.25))
     produced = {o.tobytes() for o in out}
@@ -159,17 +183,32 @@ def test_weak_view_outputs_are_reflect_padded_crops():
     assert len(produced) > 8
 
 
+def test_weak_shift_range_is_the_official_minus_4_to_3():
+    # datasets/transform.py: np.random.randint(0, 8) on the 4-padded 32 px image.
+    keys = jax.random.split(jax.random.PRNGKey(0), 4000)
+    flips, ys, xs = jax.vmap(lambda k: augment._sample_weak_params(k, True, 4))(keys)
+    for shifts in (ys, xs):
+        values, counts = np.unique(np.asarray(shifts), return_counts=True)
+        np.testing.assert_array_equal(values, np.arange(-4, 4))
+        assert counts.min() > 400  # uniform: 500 expected each
+    assert 0.45 < np.mean(flips) < 0.55
+
+
 # ---------------------------------------------------------------------------
 # Geometric ops
 # ---------------------------------------------------------------------------
 
 
-def test_rotate_90_is_counter_clockwise_like_np_rot90():
+def test_rotate_90_is_counter_clockwise_about_the_official_centre():
+    # cv2.getRotationMatrix2D((w/2, h/2), 90, 1) with integer pixel centres: np.rot90
+    # about (4, 4) instead of (3.5, 3.5), i.e. shifted by one pixel with fill entering.
     image = gradient_image(8, 8, 3)
-    out = augment.warp(image, augment.rotate_matrix(90.0, 8, 8), 0)
-    np.testing.assert_array_equal(out, np.rot90(image))
-    out = augment.warp(image, augment.rotate_matrix(-90.0, 8, 8), 0)
-    np.testing.assert_array_equal(out, np.rot90(image, k=-1))
+    out = np.asarray(augment.warp(image, augment.rotate_matrix(90.0, 8, 8), 0))
+    np.testing.assert_array_equal(out[1:], np.rot90(image)[:-1])
+    np.testing.assert_array_equal(out[0], 0)
+    out = np.asarray(augment.warp(image, augment.rotate_matrix(-90.0, 8, 8), 0))
+    np.testing.assert_array_equal(out[:, 1:], np.rot90(image, k=-1)[:, :-1])
+    np.testing.assert_array_equal(out[:, 0], 0)
 
 
 @pytest.mark.parametrize("degrees", [30.0, -30.0, 17.0])
@@ -177,7 +216,9 @@ def test_rotate_matches_numpy_reference(degrees):
     image = gradient_image(10, 12, 1)
     matrix = augment.rotate_matrix(degrees, 10, 12)
     out = augment.warp(image, matrix, 128)
-    assert_close_pixels(out, reference_affine(image, matrix, 128))
+    assert_warp_close(out, reference_affine(image, matrix, 128))
+    # Bilinear: values between pixel values, not only copies of them.
+    assert not set(np.unique(np.asarray(out))) <= set(np.unique(image)) | {128.0}
 
 
 @pytest.mark.parametrize("tx, ty", [(3, 0), (-2, 0), (0, 4), (2, -3)])
@@ -191,31 +232,36 @@ def test_translate_matches_shift_with_fill(tx, ty):
     np.testing.assert_array_equal(out, expected)
 
 
+def test_subpixel_translate_blends_with_the_fill_at_the_border():
+    image = np.full((4, 4, 1), 100, np.uint8)
+    out = np.asarray(augment.warp(image, augment.translate_matrix(0.5, 0.0), 128))[..., 0]
+    np.testing.assert_array_equal(out[:, :3], 100)
+    np.testing.assert_array_equal(out[:, 3], 114)  # (100 + 128) / 2
+
+
 @pytest.mark.parametrize(
     "matrix_fn", [augment.shear_x_matrix, augment.shear_y_matrix], ids=["x", "y"]
 )
 @pytest.mark.parametrize("amount", [0.3, -0.3])
-def test_shear_of_constant_image_is_constant_inside(matrix_fn, amount):
+def test_shear_matches_numpy_reference(matrix_fn, amount):
     image = np.full((8, 8, 1), 77, np.uint8)
     out = np.asarray(augment.warp(image, matrix_fn(amount), 128))
-    assert set(np.unique(out)) <= {77.0, 128.0}
     assert (out == 77).sum() > 32
-    assert_close_pixels(out, reference_affine(image, matrix_fn(amount), 128))
+    assert_warp_close(out, reference_affine(image, matrix_fn(amount), 128))
     gradient = gradient_image(8, 8, 1)
-    assert_close_pixels(
+    assert_warp_close(
         augment.warp(gradient, matrix_fn(amount), 128),
         reference_affine(gradient, matrix_fn(amount), 128),
     )
 
 
-def test_chained_warp_equals_sequential_warps():
-    image = gradient_image(12, 12, 1)
-    matrices = [augment.rotate_matrix(30.0, 12, 12), augment.shear_x_matrix(-0.3)]
-    sequential = augment.warp(augment.warp(image, matrices[0], 128), matrices[1], 128)
-    combined = jax.jit(augment._warp_weak, static_argnums=5)(
-        jnp.asarray(image), jnp.asarray(False), 0, 0, matrices, 128
-    )
-    np.testing.assert_array_equal(combined, sequential)
+def test_shear_x_is_the_official_forward_matrix_inverted():
+    # Official shear_x_func: cv2.warpAffine(img, [[1, s, 0], [0, 1, 0]]) sends input (x, y)
+    # to output (x + s y, y): a pixel at row 5, column 1 lands at column 1 + 0.4 * 5 = 3.
+    image = np.zeros((8, 8, 1), np.uint8)
+    image[5, 1] = 200
+    out = np.asarray(augment.warp(image, augment.shear_x_matrix(0.4), 0))[..., 0]
+    assert out[5, 3] == 200 and out[5, 1] == 0
 
 
 # ---------------------------------------------------------------------------
@@ -377,16 +423,7 @@ def test_ops_agree_with_pil_within_rounding(channels):
     def from_pil(pil_image):
         return np.asarray(pil_image).reshape(12, 10, channels)
 
-    fill = 128 if channels == 1 else (128,) * 3
     exact = {
-        "rotate": (
-            augment.warp(image, augment.rotate_matrix(30.0, 12, 10), 128),
-            to_pil(image).rotate(30.0, fillcolor=fill),
-        ),
-        "shear": (
-            augment.warp(image, augment.shear_x_matrix(0.3), 128),
-            to_pil(image).transform((10, 12), Image.AFFINE, (1, 0.3, 0, 0, 1, 0), fillcolor=fill),
-        ),
         "solarize": (augment.solarize(image, 128), ImageOps.solarize(to_pil(image))),
         "posterize": (
             augment.posterize(image, 4),
@@ -425,35 +462,140 @@ def test_ops_agree_with_pil_within_rounding(channels):
 # ---------------------------------------------------------------------------
 
 
+def test_randaugment_magnitudes_are_the_official_m10():
+    # datasets/randaugment.py arg_dict at MAX_LEVEL = M = 10, translate_const = 10.
+    assert augment.MAX_ROTATE_DEGREES == 30.0
+    assert augment.MAX_SHEAR == 0.3
+    assert augment.TRANSLATE_FRACTION * 32 == 10.0
+    assert augment.ENHANCE_FACTOR == pytest.approx(10 / 10 * 1.8 + 0.1)
+    assert augment.SOLARIZE_THRESHOLD == int(10 / 10 * 256) == 256
+    assert augment.POSTERIZE_BITS == int(10 / 10 * 4) == 4
+    assert len(augment.RANDAUGMENT_OPS) == 14
+    # Solarize at 256 is the identity (official: a no-op at M = 10).
+    image = random_images((6, 5, 3))
+    np.testing.assert_array_equal(augment.solarize(image, 256), image)
+
+
 def test_randaugment_op_table():
     h, w = 16, 12
-    sign = jnp.float32(-1.0)
-    expected_matrices = {
-        augment.ROTATE: augment.rotate_matrix(-30.0, h, w),
-        augment.SHEAR_X: augment.shear_x_matrix(-0.3),
-        augment.SHEAR_Y: augment.shear_y_matrix(-0.3),
-        augment.TRANSLATE_X: augment.translate_matrix(-3, 0),
-        augment.TRANSLATE_Y: augment.translate_matrix(0, -4),
-    }
+    for sign in (-1.0, 1.0):
+        expected_matrices = {
+            augment.ROTATE: augment.rotate_matrix(sign * 30.0, h, w),
+            augment.SHEAR_X: augment.shear_x_matrix(sign * 0.3),
+            augment.SHEAR_Y: augment.shear_y_matrix(sign * 0.3),
+            augment.TRANSLATE_X: augment.translate_matrix(sign * 10 / 32 * w, 0),
+            augment.TRANSLATE_Y: augment.translate_matrix(0, sign * 10 / 32 * h),
+        }
+        for op in range(len(augment.RANDAUGMENT_OPS)):
+            matrix = augment._randaugment_matrix(jnp.int32(op), jnp.float32(sign), h, w)
+            np.testing.assert_allclose(matrix, expected_matrices.get(op, np.eye(3)), atol=1e-6)
     identity = augment.PhotometricParams()
-    expected_params = {
+    expected_params = {  # no random sign: the factor is always 1.9
         augment.AUTO_CONTRAST: identity._replace(auto_contrast=True),
         augment.EQUALIZE: identity._replace(equalize=True),
-        augment.SOLARIZE: identity._replace(solarize_threshold=128),
+        augment.SOLARIZE: identity._replace(solarize_threshold=256),
         augment.POSTERIZE: identity._replace(posterize_bits=4),
-        augment.COLOR: identity._replace(color=0.1),
-        augment.CONTRAST: identity._replace(contrast=0.1),
-        augment.BRIGHTNESS: identity._replace(brightness=0.1),
-        augment.SHARPNESS: identity._replace(sharpness=0.1),
+        augment.COLOR: identity._replace(color=1.9),
+        augment.CONTRAST: identity._replace(contrast=1.9),
+        augment.BRIGHTNESS: identity._replace(brightness=1.9),
+        augment.SHARPNESS: identity._replace(sharpness=1.9),
     }
     for op in range(len(augment.RANDAUGMENT_OPS)):
-        matrix = augment._randaugment_matrix(jnp.int32(op), sign, h, w)
-        np.testing.assert_allclose(matrix, expected_matrices.get(op, np.eye(3)), atol=1e-6)
-        params = augment._randaugment_photometric_params(jnp.int32(op), sign)
+        params = augment._randaugment_photometric_params(jnp.int32(op))
         for field, value in zip(params._fields, expected_params.get(op, identity)):
             np.testing.assert_allclose(
                 np.asarray(getattr(params, field), np.float64), value, atol=1e-6
             )
+
+
+def _reference_randaugment(key, image, pad, op_prob, cutout_size, fill):
+    """The view's draws replayed, then the public per-image ops one after the other in
+    the drawn order (the official RandomAugment.__call__ loop), then Cutout."""
+    height, width, _ = image.shape
+    weak_key, op_key, apply_key, sign_key, cutout_key = jax.random.split(key, 5)
+    flip, shift_y, shift_x = augment._sample_weak_params(weak_key, True, pad)
+    ops = np.asarray(jax.random.randint(op_key, (2,), 0, 14))
+    applied = np.asarray(jax.random.uniform(apply_key, (2,))) < op_prob
+    signs = np.where(np.asarray(jax.random.bernoulli(sign_key, shape=(2,))), 1.0, -1.0)
+    padded = np.pad(image, ((pad, pad), (pad, pad), (0, 0)), mode="reflect")
+    top, left = pad + int(shift_y), pad + int(shift_x)
+    out = padded[top : top + height, left : left + width]
+    out = np.flip(out, axis=1) if bool(flip) else out
+    A = augment
+    for op, use, sign in zip(ops, applied, signs):
+        if not use:
+            continue
+        out = {
+            A.IDENTITY: lambda x: x,
+            A.AUTO_CONTRAST: A.auto_contrast,
+            A.EQUALIZE: A.equalize,
+            A.ROTATE: lambda x: A.warp(x, A.rotate_matrix(sign * 30.0, height, width), fill),
+            A.SOLARIZE: lambda x: A.solarize(x, 256),
+            A.COLOR: lambda x: A.color(x, 1.9),
+            A.CONTRAST: lambda x: A.contrast(x, 1.9),
+            A.BRIGHTNESS: lambda x: A.brightness(x, 1.9),
+            A.SHARPNESS: lambda x: A.sharpness(x, 1.9),
+            A.SHEAR_X: lambda x: A.warp(x, A.shear_x_matrix(sign * 0.3), fill),
+            A.SHEAR_Y: lambda x: A.warp(x, A.shear_y_matrix(sign * 0.3), fill),
+            A.TRANSLATE_X: lambda x: A.warp(x, A.translate_matrix(sign * width * 10 / 32, 0), fill),
+            A.TRANSLATE_Y: lambda x: A.warp(
+                x, A.translate_matrix(0, sign * height * 10 / 32), fill
+            ),
+            A.POSTERIZE: lambda x: A.posterize(x, 4),
+        }[int(op)](np.asarray(out))
+        out = np.asarray(out)
+    centre = np.asarray(jax.random.randint(cutout_key, (2,), 0, jnp.array([height, width])))
+    out = np.asarray(A.cutout(out, centre[0], centre[1], cutout_size, fill))
+    return out, [int(op) for op, use in zip(ops, applied) if use]
+
+
+def test_randaugment_view_applies_the_drawn_ops_in_the_drawn_order():
+    images = random_images((24, 16, 16, 3), seed=3)
+    rng = jax.random.PRNGKey(7)
+    out = np.asarray(augment.randaugment_view(rng, images, pad_fraction=0.25, op_prob=0.8))
+    keys = jax.random.split(rng, len(images))
+    drawn = []
+    for key, image, ours in zip(keys, images, out):
+        expected, ops = _reference_randaugment(key, image, 4, 0.8, 8, 128)
+        np.testing.assert_allclose(ours, expected, atol=1, err_msg=str(ops))
+        assert np.mean(ours != expected) < 0.01, ops
+        drawn.append(ops)
+    # Enough variety that order matters: a geometric and a photometric op in both orders.
+    geometric = {augment.ROTATE, augment.SHEAR_X, augment.SHEAR_Y}
+    geometric |= {augment.TRANSLATE_X, augment.TRANSLATE_Y}
+    pairs = [ops for ops in drawn if len(ops) == 2]
+    assert any(a in geometric and b not in geometric for a, b in pairs)
+    assert any(a not in geometric and b in geometric for a, b in pairs)
+
+
+def test_order_matters_geometric_then_photometric_differs_from_the_reverse():
+    image = random_images((16, 16, 3), seed=5, low=20, high=60)
+    channel_first = jnp.moveaxis(jnp.asarray(image, jnp.float32), -1, 0)
+    fill = jnp.float32(128)
+    slot = lambda x, op: augment._randaugment_slot(x, jnp.int32(op), jnp.float32(1.0), fill)
+    rotate_first = slot(slot(channel_first, augment.ROTATE), augment.AUTO_CONTRAST)
+    contrast_first = slot(slot(channel_first, augment.AUTO_CONTRAST), augment.ROTATE)
+    expected = augment.auto_contrast(augment.warp(image, augment.rotate_matrix(30.0, 16, 16), 128))
+    np.testing.assert_array_equal(jnp.moveaxis(rotate_first, 0, -1), expected)
+    expected = augment.warp(augment.auto_contrast(image), augment.rotate_matrix(30.0, 16, 16), 128)
+    np.testing.assert_array_equal(jnp.moveaxis(contrast_first, 0, -1), expected)
+    assert np.abs(np.asarray(rotate_first) - np.asarray(contrast_first)).max() > 50
+
+
+def test_official_cutout_is_16_px_gray_128_on_32_px():
+    images = np.zeros((64, 32, 32, 3), np.uint8)
+    out = np.asarray(
+        augment.randaugment_view(
+            jax.random.PRNGKey(0), images, flip=False, pad_fraction=0.0, op_prob=0.0
+        )
+    )
+    filled = np.all(out == 128, axis=-1)
+    assert set(np.unique(out)) == {0, 128}
+    rows, cols = filled.any(axis=2), filled.any(axis=1)
+    extents = [(r.sum(), c.sum()) for r, c in zip(rows, cols)]
+    assert max(extents) == (16, 16)  # unclipped squares are exactly 16 x 16
+    assert all(r <= 16 and c <= 16 and r >= 8 and c >= 8 for r, c in extents)
+    assert np.all(filled.sum(axis=(1, 2)) == [r * c for r, c in extents])  # rectangles
 
 
 def test_randaugment_without_ops_is_identity_plus_cutout():

@@ -138,6 +138,26 @@ def test_grouped_batch_norm_normalises_each_chunk_with_its_own_statistics():
     assert np.abs(np.asarray(y_global) - np.asarray(y_grouped)).max() > 0.1
 
 
+@pytest.mark.parametrize("groups", [1, 2])
+def test_unbiased_running_variance_is_pytorchs(groups):
+    # torch.nn.BatchNorm2d: running_var <- (1 - m) running_var + m * unbiased batch variance.
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(4, 3, 3, 2)).astype(np.float32) * 2 + 1
+    bn = models.BatchNorm(
+        use_running_average=False, momentum=0.9, groups=groups, unbiased_running_var=True
+    )
+    variables = bn.init(jax.random.PRNGKey(0), x)
+    y, updates = bn.apply(variables, x, mutable=["batch_stats"])
+    chunks = x.reshape(groups, -1, 2)
+    unbiased = chunks.var(axis=1, ddof=1).mean(axis=0)
+    np.testing.assert_allclose(updates["batch_stats"]["var"], 0.9 + 0.1 * unbiased, rtol=1e-5)
+    # Normalisation itself uses the biased variance.
+    biased = chunks.var(axis=1, keepdims=True)
+    expected = (chunks - chunks.mean(axis=1, keepdims=True)) / np.sqrt(biased + 1e-5)
+    np.testing.assert_allclose(y, expected.reshape(x.shape), rtol=1e-4, atol=1e-4)
+    assert config_lib.base_config().model.bn_unbiased_running_var
+
+
 def test_batch_norm_mode_sets_the_groups_and_is_validated():
     config = config_lib.base_config().model
     assert models.create_model(config, 10, num_devices=4).bn_groups == 1  # global

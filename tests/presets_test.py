@@ -5,11 +5,24 @@ jax.eval_shape (the whole step: augment, forward, losses, update, queue, EMA); t
 preset (WRN-28-2) also runs one real step on tiny random inputs.
 """
 
+import importlib.util
+import os
+
 import jax
 import numpy as np
 import pytest
 
 from comatch_jax import config_lib, methods, models, train_state, train_step
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _config_file(name, preset=""):
+    spec = importlib.util.spec_from_file_location(name, os.path.join(REPO, "configs", f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config(preset)
+
 
 PRESETS = {  # preset -> (image size used here, classes)
     "cifar10_40": (32, 10),
@@ -20,6 +33,7 @@ PRESETS = {  # preset -> (image size used here, classes)
     "cifar100_10000": (32, 100),
     "stl10": (96, 10),
     "competition96": (96, 800),
+    "competition96_7p5": (96, 800),
 }
 
 
@@ -130,3 +144,65 @@ def test_competition_preset_behaves_as_the_papers_setup():
     published = config_lib.apply_preset(config_lib.base_config(), "competition96")
     epochs = total * published.batch_size * published.mu / 512000  # (here B=2, mu=1)
     assert epochs == pytest.approx(400, abs=0.01)
+
+
+@pytest.mark.parametrize("preset", ["competition96", "competition96_7p5"])
+def test_competition_rows_of_the_papers_table_1(preset):
+    config = config_lib.apply_preset(config_lib.base_config(), preset)
+    c = config.comatch
+    if preset == "competition96":
+        expected = (25600, 0.55, 0.25, 5.0)
+    else:  # 7.5 % labels: tau 0.52, T 0.22, lambda_ctr 3, the rest as competition96
+        expected = (38400, 0.52, 0.22, 3.0)
+    assert (config.num_labels, c.threshold, c.contrast_threshold, c.lambda_ctr) == expected
+    assert (c.lambda_cls, c.alpha, c.queue_size, c.temperature) == (10.0, 0.9, 30000, 0.1)
+    assert (config.model.depth, config.batch_size, config.mu, config.optim.lr) == (50, 64, 4, 0.1)
+
+
+@pytest.mark.parametrize("preset", ["cifar10_40", "cifar10_250", "cifar100_2500"])
+def test_cifar_presets_are_the_official_train_comatch_recipe(preset):
+    # github salesforce/CoMatch Train_CoMatch.py defaults and datasets/cifar.py views.
+    config = _config_file("comatch", preset)
+    assert config.method == "comatch"
+    assert (config.batch_size, config.mu, config.num_steps) == (64, 7, 512 * 1024)
+    o = config.optim
+    assert (o.lr, o.momentum, o.nesterov, o.schedule, o.warmup_steps) == (
+        0.03,
+        0.9,
+        True,
+        "fixmatch_cosine",
+        0,
+    )
+    assert o.weight_decay == (5e-4 if preset.startswith("cifar10_") else 1e-3)
+    m = config.model
+    assert (m.name, m.depth, m.low_dim, m.bn_momentum, m.bn_unbiased_running_var) == (
+        "wide_resnet",
+        28,
+        64,
+        0.999,
+        True,
+    )
+    assert m.widen_factor == (2 if preset.startswith("cifar10_") else 8)
+    c = config.comatch
+    assert (c.alpha, c.temperature, c.contrast_threshold, c.threshold) == (0.9, 0.2, 0.8, 0.95)
+    assert (c.lambda_cls, c.lambda_ctr, c.queue_size, c.da_length) == (1.0, 1.0, 2560, 32)
+    assert c.queue_size == 5 * (config.mu + 1) * config.batch_size  # queue_batch 5
+    assert c.distribution_alignment
+    a = config.augment
+    assert (a.weak, a.strong0, a.strong1) == ("weak", "randaugment", "simclr")
+    assert (a.num_ops, a.op_prob, a.flip) == (2, 0.5, True)
+    assert round(a.pad_fraction * 32) == 4 and round(a.cutout_fraction * 32) == 16
+    assert (config.ema.decay, config.ema.average_batch_stats) == (0.999, False)
+
+
+def test_fixmatch_with_da_preset_is_the_official_train_fixmatch_script():
+    config = _config_file("fixmatch", "cifar10_40_da")
+    assert config.method == "fixmatch"
+    f = config.fixmatch
+    assert (f.distribution_alignment, f.da_length, f.threshold, f.lambda_u) == (True, 32, 0.95, 1.0)
+    assert config.num_steps == 1024 * 1024  # --n-epoches 1024 of 1024 steps
+    assert config.optim.schedule == "fixmatch_cosine" and config.dataset.name == "cifar10"
+    plain = _config_file("fixmatch", "cifar10_40")
+    assert not plain.fixmatch.distribution_alignment  # the FixMatch paper
+    assert plain.num_steps == 512 * 1024
+    assert not config_lib.base_config().fixmatch.distribution_alignment
