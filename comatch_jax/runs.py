@@ -53,11 +53,15 @@ def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix[:-1]: tree}
 
 
-def check_workdir(config: ml_collections.ConfigDict, workdir: str) -> None:
+def check_workdir(
+    config: ml_collections.ConfigDict, workdir: str, fingerprint: dict[str, Any] | None = None
+) -> None:
     """Refuses a workdir that holds something else than this run, before touching it.
 
-    Raises ValueError for a non-empty directory without a run, a run of a different config
-    (fields other than RESUMABLE_CHANGES), or checkpoints of an older format.
+    Raises ValueError for a non-empty directory without a run, a run on different data (its
+    recorded datasets.data_fingerprint differs from `fingerprint`: says what changed), a run
+    of a different config (fields other than RESUMABLE_CHANGES), or checkpoints of an older
+    format.
     """
     if not os.path.isdir(workdir) or not os.listdir(workdir):
         return
@@ -67,6 +71,18 @@ def check_workdir(config: ml_collections.ConfigDict, workdir: str) -> None:
             f"--workdir={workdir} is not empty and holds no comatch_jax run; "
             "choose a new or empty directory."
         )
+    info_path = os.path.join(workdir, RUN_INFO)
+    if fingerprint is not None and os.path.exists(info_path):
+        from comatch_jax import datasets
+
+        with open(info_path) as f:
+            saved_fingerprint = json.load(f).get("fingerprint")
+        change = saved_fingerprint and datasets.describe_data_change(saved_fingerprint, fingerprint)
+        if change:
+            raise ValueError(
+                f"--workdir={workdir} holds a run on other data ({change}); use a new "
+                "--workdir to train on the data as it is now, or restore the data to resume."
+            )
     with open(saved_path) as f:
         saved = _flatten(json.load(f))
     current = _flatten(json.loads(config.to_json_best_effort()))
@@ -131,8 +147,10 @@ def save_run(
     class_names: tuple[str, ...],
     image_shape: tuple[int, ...],
     source: str,
+    fingerprint: dict[str, Any] | None = None,
 ) -> None:
-    """Writes config.json and run_info.json (process 0 only), before any checkpoint."""
+    """Writes config.json and run_info.json (process 0 only), before any checkpoint.
+    `fingerprint` (datasets.data_fingerprint) lets a resumed run notice changed data."""
     if not multihost.is_primary():
         return
     with open(os.path.join(workdir, "config.json"), "w") as f:
@@ -146,6 +164,7 @@ def save_run(
             "class_names": list(class_names),
             "image_shape": list(image_shape),
             "source": source,
+            "fingerprint": fingerprint,
         },
     )
 

@@ -9,6 +9,7 @@ several processes (multihost), the pure step (train_step).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from typing import Any, Callable
@@ -24,6 +25,7 @@ from comatch_jax import (
     evaluation,
     inference,
     multihost,
+    prefetch,
     runs,
     train_step,
     training_data,
@@ -57,10 +59,13 @@ def train_and_evaluate(
     the checkpoint a SIGTERM or Ctrl-C asked for.
     """
     config_lib.validate_config(config)
-    runs.check_workdir(config, workdir)
+    # The data first: problems with it (and a mean/std that does not fit it) are reported
+    # before the run claims its workdir.
+    data = training_data.prepare_data_in_turn(config, dataset)
+    config = training_data.with_normalization(config, data)
+    runs.check_workdir(config, workdir, fingerprint=data.fingerprint)
     multihost.barrier("workdir checked")  # before process 0 writes into it
     os.makedirs(workdir, exist_ok=True)
-    data = training_data.prepare_data_in_turn(config, dataset)
     image_shape = data.labeled_images.shape[1:]
     mesh = multihost.data_parallel_mesh()
     method, model, tx, init_state = runs.build_training(
@@ -94,12 +99,15 @@ def train_and_evaluate(
         class_names=data.class_names,
         image_shape=image_shape,
         source=data.source,
+        fingerprint=data.fingerprint,
     )
     from comatch_jax import metric_writing  # clu's writers import TensorFlow
 
     writer = metric_writing.create_writer(workdir, primary=multihost.is_primary(), writer=writer)
     step_fn = train_step.make_train_step(model=model, tx=tx, method=method, config=config)
-    jitted_step, next_input = _step_with_input(config, data, step_fn, replicated, batch_sharding)
+    jitted_step, next_input, on_host = _step_with_input(
+        config, data, step_fn, replicated, batch_sharding
+    )
     accuracy_of = _test_accuracy(config, model, method, data, replicated, batch_sharding)
     images_per_step = config.batch_size * len(method.labeled_views) + (
         config.batch_size * config.mu * len(method.unlabeled_views)
@@ -130,7 +138,14 @@ def train_and_evaluate(
     progress = metric_writing.Progress(
         start_step=start_step, num_steps=config.num_steps, t=training_clock()
     )
-    with TerminationRequest() as termination:
+    with contextlib.ExitStack() as stack:
+        termination = stack.enter_context(TerminationRequest())
+        if on_host:  # the next batches are gathered and transferred while a step runs
+            next_input = stack.enter_context(
+                prefetch.Prefetcher(
+                    next_input, start_step=start_step, stop_step=config.num_steps, depth=2
+                )
+            ).get
 
         def stop_requested() -> bool:
             """One process: a signal seen at any time. Several: agreed at logging steps (a
@@ -198,10 +213,11 @@ def _step_with_input(
     step_fn: train_step.StepFn,
     replicated: NamedSharding,
     batch_sharding: NamedSharding,
-) -> tuple[Callable, Callable[[int], Any]]:
-    """(jitted step, next_input(step)): with the data on the device the step draws its own
-    batch from the whole arrays; otherwise the host gathers each batch (e.g. from a
-    memory-mapped cache) and hands over just its rows."""
+) -> tuple[Callable, Callable[[int], Any], bool]:
+    """(jitted step, next_input(step), on_host). With the data on the device the step draws
+    its own batch from the whole arrays, which next_input returns; otherwise (on_host) the
+    host gathers each batch (e.g. from a memory-mapped cache) and hands over just its rows:
+    next_input(step) makes that batch, for a prefetch.Prefetcher to run ahead."""
     _, sampling_key = run_keys(config.seed)
     arrays = {
         "labeled_images": data.labeled_images,
@@ -226,17 +242,17 @@ def _step_with_input(
             out_shardings=(replicated, replicated),
             donate_argnums=0,
         )
-        return jitted_step, lambda step: arrays
+        return jitted_step, lambda step: arrays, False
     arrays["sampling_rng"] = sampling_key
     jitted_step = jax.jit(step_fn, out_shardings=(replicated, replicated), donate_argnums=0)
-    next_input = lambda step: training_data.host_batch(
+    make_batch = lambda step: prefetch.host_batch(
         arrays,
         step,
         batch_size=config.batch_size,
         unlabeled_batch_size=config.batch_size * config.mu,
         sharding=batch_sharding,
     )
-    return jitted_step, next_input
+    return jitted_step, make_batch, True
 
 
 def _test_accuracy(

@@ -2,8 +2,9 @@
 
 `prepare_data(config)` reads the configured dataset (TFDS, IDX or an image folder, through
 comatch_jax.datasets, which imports TensorFlow lazily) and splits it into a
-SemiSupervisedData of uint8 images and int32 labels. `host_batch` gathers one step's batch on
-the host (e.g. from a memory-mapped cache) when the data does not sit on the device.
+SemiSupervisedData of uint8 images and int32 labels, with the resolved normalisation and a
+fingerprint of the data. Batches are cut by comatch_jax.sampling (and, on the host,
+comatch_jax.prefetch).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from comatch_jax import active_learning, multihost, sampling
+from comatch_jax import active_learning, multihost
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,6 +38,33 @@ class SemiSupervisedData:
     # Image-folder runs: the file of each unlabeled row (relative to dataset.root); then
     # unlabeled_ids are rows of it and labeled_ids are -1 for images from labeled/.
     unlabeled_paths: tuple[str, ...] = ()
+    # Per-channel normalisation in [0, 1] units: the config's dataset.mean/std where given,
+    # else the data's own (datasets.resolve_normalization).
+    mean: tuple[float, ...] = ()
+    std: tuple[float, ...] = ()
+    # datasets.data_fingerprint of the source, kept in the run so that a resumed run notices
+    # changed data.
+    fingerprint: dict[str, Any] | None = None
+
+
+def with_normalization(
+    config: ml_collections.ConfigDict, data: SemiSupervisedData
+) -> ml_collections.ConfigDict:
+    """A copy of `config` whose dataset.mean/std are the resolved per-channel values of
+    `data`, so that the step, the saved config and every command normalise alike."""
+    resolved = ml_collections.ConfigDict(config.to_dict())
+    resolved.dataset.mean, resolved.dataset.std = tuple(data.mean), tuple(data.std)
+    return resolved
+
+
+def _check_unlabeled_pool(config: ml_collections.ConfigDict, count: int) -> None:
+    from comatch_jax import methods
+
+    if count == 0 and methods.get_method(config.method).needs_unlabeled_data:
+        raise ValueError(
+            f"method={config.method} trains on unlabeled images, but none are left (every "
+            "image is labeled); use --config=configs/supervised.py, or add unlabeled images."
+        )
 
 
 def prepare_data(config: ml_collections.ConfigDict, dataset: Any = None) -> SemiSupervisedData:
@@ -48,12 +76,15 @@ def prepare_data(config: ml_collections.ConfigDict, dataset: Any = None) -> Semi
     """
     from comatch_jax import datasets  # imports TensorFlow lazily, only to read files
 
-    if dataset is None and config.dataset.name == "image_folder":
-        dataset = load_image_folder_dataset(config)
-    if dataset is not None and dataset.name == "image_folder":
-        return _folder_data(dataset, config)
     if dataset is None:
-        dataset = datasets.load_dataset(config.dataset)
+        if config.dataset.name == "image_folder":
+            dataset = load_image_folder_dataset(config)
+        else:
+            dataset = datasets.load_dataset(config.dataset)
+    mean, std = datasets.resolve_normalization(config.dataset.mean, config.dataset.std, dataset)
+    extras = {"mean": mean, "std": std, "fingerprint": datasets.data_fingerprint(dataset)}
+    if dataset.name == "image_folder":
+        return dataclasses.replace(_folder_data(dataset, config), **extras)
     labeled, unlabeled = datasets.split_labeled_unlabeled(
         dataset.train_labels,
         num_labels=config.num_labels,
@@ -84,6 +115,7 @@ def prepare_data(config: ml_collections.ConfigDict, dataset: Any = None) -> Semi
         # Extra unlabeled images have no ground truth: -1 never matches a pseudo-label.
         unlabeled_labels = np.concatenate([unlabeled_labels, np.full(len(extra), -1, np.int32)])
         unlabeled_ids = np.concatenate([unlabeled_ids, np.full(len(extra), -1, np.int32)])
+    _check_unlabeled_pool(config, len(unlabeled_images))
     logging.info(
         "Data from %s: %d labeled, %d unlabeled, %d test images of shape %s, %d classes",
         dataset.source,
@@ -105,6 +137,7 @@ def prepare_data(config: ml_collections.ConfigDict, dataset: Any = None) -> Semi
         num_classes=dataset.num_classes,
         class_names=tuple(dataset.class_names),
         source=dataset.source,
+        **extras,
     )
 
 
@@ -160,6 +193,7 @@ def _folder_data(dataset, config: ml_collections.ConfigDict) -> SemiSupervisedDa
         labels = np.concatenate([labels, extra_labels[np.argsort(rows)]])
         labeled_ids = np.concatenate([labeled_ids, np.sort(rows)])
         logging.info("Added %d labeled images from %s.", len(rows), extra_labels_csv)
+    _check_unlabeled_pool(config, unlabeled_count)
     logging.info(
         "Data from %s: %d labeled, %d unlabeled, %d validation images, %d classes",
         dataset.source,
@@ -183,31 +217,3 @@ def _folder_data(dataset, config: ml_collections.ConfigDict) -> SemiSupervisedDa
         unlabeled_paths=tuple(dataset.unlabeled_paths),
     )
 
-
-def host_batch(
-    arrays: dict[str, Any],
-    step: int,
-    *,
-    batch_size: int,
-    unlabeled_batch_size: int,
-    sharding: jax.sharding.Sharding,
-) -> dict[str, jax.Array]:
-    """Batch `step` from host arrays (e.g. a memory-mapped image cache) as global arrays
-    split by `sharding`: every process draws the same global rows (a pure function of the
-    seed and the step) and reads only those of its own devices."""
-    indices = jax.device_get(
-        sampling.batch_indices(
-            arrays, step, batch_size=batch_size, unlabeled_batch_size=unlabeled_batch_size
-        )
-    )
-    batch = {}
-    for name, (rows, array) in sampling.BATCH_SOURCES.items():
-        if rows not in indices:
-            continue
-        source, selected = arrays[array], np.asarray(indices[rows])
-        batch[name] = jax.make_array_from_callback(
-            (len(selected), *source.shape[1:]),
-            sharding,
-            lambda index, source=source, selected=selected: np.asarray(source[selected[index[0]]]),
-        )
-    return batch
