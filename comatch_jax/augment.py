@@ -27,8 +27,8 @@ Speed design
   computes every branch for every image. Instead each drawn op slot runs ONE
   parameterised step: a bilinear affine warp (the identity matrix, an exact no-op, for
   photometric ops) followed by one photometric step (identity parameters for geometric
-  ops). With N = 2 that is 2 warps and 2 photometric steps per image (plus an identity
-  one of each, see below), in the drawn order, whatever the ops; the weak flip + crop
+  ops). With N = 2 that is 2 warps and 2 photometric steps per image (plus one
+  identity warp, see below), in the drawn order, whatever the ops; the weak flip + crop
   before them is one integer gather.
 * The photometric step is a blend ``degenerate + f * (image - degenerate)`` (Color with a
   gray degenerate, Sharpness with a smoothed one; f = 1 otherwise) followed by the
@@ -36,13 +36,14 @@ Speed design
   (x - anchor)`` (AutoContrast, Brightness, Contrast; identity scale 1), one gather into
   the image's equalisation table (Equalize), a threshold (Solarize) and a bit mask
   (Posterize).
-* The slots run under ``lax.scan`` as N + 1 steps of (photometric_{i-1}, warp_i), with
-  an identity photometric step first and an identity warp last, so that every
-  photometric step reads the loop carry: fused into its producer, its many per-pixel
-  consumers recompute it (measured on CPU: 2 slots as (warp_i, photometric_i) steps took
-  ~4x as long). Cost, measured on the shared 2-core CPU: 445 ms per 448 RGB 32 px images
-  (the earlier hoisted nearest-neighbour design: 188 ms), 18 ms per 112 gray 28 px images
-  (13 ms before), the CPU default's strong view.
+* The slots run as warp_0 and then a ``lax.scan`` of N steps (photometric_i,
+  warp_{i+1}), the last warp the identity, so that every photometric step reads a
+  materialised image (the loop carry): fused into its producer, its many per-pixel
+  consumers recompute it (measured on CPU: 2 slots as (warp_i, photometric_i) scan steps
+  took ~3x as long). Cost, measured on the shared, loaded 2-core CPU: 270-480 ms per 448
+  RGB 32 px images where the earlier hoisted nearest-neighbour design took 170-195 ms
+  (about 2x), and 18-23 ms per 112 gray 28 px images (the CPU default's strong view;
+  13 ms before).
 * Exact order: a geometric op drawn after a photometric one sees the photometric result
   and vice versa (e.g. AutoContrast after Rotate includes the gray fill in its statistics,
   as in the official code). (Earlier versions hoisted all geometric ops into one
@@ -642,21 +643,22 @@ def _randaugment_one(
     fill_value = jnp.float32(fill)
 
     out = jnp.moveaxis(_as_float(_warp_weak(image, do_flip, shift_y, shift_x)), -1, 0)
-    # Slot i = warp_i then photometric_i, run as N + 1 scan steps (photometric_{i-1},
-    # warp_i) with identity photometric_{-1} and warp_N: every photometric step reads the
-    # loop carry. Fused into its producer (a warp or another step), the photometric step's
-    # many per-pixel consumers recompute it (measured: ~4x slower on CPU).
-    identity = jnp.full((1,), IDENTITY, ops.dtype)
-    photometric_ops = jnp.concatenate([identity, ops])
-    warp_ops = jnp.concatenate([ops, identity])
-    warp_signs = jnp.concatenate([signs, jnp.ones((1,), signs.dtype)])
+    # Slot i = warp_i then photometric_i, run as warp_0 and then N scan steps
+    # (photometric_i, warp_{i+1}) with an identity warp_N: every photometric step reads
+    # the loop carry. Fused into its producer (a warp or another step), the photometric
+    # step's many per-pixel consumers recompute it (measured: ~4x slower on CPU).
+    if num_ops:
+        out = _randaugment_warp(out, ops[0], signs[0], fill_value)
+        identity = jnp.full((1,), IDENTITY, ops.dtype)
+        warp_ops = jnp.concatenate([ops[1:], identity])
+        warp_signs = jnp.concatenate([signs[1:], jnp.ones((1,), signs.dtype)])
 
-    def half_slots(image: jax.Array, slot: tuple[jax.Array, jax.Array, jax.Array]):
-        photometric_op, warp_op, warp_sign = slot
-        image = _photometric_step(image, _randaugment_photometric_params(photometric_op))
-        return _randaugment_warp(image, warp_op, warp_sign, fill_value), None
+        def photometric_then_warp(image: jax.Array, slot: tuple[jax.Array, ...]):
+            photometric_op, warp_op, warp_sign = slot
+            image = _photometric_step(image, _randaugment_photometric_params(photometric_op))
+            return _randaugment_warp(image, warp_op, warp_sign, fill_value), None
 
-    out, _ = jax.lax.scan(half_slots, out, (photometric_ops, warp_ops, warp_signs))
+        out, _ = jax.lax.scan(photometric_then_warp, out, (ops, warp_ops, warp_signs))
     out = jnp.moveaxis(out, 0, -1)
     centre = jax.random.randint(cutout_key, (2,), 0, jnp.array([height, width]))
     return _to_uint8(cutout(out, centre[0], centre[1], cutout_size, fill))
