@@ -18,6 +18,7 @@ Needs Pillow (pip install pillow).
 """
 
 import csv
+import itertools
 import multiprocessing
 import os
 import sys
@@ -41,6 +42,7 @@ FLAGS = flags.FLAGS
 SHAPES = ("disc", "square", "triangle", "ring", "cross")
 SPLITS = {"labeled": 0, "unlabeled": 1, "val": 2}
 SHARD = 10_000  # unlabeled images per sub-folder
+BLOCK = 4_096  # jobs handed to the worker pool at a time (bounded memory)
 _CACHE: dict = {}  # per process: the pixel grid and the class parameters, computed once
 
 
@@ -184,7 +186,13 @@ def make_folder(
     start = time.perf_counter()
     pool = multiprocessing.get_context("spawn").Pool(workers) if workers > 1 else None
     try:
-        results = pool.imap(_job, jobs(), chunksize=64) if pool else map(_job, jobs())
+        if pool:  # Pool.imap queues its whole input at once: feed it in blocks instead
+            blocks = iter(lambda it=jobs(): list(itertools.islice(it, BLOCK)), [])
+            results = itertools.chain.from_iterable(
+                pool.imap(_job, block, chunksize=64) for block in blocks
+            )
+        else:
+            results = map(_job, jobs())
         with open(os.path.join(out, "unlabeled_truth.csv"), "w", newline="") as f:
             truth = csv.writer(f)
             truth.writerow(["path", "label"])
