@@ -242,8 +242,8 @@ def freematch_thresholds(
       tau_t(c) = p~_t(c) / max_c' p~_t(c') * tau_t
     and h~_t = lambda h~_{t-1} + (1 - lambda) Hist(argmax_c p_b) / B, the histogram EMA the
     fairness term needs. The paper starts tau_0 and p~_0 (and h~_0 here) at 1/C;
-    the official code (USB) starts them at 1, which keeps the mask near empty for thousands
-    of steps. `global_threshold` [], `class_probs` [C], `class_histogram` [C].
+    the official code (USB) starts them at 1, which keeps the mask near empty over the first
+    several hundred steps at momentum 0.999. `global_threshold` [], `class_probs` [C], `class_histogram` [C].
 
     Returns (class thresholds [C], tau_t [], p~_t [C], h~_t [C]); the update uses this batch
     first, as in the official code.
