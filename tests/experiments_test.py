@@ -45,7 +45,10 @@ def test_benchmark_runs_on_cpu_with_small_shapes(tmp_path):
 def test_compare_methods_tabulates_finished_runs(tmp_path):
     """compare_methods reports runs whose summaries exist without rerunning them."""
     runs = tmp_path / "runs"
+    from comatch_jax import methods
+
     accuracy = {"supervised": 0.5, "fixmatch": 0.7, "comatch": 0.75, "comatch_bt": 0.74}
+    accuracy.update(freematch=0.72, softmatch=0.73)
     for i, name in enumerate(["autoencoder", "simclr", "simsiam", "barlow_twins"]):
         accuracy[name] = 0.55 + i / 100
         (runs / name).mkdir(parents=True)
@@ -74,7 +77,8 @@ def test_compare_methods_tabulates_finished_runs(tmp_path):
     )
     assert result.returncode == 0, result.stderr[-3000:]
     table = (tmp_path / "table.md").read_text().splitlines()
-    assert len(table) == 2 + 8
+    assert len(table) == 2 + len(methods.METHODS)
+    assert [line.split("|")[1].strip() for line in table[2:]] == list(methods.METHODS)
     simclr = next(line for line in table if line.startswith("| simclr "))
     assert "100 + 10" in simclr and "2.5 min" in simclr and "56.00%" in simclr
     assert "60.00%" in simclr and "58.00%" in simclr  # linear probe, kNN
