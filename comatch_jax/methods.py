@@ -220,12 +220,34 @@ def comatch_barlow_twins_loss(outputs: Outputs, batch: dict, state: dict, config
 
 
 # ----------------------------------------------------------------------------- FixMatch
+def init_fixmatch_state(
+    config: ml_collections.ConfigDict, num_classes: int, embedding_dim: int
+) -> dict[str, jax.Array]:
+    """The DA history when fixmatch.distribution_alignment is on, else nothing."""
+    options = config.fixmatch
+    if not options.get("distribution_alignment", False):
+        return {}
+    return {
+        "da_history": jnp.zeros((options.da_length, num_classes), jnp.float32),
+        "da_count": jnp.zeros((), jnp.int32),
+    }
+
+
 def fixmatch_loss(outputs: Outputs, batch: dict, state: dict, config) -> tuple:
     """FixMatch (Sohn et al. 2020, Eq. 4): L_x + lambda_u CE(strong, argmax p_weak) where
-    max p_weak >= tau."""
+    max p_weak >= tau. With fixmatch.distribution_alignment, p_weak is first aligned as in
+    the official CoMatch repository's Train_fixmatch.py (losses.distribution_alignment)."""
     options = config.fixmatch
     loss_x = losses.cross_entropy(outputs["labeled_weak"]["logits"], batch["labels"])
-    weak_probs = jax.nn.softmax(outputs["unlabeled_weak"]["logits"], axis=-1)
+    # The weak view is the target: no gradient flows through it.
+    weak_probs = jax.lax.stop_gradient(
+        jax.nn.softmax(outputs["unlabeled_weak"]["logits"].astype(jnp.float32), axis=-1)
+    )
+    if options.get("distribution_alignment", False):
+        weak_probs, history, count = losses.distribution_alignment(
+            weak_probs, state["da_history"], state["da_count"]
+        )
+        state = {**state, "da_history": history, "da_count": count}
     loss_u, mask = losses.hard_pseudo_label_loss(
         outputs["unlabeled_strong0"]["logits"], weak_probs, threshold=options.threshold
     )
@@ -414,6 +436,10 @@ def check_fixmatch_options(config: ml_collections.ConfigDict) -> list[Check]:
             f"fixmatch.threshold must be in [0, 1], got {options.threshold}",
         ),
         (options.lambda_u >= 0, f"fixmatch.lambda_u must be >= 0, got {options.lambda_u}"),
+        (
+            options.get("da_length", 1) > 0,
+            f"fixmatch.da_length must be positive, got {options.get('da_length')}",
+        ),
     ]
 
 
@@ -525,7 +551,7 @@ METHODS: dict[str, Method] = _methods(
     ),
     Method(
         "fixmatch",
-        init_state=_no_state,
+        init_state=init_fixmatch_state,
         loss=fixmatch_loss,
         config_sections=("fixmatch",),
         check_config=check_fixmatch_options,

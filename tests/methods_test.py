@@ -391,3 +391,46 @@ def test_adaptive_presets_take_the_papers_schedule(name):
     assert (config.batch_size, config.mu, config.optim.lr) == (64, 7, 0.03)
     assert config[name].momentum == 0.999 and config[name].lambda_u == 1.0
     assert config_file(name).num_steps == config_lib.base_config().num_steps  # CPU default
+
+
+def test_fixmatch_distribution_alignment_option_aligns_the_pseudo_labels():
+    """fixmatch.distribution_alignment (the official Train_fixmatch.py default): the weak
+    probabilities are divided by the running class mean before the threshold; off = plain
+    FixMatch with no extra state."""
+    from comatch_jax import config_lib, losses, methods
+
+    config = config_lib.base_config()
+    config.method = "fixmatch"
+    method = methods.get_method("fixmatch")
+    rng = np.random.default_rng(0)
+    logits = lambda: rng.normal(size=(8, 4)).astype(np.float32) * 3
+    outputs = {
+        "labeled_weak": {"logits": logits()},
+        "unlabeled_weak": {"logits": logits()},
+        "unlabeled_strong0": {"logits": logits()},
+    }
+    batch = {"labels": np.arange(8, dtype=np.int32) % 4, "unlabeled_labels": np.zeros(8, np.int32)}
+    config.fixmatch.threshold = 0.8
+    assert method.init_state(config, 4, 16) == {}
+    plain, (_, plain_metrics) = method.loss(outputs, batch, {}, config)
+
+    config.fixmatch.distribution_alignment = True
+    config.fixmatch.da_length = 3
+    state = method.init_state(config, 4, 16)
+    history = np.full((3, 4), 0.25, np.float32)
+    history[0] = [0.97, 0.01, 0.01, 0.01]  # a skewed earlier batch mean
+    state = {"da_history": jnp.asarray(history), "da_count": jnp.int32(1)}
+    loss, (new_state, metrics) = method.loss(outputs, batch, state, config)
+    probs = np.asarray(jax.nn.softmax(outputs["unlabeled_weak"]["logits"]))
+    aligned, expected_history, _ = losses.distribution_alignment(
+        jnp.asarray(probs), jnp.asarray(history), jnp.int32(1)
+    )
+    np.testing.assert_allclose(new_state["da_history"], expected_history, rtol=1e-6)
+    assert int(new_state["da_count"]) == 2
+    mask = (np.max(np.asarray(aligned), -1) >= 0.8).astype(np.float32)
+    np.testing.assert_allclose(float(metrics["mask_rate"]), mask.mean(), rtol=1e-6)
+    strong = np.asarray(jax.nn.log_softmax(outputs["unlabeled_strong0"]["logits"]))
+    targets = np.argmax(np.asarray(aligned), -1)
+    loss_u = np.mean(-strong[np.arange(8), targets] * mask)
+    np.testing.assert_allclose(float(metrics["loss_u"]), loss_u, rtol=1e-5)
+    assert float(metrics["mask_rate"]) != float(plain_metrics["mask_rate"])
