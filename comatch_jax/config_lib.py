@@ -8,6 +8,7 @@ mistakes into one clear line before anything expensive happens.
 from __future__ import annotations
 
 import ml_collections
+from ml_collections import config_dict
 
 from comatch_jax import methods
 
@@ -33,7 +34,10 @@ def base_config() -> ml_collections.ConfigDict:
     config.keep_checkpoints = 3
     config.eval_batch_size = 1000
     config.nonfinite_policy = "stop"  # stop: raise naming step and term; skip: skip the update
-    config.data_on_device = True  # whole arrays on the accelerator; batches drawn in the step
+    # Whole arrays on the accelerator (batches drawn inside the step) or on the host (batches
+    # gathered and prefetched there). None = decided from the data's size and the device's
+    # free memory (training_data.choose_data_placement); True/False overrides.
+    config.data_on_device = config_dict.placeholder(bool)
 
     config.dataset = ml_collections.ConfigDict()
     config.dataset.name = "fashion_mnist"

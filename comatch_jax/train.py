@@ -16,7 +16,6 @@ from typing import Any, Callable
 
 import jax
 import ml_collections
-import numpy as np
 from absl import logging
 from jax.sharding import NamedSharding, PartitionSpec
 
@@ -225,13 +224,7 @@ def _step_with_input(
         "unlabeled_images": data.unlabeled_images,
         "unlabeled_labels": data.unlabeled_labels,
     }
-    data_on_device = config.data_on_device
-    if data_on_device and isinstance(data.unlabeled_images, np.memmap):
-        logging.info(
-            "Unlabeled images are a memory-mapped cache: batches are gathered on the host."
-        )
-        data_on_device = False
-    if data_on_device:
+    if training_data.data_on_device(config, data):
         arrays = jax.device_put(arrays, replicated)
         # Made by a jitted function, so the key is one global array over every process.
         arrays["sampling_rng"] = jax.jit(

@@ -10,6 +10,7 @@ comatch_jax.prefetch).
 from __future__ import annotations
 
 import dataclasses
+import os
 from typing import Any
 
 import jax
@@ -45,6 +46,60 @@ class SemiSupervisedData:
     # datasets.data_fingerprint of the source, kept in the run so that a resumed run notices
     # changed data.
     fingerprint: dict[str, Any] | None = None
+
+
+# Share of the free device memory (host RAM on a CPU) the whole dataset may take on the
+# device: the rest is left for the model, its activations and the optimizer state.
+DEVICE_DATA_FRACTION = 0.5
+
+
+def free_device_memory(device: jax.Device) -> tuple[int, str]:
+    """(free bytes, what was measured) of `device`: its allocator's limit minus what is in
+    use (GPU/TPU memory_stats), or the host's available RAM for a CPU device."""
+    stats = device.memory_stats() if device.platform != "cpu" else None
+    if stats and "bytes_limit" in stats:
+        return int(stats["bytes_limit"]) - int(stats.get("bytes_in_use", 0)), device.device_kind
+    with open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024, "host RAM"
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"), "host RAM"
+
+
+def choose_data_placement(
+    data_bytes: int, free_bytes: int, *, fraction: float = DEVICE_DATA_FRACTION
+) -> bool:
+    """True when `data_bytes` of images fit in `fraction` of `free_bytes` of a device (each
+    device holds the whole dataset), e.g. 14 GB of 96 px images on an 80 GB GPU (yes) or a
+    16 GB one (no)."""
+    return data_bytes <= fraction * free_bytes
+
+
+def data_on_device(config: ml_collections.ConfigDict, data: SemiSupervisedData) -> bool:
+    """Whether the run keeps its images on the device: config.data_on_device when set, else
+    measured (choose_data_placement against the first device's free memory). Logs one line
+    saying what was chosen and why."""
+    nbytes = sum(
+        int(np.prod(a.shape)) * a.dtype.itemsize
+        for a in (data.labeled_images, data.unlabeled_images)
+    )
+    size = f"{nbytes / 2**30:.2f} GiB of training images"
+    if config.data_on_device is not None:
+        on_device = bool(config.data_on_device)
+        reason = f"data_on_device={on_device} set in the config ({size})"
+    else:
+        free, what = free_device_memory(jax.local_devices()[0])
+        on_device = choose_data_placement(nbytes, free)
+        verb = "fit" if on_device else "do not fit"
+        reason = (
+            f"{size} {verb} in {DEVICE_DATA_FRACTION:.0%} of the {free / 2**30:.1f} GiB free "
+            f"({what}); --config.data_on_device=True/False overrides"
+        )
+    where = "on the device, batches drawn inside the step" if on_device else (
+        "on the host, batches gathered and prefetched there"
+    )
+    logging.info("Images %s: %s.", where, reason)
+    return on_device
 
 
 def with_normalization(

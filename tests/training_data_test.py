@@ -1,0 +1,92 @@
+"""The data a run trains on: normalisation, data fingerprint and placement, as the trainer
+applies them (before the workdir is claimed)."""
+
+
+import numpy as np
+import pytest
+from absl import logging
+
+from comatch_jax import train, training_data
+from train_test import RecordingWriter, synthetic_dataset, tiny_config
+
+
+def test_normalisation_is_the_datas_own_unless_given():
+    config = tiny_config()
+    dataset = synthetic_dataset()
+    data = training_data.prepare_data(config, dataset)
+    pixels = dataset.train_images.astype(np.float64) / 255.0
+    np.testing.assert_allclose(data.mean, [pixels.mean()], rtol=1e-6)
+    np.testing.assert_allclose(data.std, [pixels.std()], rtol=1e-6)
+    config.dataset.mean, config.dataset.std = (0.5,), (0.25,)
+    data = training_data.prepare_data(config, dataset)
+    assert (data.mean, data.std) == ((0.5,), (0.25,))
+    resolved = training_data.with_normalization(config, data)
+    assert tuple(resolved.dataset.mean) == (0.5,) and tuple(config.dataset.mean) == (0.5,)
+
+
+def test_a_mean_of_the_wrong_length_is_one_line_and_claims_no_workdir(tmp_path):
+    config = tiny_config()
+    config.dataset.mean, config.dataset.std = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
+    workdir = tmp_path / "run"
+    with pytest.raises(ValueError, match=r"^dataset.mean has 3 values but the images have 1 ch"):
+        train.train_and_evaluate(config, str(workdir), writer=RecordingWriter(),
+                                 dataset=synthetic_dataset())
+    assert not workdir.exists()
+
+
+def test_every_image_labeled_is_one_line_for_a_semi_supervised_method(tmp_path):
+    config = tiny_config()
+    config.num_labels = 120  # the whole synthetic train split
+    workdir = tmp_path / "run"
+    with pytest.raises(ValueError, match=r"^method=comatch trains on unlabeled images, but none"):
+        train.train_and_evaluate(config, str(workdir), writer=RecordingWriter(),
+                                 dataset=synthetic_dataset())
+    assert not workdir.exists()
+
+
+def test_a_resumed_run_on_changed_data_says_what_changed(tmp_path):
+    config = tiny_config()
+    config.num_steps = 2
+    config.eval_every = config.checkpoint_every = 2
+    workdir = str(tmp_path / "run")
+    train.train_and_evaluate(config, workdir, writer=RecordingWriter(), dataset=synthetic_dataset())
+    bigger = synthetic_dataset(num_train=130)
+    config.num_steps = 4
+    with pytest.raises(ValueError, match=r"holds a run on other data \(train: 120 -> 130 images"):
+        train.train_and_evaluate(config, workdir, writer=RecordingWriter(), dataset=bigger)
+    # The same data resumes.
+    state, _ = train.train_and_evaluate(
+        config, workdir, writer=RecordingWriter(), dataset=synthetic_dataset()
+    )
+    assert int(state.step) == 4
+
+
+@pytest.mark.parametrize(
+    "data_gib, free_gib, expected",
+    [(14.2, 80.0, True), (14.2, 16.0, False), (0.05, 0.2, True), (1.0, 1.9, False)],
+)
+def test_placement_follows_size_and_free_memory(data_gib, free_gib, expected):
+    assert training_data.choose_data_placement(data_gib * 2**30, free_gib * 2**30) is expected
+
+
+def test_placement_is_logged_and_the_config_overrides(monkeypatch):
+    config = tiny_config()
+    data = training_data.prepare_data(config, synthetic_dataset())
+    lines = []
+    monkeypatch.setattr(logging, "info", lambda fmt, *args: lines.append(fmt % args))
+    assert training_data.data_on_device(config, data)  # a few KiB always fit
+    assert "on the device" in lines[-1] and "GiB free" in lines[-1]
+    config.data_on_device = False
+    assert not training_data.data_on_device(config, data)
+    assert "data_on_device=False set in the config" in lines[-1]
+    monkeypatch.setattr(training_data, "free_device_memory", lambda device: (1000, "test"))
+    config.data_on_device = None
+    assert not training_data.data_on_device(config, data)
+    assert "do not fit" in lines[-1]
+
+
+def test_free_memory_of_this_machine_is_positive():
+    import jax
+
+    free, what = training_data.free_device_memory(jax.local_devices()[0])
+    assert free > 0 and what
