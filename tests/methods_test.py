@@ -12,7 +12,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from comatch_jax import config_lib, methods, models, probe, train, train_step
+from comatch_jax import config_lib, datasets, methods, models, probe, train, train_step
 
 from train_test import RecordingWriter, synthetic_dataset, tiny_config
 
@@ -65,7 +65,8 @@ def test_each_method_trains_with_finite_losses(tmp_path, name):
     else:  # the EMA (and raw) classifier of the returned state, recomputed here
         config, data = method_config(name), synthetic_dataset()
         model = models.create_model(config.model, 10, data.test_images.shape[1:])
-        inputs = train_step.preprocess(data.test_images, config.dataset.mean, config.dataset.std)
+        mean, std = datasets.resolve_normalization((), (), data)  # as the trainer does
+        inputs = train_step.preprocess(data.test_images, mean, std)
         for key, params, batch_stats in [
             ("test_accuracy", state.ema_params, state.ema_batch_stats),
             ("test_accuracy_raw", state.params, state.batch_stats),

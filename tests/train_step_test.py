@@ -22,6 +22,7 @@ QUEUE = 20  # 12 new entries per step: B*mu unlabeled + B labeled
 
 def step_config(method="comatch", **ema):
     config = config_lib.base_config()
+    config.dataset.mean, config.dataset.std = (0.3,), (0.3,)  # the trainer resolves () from data
     config.method = method
     config.num_labels = 20
     config.batch_size, config.mu = B, (MU if method != "supervised" else 0)
