@@ -1,0 +1,51 @@
+"""Averages of step metrics between logs (clu.metrics), the finiteness check, the line."""
+
+import numpy as np
+import pytest
+
+from comatch_jax import training_metrics
+
+
+def _steps(losses, skipped=None):
+    steps = [
+        {"loss": np.float32(v), "param_norm": np.float32(10 + i)} for i, v in enumerate(losses)
+    ]
+    if skipped is not None:
+        for step, flag in zip(steps, skipped):
+            step["skipped"] = np.bool_(flag)
+    return steps
+
+
+def test_means_over_the_steps_since_the_last_log():
+    means = training_metrics.average_over_steps(_steps([1.0, 2.0, 6.0]))
+    assert means == pytest.approx({"loss": 3.0, "param_norm": 11.0})
+
+
+def test_skipped_steps_are_left_out_and_counted():
+    means = training_metrics.average_over_steps(
+        _steps([1.0, np.nan, 3.0, np.inf], skipped=[False, True, False, True])
+    )
+    assert means == pytest.approx({"loss": 2.0, "param_norm": 11.0, "skipped_steps": 2})
+
+
+def test_a_window_of_only_skipped_steps_is_averaged_whole():
+    means = training_metrics.average_over_steps(_steps([np.nan, 1.0], skipped=[True, True]))
+    assert np.isnan(means["loss"]) and means["param_norm"] == 10.5
+    assert means["skipped_steps"] == 2
+
+
+def test_check_finite_names_the_step_and_the_terms():
+    with pytest.raises(FloatingPointError, match=r"Non-finite loss in the steps up to 7"):
+        training_metrics.check_finite(7, {"loss": np.nan, "param_norm": 1.0}, "stop")
+    # 'skip': only the params matter; skipped losses may be non-finite.
+    training_metrics.check_finite(7, {"loss": np.nan, "param_norm": 1.0}, "skip")
+    with pytest.raises(FloatingPointError, match="param_norm"):
+        training_metrics.check_finite(7, {"loss": 1.0, "param_norm": np.inf}, "skip")
+
+
+def test_prefixes_and_the_progress_line():
+    assert training_metrics.prefixed("train/", {"loss": 1.0}) == {"train/loss": 1.0}
+    line = training_metrics.progress_line(
+        20, 100, {"loss": 1.23456, "mask_rate": 0.5, "grad_norm": 3.0}, 1234.4, 3725.4
+    )
+    assert line == "step 20/100 loss=1.2346 mask_rate=0.5000 | 1234 img/s | ETA 1:02:05"
