@@ -113,7 +113,7 @@ class _TimingWriter:
         self.times = []
 
     def write_scalars(self, step, scalars):
-        if "loss" in scalars:
+        if "train/loss" in scalars:
             self.times.append((step, time.perf_counter()))
 
     def flush(self):
@@ -136,7 +136,7 @@ def main(argv):
     method, model, tx, init_state = runs.build_training(
         config, num_classes, (size, size, channels)
     )
-    state = jax.jit(lambda: init_state(jax.random.PRNGKey(0)))()
+    state = jax.jit(lambda: init_state(jax.random.key(0)))()
     b, u = config.batch_size, config.batch_size * config.mu
     rng = np.random.default_rng(0)
     batch = jax.device_put(
@@ -161,7 +161,7 @@ def main(argv):
 
     make_views = jax.jit(lambda key, batch: train_step.make_views(key, batch, method, config))
     figures["augment_s"] = _median_seconds(
-        lambda: make_views(jax.random.PRNGKey(1), batch), FLAGS.repeats
+        lambda: make_views(jax.random.key(1), batch), FLAGS.repeats
     )
 
     # The bare step: the same step with every view slot set to 'none' (no augmentation).
@@ -240,7 +240,7 @@ def _time_host_loops(full, state, size, channels, num_classes, b, u, pool_size):
         "labels": (np.arange(max(b, num_classes)) % num_classes).astype(np.int32),
         "unlabeled_images": _random_images(pool_size, size, channels, seed=2),
         "unlabeled_labels": (np.arange(pool_size) % num_classes).astype(np.int32),
-        "sampling_rng": np.asarray(jax.random.PRNGKey(0)),
+        "sampling_rng": np.asarray(jax.random.key(0)),
     }
     make = lambda step: prefetch.host_batch(
         arrays, step, batch_size=b, unlabeled_batch_size=u, sharding=_batch_sharding()

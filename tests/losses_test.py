@@ -184,20 +184,3 @@ def test_distribution_alignment_hand_case():
     got, _, _ = losses.distribution_alignment(p, jnp.zeros((32, 2)), jnp.zeros((), jnp.int32))
     np.testing.assert_allclose(got, p, atol=1e-6)
 
-
-def test_enqueue_writes_and_wraps_around():
-    queue = jnp.zeros((5, 1))
-    queue, pointer = losses.enqueue(queue, jnp.array(0), jnp.array([[1.0], [2.0], [3.0]]))
-    np.testing.assert_array_equal(queue[:, 0], [1, 2, 3, 0, 0])
-    assert int(pointer) == 3
-    # K = 5 is not a multiple of the batch of 3: the write wraps to the front.
-    queue, pointer = losses.enqueue(queue, pointer, jnp.array([[4.0], [5.0], [6.0]]))
-    np.testing.assert_array_equal(queue[:, 0], [6, 2, 3, 4, 5])
-    assert int(pointer) == 1
-
-
-def test_enqueue_more_entries_than_queue_keeps_the_last():
-    queue, pointer = losses.enqueue(jnp.zeros((3,)), jnp.array(1), jnp.arange(1.0, 6.0))
-    # Writing 1..5 from position 1 leaves, as a ring buffer would, 3 at 0, 4 at 1, 5 at 2.
-    np.testing.assert_array_equal(queue, [3.0, 4.0, 5.0])
-    assert int(pointer) == (1 + 5) % 3

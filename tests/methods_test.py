@@ -12,7 +12,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from comatch_jax import config_lib, datasets, methods, models, probe, train, train_step
+from comatch_jax import config_lib, datasets, methods, models, probe, runs, train, train_step
 
 from train_test import RecordingWriter, synthetic_dataset, tiny_config
 
@@ -100,7 +100,7 @@ def test_pretrain_then_finetune_and_probe(tmp_path):
     state, _ = train.train_and_evaluate(
         frozen, str(tmp_path / "ft0"), writer=RecordingWriter(), dataset=synthetic_dataset()
     )
-    pretrained = train.load_run(pretrain).state.ema_params["backbone"]
+    pretrained = runs.load_run(pretrain).state.ema_params["backbone"]
     for a, b in zip(jax.tree.leaves(pretrained), jax.tree.leaves(state.params["backbone"])):
         np.testing.assert_array_equal(a, b)
 
