@@ -54,7 +54,7 @@ def test_each_method_trains_with_finite_losses(tmp_path, name):
     state, summary = train.train_and_evaluate(
         method_config(name), str(tmp_path), writer=writer, dataset=synthetic_dataset()
     )
-    logged = [s for _, s in writer.scalars if "loss" in s]
+    logged = [s for _, s in writer.scalars if "train/loss" in s]
     assert logged and all(np.isfinite(v) for s in logged for v in s.values())
     assert int(state.step) == 4
     self_supervised = methods.get_method(name).evaluation == "self_supervised"
@@ -363,10 +363,10 @@ def test_adaptive_threshold_methods_train_20_steps(tmp_path, name):
     state, summary = train.train_and_evaluate(
         config, str(tmp_path), writer=writer, dataset=synthetic_dataset()
     )
-    logged = [s for _, s in writer.scalars if "loss_u" in s]
+    logged = [s for _, s in writer.scalars if "train/loss_u" in s]
     assert len(logged) == 4 and int(state.step) == 20
     assert all(np.isfinite(v) for s in logged for v in s.values())
-    assert logged[0]["mask_rate"] > 0.5  # most unlabeled images teach from the start
+    assert logged[0]["train/mask_rate"] > 0.5  # most unlabeled images teach from the start
     ms = jax.device_get(state.method_state)
     momentum = config[name].momentum
     if name == "freematch":
