@@ -378,17 +378,15 @@ class ResNetBlock(nn.Module):
         out_width = self.width * 4 if self.bottleneck else self.width
         if self.bottleneck:
             y = nn.relu(self.norm()(conv(self.width, (1, 1), padding="VALID")(x)))
-            y = nn.relu(
-                self.norm()(conv(self.width, (3, 3), strides=self.stride, padding=pad1)(y))
-            )
+            y = nn.relu(self.norm()(conv(self.width, (3, 3), strides=self.stride, padding=pad1)(y)))
             y = self.norm(scale_init=nn.initializers.zeros)(
                 conv(out_width, (1, 1), padding="VALID")(y)
             )
         else:
-            y = nn.relu(
-                self.norm()(conv(self.width, (3, 3), strides=self.stride, padding=pad1)(x))
+            y = nn.relu(self.norm()(conv(self.width, (3, 3), strides=self.stride, padding=pad1)(x)))
+            y = self.norm(scale_init=nn.initializers.zeros)(
+                conv(self.width, (3, 3), padding=pad1)(y)
             )
-            y = self.norm(scale_init=nn.initializers.zeros)(conv(self.width, (3, 3), padding=pad1)(y))
         if x.shape[-1] != out_width or self.stride != 1:
             x = self.norm()(conv(out_width, (1, 1), strides=self.stride, padding="VALID")(x))
         return nn.relu(x + y)
