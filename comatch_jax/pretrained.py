@@ -74,7 +74,7 @@ def initialise_from_torch(
         **options,
     )
     put = lambda tree: jax.tree.map(
-        lambda leaf: jax.device_put(jnp.asarray(leaf), sharding) if sharding else jnp.asarray(leaf),
+        lambda leaf: jax.device_put(np.asarray(leaf), sharding) if sharding else jnp.asarray(leaf),
         tree,
     )
     params, batch_stats = variables["params"], variables["batch_stats"]
