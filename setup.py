@@ -24,6 +24,7 @@ setup(
         "importlib_resources",  # tensorflow-datasets needs it to download
         "matplotlib",
         "scikit-learn",
+        "safetensors",  # pretrained PyTorch weights (torch_weights.load_state_dict)
     ],
     extras_require={"test": ["pytest>=8", "pytest-xdist>=3"]},
 )

@@ -85,6 +85,16 @@ def base_config() -> ml_collections.ConfigDict:
     # (synchronised; any device count computes what one device does), 'per_device' = each
     # device normalises its own shard (PyTorch DDP without SyncBatchNorm; no BN traffic).
     config.model.batch_norm = "global"
+    # Pretrained PyTorch weights (comatch_jax.pretrained, torch_weights): a .safetensors /
+    # .pth file of torchvision's or timm's ResNet-18/34/50 (model.name=resnet, same depth,
+    # stem=imagenet) or of the official CoMatch WRN (model.name=wide_resnet), or a named
+    # source 'torchvision:resnet50' / 'timm:resnet50.a1_in1k' (needs that package and the
+    # network). Backbone loaded (raw and EMA), heads where shapes match, the classifier for
+    # this dataset's classes fresh; dataset.mean/std default to ImageNet's. None = scratch.
+    config.model.init_from_torch = ml_collections.FieldReference(None, field_type=str)
+    # Fine-tuning: the backbone's BatchNorm layers use and keep their running statistics
+    # (eval-mode BN while training; detectron2's FrozenBatchNorm). Off = the statistics adapt.
+    config.model.freeze_backbone_bn = False
 
     # View slots -> augmentation names (comatch_jax.augment.VIEW_NAMES); the rest are options.
     config.augment = ml_collections.ConfigDict()
@@ -150,6 +160,24 @@ def base_config() -> ml_collections.ConfigDict:
     # (utils.py WarmupCosineLrScheduler, warmup_iter=0); 'cosine' decays to 0.
     config.optim.schedule = "fixmatch_cosine"
     config.optim.warmup_steps = 0
+    # Fine-tuning a pretrained backbone (model.init_from_torch / init_from):
+    # backbone_lr_scale: the backbone's learning rate is this times optim.lr (the heads get
+    #   optim.lr); 1.0 = one rate for all (training from scratch).
+    # head_warmup_steps: a linear-probe warm start, only the heads (classifier, embedding
+    #   head, projector) are updated for the first N steps; the backbone's optimizer state
+    #   (momentum) does not move either. Its BatchNorm statistics still adapt unless
+    #   model.freeze_backbone_bn.
+    # USB's pretrained presets (github microsoft/Semi-supervised-learning, config/usb_cv,
+    # e.g. fixmatch_cifar100_200_0.yaml): ViT-S pretrained on ImageNet-1k, AdamW lr 5e-4,
+    # weight decay 5e-4, layer-wise lr decay 0.5 (each transformer block's lr is 0.5 times the
+    # next one's, the head's is lr), 5,120 linear warm-up iterations, 204,800 iterations,
+    # batch 8 labeled + 8 unlabeled (uratio 1), no EMA (ema_m 0). What we copy: a lower rate
+    # for the pretrained layers than for the fresh heads (one factor for the whole backbone,
+    # e.g. backbone_lr_scale=0.1, instead of a per-layer decay), the warm-up
+    # (optim.warmup_steps). What differs: our optimizer stays SGD (Nesterov), our backbones
+    # are ResNets / WRNs, not ViTs, and USB has neither frozen BN nor a heads-only warm start.
+    config.optim.backbone_lr_scale = 1.0
+    config.optim.head_warmup_steps = 0
 
     config.ema = ml_collections.ConfigDict()
     # Horizon of ~100 steps for the 2,500-step CPU default; the presets use the published 0.999
@@ -328,6 +356,26 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     checks.append(
         (config.get("init_from") != "", "fine-tuning needs --config.init_from=PRETRAINING_WORKDIR")
     )
+    optim = config.optim
+    checks += [
+        (
+            optim.get("backbone_lr_scale", 1.0) >= 0,
+            f"optim.backbone_lr_scale must be >= 0, got {optim.get('backbone_lr_scale')}",
+        ),
+        (
+            0 <= optim.get("head_warmup_steps", 0) < config.num_steps,
+            f"optim.head_warmup_steps must be in [0, num_steps), got "
+            f"{optim.get('head_warmup_steps')}",
+        ),
+        (
+            not (config.get("init_from") and config.model.get("init_from_torch")),
+            "set one of init_from (a comatch_jax run) and model.init_from_torch (PyTorch weights)",
+        ),
+        (
+            config.model.get("init_from_torch") != "",
+            "model.init_from_torch needs a .safetensors / .pth file or torchvision:NAME",
+        ),
+    ]
     checks += method_checks(config)
     for ok, message in checks:
         if not ok:

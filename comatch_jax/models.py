@@ -241,12 +241,13 @@ class SmallCNN(nn.Module):
     dtype: Any = jnp.float32
     bn_groups: int = 1  # > 1: per-group (per-device) BatchNorm statistics
     unbiased_running_var: bool = False
+    frozen_bn: bool = False  # BatchNorm in eval mode even when training (frozen statistics)
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         norm = functools.partial(
             BatchNorm,
-            use_running_average=not train,
+            use_running_average=not train or self.frozen_bn,
             momentum=self.bn_momentum,
             dtype=self.dtype,
             groups=self.bn_groups,
@@ -321,6 +322,7 @@ class WideResNet(nn.Module):
     dtype: Any = jnp.float32
     bn_groups: int = 1  # > 1: per-group (per-device) BatchNorm statistics
     unbiased_running_var: bool = False
+    frozen_bn: bool = False  # BatchNorm in eval mode even when training (frozen statistics)
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
@@ -329,7 +331,7 @@ class WideResNet(nn.Module):
         blocks_per_group = (self.depth - 4) // 6
         norm = functools.partial(
             BatchNorm,
-            use_running_average=not train,
+            use_running_average=not train or self.frozen_bn,
             momentum=self.bn_momentum,
             epsilon=1e-5,
             dtype=self.dtype,
@@ -367,19 +369,26 @@ class ResNetBlock(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
+        # PyTorch's padding (3x3: 1 on every side; 1x1: none). Flax's 'SAME' pads a stride-2
+        # 3x3 conv of an even input by (0, 1), which samples other pixels than torchvision.
         conv = functools.partial(
             nn.Conv, use_bias=False, dtype=self.dtype, kernel_init=_resnet_conv_init
         )
+        pad1 = ((1, 1), (1, 1))
         out_width = self.width * 4 if self.bottleneck else self.width
         if self.bottleneck:
-            y = nn.relu(self.norm()(conv(self.width, (1, 1))(x)))
-            y = nn.relu(self.norm()(conv(self.width, (3, 3), strides=self.stride)(y)))
-            y = self.norm(scale_init=nn.initializers.zeros)(conv(out_width, (1, 1))(y))
+            y = nn.relu(self.norm()(conv(self.width, (1, 1), padding="VALID")(x)))
+            y = nn.relu(self.norm()(conv(self.width, (3, 3), strides=self.stride, padding=pad1)(y)))
+            y = self.norm(scale_init=nn.initializers.zeros)(
+                conv(out_width, (1, 1), padding="VALID")(y)
+            )
         else:
-            y = nn.relu(self.norm()(conv(self.width, (3, 3), strides=self.stride)(x)))
-            y = self.norm(scale_init=nn.initializers.zeros)(conv(self.width, (3, 3))(y))
+            y = nn.relu(self.norm()(conv(self.width, (3, 3), strides=self.stride, padding=pad1)(x)))
+            y = self.norm(scale_init=nn.initializers.zeros)(
+                conv(self.width, (3, 3), padding=pad1)(y)
+            )
         if x.shape[-1] != out_width or self.stride != 1:
-            x = self.norm()(conv(out_width, (1, 1), strides=self.stride)(x))
+            x = self.norm()(conv(out_width, (1, 1), strides=self.stride, padding="VALID")(x))
         return nn.relu(x + y)
 
 
@@ -387,7 +396,17 @@ _RESNET_STAGES = {18: ((2, 2, 2, 2), False), 34: ((3, 4, 6, 3), False), 50: ((3,
 
 
 class ResNet(nn.Module):
-    """ResNet-18/34/50. stem='imagenet' (7x7/2 + max-pool, for 96 px) or 'cifar' (3x3/1)."""
+    """ResNet-18/34/50 (He et al. 2016) laid out as torchvision's (ResNet-50 is v1.5: the
+    stride in the bottleneck's 3x3 conv), with PyTorch's padding, so converted torchvision /
+    timm weights (comatch_jax.torch_weights) compute the same features.
+
+    stem='imagenet': torchvision's 7x7/2 conv (padding 3) + BN + ReLU + 3x3/2 max-pool
+    (padding 1), for 96-224 px and ImageNet weights; 'cifar': a 3x3/1 conv (no pool), for
+    32 px training from scratch (ImageNet weights do not fit its conv1). BatchNorm eps 1e-5
+    (PyTorch's). Flax module names are automatic (Conv_i, BatchNorm_i, ResNetBlock_i); the
+    torch names are in torch_weights.resnet_mapping. `frozen_bn`: BatchNorm always uses and
+    never updates its running statistics (fine-tuning with model.freeze_backbone_bn).
+    """
 
     depth: int = 18
     stem: str = "imagenet"
@@ -395,6 +414,7 @@ class ResNet(nn.Module):
     dtype: Any = jnp.float32
     bn_groups: int = 1  # > 1: per-group (per-device) BatchNorm statistics
     unbiased_running_var: bool = False
+    frozen_bn: bool = False
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
@@ -405,7 +425,7 @@ class ResNet(nn.Module):
         stages, bottleneck = _RESNET_STAGES[self.depth]
         norm = functools.partial(
             BatchNorm,
-            use_running_average=not train,
+            use_running_average=not train or self.frozen_bn,
             momentum=self.bn_momentum,
             epsilon=1e-5,
             dtype=self.dtype,
@@ -418,15 +438,21 @@ class ResNet(nn.Module):
                 64,
                 (7, 7),
                 strides=2,
+                padding=((3, 3), (3, 3)),
                 use_bias=False,
                 dtype=self.dtype,
                 kernel_init=_resnet_conv_init,
             )(x)
             x = nn.relu(norm()(x))
-            x = nn.max_pool(x, (3, 3), strides=(2, 2), padding="SAME")
+            x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
         elif self.stem == "cifar":
             x = nn.Conv(
-                64, (3, 3), use_bias=False, dtype=self.dtype, kernel_init=_resnet_conv_init
+                64,
+                (3, 3),
+                padding=((1, 1), (1, 1)),
+                use_bias=False,
+                dtype=self.dtype,
+                kernel_init=_resnet_conv_init,
             )(x)
             x = nn.relu(norm()(x))
         else:
@@ -477,6 +503,7 @@ def create_model(
         dtype=dtype,
         bn_groups=bn_groups,
         unbiased_running_var=unbiased,
+        frozen_bn=bool(config.get("freeze_backbone_bn", False)),
         name="backbone",
     )
     if config.name == "small_cnn":

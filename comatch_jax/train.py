@@ -25,6 +25,7 @@ from comatch_jax import (
     inference,
     multihost,
     prefetch,
+    pretrained,
     runs,
     train_step,
     training_data,
@@ -60,6 +61,7 @@ def train_and_evaluate(
     config_lib.validate_config(config)
     # The data first: problems with it (and a mean/std that does not fit it) are reported
     # before the run claims its workdir.
+    config = pretrained.with_pretrained_normalization(config)  # ImageNet's for torch weights
     data = training_data.prepare_data_in_turn(config, dataset)
     config = training_data.with_normalization(config, data)
     runs.check_workdir(config, workdir, fingerprint=data.fingerprint)
@@ -91,6 +93,8 @@ def train_and_evaluate(
         state = jax.jit(lambda: init_state(init_key), out_shardings=replicated)()
         if config.init_from:
             state = runs.initialise_backbone_from(state, config.init_from, sharding=replicated)
+        if config.model.get("init_from_torch"):
+            state = pretrained.initialise_from_torch(state, config, sharding=replicated)
     runs.save_run(
         config,
         workdir,

@@ -77,13 +77,64 @@ def weight_decay_mask(params: Any) -> Any:
     return flax.core.freeze(mask) if isinstance(params, flax.core.FrozenDict) else mask
 
 
+class FrozenForState(flax.struct.PyTreeNode):
+    count: jax.Array  # updates seen, int32
+    inner_state: Any
+
+
+def frozen_for(steps: int, inner: optax.GradientTransformation) -> optax.GradientTransformation:
+    """`inner`, except that its first `steps` updates are zeros and leave its state as it
+    was (no momentum, no schedule count): the parameters stay exactly where they are. From
+    update `steps` on, `inner` runs as if it had started then (its schedule's k = 0 is the
+    overall update `steps`)."""
+
+    def init(params):
+        return FrozenForState(jnp.zeros((), jnp.int32), inner.init(params))
+
+    def update(updates, state, params=None):
+        new_updates, new_inner = inner.update(updates, state.inner_state, params)
+        frozen = state.count < steps
+        new_updates = jax.tree.map(lambda u: jnp.where(frozen, jnp.zeros_like(u), u), new_updates)
+        new_inner = jax.tree.map(
+            lambda old, new: jnp.where(frozen, old, new), state.inner_state, new_inner
+        )
+        return new_updates, FrozenForState(optax.safe_int32_increment(state.count), new_inner)
+
+    return optax.GradientTransformation(init, update)
+
+
+def backbone_labels(params: Any) -> Any:
+    """'backbone' for every parameter under params['backbone'], 'heads' for the rest
+    (classifier, embedding head, projector, predictor, decoder)."""
+    return flax.traverse_util.path_aware_map(
+        lambda path, _: "backbone" if path[0] == "backbone" else "heads", params
+    )
+
+
 def create_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
     """SGD (Nesterov) with coupled weight decay (added to the gradient before momentum, as
-    torch.optim.SGD does) on every parameter but BatchNorm's (`weight_decay_mask`)."""
+    torch.optim.SGD does) on every parameter but BatchNorm's (`weight_decay_mask`).
+
+    Fine-tuning (optax.multi_transform over `backbone_labels`): optim.backbone_lr_scale = s
+    gives the backbone the schedule s lr(k) (weight decay scaled with it, as in a torch
+    parameter group), and optim.head_warmup_steps = N freezes the backbone for the first N
+    updates (`frozen_for`: heads only, a linear-probe warm start), after which it follows
+    s lr(k) from k = N. With s = 1 and N = 0 this is the single SGD above, state and all.
+    """
     optim = config.optim
+    schedule = learning_rate_schedule(config)
+    sgd = lambda lr: optax.sgd(lr, momentum=optim.momentum, nesterov=optim.nesterov)
+    decay = optax.add_decayed_weights(optim.weight_decay, mask=weight_decay_mask)
+    scale = float(optim.get("backbone_lr_scale", 1.0))
+    warmup = int(optim.get("head_warmup_steps", 0))
+    if scale == 1.0 and warmup == 0:
+        return optax.chain(decay, sgd(schedule))
+    backbone = sgd(lambda k: scale * schedule(k + warmup))
+    if warmup:
+        backbone = frozen_for(warmup, backbone)
     return optax.chain(
-        optax.add_decayed_weights(optim.weight_decay, mask=weight_decay_mask),
-        optax.sgd(learning_rate_schedule(config), momentum=optim.momentum, nesterov=optim.nesterov),
+        decay,
+        optax.multi_transform({"backbone": backbone, "heads": sgd(schedule)}, backbone_labels),
     )
 
 
