@@ -102,8 +102,9 @@ def base_config() -> ml_collections.ConfigDict:
     config.comatch.temperature = 0.2  # t
     config.comatch.contrast_threshold = 0.8  # T, pseudo-label graph
     config.comatch.threshold = 0.95  # tau, confidence mask (threshold_rule 'fixed')
-    # 'fixed': tau above (the paper); 'freematch': FreeMatch's self-adaptive class thresholds on
-    # the memory-smoothed pseudo-labels (EMAs from 1/C, momentum below). configs/comatch_adaptive.py.
+    # 'fixed': tau above (the paper); 'freematch': FreeMatch's self-adaptive class thresholds
+    # on the memory-smoothed pseudo-labels (EMAs from 1/C, momentum below); T stays fixed.
+    # configs/comatch_adaptive.py sets it.
     config.comatch.threshold_rule = "fixed"
     config.comatch.threshold_momentum = 0.999  # lambda of the 'freematch' rule (FreeMatch's)
     config.comatch.lambda_cls = 1.0
