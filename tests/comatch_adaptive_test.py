@@ -331,3 +331,22 @@ def test_adaptive_comatch_trains_20_steps(tmp_path):
     assert low < float(ms["global_threshold"]) < high
     assert low < logged[-1]["global_threshold"] < high
     np.testing.assert_allclose(ms["class_probs"].sum(), 1.0, rtol=1e-5)
+
+
+def test_no_gradient_through_the_adaptive_thresholds_or_the_weak_view():
+    """q, tau_t and p~_t are targets: zero gradient w.r.t. the weak view and the state."""
+    rng = np.random.default_rng(4)
+    config = _config("freematch")
+    method = methods.get_method("comatch")
+    state = _full_queue(method.init_state(config, NUM_CLASSES, EMBED), rng)
+    outputs, batch = _outputs(rng, config), _batch(rng, config)
+
+    def loss(outputs, state):
+        return method.loss(outputs, batch, state, config)[0]
+
+    grad_outputs, grad_state = jax.grad(loss, argnums=(0, 1), allow_int=True)(outputs, state)
+    for head, value in grad_outputs["unlabeled_weak"].items():
+        np.testing.assert_array_equal(value, 0.0, err_msg=head)
+    for key in ("global_threshold", "class_probs", "queue_probs", "queue_embeddings"):
+        np.testing.assert_array_equal(grad_state[key], 0.0, err_msg=key)
+    assert np.abs(grad_outputs["unlabeled_strong0"]["logits"]).max() > 0
