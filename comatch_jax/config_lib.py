@@ -115,7 +115,12 @@ def base_config() -> ml_collections.ConfigDict:
     config.comatch.alpha = 0.9  # weight of the model's own prediction in memory smoothing
     config.comatch.temperature = 0.2  # t
     config.comatch.contrast_threshold = 0.8  # T, pseudo-label graph
-    config.comatch.threshold = 0.95  # tau, confidence mask
+    config.comatch.threshold = 0.95  # tau, confidence mask (threshold_rule 'fixed')
+    # 'fixed': tau above (the paper); 'freematch': FreeMatch's self-adaptive class thresholds
+    # on the memory-smoothed pseudo-labels (EMAs from 1/C, momentum below); T stays fixed.
+    # configs/comatch_adaptive.py sets it.
+    config.comatch.threshold_rule = "fixed"
+    config.comatch.threshold_momentum = 0.999  # lambda of the 'freematch' rule (FreeMatch's)
     config.comatch.lambda_cls = 1.0
     config.comatch.lambda_ctr = 1.0
     config.comatch.queue_size = 640  # K; the official CIFAR value is 5 batches: 5*(mu+1)*B

@@ -250,14 +250,53 @@ def freematch_thresholds(
     """
     probs = jax.lax.stop_gradient(probs.astype(jnp.float32))
     num_classes = probs.shape[-1]
+    thresholds, global_threshold, class_probs = self_adaptive_thresholds(
+        probs, global_threshold, class_probs, momentum=momentum
+    )
+    histogram = jnp.mean(jax.nn.one_hot(jnp.argmax(probs, axis=-1), num_classes), axis=0)
+    class_histogram = momentum * class_histogram + (1.0 - momentum) * histogram
+    return thresholds, global_threshold, class_probs, class_histogram
+
+
+def self_adaptive_thresholds(
+    probs: jax.Array, global_threshold: jax.Array, class_probs: jax.Array, *, momentum: float
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """FreeMatch's self-adaptive threshold rule (Wang et al., ICLR 2023, Eq. 6-8), alone.
+
+    probs [B, C] float (the pseudo-label distributions, targets: no gradient),
+    global_threshold tau_{t-1} [], class_probs p~_{t-1} [C], momentum lambda in [0, 1):
+      tau_t    = lambda tau_{t-1}  + (1 - lambda) mean_b max_c p_b(c)
+      p~_t(c)  = lambda p~_{t-1}(c) + (1 - lambda) mean_b p_b(c)
+      tau_t(c) = p~_t(c) / max_c' p~_t(c') * tau_t
+    updated with this batch first (official order). Returns (class thresholds tau_t(c) [C],
+    tau_t [], p~_t [C]), all float32. Used by FreeMatch (freematch_thresholds) and by
+    CoMatch's comatch.threshold_rule='freematch' on the memory-smoothed pseudo-labels.
+    """
+    probs = jax.lax.stop_gradient(probs.astype(jnp.float32))
     global_threshold = momentum * global_threshold + (1.0 - momentum) * jnp.mean(
         jnp.max(probs, axis=-1)
     )
     class_probs = momentum * class_probs + (1.0 - momentum) * jnp.mean(probs, axis=0)
-    histogram = jnp.mean(jax.nn.one_hot(jnp.argmax(probs, axis=-1), num_classes), axis=0)
-    class_histogram = momentum * class_histogram + (1.0 - momentum) * histogram
     thresholds = class_probs / jnp.max(class_probs) * global_threshold
-    return thresholds, global_threshold, class_probs, class_histogram
+    return thresholds, global_threshold, class_probs
+
+
+def class_threshold_pseudo_label_loss(
+    strong_logits: jax.Array, pseudo_labels: jax.Array, class_thresholds: jax.Array
+) -> tuple[jax.Array, jax.Array]:
+    """CoMatch's L_u^cls (Eq. 9) with a per-class threshold: the soft cross-entropy of the
+    strong view against q, kept where max_c q(c) >= class_thresholds[argmax_c q] (>= as
+    masked_pseudo_label_loss and FreeMatch's official code).
+
+    strong_logits [B, C], pseudo_labels q [B, C] (a target, no gradient), class_thresholds
+    [C] (e.g. self_adaptive_thresholds). Averaged over the whole batch (masked examples count
+    as zero), as CoMatch's official code. Returns (loss [], mask [B] float32).
+    """
+    pseudo_labels = jax.lax.stop_gradient(pseudo_labels)  # q is a target
+    class_thresholds = jax.lax.stop_gradient(class_thresholds)
+    threshold = class_thresholds[jnp.argmax(pseudo_labels, axis=-1)]
+    mask = (jnp.max(pseudo_labels, axis=-1) >= threshold).astype(jnp.float32)
+    return jnp.mean(soft_cross_entropy(strong_logits, pseudo_labels) * mask), mask
 
 
 def freematch_unlabeled_loss(

@@ -126,9 +126,12 @@ def supervised_loss(outputs: Outputs, batch: dict, method_state: dict, config) -
 def init_comatch_state(
     config: ml_collections.ConfigDict, num_classes: int, embedding_dim: int
 ) -> dict[str, jax.Array]:
-    """Memory queue of (embedding, class probability) pairs and the DA history."""
+    """Memory queue of (embedding, class probability) pairs and the DA history; with
+    comatch.threshold_rule='freematch' also FreeMatch's EMAs tau_0 = 1/C (`global_threshold`)
+    and p~_0 = 1/C per class (`class_probs`), the paper's start. Fixed-threshold runs carry
+    no extra state (their checkpoints keep their structure)."""
     options = config.comatch
-    return {
+    state = {
         "queue_embeddings": jnp.zeros((options.queue_size, embedding_dim), jnp.float32),
         "queue_probs": jnp.zeros((options.queue_size, num_classes), jnp.float32),
         "queue_pointer": jnp.zeros((), jnp.int32),
@@ -136,6 +139,18 @@ def init_comatch_state(
         "da_history": jnp.zeros((options.da_length, num_classes), jnp.float32),
         "da_count": jnp.zeros((), jnp.int32),
     }
+    if _threshold_rule(config) == "freematch":
+        state["global_threshold"] = jnp.asarray(1.0 / num_classes, jnp.float32)
+        state["class_probs"] = jnp.full((num_classes,), 1.0 / num_classes, jnp.float32)
+    return state
+
+
+THRESHOLD_RULES = ("fixed", "freematch")
+
+
+def _threshold_rule(config: ml_collections.ConfigDict) -> str:
+    """comatch.threshold_rule ('fixed' when absent, e.g. a config written before it existed)."""
+    return config.comatch.get("threshold_rule", "fixed")
 
 
 def comatch_loss(outputs: Outputs, batch: dict, state: dict, config) -> tuple:
@@ -145,6 +160,17 @@ def comatch_loss(outputs: Outputs, batch: dict, state: dict, config) -> tuple:
     queue is full; q masks and targets the first strong view and builds W^q; the two strong
     views' embeddings build W^z. The queue then receives the weak views' embeddings with
     the aligned, unsmoothed probabilities (unlabeled) and one-hot labels (labeled).
+
+    comatch.threshold_rule: 'fixed' (the paper) keeps q where max q >= comatch.threshold;
+    'freematch' keeps q where max q >= tau_t(argmax q), FreeMatch's self-adaptive class
+    thresholds (losses.self_adaptive_thresholds, momentum comatch.threshold_momentum) computed
+    from q itself, starting at 1/C, so a young model learns from its unlabeled images from the
+    first steps. Not in the CoMatch or FreeMatch papers; this library's combination. The
+    pseudo-label graph's threshold T (comatch.contrast_threshold) stays fixed under both
+    rules: T thresholds the similarity q_b . q_j of two pseudo-labels (which pairs count as
+    positives in L_u^ctr), not a confidence, and a threshold that starts at 1/C would join
+    most pairs of a young model's near-uniform q's into wrong positives; with the self-loops
+    W^q always has its instance pairs, so L_u^ctr teaches from the first step anyway.
     """
     options = config.comatch
     num_classes = outputs["labeled_weak"]["logits"].shape[-1]
@@ -170,9 +196,24 @@ def comatch_loss(outputs: Outputs, batch: dict, state: dict, config) -> tuple:
     queue_size = state["queue_embeddings"].shape[0]
     pseudo_labels = jnp.where(state["queue_filled"] >= queue_size, smoothed, probs)
 
-    loss_u, mask = losses.masked_pseudo_label_loss(
-        outputs["unlabeled_strong0"]["logits"], pseudo_labels, threshold=options.threshold
-    )
+    adaptive = {}
+    if _threshold_rule(config) == "freematch":
+        # FreeMatch's self-adaptive rule on q (the memory-smoothed pseudo-labels): tau_t(c)
+        # replaces the fixed tau of L_u^cls only; W^q keeps its fixed T (contrast_threshold).
+        thresholds, global_threshold, class_probs = losses.self_adaptive_thresholds(
+            pseudo_labels,
+            state["global_threshold"],
+            state["class_probs"],
+            momentum=options.threshold_momentum,
+        )
+        loss_u, mask = losses.class_threshold_pseudo_label_loss(
+            outputs["unlabeled_strong0"]["logits"], pseudo_labels, thresholds
+        )
+        adaptive = {"global_threshold": global_threshold, "class_probs": class_probs}
+    else:
+        loss_u, mask = losses.masked_pseudo_label_loss(
+            outputs["unlabeled_strong0"]["logits"], pseudo_labels, threshold=options.threshold
+        )
     target_graph = losses.pseudo_label_graph(pseudo_labels, threshold=options.contrast_threshold)
     similarity_graph = losses.embedding_graph(
         outputs["unlabeled_strong0"]["embedding"],
@@ -195,6 +236,7 @@ def comatch_loss(outputs: Outputs, batch: dict, state: dict, config) -> tuple:
         "queue_filled": jnp.minimum(state["queue_filled"] + new_embeddings.shape[0], queue_size),
         "da_history": da_history,
         "da_count": da_count,
+        **adaptive,
     }
     metrics = {
         "loss_x": loss_x,
@@ -203,6 +245,8 @@ def comatch_loss(outputs: Outputs, batch: dict, state: dict, config) -> tuple:
         "mask_rate": jnp.mean(mask),
         "pseudo_label_acc": _pseudo_label_accuracy(pseudo_labels, mask, batch),
     }
+    if adaptive:
+        metrics["global_threshold"] = adaptive["global_threshold"]
     return loss, (new_state, metrics)
 
 
@@ -420,6 +464,16 @@ def check_comatch_options(config: ml_collections.ConfigDict) -> list[Check]:
         (
             _probability(options.threshold),
             f"comatch.threshold must be in [0, 1], got {options.threshold}",
+        ),
+        (
+            _threshold_rule(config) in THRESHOLD_RULES,
+            f"comatch.threshold_rule must be one of {THRESHOLD_RULES}, "
+            f"got {_threshold_rule(config)!r}",
+        ),
+        (
+            0.0 <= options.get("threshold_momentum", 0.999) < 1.0,
+            "comatch.threshold_momentum must be in [0, 1), "
+            f"got {options.get('threshold_momentum')}",
         ),
     ]
 

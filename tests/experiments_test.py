@@ -143,3 +143,68 @@ def test_make_synthetic_folder_writes_the_image_folder_layout(tmp_path):
         text=True,
     )
     assert result.returncode != 0 and "is not empty" in result.stderr.strip().splitlines()[-1]
+
+
+def test_adaptive_thresholds_tabulates_accuracy_and_mask_rate_over_time(tmp_path):
+    """2 methods x 4 steps on a tiny image folder through the real entry point; a second
+    call reports the finished runs without rerunning them."""
+    folder = tmp_path / "folder"
+    result = subprocess.run(
+        [
+            sys.executable,
+            "experiments/make_synthetic_folder.py",
+            f"--out={folder}",
+            "--num_labeled=6",
+            "--num_unlabeled=12",
+            "--num_val=6",
+            "--num_classes=3",
+            "--image_size=16",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = tmp_path / "table.md"
+    command = [
+        sys.executable,
+        "experiments/adaptive_thresholds.py",
+        "--datasets=folder",
+        "--methods=supervised,comatch_adaptive",
+        "--steps=4",
+        "--log_every=2",
+        "--points=0.5,1.0",
+        f"--folder={folder}",
+        "--image_size=16",
+        f"--workdir={tmp_path / 'runs'}",
+        f"--out={out}",
+        "--override=config.batch_size=2",
+        "--override=config.model.widths=(8,16)",
+        "--override=config.model.low_dim=8",
+        "--override=config.comatch.queue_size=16",
+        "--override=config.eval_batch_size=16",
+    ]
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = out.read_text().splitlines()
+    header = next(line for line in lines if line.startswith("| method"))
+    assert "mask rate @50%" in header and "mask rate @100%" in header
+    assert "pseudo-label" not in header  # an image folder has no unlabeled truth
+    rows = {line.split(" | ")[0][2:]: line.split(" | ") for line in lines if line.startswith("| ")}
+    supervised, adaptive = rows["Supervised only"], rows["CoMatch + FreeMatch threshold"]
+    assert supervised[4:7] == ["—", "—", "— |"]  # no unlabeled loss, no mask rate
+    for cell in adaptive[4:6]:  # thresholds start at 1/C: most pseudo-labels are kept
+        assert cell.endswith("%") and 0.0 <= float(cell[:-1]) <= 100.0
+    tau = float(adaptive[6].rstrip(" |"))  # 4 steps at momentum 0.999: still near 1/C
+    assert 0.333 <= tau < 0.5
+    runs = tmp_path / "runs" / "folder"
+    for name in ("supervised_seed0", "comatch_adaptive_seed0"):
+        summary = json.loads((runs / name / "summary.json").read_text())
+        assert summary["final_step"] == 4
+    # Resumable: the finished runs are reported, not rerun.
+    before = (runs / "comatch_adaptive_seed0.log").read_text()
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "comatch_jax.main" not in result.stdout
+    assert (runs / "comatch_adaptive_seed0.log").read_text() == before
+    assert out.read_text().splitlines()[: len(lines)] == lines

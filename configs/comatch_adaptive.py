@@ -1,0 +1,27 @@
+"""CoMatch with FreeMatch's self-adaptive threshold (comatch.threshold_rule='freematch').
+
+CoMatch (Li, Xiong, Hoi 2021) whose L_u^cls keeps a memory-smoothed pseudo-label q where
+max q >= tau_t(argmax q), FreeMatch's self-adaptive class thresholds (Wang et al., ICLR 2023,
+Eq. 6-8: tau_t the EMA of the mean max q, p~_t the EMA of the mean q, tau_t(c) =
+p~_t(c) / max p~_t * tau_t), both starting at 1/C with momentum 0.999, instead of the fixed
+tau = 0.95, so that a young model learns from its unlabeled images from the first steps. The
+pseudo-label graph keeps its fixed threshold T = comatch.contrast_threshold (see
+methods.comatch_loss). This combination is in neither paper; experiments/RESULTS.md has what
+was measured.
+
+  python -m comatch_jax.main --config=configs/comatch_adaptive.py --workdir=/tmp/run
+
+Takes comatch.py's presets (configs/comatch_adaptive.py:cifar10_40, ...), with the same
+settings except the threshold rule. Equivalent to configs/comatch.py with
+--config.comatch.threshold_rule=freematch.
+"""
+
+from comatch_jax import config_lib
+
+
+def get_config(preset: str = ""):
+    config = config_lib.apply_preset(config_lib.base_config(), preset)
+    config.method = "comatch"
+    config.comatch.threshold_rule = "freematch"
+    config.comatch.threshold_momentum = 0.999  # FreeMatch's lambda
+    return config
