@@ -3,13 +3,11 @@ options (backbone lr scale, heads-only warm start, frozen BatchNorm), and a shor
 run from converted weights that resumes identically. NumPy + safetensors only (no torch)."""
 
 import json
-import os
 import shutil
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 from safetensors.numpy import save_file
 
