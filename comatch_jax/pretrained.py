@@ -9,7 +9,7 @@ The conversion itself is comatch_jax.torch_weights. Imports neither TensorFlow n
 from __future__ import annotations
 
 import time
-from typing import Any, Callable
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
