@@ -504,17 +504,33 @@ def plot_feature_maps(image: np.ndarray, maps: dict[str, np.ndarray], title: str
 
 
 def project_2d(embeddings: np.ndarray, method: str, seed: int) -> np.ndarray:
-    """[N, D] -> [N, 2] with scikit-learn's PCA or t-SNE."""
+    """[N, D] -> [N, 2] with scikit-learn's PCA or t-SNE.
+
+    PCA of fewer than 2 points (or dimensions) has fewer components: the missing coordinate
+    is 0. t-SNE's perplexity is min(30, max(2, (N - 1) / 3), N - 1) (scikit-learn needs it
+    below N); it needs at least 2 points. Raises ValueError (one line) otherwise.
+    """
+    embeddings = np.asarray(embeddings)
+    num = len(embeddings)
     if method == "pca":
         from sklearn.decomposition import PCA
 
-        return PCA(n_components=2, random_state=seed).fit_transform(embeddings)
+        if num == 0:
+            raise ValueError("No embeddings to project; analyze needs at least one test image.")
+        components = min(2, num, embeddings.shape[1])
+        points = PCA(n_components=components, random_state=seed).fit_transform(embeddings)
+        return np.pad(points, ((0, 0), (0, 2 - components)))
     if method == "tsne":
         from sklearn.manifold import TSNE
 
-        perplexity = min(30.0, max(2.0, (len(embeddings) - 1) / 3))
+        if num < 2:
+            raise ValueError(
+                f"--embedding=tsne needs at least 2 test images, got {num}; use "
+                "--embedding=pca or a larger --max_images."
+            )
+        perplexity = min(30.0, max(2.0, (num - 1) / 3), float(num - 1))
         # Exact gradients are faster than Barnes-Hut below about a thousand points.
-        method = "exact" if len(embeddings) <= EXACT_TSNE_POINTS else "barnes_hut"
+        method = "exact" if num <= EXACT_TSNE_POINTS else "barnes_hut"
         tsne = TSNE(
             n_components=2, perplexity=perplexity, init="pca", method=method, random_state=seed
         )
@@ -578,6 +594,12 @@ def write_analysis(
     if not 0 <= image_index < len(data.test_labels):
         raise ValueError(
             f"--image_index must be in 0..{len(data.test_labels) - 1} (a test image), got {image_index}."
+        )
+    if embedding == "tsne" and min(len(data.test_labels), max_images) < 2:
+        raise ValueError(
+            f"--embedding=tsne needs at least 2 test images, got "
+            f"{min(len(data.test_labels), max_images)}; use --embedding=pca or a larger "
+            "--max_images."
         )
     os.makedirs(out_dir, exist_ok=True)
     path = lambda name: os.path.join(out_dir, name)
