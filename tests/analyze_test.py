@@ -200,7 +200,9 @@ def test_cifar_like_folder_rows_show_each_class_its_own_confusions(tmp_path):
     images = np.random.default_rng(0).integers(0, 255, (50, 8, 8, 3)).astype(np.uint8)
     for over in (False, True):
         name = f"{'over' if over else 'under'}.png"
-        analyze.plot_class_samples(images, labels, predicted, names, str(tmp_path / name), over=over)
+        analyze.plot_class_samples(
+            images, labels, predicted, names, str(tmp_path / name), over=over
+        )
         _check_image(tmp_path / name)
 
 
