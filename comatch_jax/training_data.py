@@ -137,6 +137,26 @@ def _check_num_classes(dataset) -> None:
         )
 
 
+def _check_image_size(config: ml_collections.ConfigDict, dataset) -> None:
+    """small_cnn halves the image len(widths) - 1 times (VALID 2x2 pooling): a smaller image
+    leaves no pixels and every output is NaN (the strided convolutions of wide_resnet and
+    resnet pad, so any size works)."""
+    if config.model.name != "small_cnn":
+        return
+    height, width = dataset.train_images.shape[1:3]
+    needed = 2 ** (len(config.model.widths) - 1)
+    if min(height, width) < needed:
+        advice = (
+            f"set --config.dataset.image_size={needed} or more"
+            if dataset.name == "image_folder"
+            else f"use at most {int(np.log2(min(height, width))) + 1} model.widths"
+        )
+        raise ValueError(
+            f"model small_cnn with {len(config.model.widths)} widths needs images of at least "
+            f"{needed}x{needed} pixels, the data has {height}x{width}; {advice}."
+        )
+
+
 def prepare_data(config: ml_collections.ConfigDict, dataset: Any = None) -> SemiSupervisedData:
     """Loads the dataset (unless given) and splits it into labeled and unlabeled parts.
 
@@ -152,6 +172,7 @@ def prepare_data(config: ml_collections.ConfigDict, dataset: Any = None) -> Semi
         else:
             dataset = datasets.load_dataset(config.dataset)
     _check_num_classes(dataset)
+    _check_image_size(config, dataset)
     mean, std = datasets.resolve_normalization(config.dataset.mean, config.dataset.std, dataset)
     extras = {"mean": mean, "std": std, "fingerprint": datasets.data_fingerprint(dataset)}
     if dataset.name == "image_folder":

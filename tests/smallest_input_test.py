@@ -221,3 +221,15 @@ def test_predict_advises_a_flag_that_works(smallest_run, tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     with open(out, newline="") as f:
         assert [r["path"] for r in csv.DictReader(f)] == ["good.png"]
+
+
+def test_images_too_small_for_the_model_are_refused_before_the_workdir(tmp_path):
+    _smallest_folder(str(tmp_path / "data"))
+    config = _config(tmp_path / "data")
+    config.dataset.image_size = 2  # small_cnn widths (8, 16): one 2x2 pooling is fine
+    training_data.prepare_data(config)
+    config.model.widths = (8, 16, 32)  # two poolings need 4x4 pixels
+    message = r"needs images of at least 4x4 pixels, the data has 2x2; set --config.dataset"
+    with pytest.raises(ValueError, match=message) as error:
+        train.train_and_evaluate(config, str(tmp_path / "run"), writer=RecordingWriter())
+    assert "\n" not in str(error.value) and not os.path.exists(tmp_path / "run")
