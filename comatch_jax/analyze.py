@@ -518,7 +518,8 @@ def project_2d(embeddings: np.ndarray, method: str, seed: int) -> np.ndarray:
         if num == 0:
             raise ValueError("No embeddings to project; analyze needs at least one test image.")
         components = min(2, num, embeddings.shape[1])
-        points = PCA(n_components=components, random_state=seed).fit_transform(embeddings)
+        with np.errstate(invalid="ignore", divide="ignore"):  # 1 point: no variance to explain
+            points = PCA(n_components=components, random_state=seed).fit_transform(embeddings)
         return np.pad(points, ((0, 0), (0, 2 - components)))
     if method == "tsne":
         from sklearn.manifold import TSNE
