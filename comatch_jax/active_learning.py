@@ -10,6 +10,10 @@ Files:
   * labels CSV, the answers (from a person, or comatch_jax.oracle offline): `id,label`, read by
     training through `config.dataset.extra_labels_csv`.
 An id is the image's index in the dataset's train split, so it is stable across runs.
+CSVs are read as the csv module and spreadsheets agree: UTF-8 with or without a byte-order
+mark, LF or CRLF line ends, quoted fields, blank lines ignored. File names are written as the
+file system holds them (quoted where needed; undecodable bytes kept via surrogateescape), so
+every name round-trips. Files are written whole (comatch_jax.atomic_files).
 No TensorFlow here: this runs with numpy alone.
 """
 
@@ -21,10 +25,17 @@ from typing import Sequence
 
 import numpy as np
 
+from comatch_jax import atomic_files
+
 SCORE_STRATEGIES = ("entropy", "margin", "least_confidence", "random")
 STRATEGIES = SCORE_STRATEGIES + ("kcenter",)
 REQUEST_COLUMNS = ("id", "score", "predicted_class", "predicted_class_name")
 LABEL_COLUMNS = ("id", "label")
+
+# How CSVs are read and written: a spreadsheet's byte-order mark is dropped on reading; file
+# names that are not valid UTF-8 (POSIX allows any bytes) round-trip as surrogate escapes.
+CSV_READ = {"encoding": "utf-8-sig", "errors": "surrogateescape", "newline": ""}
+CSV_WRITE = {"encoding": "utf-8", "errors": "surrogateescape", "newline": ""}
 
 # Rows of the distance matrix computed at once in k-center greedy (bounds memory).
 _DISTANCE_CHUNK = 4096
@@ -196,9 +207,8 @@ def write_requests_csv(
     paths: Sequence[str] | None = None,
 ) -> None:
     """Writes the requests CSV, one row per requested image, in the given order; with
-    `paths` (image-folder runs) a `path` column names each image's file."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "w", newline="") as f:
+    `paths` (image-folder runs) a `path` column names each image's file. Written whole."""
+    with atomic_files.open_atomic(path, "w", **CSV_WRITE) as f:
         writer = csv.writer(f)
         writer.writerow(REQUEST_COLUMNS + (("path",) if paths is not None else ()))
         for i, (image_id, score, predicted) in enumerate(zip(ids, scores, predicted_classes)):
@@ -211,38 +221,93 @@ def write_requests_csv(
             writer.writerow(row + ([paths[i]] if paths is not None else []))
 
 
+def read_csv_table(
+    path: str, columns: Sequence[str]
+) -> tuple[list[str], list[tuple[int, list[str]]]]:
+    """(header, [(line number, fields), ...]) of a CSV that must have `columns` in its header.
+
+    Reads as spreadsheets save: a UTF-8 byte-order mark is dropped, CRLF or LF line ends,
+    quoted fields (which may hold commas, quotes and line breaks), header names stripped of
+    surrounding spaces; rows whose fields are all blank are skipped. Line numbers are those of
+    the row's first physical line. Raises FileNotFoundError or ValueError, one line naming
+    the file.
+    """
+    try:
+        with open(path, **CSV_READ) as f:
+            reader = csv.reader(f)
+            table = []
+            line = reader.line_num + 1
+            for row in reader:
+                table.append((line, row))
+                line = reader.line_num + 1
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: no such file.") from None
+    except (OSError, csv.Error) as e:
+        raise ValueError(f"{path}: cannot read it as CSV ({e}).") from e
+    table = [(line, row) for line, row in table if any(cell.strip() for cell in row)]
+    expected = ",".join(columns)
+    if not table:
+        raise ValueError(f"{path} is empty; expected a header with columns {expected}.")
+    header = [name.strip() for name in table[0][1]]
+    missing = [name for name in columns if name not in header]
+    if missing:
+        raise ValueError(
+            f"{path}: the header {_show_header(header)} lacks column(s) {','.join(missing)}; "
+            f"expected a header with columns {expected}."
+        )
+    rows = table[1:]
+    for line, row in rows:
+        if len(row) != len(header):
+            raise ValueError(
+                f"{path} line {line}: {len(row)} fields, the header has {len(header)} "
+                "(quote fields that hold commas)."
+            )
+    return header, rows
+
+
+def _show_header(header: Sequence[str]) -> str:
+    """The header as read, with any invisible or odd characters made visible."""
+    shown = ",".join(header)
+    if all(name.isprintable() and name.isascii() for name in header):
+        return repr(shown)
+    return ascii(shown)
+
+
 def read_folder_labels_csv(
     path: str, *, root: str, unlabeled_paths: Sequence[str], class_names: Sequence[str]
 ) -> tuple[np.ndarray, np.ndarray]:
     """Reads the answers to an image-folder run's requests: a CSV with columns `path,label`.
 
     `path` is an image under root/unlabeled/ (absolute, or relative to the root as in the
-    requests CSV); `label` is a class name (a folder name under labeled/) or its index.
-    Returns (rows of `unlabeled_paths`, labels), int32; errors are one line naming the file.
+    requests CSV), exactly as the requests CSV names it (any characters, quoted as the csv
+    module does; spaces around it are ignored only when no file has them); `label` is a
+    class name (a folder name under labeled/) or its index. Returns (rows of
+    `unlabeled_paths`, labels), int32; errors are one line naming the file.
     """
-    try:
-        with open(path, newline="") as f:
-            rows = [row for row in csv.DictReader(f)]
-            header = rows[0].keys() if rows else []
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: no such file.") from None
-    except (OSError, UnicodeDecodeError, csv.Error) as e:
-        raise ValueError(f"{path}: cannot read it as CSV ({e}).") from e
-    if not rows or any(column not in header for column in ("path", "label")):
-        raise ValueError(f"{path}: expected a header with columns path,label and at least one row.")
+    header, rows = read_csv_table(path, ("path", "label"))
+    if not rows:
+        raise ValueError(f"{path} has a header but no rows; add path,label rows or unset it.")
+    path_column, label_column = header.index("path"), header.index("label")
     position = {p: i for i, p in enumerate(unlabeled_paths)}
     class_index = {name: i for i, name in enumerate(class_names)}
     root = os.path.abspath(root)
-    indices, labels = [], []
-    for line, row in enumerate(rows, start=2):
-        image = (row["path"] or "").strip()
+
+    def find(image: str) -> int | None:
         relative = os.path.relpath(image, root) if os.path.isabs(image) else os.path.normpath(image)
-        if relative not in position:
+        return position.get(relative)
+
+    indices, labels = [], []
+    for line, row in rows:
+        image = row[path_column]
+        found = find(image)
+        if found is None and image.strip() != image:
+            found = find(image.strip())
+        if found is None:
             raise ValueError(
                 f"{path} line {line}: {image!r} is not an image of {root}/unlabeled/ "
                 f"(paths are absolute or relative to {root})."
             )
-        label = (row["label"] or "").strip()
+        label = row[label_column].strip()
         if label in class_index:
             labels.append(class_index[label])
         elif label.isdigit() and int(label) < len(class_names):
@@ -253,54 +318,33 @@ def read_folder_labels_csv(
                 f"({', '.join(class_names[:5])}{', ...' if len(class_names) > 5 else ''}) "
                 f"nor an index 0..{len(class_names) - 1}."
             )
-        indices.append(position[relative])
+        indices.append(found)
     unique, counts = np.unique(indices, return_counts=True)
     if np.any(counts > 1):
         raise ValueError(
-            f"{path}: {unlabeled_paths[unique[counts > 1][0]]} appears more than once."
+            f"{path}: {unlabeled_paths[unique[counts > 1][0]]!r} appears more than once."
         )
     return np.asarray(indices, np.int32), np.asarray(labels, np.int32)
 
 
 def write_labels_csv(path: str, ids: np.ndarray, labels: np.ndarray) -> None:
-    """Writes the labels CSV (`id,label`)."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "w", newline="") as f:
+    """Writes the labels CSV (`id,label`), whole (a temporary file renamed when complete)."""
+    with atomic_files.open_atomic(path, "w", **CSV_WRITE) as f:
         writer = csv.writer(f)
         writer.writerow(LABEL_COLUMNS)
         writer.writerows([int(i), int(label)] for i, label in zip(ids, labels))
 
 
 def _read_int_columns(path: str, columns: Sequence[str]) -> dict[str, np.ndarray]:
-    """Reads integer `columns` of a CSV with a header; one-line ValueError if malformed."""
-    try:
-        with open(path, newline="") as f:
-            rows = list(csv.reader(f))
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: no such file.") from None
-    except (OSError, UnicodeDecodeError, csv.Error) as e:
-        raise ValueError(f"{path}: cannot read it as CSV ({e}).") from e
-    if not rows:
-        raise ValueError(f"{path} is empty; expected a header with columns {','.join(columns)}.")
-    header = [name.strip() for name in rows[0]]
-    missing = [name for name in columns if name not in header]
-    if missing:
-        raise ValueError(
-            f"{path} has columns {','.join(header)}; expected {','.join(columns)} "
-            f"(missing {','.join(missing)})."
-        )
+    """Reads integer `columns` of a CSV with a header (read_csv_table); one-line ValueError
+    if malformed."""
+    header, rows = read_csv_table(path, columns)
     positions = [header.index(name) for name in columns]
     values = {name: [] for name in columns}
-    for line, row in enumerate(rows[1:], start=2):
-        if not any(cell.strip() for cell in row):
-            continue  # a blank line
-        if len(row) != len(header):
-            raise ValueError(
-                f"{path} line {line}: {len(row)} fields, the header has {len(header)}."
-            )
+    for line, row in rows:
         for name, position in zip(columns, positions):
             try:
-                values[name].append(int(row[position]))
+                values[name].append(int(row[position].strip()))
             except ValueError:
                 raise ValueError(
                     f"{path} line {line}: {name} {row[position]!r} is not an integer."

@@ -8,15 +8,20 @@ writes to DIR:
                                each sorted by count, side by side (CoMatch-at-scale paper, Fig. 3)
   predicted_counts_scatter.png per-class predicted share, unlabeled vs test
   prediction_bias.png          predicted minus true count per test class, sorted
-  under_predicted_samples.png  the most under-predicted classes: their test images the model
-                               missed, with what it predicted (Fig. 5)
-  over_predicted_samples.png   the most over-predicted classes: test images wrongly put there
+  under_predicted_samples.png  the most under-predicted classes (most negative predicted minus
+                               true count): their test images the model missed, grouped by
+                               its most frequent confusions (Fig. 5)
+  over_predicted_samples.png   the most over-predicted classes (most positive bias): test images
+                               wrongly put there, grouped by their most frequent true classes
   confusion_matrix.png         row-normalised confusion matrix on the test set
   per_class_accuracy.png       test accuracy of every class
   feature_maps.png             encoder convolution outputs for one test image (Fig. 4)
   embedding_pca.png            2-D PCA (or t-SNE) of the CoMatch embeddings, coloured by class
 The model is the run's EMA model, the one evaluation reports. At most --max_images images of
 each set are scored (a seeded random subset), which keeps a CPU run to a minute or so.
+A metric the run did not log (e.g. pseudo_label_acc of an image folder, which has no ground
+truth for its unlabeled images) is left out of the curves, never drawn as 0. Every file is
+written whole (a temporary file renamed when complete, comatch_jax.atomic_files).
 """
 
 from __future__ import annotations
@@ -31,16 +36,18 @@ import matplotlib.pyplot as plt
 import numpy as np
 from absl import app, flags, logging
 
-from comatch_jax import inference, runs, training_data
+from comatch_jax import atomic_files, inference, runs, training_data
 
 # The trainer's metrics file (comatch_jax.metric_writing writes it; read here without clu).
 METRICS_JSONL = "metrics.jsonl"
 
 FLAGS = flags.FLAGS
 
-# Classes drawn in the sample grids, images per class, feature-map layers and channels.
+# Classes drawn in the sample grids, images per class, confusions per class shown in a row,
+# feature-map layers and channels.
 NUM_SAMPLE_CLASSES = 3
 SAMPLES_PER_CLASS = 8
+CONFUSIONS_PER_CLASS = 3
 MAX_LAYERS = 6
 CHANNELS_PER_LAYER = 8
 # Points in the embedding plot (t-SNE is quadratic) and classes that still get tick labels.
@@ -101,6 +108,52 @@ def prediction_bias(labels: np.ndarray, predicted: np.ndarray, num_classes: int)
     return class_counts(predicted, num_classes) - class_counts(labels, num_classes)
 
 
+def most_biased_classes(bias: np.ndarray, *, over: bool, count: int) -> np.ndarray:
+    """The `count` (or fewer) classes most over-predicted (`over`: bias > 0, most positive
+    first) or most under-predicted (bias < 0, most negative first), ranked by SIGNED bias;
+    ties go to the lower class index. A class with bias 0 or of the other sign never appears."""
+    bias = np.asarray(bias)
+    signed = bias if over else -bias
+    order = np.argsort(-signed, kind="stable")
+    return order[signed[order] > 0][:count]
+
+
+def confusion_samples(
+    labels: np.ndarray,
+    predicted: np.ndarray,
+    c: int,
+    *,
+    over: bool,
+    count: int = SAMPLES_PER_CLASS,
+    max_confusions: int = CONFUSIONS_PER_CLASS,
+) -> tuple[np.ndarray, list[tuple[int, int]]]:
+    """Examples of class `c`'s most frequent confusions, and those confusions.
+
+    The mistakes are images of class c predicted as another class (under-predicted view) or
+    images of another class predicted as c (`over`). They are grouped by the other class;
+    the `max_confusions` largest groups (ties: lower class index) share the `count` slots
+    evenly, a group with too few images leaving its slots to the next ones; within a group
+    images keep file order. Returns (indices into labels, grouped, largest confusion first)
+    and [(other class, number of such mistakes)] of the groups shown.
+    """
+    labels, predicted = np.asarray(labels), np.asarray(predicted)
+    mistakes = (predicted == c) & (labels != c) if over else (labels == c) & (predicted != c)
+    others = labels if over else predicted
+    indices = np.flatnonzero(mistakes)
+    classes, sizes = np.unique(others[indices], return_counts=True)
+    ranked = np.lexsort((classes, -sizes))[:max_confusions]
+    groups = [(int(classes[g]), int(sizes[g])) for g in ranked]
+    quota = [0] * len(groups)
+    left = count
+    while left > 0 and any(q < size for q, (_, size) in zip(quota, groups)):
+        for g, (_, size) in enumerate(groups):
+            if left > 0 and quota[g] < size:
+                quota[g] += 1
+                left -= 1
+    chosen = [indices[others[indices] == other][:q] for (other, _), q in zip(groups, quota)]
+    return (np.concatenate(chosen) if chosen else np.zeros(0, np.int64)), groups
+
+
 def subset(num: int, max_images: int, seed: int) -> np.ndarray:
     """Sorted indices of at most `max_images` of `num` items (all of them if few enough)."""
     if num <= max_images:
@@ -112,8 +165,16 @@ def subset(num: int, max_images: int, seed: int) -> np.ndarray:
 
 
 def _save(fig: Any, path: str) -> str:
-    fig.savefig(path, dpi=110, bbox_inches="tight", facecolor="white")
-    plt.close(fig)
+    """Writes `fig` as a PNG to `path`, whole (temporary name, then rename), and closes it."""
+    try:
+        atomic_files.write_atomic(
+            path,
+            lambda temp: fig.savefig(
+                temp, format="png", dpi=110, bbox_inches="tight", facecolor="white"
+            ),
+        )
+    finally:
+        plt.close(fig)
     return path
 
 
@@ -140,8 +201,21 @@ def _show_image(ax: Any, image: np.ndarray) -> None:
     ax.set_yticks([])
 
 
-def plot_training_curves(training: list[dict], evaluation: list[dict], path: str) -> str:
-    """Losses, mask rate / pseudo-label accuracy, learning rate and test accuracy vs step."""
+def plot_training_curves(
+    training: list[dict], evaluation: list[dict], path: str, omit: Sequence[str] = ()
+) -> str:
+    """Losses, mask rate / pseudo-label accuracy, learning rate and test accuracy vs step.
+
+    Only logged values are drawn: a metric missing from a record is not a point (never 0),
+    a metric missing from every record has no line, and the names in `omit` are not drawn
+    (e.g. pseudo_label_acc of a run without ground truth for its unlabeled images)."""
+    return _save(training_curves_figure(training, evaluation, omit), path)
+
+
+def training_curves_figure(
+    training: list[dict], evaluation: list[dict], omit: Sequence[str] = ()
+) -> Any:
+    """The figure of plot_training_curves (one line per logged metric, labelled by name)."""
     fig, axes = plt.subplots(2, 2, figsize=(11, 7))
     panels = [
         (axes[0, 0], training, ("loss", "loss_x", "loss_u", "loss_ctr"), "losses"),
@@ -151,7 +225,9 @@ def plot_training_curves(training: list[dict], evaluation: list[dict], path: str
     ]
     for ax, records, keys, title in panels:
         for key in keys:
-            points = [(r["step"], r[key]) for r in records if key in r]
+            if key in omit:
+                continue
+            points = [(r["step"], r[key]) for r in records if r.get(key) is not None]
             if points:
                 steps, values = zip(*points)
                 label = {"test_accuracy": "EMA model", "test_accuracy_raw": "raw model"}.get(
@@ -169,7 +245,7 @@ def plot_training_curves(training: list[dict], evaluation: list[dict], path: str
             ax.text(0.5, 0.5, "not logged", ha="center", va="center", transform=ax.transAxes)
     fig.suptitle("Training curves")
     fig.tight_layout()
-    return _save(fig, path)
+    return fig
 
 
 def plot_predicted_distribution(
@@ -260,29 +336,50 @@ def plot_class_samples(
 ) -> str:
     """A grid: one row per most under- (or over-) predicted class, with its mistakes.
 
-    Under-predicted class c: test images of class c predicted as something else.
-    Over-predicted class c: test images of other classes predicted as c.
+    Classes are ranked by signed bias (most_biased_classes); only classes of that sign get a
+    row (none: a one-line note). Under-predicted class c: test images of class c predicted as
+    something else; over-predicted class c: test images of other classes predicted as c;
+    both grouped by the most frequent confusions (confusion_samples), listed with their
+    counts under the class name.
     """
     bias = prediction_bias(labels, predicted, len(class_names))
-    order = np.argsort(-bias if over else bias, kind="stable")[:NUM_SAMPLE_CLASSES]
+    order = most_biased_classes(bias, over=over, count=NUM_SAMPLE_CLASSES)
+    kind = (
+        "Over-predicted: images wrongly predicted as"
+        if over
+        else "Under-predicted: images missed of"
+    )
+    if not len(order):
+        fig, ax = plt.subplots(figsize=(6, 1.5))
+        ax.axis("off")
+        ax.text(
+            0.5,
+            0.5,
+            f"No {'over' if over else 'under'}-predicted class: every class is predicted "
+            f"{'at most' if over else 'at least'} as often as it occurs.",
+            ha="center",
+            va="center",
+            fontsize=9,
+            transform=ax.transAxes,
+        )
+        return _save(fig, path)
     fig, axes = plt.subplots(
         len(order),
         SAMPLES_PER_CLASS + 1,
-        figsize=(1.3 * (SAMPLES_PER_CLASS + 1) + 1.2, 1.6 * len(order) + 0.6),
+        figsize=(1.3 * (SAMPLES_PER_CLASS + 1) + 1.6, 1.6 * len(order) + 0.6),
         squeeze=False,
     )
     for row, c in enumerate(order):
-        if over:
-            chosen = np.flatnonzero((predicted == c) & (labels != c))
-        else:
-            chosen = np.flatnonzero((labels == c) & (predicted != c))
+        chosen, confusions = confusion_samples(labels, predicted, c, over=over)
         header = axes[row, 0]
         header.axis("off")
+        word = "from" if over else "as"
+        top = "\n".join(f"{word} {class_names[o]}: {n}" for o, n in confusions)
         header.text(
             0.0,
             0.5,
-            f"{class_names[c]}\n{abs(bias[c])} too {'many' if over else 'few'}",
-            fontsize=9,
+            f"{class_names[c]}\n{abs(int(bias[c]))} too {'many' if over else 'few'}\n{top}",
+            fontsize=8,
             va="center",
             ha="left",
             transform=header.transAxes,
@@ -309,12 +406,11 @@ def plot_class_samples(
                         fontsize=8,
                         transform=ax.transAxes,
                     )
-    kind = (
-        "Over-predicted: images wrongly predicted as"
-        if over
-        else "Under-predicted: images missed of"
+    fig.suptitle(
+        f"{kind} each class, most frequent confusions first (too many / few: predicted vs "
+        "true count)",
+        fontsize=10,
     )
-    fig.suptitle(f"{kind} each class (too many / few: predicted vs true count)", fontsize=10)
     fig.tight_layout()
     return _save(fig, path)
 
@@ -408,17 +504,34 @@ def plot_feature_maps(image: np.ndarray, maps: dict[str, np.ndarray], title: str
 
 
 def project_2d(embeddings: np.ndarray, method: str, seed: int) -> np.ndarray:
-    """[N, D] -> [N, 2] with scikit-learn's PCA or t-SNE."""
+    """[N, D] -> [N, 2] with scikit-learn's PCA or t-SNE.
+
+    PCA of fewer than 2 points (or dimensions) has fewer components: the missing coordinate
+    is 0. t-SNE's perplexity is min(30, max(2, (N - 1) / 3), N - 1) (scikit-learn needs it
+    below N); it needs at least 2 points. Raises ValueError (one line) otherwise.
+    """
+    embeddings = np.asarray(embeddings)
+    num = len(embeddings)
     if method == "pca":
         from sklearn.decomposition import PCA
 
-        return PCA(n_components=2, random_state=seed).fit_transform(embeddings)
+        if num == 0:
+            raise ValueError("No embeddings to project; analyze needs at least one test image.")
+        components = min(2, num, embeddings.shape[1])
+        with np.errstate(invalid="ignore", divide="ignore"):  # 1 point: no variance to explain
+            points = PCA(n_components=components, random_state=seed).fit_transform(embeddings)
+        return np.pad(points, ((0, 0), (0, 2 - components)))
     if method == "tsne":
         from sklearn.manifold import TSNE
 
-        perplexity = min(30.0, max(2.0, (len(embeddings) - 1) / 3))
+        if num < 2:
+            raise ValueError(
+                f"--embedding=tsne needs at least 2 test images, got {num}; use "
+                "--embedding=pca or a larger --max_images."
+            )
+        perplexity = min(30.0, max(2.0, (num - 1) / 3), float(num - 1))
         # Exact gradients are faster than Barnes-Hut below about a thousand points.
-        method = "exact" if len(embeddings) <= EXACT_TSNE_POINTS else "barnes_hut"
+        method = "exact" if num <= EXACT_TSNE_POINTS else "barnes_hut"
         tsne = TSNE(
             n_components=2, perplexity=perplexity, init="pca", method=method, random_state=seed
         )
@@ -483,6 +596,12 @@ def write_analysis(
         raise ValueError(
             f"--image_index must be in 0..{len(data.test_labels) - 1} (a test image), got {image_index}."
         )
+    if embedding == "tsne" and min(len(data.test_labels), max_images) < 2:
+        raise ValueError(
+            f"--embedding=tsne needs at least 2 test images, got "
+            f"{min(len(data.test_labels), max_images)}; use --embedding=pca or a larger "
+            "--max_images."
+        )
     os.makedirs(out_dir, exist_ok=True)
     path = lambda name: os.path.join(out_dir, name)
     names = run.class_names
@@ -490,7 +609,13 @@ def write_analysis(
 
     training, evaluation = read_metrics(workdir)
     if training or evaluation:
-        written.append(plot_training_curves(training, evaluation, path("training_curves.png")))
+        # Without ground truth for the unlabeled images (an image folder) a logged
+        # pseudo-label accuracy is no measurement (older runs logged it as 0): not drawn.
+        no_truth = len(data.unlabeled_labels) and np.all(np.asarray(data.unlabeled_labels) < 0)
+        omit = ("pseudo_label_acc",) if no_truth else ()
+        written.append(
+            plot_training_curves(training, evaluation, path("training_curves.png"), omit)
+        )
     else:
         logging.warning("No metrics.jsonl in %s: no training curves.", workdir)
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from typing import Any
 
 import ml_collections
 import numpy as np
@@ -52,6 +53,27 @@ def define_flags() -> None:
     flags.mark_flags_as_required(["requests", "out"])
 
 
+def answer_requests(
+    requests_csv: str, out: str, config: ml_collections.ConfigDict, dataset: Any = None
+) -> int:
+    """The command: writes the ground-truth `id,label` answers to `requests_csv` (whole) for
+    the train split of `config.dataset` (or the given `dataset`); returns how many.
+    Raises ValueError (one line) for an image folder, which has no ground truth."""
+    if config.dataset.name == "image_folder":
+        raise ValueError(
+            "an image folder has no ground truth to answer requests with: label the "
+            "requested files by hand as a path,label CSV (label = class folder name), e.g. "
+            "copy the path column of the requests CSV and add a label column."
+        )
+    if dataset is None:
+        from comatch_jax import datasets  # imports TensorFlow lazily, only to read files
+
+        dataset = datasets.load_dataset(config.dataset)
+    ids, labels = ground_truth_labels(requests_csv, dataset.train_labels)
+    active_learning.write_labels_csv(out, ids, labels)
+    return len(ids)
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
@@ -59,21 +81,12 @@ def main(argv):
         if (FLAGS.config is None) == (FLAGS.workdir is None):
             raise ValueError("give exactly one of --config and --workdir.")
         config = FLAGS.config if FLAGS.config is not None else read_run_config(FLAGS.workdir)
-        from comatch_jax import datasets  # imports TensorFlow lazily, only to read files
-
-        if config.dataset.name == "image_folder":
-            raise ValueError(
-                "an image folder has no ground truth to answer requests with: label the "
-                "requested files by hand as a path,label CSV (label = class folder name)."
-            )
-        dataset = datasets.load_dataset(config.dataset)
-        ids, labels = ground_truth_labels(FLAGS.requests, dataset.train_labels)
-        active_learning.write_labels_csv(FLAGS.out, ids, labels)
+        count = answer_requests(FLAGS.requests, FLAGS.out, config)
     except (ValueError, OSError) as error:
         logging.error("%s: %s", type(error).__name__, error)
         sys.exit(f"error: {error}")
     logging.info(
-        "Oracle: wrote %d ground-truth labels to %s (offline evaluation).", len(ids), FLAGS.out
+        "Oracle: wrote %d ground-truth labels to %s (offline evaluation).", count, FLAGS.out
     )
 
 

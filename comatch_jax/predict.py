@@ -16,7 +16,11 @@ import tempfile
 import numpy as np
 from absl import app, flags, logging
 
-from comatch_jax import inference, runs
+from comatch_jax import active_learning, atomic_files, inference, runs
+
+# What the dataset reader advises for an unreadable image, and predict's own flag for it.
+_TRAINING_SKIP_FLAG = "--config.dataset.corrupt_policy=skip"
+_PREDICT_SKIP_FLAG = "--corrupt_policy=skip"
 
 FLAGS = flags.FLAGS
 
@@ -43,7 +47,9 @@ def predict_folder(
     batch_size: int = 256,
     corrupt_policy: str = "fail",
 ) -> int:
-    """Writes the predictions CSV; returns the number of images classified."""
+    """Writes the predictions CSV (whole: a temporary file renamed when complete; paths
+    quoted as the csv module does, so any file name round-trips); returns the number of
+    images classified. Raises ValueError / OSError with one line for bad input."""
     from comatch_jax import datasets  # TensorFlow: file reading only
 
     run = runs.load_run(workdir)
@@ -62,15 +68,19 @@ def predict_folder(
         )
     top_k = max(1, min(top_k, run.num_classes))
     with tempfile.TemporaryDirectory() as cache:
-        images, skipped = datasets.decode_images_to_cache(
-            paths, images_dir, height, os.path.join(cache, "predict.npy"), corrupt_policy
-        )
-        kept = [p for i, p in enumerate(paths) if i not in set(skipped)]
+        try:
+            images, skipped = datasets.decode_images_to_cache(
+                paths, images_dir, height, os.path.join(cache, "predict.npy"), corrupt_policy
+            )
+        except ValueError as error:  # advise predict's flag, not the trainer's config field
+            raise ValueError(str(error).replace(_TRAINING_SKIP_FLAG, _PREDICT_SKIP_FLAG)) from error
+        left_out = set(skipped)
+        kept = [p for i, p in enumerate(paths) if i not in left_out]
         probs = inference.predict(run, np.asarray(images), batch_size)["probs"]
     if skipped:
         logging.warning("Skipped %d unreadable images", len(skipped))
     order = np.argsort(-probs, axis=-1)[:, :top_k]
-    with open(out, "w", newline="") as f:
+    with atomic_files.open_atomic(out, "w", **active_learning.CSV_WRITE) as f:
         writer = csv.writer(f)
         header = ["path", "predicted_class", "confidence"]
         if top_k > 1:

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 from absl import app, flags, logging
 
-from comatch_jax import frozen_feature_probes, inference, runs, training_data
+from comatch_jax import atomic_files, frozen_feature_probes, inference, runs, training_data
 
 FLAGS = flags.FLAGS
 
@@ -60,7 +60,7 @@ def probe_run(
         predicted = frozen_feature_probes.linear_probe_predict(probe, test)
         results["linear_probe_accuracy"] = float(np.mean(np.asarray(predicted) == data.test_labels))
     results["num_labeled"] = int(len(data.labels))
-    with open(os.path.join(workdir, "probe.json"), "w") as f:
+    with atomic_files.open_atomic(os.path.join(workdir, "probe.json")) as f:
         json.dump(results, f, indent=2)
     return results
 

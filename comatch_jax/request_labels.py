@@ -101,35 +101,55 @@ def define_flags() -> None:
     flags.mark_flags_as_required(["workdir", "budget", "out"])
 
 
+def request_labels(
+    workdir: str,
+    out: str,
+    *,
+    budget: int,
+    strategy: str = "entropy",
+    balance_by_predicted_class: bool = False,
+    seed: int = 0,
+    batch_size: int = 1000,
+) -> LabelRequests:
+    """The command: ranks the run's unlabeled images and writes the requests CSV to `out`
+    (whole; image-folder runs add each file's absolute path, quoted as the csv module does,
+    so any file name round-trips). Raises ValueError / OSError with one line."""
+    active_learning.check_strategy(strategy, balance_by_predicted_class)
+    if budget <= 0:
+        raise ValueError(f"--budget must be positive, got {budget}.")
+    run = runs.load_run(workdir)
+    data = training_data.prepare_data(run.config)
+    requests = rank_unlabeled(
+        run,
+        data,
+        budget=budget,
+        strategy=strategy,
+        balance_by_predicted_class=balance_by_predicted_class,
+        seed=seed,
+        batch_size=batch_size,
+    )
+    paths = None
+    if data.unlabeled_paths:  # an image folder: name each requested file
+        root = os.path.abspath(run.config.dataset.root)
+        paths = [os.path.join(root, data.unlabeled_paths[i]) for i in requests.ids]
+    active_learning.write_requests_csv(
+        out, requests.ids, requests.scores, requests.predicted_classes, run.class_names, paths=paths
+    )
+    return requests
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
     try:
-        active_learning.check_strategy(FLAGS.strategy, FLAGS.balance_by_predicted_class)
-        if FLAGS.budget <= 0:
-            raise ValueError(f"--budget must be positive, got {FLAGS.budget}.")
-        run = runs.load_run(FLAGS.workdir)
-        data = training_data.prepare_data(run.config)
-        requests = rank_unlabeled(
-            run,
-            data,
+        requests = request_labels(
+            FLAGS.workdir,
+            FLAGS.out,
             budget=FLAGS.budget,
             strategy=FLAGS.strategy,
             balance_by_predicted_class=FLAGS.balance_by_predicted_class,
             seed=FLAGS.seed,
             batch_size=FLAGS.batch_size,
-        )
-        paths = None
-        if data.unlabeled_paths:  # an image folder: name each requested file
-            root = os.path.abspath(run.config.dataset.root)
-            paths = [os.path.join(root, data.unlabeled_paths[i]) for i in requests.ids]
-        active_learning.write_requests_csv(
-            FLAGS.out,
-            requests.ids,
-            requests.scores,
-            requests.predicted_classes,
-            run.class_names,
-            paths=paths,
         )
     except (ValueError, OSError) as error:
         logging.error("%s: %s", type(error).__name__, error)

@@ -95,8 +95,10 @@ def data_on_device(config: ml_collections.ConfigDict, data: SemiSupervisedData) 
             f"{size} {verb} in {DEVICE_DATA_FRACTION:.0%} of the {free / 2**30:.1f} GiB free "
             f"({what}); --config.data_on_device=True/False overrides"
         )
-    where = "on the device, batches drawn inside the step" if on_device else (
-        "on the host, batches gathered and prefetched there"
+    where = (
+        "on the device, batches drawn inside the step"
+        if on_device
+        else ("on the host, batches gathered and prefetched there")
     )
     logging.info("Images %s: %s.", where, reason)
     return on_device
@@ -122,6 +124,39 @@ def _check_unlabeled_pool(config: ml_collections.ConfigDict, count: int) -> None
         )
 
 
+def _check_num_classes(dataset) -> None:
+    if dataset.num_classes < 2:
+        where = (
+            "class folders under labeled/"
+            if dataset.name == "image_folder"
+            else "classes in the dataset"
+        )
+        raise ValueError(
+            f"{dataset.source} has {dataset.num_classes} class "
+            f"({', '.join(dataset.class_names) or 'none'}); a classifier needs at least 2 {where}."
+        )
+
+
+def _check_image_size(config: ml_collections.ConfigDict, dataset) -> None:
+    """small_cnn halves the image len(widths) - 1 times (VALID 2x2 pooling): a smaller image
+    leaves no pixels and every output is NaN (the strided convolutions of wide_resnet and
+    resnet pad, so any size works)."""
+    if config.model.name != "small_cnn":
+        return
+    height, width = dataset.train_images.shape[1:3]
+    needed = 2 ** (len(config.model.widths) - 1)
+    if min(height, width) < needed:
+        advice = (
+            f"set --config.dataset.image_size={needed} or more"
+            if dataset.name == "image_folder"
+            else f"use at most {int(np.log2(min(height, width))) + 1} model.widths"
+        )
+        raise ValueError(
+            f"model small_cnn with {len(config.model.widths)} widths needs images of at least "
+            f"{needed}x{needed} pixels, the data has {height}x{width}; {advice}."
+        )
+
+
 def prepare_data(config: ml_collections.ConfigDict, dataset: Any = None) -> SemiSupervisedData:
     """Loads the dataset (unless given) and splits it into labeled and unlabeled parts.
 
@@ -136,6 +171,8 @@ def prepare_data(config: ml_collections.ConfigDict, dataset: Any = None) -> Semi
             dataset = load_image_folder_dataset(config)
         else:
             dataset = datasets.load_dataset(config.dataset)
+    _check_num_classes(dataset)
+    _check_image_size(config, dataset)
     mean, std = datasets.resolve_normalization(config.dataset.mean, config.dataset.std, dataset)
     extras = {"mean": mean, "std": std, "fingerprint": datasets.data_fingerprint(dataset)}
     if dataset.name == "image_folder":
@@ -271,4 +308,3 @@ def _folder_data(dataset, config: ml_collections.ConfigDict) -> SemiSupervisedDa
         source=dataset.source,
         unlabeled_paths=tuple(dataset.unlabeled_paths),
     )
-

@@ -153,3 +153,102 @@ def test_counts_behind_the_plots_on_a_hand_case():
     assert list(analyze.subset(5, 10, seed=0)) == [0, 1, 2, 3, 4]
     picked = analyze.subset(100, 10, seed=0)
     assert len(set(picked)) == 10 and np.all(np.diff(picked) > 0)
+
+
+def test_sample_sheets_rank_by_signed_bias_and_show_the_frequent_confusions():
+    # Class 0 ("airplane") is over-predicted; class 3 is predicted 0 times; class 2 is
+    # under-predicted by 1. Under |bias| class 3 (never predicted) used to be listed as
+    # over-predicted ("too many").
+    labels = np.array([1, 1, 1, 3, 3, 3, 3, 2, 2, 0, 0, 4])
+    predicted = np.array([0, 0, 1, 0, 4, 4, 4, 0, 2, 0, 0, 4])
+    bias = analyze.prediction_bias(labels, predicted, 5)
+    np.testing.assert_array_equal(bias, [4, -2, -1, -4, 3])
+    assert list(analyze.most_biased_classes(bias, over=True, count=3)) == [0, 4]
+    assert list(analyze.most_biased_classes(bias, over=False, count=3)) == [3, 1, 2]
+    assert list(analyze.most_biased_classes(np.zeros(4, int), over=True, count=3)) == []
+
+    # Class 3's mistakes in file order: as 0 (row 3), then as 4 three times: the most
+    # frequent confusion (4) comes first, and both confusions are shown.
+    chosen, confusions = analyze.confusion_samples(labels, predicted, 3, over=False, count=3)
+    assert confusions == [(4, 3), (0, 1)]
+    assert list(chosen) == [4, 5, 3]
+    # Over-predicted class 0: wrongly predicted from 1 (twice), 3 and 2 (once each); the tie
+    # goes to the lower class; max_confusions caps the groups.
+    chosen, confusions = analyze.confusion_samples(
+        labels, predicted, 0, over=True, count=8, max_confusions=2
+    )
+    assert confusions == [(1, 2), (2, 1)]
+    assert list(chosen) == [0, 1, 7]
+    # No mistakes: nothing to show.
+    chosen, confusions = analyze.confusion_samples(labels, predicted, 4, over=False)
+    assert len(chosen) == 0 and confusions == []
+
+
+def test_cifar_like_folder_rows_show_each_class_its_own_confusions(tmp_path):
+    """In file order every class's first mistakes were airplanes; now each row shows the
+    class's own most frequent confusion (automobile -> truck, truck -> automobile)."""
+    names = ["airplane", "automobile", "bird", "cat", "truck"]
+    labels = np.repeat(np.arange(5), 10)
+    predicted = labels.copy()
+    predicted[[10, 40, 20]] = 0  # one airplane mistake first in file order for 1, 4, 2
+    predicted[11:16] = 4  # automobiles mostly taken for trucks
+    predicted[41:45] = 1  # trucks mostly taken for automobiles
+    predicted[21:23] = 3  # birds taken for cats
+    for c, other in [(1, 4), (4, 1), (2, 3)]:
+        _, confusions = analyze.confusion_samples(labels, predicted, c, over=False)
+        assert confusions[0][0] == other
+    images = np.random.default_rng(0).integers(0, 255, (50, 8, 8, 3)).astype(np.uint8)
+    for over in (False, True):
+        name = f"{'over' if over else 'under'}.png"
+        analyze.plot_class_samples(
+            images, labels, predicted, names, str(tmp_path / name), over=over
+        )
+        _check_image(tmp_path / name)
+
+
+def test_training_curves_draw_only_logged_metrics():
+    import matplotlib.pyplot as plt
+
+    training = [
+        {"step": 2, "loss": 2.0, "mask_rate": 0.5},
+        {"step": 4, "loss": 1.0, "mask_rate": 0.7},
+    ]
+    evaluation = [{"step": 4, "test_accuracy": 0.5}]
+
+    def labels(fig):
+        return {line.get_label().split(" (")[0] for ax in fig.axes for line in ax.get_lines()}
+
+    fig = analyze.training_curves_figure(training, evaluation)
+    assert "pseudo_label_acc" not in labels(fig) and {"loss", "mask_rate"} <= labels(fig)
+    plt.close(fig)
+    # Logged at one step only: one point, not a 0 at the other.
+    training[1]["pseudo_label_acc"] = 0.75
+    fig = analyze.training_curves_figure(training, evaluation)
+    (line,) = [l for ax in fig.axes for l in ax.get_lines() if l.get_label() == "pseudo_label_acc"]
+    assert list(line.get_xdata()) == [4] and list(line.get_ydata()) == [0.75]
+    plt.close(fig)
+    # A run without ground truth for its unlabeled images: omitted even where logged.
+    fig = analyze.training_curves_figure(training, evaluation, omit=("pseudo_label_acc",))
+    assert "pseudo_label_acc" not in labels(fig)
+    plt.close(fig)
+
+
+def test_plots_are_written_whole(tmp_path, monkeypatch):
+    """A plot whose drawing fails leaves neither a partial PNG nor a temporary file, and
+    the previous PNG of that name is kept."""
+    import matplotlib.pyplot as plt
+
+    path = tmp_path / "curves.png"
+    analyze.plot_training_curves([{"step": 1, "loss": 1.0}], [], str(path))
+    before = path.read_bytes()
+    fig = plt.figure()
+
+    def fail(*args, **kwargs):
+        with open(args[0], "wb") as f:
+            f.write(b"\x89PNG partial")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(fig, "savefig", fail)
+    with pytest.raises(OSError, match="disk full"):
+        analyze._save(fig, str(path))
+    assert path.read_bytes() == before and os.listdir(tmp_path) == ["curves.png"]

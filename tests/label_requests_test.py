@@ -177,7 +177,8 @@ def test_labels_csv_round_trip(tmp_path):
         ("id,label\n3,1\n3,2\n", "id 3 appears more than once"),
         ("id,label\n3,cat\n", r"line 2: label 'cat' is not an integer"),
         ("id,label\n3\n", "line 2: 1 fields, the header has 2"),
-        ("image,label\n3,1\n", "expected id,label .missing id."),
+        ("image,label\n3,1\n", r"header 'image,label' lacks column\(s\) id; expected a header"),
+        ("\ufeff\ufeffid,label\n3,1\n", r"header '\\ufeffid,label' lacks column\(s\) id"),
         ("", "is empty"),
         ("id,label\n", "no rows"),
     ],
@@ -189,6 +190,43 @@ def test_bad_labels_csv_is_one_clear_error(tmp_path, text, message):
             path, num_images=10, num_classes=3, already_labeled=np.array([4])
         )
     assert "\n" not in str(error.value) and "labels.csv" in str(error.value)
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"\xef\xbb\xbfid,label\r\n7,1\r\n3,0\r\n",  # spreadsheet: UTF-8 with BOM, CRLF
+        b"id,label\r\n7,1\r\n3,0\r\n\r\n\r\n",  # blank trailing lines
+        b'"id","label"\n"7","1"\n" 3 ",0\n',  # quoted fields, spaces around a number
+        b"\xef\xbb\xbf id , label \n7,1\n\n3,0\n,\n",  # spaces in the header, blank rows
+    ],
+)
+def test_labels_csv_as_spreadsheets_save_it(tmp_path, raw):
+    path = tmp_path / "labels.csv"
+    path.write_bytes(raw)
+    ids, labels = active_learning.read_labels_csv(
+        str(path), num_images=10, num_classes=2, already_labeled=np.array([0])
+    )
+    assert list(ids) == [7, 3] and list(labels) == [1, 0]
+    requests = tmp_path / "requests.csv"
+    requests.write_bytes(raw)
+    assert list(active_learning.read_request_ids(str(requests), num_images=10)) == [7, 3]
+
+
+def test_csv_writers_leave_no_partial_file(tmp_path, monkeypatch):
+    """A write that fails half-way leaves the previous file as it was and no temporary."""
+    path = tmp_path / "labels.csv"
+    active_learning.write_labels_csv(str(path), np.array([1]), np.array([0]))
+    before = path.read_bytes()
+    with pytest.raises(TypeError):  # label None: fails after the header and one row
+        active_learning.write_labels_csv(str(path), np.array([2, 3]), [1, None])
+    assert path.read_bytes() == before
+    assert sorted(os.listdir(tmp_path)) == ["labels.csv"]
+    with pytest.raises(IndexError):  # a class index past the names, on the second row
+        active_learning.write_requests_csv(
+            str(tmp_path / "requests.csv"), [1, 2], [0.5, 0.4], [0, 7], ["a", "b"]
+        )
+    assert sorted(os.listdir(tmp_path)) == ["labels.csv"]
 
 
 def test_extra_labels_join_the_labeled_set_and_leave_the_unlabeled_set(tmp_path):

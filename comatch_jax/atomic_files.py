@@ -1,0 +1,71 @@
+"""Files written whole or not at all: a temporary name in the same directory, then a rename.
+
+A command that fails (an error, Ctrl-C, a full disk) while writing never leaves a partial
+file under the final name that looks valid: the rename (`os.replace`, atomic on POSIX within
+one file system) happens only after the content is complete and flushed to disk. A file of
+the same name written before stays as it was until then. No TensorFlow, numpy only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from typing import IO, Any, Callable, Iterator
+
+
+@contextlib.contextmanager
+def open_atomic(path: str, mode: str = "w", **open_kwargs: Any) -> Iterator[IO]:
+    """Like `open(path, mode)` for writing ("w" or "wb"), but the content appears at `path`
+    only when the `with` block ends without an exception; otherwise the temporary file is
+    removed and `path` is untouched. Creates missing parent directories.
+
+    Raises ValueError for a mode that is not a plain write mode; OSError as `open` does.
+    """
+    if mode not in ("w", "wb"):
+        raise ValueError(f"open_atomic writes whole files; mode must be 'w' or 'wb', got {mode!r}.")
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    handle, temp = tempfile.mkstemp(
+        dir=directory, prefix=f".{os.path.basename(path)}.", suffix=".tmp"
+    )
+    try:
+        with os.fdopen(handle, mode, **open_kwargs) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(temp, 0o666 & ~_umask())
+        os.replace(temp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(temp)
+        raise
+
+
+def write_atomic(path: str, write: Callable[[str], Any]) -> Any:
+    """Calls `write(temp_path)` (e.g. a library's savefig) on a temporary file next to `path`
+    that keeps `path`'s extension, then renames it to `path`; on any exception the temporary
+    file is removed and `path` is untouched. Returns what `write` returns."""
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    _, extension = os.path.splitext(path)
+    handle, temp = tempfile.mkstemp(
+        dir=directory, prefix=f".{os.path.basename(path)}.", suffix=f".tmp{extension}"
+    )
+    os.close(handle)
+    try:
+        result = write(temp)
+        os.chmod(temp, 0o666 & ~_umask())
+        os.replace(temp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(temp)
+        raise
+    return result
+
+
+def _umask() -> int:
+    """The process's umask (mkstemp creates files 0600; written files get open()'s mode)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

@@ -1,0 +1,235 @@
+"""Every command on the smallest valid input, and file names of every kind round-tripping.
+
+An image folder with one labeled image per class, 2 validation images and a few unlabeled
+images whose names hold commas, quotes, spaces, non-ASCII letters and a line break: train,
+probe, predict, request_labels (one image requested), oracle, analyze with every option, and
+training again with the answers (extra_labels_csv). Each works or says in one line why not.
+One tiny training run is shared by the module.
+"""
+
+import csv
+import os
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from comatch_jax import (
+    active_learning,
+    analyze,
+    oracle,
+    predict,
+    probe,
+    request_labels,
+    runs,
+    train,
+    training_data,
+)
+
+from train_test import RecordingWriter, tiny_config
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+COLOURS = {"cat": (210, 30, 30), "dog": (30, 30, 210)}
+ODD_NAMES = [
+    "plain.png",
+    "with,comma.png",
+    'quote"d.png',
+    " leading and trailing space .png",
+    "ünïcödé 画像.png",
+    "line\nbreak.png",
+    "semi;colon 'single'.png",
+]
+
+
+def _save(path, colour, rng):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    pixels = np.clip(np.array(colour) + rng.integers(-20, 20, (10, 10, 3)), 0, 255)
+    Image.fromarray(pixels.astype(np.uint8)).save(path)
+
+
+def _smallest_folder(root, classes=("cat", "dog")):
+    rng = np.random.default_rng(0)
+    for name in classes:
+        _save(os.path.join(root, "labeled", name, "a.png"), COLOURS[name], rng)
+        _save(os.path.join(root, "val", name, "v.png"), COLOURS[name], rng)
+    for i, name in enumerate(ODD_NAMES):
+        _save(os.path.join(root, "unlabeled", name), COLOURS[classes[i % len(classes)]], rng)
+
+
+def _config(root):
+    config = tiny_config()
+    config.dataset.name = "image_folder"
+    config.dataset.root = str(root)
+    config.dataset.image_size = 8
+    config.dataset.mean, config.dataset.std = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
+    config.batch_size = 2
+    config.num_steps = 2
+    config.log_every = 1
+    config.eval_every = 2
+    config.checkpoint_every = 2
+    return config
+
+
+@pytest.fixture(scope="module")
+def smallest_run(tmp_path_factory):
+    base = tmp_path_factory.mktemp("smallest")
+    _smallest_folder(str(base / "data"))
+    config = _config(base / "data")
+    state, _ = train.train_and_evaluate(config, str(base / "run"), writer=RecordingWriter())
+    assert int(state.step) == 2
+    return base, config
+
+
+def test_probe_on_one_labeled_image_per_class(smallest_run):
+    base, _ = smallest_run
+    results = probe.probe_run(str(base / "run"))
+    assert results["num_labeled"] == 2
+    assert 0.0 <= results["knn_accuracy"] <= 1.0 and 0.0 <= results["linear_probe_accuracy"] <= 1.0
+    assert os.path.exists(base / "run" / "probe.json")
+
+
+def test_predict_request_answer_retrain_round_trip_every_file_name(smallest_run, tmp_path):
+    base, config = smallest_run
+    workdir, unlabeled = str(base / "run"), str(base / "data" / "unlabeled")
+    predictions = tmp_path / "predictions.csv"
+    assert predict.predict_folder(workdir, unlabeled, str(predictions), top_k=5) == len(ODD_NAMES)
+    with open(predictions, newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    assert sorted(r["path"] for r in rows) == sorted(ODD_NAMES)
+    assert all(os.path.isfile(os.path.join(unlabeled, r["path"])) for r in rows)
+    assert {"class_2", "prob_2"} <= set(rows[0]) and "class_3" not in rows[0]  # top_k capped
+
+    # Every image requested, then a single one.
+    requests_csv = tmp_path / "requests.csv"
+    request_labels.request_labels(workdir, str(requests_csv), budget=len(ODD_NAMES))
+    with open(requests_csv, newline="", encoding="utf-8") as f:
+        requested = list(csv.DictReader(f))
+    assert sorted(os.path.basename(r["path"]) for r in requested) == sorted(ODD_NAMES)
+    assert all(os.path.isfile(r["path"]) for r in requested)
+    request_labels.request_labels(workdir, str(tmp_path / "one.csv"), budget=1)
+    with pytest.raises(ValueError, match=r"--budget must be in 1..7"):
+        request_labels.request_labels(workdir, str(tmp_path / "too_many.csv"), budget=8)
+    assert not os.path.exists(tmp_path / "too_many.csv")
+
+    # A person answers in a spreadsheet: path column kept, label added; saved with a BOM
+    # and CRLF line ends. Colour of image i is that of class i % 2.
+    truth = {name: ("cat", "dog")[i % 2] for i, name in enumerate(ODD_NAMES)}
+    answers = tmp_path / "answers.csv"
+    with open(answers, "w", newline="", encoding="utf-8-sig") as f:
+        writer = csv.writer(f, lineterminator="\r\n")
+        writer.writerow(["path", "label"])
+        for r in requested:
+            writer.writerow([r["path"], truth[os.path.basename(r["path"])]])
+        f.write("\r\n")  # a blank trailing line
+    retrain = _config(base / "data")
+    retrain.dataset.extra_labels_csv = str(answers)
+    data = training_data.prepare_data(retrain)
+    assert len(data.labels) == 2 + len(ODD_NAMES)
+    by_name = {
+        os.path.basename(data.unlabeled_paths[i]): data.class_names[label]
+        for i, label in zip(data.labeled_ids, data.labels)
+        if i >= 0
+    }
+    assert by_name == truth
+    # (training reads extra_labels_csv through prepare_data, as above; the module's run
+    # already covers training on this folder)
+
+
+def test_oracle_on_an_image_folder_says_why_not_in_one_line(smallest_run, tmp_path):
+    base, config = smallest_run
+    (tmp_path / "requests.csv").write_text("id\n0\n")
+    with pytest.raises(ValueError, match="an image folder has no ground truth") as error:
+        oracle.answer_requests(str(tmp_path / "requests.csv"), str(tmp_path / "out.csv"), config)
+    assert "\n" not in str(error.value) and not os.path.exists(tmp_path / "out.csv")
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"embedding": "tsne"},
+        {"max_images": 1, "image_index": 1, "seed": 3, "batch_size": 1},
+        {"max_images": 1, "embedding": "tsne"},  # one test image: t-SNE says why not
+        {"image_index": 2},  # 2 validation images: index out of range
+        {"max_images": 0},
+    ],
+)
+def test_analyze_with_every_option(smallest_run, tmp_path, options):
+    base, _ = smallest_run
+    workdir = str(base / "run")
+    run = runs.load_run(workdir)
+    data = training_data.prepare_data(run.config)
+    out = tmp_path / "plots"
+    bad = {
+        "image_index": r"--image_index must be in 0..1",
+        "max_images": r"--max_images must be positive",
+        "tsne": r"--embedding=tsne needs at least 2 test images, got 1; use --embedding=pca",
+    }
+    expected = (
+        bad["image_index"]
+        if options.get("image_index") == 2
+        else (
+            bad["max_images"]
+            if options.get("max_images") == 0
+            else bad["tsne"] if options == {"max_images": 1, "embedding": "tsne"} else None
+        )
+    )
+    if expected:
+        with pytest.raises(ValueError, match=expected) as error:
+            analyze.write_analysis(run, data, workdir, str(out), **options)
+        assert "\n" not in str(error.value)
+        assert not out.exists()  # refused before writing anything
+        return
+    written = analyze.write_analysis(run, data, workdir, str(out), **options)
+    assert len(written) == 10 and all(os.path.getsize(p) > 0 for p in written)
+    assert not [name for name in os.listdir(out) if name.startswith(".")]  # no temporaries
+
+
+def test_a_single_class_folder_is_refused_in_one_line_before_the_workdir(tmp_path):
+    _smallest_folder(str(tmp_path / "data"), classes=("cat",))
+    config = _config(tmp_path / "data")
+    message = r"has 1 class \(cat\); a classifier needs at least 2 class folders under labeled/"
+    with pytest.raises(ValueError, match=message) as error:
+        train.train_and_evaluate(config, str(tmp_path / "run"), writer=RecordingWriter())
+    assert "\n" not in str(error.value)
+    assert not os.path.exists(tmp_path / "run")  # refused before the workdir is claimed
+
+
+def test_predict_advises_a_flag_that_works(smallest_run, tmp_path):
+    base, _ = smallest_run
+    images = tmp_path / "images"
+    _save(str(images / "good.png"), COLOURS["cat"], np.random.default_rng(1))
+    (images / "broken.png").write_bytes(b"\x89PNG not really")
+    out = tmp_path / "predictions.csv"
+    with pytest.raises(ValueError, match="broken.png") as error:
+        predict.predict_folder(str(base / "run"), str(images), str(out))
+    assert not out.exists()
+    advised = re.findall(r"(--\S+=\S+?)\b", str(error.value))
+    assert advised == ["--corrupt_policy=skip"], str(error.value)
+    command = [
+        sys.executable,
+        "-m",
+        "comatch_jax.predict",
+        f"--workdir={base / 'run'}",
+        f"--images={images}",
+        f"--out={out}",
+        *advised,
+    ]
+    result = subprocess.run(command, capture_output=True, text=True, cwd=REPO)
+    assert result.returncode == 0, result.stderr[-2000:]
+    with open(out, newline="") as f:
+        assert [r["path"] for r in csv.DictReader(f)] == ["good.png"]
+
+
+def test_images_too_small_for_the_model_are_refused_before_the_workdir(tmp_path):
+    _smallest_folder(str(tmp_path / "data"))
+    config = _config(tmp_path / "data")
+    config.dataset.image_size = 2  # small_cnn widths (8, 16): one 2x2 pooling is fine
+    training_data.prepare_data(config)
+    config.model.widths = (8, 16, 32)  # two poolings need 4x4 pixels
+    message = r"needs images of at least 4x4 pixels, the data has 2x2; set --config.dataset"
+    with pytest.raises(ValueError, match=message) as error:
+        train.train_and_evaluate(config, str(tmp_path / "run"), writer=RecordingWriter())
+    assert "\n" not in str(error.value) and not os.path.exists(tmp_path / "run")
