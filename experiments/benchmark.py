@@ -113,7 +113,7 @@ class _TimingWriter:
         self.times = []
 
     def write_scalars(self, step, scalars):
-        if "loss" in scalars:
+        if "train/loss" in scalars or "loss" in scalars:  # the trainer's training line
             self.times.append((step, time.perf_counter()))
 
     def flush(self):

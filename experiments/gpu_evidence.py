@@ -64,6 +64,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 PARTS = ("speed", "official", "accuracy")
 DEFAULT_BUDGETS = {"speed": 200, "official": 90, "accuracy": 240}  # seconds; <= 9 min in all
+SMOKE_XLA_FLAGS = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
 SMOKE_BUDGET = 600  # seconds per part with --smoke: compiling on a loaded 2-core CPU
 
 # Dense bf16 tensor-core peaks (TFLOP/s) by a substring of jax's device_kind; NVIDIA data
@@ -419,9 +420,11 @@ def _run_part(args, part, budget):
             rc = child.wait(timeout=budget)
             status = "ok" if rc == 0 else f"failed (exit {rc}; see {part}.log)"
         except subprocess.TimeoutExpired:
-            os.killpg(child.pid, signal.SIGKILL)
-            child.wait()
             status = f"over budget ({budget} s); partial results"
+        finally:  # also when this process is interrupted: the part and its workers go too
+            if child.poll() is None:
+                os.killpg(child.pid, signal.SIGKILL)
+                child.wait()
     seconds = time.perf_counter() - start
     path = os.path.join(args.out, f"{part}.json")
     result = {}
@@ -553,10 +556,16 @@ def main(argv=None):
     unknown = sorted(set(parts) - set(PARTS))
     if unknown:
         raise SystemExit(f"gpu_evidence: unknown part(s) {unknown}; choose from {PARTS}")
+    # SIGTERM (e.g. a timeout around this call) unwinds like Ctrl-C, so _run_part's finally
+    # ends the running part's process group.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(f"gpu_evidence: signal {signum}"))
     # The parent only looks at the devices: no preallocation of the GPU the parts use.
     os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
     if args.smoke:
         os.environ["JAX_PLATFORMS"] = "cpu"
+        # Tiny programs: compile time dominates, so XLA:CPU compiles without its expensive
+        # LLVM passes (the parts inherit this environment).
+        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + SMOKE_XLA_FLAGS).strip()
     import jax
 
     devices = jax.devices()
