@@ -64,7 +64,9 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 PARTS = ("speed", "official", "accuracy")
 DEFAULT_BUDGETS = {"speed": 200, "official": 90, "accuracy": 240}  # seconds; <= 9 min in all
-SMOKE_XLA_FLAGS = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
+# Measured here: this flag leaves the smoke's numbers unchanged and compiles faster;
+# --xla_backend_optimization_level=0 made CoMatch's float32 step non-finite (do not add it).
+SMOKE_XLA_FLAGS = "--xla_llvm_disable_expensive_passes=true"
 SMOKE_BUDGET = 600  # seconds per part with --smoke: compiling on a loaded 2-core CPU
 
 # Dense bf16 tensor-core peaks (TFLOP/s) by a substring of jax's device_kind; NVIDIA data
