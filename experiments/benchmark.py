@@ -155,6 +155,11 @@ def measure(
     """The figures of the module docstring for `config` at images size x size x channels and
     `num_classes` classes, as a dict (seconds, images/s, GFLOP, GiB). loop_steps=0 skips the
     loop; pool_size=0 means max(4 * unlabeled batch, 1000)."""
+    if not config.dataset.mean:  # () = from the data: the trainer resolves it, this must too
+        from comatch_jax.datasets import STANDARD_STATISTICS
+
+        config = config.copy_and_resolve_references()
+        config.dataset.mean, config.dataset.std = STANDARD_STATISTICS[config.dataset.name]
     method, model, tx, init_state = runs.build_training(config, num_classes, (size, size, channels))
     state = jax.jit(lambda: init_state(jax.random.PRNGKey(0)))()
     b, u = config.batch_size, config.batch_size * config.mu
