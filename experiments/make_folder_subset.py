@@ -105,11 +105,7 @@ def main(argv):
         sys.exit("--src and --out are required")
     try:
         counts = make_subset(
-            FLAGS.src,
-            FLAGS.out,
-            FLAGS.labeled_per_class,
-            FLAGS.num_unlabeled,
-            FLAGS.num_val,
+            FLAGS.src, FLAGS.out, FLAGS.labeled_per_class, FLAGS.num_unlabeled, FLAGS.num_val,
             FLAGS.seed,
         )
     except ValueError as error:
