@@ -26,5 +26,5 @@ setup(
         "scikit-learn",
         "safetensors",  # pretrained PyTorch weights (torch_weights.load_state_dict)
     ],
-    extras_require={"test": ["pytest>=8", "pytest-xdist>=3"]},
+    extras_require={"test": ["pytest>=8", "pytest-xdist>=3", "nbclient", "nbformat", "ipykernel"]},
 )

@@ -2,7 +2,9 @@
 MultiWriter, and clu's ReportProgress for steps/s and ETA.
 
 clu.metric_writers and clu.periodic_actions import TensorFlow, so the trainer imports this
-module only when it trains (a machine without TensorFlow can still import the trainer).
+module only when it trains. Where they cannot be imported (a GPU machine without TensorFlow
+or clu), the trainer still runs: metrics go to the log and metrics.jsonl only (no TensorBoard
+files), steps/s is computed here, and a warning says so once per writer.
 """
 
 from __future__ import annotations
@@ -11,12 +13,55 @@ import json
 import os
 from typing import Any, Mapping
 
-from clu import metric_writers, periodic_actions
+from absl import logging
+
+try:
+    from clu import metric_writers, periodic_actions
+except ImportError as error:  # no TensorFlow (or no clu): the log + JSONL writers below
+    metric_writers = periodic_actions = None
+    CLU_IMPORT_ERROR: ImportError | None = error
+else:
+    CLU_IMPORT_ERROR = None
 
 METRICS_JSONL = "metrics.jsonl"
 
 
-class JsonlWriter(metric_writers.MetricWriter):
+class _MultiWriter:
+    """clu's MultiWriter where clu cannot be imported: forwards write_scalars / flush / close."""
+
+    def __init__(self, writers):
+        self._writers = list(writers)
+
+    def write_scalars(self, step: int, scalars: Mapping[str, Any]) -> None:
+        for writer in self._writers:
+            writer.write_scalars(step, scalars)
+
+    def flush(self) -> None:
+        for writer in self._writers:
+            writer.flush()
+
+    def close(self) -> None:
+        for writer in self._writers:
+            if hasattr(writer, "close"):
+                writer.close()
+
+
+class LoggingWriter:
+    """Scalars to the absl log, one line per write_scalars call ("step: name = value, ...");
+    the writer where clu's default writer cannot be imported."""
+
+    def write_scalars(self, step: int, scalars: Mapping[str, Any]) -> None:
+        text = ", ".join(f"{name} = {float(value):.6g}" for name, value in sorted(scalars.items()))
+        logging.info("[%d] %s", step, text)
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+class JsonlWriter(metric_writers.MetricWriter if metric_writers else object):
     """A clu MetricWriter that appends one JSON line {"step": step, name: value, ...} per
     write_scalars call to a file; every other kind of summary is ignored."""
 
@@ -56,19 +101,30 @@ class JsonlWriter(metric_writers.MetricWriter):
         pass
 
 
-def create_writer(workdir: str, *, primary: bool, writer: Any = None) -> metric_writers.MultiWriter:
+def create_writer(workdir: str, *, primary: bool, writer: Any = None) -> Any:
     """One writer for the trainer: `writer` (default: clu's default writer, TensorBoard event
     files in `workdir` plus the log; only the log on processes other than 0) and, on
-    process 0, workdir/metrics.jsonl; one write_scalars call feeds both."""
+    process 0, workdir/metrics.jsonl; one write_scalars call feeds both. Without clu's
+    writers (CLU_IMPORT_ERROR set, e.g. no TensorFlow) the default is `LoggingWriter`,
+    with a warning naming the import error."""
     if writer is None:
-        writer = metric_writers.create_default_writer(workdir, just_logging=not primary)
+        if metric_writers is None:
+            logging.warning(
+                "clu.metric_writers cannot be imported (%s): metrics go to the log and %s "
+                "only, no TensorBoard event files.",
+                CLU_IMPORT_ERROR,
+                METRICS_JSONL,
+            )
+            writer = LoggingWriter()
+        else:
+            writer = metric_writers.create_default_writer(workdir, just_logging=not primary)
     writers = [writer]
     if primary:
         writers.append(JsonlWriter(os.path.join(workdir, METRICS_JSONL)))
-    return metric_writers.MultiWriter(writers)
+    return (metric_writers.MultiWriter if metric_writers else _MultiWriter)(writers)
 
 
-class _LatestScalars(metric_writers.MultiWriter):
+class _LatestScalars(metric_writers.MultiWriter if metric_writers else _MultiWriter):
     """Keeps the last value of every scalar written to it (and writes nowhere)."""
 
     def __init__(self):
@@ -79,12 +135,33 @@ class _LatestScalars(metric_writers.MultiWriter):
         self.latest.update({name: float(value) for name, value in scalars.items()})
 
 
-class _ReportAtEveryCall(periodic_actions.ReportProgress):
-    """ReportProgress that reports at every call after the first (PeriodicAction's
-    documented extension point), so that the trainer decides when."""
+if periodic_actions is not None:
 
-    def _should_trigger(self, step: int, t: float) -> bool:
-        return step != self._previous_step
+    class _ReportAtEveryCall(periodic_actions.ReportProgress):
+        """ReportProgress that reports at every call after the first (PeriodicAction's
+        documented extension point), so that the trainer decides when."""
+
+        def _should_trigger(self, step: int, t: float) -> bool:
+            return step != self._previous_step
+
+else:
+
+    class _ReportAtEveryCall:
+        """Without clu: steps/s since the previous call (ReportProgress's steps_per_sec),
+        written to `writer` at every call after the first; returns whether it reported."""
+
+        def __init__(self, *, num_train_steps, writer, every_steps=None, every_secs=None):
+            del num_train_steps, every_steps, every_secs
+            self._writer = writer
+            self._previous = None
+
+        def __call__(self, step: int, t: float) -> bool:
+            previous, self._previous = self._previous, (step, t)
+            if previous is None or step == previous[0]:
+                return False
+            rate = (step - previous[0]) / max(t - previous[1], 1e-12)
+            self._writer.write_scalars(step, {"steps_per_sec": rate})
+            return True
 
 
 class Progress:

@@ -113,29 +113,54 @@ class _TimingWriter:
         self.times = []
 
     def write_scalars(self, step, scalars):
-        if "train/loss" in scalars:
+        if "train/loss" in scalars:  # the trainer's training line
             self.times.append((step, time.perf_counter()))
 
     def flush(self):
         pass
 
 
-def main(argv):
-    del argv
-    config = config_lib.apply_preset(config_lib.base_config(), FLAGS.preset)
-    config.method = FLAGS.method
-    if FLAGS.dtype:
-        config.model.dtype = FLAGS.dtype
-    if FLAGS.batch_size:
-        config.batch_size = FLAGS.batch_size
-    if FLAGS.mu:
-        config.mu = FLAGS.mu
-    size, channels, num_classes = _SHAPES[config.dataset.name]
-    size = FLAGS.image_size or size
-    num_classes = FLAGS.num_classes or num_classes
-    method, model, tx, init_state = runs.build_training(
-        config, num_classes, (size, size, channels)
-    )
+def benchmark_config(preset="", *, method="comatch", dtype="", batch_size=0, mu=0):
+    """The config a benchmark times: `preset` (config_lib.apply_preset; '' = the CPU default)
+    with `method` and, where given (non-empty / non-zero), model.dtype, batch_size and mu."""
+    config = config_lib.apply_preset(config_lib.base_config(), preset)
+    config.method = method
+    if dtype:
+        config.model.dtype = dtype
+    if batch_size:
+        config.batch_size = batch_size
+    if mu:
+        config.mu = mu
+    return config
+
+
+def input_shape(config, image_size=0, num_classes=0):
+    """(image side, channels, classes) of config.dataset, with the overrides where non-zero."""
+    size, channels, classes = _SHAPES[config.dataset.name]
+    return image_size or size, channels, num_classes or classes
+
+
+def measure(
+    config,
+    size,
+    channels,
+    num_classes,
+    *,
+    repeats=10,
+    loop_steps=50,
+    pool_size=0,
+    host_path=False,
+    preset="",
+):
+    """The figures of the module docstring for `config` at images size x size x channels and
+    `num_classes` classes, as a dict (seconds, images/s, GFLOP, GiB). loop_steps=0 skips the
+    loop; pool_size=0 means max(4 * unlabeled batch, 1000)."""
+    if not config.dataset.mean:  # () = from the data: the trainer resolves it, this must too
+        from comatch_jax.datasets import STANDARD_STATISTICS
+
+        config = config.copy_and_resolve_references()
+        config.dataset.mean, config.dataset.std = STANDARD_STATISTICS[config.dataset.name]
+    method, model, tx, init_state = runs.build_training(config, num_classes, (size, size, channels))
     state = jax.jit(lambda: init_state(jax.random.key(0)))()
     b, u = config.batch_size, config.batch_size * config.mu
     rng = np.random.default_rng(0)
@@ -152,7 +177,7 @@ def main(argv):
     figures = {
         "device": str(jax.devices()[0].device_kind),
         "platform": jax.default_backend(),
-        "preset": FLAGS.preset or "cpu_default",
+        "preset": preset or "cpu_default",
         "dtype": config.model.dtype,
         "images_per_step": images_per_step,
         "model": config.model.name,
@@ -161,7 +186,7 @@ def main(argv):
 
     make_views = jax.jit(lambda key, batch: train_step.make_views(key, batch, method, config))
     figures["augment_s"] = _median_seconds(
-        lambda: make_views(jax.random.key(1), batch), FLAGS.repeats
+        lambda: make_views(jax.random.key(1), batch), repeats
     )
 
     # The bare step: the same step with every view slot set to 'none' (no augmentation).
@@ -172,23 +197,37 @@ def main(argv):
         train_step.make_train_step(model=model, tx=tx, method=method, config=bare_config)
     )
     full = jax.jit(train_step.make_train_step(model=model, tx=tx, method=method, config=config))
-    figures["bare_step_s"] = _median_seconds(lambda: bare(state, batch)[1], FLAGS.repeats)
-    figures["full_step_s"] = _median_seconds(lambda: full(state, batch)[1], FLAGS.repeats)
-    cost = full.lower(state, batch).compile().cost_analysis()
+    full_compiled = full.lower(state, batch).compile()  # timed, and its cost analysed
+    figures["bare_step_s"] = _median_seconds(lambda: bare(state, batch)[1], repeats)
+    figures["full_step_s"] = _median_seconds(lambda: full_compiled(state, batch)[1], repeats)
+    cost = full_compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
     figures["step_gflop"] = float(cost.get("flops", 0.0)) / 1e9
     figures["achieved_gflop_per_s"] = figures["step_gflop"] / figures["full_step_s"]
 
     # The training loop of main (sampling on the device, logging, checkpoint at the end),
     # timed between its log lines after the first (which includes compilation).
-    if FLAGS.loop_steps:
-        figures["pool_size"] = FLAGS.pool_size or max(4 * u, 1000)
-        figures["host_path"] = FLAGS.host_path
-        figures.update(_time_loop(config, size, channels, num_classes, b, u, figures["pool_size"]))
-        if FLAGS.host_path:
+    if loop_steps:
+        figures["pool_size"] = pool_size or max(4 * u, 1000)
+        figures["host_path"] = host_path
+        figures.update(
+            time_loop(
+                config, size, channels, num_classes, figures["pool_size"], loop_steps, host_path
+            )
+        )
+        if host_path:
             figures.update(
                 _time_host_loops(
-                    full, state, size, channels, num_classes, b, u, figures["pool_size"]
+                    full,
+                    state,
+                    size,
+                    channels,
+                    num_classes,
+                    b,
+                    u,
+                    figures["pool_size"],
+                    loop_steps,
+                    repeats,
                 )
             )
         # The config's whole schedule (e.g. 2^19 steps for CIFAR-10) at the loop's speed.
@@ -201,9 +240,39 @@ def main(argv):
     if "loop_s" in figures:
         figures["loop_over_full_step"] = figures["full_step_s"] / figures["loop_s"]
     figures["augment_fraction_of_full_step"] = figures["augment_s"] / figures["full_step_s"]
-    stats = jax.devices()[0].memory_stats() or {}
-    figures["peak_device_memory_gib"] = stats.get("peak_bytes_in_use", 0) / 2**30
+    figures["peak_device_memory_gib"] = peak_device_memory_gib()
     figures["host_rss_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    return figures
+
+
+def peak_device_memory_gib():
+    """Peak bytes in use on the first device (jax memory_stats) in GiB; 0 where the backend
+    reports none (the CPU)."""
+    stats = jax.devices()[0].memory_stats() or {}
+    return stats.get("peak_bytes_in_use", 0) / 2**30
+
+
+def main(argv):
+    del argv
+    config = benchmark_config(
+        FLAGS.preset,
+        method=FLAGS.method,
+        dtype=FLAGS.dtype,
+        batch_size=FLAGS.batch_size,
+        mu=FLAGS.mu,
+    )
+    size, channels, num_classes = input_shape(config, FLAGS.image_size, FLAGS.num_classes)
+    figures = measure(
+        config,
+        size,
+        channels,
+        num_classes,
+        repeats=FLAGS.repeats,
+        loop_steps=FLAGS.loop_steps,
+        pool_size=FLAGS.pool_size,
+        host_path=FLAGS.host_path,
+        preset=FLAGS.preset,
+    )
     for key, value in figures.items():
         print(f"{key:32s} {value:.4g}" if isinstance(value, float) else f"{key:32s} {value}")
     if FLAGS.json_out:
@@ -211,14 +280,17 @@ def main(argv):
             json.dump(figures, f, indent=2)
 
 
-def _time_loop(config, size, channels, num_classes, b, u, pool_size):
-    """Seconds per step of train.train_and_evaluate's loop on random in-memory data."""
+def time_loop(config, size, channels, num_classes, pool_size, loop_steps, host_path=False):
+    """{"loop_s": seconds per step} of train.train_and_evaluate's loop (main's) on random
+    in-memory data with an unlabeled pool of `pool_size` images, sampled on the device or,
+    with host_path, gathered on the host; timed between log lines after the first."""
+    b = config.batch_size
     loop_config = config.copy_and_resolve_references()
     loop_config.num_labels = max(b, num_classes) // num_classes * num_classes
-    loop_config.num_steps = FLAGS.loop_steps
-    loop_config.log_every = max(FLAGS.loop_steps // 5, 1)
-    loop_config.eval_every = loop_config.checkpoint_every = 10 * FLAGS.loop_steps
-    loop_config.data_on_device = not FLAGS.host_path
+    loop_config.num_steps = loop_steps
+    loop_config.log_every = max(loop_steps // 5, 1)
+    loop_config.eval_every = loop_config.checkpoint_every = 10 * loop_steps
+    loop_config.data_on_device = not host_path
     dataset = _random_dataset(size, channels, num_classes, loop_config.num_labels, pool_size)
     writer = _TimingWriter()
     with tempfile.TemporaryDirectory() as workdir:
@@ -232,7 +304,9 @@ def _batch_sharding():
     return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
 
 
-def _time_host_loops(full, state, size, channels, num_classes, b, u, pool_size):
+def _time_host_loops(
+    full, state, size, channels, num_classes, b, u, pool_size, loop_steps, repeats
+):
     """Seconds per step of the jitted full step fed by prefetch.host_batch from host arrays
     (an unlabeled pool of `pool_size`), called in turn (serial) or prefetched in a thread."""
     arrays = {
@@ -245,8 +319,8 @@ def _time_host_loops(full, state, size, channels, num_classes, b, u, pool_size):
     make = lambda step: prefetch.host_batch(
         arrays, step, batch_size=b, unlabeled_batch_size=u, sharding=_batch_sharding()
     )
-    steps = FLAGS.loop_steps
-    figures = {"host_batch_s": _median_seconds(lambda: make(0), FLAGS.repeats)}
+    steps = loop_steps
+    figures = {"host_batch_s": _median_seconds(lambda: make(0), repeats)}
 
     def run(next_batch):
         # Two untimed steps: the step compiles again for the state the first one returns.

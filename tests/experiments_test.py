@@ -208,3 +208,107 @@ def test_adaptive_thresholds_tabulates_accuracy_and_mask_rate_over_time(tmp_path
     assert "comatch_jax.main" not in result.stdout
     assert (runs / "comatch_adaptive_seed0.log").read_text() == before
     assert out.read_text().splitlines()[: len(lines)] == lines
+
+
+_HIDE_TENSORFLOW = '''"""Hides TensorFlow as if it were not installed, as on the GPU machine."""
+import importlib.machinery as _machinery
+
+_find_spec = _machinery.PathFinder.find_spec.__func__
+
+
+def _hiding_find_spec(cls, name, path=None, target=None):
+    if name == "tensorflow" or name.startswith("tensorflow."):
+        return None
+    return _find_spec(cls, name, path, target)
+
+
+_machinery.PathFinder.find_spec = classmethod(_hiding_find_spec)
+'''
+
+
+def test_gpu_evidence_smoke_runs_every_part_without_tensorflow(tmp_path):
+    """gpu_evidence.py --smoke on the CPU, in processes where `import tensorflow` fails (the
+    GPU machine has none): every part runs or says why not, and the table is written."""
+    hide = tmp_path / "hide_tf"
+    hide.mkdir()
+    (hide / "sitecustomize.py").write_text(_HIDE_TENSORFLOW)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(hide), REPO]))
+    check = subprocess.run(
+        [sys.executable, "-c", "import tensorflow"], env=env, capture_output=True, text=True
+    )
+    assert "No module named 'tensorflow'" in check.stderr
+    out = tmp_path / "evidence"
+    result = subprocess.run(
+        [sys.executable, "experiments/gpu_evidence.py", f"--out={out}", "--smoke"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    evidence = json.loads((out / "evidence.json").read_text())
+    assert evidence["smoke"] is True and evidence["environment"]["tensorflow"] is None
+    parts = evidence["parts"]
+    assert parts["speed"]["status"] == "ok", parts["speed"]
+    assert parts["accuracy"]["status"] == "ok", parts["accuracy"]
+    speed = parts["speed"]
+    assert {(m["preset"], m["dtype"]) for m in speed["measurements"]} == {
+        ("cifar10_40", "bfloat16"),
+        ("competition96", "float32"),
+    }
+    for m in speed["measurements"]:
+        assert m["full_step_s"] > 0 and m["bare_step_s"] > 0 and m["step_gflop"] > 0
+        assert "fraction_of_bf16_peak" not in m  # a CPU has no entry in the peak table
+    assert [(loop["pool_size"], loop["host_path"]) for loop in speed["loops"]] == [
+        (50, False),
+        (200, True),
+    ]
+    for loop in speed["loops"]:
+        assert loop["loop_s"] > 0 and loop["projected_schedule_hours"] > 0
+    runs = parts["accuracy"]["runs"]
+    assert [(r["method"], r["dtype"]) for r in runs] == [
+        ("comatch", "bfloat16"),
+        ("fixmatch", "bfloat16"),
+        ("supervised", "bfloat16"),
+        ("comatch", "float32"),
+    ]
+    for run in runs:
+        assert 0.0 <= run["summary"]["test_accuracy"] <= 1.0
+        assert any("train/loss" in row for row in run["curves"])
+    official = parts["official"]
+    if os.path.isfile(os.path.join(REPO, "third_party", "CoMatch", "Train_CoMatch.py")):
+        assert official["status"] == "ok", official
+        assert official["step"]["f32"]["iteration_s_mean"] > 0
+        assert official["step"]["bf16"]["iteration_s_mean"] > 0
+        assert "iteration_s_mean" in official["end_to_end"] or "skipped" in official["end_to_end"]
+    else:
+        assert official["status"].startswith("skipped: "), official
+    table = (out / "evidence.md").read_text()
+    assert table.startswith("## CPU smoke (not GPU figures)")
+    assert "| accuracy | comatch float32" in table and table in result.stdout
+
+
+def test_trainer_writes_metrics_without_tensorflow(tmp_path):
+    """Without TensorFlow (so without clu's writers) the trainer logs a warning and writes
+    metrics.jsonl through its fallback writer."""
+    hide = tmp_path / "hide_tf"
+    hide.mkdir()
+    (hide / "sitecustomize.py").write_text(_HIDE_TENSORFLOW)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(hide), REPO]), JAX_PLATFORMS="cpu")
+    script = f"""
+import sys
+from comatch_jax import config_lib, metric_writing
+assert "tensorflow" not in sys.modules and metric_writing.CLU_IMPORT_ERROR is not None
+writer = metric_writing.create_writer({str(tmp_path)!r}, primary=True)
+writer.write_scalars(3, {{"train/loss": 1.5}})
+progress = metric_writing.Progress(start_step=0, num_steps=10, t=0.0)
+print("RATE", progress.report(5, 2.0))
+"""
+    result = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, cwd=REPO
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "clu.metric_writers cannot be imported" in result.stderr
+    assert "RATE (2.5, 2.0)" in result.stdout
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert rows == [{"step": 3, "train/loss": 1.5}]
