@@ -213,6 +213,7 @@ def save_checkpoint(manager: ocp.CheckpointManager, step: int, state: TrainState
     """Starts writing checkpoint `step` of the whole TrainState (asynchronously; Orbax
     commits it only once complete, so a half-written checkpoint is never restored)."""
     manager.save(step, args=ocp.args.StandardSave(state))
+    logging.info("Saving the checkpoint of step %d", step)
 
 
 def restore_state(
