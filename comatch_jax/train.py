@@ -176,6 +176,16 @@ def train_and_evaluate(
                     return True
                 return False
 
+            # Several processes: each tells the preemption service its start step (the same
+            # on all), so a SIGTERM received during start-up stops them at the next step.
+            if multiprocess and stop_requested():
+                if checkpoints.latest_step() != step:
+                    runs.save_checkpoint(checkpoints, step, state)
+                checkpoints.wait_until_finished()
+                raise SystemExit(
+                    f"Stopped by {stop_cause(termination)} at step {step} after a checkpoint; "
+                    "rerun the same command to resume."
+                )
             while step < config.num_steps:
                 state, metrics = jitted_step(state, next_input(step))
                 pending.append(metrics)

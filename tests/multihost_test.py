@@ -1,7 +1,8 @@
 """Multi-host training, emulated with two CPU processes on this machine (jax.distributed over
 localhost, gloo collectives): the real entry point with --coordinator_address etc.
 
-A SIGTERM sent to one of two processes stops both at the same step with one checkpoint;
+A SIGTERM sent to one of two processes (during start-up or training) stops both at the same
+step with one complete checkpoint (JAX's preemption service);
 rerunning the command, they end where one process with two devices ends (the same global
 batch split the same way), with one metrics line per log step (process 0 writes the run's
 files). The two processes use host batches (data not on the device): each reads only its
@@ -111,6 +112,32 @@ def one_process(tmp_path_factory):
     return workdir
 
 
+def _complete_checkpoints_only(workdir):
+    entries = os.listdir(os.path.join(workdir, "checkpoints"))
+    return all(name.isdigit() for name in entries)
+
+
+def _interrupt(workdir, when, *extra):
+    """Starts two processes, sends SIGTERM to the second one `when` ('start-up': once
+    jax.distributed is initialised, before training; 'training': once metrics are written),
+    waits for both. Returns (return codes, stderr tails, checkpoint steps)."""
+    processes = _start(workdir, *extra)
+    if when == "start-up":
+        for line in processes[1].stderr:
+            if "Process 1 of 2" in line:
+                processes[1].send_signal(signal.SIGTERM)
+                break
+    else:
+        deadline = time.time() + 300
+        while time.time() < deadline and all(p.poll() is None for p in processes):
+            if os.path.exists(os.path.join(workdir, "metrics.jsonl")):  # training has started
+                processes[1].send_signal(signal.SIGTERM)
+                break
+            time.sleep(0.02)
+    codes, errors = _wait(processes)
+    return codes, errors, _checkpoints(workdir)
+
+
 @pytest.fixture(scope="module")
 def interrupted(tmp_path_factory):
     """Two processes of one device each, with host batches (each process reads only its own
@@ -118,32 +145,39 @@ def interrupted(tmp_path_factory):
     command runs again. Returns (workdir, return codes, stderr tails, step stopped at)."""
     workdir = str(tmp_path_factory.mktemp("interrupted"))
     host_batches = "--config.data_on_device=false"
-    processes = _start(workdir, host_batches)
-    deadline = time.time() + 300
-    while time.time() < deadline and all(p.poll() is None for p in processes):
-        if os.path.exists(os.path.join(workdir, "metrics.jsonl")):  # training has started
-            processes[1].send_signal(signal.SIGTERM)
-            break
-        time.sleep(0.02)
-    codes, errors = _wait(processes)
-    stopped = _checkpoints(workdir)[-1]
+    codes, errors, checkpoints = _interrupt(workdir, "training", host_batches)
+    stopped = checkpoints[-1] if checkpoints else None
+    complete = _complete_checkpoints_only(workdir) if checkpoints else False
     if codes == [1, 1]:
         _run(workdir, host_batches)  # the same command resumes both processes
-    return workdir, codes, errors, stopped
+    return workdir, codes, errors, stopped, complete
 
 
 def test_sigterm_to_one_process_stops_both_at_the_same_step(interrupted):
-    _, codes, errors, stopped = interrupted
+    _, codes, errors, stopped, complete = interrupted
     assert codes == [1, 1], "\n".join(errors)
-    assert 2 <= stopped < 60 and stopped % 2 == 0  # a logging step
-    assert f"Stopped by SIGTERM at step {stopped}" in errors[1]
-    assert f"Stopped by a signal to another process at step {stopped}" in errors[0]
+    assert stopped is not None and 1 <= stopped < 60 and complete
+    for error in errors:  # JAX's preemption service: both stop at the same step
+        assert (
+            f"Stopped by a preemption notice (SIGTERM or Ctrl-C to one of the processes) at step {stopped}"
+            in error
+        )
+
+
+def test_sigterm_during_start_up_stops_both_with_a_checkpoint_and_resumes(tmp_path):
+    workdir = str(tmp_path)
+    overrides = ["--config.num_steps=4", "--config.checkpoint_every=4", "--config.eval_every=4"]
+    codes, errors, checkpoints = _interrupt(workdir, "start-up", *overrides)
+    assert codes == [1, 1], "\n".join(errors)
+    assert len(checkpoints) == 1 and checkpoints[0] < 4 and _complete_checkpoints_only(workdir)
+    _run(workdir, *overrides)  # the same command resumes and finishes
+    assert int(runs.load_run(workdir).state.step) == 4
 
 
 def test_two_processes_resumed_end_where_one_process_with_two_devices_ends(
     interrupted, one_process
 ):
-    workdir, codes, errors, _ = interrupted
+    workdir, codes, errors, _, _ = interrupted
     assert codes == [1, 1], "\n".join(errors)
     multi, single = _losses(workdir), _losses(one_process)
     assert len(multi) == len(single) == 30  # one metrics line per log step, not one per process
