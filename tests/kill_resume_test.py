@@ -110,8 +110,19 @@ import sys
 import jax.numpy as jnp
 from absl import app
 from comatch_jax import main, methods
-sys.path.insert(0, "tests")
-from nonfinite_test import nan_gradients_from_fourth_step_loss
+from comatch_jax import losses
+
+
+def nan_gradients_from_fourth_step_loss(outputs, batch, state, config):
+    # As nonfinite_test.nan_gradients_from_fourth_step_loss (not imported: its imports
+    # define absl flags of their own).
+    logits = outputs["labeled_weak"]["logits"]
+    offset = jnp.where(state["count"] >= 3, 0.0, 1.0)
+    term = jnp.sqrt(logits.sum() - logits.sum() + offset) - jnp.sqrt(offset)
+    loss = losses.cross_entropy(logits, batch["labels"]) + term
+    return loss, ({"count": state["count"] + 1}, {"loss_x": loss})
+
+
 methods.METHODS["nan_grad_test"] = methods.Method(
     "nan_grad_test", ("weak",), (), lambda *_: {"count": jnp.zeros((), jnp.int32)},
     nan_gradients_from_fourth_step_loss)
