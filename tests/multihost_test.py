@@ -74,7 +74,8 @@ def _start(workdir, *extra, processes=2, devices_per_process=1):
 def _wait(processes, timeout=300):
     """(return codes, stderr tails) of every process."""
     outputs = [p.communicate(timeout=timeout)[1] for p in processes]
-    return [p.returncode for p in processes], [o[-3000:] for o in outputs]
+    notes = lambda o: "".join(l for l in o.splitlines(True) if "preempt" in l or "SIGTERM" in l)
+    return [p.returncode for p in processes], [notes(o) + o[-2000:] for o in outputs]
 
 
 def _run(workdir, *extra, **kwargs):

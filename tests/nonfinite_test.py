@@ -99,6 +99,7 @@ def test_skip_keeps_the_state_when_whole_logging_windows_have_nan_gradients(
 ):
     writer = RecordingWriter()
     config = _nan_gradient_config("skip")
+    config.keep_checkpoints = 4  # keeps step 3's
     state, _ = train.train_and_evaluate(
         config, str(tmp_path), writer=writer, dataset=synthetic_dataset()
     )
