@@ -190,7 +190,7 @@ def test_nonfinite_stop_keeps_a_complete_checkpoint_and_the_advice_resumes(
     result = _nan_gradient_run(workdir, "--config.nonfinite_policy=skip", "--verbosity=1")
     assert result.returncode == 0, result.stderr[-3000:]
     assert any("checkpoint" in line for line in _library_info_lines(result.stderr))
-    assert _checkpoint_entries(workdir) == ["10", "6"]  # keep_checkpoints=2, all complete
+    assert _checkpoint_entries(workdir) == ["10", "9"]  # keep_checkpoints=2, all complete
 
 
 def test_a_second_ctrl_c_ends_the_program_at_once(tmp_path):

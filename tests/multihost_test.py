@@ -129,12 +129,14 @@ def _interrupt(workdir, when, *extra):
                 processes[1].send_signal(signal.SIGTERM)
                 break
     else:
-        deadline = time.time() + 300
+        deadline = time.time() + 900  # start-up is slow on a loaded machine
         while time.time() < deadline and all(p.poll() is None for p in processes):
             if os.path.exists(os.path.join(workdir, "metrics.jsonl")):  # training has started
                 processes[1].send_signal(signal.SIGTERM)
                 break
             time.sleep(0.02)
+        else:
+            pytest.fail("training did not start in time, or ended before the signal")
     codes, errors = _wait(processes)
     return codes, errors, _checkpoints(workdir)
 
