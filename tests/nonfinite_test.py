@@ -1,5 +1,6 @@
 """A non-finite loss stops training naming the step and term, or is skipped on request."""
 
+import json
 import os
 
 import jax
@@ -138,6 +139,9 @@ def test_the_advice_after_a_nonfinite_stop_resumes_the_run(tmp_path, nan_gradien
     lower = _nan_gradient_config("stop")
     lower.optim.lr = 0.01
     lower.num_steps = 20
+    with open(os.path.join(workdir, "config.json")) as f:  # the trainer resolves mean/std
+        saved = json.load(f)["dataset"]
+    lower.dataset.mean, lower.dataset.std = tuple(saved["mean"]), tuple(saved["std"])
     with caplog.at_level("WARNING"):
         runs.check_workdir(lower, workdir)
     assert "optim.lr=0.01" in caplog.text and "num_steps=20 from step 3" in caplog.text
@@ -149,5 +153,6 @@ def test_the_advice_after_a_nonfinite_stop_resumes_the_run(tmp_path, nan_gradien
     # What changes what is trained is still refused, naming what may change.
     other = _nan_gradient_config("skip")
     other.optim.momentum = 0.5
+    other.dataset.mean, other.dataset.std = lower.dataset.mean, lower.dataset.std
     with pytest.raises(ValueError, match=r"different config \(optim.momentum\).*optim.lr"):
         runs.check_workdir(other, workdir)
