@@ -88,10 +88,6 @@ def _metrics(workdir):
         return [json.loads(line) for line in f]
 
 
-def _losses(workdir):
-    return np.array([r["train/loss"] for r in _metrics(workdir) if "train/loss" in r])
-
-
 def _final_params(workdir):
     run = runs.load_run(workdir)
     assert int(run.state.step) == 60
@@ -180,11 +176,17 @@ def test_sigterm_during_start_up_stops_both_with_a_checkpoint_and_resumes(tmp_pa
 def test_two_processes_resumed_end_where_one_process_with_two_devices_ends(
     interrupted, one_process
 ):
-    workdir, codes, errors, _, _ = interrupted
+    workdir, codes, errors, stopped, _ = interrupted
     assert codes == [1, 1], "\n".join(errors)
-    multi, single = _losses(workdir), _losses(one_process)
-    assert len(multi) == len(single) == 30  # one metrics line per log step, not one per process
-    np.testing.assert_allclose(multi, single, rtol=1e-4, atol=1e-5)
+    by_step = lambda d: {r["step"]: r["train/loss"] for r in _metrics(d) if "train/loss" in r}
+    multi, single = by_step(workdir), by_step(one_process)
+    # One metrics line per log step, not one per process (plus one at the stop step when it
+    # is not a log step); windows that the stop split differ, the others agree.
+    assert len(single) == 30 and len(multi) == 30 + stopped % 2
+    common = [s for s in single if s in multi and not (stopped < s <= stopped + 2)]
+    np.testing.assert_allclose(
+        [multi[s] for s in common], [single[s] for s in common], rtol=1e-4, atol=1e-5
+    )
     np.testing.assert_allclose(
         _final_params(workdir), _final_params(one_process), rtol=1e-3, atol=1e-5
     )
