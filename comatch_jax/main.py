@@ -7,6 +7,9 @@ Several hosts (one process each, same command and workdir on a shared disk): add
 --distributed (JAX detects SLURM, Open MPI, Kubernetes or Cloud TPU) or name the cluster with
 --coordinator_address=HOST:PORT --num_processes=N --process_id=I; the batch is then split
 over the devices of all processes (README, "Several hosts").
+
+The log holds one line per event (progress, evaluation, checkpoint, warnings); --verbosity=1
+adds the libraries' INFO lines (Orbax, clu, JAX).
 """
 
 import ast
@@ -57,6 +60,10 @@ def initialize_distributed() -> None:
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+    from comatch_jax import library_logs
+
+    # One line per event; absl's --verbosity=1 shows the libraries' (Orbax, clu, JAX) logs.
+    library_logs.quiet_library_logs()
     # Before JAX starts its CPU backend (nothing above has run a computation).
     if xla_flags.apply_default_cpu_flags():
         logging.info("XLA_FLAGS += %s (comatch_jax's CPU default)", xla_flags.DEFAULT_CPU_FLAG)

@@ -1,7 +1,8 @@
 """Helpers for runs over several processes (hosts); each is a no-op with one process.
 
 The mesh spans every device of every process; process 0 writes the run's files; the others
-wait at barriers and agree on a stop through a small all-gather.
+wait at barriers. A stop on SIGTERM is agreed through JAX's preemption service
+(termination.py, and Orbax's CheckpointManager.reached_preemption in the trainer).
 """
 
 from __future__ import annotations
@@ -30,13 +31,3 @@ def barrier(name: str) -> None:
         from jax.experimental import multihost_utils
 
         multihost_utils.sync_global_devices(f"comatch_jax: {name}")
-
-
-def on_any_process(flag: bool) -> bool:
-    """Whether `flag` is set on any process: a collective every process must call at the
-    same point (a no-op with one process)."""
-    if jax.process_count() == 1:
-        return flag
-    from jax.experimental import multihost_utils
-
-    return bool(np.any(multihost_utils.process_allgather(np.asarray(flag))))

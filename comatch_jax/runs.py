@@ -30,7 +30,16 @@ LEGACY_DATASET_INFO = "dataset_info.json"
 # 1 (unrecorded): TrainState.rng a raw uint32[2] key. 2: typed PRNG keys (jax.random.key).
 CHECKPOINT_FORMAT = 2
 
-# Fields a resumed run may change without changing what is trained.
+# Fields a resumed run may change (the same command with these overrides continues the run
+# from its latest checkpoint):
+# - how it is logged, evaluated, checkpointed and fed, which does not change what is trained;
+# - optim.lr and nonfinite_policy, the advice after a non-finite loss: the learning-rate
+#   schedule continues at the optimizer's own step count with the new peak rate, and a
+#   skip policy applies from the resumed step on; each change is logged;
+# - num_steps: the schedule is recomputed for the new total at the optimizer's step count,
+#   so a cosine's rate at the resumed step changes (logged with both rates) and the run
+#   then decays to the end of the new total.
+# Every other field changes what is trained and is refused (a new --workdir is needed).
 RESUMABLE_CHANGES = frozenset(
     [
         "num_steps",
@@ -40,6 +49,8 @@ RESUMABLE_CHANGES = frozenset(
         "keep_checkpoints",
         "eval_batch_size",
         "data_on_device",
+        "optim.lr",
+        "nonfinite_policy",
     ]
 )
 
@@ -94,10 +105,59 @@ def check_workdir(
     if differing:
         raise ValueError(
             f"--workdir={workdir} holds a run with a different config ({', '.join(differing)}); "
-            "use a new --workdir, or the same config to resume."
+            "use a new --workdir, or the same config to resume (only "
+            f"{', '.join(sorted(RESUMABLE_CHANGES))} may change on resume)."
         )
     if _has_checkpoints(workdir):
         read_run_info(workdir)  # raises on an older checkpoint format
+        _log_resume_changes(saved, current, workdir)
+
+
+def _log_resume_changes(saved: dict[str, Any], current: dict[str, Any], workdir: str) -> None:
+    """One log line per resumable field whose change alters training (num_steps, optim.lr,
+    nonfinite_policy), with the learning rate before and after at the resumed step."""
+    changed = [
+        k for k in ("num_steps", "optim.lr", "nonfinite_policy") if saved.get(k) != current.get(k)
+    ]
+    if not changed:
+        return
+    step = max(
+        int(name) for name in os.listdir(os.path.join(workdir, "checkpoints")) if name.isdigit()
+    )
+    for key in changed:
+        logging.warning(
+            "Resuming %s at step %d with %s=%s (was %s).",
+            workdir,
+            step,
+            key,
+            current.get(key),
+            saved.get(key),
+        )
+    if "num_steps" in changed or "optim.lr" in changed:
+        before, after = (
+            float(train_state.learning_rate_schedule(_config_of(flat))(step))
+            for flat in (saved, current)
+        )
+        logging.warning(
+            "The learning-rate schedule continues for num_steps=%s from step %d: rate %.6g there "
+            "(it was %.6g under the saved config).",
+            current.get("num_steps"),
+            step,
+            after,
+            before,
+        )
+
+
+def _config_of(flat: dict[str, Any]) -> ml_collections.ConfigDict:
+    """A ConfigDict from _flatten's dotted keys."""
+    tree: dict[str, Any] = {}
+    for key, value in flat.items():
+        *parents, leaf = key.split(".")
+        node = tree
+        for parent in parents:
+            node = node.setdefault(parent, {})
+        node[leaf] = value
+    return ml_collections.ConfigDict(tree)
 
 
 def _has_checkpoints(workdir: str) -> bool:
@@ -213,6 +273,7 @@ def save_checkpoint(manager: ocp.CheckpointManager, step: int, state: TrainState
     """Starts writing checkpoint `step` of the whole TrainState (asynchronously; Orbax
     commits it only once complete, so a half-written checkpoint is never restored)."""
     manager.save(step, args=ocp.args.StandardSave(state))
+    logging.info("Saving the checkpoint of step %d", step)
 
 
 def restore_state(

@@ -16,6 +16,7 @@ from typing import Any, Callable
 
 import jax
 import ml_collections
+import numpy as np
 from absl import logging
 from jax.sharding import NamedSharding, PartitionSpec
 
@@ -40,6 +41,14 @@ def run_keys(seed: int) -> tuple[jax.Array, jax.Array]:
     (whose own key drives the augmentations), the second draws the batches."""
     init_key, sampling_key = jax.random.split(jax.random.key(seed))
     return init_key, sampling_key
+
+
+def stop_cause(termination: TerminationRequest) -> str:
+    """What stopped the run, for the stop message: the signal (one process), or JAX's
+    preemption notice (several processes; a SIGTERM or Ctrl-C to any of them)."""
+    if termination.multiprocess:
+        return "a preemption notice (SIGTERM or Ctrl-C to one of the processes)"
+    return termination.signal_name
 
 
 def train_and_evaluate(
@@ -83,128 +92,158 @@ def train_and_evaluate(
     batch_sharding = NamedSharding(mesh, PartitionSpec("data"))
 
     checkpoints = runs.checkpoint_manager(workdir, max_to_keep=config.keep_checkpoints)
-    init_key, _ = run_keys(config.seed)
-    latest = checkpoints.latest_step()
-    if latest is not None:
-        target = runs.abstract_state(init_state, replicated)
-        state = runs.restore_state(checkpoints, latest, target, workdir)
-        logging.info("Resumed from the checkpoint of step %d in %s", latest, workdir)
-    else:
-        state = jax.jit(lambda: init_state(init_key), out_shardings=replicated)()
-        if config.init_from:
-            state = runs.initialise_backbone_from(state, config.init_from, sharding=replicated)
-        if config.model.get("init_from_torch"):
-            state = pretrained.initialise_from_torch(state, config, sharding=replicated)
-    runs.save_run(
-        config,
-        workdir,
-        num_classes=data.num_classes,
-        class_names=data.class_names,
-        image_shape=image_shape,
-        source=data.source,
-        fingerprint=data.fingerprint,
-    )
-    from comatch_jax import metric_writing  # clu's writers import TensorFlow
-
-    writer = metric_writing.create_writer(workdir, primary=multihost.is_primary(), writer=writer)
-    step_fn = train_step.make_train_step(model=model, tx=tx, method=method, config=config)
-    jitted_step, next_input, on_host = _step_with_input(
-        config, data, step_fn, replicated, batch_sharding
-    )
-    accuracy_of = _test_accuracy(config, model, method, data, replicated, batch_sharding)
-    images_per_step = config.batch_size * len(method.labeled_views) + (
-        config.batch_size * config.mu * len(method.unlabeled_views)
-    )
-    knn_note = " by kNN on frozen features" if method.evaluation == "self_supervised" else ""
-
-    def run_eval(step: int) -> dict[str, float]:
-        ema = accuracy_of(state.ema_params, state.ema_batch_stats)
-        raw = accuracy_of(state.params, state.batch_stats)
-        results = {"test_accuracy": ema["accuracy"], "test_accuracy_raw": raw["accuracy"]}
-        if "nll" in ema:
-            results["test_nll"] = ema["nll"]
-        writer.write_scalars(step, training_metrics.prefixed(training_metrics.EVAL, results))
-        logging.info(
-            "step %d: test accuracy %.4f (EMA), %.4f (raw model)%s",
-            step,
-            ema["accuracy"],
-            raw["accuracy"],
-            knn_note,
+    # Closed on every exit (normal end, error, signal): an asynchronous save that has
+    # started is finished first, so the workdir never keeps a half-written checkpoint.
+    try:
+        init_key, _ = run_keys(config.seed)
+        latest = checkpoints.latest_step()
+        if latest is not None:
+            target = runs.abstract_state(init_state, replicated)
+            state = runs.restore_state(checkpoints, latest, target, workdir)
+            logging.info("Resumed from the checkpoint of step %d in %s", latest, workdir)
+        else:
+            state = jax.jit(lambda: init_state(init_key), out_shardings=replicated)()
+            if config.init_from:
+                state = runs.initialise_backbone_from(state, config.init_from, sharding=replicated)
+            if config.model.get("init_from_torch"):
+                state = pretrained.initialise_from_torch(state, config, sharding=replicated)
+        runs.save_run(
+            config,
+            workdir,
+            num_classes=data.num_classes,
+            class_names=data.class_names,
+            image_shape=image_shape,
+            source=data.source,
+            fingerprint=data.fingerprint,
         )
-        return results
+        from comatch_jax import metric_writing  # clu's writers import TensorFlow
 
-    start_step = step = int(jax.device_get(state.step))
-    pending: list[dict[str, jax.Array]] = []  # the step metrics since the last log, on device
-    results: dict[str, float] = {}
-    train_start, eval_seconds = time.time(), 0.0
-    training_clock = lambda: time.monotonic() - eval_seconds  # throughput and ETA: training only
-    progress = metric_writing.Progress(
-        start_step=start_step, num_steps=config.num_steps, t=training_clock()
-    )
-    with contextlib.ExitStack() as stack:
-        termination = stack.enter_context(TerminationRequest())
-        if on_host:  # the next batches are gathered and transferred while a step runs
-            next_input = stack.enter_context(
-                prefetch.Prefetcher(
-                    next_input, start_step=start_step, stop_step=config.num_steps, depth=2
-                )
-            ).get
+        writer = metric_writing.create_writer(
+            workdir, primary=multihost.is_primary(), writer=writer
+        )
+        step_fn = train_step.make_train_step(model=model, tx=tx, method=method, config=config)
+        jitted_step, next_input, on_host = _step_with_input(
+            config, data, step_fn, replicated, batch_sharding
+        )
+        accuracy_of = _test_accuracy(config, model, method, data, replicated, batch_sharding)
+        images_per_step = config.batch_size * len(method.labeled_views) + (
+            config.batch_size * config.mu * len(method.unlabeled_views)
+        )
+        knn_note = " by kNN on frozen features" if method.evaluation == "self_supervised" else ""
 
-        def stop_requested() -> bool:
-            """One process: a signal seen at any time. Several: agreed at logging steps (a
-            collective every process calls at the same steps)."""
-            if jax.process_count() == 1:
-                return termination.requested
-            return step % config.log_every == 0 and multihost.on_any_process(termination.requested)
+        def run_eval(step: int) -> dict[str, float]:
+            ema = accuracy_of(state.ema_params, state.ema_batch_stats)
+            raw = accuracy_of(state.params, state.batch_stats)
+            results = {"test_accuracy": ema["accuracy"], "test_accuracy_raw": raw["accuracy"]}
+            if "nll" in ema:
+                results["test_nll"] = ema["nll"]
+            writer.write_scalars(step, training_metrics.prefixed(training_metrics.EVAL, results))
+            logging.info(
+                "step %d: test accuracy %.4f (EMA), %.4f (raw model)%s",
+                step,
+                ema["accuracy"],
+                raw["accuracy"],
+                knn_note,
+            )
+            return results
 
-        while step < config.num_steps:
-            state, metrics = jitted_step(state, next_input(step))
-            pending.append(metrics)
-            step += 1
-            final = step == config.num_steps
-            stop = stop_requested()
-            save = step % config.checkpoint_every == 0 or final or stop
-            if pending and (step % config.log_every == 0 or save):
-                # Metrics are checked before any checkpoint, so a non-finite state is never saved.
-                means = training_metrics.average_over_steps(jax.device_get(pending))
-                pending = []
-                training_metrics.check_finite(step, means, config.nonfinite_policy)
-                steps_per_sec, eta = progress.report(step, training_clock())
-                means["steps_per_sec"] = steps_per_sec
-                means["images_per_sec"] = steps_per_sec * images_per_step
-                writer.write_scalars(step, training_metrics.prefixed(training_metrics.TRAIN, means))
-                logging.info(
-                    "%s",
-                    training_metrics.progress_line(
-                        step, config.num_steps, means, means["images_per_sec"], eta
-                    ),
-                )
-            if step % config.eval_every == 0 or final:
-                eval_start = time.monotonic()
-                results = run_eval(step)
-                eval_seconds += time.monotonic() - eval_start
-            stop = stop or stop_requested()  # a signal may arrive during logging
-            if save or stop:
-                runs.save_checkpoint(checkpoints, step, state)
-            if stop:
+        start_step = step = int(jax.device_get(state.step))
+        pending: list[dict[str, jax.Array]] = []  # the step metrics since the last log, on device
+        results: dict[str, float] = {}
+        train_start, eval_seconds = time.time(), 0.0
+        # Throughput and ETA: training only.
+        training_clock = lambda: time.monotonic() - eval_seconds
+        progress = metric_writing.Progress(
+            start_step=start_step, num_steps=config.num_steps, t=training_clock()
+        )
+        multiprocess = jax.process_count() > 1
+        # Without ground truth for the unlabeled images (an image folder) the pseudo-label
+        # accuracy is unknown, so it is not logged (rather than shown as 0).
+        truth_known = bool(np.any(np.asarray(data.unlabeled_labels) >= 0))
+        with contextlib.ExitStack() as stack:
+            termination = stack.enter_context(TerminationRequest(multiprocess=multiprocess))
+            if on_host:  # the next batches are gathered and transferred while a step runs
+                next_input = stack.enter_context(
+                    prefetch.Prefetcher(
+                        next_input, start_step=start_step, stop_step=config.num_steps, depth=2
+                    )
+                ).get
+
+            def stop_requested() -> bool:
+                """One process: a signal seen at any time. Several: JAX's preemption sync
+                point (every process calls this once per step, at the same steps, from the
+                same start step), reached a step or so after any process got a SIGTERM."""
+                if not multiprocess:
+                    return termination.requested
+                if checkpoints.reached_preemption(step):
+                    termination.on_preemption()
+                    return True
+                return False
+
+            # Several processes: each tells the preemption service its start step (the same
+            # on all), so a SIGTERM received during start-up stops them at the next step.
+            if multiprocess and stop_requested():
+                if checkpoints.latest_step() != step:
+                    runs.save_checkpoint(checkpoints, step, state)
                 checkpoints.wait_until_finished()
                 raise SystemExit(
-                    f"Stopped by {termination.signal_name or 'a signal to another process'} "
-                    f"at step {step} after a checkpoint; "
+                    f"Stopped by {stop_cause(termination)} at step {step} after a checkpoint; "
                     "rerun the same command to resume."
                 )
-    checkpoints.wait_until_finished()
-    if not results:
-        results = run_eval(step)
-    writer.flush()
-    summary = {
-        "final_step": step,
-        "evaluation": "knn" if method.evaluation == "self_supervised" else "classifier",
-        "test_accuracy": results["test_accuracy"],
-        "test_accuracy_raw": results["test_accuracy_raw"],
-        "train_seconds": time.time() - train_start,
-        "data_source": data.source,
-    }
+            while step < config.num_steps:
+                state, metrics = jitted_step(state, next_input(step))
+                pending.append(metrics)
+                step += 1
+                final = step == config.num_steps
+                stop = stop_requested()
+                save = step % config.checkpoint_every == 0 or final or stop
+                if pending and (step % config.log_every == 0 or save):
+                    # Metrics are checked before any checkpoint: a non-finite state is never saved.
+                    means = training_metrics.average_over_steps(jax.device_get(pending))
+                    pending = []
+                    training_metrics.check_finite(step, means, config.nonfinite_policy)
+                    if not truth_known:
+                        means.pop("pseudo_label_acc", None)
+                    steps_per_sec, eta = progress.report(step, training_clock())
+                    means["steps_per_sec"] = steps_per_sec
+                    means["images_per_sec"] = steps_per_sec * images_per_step
+                    writer.write_scalars(
+                        step, training_metrics.prefixed(training_metrics.TRAIN, means)
+                    )
+                    logging.info(
+                        "%s",
+                        training_metrics.progress_line(
+                            step, config.num_steps, means, means["images_per_sec"], eta
+                        ),
+                    )
+                if step % config.eval_every == 0 or final:
+                    eval_start = time.monotonic()
+                    results = run_eval(step)
+                    eval_seconds += time.monotonic() - eval_start
+                # One process: a signal may arrive during logging or evaluation.
+                stop = stop or (not multiprocess and termination.requested)
+                if save or stop:
+                    runs.save_checkpoint(checkpoints, step, state)
+                if stop:
+                    checkpoints.wait_until_finished()
+                    raise SystemExit(
+                        f"Stopped by {stop_cause(termination)} at step {step} after a "
+                        "checkpoint; rerun the same command to resume."
+                    )
+        checkpoints.wait_until_finished()
+        if not results:
+            results = run_eval(step)
+        writer.flush()
+        summary = {
+            "final_step": step,
+            "evaluation": "knn" if method.evaluation == "self_supervised" else "classifier",
+            "test_accuracy": results["test_accuracy"],
+            "test_accuracy_raw": results["test_accuracy_raw"],
+            "train_seconds": time.time() - train_start,
+            "data_source": data.source,
+        }
+    finally:
+        checkpoints.close()
     runs.save_json(workdir, "summary.json", summary)
     logging.info("Final test accuracy (EMA model): %.4f", summary["test_accuracy"])
     return state, summary

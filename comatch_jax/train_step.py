@@ -86,6 +86,16 @@ def split_per_device(x: jax.Array, sizes: list[int], groups: int) -> list[jax.Ar
     return [piece.reshape(-1, *x.shape[1:]) for piece in pieces]
 
 
+def schedule_count(opt_state: Any) -> jax.Array:
+    """The optimizer's update count (int32 scalar), at which its learning-rate schedule is
+    evaluated: optax's ScaleByScheduleState.count in `opt_state`. Raises ValueError when
+    the optimizer holds no such count (no schedule)."""
+    counts = [leaf for _, leaf in optax.tree_utils.tree_get_all_with_path(opt_state, "count")]
+    if not counts:
+        raise ValueError("the optimizer state holds no update count (optax 'count')")
+    return counts[-1]
+
+
 def make_train_step(
     *,
     model: nn.Module,
@@ -164,8 +174,11 @@ def make_train_step(
             **metrics,
             "loss": loss,
             "grad_norm": optax.tree.norm(grads),
-            "param_norm": optax.tree.norm(params),
-            "learning_rate": schedule(state.step),
+            # The kept params (a skipped step keeps the previous ones).
+            "param_norm": optax.tree.norm(new_state.params),
+            # The rate this step's update used: the schedule at the optimizer's own count,
+            # which a skipped step does not advance (state.step does).
+            "learning_rate": schedule(schedule_count(state.opt_state)),
         }
         return new_state, metrics
 

@@ -71,15 +71,20 @@ def average_over_steps(step_metrics: Sequence[dict[str, Any]]) -> dict[str, floa
 
 
 def check_finite(step: int, metrics: dict[str, float], policy: str) -> None:
-    """Raises FloatingPointError, naming the step and the terms, on non-finite metrics
-    (policy 'skip': on param_norm only, as skipped steps leave the params as they were)."""
+    """Raises FloatingPointError, naming the step and the terms and a command that resumes,
+    on non-finite metrics (policy 'skip': on param_norm only, the norm of the kept params, as
+    skipped steps leave the params as they were)."""
     names = ["param_norm"] if policy == "skip" else [n for n in metrics if n != "skipped_steps"]
     bad = [name for name in names if name in metrics and not np.isfinite(metrics[name])]
     if bad:
+        # Both overrides are accepted on resume (runs.RESUMABLE_CHANGES).
+        advice = "a lower --config.optim.lr" + (
+            "" if policy == "skip" else " or with --config.nonfinite_policy=skip (skips such steps)"
+        )
         raise FloatingPointError(
             f"Non-finite {', '.join(bad)} in the steps up to {step}; training stopped and the "
-            "last good checkpoint is kept. Lower optim.lr, check the inputs, or set "
-            "--config.nonfinite_policy=skip to skip such steps."
+            f"last good checkpoint is kept. Check the inputs, or rerun the same command with "
+            f"{advice} to resume from that checkpoint."
         )
 
 

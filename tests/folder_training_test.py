@@ -42,10 +42,12 @@ def _folder_config(root):
 def test_train_on_image_folder_then_predict(tmp_path):
     _write_folder(tmp_path / "data", np.random.default_rng(0))
     config = _folder_config(tmp_path / "data")
-    state, summary = train.train_and_evaluate(
-        config, str(tmp_path / "run"), writer=RecordingWriter()
-    )
+    writer = RecordingWriter()
+    state, summary = train.train_and_evaluate(config, str(tmp_path / "run"), writer=writer)
     assert int(state.step) == config.num_steps
+    # No ground truth for unlabeled/: its pseudo-label accuracy is unknown, not logged as 0.
+    logged = [name for _, scalars in writer.scalars for name in scalars]
+    assert "train/mask_rate" in logged and "train/pseudo_label_acc" not in logged
     assert "image_folder" in summary["data_source"]
     run = runs.load_run(str(tmp_path / "run"))
     assert run.class_names == ("blue", "green", "red")

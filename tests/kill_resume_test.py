@@ -1,19 +1,26 @@
 """Kill a real run (SIGKILL, SIGTERM) at different points; the rerun ends exactly where an
 uninterrupted run ends. Uses the real entry point on scikit-learn's real 8x8 digits.
-Ctrl-C (SIGINT) takes the same path as SIGTERM and is tested in-process in train_test.py."""
+Ctrl-C (SIGINT) takes the same path as SIGTERM and is tested in-process in train_test.py;
+a second Ctrl-C ends the program at once. A non-finite stop keeps complete checkpoints only,
+its advice resumes the run, a foreign checkpoint is refused in one line, and the log holds no
+library INFO lines unless --verbosity=1."""
 
 import json
 import os
+import re
+import shutil
 import signal
 import subprocess
 import sys
 import time
 
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 
 from comatch_jax import runs
 
+from nonfinite_test import nan_gradient_method  # noqa: F401 (a fixture)
 from train_test import _leaves
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -94,3 +101,116 @@ def test_killed_run_resumes_to_the_same_final_state(tmp_path, uninterrupted, sig
     summaries = [json.load(open(os.path.join(d, "summary.json"))) for d in (uninterrupted, workdir)]
     assert summaries[0]["test_accuracy"] == summaries[1]["test_accuracy"]
     assert len(_finished_checkpoints(workdir)) <= 2  # pruned to keep_checkpoints
+
+
+# The real entry point, with a method whose gradients turn NaN from the 4th step (while its
+# loss stays finite until the NaN update), registered before main runs.
+NAN_GRADIENT_ENTRY = """
+import sys
+import jax.numpy as jnp
+from absl import app
+from comatch_jax import main, methods
+from comatch_jax import losses
+
+
+def nan_gradients_from_fourth_step_loss(outputs, batch, state, config):
+    # As nonfinite_test.nan_gradients_from_fourth_step_loss (not imported: its imports
+    # define absl flags of their own).
+    logits = outputs["labeled_weak"]["logits"]
+    offset = jnp.where(state["count"] >= 3, 0.0, 1.0)
+    term = jnp.sqrt(logits.sum() - logits.sum() + offset) - jnp.sqrt(offset)
+    loss = losses.cross_entropy(logits, batch["labels"]) + term
+    return loss, ({"count": state["count"] + 1}, {"loss_x": loss})
+
+
+methods.METHODS["nan_grad_test"] = methods.Method(
+    "nan_grad_test", ("weak",), (), lambda *_: {"count": jnp.zeros((), jnp.int32)},
+    nan_gradients_from_fourth_step_loss)
+app.run(main.main, flags_parser=main.parse_flags)
+"""
+NAN_GRADIENT_RUN = [
+    "--config=configs/supervised.py",
+    "--config.method=nan_grad_test",
+    *[arg for arg in TINY_RUN if arg != "--config=configs/comatch.py"],
+]
+
+
+def _nan_gradient_run(workdir, *extra):
+    overrides = {
+        "--config.num_steps": "10",
+        "--config.checkpoint_every": "3",
+        "--config.log_every": "5",
+        "--config.eval_every": "10",
+        "--config.mu": "0",
+    }
+    args = [a for a in NAN_GRADIENT_RUN if a.split("=")[0] not in overrides]
+    args += [f"{name}={value}" for name, value in overrides.items()]
+    args = [a for a in args if not a.startswith("--config.comatch.")]
+    command = [sys.executable, "-c", NAN_GRADIENT_ENTRY, f"--workdir={workdir}", *args, *extra]
+    return subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
+
+
+def _library_info_lines(stderr):
+    """absl-formatted INFO lines ('I1130 03:31:12.69 123 file.py:85] ...') from files that
+    are not comatch_jax's."""
+    own = {name for _, _, files in os.walk(os.path.join(REPO, "comatch_jax")) for name in files}
+    lines = [line for line in stderr.splitlines() if re.match(r"I\d{4} ", line)]
+    return [line for line in lines if line.split()[3].split(":")[0] not in own]
+
+
+def _checkpoint_entries(workdir):
+    return sorted(os.listdir(os.path.join(workdir, "checkpoints")))
+
+
+def test_nonfinite_stop_keeps_a_complete_checkpoint_and_the_advice_resumes(
+    tmp_path, nan_gradient_method
+):
+    workdir = str(tmp_path / "run")
+    # NaN gradients from step 4, after the asynchronous save of step 3 started.
+    result = _nan_gradient_run(workdir)
+    assert result.returncode != 0
+    assert "Non-finite" in result.stderr and "last good checkpoint is kept" in result.stderr
+    assert "Traceback" not in result.stderr, result.stderr[-3000:]
+    assert _checkpoint_entries(workdir) == ["3"]  # complete: no *.orbax-checkpoint-tmp*
+    assert int(runs.load_run(workdir).state.step) == 3
+    # One line per event: no library INFO lines (Orbax's, clu's) by default.
+    assert not _library_info_lines(result.stderr), _library_info_lines(result.stderr)[:5]
+
+    # A checkpoint of something else (another model or version) is refused in one line.
+    foreign = str(tmp_path / "foreign")
+    shutil.copytree(workdir, foreign)
+    with ocp.CheckpointManager(os.path.join(foreign, "checkpoints")) as manager:
+        manager.save(6, args=ocp.args.StandardSave({"other": np.zeros(3, np.float32)}))
+    result = _nan_gradient_run(foreign)
+    assert result.returncode != 0 and "does not match this model's state" in result.stderr
+    assert "Traceback" not in result.stderr and "Event loop is closed" not in result.stderr
+
+    # The advised command resumes; --verbosity=1 shows the libraries' logs.
+    result = _nan_gradient_run(workdir, "--config.nonfinite_policy=skip", "--verbosity=1")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert any("checkpoint" in line for line in _library_info_lines(result.stderr))
+    assert _checkpoint_entries(workdir) == ["10", "9"]  # keep_checkpoints=2, all complete
+
+
+def test_a_second_ctrl_c_ends_the_program_at_once(tmp_path):
+    command = _command(str(tmp_path))
+    command[command.index("--config.num_steps=30")] = "--config.num_steps=100000"
+    process = subprocess.Popen(
+        command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
+    lines = []
+    for line in process.stderr:  # wait for training, then for the first Ctrl-C's warning
+        lines.append(line)
+        if "step 5/" in line:
+            process.send_signal(signal.SIGINT)
+        if "SIGINT received" in line:
+            sent = time.monotonic()
+            process.send_signal(signal.SIGINT)
+            break
+    lines.append(process.stderr.read())
+    returncode = process.wait(timeout=60)
+    assert "SIGINT received" in "".join(lines)
+    # Killed by the second signal (the operating system's default action), not the stop
+    # after a checkpoint (exit status 1), and at once.
+    assert returncode == -signal.SIGINT
+    assert time.monotonic() - sent < 10

@@ -1,13 +1,15 @@
 """A non-finite loss stops training naming the step and term, or is skipped on request."""
 
+import json
 import os
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
-from comatch_jax import losses, methods, runs, train
+from comatch_jax import losses, methods, runs, train, train_state, train_step
 
 from train_test import RecordingWriter, synthetic_dataset, tiny_config
 
@@ -59,3 +61,98 @@ def test_nonfinite_steps_can_be_skipped_and_counted(tmp_path, nan_method):
     assert all(np.isfinite(x).all() for x in jax.tree.leaves(state.params))
     skipped = sum(s["train/skipped_steps"] for _, s in writer.scalars if "train/skipped_steps" in s)
     assert skipped == 3
+
+
+def nan_gradients_from_fourth_step_loss(outputs, batch, state, config):
+    """Cross-entropy plus sqrt(u), u = (s - s) + (1 before the 4th step, 0 from it), s the
+    logits' sum: the loss stays finite but from the 4th step d sqrt(u)/du = inf times du/ds = 0
+    makes every gradient NaN (a NaN that reaches the gradients, not the loss)."""
+    logits = outputs["labeled_weak"]["logits"]
+    offset = jnp.where(state["count"] >= 3, 0.0, 1.0)
+    term = jnp.sqrt(logits.sum() - logits.sum() + offset) - jnp.sqrt(offset)
+    loss = losses.cross_entropy(logits, batch["labels"]) + term
+    return loss, ({"count": state["count"] + 1}, {"loss_x": loss})
+
+
+@pytest.fixture
+def nan_gradient_method(monkeypatch):
+    method = methods.Method(
+        "nan_grad_test",
+        ("weak",),
+        (),
+        lambda *_: {"count": jnp.zeros((), jnp.int32)},
+        nan_gradients_from_fourth_step_loss,
+    )
+    monkeypatch.setitem(methods.METHODS, "nan_grad_test", method)
+
+
+def _nan_gradient_config(policy):
+    config = _config(policy)
+    config.method = "nan_grad_test"
+    config.num_steps = 10
+    config.checkpoint_every = 3
+    config.optim.schedule = "cosine"  # the rate changes every step
+    return config
+
+
+def test_skip_keeps_the_state_when_whole_logging_windows_have_nan_gradients(
+    tmp_path, nan_gradient_method
+):
+    writer = RecordingWriter()
+    config = _nan_gradient_config("skip")
+    config.keep_checkpoints = 4  # keeps step 3's
+    state, _ = train.train_and_evaluate(
+        config, str(tmp_path), writer=writer, dataset=synthetic_dataset()
+    )
+    logged = {step: scalars for step, scalars in writer.scalars if "train/loss" in scalars}
+    # Logged at 3, 5, 6, 9, 10 (and saved at 3, 6, 9, 10): every window after step 3 is
+    # wholly skipped, yet training goes on.
+    assert sorted(logged) == [3, 5, 6, 9, 10]
+    assert [logged[s]["train/skipped_steps"] for s in (5, 6, 9, 10)] == [2, 1, 3, 1]
+    # The logged norm is that of the kept params, the ones of step 3.
+    assert int(state.step) == 10
+    kept = runs.load_run(str(tmp_path), step=3).state.params
+    for x, y in zip(jax.tree.leaves(state.params), jax.tree.leaves(kept)):
+        np.testing.assert_array_equal(x, y)
+    np.testing.assert_allclose(
+        logged[10]["train/param_norm"], float(optax.tree.norm(state.params)), rtol=1e-6
+    )
+    # The optimizer counted 3 updates; the logged rate is the one it applied (at count 3).
+    assert int(train_step.schedule_count(state.opt_state)) == 3
+    schedule = train_state.learning_rate_schedule(config)
+    np.testing.assert_allclose(logged[10]["train/learning_rate"], float(schedule(3)), rtol=1e-6)
+
+
+def test_the_advice_after_a_nonfinite_stop_resumes_the_run(tmp_path, nan_gradient_method, caplog):
+    workdir = str(tmp_path)
+    with pytest.raises(FloatingPointError, match="grad_norm") as error:
+        train.train_and_evaluate(
+            _nan_gradient_config("stop"),
+            workdir,
+            writer=RecordingWriter(),
+            dataset=synthetic_dataset(),
+        )
+    message = str(error.value)
+    assert "--config.optim.lr" in message and "--config.nonfinite_policy=skip" in message
+    assert sorted(os.listdir(tmp_path / "checkpoints")) == ["3"]
+    # A lower rate and a larger num_steps are accepted, each logged.
+    lower = _nan_gradient_config("stop")
+    lower.optim.lr = 0.01
+    lower.num_steps = 20
+    with open(os.path.join(workdir, "config.json")) as f:  # the trainer resolves mean/std
+        saved = json.load(f)["dataset"]
+    lower.dataset.mean, lower.dataset.std = tuple(saved["mean"]), tuple(saved["std"])
+    with caplog.at_level("WARNING"):
+        runs.check_workdir(lower, workdir)
+    assert "optim.lr=0.01" in caplog.text and "num_steps=20 from step 3" in caplog.text
+    # The advised skip policy resumes from step 3 and finishes.
+    state, summary = train.train_and_evaluate(
+        _nan_gradient_config("skip"), workdir, writer=RecordingWriter(), dataset=synthetic_dataset()
+    )
+    assert int(state.step) == 10 and np.isfinite(summary["test_accuracy"])
+    # What changes what is trained is still refused, naming what may change.
+    other = _nan_gradient_config("skip")
+    other.optim.momentum = 0.5
+    other.dataset.mean, other.dataset.std = lower.dataset.mean, lower.dataset.std
+    with pytest.raises(ValueError, match=r"different config \(optim.momentum\).*optim.lr"):
+        runs.check_workdir(other, workdir)

@@ -1,0 +1,40 @@
+"""One log line per event: the libraries' (Orbax, clu, JAX, TensorFlow...) INFO lines hidden.
+
+Orbax and clu log through absl, JAX through Python's logging; absl's handler on the root
+logger prints them all. By default the commands keep comatch_jax's own INFO lines
+(progress, evaluation, checkpoints) and everyone's warnings and errors; absl's
+--verbosity=1 (or more) shows the libraries' logs too.
+"""
+
+from __future__ import annotations
+
+import logging as python_logging
+import os
+
+from absl import logging
+
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+
+class OwnInfoOnly(python_logging.Filter):
+    """Passes warnings and errors, and records below WARNING only from comatch_jax's own
+    modules (by the calling file's path)."""
+
+    def filter(self, record: python_logging.LogRecord) -> bool:
+        if record.levelno >= python_logging.WARNING:
+            return True
+        return os.path.abspath(record.pathname).startswith(_PACKAGE_DIR)
+
+
+def quiet_library_logs() -> None:
+    """Hides the libraries' INFO/DEBUG lines unless absl's --verbosity is 1 or more (call
+    after flag parsing; idempotent)."""
+    handler = logging.get_absl_handler()
+    for existing in [f for f in handler.filters if isinstance(f, OwnInfoOnly)]:
+        handler.removeFilter(existing)
+    if logging.get_verbosity() < 1:
+        handler.addFilter(OwnInfoOnly())
+    # JAX's own loggers (e.g. compilation cache notes) stop at WARNING by default as well.
+    python_logging.getLogger("jax").setLevel(
+        python_logging.WARNING if logging.get_verbosity() < 1 else python_logging.NOTSET
+    )
