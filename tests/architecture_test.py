@@ -44,7 +44,13 @@ def imports_of(name: str, modules: set[str]) -> set[str]:
                 module = "comatch_jax" + ("." + module if module else "")
             else:
                 module = node.module or ""
-            targets = [module] + [f"{module}.{alias.name}" for alias in node.names]
+            submodules = [f"{module}.{alias.name}" for alias in node.names]
+            # `from pkg import submodule` names the submodule; the package itself counts only
+            # when a name other than a submodule is taken from it.
+            names_module = any(
+                t[len("comatch_jax.") :] not in modules for t in submodules
+            )
+            targets = ([module] if names_module else []) + submodules
         else:
             continue
         for target in targets:
