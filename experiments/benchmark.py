@@ -314,7 +314,7 @@ def _time_host_loops(
         "labels": (np.arange(max(b, num_classes)) % num_classes).astype(np.int32),
         "unlabeled_images": _random_images(pool_size, size, channels, seed=2),
         "unlabeled_labels": (np.arange(pool_size) % num_classes).astype(np.int32),
-        "sampling_rng": np.asarray(jax.random.key(0)),
+        "sampling_rng": jax.random.key(0),
     }
     make = lambda step: prefetch.host_batch(
         arrays, step, batch_size=b, unlabeled_batch_size=u, sharding=_batch_sharding()

@@ -70,8 +70,10 @@ def test_foreign_nonempty_workdir_is_refused(tmp_path):
 
 def test_workdir_of_a_different_model_is_refused_and_kept(tmp_path):
     # A run's workdir as the trainer leaves it: its config, its record and a checkpoint.
+    saved = tiny_config()
+    saved.dataset.mean, saved.dataset.std = (0.3,), (0.3,)  # as the trainer saves them: resolved
     runs.save_run(
-        tiny_config(),
+        saved,
         str(tmp_path),
         num_classes=10,
         class_names=tuple("0123456789"),
@@ -81,6 +83,7 @@ def test_workdir_of_a_different_model_is_refused_and_kept(tmp_path):
     (tmp_path / "checkpoints" / "6").mkdir(parents=True)
     (tmp_path / "checkpoints" / "6" / "state").write_text("kept")
     config = tiny_config()
+    config.dataset.mean, config.dataset.std = (0.3,), (0.3,)
     config.model.widths = (8, 32)
     config.num_steps = 9  # a longer run alone would be allowed
     with pytest.raises(ValueError, match=r"different config \(model.widths\)"):

@@ -376,7 +376,7 @@ def test_adaptive_threshold_methods_train_20_steps(tmp_path, name):
         assert low < float(ms["global_threshold"]) < high
         np.testing.assert_allclose(ms["class_probs"].sum(), 1.0, rtol=1e-5)
         np.testing.assert_allclose(ms["class_histogram"].sum(), 1.0, rtol=1e-5)
-        assert "loss_fair" in logged[0]
+        assert "train/loss_fair" in logged[0]
     else:
         assert int(ms["alignment_count"]) == 20
         np.testing.assert_allclose(ms["class_mean"].sum(), 1.0, rtol=1e-5)

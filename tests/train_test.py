@@ -210,6 +210,10 @@ def test_main_end_to_end_under_tfds_mock_data(tmp_path, monkeypatch):
     ]
     monkeypatch.setattr(sys, "argv", argv)  # config_flags reads overrides from sys.argv
     flags.FLAGS.unparse_flags()
+    # Another test in this process may have parsed --config overrides already: config_flags
+    # defines one flag per override at parse time, so drop those before parsing again.
+    for name in [n for n in list(flags.FLAGS) if n.startswith("config.")]:
+        delattr(flags.FLAGS, name)
     flags.FLAGS(argv)
     try:
         with tfds.testing.mock_data(num_examples=40):
