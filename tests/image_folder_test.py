@@ -568,3 +568,48 @@ def test_folder_fingerprint_reports_added_files_and_classes(tmp_path):
     assert datasets.describe_data_change(after, touched) == (
         "unlabeled: 7 images, but files were replaced or modified"
     )
+
+
+def test_the_unlabeled_cache_is_advised_for_random_access(tmp_path, monkeypatch):
+    """Training reads scattered rows of the unlabeled memmap: it is advised MADV_RANDOM (no
+    read-around); the labeled and validation parts, read whole, keep the default."""
+    import mmap
+
+    if not hasattr(mmap, "MADV_RANDOM"):
+        pytest.skip("this platform's mmap has no madvise")
+    advised = []
+
+    def record(images):
+        advised.append(images.shape)
+        return images
+
+    monkeypatch.setattr(folder_cache, "random_access", record)
+    dataset = _load(_make_folder(tmp_path))
+    assert isinstance(dataset.unlabeled_images, np.memmap)
+    assert advised == [dataset.unlabeled_images.shape]
+
+
+def test_random_access_calls_madvise_on_the_memmap(tmp_path):
+    import mmap
+
+    if not hasattr(mmap, "MADV_RANDOM"):
+        pytest.skip("this platform's mmap has no madvise")
+    path = tmp_path / "a.npy"
+    np.save(path, np.arange(4 * 8 * 8 * 3, dtype=np.uint8).reshape(4, 8, 8, 3))
+    images = np.load(path, mmap_mode="r")
+    calls = []
+
+    class Handle:
+        def madvise(self, advice):
+            calls.append(advice)
+
+    real = images._mmap
+    images._mmap = Handle()
+    try:
+        assert folder_cache.random_access(images) is images
+    finally:
+        images._mmap = real
+    assert calls == [mmap.MADV_RANDOM]
+    advised = folder_cache.random_access(np.load(path, mmap_mode="r"))  # the real call works
+    np.testing.assert_array_equal(advised[3], np.load(path)[3])
+    assert folder_cache.random_access(np.zeros((2, 2), np.uint8)).shape == (2, 2)  # no memmap

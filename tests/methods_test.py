@@ -41,6 +41,8 @@ def method_config(name):
     config.probe.knn_k = 5
     config.probe.linear_steps = 20
     config.model.update(SSL_MODEL)
+    # Each method with its own config file's views (tiny_config uses the weak one).
+    config.augment.strong0, config.augment.strong1 = full.augment.strong0, full.augment.strong1
     if methods.get_method(name).evaluation == "self_supervised":
         config.augment.strong0 = config.augment.strong1 = "simclr"
     if name == "supervised":

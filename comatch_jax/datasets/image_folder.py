@@ -265,7 +265,7 @@ def load_image_folder(
         num_classes=len(class_names),
         class_names=tuple(class_names),
         source=f"image_folder:{root} (val: {val_source})",
-        unlabeled_images=unlabeled.images,
+        unlabeled_images=folder_cache.random_access(unlabeled.images),
         name="image_folder",
         mean=mean,
         std=std,
