@@ -81,6 +81,16 @@ def main(argv):
         # Bad input (config, data, workdir) or a numerical fault: one line, non-zero exit.
         logging.error("%s: %s", type(error).__name__, error)
         sys.exit(f"error: {error}")
+    except KeyboardInterrupt:
+        # Ctrl-C outside the training loop (start-up, compiling, the final evaluation): the
+        # loop's handler, which checkpoints first, is not installed there. Orbax's saves are
+        # atomic, so the workdir holds only complete checkpoints (or none yet).
+        print(
+            "Interrupted (Ctrl-C) outside the training loop; the workdir holds only complete "
+            "checkpoints. Rerun the same command to continue.",
+            file=sys.stderr,
+        )
+        sys.exit(130)
 
 
 def parse_flags(argv: list[str]) -> list[str]:

@@ -52,6 +52,11 @@ def rank_unlabeled(
     """
     active_learning.check_strategy(strategy, balance_by_predicted_class)
     candidates = (data.unlabeled_ids >= 0) & ~np.isin(data.unlabeled_ids, data.labeled_ids)
+    if not candidates.any():
+        raise ValueError(
+            "No unlabeled train-split image is left to request: every one is already labeled "
+            "(e.g. through dataset.extra_labels_csv); there is nothing to ask for."
+        )
     if budget <= 0 or budget > int(candidates.sum()):
         raise ValueError(
             f"--budget must be in 1..{int(candidates.sum())} (the unlabeled train-split "

@@ -74,7 +74,7 @@ def check_workdir(
     of a different config (fields other than RESUMABLE_CHANGES), or checkpoints of an older
     format.
     """
-    if not os.path.isdir(workdir) or not os.listdir(workdir):
+    if not os.path.isdir(workdir) or not os.listdir(workdir) or _only_an_empty_start(workdir):
         return
     saved_path = os.path.join(workdir, "config.json")
     if not os.path.exists(saved_path):
@@ -158,6 +158,15 @@ def _config_of(flat: dict[str, Any]) -> ml_collections.ConfigDict:
             node = node.setdefault(parent, {})
         node[leaf] = value
     return ml_collections.ConfigDict(tree)
+
+
+def _only_an_empty_start(workdir: str) -> bool:
+    """Whether `workdir` holds nothing but the empty checkpoints/ folder of a run that was
+    stopped (e.g. by Ctrl-C while compiling) before it wrote its record: a fresh start."""
+    if os.listdir(workdir) != ["checkpoints"]:
+        return False
+    directory = os.path.join(workdir, "checkpoints")
+    return os.path.isdir(directory) and not os.listdir(directory)
 
 
 def _has_checkpoints(workdir: str) -> bool:

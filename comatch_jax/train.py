@@ -201,7 +201,9 @@ def train_and_evaluate(
                     # Metrics are checked before any checkpoint: a non-finite state is never saved.
                     means = training_metrics.average_over_steps(jax.device_get(pending))
                     pending = []
-                    training_metrics.check_finite(step, means, config.nonfinite_policy)
+                    training_metrics.check_finite(
+                        step, means, config.nonfinite_policy, lambda: _last_complete(checkpoints)
+                    )
                     if not truth_known:
                         means.pop("pseudo_label_acc", None)
                     steps_per_sec, eta = progress.report(step, training_clock())
@@ -247,6 +249,12 @@ def train_and_evaluate(
     runs.save_json(workdir, "summary.json", summary)
     logging.info("Final test accuracy (EMA model): %.4f", summary["test_accuracy"])
     return state, summary
+
+
+def _last_complete(checkpoints: Any) -> int | None:
+    """The step of the last complete checkpoint (waits for an asynchronous save), or None."""
+    checkpoints.wait_until_finished()
+    return checkpoints.latest_step()
 
 
 def _step_with_input(

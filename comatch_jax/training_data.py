@@ -122,6 +122,11 @@ def _check_unlabeled_pool(config: ml_collections.ConfigDict, count: int) -> None
             f"method={config.method} trains on unlabeled images, but none are left (every "
             "image is labeled); use --config=configs/supervised.py, or add unlabeled images."
         )
+    if count == 0 and config.mu > 0:  # e.g. supervised with a mu left over from another run
+        raise ValueError(
+            f"mu={config.mu} asks for unlabeled images, but none are left (every image is "
+            "labeled); set --config.mu=0."
+        )
 
 
 def _check_num_classes(dataset) -> None:

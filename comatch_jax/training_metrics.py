@@ -9,7 +9,7 @@ metric name. Names are written with a `train/` or `eval/` prefix.
 from __future__ import annotations
 
 import datetime
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import flax
 import jax.numpy as jnp
@@ -70,10 +70,19 @@ def average_over_steps(step_metrics: Sequence[dict[str, Any]]) -> dict[str, floa
     return {name: float(value) for name, value in collection.compute().items()}
 
 
-def check_finite(step: int, metrics: dict[str, float], policy: str) -> None:
-    """Raises FloatingPointError, naming the step and the terms and a command that resumes,
-    on non-finite metrics (policy 'skip': on param_norm only, the norm of the kept params, as
-    skipped steps leave the params as they were)."""
+def check_finite(
+    step: int,
+    metrics: dict[str, float],
+    policy: str,
+    last_checkpoint: Callable[[], int | None],
+) -> None:
+    """Raises FloatingPointError, naming the step, the terms, the checkpoint a rerun starts
+    from and a command that does it, on non-finite metrics (policy 'skip': on param_norm
+    only, the norm of the kept params, as skipped steps leave the params as they were).
+
+    `last_checkpoint()` (called only when raising) gives the step of the last complete
+    checkpoint, or None when none was saved yet (the rerun then starts at step 0).
+    """
     names = ["param_norm"] if policy == "skip" else [n for n in metrics if n != "skipped_steps"]
     bad = [name for name in names if name in metrics and not np.isfinite(metrics[name])]
     if bad:
@@ -81,10 +90,15 @@ def check_finite(step: int, metrics: dict[str, float], policy: str) -> None:
         advice = "a lower --config.optim.lr" + (
             "" if policy == "skip" else " or with --config.nonfinite_policy=skip (skips such steps)"
         )
+        saved = last_checkpoint()
+        if saved is None:
+            kept, start = "no checkpoint had been saved yet", "start again from step 0"
+        else:
+            kept = f"the last good checkpoint (step {saved}) is kept"
+            start = f"resume from step {saved}"
         raise FloatingPointError(
-            f"Non-finite {', '.join(bad)} in the steps up to {step}; training stopped and the "
-            f"last good checkpoint is kept. Check the inputs, or rerun the same command with "
-            f"{advice} to resume from that checkpoint."
+            f"Non-finite {', '.join(bad)} in the steps up to {step}; training stopped and "
+            f"{kept}. Check the inputs, or rerun the same command with {advice} to {start}."
         )
 
 

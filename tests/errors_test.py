@@ -68,6 +68,18 @@ def test_foreign_nonempty_workdir_is_refused(tmp_path):
     assert (tmp_path / "thesis.tex").read_text() == "precious"
 
 
+def test_a_workdir_left_by_a_run_stopped_before_its_record_starts_afresh(tmp_path):
+    """Ctrl-C while the first step compiles leaves only an empty checkpoints/ folder; the
+    same command then starts the run (it is not 'a foreign workdir')."""
+    from comatch_jax import runs
+
+    (tmp_path / "checkpoints").mkdir()
+    runs.check_workdir(tiny_config(), str(tmp_path))  # accepted: nothing to lose
+    (tmp_path / "checkpoints" / "notes.txt").write_text("mine")
+    with pytest.raises(ValueError, match="not empty and holds no comatch_jax run"):
+        runs.check_workdir(tiny_config(), str(tmp_path))
+
+
 def test_workdir_of_a_different_model_is_refused_and_kept(tmp_path):
     # A run's workdir as the trainer leaves it: its config, its record and a checkpoint.
     saved = tiny_config()

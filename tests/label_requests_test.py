@@ -392,3 +392,25 @@ def test_strategies_and_inference_import_without_tensorflow():
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
+
+
+def test_nothing_left_to_request_is_said_plainly():
+    from comatch_jax import request_labels, training_data
+
+    images = np.zeros((3, 4, 4, 1), np.uint8)
+    ids = np.arange(3, dtype=np.int32)
+    data = training_data.SemiSupervisedData(
+        labeled_images=images,
+        labels=ids,
+        unlabeled_images=images,
+        unlabeled_labels=ids,
+        labeled_ids=ids,  # every unlabeled image is also labeled (extra_labels_csv)
+        unlabeled_ids=ids,
+        test_images=images,
+        test_labels=ids,
+        num_classes=3,
+        class_names=("a", "b", "c"),
+        source="test",
+    )
+    with pytest.raises(ValueError, match="No unlabeled train-split image is left to request"):
+        request_labels.rank_unlabeled(None, data, budget=5, strategy="entropy")

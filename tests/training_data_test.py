@@ -44,6 +44,16 @@ def test_every_image_labeled_is_one_line_for_a_semi_supervised_method(tmp_path):
     assert not workdir.exists()
 
 
+def test_every_image_labeled_with_mu_left_set_is_one_line_for_supervised(tmp_path):
+    config = tiny_config("supervised")
+    config.num_labels, config.mu = 120, 2  # mu from a semi-supervised command line
+    workdir = tmp_path / "run"
+    with pytest.raises(ValueError, match=r"^mu=2 asks for unlabeled images.*--config.mu=0"):
+        train.train_and_evaluate(config, str(workdir), writer=RecordingWriter(),
+                                 dataset=synthetic_dataset())
+    assert not workdir.exists()
+
+
 def test_a_resumed_run_on_changed_data_says_what_changed(tmp_path):
     config = tiny_config()
     config.num_steps = 2

@@ -34,13 +34,19 @@ def test_a_window_of_only_skipped_steps_is_averaged_whole():
     assert means["skipped_steps"] == 2
 
 
-def test_check_finite_names_the_step_and_the_terms():
-    with pytest.raises(FloatingPointError, match=r"Non-finite loss in the steps up to 7"):
-        training_metrics.check_finite(7, {"loss": np.nan, "param_norm": 1.0}, "stop")
+def test_check_finite_names_the_step_the_terms_and_where_a_rerun_starts():
+    with pytest.raises(FloatingPointError, match=r"Non-finite loss in the steps up to 7") as e:
+        training_metrics.check_finite(7, {"loss": np.nan, "param_norm": 1.0}, "stop", lambda: 6)
+    assert "checkpoint (step 6) is kept" in str(e.value) and "resume from step 6" in str(e.value)
     # 'skip': only the params matter; skipped losses may be non-finite.
-    training_metrics.check_finite(7, {"loss": np.nan, "param_norm": 1.0}, "skip")
+    training_metrics.check_finite(7, {"loss": np.nan, "param_norm": 1.0}, "skip", lambda: 6)
     with pytest.raises(FloatingPointError, match="param_norm"):
-        training_metrics.check_finite(7, {"loss": 1.0, "param_norm": np.inf}, "skip")
+        training_metrics.check_finite(7, {"loss": 1.0, "param_norm": np.inf}, "skip", lambda: 6)
+    # Before the first checkpoint nothing is claimed to be kept.
+    with pytest.raises(FloatingPointError) as e:
+        training_metrics.check_finite(1, {"loss": np.nan, "param_norm": 1.0}, "stop", lambda: None)
+    assert "no checkpoint had been saved yet" in str(e.value) and "kept" not in str(e.value)
+    assert "start again from step 0" in str(e.value)
 
 
 def test_prefixes_and_the_progress_line():
