@@ -586,11 +586,7 @@ def update_part_cache(
         time.monotonic() - start,
     )
     return CachedPart(
-        np.load(stem + ".npy", mmap_mode="r"),
-        final_entries,
-        row_sums,
-        tuple(skipped),
-        build,
+        np.load(stem + ".npy", mmap_mode="r"), final_entries, row_sums, tuple(skipped), build
     )
 
 
