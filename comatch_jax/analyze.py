@@ -28,15 +28,14 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from typing import Any, Sequence
 
 import matplotlib
 import matplotlib.pyplot as plt
 import numpy as np
-from absl import app, flags, logging
+from absl import flags, logging
 
-from comatch_jax import atomic_files, inference, runs, training_data
+from comatch_jax import atomic_files, command_line, inference, runs, training_data
 
 # The trainer's metrics file (comatch_jax.metric_writing writes it; read here without clu).
 METRICS_JSONL = "metrics.jsonl"
@@ -674,31 +673,28 @@ def write_analysis(
     return written
 
 
-def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+def _analyze() -> None:
     matplotlib.use("Agg")  # headless: files only, no display needed
-    try:
-        run = runs.load_run(FLAGS.workdir)
-        data = training_data.prepare_data(run.config)
-        written = write_analysis(
-            run,
-            data,
-            FLAGS.workdir,
-            FLAGS.out,
-            max_images=FLAGS.max_images,
-            image_index=FLAGS.image_index,
-            embedding=FLAGS.embedding,
-            seed=FLAGS.seed,
-            batch_size=FLAGS.batch_size,
-        )
-    except (ValueError, OSError) as error:
-        logging.error("%s: %s", type(error).__name__, error)
-        sys.exit(f"error: {error}")
+    run = runs.load_run(FLAGS.workdir)
+    data = training_data.prepare_data(run.config)
+    written = write_analysis(
+        run,
+        data,
+        FLAGS.workdir,
+        FLAGS.out,
+        max_images=FLAGS.max_images,
+        image_index=FLAGS.image_index,
+        embedding=FLAGS.embedding,
+        seed=FLAGS.seed,
+        batch_size=FLAGS.batch_size,
+    )
     for path in written:
         logging.info("wrote %s", path)
 
 
+main = command_line.entry_point(_analyze)
+
+
 if __name__ == "__main__":
     define_flags()
-    app.run(main)
+    command_line.run(main)

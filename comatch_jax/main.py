@@ -12,13 +12,12 @@ The log holds one line per event (progress, evaluation, checkpoint, warnings); -
 adds the libraries' INFO lines (Orbax, clu, JAX).
 """
 
-import ast
-import sys
+import contextlib
 
-from absl import app, flags, logging
+from absl import flags, logging
 from ml_collections import config_flags
 
-from comatch_jax import xla_flags
+from comatch_jax import command_line, termination, xla_flags
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Training config file.", lock_config=True)
@@ -36,15 +35,21 @@ flags.DEFINE_integer("num_processes", None, "Multi-host: number of processes.")
 flags.DEFINE_integer("process_id", None, "Multi-host: this process's index, 0..N-1.")
 
 
-def initialize_distributed() -> None:
-    """jax.distributed.initialize when any multi-host flag is given (before any JAX work)."""
+def _cluster_flags() -> dict | None:
+    """The jax.distributed.initialize arguments when any multi-host flag is given, else None."""
     cluster = {
         "coordinator_address": FLAGS.coordinator_address,
         "num_processes": FLAGS.num_processes,
         "process_id": FLAGS.process_id,
     }
     if not FLAGS.distributed and all(value is None for value in cluster.values()):
-        return
+        return None
+    return cluster
+
+
+def initialize_distributed(cluster: dict) -> None:
+    """jax.distributed.initialize (before any JAX work), which starts JAX's preemption
+    service: from then on a SIGTERM to any process stops all of them at the same step."""
     import jax
 
     jax.distributed.initialize(**cluster)
@@ -57,57 +62,40 @@ def initialize_distributed() -> None:
     )
 
 
-def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
-    from comatch_jax import library_logs
+def _train() -> None:
+    cluster = _cluster_flags()
+    # Several processes: a signal before JAX's preemption service is up is held and handed
+    # to it, so that every process stops with a checkpoint (not this one alone).
+    held = termination.HeldForPreemptionService() if cluster else contextlib.nullcontext()
+    with held:
+        if cluster:
+            logging.info("Starting process %s of a multi-process run.", cluster["process_id"])
+        # Before JAX starts its CPU backend (nothing above has run a computation).
+        if xla_flags.apply_default_cpu_flags():
+            logging.info("XLA_FLAGS += %s (comatch_jax's CPU default)", xla_flags.DEFAULT_CPU_FLAG)
+        from comatch_jax import train  # imports JAX's model code only now
 
-    # One line per event; absl's --verbosity=1 shows the libraries' (Orbax, clu, JAX) logs.
-    library_logs.quiet_library_logs()
-    # Before JAX starts its CPU backend (nothing above has run a computation).
-    if xla_flags.apply_default_cpu_flags():
-        logging.info("XLA_FLAGS += %s (comatch_jax's CPU default)", xla_flags.DEFAULT_CPU_FLAG)
-    from comatch_jax import train  # imports JAX's model code only now
+        # tf.data must never take GPU memory from JAX.
+        import tensorflow as tf  # file reading only
 
-    # tf.data must never take GPU memory from JAX.
-    import tensorflow as tf  # file reading only
-
-    tf.config.set_visible_devices([], "GPU")
-    initialize_distributed()
+        tf.config.set_visible_devices([], "GPU")
+        if cluster:
+            initialize_distributed(cluster)
     logging.info("Config:\n%s", FLAGS.config)
-    try:
-        train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
-    except (ValueError, OSError, FloatingPointError) as error:
-        # Bad input (config, data, workdir) or a numerical fault: one line, non-zero exit.
-        logging.error("%s: %s", type(error).__name__, error)
-        sys.exit(f"error: {error}")
-    except KeyboardInterrupt:
-        # Ctrl-C outside the training loop (start-up, compiling, the final evaluation): the
-        # loop's handler, which checkpoints first, is not installed there. Orbax's saves are
-        # atomic, so the workdir holds only complete checkpoints (or none yet).
-        print(
-            "Interrupted (Ctrl-C) outside the training loop; the workdir holds only complete "
-            "checkpoints. Rerun the same command to continue.",
-            file=sys.stderr,
-        )
-        sys.exit(130)
+    train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
 
 
-def parse_flags(argv: list[str]) -> list[str]:
-    """absl's parsing, with a config override naming a missing field (or a bad value) turned
-    into one line instead of a traceback."""
-    try:
-        return FLAGS(argv)
-    except (AttributeError, KeyError, TypeError, ValueError, flags.Error) as error:
-        detail = str(error.args[0] if error.args else error)
-        if isinstance(error, AttributeError):  # ml_collections: a field that does not exist
-            try:
-                detail = "no such config field " + ast.literal_eval(detail)
-            except (ValueError, SyntaxError):
-                pass
-        detail = " ".join(detail.split())
-        sys.exit(f"error: bad command-line flag or config override: {detail}")
+# Ctrl-C outside the training loop (start-up, compiling, the final evaluation) is one line:
+# the loop's handler, which checkpoints first, is not installed there, and Orbax's saves are
+# atomic, so the workdir holds only complete checkpoints (or none yet).
+main = command_line.entry_point(
+    _train,
+    interrupted="Interrupted (Ctrl-C) outside the training loop; the workdir holds only "
+    "complete checkpoints. Rerun the same command to continue.",
+)
+# The entry point's flag parsing (a bad override is one line); kept here for callers.
+parse_flags = command_line.parse_flags
 
 
 if __name__ == "__main__":
-    app.run(main, flags_parser=parse_flags)
+    command_line.run(main)

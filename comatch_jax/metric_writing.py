@@ -172,10 +172,15 @@ class Progress:
     def __init__(self, *, start_step: int, num_steps: int, t: float):
         self._num_steps = num_steps
         self._rates = _LatestScalars()
+        self.restart(start_step, t)
+
+    def restart(self, step: int, t: float) -> None:
+        """Starts the clock afresh at (step, t): the trainer calls it after the first step,
+        which includes compiling, so that the first speed and ETA are those of training."""
         self._report = _ReportAtEveryCall(
-            num_train_steps=num_steps, writer=self._rates, every_steps=None, every_secs=None
+            num_train_steps=self._num_steps, writer=self._rates, every_steps=None, every_secs=None
         )
-        self._report(start_step, t)  # the first call only starts the clock
+        self._report(step, t)  # the first call only starts the clock
 
     def report(self, step: int, t: float) -> tuple[float, float]:
         """(steps per second, seconds to the end); NaN when no step passed since the last."""

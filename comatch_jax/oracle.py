@@ -14,15 +14,14 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from typing import Any
 
 import ml_collections
 import numpy as np
-from absl import app, flags, logging
+from absl import flags, logging
 from ml_collections import config_flags
 
-from comatch_jax import active_learning
+from comatch_jax import active_learning, command_line
 
 FLAGS = flags.FLAGS
 
@@ -74,22 +73,19 @@ def answer_requests(
     return len(ids)
 
 
-def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
-    try:
-        if (FLAGS.config is None) == (FLAGS.workdir is None):
-            raise ValueError("give exactly one of --config and --workdir.")
-        config = FLAGS.config if FLAGS.config is not None else read_run_config(FLAGS.workdir)
-        count = answer_requests(FLAGS.requests, FLAGS.out, config)
-    except (ValueError, OSError) as error:
-        logging.error("%s: %s", type(error).__name__, error)
-        sys.exit(f"error: {error}")
+def _oracle() -> None:
+    if (FLAGS.config is None) == (FLAGS.workdir is None):
+        raise ValueError("give exactly one of --config and --workdir.")
+    config = FLAGS.config if FLAGS.config is not None else read_run_config(FLAGS.workdir)
+    count = answer_requests(FLAGS.requests, FLAGS.out, config)
     logging.info(
         "Oracle: wrote %d ground-truth labels to %s (offline evaluation).", count, FLAGS.out
     )
 
 
+main = command_line.entry_point(_oracle)
+
+
 if __name__ == "__main__":
     define_flags()
-    app.run(main)
+    command_line.run(main)

@@ -10,13 +10,12 @@ confidence, and with --top_k > 1 the top-k classes and probabilities.
 
 import csv
 import os
-import sys
 import tempfile
 
 import numpy as np
-from absl import app, flags, logging
+from absl import flags, logging
 
-from comatch_jax import active_learning, atomic_files, inference, runs
+from comatch_jax import active_learning, atomic_files, command_line, inference, runs
 
 # What the dataset reader advises for an unreadable image, and predict's own flag for it.
 _TRAINING_SKIP_FLAG = "--config.dataset.corrupt_policy=skip"
@@ -94,23 +93,21 @@ def predict_folder(
     return len(kept)
 
 
-def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
-    try:
-        count = predict_folder(
-            FLAGS.workdir,
-            FLAGS.images,
-            FLAGS.out,
-            top_k=FLAGS.top_k,
-            batch_size=FLAGS.batch_size,
-            corrupt_policy=FLAGS.corrupt_policy,
-        )
-    except (ValueError, OSError) as error:
-        sys.exit(f"error: {error}")
+def _predict() -> None:
+    count = predict_folder(
+        FLAGS.workdir,
+        FLAGS.images,
+        FLAGS.out,
+        top_k=FLAGS.top_k,
+        batch_size=FLAGS.batch_size,
+        corrupt_policy=FLAGS.corrupt_policy,
+    )
     print(f"Wrote predictions for {count} images to {FLAGS.out}")
+
+
+main = command_line.entry_point(_predict)
 
 
 if __name__ == "__main__":
     define_flags()
-    app.run(main)
+    command_line.run(main)

@@ -9,13 +9,19 @@ RUN/probe.json. k, temperature and the probe's optimiser come from the run's con
 
 import json
 import os
-import sys
 from typing import Any
 
 import numpy as np
-from absl import app, flags, logging
+from absl import flags
 
-from comatch_jax import atomic_files, frozen_feature_probes, inference, runs, training_data
+from comatch_jax import (
+    atomic_files,
+    command_line,
+    frozen_feature_probes,
+    inference,
+    runs,
+    training_data,
+)
 
 FLAGS = flags.FLAGS
 
@@ -65,18 +71,15 @@ def probe_run(
     return results
 
 
-def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
-    try:
-        results = probe_run(FLAGS.workdir, FLAGS.mode, FLAGS.batch_size)
-    except (ValueError, OSError) as error:
-        sys.exit(f"error: {error}")
+def _probe() -> None:
+    results = probe_run(FLAGS.workdir, FLAGS.mode, FLAGS.batch_size)
     for name, value in results.items():
-        logging.info("%s: %s", name, value)
         print(f"{name}: {value}")
+
+
+main = command_line.entry_point(_probe)
 
 
 if __name__ == "__main__":
     define_flags()
-    app.run(main)
+    command_line.run(main)

@@ -17,12 +17,11 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import sys
 
 import numpy as np
-from absl import app, flags, logging
+from absl import flags, logging
 
-from comatch_jax import active_learning, inference, runs, training_data
+from comatch_jax import active_learning, command_line, inference, runs, training_data
 
 FLAGS = flags.FLAGS
 
@@ -143,25 +142,22 @@ def request_labels(
     return requests
 
 
-def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
-    try:
-        requests = request_labels(
-            FLAGS.workdir,
-            FLAGS.out,
-            budget=FLAGS.budget,
-            strategy=FLAGS.strategy,
-            balance_by_predicted_class=FLAGS.balance_by_predicted_class,
-            seed=FLAGS.seed,
-            batch_size=FLAGS.batch_size,
-        )
-    except (ValueError, OSError) as error:
-        logging.error("%s: %s", type(error).__name__, error)
-        sys.exit(f"error: {error}")
+def _request_labels() -> None:
+    requests = request_labels(
+        FLAGS.workdir,
+        FLAGS.out,
+        budget=FLAGS.budget,
+        strategy=FLAGS.strategy,
+        balance_by_predicted_class=FLAGS.balance_by_predicted_class,
+        seed=FLAGS.seed,
+        batch_size=FLAGS.batch_size,
+    )
     logging.info("Wrote %d label requests (%s) to %s", len(requests.ids), FLAGS.strategy, FLAGS.out)
+
+
+main = command_line.entry_point(_request_labels)
 
 
 if __name__ == "__main__":
     define_flags()
-    app.run(main)
+    command_line.run(main)

@@ -156,6 +156,7 @@ def train_and_evaluate(
         progress = metric_writing.Progress(
             start_step=start_step, num_steps=config.num_steps, t=training_clock()
         )
+        skipped_total = 0  # steps whose update nonfinite_policy='skip' rejected
         multiprocess = jax.process_count() > 1
         # Without ground truth for the unlabeled images (an image folder) the pseudo-label
         # accuracy is unknown, so it is not logged (rather than shown as 0).
@@ -194,11 +195,15 @@ def train_and_evaluate(
                 state, metrics = jitted_step(state, next_input(step))
                 pending.append(metrics)
                 step += 1
+                if step == start_step + 1:  # speed and ETA leave out the first (compiling) step
+                    jax.block_until_ready(metrics)
+                    progress.restart(step, training_clock())
                 final = step == config.num_steps
                 stop = stop_requested()
                 save = step % config.checkpoint_every == 0 or final or stop
                 if pending and (step % config.log_every == 0 or save):
                     # Metrics are checked before any checkpoint: a non-finite state is never saved.
+                    window = len(pending)
                     means = training_metrics.average_over_steps(jax.device_get(pending))
                     pending = []
                     training_metrics.check_finite(
@@ -206,16 +211,22 @@ def train_and_evaluate(
                     )
                     if not truth_known:
                         means.pop("pseudo_label_acc", None)
+                    skipped_total += _warn_if_all_skipped(means, window, step)
                     steps_per_sec, eta = progress.report(step, training_clock())
-                    means["steps_per_sec"] = steps_per_sec
-                    means["images_per_sec"] = steps_per_sec * images_per_step
+                    if np.isfinite(steps_per_sec):  # not known at the first step
+                        means["steps_per_sec"] = steps_per_sec
+                        means["images_per_sec"] = steps_per_sec * images_per_step
                     writer.write_scalars(
                         step, training_metrics.prefixed(training_metrics.TRAIN, means)
                     )
                     logging.info(
                         "%s",
                         training_metrics.progress_line(
-                            step, config.num_steps, means, means["images_per_sec"], eta
+                            step,
+                            config.num_steps,
+                            means,
+                            means.get("images_per_sec", float("nan")),
+                            eta,
                         ),
                     )
                 if step % config.eval_every == 0 or final:
@@ -233,6 +244,7 @@ def train_and_evaluate(
                         "checkpoint; rerun the same command to resume."
                     )
         checkpoints.wait_until_finished()
+        _check_skipped(skipped_total, step - start_step, step)
         if not results:
             results = run_eval(step)
         writer.flush()
@@ -242,6 +254,7 @@ def train_and_evaluate(
             "test_accuracy": results["test_accuracy"],
             "test_accuracy_raw": results["test_accuracy_raw"],
             "train_seconds": time.time() - train_start,
+            "skipped_steps": skipped_total,
             "data_source": data.source,
         }
     finally:
@@ -249,6 +262,41 @@ def train_and_evaluate(
     runs.save_json(workdir, "summary.json", summary)
     logging.info("Final test accuracy (EMA model): %.4f", summary["test_accuracy"])
     return state, summary
+
+
+def _warn_if_all_skipped(means: dict[str, float], window: int, step: int) -> int:
+    """The number of skipped steps among the `window` steps of a log (nonfinite_policy=
+    'skip'), with a warning when it is all of them."""
+    skipped = int(means.get("skipped_steps", 0))
+    if skipped == window:
+        logging.warning(
+            "Every step since the last log (up to %d) had a non-finite loss or gradient and "
+            "was skipped (nonfinite_policy=skip): the parameters did not change.",
+            step,
+        )
+    return skipped
+
+
+def _check_skipped(skipped: int, steps_run: int, step: int) -> None:
+    """After the loop: a warning naming how many of this run's steps were skipped
+    (nonfinite_policy='skip'), saying so plainly when it was all of them."""
+    if not skipped:
+        return
+    if skipped >= steps_run:
+        logging.warning(
+            "Every one of the %d steps this run made (up to %d) had a non-finite loss or "
+            "gradient and was skipped (nonfinite_policy=skip): the model did not train in "
+            "it. Check the inputs, or train in a new --workdir with a lower --config.optim.lr.",
+            steps_run,
+            step,
+        )
+    else:
+        logging.warning(
+            "%d of the %d steps were skipped for a non-finite loss or gradient "
+            "(nonfinite_policy=skip).",
+            skipped,
+            steps_run,
+        )
 
 
 def _last_complete(checkpoints: Any) -> int | None:

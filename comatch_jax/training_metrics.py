@@ -59,6 +59,11 @@ def average_over_steps(step_metrics: Sequence[dict[str, Any]]) -> dict[str, floa
     When some steps were skipped (their `skipped` flag is set), their metrics are left out
     of the means and their number is reported as `skipped_steps`; when every step was
     skipped, the means are over all of them (as the losses were computed).
+
+    `pseudo_label_acc` (the accuracy of the kept pseudo-labels of one step) is averaged
+    weighted by each step's `mask_rate` (the kept fraction, or SoftMatch's weight mass), so
+    that it is the accuracy of all pseudo-labels kept in the window; a window in which none
+    was kept has no such accuracy, and the name is left out rather than reported as 0.
     """
     names = list(step_metrics[0])
     stacked = {name: np.stack([np.asarray(m[name]) for m in step_metrics]) for name in names}
@@ -67,7 +72,16 @@ def average_over_steps(step_metrics: Sequence[dict[str, Any]]) -> dict[str, floa
         kept = ~stacked["skipped"].astype(bool)
         mask = kept if kept.any() else None
     collection = metrics_collection(names).single_from_model_output(**stacked, mask=mask)
-    return {name: float(value) for name, value in collection.compute().items()}
+    means = {name: float(value) for name, value in collection.compute().items()}
+    if "pseudo_label_acc" in means and "mask_rate" in stacked:
+        weights = stacked["mask_rate"].astype(np.float64) * (1.0 if mask is None else mask)
+        if np.sum(weights) > 0:
+            means["pseudo_label_acc"] = float(
+                np.sum(weights * stacked["pseudo_label_acc"]) / np.sum(weights)
+            )
+        else:
+            del means["pseudo_label_acc"]
+    return means
 
 
 def check_finite(
@@ -111,7 +125,11 @@ def progress_line(
     step: int, num_steps: int, metrics: dict[str, float], images_per_sec: float, eta_s: float
 ) -> str:
     """The one human line per logging step: step, losses, mask rate, pseudo-label accuracy,
-    images/s and the estimated time to the end (h:mm:ss)."""
+    the number of skipped steps (when any), images/s and the estimated time to the end
+    (h:mm:ss); '?' for a speed or time not known yet (no timed step since the last log)."""
     shown = " ".join(f"{name}={metrics[name]:.4f}" for name in PROGRESS_METRICS if name in metrics)
+    if metrics.get("skipped_steps"):
+        shown += f" skipped_steps={int(metrics['skipped_steps'])}"
     eta = datetime.timedelta(seconds=round(max(eta_s, 0.0))) if np.isfinite(eta_s) else "?"
-    return f"step {step}/{num_steps} {shown} | {images_per_sec:.0f} img/s | ETA {eta}"
+    speed = f"{images_per_sec:.0f}" if np.isfinite(images_per_sec) else "?"
+    return f"step {step}/{num_steps} {shown} | {speed} img/s | ETA {eta}"

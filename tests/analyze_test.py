@@ -11,6 +11,7 @@ import pytest
 
 from comatch_jax import analyze, inference, runs, train, training_data
 
+from kill_resume_test import _library_info_lines
 from train_test import RecordingWriter, tiny_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -101,6 +102,10 @@ def test_command_errors_are_one_line(digits_run, tmp_path, args, message):
     assert result.returncode != 0
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("error: ") and message in last
+    # Said once, and no library INFO lines (Orbax's restore, JAX's backends) around it.
+    assert result.stderr.count(message) == 1, result.stderr[-3000:]
+    assert not _library_info_lines(result.stderr), _library_info_lines(result.stderr)[:5]
+    assert "Unable to initialize backend" not in result.stderr
 
 
 def test_feature_maps_are_the_convolutions_in_forward_order(digits_run):

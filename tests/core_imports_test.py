@@ -64,3 +64,4 @@ def test_commands_report_a_missing_run_in_one_line(tmp_path):
         )
         assert result.returncode != 0
         assert result.stderr.strip().splitlines()[-1].startswith("error: "), result.stderr[-500:]
+        assert result.stderr.count("holds no comatch_jax run") == 1, result.stderr  # said once

@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 SCRIPT = """
 import sys
@@ -29,6 +30,21 @@ np.savez({out!r}, losses=np.array(losses), params=np.concatenate(leaves))
 """
 
 
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """_run, each distinct run once per module (the two tests share one)."""
+    done = {}
+
+    def run_once(devices, batch_norm="global", bn_groups=0, xla_defaults=False):
+        key = (devices, batch_norm, bn_groups, xla_defaults)
+        if key not in done:
+            directory = tmp_path_factory.mktemp("run")
+            done[key] = _run(directory, devices, batch_norm, bn_groups, xla_defaults=xla_defaults)
+        return done[key]
+
+    return run_once
+
+
 def _run(tmp_path, devices, batch_norm="global", bn_groups=0, method="comatch", xla_defaults=False):
     env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
     if xla_defaults:  # XLA's own CPU flags, not comatch_jax's YNNPACK default (see below)
@@ -49,19 +65,18 @@ def _run(tmp_path, devices, batch_norm="global", bn_groups=0, method="comatch", 
     return np.load(out)
 
 
-def test_two_devices_match_one_device(tmp_path):
-    one, two = _run(tmp_path, 1), _run(tmp_path, 2)
+def test_two_devices_match_one_device(run):
+    one, two = run(1), run(2)
     np.testing.assert_allclose(one["losses"], two["losses"], rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(one["params"], two["params"], rtol=1e-3, atol=1e-5)
     # comatch_jax's default XLA:CPU flag (YNNPACK for dots) computes what XLA's defaults do
     # (measured: within ~1e-6); it is wrong for the emulation below, so this guards it.
-    (tmp_path / "xla_defaults").mkdir()
-    default_flags = _run(tmp_path / "xla_defaults", 1, xla_defaults=True)
+    default_flags = run(1, xla_defaults=True)
     np.testing.assert_allclose(one["losses"], default_flags["losses"], rtol=1e-5)
     np.testing.assert_allclose(one["params"], default_flags["params"], rtol=1e-4, atol=1e-5)
 
 
-def test_per_device_batch_norm_on_two_devices_matches_two_groups_on_one(tmp_path):
+def test_per_device_batch_norm_on_two_devices_matches_two_groups_on_one(run):
     """model.batch_norm='per_device': each device normalises its own shard. Two real devices
     compute what one device computes with the batch split into two BatchNorm groups, and
     that differs from global (synchronised) statistics.
@@ -70,9 +85,9 @@ def test_per_device_batch_norm_on_two_devices_matches_two_groups_on_one(tmp_path
     (--xla_cpu_experimental_ynn_fusion_type=dot) XLA:CPU computes the one-device emulation
     wrongly (first loss 5e-4 off, later ones by several %), while the real two-device run
     matches XLA's defaults (experiments/RESULTS.md, "CPU step")."""
-    two = _run(tmp_path, 2, "per_device", xla_defaults=True)
-    emulated = _run(tmp_path, 1, "per_device", bn_groups=2, xla_defaults=True)
+    two = run(2, "per_device", xla_defaults=True)
+    emulated = run(1, "per_device", bn_groups=2, xla_defaults=True)
     np.testing.assert_allclose(two["losses"], emulated["losses"], rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(two["params"], emulated["params"], rtol=1e-3, atol=1e-5)
-    global_stats = _run(tmp_path, 1, xla_defaults=True)
+    global_stats = run(1, xla_defaults=True)
     assert np.abs(two["losses"] - global_stats["losses"]).max() > 1e-4

@@ -1,9 +1,9 @@
 """Multi-host training, emulated with two CPU processes on this machine (jax.distributed over
 localhost, gloo collectives): the real entry point with --coordinator_address etc.
 
-A SIGTERM sent to one of two processes (during start-up or training) stops both at the same
-step with one complete checkpoint (JAX's preemption service);
-rerunning the command, they end where one process with two devices ends (the same global
+A SIGTERM sent to one of two processes (during start-up, before jax.distributed is up, or
+during training) stops both at the same step with one complete checkpoint (JAX's preemption
+service); rerunning the command, they end where one process with two devices ends (the same global
 batch split the same way), with one metrics line per log step (process 0 writes the run's
 files). The two processes use host batches (data not on the device): each reads only its
 own rows.
@@ -114,20 +114,27 @@ def _complete_checkpoints_only(workdir):
     return all(name.isdigit() for name in entries)
 
 
+def _logged_steps(workdir):
+    """How many training metrics lines the workdir holds."""
+    path = os.path.join(workdir, "metrics.jsonl")
+    return open(path).read().count("train/loss") if os.path.exists(path) else 0
+
+
 def _interrupt(workdir, when, *extra):
-    """Starts two processes, sends SIGTERM to the second one `when` ('start-up': once
-    jax.distributed is initialised, before training; 'training': once metrics are written),
+    """Starts two processes, sends SIGTERM to the second one `when` ('start-up': before
+    jax.distributed is initialised; 'training': once training metrics are written),
     waits for both. Returns (return codes, stderr tails, checkpoint steps)."""
+    logged_before = _logged_steps(workdir)  # a resumed run's workdir has some already
     processes = _start(workdir, *extra)
-    if when == "start-up":
+    if when == "start-up":  # before jax.distributed (and its preemption service) is up
         for line in processes[1].stderr:
-            if "Process 1 of 2" in line:
+            if "Starting process 1 of a multi-process run" in line:
                 processes[1].send_signal(signal.SIGTERM)
                 break
     else:
         deadline = time.time() + 900  # start-up is slow on a loaded machine
         while time.time() < deadline and all(p.poll() is None for p in processes):
-            if os.path.exists(os.path.join(workdir, "metrics.jsonl")):  # training has started
+            if _logged_steps(workdir) > logged_before:  # this run is training
                 processes[1].send_signal(signal.SIGTERM)
                 break
             time.sleep(0.02)
@@ -140,50 +147,63 @@ def _interrupt(workdir, when, *extra):
 @pytest.fixture(scope="module")
 def interrupted(tmp_path_factory):
     """Two processes of one device each, with host batches (each process reads only its own
-    rows); the second one alone gets a SIGTERM once training has started; then the same
-    command runs again. Returns (workdir, return codes, stderr tails, step stopped at)."""
+    rows). The second one alone gets a SIGTERM during start-up (before jax.distributed is
+    up); the same command is run again and its second process gets a SIGTERM once training
+    has started; the same command then runs to the end. Returns {when: (return codes,
+    stderr tails, step stopped at, only complete checkpoints)} and the workdir."""
     workdir = str(tmp_path_factory.mktemp("interrupted"))
     host_batches = "--config.data_on_device=false"
-    codes, errors, checkpoints = _interrupt(workdir, "training", host_batches)
-    stopped = checkpoints[-1] if checkpoints else None
-    complete = _complete_checkpoints_only(workdir) if checkpoints else False
-    if codes == [1, 1]:
-        _run(workdir, host_batches)  # the same command resumes both processes
-    return workdir, codes, errors, stopped, complete
+    stops = {}
+    for when in ("start-up", "training"):
+        codes, errors, checkpoints = _interrupt(workdir, when, host_batches)
+        stopped = checkpoints[-1] if checkpoints else None
+        complete = _complete_checkpoints_only(workdir) if checkpoints else False
+        stops[when] = codes, errors, stopped, complete, len(checkpoints)
+        if codes != [1, 1]:
+            return workdir, stops
+    _run(workdir, host_batches)  # the same command resumes both processes and finishes
+    return workdir, stops
 
 
-def test_sigterm_to_one_process_stops_both_at_the_same_step(interrupted):
-    _, codes, errors, stopped, complete = interrupted
+def _stopped_by_preemption(errors, step):
+    # JAX's preemption service: both processes stop at the same step.
+    return all(
+        "Stopped by a preemption notice (SIGTERM or Ctrl-C to one of the processes) at step "
+        f"{step}" in error
+        for error in errors
+    )
+
+
+def test_sigterm_during_start_up_stops_both_with_a_checkpoint(interrupted):
+    _, stops = interrupted
+    codes, errors, stopped, complete, count = stops["start-up"]
     assert codes == [1, 1], "\n".join(errors)
-    assert stopped is not None and 1 <= stopped < 60 and complete
-    for error in errors:  # JAX's preemption service: both stop at the same step
-        assert (
-            f"Stopped by a preemption notice (SIGTERM or Ctrl-C to one of the processes) at step {stopped}"
-            in error
-        )
+    assert count == 1 and stopped is not None and stopped < 10 and complete
+    assert _stopped_by_preemption(errors, stopped), "\n".join(errors)
 
 
-def test_sigterm_during_start_up_stops_both_with_a_checkpoint_and_resumes(tmp_path):
-    workdir = str(tmp_path)
-    overrides = ["--config.num_steps=4", "--config.checkpoint_every=4", "--config.eval_every=4"]
-    codes, errors, checkpoints = _interrupt(workdir, "start-up", *overrides)
+def test_sigterm_to_one_process_in_training_stops_both_at_the_same_step(interrupted):
+    _, stops = interrupted
+    codes, errors, stopped, complete, _ = stops["training"]
     assert codes == [1, 1], "\n".join(errors)
-    assert len(checkpoints) == 1 and checkpoints[0] < 4 and _complete_checkpoints_only(workdir)
-    _run(workdir, *overrides)  # the same command resumes and finishes
-    assert int(runs.load_run(workdir).state.step) == 4
+    assert stopped is not None and stops["start-up"][2] < stopped < 60 and complete
+    assert _stopped_by_preemption(errors, stopped), "\n".join(errors)
 
 
 def test_two_processes_resumed_end_where_one_process_with_two_devices_ends(
     interrupted, one_process
 ):
-    workdir, codes, errors, stopped, _ = interrupted
-    assert codes == [1, 1], "\n".join(errors)
+    workdir, stops = interrupted
+    assert [stops[when][0] for when in ("start-up", "training")] == [[1, 1]] * 2
+    stop_steps = [stops[when][2] for when in ("start-up", "training")]
     by_step = lambda d: {r["step"]: r["train/loss"] for r in _metrics(d) if "train/loss" in r}
     multi, single = by_step(workdir), by_step(one_process)
-    # One metrics line per log step, not one per process (plus one at the stop step when it
-    # is not a log step); windows that the stop split differ, the others agree.
-    assert len(single) == 30 and len(multi) == 30 + stopped % 2
-    common = [s for s in single if s in multi and not (stopped < s <= stopped + 2)]
+    # One metrics line per log step, not one per process (plus one at each stop step that is
+    # not a log step); windows that a stop split differ, the others agree.
+    extra = sum(1 for s in stop_steps if s % 2)
+    assert len(single) == 30 and len(multi) == 30 + extra
+    split = lambda s: any(stop < s <= stop + 2 for stop in stop_steps)
+    common = [s for s in single if s in multi and not split(s)]
     np.testing.assert_allclose(
         [multi[s] for s in common], [single[s] for s in common], rtol=1e-4, atol=1e-5
     )

@@ -96,14 +96,18 @@ def _nan_gradient_config(policy):
 
 
 def test_skip_keeps_the_state_when_whole_logging_windows_have_nan_gradients(
-    tmp_path, nan_gradient_method
+    tmp_path, nan_gradient_method, caplog
 ):
     writer = RecordingWriter()
     config = _nan_gradient_config("skip")
     config.keep_checkpoints = 4  # keeps step 3's
-    state, _ = train.train_and_evaluate(
-        config, str(tmp_path), writer=writer, dataset=synthetic_dataset()
-    )
+    with caplog.at_level("WARNING"):
+        state, summary = train.train_and_evaluate(
+            config, str(tmp_path), writer=writer, dataset=synthetic_dataset()
+        )
+    # Said, not only counted: each wholly skipped window, and the total at the end.
+    assert "Every step since the last log (up to 5)" in caplog.text
+    assert "7 of the 10 steps were skipped" in caplog.text and summary["skipped_steps"] == 7
     logged = {step: scalars for step, scalars in writer.scalars if "train/loss" in scalars}
     # Logged at 3, 5, 6, 9, 10 (and saved at 3, 6, 9, 10): every window after step 3 is
     # wholly skipped, yet training goes on.
@@ -156,3 +160,24 @@ def test_the_advice_after_a_nonfinite_stop_resumes_the_run(tmp_path, nan_gradien
     other.dataset.mean, other.dataset.std = lower.dataset.mean, lower.dataset.std
     with pytest.raises(ValueError, match=r"different config \(optim.momentum\).*optim.lr"):
         runs.check_workdir(other, workdir)
+
+
+def _nan_gradients_always_loss(outputs, batch, state, config):
+    """Finite loss, NaN gradients at every step (d sqrt(u)/du at u = 0 times du/ds = 0)."""
+    logits = outputs["labeled_weak"]["logits"]
+    loss = losses.cross_entropy(logits, batch["labels"]) + jnp.sqrt(logits.sum() - logits.sum())
+    return loss, (state, {"loss_x": loss})
+
+
+def test_a_run_whose_every_step_is_skipped_says_so(tmp_path, monkeypatch, caplog):
+    method = methods.Method("nan_always", ("weak",), (), lambda *_: {}, _nan_gradients_always_loss)
+    monkeypatch.setitem(methods.METHODS, "nan_always", method)
+    config = _config("skip")
+    config.method = "nan_always"
+    with caplog.at_level("WARNING"):
+        state, summary = train.train_and_evaluate(
+            config, str(tmp_path), writer=RecordingWriter(), dataset=synthetic_dataset()
+        )
+    assert "Every one of the 6 steps this run made (up to 6)" in caplog.text
+    assert "the model did not train" in caplog.text and summary["skipped_steps"] == 6
+    assert int(state.step) == 6

@@ -34,6 +34,19 @@ def test_a_window_of_only_skipped_steps_is_averaged_whole():
     assert means["skipped_steps"] == 2
 
 
+def test_pseudo_label_accuracy_is_weighted_by_the_kept_mass_and_absent_when_none_was_kept():
+    steps = [
+        {"mask_rate": np.float32(m), "pseudo_label_acc": np.float32(a)}
+        for m, a in [(0.5, 0.8), (0.0, 0.0), (0.25, 0.4)]
+    ]
+    means = training_metrics.average_over_steps(steps)
+    # (0.5 * 0.8 + 0.25 * 0.4) / 0.75: the step that kept nothing does not pull it to 0.
+    assert means["pseudo_label_acc"] == pytest.approx(0.5 / 0.75)
+    assert means["mask_rate"] == pytest.approx(0.25)
+    nothing_kept = training_metrics.average_over_steps(steps[1:2] * 3)
+    assert "pseudo_label_acc" not in nothing_kept and nothing_kept["mask_rate"] == 0.0
+
+
 def test_check_finite_names_the_step_the_terms_and_where_a_rerun_starts():
     with pytest.raises(FloatingPointError, match=r"Non-finite loss in the steps up to 7") as e:
         training_metrics.check_finite(7, {"loss": np.nan, "param_norm": 1.0}, "stop", lambda: 6)
@@ -55,3 +68,16 @@ def test_prefixes_and_the_progress_line():
         20, 100, {"loss": 1.23456, "mask_rate": 0.5, "grad_norm": 3.0}, 1234.4, 3725.4
     )
     assert line == "step 20/100 loss=1.2346 mask_rate=0.5000 | 1234 img/s | ETA 1:02:05"
+    # Skipped steps are shown; a speed not measured yet is '?', not nan.
+    line = training_metrics.progress_line(
+        1, 100, {"loss": 1.0, "skipped_steps": 2.0}, float("nan"), float("nan")
+    )
+    assert line == "step 1/100 loss=1.0000 skipped_steps=2 | ? img/s | ETA ?"
+
+
+def test_progress_restarted_after_the_first_step_leaves_compiling_out():
+    from comatch_jax import metric_writing
+
+    progress = metric_writing.Progress(start_step=0, num_steps=10, t=0.0)
+    progress.restart(1, 100.0)  # the first step took 100 s (compiling)
+    assert progress.report(5, 102.0) == pytest.approx((2.0, 2.5))
