@@ -24,44 +24,41 @@ def open_atomic(path: str, mode: str = "w", **open_kwargs: Any) -> Iterator[IO]:
     """
     if mode not in ("w", "wb"):
         raise ValueError(f"open_atomic writes whole files; mode must be 'w' or 'wb', got {mode!r}.")
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    handle, temp = tempfile.mkstemp(
-        dir=directory, prefix=f".{os.path.basename(path)}.", suffix=".tmp"
-    )
-    try:
+    with _renamed_when_done(path, ".tmp") as (handle, _):
         with os.fdopen(handle, mode, **open_kwargs) as f:
             yield f
             f.flush()
             os.fsync(f.fileno())
-        os.chmod(temp, 0o666 & ~_umask())
-        os.replace(temp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.remove(temp)
-        raise
 
 
 def write_atomic(path: str, write: Callable[[str], Any]) -> Any:
     """Calls `write(temp_path)` (e.g. a library's savefig) on a temporary file next to `path`
     that keeps `path`'s extension, then renames it to `path`; on any exception the temporary
     file is removed and `path` is untouched. Returns what `write` returns."""
+    _, extension = os.path.splitext(path)
+    with _renamed_when_done(path, f".tmp{extension}") as (handle, temp):
+        os.close(handle)
+        return write(temp)
+
+
+@contextlib.contextmanager
+def _renamed_when_done(path: str, suffix: str) -> Iterator[tuple[int, str]]:
+    """(open OS handle, name) of a new temporary file next to `path` (parents made); when
+    the block ends normally the file gets open()'s usual mode and replaces `path`; on any
+    exception it is removed and the exception goes on."""
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
-    _, extension = os.path.splitext(path)
     handle, temp = tempfile.mkstemp(
-        dir=directory, prefix=f".{os.path.basename(path)}.", suffix=f".tmp{extension}"
+        dir=directory, prefix=f".{os.path.basename(path)}.", suffix=suffix
     )
-    os.close(handle)
     try:
-        result = write(temp)
+        yield handle, temp
         os.chmod(temp, 0o666 & ~_umask())
         os.replace(temp, path)
     except BaseException:
         with contextlib.suppress(OSError):
             os.remove(temp)
         raise
-    return result
 
 
 def _umask() -> int:
