@@ -56,6 +56,12 @@ flags.DEFINE_bool(
     "without prefetching.",
 )
 flags.DEFINE_string("json_out", "", "Also write the figures as JSON here.")
+flags.DEFINE_bool(
+    "weak_views_only",
+    False,
+    "The weak view in the strong slots too (compiles several times faster on a CPU; for "
+    "smoke tests, not for figures).",
+)
 FLAGS = flags.FLAGS
 
 _SHAPES = {
@@ -261,6 +267,8 @@ def main(argv):
         batch_size=FLAGS.batch_size,
         mu=FLAGS.mu,
     )
+    if FLAGS.weak_views_only:
+        config.augment.strong0 = config.augment.strong1 = "weak"
     size, channels, num_classes = input_shape(config, FLAGS.image_size, FLAGS.num_classes)
     figures = measure(
         config,
