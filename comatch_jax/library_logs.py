@@ -16,14 +16,20 @@ from absl import logging
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
 
 
+# Library warnings that are notes about an event the trainer reports itself, repeated
+# (Orbax logs each process's and thread's arrival at the preemption sync point).
+_REPEATED_NOTES = ("Reached preemption sync point",)
+
+
 class OwnInfoOnly(python_logging.Filter):
-    """Passes warnings and errors, and records below WARNING only from comatch_jax's own
-    modules (by the calling file's path)."""
+    """Passes warnings and errors (but the libraries' repeated notes above), and records
+    below WARNING only from comatch_jax's own modules (by the calling file's path)."""
 
     def filter(self, record: python_logging.LogRecord) -> bool:
+        own = os.path.abspath(record.pathname).startswith(_PACKAGE_DIR)
         if record.levelno >= python_logging.WARNING:
-            return True
-        return os.path.abspath(record.pathname).startswith(_PACKAGE_DIR)
+            return own or not any(note in record.getMessage() for note in _REPEATED_NOTES)
+        return own
 
 
 def quiet_library_logs() -> None:
@@ -34,6 +40,9 @@ def quiet_library_logs() -> None:
         handler.removeFilter(existing)
     if logging.get_verbosity() < 1:
         handler.addFilter(OwnInfoOnly())
+        # TensorFlow's C++ logs (file reading only: e.g. "Local rendezvous is aborting" after
+        # a corrupt image), if TensorFlow is imported after this call.
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     # JAX's own loggers (e.g. compilation cache notes) stop at WARNING by default as well.
     python_logging.getLogger("jax").setLevel(
         python_logging.WARNING if logging.get_verbosity() < 1 else python_logging.NOTSET

@@ -13,6 +13,7 @@ adds the libraries' INFO lines (Orbax, clu, JAX).
 """
 
 import contextlib
+import threading
 
 from absl import flags, logging
 from ml_collections import config_flags
@@ -52,7 +53,27 @@ def initialize_distributed(cluster: dict) -> None:
     service: from then on a SIGTERM to any process stops all of them at the same step."""
     import jax
 
-    jax.distributed.initialize(**cluster)
+    # In a thread, the main thread waiting in short slices: Python runs signal handlers only
+    # between bytecodes of the main thread, so a call blocked waiting for a missing peer
+    # would otherwise swallow every signal (a second Ctrl-C or SIGTERM must end it at once).
+    failure = []
+
+    def initialize():
+        try:
+            jax.distributed.initialize(**cluster)
+        except BaseException as error:  # re-raised in the main thread
+            failure.append(error)
+
+    logging.info(
+        "Connecting to the other processes (jax.distributed.initialize; coordinator %s).",
+        cluster["coordinator_address"] or "detected from the cluster",
+    )
+    thread = threading.Thread(target=initialize, name="jax.distributed.initialize", daemon=True)
+    thread.start()
+    while thread.is_alive():
+        thread.join(0.1)
+    if failure:
+        raise failure[0]
     logging.info(
         "Process %d of %d; devices: %d here, %d in all.",
         jax.process_index(),

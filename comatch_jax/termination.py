@@ -6,7 +6,9 @@ notifier tells every process, and `multihost_utils.reached_preemption_sync_point
 Orbax's CheckpointManager.reached_preemption calls, names the step at which all of them
 checkpoint); a Ctrl-C is handed to that service as a SIGTERM to this process. In both cases
 the first signal restores the operating system's default action, so a second SIGTERM or
-Ctrl-C ends the program at once, even inside a hung collective or a long evaluation.
+Ctrl-C ends the program at once, even inside a hung collective or a long evaluation. (With
+several processes, a second SIGTERM reaches JAX's notifier, not Python, until the processes
+reach their stop step: there a second Ctrl-C, or SIGKILL, ends the process.)
 
 Several processes, before that service is up (imports, jax.distributed.initialize): a
 signal would end this process alone and leave the others waiting for it in a collective

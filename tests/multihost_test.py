@@ -214,3 +214,24 @@ def test_two_processes_resumed_end_where_one_process_with_two_devices_ends(
         summary = json.load(f)
     with open(os.path.join(one_process, "summary.json")) as f:
         assert abs(summary["test_accuracy"] - json.load(f)["test_accuracy"]) <= 0.01
+
+
+def test_a_second_signal_ends_a_process_waiting_for_a_missing_peer(tmp_path):
+    """One of two processes started alone waits in jax.distributed.initialize: the first
+    SIGTERM is held (for the preemption service), the second ends it at once."""
+    command = [sys.executable, "-m", "comatch_jax.main", f"--workdir={tmp_path}", *TINY_RUN]
+    command += [f"--coordinator_address=localhost:{_free_port()}", "--num_processes=2"]
+    process = subprocess.Popen(
+        command + ["--process_id=0"], cwd=REPO, stderr=subprocess.PIPE, text=True
+    )
+    for line in process.stderr:
+        if "Connecting to the other processes" in line:
+            break
+    time.sleep(1)  # inside initialize, waiting
+    process.send_signal(signal.SIGTERM)
+    time.sleep(1)
+    assert process.poll() is None  # held, still waiting
+    process.send_signal(signal.SIGTERM)
+    process.wait(timeout=10)
+    assert process.returncode == 128 + signal.SIGTERM
+    assert not os.path.exists(os.path.join(tmp_path, "checkpoints"))
