@@ -20,6 +20,10 @@ def _main_in_process(monkeypatch, workdir, *overrides) -> str:
     argv = ["main", f"--config={REPO}/configs/comatch.py", f"--workdir={workdir}", *overrides]
     monkeypatch.setattr(sys, "argv", argv)  # config_flags reads overrides from sys.argv
     flags.FLAGS.unparse_flags()
+    # An earlier in-process parse (this module's or another's on this worker) left one flag
+    # per --config override defined: drop them, or parsing the same override again fails.
+    for name in [n for n in list(flags.FLAGS) if n.startswith("config.")]:
+        delattr(flags.FLAGS, name)
     try:
         with pytest.raises(SystemExit) as exit_info:
             main.main(main.parse_flags(argv))
