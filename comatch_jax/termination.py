@@ -4,11 +4,15 @@ One process: a plain Python handler turns the first SIGTERM or SIGINT into a fla
 processes (after jax.distributed.initialize): JAX's preemption service owns SIGTERM (its
 notifier tells every process, and `multihost_utils.reached_preemption_sync_point`, which
 Orbax's CheckpointManager.reached_preemption calls, names the step at which all of them
-checkpoint); a Ctrl-C is handed to that service as a SIGTERM to this process. In both cases
-the first signal restores the operating system's default action, so a second SIGTERM or
-Ctrl-C ends the program at once, even inside a hung collective or a long evaluation. (With
-several processes, a second SIGTERM reaches JAX's notifier, not Python, until the processes
-reach their stop step: there a second Ctrl-C, or SIGKILL, ends the process.)
+checkpoint). During training a Python handler takes SIGTERM and SIGINT from JAX's C handler
+and passes the first one on to it (`_ChainedCHandler`: the notifier's handler only sets a
+flag its listener thread polls each second), so that in both cases the first signal restores
+the operating system's default action and a second SIGTERM or Ctrl-C ends the program at
+once, even inside a hung collective or a long evaluation. (Where JAX's handler cannot be read,
+on a libc other than glibc on x86-64 / AArch64, SIGTERM stays with the notifier and a second
+SIGTERM before the stop step is swallowed by it; a second Ctrl-C, or SIGKILL, ends the
+process there.) Two signals that arrive before Python runs its handler count as one: Python
+keeps one pending flag per signal.
 
 Several processes, before that service is up (imports, jax.distributed.initialize): a
 signal would end this process alone and leave the others waiting for it in a collective
@@ -19,8 +23,11 @@ a checkpoint.
 
 from __future__ import annotations
 
+import ctypes
 import os
+import platform
 import signal
+import sys
 
 from absl import logging
 
@@ -36,10 +43,14 @@ class TerminationRequest:
         self.requested = False
         self.signal_name = ""
         self._previous = {}
+        self._notifier = None  # several processes: JAX's SIGTERM handler, chained
 
     def __enter__(self):
-        # Several processes: SIGTERM stays with JAX's preemption notifier.
-        handled = (signal.SIGINT,) if self.multiprocess else self.SIGNALS
+        handled = self.SIGNALS
+        if self.multiprocess:  # SIGTERM belongs to JAX's preemption notifier: chain to it
+            self._notifier = _ChainedCHandler.take(signal.SIGTERM)
+            if self._notifier is None:  # cannot be read here: leave SIGTERM to the notifier
+                handled = (signal.SIGINT,)
         try:
             self._previous = {sig: signal.signal(sig, self._handle) for sig in handled}
         except ValueError:  # not the main thread: leave signals alone
@@ -58,17 +69,81 @@ class TerminationRequest:
         )
         self.requested = True
         if self.multiprocess:  # every process learns of it through JAX's preemption service
-            os.kill(os.getpid(), signal.SIGTERM)
+            if self._notifier is not None:
+                self._notifier.call(signal.SIGTERM)
+            else:
+                os.kill(os.getpid(), signal.SIGTERM)
 
     def on_preemption(self) -> None:
         """Called once the processes agreed to stop (several processes): from now on a
         second SIGTERM or Ctrl-C ends the program at once."""
         for sig in self.SIGNALS:
             signal.signal(sig, signal.SIG_DFL)
+        self._notifier = None  # nothing to put back: JAX's notice has been given
 
     def __exit__(self, *exc):
         for sig, previous in self._previous.items():
-            signal.signal(sig, previous)
+            if sig == signal.SIGTERM and self.multiprocess:
+                # JAX's handler, installed from C (Python's `previous` is stale), is put back
+                # unless the notice was given; then the default stays (a second one ends).
+                if self._notifier is not None and not self.requested:
+                    self._notifier.restore()
+            else:
+                signal.signal(sig, previous)
+
+
+class _ChainedCHandler:
+    """A signal handler installed from C (JAX's preemption notifier: `std::signal(SIGTERM,
+    f)` with an `f` that sets an atomic flag; xla/tsl/.../preemption_notifier.cc), read with
+    libc's sigaction so that a Python handler can replace it and still call it once.
+
+    Only on glibc for x86-64 and AArch64, whose `struct sigaction` starts with the handler
+    (8 bytes), then a 128-byte mask and the int flags. `take` returns None elsewhere, and
+    where the current handler is the default or ignore, takes three arguments (SA_SIGINFO),
+    or is Python's own (the one SIGINT has while Python handles it; `signal.getsignal` cannot
+    tell, as it does not see handlers installed from C)."""
+
+    _SIZE = 256  # at least sizeof(struct sigaction) (152 on x86-64 glibc)
+    _FLAGS_OFFSET = 8 + 128
+    _SA_SIGINFO = 4
+
+    def __init__(self, signum: int, saved, address: int):
+        self.signum, self._saved, self._address = signum, saved, address
+
+    @classmethod
+    def take(cls, signum: int) -> "_ChainedCHandler | None":
+        if not (sys.platform == "linux" and platform.machine() in ("x86_64", "aarch64")):
+            return None
+        saved = cls._read(signum)
+        if saved is None:
+            return None
+        address = ctypes.c_void_p.from_buffer(saved).value or 0
+        flags = ctypes.c_int.from_buffer(saved, cls._FLAGS_OFFSET).value
+        if address in (0, 1) or flags & cls._SA_SIGINFO:  # SIG_DFL, SIG_IGN, 3 arguments
+            return None
+        if callable(signal.getsignal(signal.SIGINT)):  # SIGINT holds Python's C handler
+            python = cls._read(signal.SIGINT)
+            if python is None or ctypes.c_void_p.from_buffer(python).value == address:
+                return None
+        return cls(signum, saved, address)
+
+    @classmethod
+    def _read(cls, signum: int):
+        """The current `struct sigaction` of `signum` as a buffer, or None."""
+        try:
+            saved = ctypes.create_string_buffer(cls._SIZE)
+            return saved if ctypes.CDLL(None).sigaction(signum, None, saved) == 0 else None
+        except (OSError, AttributeError):
+            return None
+
+    def call(self, signum: int) -> None:
+        """Runs the C handler as the signal would have (outside a signal context, which a
+        handler that only sets a flag does not mind)."""
+        ctypes.CFUNCTYPE(None, ctypes.c_int)(self._address)(signum)
+
+    def restore(self) -> None:
+        """Puts the C handler back, as it was before `take`."""
+        ctypes.CDLL(None).sigaction(self.signum, self._saved, None)
 
 
 class HeldForPreemptionService:

@@ -235,3 +235,61 @@ def test_a_second_signal_ends_a_process_waiting_for_a_missing_peer(tmp_path):
     process.wait(timeout=10)
     assert process.returncode == 128 + signal.SIGTERM
     assert not os.path.exists(os.path.join(tmp_path, "checkpoints"))
+
+
+# One process under jax.distributed (JAX's preemption notifier owns SIGTERM), the trainer's
+# TerminationRequest(multiprocess=True) entered; argv[1] says which signals it gets.
+_CHAINED = """
+import os, signal, socket, sys, time
+import jax
+from jax.experimental import multihost_utils
+from comatch_jax import termination
+
+def notice_given(first_step):
+    for step in range(first_step, first_step + 50):  # JAX's listener polls once a second
+        time.sleep(0.1)
+        if multihost_utils.reached_preemption_sync_point(step):
+            return True
+    return False
+
+with socket.socket() as s:
+    s.bind(("localhost", 0))
+    port = s.getsockname()[1]
+jax.distributed.initialize(f"localhost:{port}", num_processes=1, process_id=0)
+mode = sys.argv[1]
+with termination.TerminationRequest(multiprocess=True) as request:
+    if mode == "none":
+        pass
+    else:
+        os.kill(os.getpid(), signal.SIGINT if mode == "ctrl-c" else signal.SIGTERM)
+        if mode == "twice":
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)
+            sys.exit("the second SIGTERM did not end the process")
+        assert request.requested
+        assert notice_given(1), "JAX's preemption service got no notice"
+        request.on_preemption()
+if mode == "none":  # JAX's own handler is back: a SIGTERM is a notice, not the end
+    os.kill(os.getpid(), signal.SIGTERM)
+    assert notice_given(1), "JAX's handler was not put back"
+print("ok")
+"""
+
+
+@pytest.mark.parametrize("mode", ["sigterm", "ctrl-c", "twice", "none"])
+def test_signals_in_training_reach_jax_preemption_service_and_a_second_ends_at_once(mode):
+    """A first SIGTERM or Ctrl-C in training is passed on to JAX's preemption notifier (its
+    sync point is reached); a second SIGTERM right after, before that sync point, ends the
+    process at once instead of being swallowed by the notifier; on leaving training JAX's
+    handler is back."""
+    result = subprocess.run(
+        [sys.executable, "-c", _CHAINED, mode],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    if mode == "twice":
+        assert result.returncode == -signal.SIGTERM, result.stderr[-2000:]
+    else:
+        assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-2000:]
