@@ -601,7 +601,7 @@ def write_analysis(
             f"{min(len(data.test_labels), max_images)}; use --embedding=pca or a larger "
             "--max_images."
         )
-    os.makedirs(out_dir, exist_ok=True)
+    atomic_files.make_directory(out_dir, "--out directory")
     path = lambda name: os.path.join(out_dir, name)
     names = run.class_names
     written = []

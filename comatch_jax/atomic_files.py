@@ -45,20 +45,52 @@ def write_atomic(path: str, write: Callable[[str], Any]) -> Any:
 def _renamed_when_done(path: str, suffix: str) -> Iterator[tuple[int, str]]:
     """(open OS handle, name) of a new temporary file next to `path` (parents made); when
     the block ends normally the file gets open()'s usual mode and replaces `path`; on any
-    exception it is removed and the exception goes on."""
+    exception it is removed and the exception goes on. An OSError of the file system (a parent
+    that is a file, a directory at `path`, no permission) names `path` in one line."""
     directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    handle, temp = tempfile.mkstemp(
-        dir=directory, prefix=f".{os.path.basename(path)}.", suffix=suffix
-    )
+    try:
+        os.makedirs(directory, exist_ok=True)
+        handle, temp = tempfile.mkstemp(
+            dir=directory, prefix=f".{os.path.basename(path)}.", suffix=suffix
+        )
+    except OSError as error:
+        raise _cannot_write(path, error) from error
     try:
         yield handle, temp
         os.chmod(temp, 0o666 & ~_umask())
-        os.replace(temp, path)
+        try:
+            os.replace(temp, path)
+        except OSError as error:
+            raise _cannot_write(path, error) from error
     except BaseException:
         with contextlib.suppress(OSError):
             os.remove(temp)
         raise
+
+
+def make_directory(path: str, what: str = "directory") -> None:
+    """`os.makedirs(path, exist_ok=True)` whose OSError (a file at `path` or above it, no
+    permission) is one line naming `what` and `path`."""
+    if os.path.lexists(path) and not os.path.isdir(path):
+        raise FileExistsError(f"Cannot create the {what} {path}: it is a file, not a directory.")
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as error:
+        raise _cannot_write(os.path.join(path, ""), error, what) from error
+
+
+def _cannot_write(path: str, error: OSError, what: str = "") -> OSError:
+    """`error` as one line that names the file to be written (not the temporary one)."""
+    parent = os.path.dirname(os.path.abspath(path))
+    while parent != os.path.dirname(parent) and not os.path.lexists(parent):
+        parent = os.path.dirname(parent)
+    if os.path.lexists(parent) and not os.path.isdir(parent):
+        why = f"{parent} is a file, not a directory"
+    else:
+        why = (error.strerror or str(error)).lower()
+    if what:
+        return type(error)(f"Cannot create the {what} {path.rstrip(os.sep)}: {why}.")
+    return type(error)(f"Cannot write {path}: {why}.")
 
 
 def _umask() -> int:

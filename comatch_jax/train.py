@@ -21,6 +21,7 @@ from absl import logging
 from jax.sharding import NamedSharding, PartitionSpec
 
 from comatch_jax import (
+    atomic_files,
     config_lib,
     evaluation,
     inference,
@@ -75,7 +76,7 @@ def train_and_evaluate(
     config = training_data.with_normalization(config, data)
     runs.check_workdir(config, workdir, fingerprint=data.fingerprint)
     multihost.barrier("workdir checked")  # before process 0 writes into it
-    os.makedirs(workdir, exist_ok=True)
+    atomic_files.make_directory(workdir, "workdir")
     image_shape = data.labeled_images.shape[1:]
     mesh = multihost.data_parallel_mesh()
     method, model, tx, init_state = runs.build_training(

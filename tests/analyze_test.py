@@ -91,13 +91,21 @@ def test_2d_projection_keeps_separate_clusters_apart(method):
     [
         (["--workdir={empty}"], "holds no comatch_jax run"),
         (["--image_index=297"], "image_index must be in 0..296"),
+        (
+            ["--out={tmp}/a_file"],
+            "Cannot create the --out directory {tmp}/a_file: it is a file, not a directory.",
+        ),
     ],
 )
 def test_command_errors_are_one_line(digits_run, tmp_path, args, message):
-    args = [a.format(empty=tmp_path / "nothing") for a in args]
+    (tmp_path / "a_file").write_text("")
+    fill = lambda text: text.format(empty=tmp_path / "nothing", tmp=tmp_path)
+    args, message = [fill(a) for a in args], fill(message)
     if not any(a.startswith("--workdir") for a in args):
         args.append(f"--workdir={digits_run}")
-    command = [sys.executable, "-m", "comatch_jax.analyze", *args, f"--out={tmp_path / 'out'}"]
+    if not any(a.startswith("--out") for a in args):
+        args.append(f"--out={tmp_path / 'out'}")
+    command = [sys.executable, "-m", "comatch_jax.analyze", *args]
     result = subprocess.run(command, capture_output=True, text=True, cwd=REPO)
     assert result.returncode != 0
     last = result.stderr.strip().splitlines()[-1]

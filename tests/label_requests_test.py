@@ -358,16 +358,26 @@ def test_kcenter_requests_through_the_command(digits_run, tmp_path):
         (["--budget=0", "--workdir={run}"], "--budget must be positive, got 0"),
         (["--budget=100000", "--workdir={run}"], r"--budget must be in 1..1480"),
         (["--budget=5", "--strategy=coreset", "--workdir={run}"], "Unknown strategy 'coreset'"),
+        (
+            ["--budget=5", "--workdir={run}", "--out={tmp}/a_file/r.csv"],
+            "Cannot write {tmp}/a_file/r.csv: {tmp}/a_file is a file, not a directory.",
+        ),
+        (["--budget=5", "--workdir={run}", "--out={tmp}"], "Cannot write {tmp}: is a directory."),
     ],
 )
 def test_request_labels_errors_are_one_line(digits_run, tmp_path, args, message):
     workdir, _ = digits_run
-    args = [a.format(empty=tmp_path, run=workdir) for a in args]
-    result = _command("request_labels", *args, f"--out={tmp_path / 'r.csv'}")
+    (tmp_path / "a_file").write_text("")
+    fill = lambda text: text.format(empty=tmp_path, run=workdir, tmp=tmp_path)
+    args, message = [fill(a) for a in args], fill(message)
+    if not any(a.startswith("--out=") for a in args):
+        args.append(f"--out={tmp_path / 'r.csv'}")
+    result = _command("request_labels", *args)
     assert result.returncode != 0
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("error: ") and message.replace("\\", "") in last.replace("\\", "")
     assert not os.path.exists(tmp_path / "r.csv")
+    assert sorted(os.listdir(tmp_path)) == ["a_file"]  # no temporary file left
 
 
 def test_oracle_rejects_unknown_ids(digits_run, tmp_path):
