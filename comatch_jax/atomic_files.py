@@ -47,6 +47,8 @@ def _renamed_when_done(path: str, suffix: str) -> Iterator[tuple[int, str]]:
     the block ends normally the file gets open()'s usual mode and replaces `path`; on any
     exception it is removed and the exception goes on. An OSError of the file system (a parent
     that is a file, a directory at `path`, no permission) names `path` in one line."""
+    if path.endswith(os.sep):
+        raise IsADirectoryError(f"Cannot write {path}: it names a directory, not a file.")
     directory = os.path.dirname(os.path.abspath(path))
     try:
         os.makedirs(directory, exist_ok=True)

@@ -10,8 +10,6 @@ from __future__ import annotations
 import ml_collections
 from ml_collections import config_dict
 
-from comatch_jax import methods
-
 FASHION_MNIST_MEAN, FASHION_MNIST_STD = (0.2860,), (0.3530,)
 CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2471, 0.2435, 0.2616)
 CIFAR100_MEAN, CIFAR100_STD = (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)
@@ -196,7 +194,7 @@ def base_config() -> ml_collections.ConfigDict:
 def apply_preset(config: ml_collections.ConfigDict, preset: str) -> ml_collections.ConfigDict:
     """Published settings. '' = the CPU default. Names: cifar10_{40,250,4000},
     cifar100_{400,2500,10000}, stl10, competition96 (5 % labels), competition96_7p5 (7.5 %),
-    fmnist40_gpu (Fashion-MNIST with 40 labels, WRN-28-2 at B = 64, mu = 7, sized for a few
+    folder_cpu (an image folder at 32 px for 2 CPU cores, about 20 minutes), fmnist40_gpu (Fashion-MNIST with 40 labels, WRN-28-2 at B = 64, mu = 7, sized for a few
     minutes per run on one H100; experiments/gpu_evidence.py).
 
     The CIFAR presets are the official CoMatch code's recipe (github salesforce/CoMatch,
@@ -263,6 +261,15 @@ def apply_preset(config: ml_collections.ConfigDict, preset: str) -> ml_collectio
             config.num_labels = 38400  # 7.5 % of the 512,000 images
             config.comatch.update(threshold=0.52, contrast_threshold=0.22, lambda_ctr=3.0)
         _gpu_cadence(config)
+    elif preset == "folder_cpu":
+        # A user's own colour image folder on 2 CPU cores (issue 21; experiments/RESULTS.md,
+        # "Fixed vs adaptive thresholds"): 32 px, the small CNN at B = 16, mu = 7, 3,500
+        # steps (about 20 minutes for a semi-supervised method on 2 idle cores), the folder's
+        # own mean/std. Meant with configs/comatch_adaptive.py (the best of the table there).
+        config.dataset.name = "image_folder"
+        config.dataset.image_size = 32
+        config.num_steps = 3500
+        config.log_every, config.eval_every, config.checkpoint_every = 100, 500, 500
     elif preset == "fmnist40_gpu":
         # The CIFAR-10 recipe (WRN-28-2, B=64, mu=7, K=2560) on Fashion-MNIST with 40 labels,
         # for one GPU. Steps: a plain Flax WRN-28-2 step at the CIFAR shape takes 14 ms in
@@ -285,7 +292,7 @@ def apply_preset(config: ml_collections.ConfigDict, preset: str) -> ml_collectio
         raise ValueError(
             f"Unknown preset {preset!r}; expected '', cifar10_40, cifar10_250, cifar10_4000, "
             "cifar100_400, cifar100_2500, cifar100_10000, stl10, competition96, "
-            "competition96_7p5 or fmnist40_gpu"
+            "competition96_7p5, folder_cpu or fmnist40_gpu"
         )
     return config
 
@@ -340,6 +347,10 @@ def method_checks(config: ml_collections.ConfigDict) -> list[tuple[bool, str]]:
     """The checks config.method's declaration (comatch_jax.methods.Method) implies: its
     unlabeled data (mu > 0), its config sections, the model fields its heads need, and its
     own option checks. ValueError for an unknown method."""
+    # Imported here, not at the top: loading a config file (flag parsing, before a
+    # multi-process run holds its signals) must not import JAX, which takes seconds.
+    from comatch_jax import methods
+
     method = methods.get_method(config.method)
     name = config.method
     checks = []

@@ -8,7 +8,11 @@ checkpoint). During training a Python handler takes SIGTERM and SIGINT from JAX'
 and passes the first one on to it (`_ChainedCHandler`: the notifier's handler only sets a
 flag its listener thread polls each second), so that in both cases the first signal restores
 the operating system's default action and a second SIGTERM or Ctrl-C ends the program at
-once, even inside a hung collective or a long evaluation. (Where JAX's handler cannot be read,
+once, even inside a hung collective or a long evaluation: every handler here is installed
+with SA_RESETHAND (`install`), so the kernel restores the default as it delivers the first
+signal, whether or not Python's main thread, blocked in C, has run the handler yet. (That
+reset is per signal: while the main thread is blocked in C, the second signal must be of
+the same kind, Ctrl-C after Ctrl-C; a SIGTERM after a Ctrl-C waits for the call to return.) (Where JAX's handler cannot be read,
 on a libc other than glibc on x86-64 / AArch64, SIGTERM stays with the notifier and a second
 SIGTERM before the stop step is swallowed by it; a second Ctrl-C, or SIGKILL, ends the
 process there.) Two signals that arrive before Python runs its handler count as one: Python
@@ -44,6 +48,7 @@ class TerminationRequest:
         self.signal_name = ""
         self._previous = {}
         self._notifier = None  # several processes: JAX's SIGTERM handler, chained
+        self._stopping = False
 
     def __enter__(self):
         handled = self.SIGNALS
@@ -52,7 +57,7 @@ class TerminationRequest:
             if self._notifier is None:  # cannot be read here: leave SIGTERM to the notifier
                 handled = (signal.SIGINT,)
         try:
-            self._previous = {sig: signal.signal(sig, self._handle) for sig in handled}
+            self._previous = {sig: install(sig, self._handle) for sig in handled}
         except ValueError:  # not the main thread: leave signals alone
             self._previous = {}
         return self
@@ -62,6 +67,7 @@ class TerminationRequest:
         # The operating system's default from now on: a second signal ends the program.
         for sig in self._previous:
             signal.signal(sig, signal.SIG_DFL)
+        self._stopping = True
         logging.warning(
             "%s received: checkpointing and stopping (a second Ctrl-C or SIGTERM ends the "
             "program at once).",
@@ -79,62 +85,90 @@ class TerminationRequest:
         second SIGTERM or Ctrl-C ends the program at once."""
         for sig in self.SIGNALS:
             signal.signal(sig, signal.SIG_DFL)
-        self._notifier = None  # nothing to put back: JAX's notice has been given
+        self._stopping = True
 
     def __exit__(self, *exc):
+        if self._stopping:  # the defaults stay: a signal while stopping ends the program
+            return
         for sig, previous in self._previous.items():
             if sig == signal.SIGTERM and self.multiprocess:
-                # JAX's handler, installed from C (Python's `previous` is stale), is put back
-                # unless the notice was given; then the default stays (a second one ends).
-                if self._notifier is not None and not self.requested:
-                    self._notifier.restore()
+                if self._notifier is not None:  # JAX's handler, installed from C (Python's
+                    self._notifier.restore()  # `previous` is stale), is put back
+            elif sig == signal.SIGINT and self.multiprocess:
+                # After training (final evaluation, summary) a Ctrl-C is a plain interrupt
+                # (one line, exit 130), not a preemption notice that nothing polls any more.
+                signal.signal(sig, signal.default_int_handler)
             else:
                 signal.signal(sig, previous)
+
+
+def install(signum: int, handler) -> object:
+    """`signal.signal(signum, handler)` (returns the previous Python handler), plus, where
+    libc's sigaction is reachable (`_Sigaction`), SA_RESETHAND: the kernel restores the
+    default action as it delivers the signal. Python runs `handler` only when its main thread
+    runs bytecode, so without it a second signal to a main thread blocked in C (a collective
+    whose peer died, JAX's shutdown barrier) would be swallowed too; with it the second one
+    ends the process at once."""
+    previous = signal.signal(signum, handler)
+    action = _Sigaction.read(signum)
+    if action is not None:
+        flags = ctypes.c_uint32.from_buffer(action, _Sigaction.FLAGS_OFFSET)
+        flags.value |= _Sigaction.SA_RESETHAND
+        _Sigaction.write(signum, action)
+    return previous
+
+
+class _Sigaction:
+    """libc's `struct sigaction` of a signal as a ctypes buffer. Only on glibc for x86-64 and
+    AArch64, whose struct starts with the handler (8 bytes), then a 128-byte mask and the
+    int flags (152 bytes in all on x86-64); `read` returns None elsewhere."""
+
+    SIZE = 256  # at least sizeof(struct sigaction)
+    FLAGS_OFFSET = 8 + 128
+    SA_SIGINFO = 0x4
+    SA_RESETHAND = 0x80000000
+
+    @classmethod
+    def read(cls, signum: int):
+        if not (sys.platform == "linux" and platform.machine() in ("x86_64", "aarch64")):
+            return None
+        try:
+            action = ctypes.create_string_buffer(cls.SIZE)
+            return action if ctypes.CDLL(None).sigaction(signum, None, action) == 0 else None
+        except (OSError, AttributeError):
+            return None
+
+    @staticmethod
+    def write(signum: int, action) -> None:
+        ctypes.CDLL(None).sigaction(signum, action, None)
 
 
 class _ChainedCHandler:
     """A signal handler installed from C (JAX's preemption notifier: `std::signal(SIGTERM,
     f)` with an `f` that sets an atomic flag; xla/tsl/.../preemption_notifier.cc), read with
-    libc's sigaction so that a Python handler can replace it and still call it once.
-
-    Only on glibc for x86-64 and AArch64, whose `struct sigaction` starts with the handler
-    (8 bytes), then a 128-byte mask and the int flags. `take` returns None elsewhere, and
-    where the current handler is the default or ignore, takes three arguments (SA_SIGINFO),
-    or is Python's own (the one SIGINT has while Python handles it; `signal.getsignal` cannot
-    tell, as it does not see handlers installed from C)."""
-
-    _SIZE = 256  # at least sizeof(struct sigaction) (152 on x86-64 glibc)
-    _FLAGS_OFFSET = 8 + 128
-    _SA_SIGINFO = 4
+    libc's sigaction (`_Sigaction`) so that a Python handler can replace it and still call it
+    once. `take` returns None where sigaction cannot be read and where the current handler is
+    the default or ignore, takes three arguments (SA_SIGINFO), or is Python's own (the one
+    SIGINT has while Python handles it; `signal.getsignal` cannot tell, as it does not see
+    handlers installed from C)."""
 
     def __init__(self, signum: int, saved, address: int):
         self.signum, self._saved, self._address = signum, saved, address
 
     @classmethod
     def take(cls, signum: int) -> "_ChainedCHandler | None":
-        if not (sys.platform == "linux" and platform.machine() in ("x86_64", "aarch64")):
-            return None
-        saved = cls._read(signum)
+        saved = _Sigaction.read(signum)
         if saved is None:
             return None
         address = ctypes.c_void_p.from_buffer(saved).value or 0
-        flags = ctypes.c_int.from_buffer(saved, cls._FLAGS_OFFSET).value
-        if address in (0, 1) or flags & cls._SA_SIGINFO:  # SIG_DFL, SIG_IGN, 3 arguments
+        flags = ctypes.c_uint32.from_buffer(saved, _Sigaction.FLAGS_OFFSET).value
+        if address in (0, 1) or flags & _Sigaction.SA_SIGINFO:  # SIG_DFL, SIG_IGN, 3 args
             return None
         if callable(signal.getsignal(signal.SIGINT)):  # SIGINT holds Python's C handler
-            python = cls._read(signal.SIGINT)
+            python = _Sigaction.read(signal.SIGINT)
             if python is None or ctypes.c_void_p.from_buffer(python).value == address:
                 return None
         return cls(signum, saved, address)
-
-    @classmethod
-    def _read(cls, signum: int):
-        """The current `struct sigaction` of `signum` as a buffer, or None."""
-        try:
-            saved = ctypes.create_string_buffer(cls._SIZE)
-            return saved if ctypes.CDLL(None).sigaction(signum, None, saved) == 0 else None
-        except (OSError, AttributeError):
-            return None
 
     def call(self, signum: int) -> None:
         """Runs the C handler as the signal would have (outside a signal context, which a
@@ -143,7 +177,7 @@ class _ChainedCHandler:
 
     def restore(self) -> None:
         """Puts the C handler back, as it was before `take`."""
-        ctypes.CDLL(None).sigaction(self.signum, self._saved, None)
+        _Sigaction.write(self.signum, self._saved)
 
 
 class HeldForPreemptionService:
@@ -151,8 +185,10 @@ class HeldForPreemptionService:
     is held; on a normal exit (jax.distributed initialised, its preemption notifier owning
     SIGTERM) it is handed to that notifier as a SIGTERM to this process, and from then on a
     Ctrl-C is handed over the same way (until the trainer's TerminationRequest takes over).
-    A second signal while one is held ends the program at once (a SIGTERM: as soon as Python
-    runs again). On an error inside the context the previous handlers are restored."""
+    A second signal while one is held ends the program at once (`install`: the kernel
+    restores the default as it delivers the first; unless jax.distributed.initialize has
+    installed its SIGTERM handler since, when a second Ctrl-C does). On an error inside the
+    context the previous handlers are restored."""
 
     def __init__(self):
         self.received = ""
@@ -160,9 +196,7 @@ class HeldForPreemptionService:
 
     def __enter__(self):
         try:
-            self._previous = {
-                sig: signal.signal(sig, self._hold) for sig in TerminationRequest.SIGNALS
-            }
+            self._previous = {sig: install(sig, self._hold) for sig in TerminationRequest.SIGNALS}
         except ValueError:  # not the main thread: leave signals alone
             self._previous = {}
         return self
@@ -172,8 +206,7 @@ class HeldForPreemptionService:
             os._exit(128 + signum)
         self.received = signal.Signals(signum).name
         # SIGTERM's handler is left alone: jax.distributed.initialize may have replaced this
-        # one with its notifier's already (a signal received inside that call is handled
-        # here only after it returns).
+        # one with its notifier's already. (The kernel reset the received signal's.)
         signal.signal(signal.SIGINT, signal.SIG_DFL)
         logging.warning(
             "%s received during start-up: every process stops at its first step with a "
@@ -191,7 +224,7 @@ class HeldForPreemptionService:
         # SIGTERM now belongs to JAX's preemption notifier (installed by initialize); do not
         # touch it. A Ctrl-C becomes a SIGTERM to this process, which the notifier sees.
         if not self.received:
-            signal.signal(signal.SIGINT, _interrupt_to_preemption)
+            install(signal.SIGINT, _interrupt_to_preemption)
         else:
             os.kill(os.getpid(), signal.SIGTERM)
 

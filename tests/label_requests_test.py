@@ -363,6 +363,10 @@ def test_kcenter_requests_through_the_command(digits_run, tmp_path):
             "Cannot write {tmp}/a_file/r.csv: {tmp}/a_file is a file, not a directory.",
         ),
         (["--budget=5", "--workdir={run}", "--out={tmp}"], "Cannot write {tmp}: is a directory."),
+        (
+            ["--budget=5", "--workdir={run}", "--out={tmp}/new/"],
+            "Cannot write {tmp}/new/: it names a directory, not a file.",
+        ),
     ],
 )
 def test_request_labels_errors_are_one_line(digits_run, tmp_path, args, message):

@@ -206,3 +206,17 @@ def test_fixmatch_with_da_preset_is_the_official_train_fixmatch_script():
     assert not plain.fixmatch.distribution_alignment  # the FixMatch paper
     assert plain.num_steps == 512 * 1024
     assert not config_lib.base_config().fixmatch.distribution_alignment
+
+
+@pytest.mark.parametrize("name", ["comatch_adaptive", "supervised", "fixmatch"])
+def test_folder_cpu_preset_is_an_image_folder_at_32_px_for_20_minutes(name):
+    config = _config_file(name, "folder_cpu")
+    assert config.dataset.name == "image_folder" and config.dataset.image_size == 32
+    assert config.num_steps == 3500 and config.dataset.mean == () and config.dataset.std == ()
+    mu = 0 if name == "supervised" else 7  # supervised draws no unlabeled images
+    assert config.model.name == "small_cnn" and (config.batch_size, config.mu) == (16, mu)
+    assert config.method == {"supervised": "supervised"}.get(name, name.split("_")[0])
+    if name == "comatch_adaptive":
+        assert config.comatch.threshold_rule == "freematch"
+    config.dataset.root = "/some/folder"
+    config_lib.validate_config(config)  # a root is all a user adds
