@@ -265,7 +265,9 @@ def apply_preset(config: ml_collections.ConfigDict, preset: str) -> ml_collectio
         # A user's own colour image folder on 2 CPU cores (issue 21; experiments/RESULTS.md,
         # "Fixed vs adaptive thresholds"): 32 px, the small CNN at B = 16, mu = 7, 3,500
         # steps (about 20 minutes for a semi-supervised method on 2 idle cores), the folder's
-        # own mean/std. Meant with configs/comatch_adaptive.py (the best of the table there).
+        # own mean/std. Meant with configs/comatch_adaptive.py, the best of the table there:
+        # 48.4 +- 1.9 % vs 43.5 +- 1.2 % supervised-only on a CIFAR-10 folder with 250
+        # labels, 3 seeds.
         config.dataset.name = "image_folder"
         config.dataset.image_size = 32
         config.num_steps = 3500
