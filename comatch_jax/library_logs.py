@@ -22,11 +22,16 @@ _REPEATED_NOTES = ("Reached preemption sync point",)
 
 
 class OwnInfoOnly(python_logging.Filter):
-    """Passes warnings and errors (but the libraries' repeated notes above), and records
-    below WARNING only from comatch_jax's own modules (by the calling file's path)."""
+    """Passes warnings and errors (but the libraries' repeated notes above, and their
+    tracebacks of a Ctrl-C, e.g. Orbax's "Save Finalize thread failed" when a Ctrl-C ends
+    its wait: the entry point says "Interrupted" in one line), and records below WARNING only
+    from comatch_jax's own modules (by the calling file's path)."""
 
     def filter(self, record: python_logging.LogRecord) -> bool:
         own = os.path.abspath(record.pathname).startswith(_PACKAGE_DIR)
+        error_type = record.exc_info[0] if record.exc_info else None
+        if not own and error_type is not None and issubclass(error_type, KeyboardInterrupt):
+            return False
         if record.levelno >= python_logging.WARNING:
             return own or not any(note in record.getMessage() for note in _REPEATED_NOTES)
         return own

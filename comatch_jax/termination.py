@@ -6,17 +6,20 @@ notifier tells every process, and `multihost_utils.reached_preemption_sync_point
 Orbax's CheckpointManager.reached_preemption calls, names the step at which all of them
 checkpoint). During training a Python handler takes SIGTERM and SIGINT from JAX's C handler
 and passes the first one on to it (`_ChainedCHandler`: the notifier's handler only sets a
-flag its listener thread polls each second), so that in both cases the first signal restores
-the operating system's default action and a second SIGTERM or Ctrl-C ends the program at
-once, even inside a hung collective or a long evaluation: every handler here is installed
-with SA_RESETHAND (`install`), so the kernel restores the default as it delivers the first
-signal, whether or not Python's main thread, blocked in C, has run the handler yet. (That
-reset is per signal: while the main thread is blocked in C, the second signal must be of
-the same kind, Ctrl-C after Ctrl-C; a SIGTERM after a Ctrl-C waits for the call to return.) (Where JAX's handler cannot be read,
-on a libc other than glibc on x86-64 / AArch64, SIGTERM stays with the notifier and a second
-SIGTERM before the stop step is swallowed by it; a second Ctrl-C, or SIGKILL, ends the
-process there.) Two signals that arrive before Python runs its handler count as one: Python
-keeps one pending flag per signal.
+flag its listener thread polls each second). After training nothing polls that service:
+SIGTERM gets the default action and Ctrl-C is a plain interrupt again.
+
+In every case the first signal restores the operating system's default action, so a second
+SIGTERM or Ctrl-C ends the program at once, even inside a hung collective or a long
+evaluation: every handler here is installed with SA_RESETHAND (`install`), so the kernel
+restores the default as it delivers the first signal, whether or not Python's main thread,
+blocked in C, has run the handler yet. That reset is per signal: while the main thread is
+blocked in C the second signal must be of the same kind (Ctrl-C after Ctrl-C; a SIGTERM
+after a Ctrl-C waits for the call to return). Two signals that arrive before Python runs its
+handler count as one (Python keeps one pending flag per signal). Where libc's sigaction
+cannot be reached (a libc other than glibc on x86-64 / AArch64), SIGTERM stays with JAX's
+notifier during training, which swallows a second one before the stop step; a second
+Ctrl-C, or SIGKILL, ends the process there.
 
 Several processes, before that service is up (imports, jax.distributed.initialize): a
 signal would end this process alone and leave the others waiting for it in a collective
@@ -91,15 +94,15 @@ class TerminationRequest:
         if self._stopping:  # the defaults stay: a signal while stopping ends the program
             return
         for sig, previous in self._previous.items():
-            if sig == signal.SIGTERM and self.multiprocess:
-                if self._notifier is not None:  # JAX's handler, installed from C (Python's
-                    self._notifier.restore()  # `previous` is stale), is put back
-            elif sig == signal.SIGINT and self.multiprocess:
-                # After training (final evaluation, summary) a Ctrl-C is a plain interrupt
-                # (one line, exit 130), not a preemption notice that nothing polls any more.
-                signal.signal(sig, signal.default_int_handler)
-            else:
+            if not self.multiprocess:
                 signal.signal(sig, previous)
+            elif sig == signal.SIGTERM:
+                # After training nothing polls JAX's preemption service any more (and after
+                # an error, e.g. a peer that died, the exit may block in JAX's shutdown): a
+                # SIGTERM ends the process, as with one process.
+                signal.signal(sig, signal.SIG_DFL)
+            else:  # a Ctrl-C is a plain interrupt (one line, exit 130); a second one ends it
+                install(sig, signal.default_int_handler)
 
 
 def install(signum: int, handler) -> object:
@@ -152,8 +155,8 @@ class _ChainedCHandler:
     SIGINT has while Python handles it; `signal.getsignal` cannot tell, as it does not see
     handlers installed from C)."""
 
-    def __init__(self, signum: int, saved, address: int):
-        self.signum, self._saved, self._address = signum, saved, address
+    def __init__(self, address: int):
+        self._address = address
 
     @classmethod
     def take(cls, signum: int) -> "_ChainedCHandler | None":
@@ -168,16 +171,12 @@ class _ChainedCHandler:
             python = _Sigaction.read(signal.SIGINT)
             if python is None or ctypes.c_void_p.from_buffer(python).value == address:
                 return None
-        return cls(signum, saved, address)
+        return cls(address)
 
     def call(self, signum: int) -> None:
         """Runs the C handler as the signal would have (outside a signal context, which a
         handler that only sets a flag does not mind)."""
         ctypes.CFUNCTYPE(None, ctypes.c_int)(self._address)(signum)
-
-    def restore(self) -> None:
-        """Puts the C handler back, as it was before `take`."""
-        _Sigaction.write(self.signum, self._saved)
 
 
 class HeldForPreemptionService:
