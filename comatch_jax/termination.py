@@ -51,7 +51,6 @@ class TerminationRequest:
         self.signal_name = ""
         self._previous = {}
         self._notifier = None  # several processes: JAX's SIGTERM handler, chained
-        self._stopping = False
 
     def __enter__(self):
         handled = self.SIGNALS
@@ -70,7 +69,6 @@ class TerminationRequest:
         # The operating system's default from now on: a second signal ends the program.
         for sig in self._previous:
             signal.signal(sig, signal.SIG_DFL)
-        self._stopping = True
         logging.warning(
             "%s received: checkpointing and stopping (a second Ctrl-C or SIGTERM ends the "
             "program at once).",
@@ -88,11 +86,10 @@ class TerminationRequest:
         second SIGTERM or Ctrl-C ends the program at once."""
         for sig in self.SIGNALS:
             signal.signal(sig, signal.SIG_DFL)
-        self._stopping = True
 
     def __exit__(self, *exc):
-        if self._stopping:  # the defaults stay: a signal while stopping ends the program
-            return
+        # Leaving the loop (a stop, the end, an error): the program may go on (a notebook
+        # calling train_and_evaluate), so the handlers are put back as they were before it.
         for sig, previous in self._previous.items():
             if not self.multiprocess:
                 signal.signal(sig, previous)

@@ -357,3 +357,21 @@ def test_a_second_signal_ends_a_main_thread_blocked_in_c(processes, when, signal
     process.wait(timeout=60)
     assert process.returncode == -signals[1], process.stdout.read()
     assert time.monotonic() - start < 3  # at once, not after the computation
+
+
+def test_a_stopped_run_puts_the_callers_handlers_back():
+    """A notebook that calls train_and_evaluate keeps its own Ctrl-C handler after a stop."""
+    code = """
+import os, signal
+from comatch_jax import termination
+
+mine = lambda signum, frame: None
+signal.signal(signal.SIGINT, mine)
+with termination.TerminationRequest() as request:
+    os.kill(os.getpid(), signal.SIGINT)
+    assert request.requested
+assert signal.getsignal(signal.SIGINT) is mine
+print("ok")
+"""
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-2000:]
