@@ -73,25 +73,25 @@ def _renamed_when_done(path: str, suffix: str) -> Iterator[tuple[int, str]]:
 def make_directory(path: str, what: str = "directory") -> None:
     """`os.makedirs(path, exist_ok=True)` whose OSError (a file at `path` or above it, no
     permission) is one line naming `what` and `path`."""
-    if os.path.lexists(path) and not os.path.isdir(path):
-        raise FileExistsError(f"Cannot create the {what} {path}: it is a file, not a directory.")
     try:
         os.makedirs(path, exist_ok=True)
     except OSError as error:
-        raise _cannot_write(os.path.join(path, ""), error, what) from error
+        raise _cannot_write(path, error, what) from error
 
 
 def _cannot_write(path: str, error: OSError, what: str = "") -> OSError:
-    """`error` as one line that names the file to be written (not the temporary one)."""
-    parent = os.path.dirname(os.path.abspath(path))
-    while parent != os.path.dirname(parent) and not os.path.lexists(parent):
-        parent = os.path.dirname(parent)
-    if os.path.lexists(parent) and not os.path.isdir(parent):
-        why = f"{parent} is a file, not a directory"
+    """`error` as one line that names the file (or, with `what`, the directory) to be
+    written, not the temporary one, and the file that stands where a directory must be."""
+    blocking = os.path.abspath(path) if what else os.path.dirname(os.path.abspath(path))
+    while blocking != os.path.dirname(blocking) and not os.path.lexists(blocking):
+        blocking = os.path.dirname(blocking)
+    if os.path.lexists(blocking) and not os.path.isdir(blocking):
+        why = "it" if blocking == os.path.abspath(path) else blocking
+        why += " is a file, not a directory"
     else:
         why = (error.strerror or str(error)).lower()
     if what:
-        return type(error)(f"Cannot create the {what} {path.rstrip(os.sep)}: {why}.")
+        return type(error)(f"Cannot create the {what} {path}: {why}.")
     return type(error)(f"Cannot write {path}: {why}.")
 
 

@@ -194,8 +194,9 @@ def base_config() -> ml_collections.ConfigDict:
 def apply_preset(config: ml_collections.ConfigDict, preset: str) -> ml_collections.ConfigDict:
     """Published settings. '' = the CPU default. Names: cifar10_{40,250,4000},
     cifar100_{400,2500,10000}, stl10, competition96 (5 % labels), competition96_7p5 (7.5 %),
-    folder_cpu (an image folder at 32 px for 2 CPU cores, about 20 minutes), fmnist40_gpu (Fashion-MNIST with 40 labels, WRN-28-2 at B = 64, mu = 7, sized for a few
-    minutes per run on one H100; experiments/gpu_evidence.py).
+    folder_cpu (an image folder at 32 px for 2 CPU cores, about 20 minutes), fmnist40_gpu
+    (Fashion-MNIST with 40 labels, WRN-28-2 at B = 64, mu = 7, sized for a few minutes per
+    run on one H100; experiments/gpu_evidence.py).
 
     The CIFAR presets are the official CoMatch code's recipe (github salesforce/CoMatch,
     Train_CoMatch.py defaults): WRN-28-k (models.WideResNet, official blocks and init),
