@@ -235,18 +235,21 @@ def freematch_thresholds(
 ) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
     """FreeMatch's self-adaptive thresholds (Wang et al., ICLR 2023, arXiv 2205.07246).
 
-    From the weak unlabeled view's probabilities `probs` [B, C] (targets, no gradient), with
-    momentum lambda = `momentum`:
-      tau_t   = lambda tau_{t-1}   + (1 - lambda) mean_b max_c p_b(c)      (global)
-      p~_t(c) = lambda p~_{t-1}(c) + (1 - lambda) mean_b p_b(c)            (local)
-      tau_t(c) = p~_t(c) / max_c' p~_t(c') * tau_t
-    and h~_t = lambda h~_{t-1} + (1 - lambda) Hist(argmax_c p_b) / B, the histogram EMA the
-    fairness term needs. The paper starts tau_0 and p~_0 (and h~_0 here) at 1/C;
+    From the weak unlabeled view's probabilities `probs` [B, C] float (targets, no gradient),
+    with momentum lambda = `momentum` in [0, 1):
+      tau_t   = lambda tau_{t-1}   + (1 - lambda) mean_b max_c p_b(c)      (global, Eq. 6)
+      p~_t(c) = lambda p~_{t-1}(c) + (1 - lambda) mean_b p_b(c)            (local, Eq. 7)
+      tau_t(c) = p~_t(c) / max_c' p~_t(c') * tau_t                         (Eq. 8)
+    and h~_t = lambda h~_{t-1} + (1 - lambda) Hist(argmax_c p_b) / B (Eq. 10), the histogram
+    EMA the fairness term needs. The paper starts tau_0 and p~_0 (and h~_0 here) at 1/C;
     the official code (USB) starts them at 1, which keeps the mask near empty over the first
-    several hundred steps at momentum 0.999. `global_threshold` [], `class_probs` [C], `class_histogram` [C].
+    several hundred steps at momentum 0.999. `global_threshold` [], `class_probs` [C],
+    `class_histogram` [C], probabilities (unitless).
 
-    Returns (class thresholds [C], tau_t [], p~_t [C], h~_t [C]); the update uses this batch
-    first, as in the official code.
+    Returns (class thresholds [C], tau_t [], p~_t [C], h~_t [C]), float32; the update uses
+    this batch first, as in the official code. Nothing is checked: NaN in `probs` or in the
+    state propagates, and an all-zero p~_t (impossible from the 1/C start with momentum < 1,
+    since mean_b p_b sums to 1) would give 0 / 0 = NaN thresholds.
     """
     probs = jax.lax.stop_gradient(probs.astype(jnp.float32))
     num_classes = probs.shape[-1]
@@ -284,13 +287,15 @@ def self_adaptive_thresholds(
 def class_threshold_pseudo_label_loss(
     strong_logits: jax.Array, pseudo_labels: jax.Array, class_thresholds: jax.Array
 ) -> tuple[jax.Array, jax.Array]:
-    """CoMatch's L_u^cls (Eq. 9) with a per-class threshold: the soft cross-entropy of the
-    strong view against q, kept where max_c q(c) >= class_thresholds[argmax_c q] (>= as
-    masked_pseudo_label_loss and FreeMatch's official code).
+    """CoMatch's L_u^cls (Li et al., ICCV 2021, Eq. 9) masked by per-class thresholds.
 
-    strong_logits [B, C], pseudo_labels q [B, C] (a target, no gradient), class_thresholds
-    [C] (e.g. self_adaptive_thresholds). Averaged over the whole batch (masked examples count
-    as zero), as CoMatch's official code. Returns (loss [], mask [B] float32).
+    The soft cross-entropy of the strong view against q, kept where max_c q(c) >=
+    class_thresholds[argmax_c q] (>= as masked_pseudo_label_loss and FreeMatch's official
+    code, USB's `max_probs.ge(...)`; a confidence exactly at its threshold is kept).
+    strong_logits [B, C] float, pseudo_labels q [B, C] (a target, no gradient),
+    class_thresholds [C] (e.g. self_adaptive_thresholds). Averaged over the whole batch
+    (masked examples count as zero), as CoMatch's official code. Returns (loss [] in nats,
+    mask [B] float32). A NaN threshold masks its class out (NaN comparisons are False).
     """
     pseudo_labels = jax.lax.stop_gradient(pseudo_labels)  # q is a target
     class_thresholds = jax.lax.stop_gradient(class_thresholds)
@@ -302,11 +307,14 @@ def class_threshold_pseudo_label_loss(
 def freematch_unlabeled_loss(
     strong_logits: jax.Array, weak_probs: jax.Array, class_thresholds: jax.Array
 ) -> tuple[jax.Array, jax.Array]:
-    """FreeMatch's L_u: CE of the strong view against argmax(p_weak), kept where
-    max p_weak >= tau_t(argmax p_weak) (>= as the official code; the paper writes >).
+    """FreeMatch's L_u (Wang et al., ICLR 2023, Eq. 9): CE of the strong view against
+    argmax(p_weak), kept where max p_weak >= tau_t(argmax p_weak) (>= as the official code,
+    USB's `max_probs.ge(...)`; the paper writes >; a confidence exactly at its threshold is
+    kept).
 
-    strong_logits [B, C], weak_probs [B, C] (a target), class_thresholds [C]. Averaged over
-    the whole batch. Returns (loss, mask [B] as float).
+    strong_logits [B, C] float, weak_probs [B, C] (a target, no gradient), class_thresholds
+    [C] (freematch_thresholds). Averaged over the whole batch (masked examples count as
+    zero). Returns (loss [] in nats, mask [B] float32). A NaN threshold masks its class out.
     """
     weak_probs = jax.lax.stop_gradient(weak_probs)
     confidence = jnp.max(weak_probs, axis=-1)
@@ -315,8 +323,12 @@ def freematch_unlabeled_loss(
 
 
 def _inverse_or_zero(x: jax.Array) -> jax.Array:
-    """1 / x where x > 0, else 0 (the official code's inf -> 0)."""
-    return jnp.where(x > 0, 1.0 / jnp.where(x > 0, x, 1.0), 0.0)
+    """1 / x where x is at least the dtype's smallest normal number, else 0 (the official
+    code's inf -> 0, extended to denormals: a never-predicted class's histogram EMA decays
+    as lambda^t towards the denormals, whose reciprocal overflows to inf on a device that
+    keeps them, and inf / inf = NaN downstream). No inf is made in either branch."""
+    usable = x >= jnp.finfo(x.dtype).tiny
+    return jnp.where(usable, 1.0 / jnp.where(usable, x, 1.0), 0.0)
 
 
 def freematch_fairness_loss(
@@ -325,15 +337,19 @@ def freematch_fairness_loss(
     class_probs: jax.Array,
     class_histogram: jax.Array,
 ) -> jax.Array:
-    """FreeMatch's self-adaptive fairness L_f.
+    """FreeMatch's self-adaptive fairness L_f (Wang et al., ICLR 2023, Eq. 11-12).
 
     Over the kept examples (mask [B]), p_bar = the mean of the strong view's probabilities
-    Q_b and h_bar = the histogram of argmax Q_b (normalised); with p~_t = `class_probs` [C]
-    and h~_t = `class_histogram` [C] (the EMAs of freematch_thresholds):
+    Q_b and h_bar = the histogram of argmax Q_b (normalised) (Eq. 11); with p~_t =
+    `class_probs` [C] and h~_t = `class_histogram` [C] (the EMAs of freematch_thresholds,
+    this step's):
       L_f = -H(SumNorm(p~_t / h~_t), SumNorm(p_bar / h_bar)),  H(x, y) = -sum_c x_c log y_c,
-    i.e. sum_c x_c log y_c. Division by a zero histogram entry gives 0 and log gets +1e-12
-    (official code); 1/h are constants (no gradient), the gradient flows through p_bar.
-    0 when no example is kept. strong_logits [B, C] -> [].
+    (Eq. 12) i.e. sum_c x_c log y_c. Division by a zero histogram entry gives 0 (official
+    code; here also by an entry below the dtype's smallest normal number, see
+    _inverse_or_zero) and log gets +1e-12 (official code); 1/h are constants (no gradient),
+    the gradient flows through p_bar. 0 when no example is kept. strong_logits [B, C] float
+    -> [] float32 (nats, <= 0). NaN only from NaN inputs, or an all-zero p~_t / h~_t ratio
+    (0 / 0 SumNorm), which the EMAs from 1/C cannot reach.
     """
     mask = jax.lax.stop_gradient(mask.astype(jnp.float32))
     num_classes = strong_logits.shape[-1]
@@ -351,15 +367,27 @@ def freematch_fairness_loss(
     return jnp.where(kept > 0, loss, 0.0)
 
 
+SOFTMATCH_VARIANCE_FLOOR = 1e-12  # softmatch_weights' floor on sigma_t^2
+
+
 def softmatch_gaussian(
     probs: jax.Array, mean: jax.Array, variance: jax.Array, *, momentum: float
 ) -> tuple[jax.Array, jax.Array]:
-    """SoftMatch's Gaussian estimates (Chen et al., ICLR 2023, arXiv 2301.10921):
+    """SoftMatch's Gaussian estimates (Chen et al., ICLR 2023, arXiv 2301.10921, Sec. 4.1,
+    the Gaussian function for sample weighting; the official code's SoftMatchWeightingHook):
       mu_t      = m mu_{t-1}      + (1 - m) mean_b max_c p_b(c)
       sigma_t^2 = m sigma_{t-1}^2 + (1 - m) B/(B-1) var_b max_c p_b(c)  (unbiased)
-    probs [B, C] (B >= 2; a target, no gradient), mean [], variance []. The paper (and code)
-    start from mu_0 = 1/C, sigma_0^2 = 1. Returns (mu_t, sigma_t^2).
+    probs [B, C] float (a target, no gradient), mean [], variance [] (confidences, unitless),
+    momentum m in [0, 1). The paper (and code) start from mu_0 = 1/C, sigma_0^2 = 1.
+    Returns (mu_t, sigma_t^2), float32. Raises ValueError for B < 2 (the unbiased variance
+    of one value is 0 / 0 = NaN; config validation asks batch_size * mu >= 2 up front).
+    sigma_t^2 may be 0 (momentum 0, equal confidences): softmatch_weights floors it.
     """
+    if probs.shape[0] < 2:
+        raise ValueError(
+            f"softmatch_gaussian needs a batch of at least 2 (an unbiased variance), "
+            f"got probs of shape {probs.shape}"
+        )
     confidence = jnp.max(jax.lax.stop_gradient(probs.astype(jnp.float32)), axis=-1)
     mean = momentum * mean + (1.0 - momentum) * jnp.mean(confidence)
     variance = momentum * variance + (1.0 - momentum) * jnp.var(confidence, ddof=1)
@@ -374,40 +402,54 @@ def softmatch_weights(
     lambda_max: float = 1.0,
     n_sigma: float = 1.0,
 ) -> jax.Array:
-    """SoftMatch's truncated Gaussian sample weights:
+    """SoftMatch's truncated Gaussian sample weights (Chen et al., ICLR 2023, Sec. 4.1):
       lambda(p) = lambda_max exp(-(max p - mu_t)^2 / (2 sigma_t^2 / n_sigma^2)) if max p < mu_t,
                   lambda_max otherwise.
     n_sigma = 1 is the paper's equation; the official code (USB) uses n_sigma = 2 (a Gaussian
-    half as wide). probs [B, C] (a target), mean [], variance [] -> weights [B] in (0, lambda_max].
+    half as wide). probs [B, C] float (a target), mean [], variance [] (softmatch_gaussian)
+    -> weights [B] float32 in [0, lambda_max]. sigma_t^2 is floored at
+    SOFTMATCH_VARIANCE_FLOOR (1e-12; the official code has no floor): with momentum 0 and a
+    batch of equal confidences sigma_t^2 = 0 and the official 0 / 0 is NaN; floored, a
+    confidence at mu_t weighs lambda_max and one below it ~0. NaN only from NaN inputs.
     """
     confidence = jnp.max(jax.lax.stop_gradient(probs.astype(jnp.float32)), axis=-1)
     gap = jnp.minimum(confidence - mean, 0.0)
+    variance = jnp.maximum(variance, SOFTMATCH_VARIANCE_FLOOR)
     return lambda_max * jnp.exp(-(gap**2) / (2.0 * variance / n_sigma**2))
 
 
 def uniform_alignment(
     probs: jax.Array, class_mean: jax.Array, count: jax.Array, *, momentum: float
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """SoftMatch's uniform alignment: UA(p) = Normalize(p * u(C) / E[p]).
+    """SoftMatch's uniform alignment (Chen et al., ICLR 2023, Sec. 4.2):
+    UA(p) = Normalize(p * u(C) / E[p]), u(C) = 1/C.
 
-    E[p] = `class_mean` [C] is the EMA (momentum m) of the batch's mean prediction over the
-    steps, updated with this batch first; its first value is the first batch's mean
-    (`count` = updates so far = 0), as in the official code (USB DistAlignEMAHook).
-    probs [B, C] (a target). Returns (aligned probs [B, C], new class_mean, count + 1).
+    E[p] = `class_mean` [C] is the EMA (momentum m in [0, 1)) of the batch's mean prediction
+    over the steps, updated with this batch first; its first value is the first batch's mean
+    (`count` [] int = updates so far = 0), as in the official code (USB DistAlignEMAHook).
+    probs [B, C] float (a target, no gradient). Returns (aligned probs [B, C] float32, new
+    class_mean [C], count + 1). E[p] is floored at DA_FLOOR (1e-12) in the division, as
+    distribution_alignment (USB's dist_align adds 1e-6 instead): a class whose probability
+    is exactly 0 across the first batch (saturated logits) would otherwise give 0 / 0 = NaN
+    weights, mu_t and sigma_t^2 from then on. Classes above the floor are untouched.
     """
     probs = jax.lax.stop_gradient(probs.astype(jnp.float32))
     batch_mean = jnp.mean(probs, axis=0)
     class_mean = jnp.where(
         count == 0, batch_mean, momentum * class_mean + (1 - momentum) * batch_mean
     )
-    aligned = probs / probs.shape[-1] / class_mean
+    aligned = probs / probs.shape[-1] / jnp.maximum(class_mean, DA_FLOOR)
     return aligned / jnp.sum(aligned, axis=-1, keepdims=True), class_mean, count + 1
 
 
 def weighted_hard_pseudo_label_loss(
     strong_logits: jax.Array, weak_probs: jax.Array, weights: jax.Array
 ) -> jax.Array:
-    """SoftMatch's L_u: mean_b lambda_b CE(strong_b, argmax p_weak_b); the weights
-    [B] and the weak probabilities [B, C] are targets (no gradient)."""
+    """SoftMatch's L_u (Chen et al., ICLR 2023, Sec. 3.1's unified sample-weighted L_u with
+    Sec. 4.1's weights): mean_b lambda_b CE(strong_b, argmax p_weak_b).
+
+    strong_logits [B, C] float; weak_probs [B, C] and weights [B] (softmatch_weights) are
+    targets (no gradient); the pseudo-label is argmax of the raw p (the official code's, not
+    the aligned p). Averaged over the whole batch. Returns the loss [] float32 in nats."""
     weights = jax.lax.stop_gradient(weights)
     return jnp.mean(_hard_pseudo_label_cross_entropy(strong_logits, weak_probs) * weights)

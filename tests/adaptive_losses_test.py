@@ -224,3 +224,83 @@ def test_softmatch_hand_case():
     strong = np.log(np.full((3, 2), [0.8, 0.2], np.float32))
     loss = losses.weighted_hard_pseudo_label_loss(strong, p, jnp.array([1.0, 0.5, 0.0]))
     assert float(loss) == pytest.approx((1.0 + 0.5) * -np.log(0.8) / 3, rel=1e-5)
+
+
+# ------------------------------------------------------------------ degenerate inputs, ties
+def test_uniform_alignment_of_saturated_logits_is_finite():
+    """A class with probability exactly 0 across the first batch (float32 softmax of
+    saturated logits) has E[p](c) = 0: floored, its aligned probability is 0, not 0 / 0."""
+    probs = jax.nn.softmax(jnp.array([[200.0, 0, 0], [200, 0, 1]]), axis=-1)
+    assert float(jnp.min(probs)) == 0.0  # the case: exact zeros in float32
+    aligned, class_mean, _ = losses.uniform_alignment(
+        probs, jnp.zeros(3), jnp.asarray(0), momentum=0.9
+    )
+    np.testing.assert_array_equal(class_mean, [1.0, 0.0, 0.0])
+    np.testing.assert_array_equal(aligned, [[1.0, 0, 0], [1.0, 0, 0]])
+    mu, var = losses.softmatch_gaussian(aligned, np.float32(0.5), np.float32(1.0), momentum=0.9)
+    weights = losses.softmatch_weights(aligned, mu, var, n_sigma=2.0)
+    assert np.all(np.isfinite([float(mu), float(var)])) and np.all(np.isfinite(weights))
+    np.testing.assert_array_equal(weights, [1.0, 1.0])  # both at the top confidence 1
+
+
+def test_inverse_or_zero_gives_zero_below_the_smallest_normal_number():
+    """A never-predicted class's histogram EMA decays towards the denormals; where a device
+    keeps them, 1 / h overflows to inf (inf / inf = NaN in L_f). Below the dtype's smallest
+    normal number the inverse is 0, and normal numbers keep their exact inverse. float16
+    shows the overflow on a CPU too (XLA's CPU flushes float32 denormals to zero)."""
+    for value in (np.float32(1e-40), np.float16(1e-5)):
+        x = jnp.asarray(np.array([value, 0.0, 0.5], value.dtype))
+        got = np.asarray(losses._inverse_or_zero(x))
+        assert np.all(np.isfinite(got)), got
+        np.testing.assert_array_equal(got, np.array([0.0, 0.0, 2.0], value.dtype))
+    tiny = np.finfo(np.float32).tiny
+    assert float(losses._inverse_or_zero(jnp.float32(tiny))) == pytest.approx(1 / tiny)
+    # In L_f a denormal histogram entry acts as an empty one (the official inf -> 0).
+    rng = np.random.default_rng(5)
+    strong = jnp.asarray(rng.normal(size=(6, 4)), jnp.float32)
+    p_model = jnp.asarray([0.4, 0.3, 0.2, 0.1], jnp.float32)
+    mask = jnp.ones(6)
+    denormal = losses.freematch_fairness_loss(
+        strong, mask, p_model, jnp.asarray(np.array([0.5, 0.3, 0.2, 1e-40], np.float32))
+    )
+    empty = losses.freematch_fairness_loss(strong, mask, p_model, jnp.asarray([0.5, 0.3, 0.2, 0]))
+    assert np.isfinite(float(denormal))
+    assert float(denormal) == float(empty)
+
+
+def test_softmatch_weights_with_zero_variance_are_finite():
+    """Momentum 0 and a batch of equal confidences: sigma_t^2 = 0 exactly; floored, the
+    weights are lambda_max (every confidence at mu_t), not 0 / 0."""
+    p = np.tile(np.array([[0.75, 0.25]], np.float32), (4, 1))
+    mu, var = losses.softmatch_gaussian(p, np.float32(0.5), np.float32(1.0), momentum=0.0)
+    assert float(mu) == 0.75 and float(var) == 0.0
+    np.testing.assert_array_equal(losses.softmatch_weights(p, mu, var, n_sigma=2.0), [1.0] * 4)
+    # A confidence below mu_t with zero variance weighs ~0 (an infinitely narrow Gaussian).
+    lower = losses.softmatch_weights(np.array([[0.5, 0.5]], np.float32), mu, var)
+    assert float(lower[0]) == 0.0
+
+
+def test_softmatch_gaussian_needs_two_examples():
+    with pytest.raises(ValueError, match="at least 2"):
+        losses.softmatch_gaussian(
+            np.full((1, 3), 1 / 3), np.float32(0.5), np.float32(1), momentum=0
+        )
+
+
+def test_a_confidence_exactly_at_its_threshold_is_kept():
+    """>= as the official code (USB's max_probs.ge): momentum 0 and equal rows [.75, .25]
+    (exact in float32) give tau_t = .75 and tau_t(0) = .75 / .75 * .75 = .75 exactly, so
+    every example sits on its threshold; > would drop them all."""
+    p = jnp.asarray(np.tile(np.array([[0.75, 0.25]], np.float32), (4, 1)))
+    strong = jnp.zeros((4, 2))
+    half = jnp.full((2,), 0.5)
+    thresholds, tau, _, _ = losses.freematch_thresholds(p, jnp.float32(0.5), half, half, momentum=0)
+    assert float(tau) == 0.75 and float(thresholds[0]) == 0.75  # the tie, exactly
+    loss, mask = losses.freematch_unlabeled_loss(strong, p, thresholds)
+    np.testing.assert_array_equal(mask, [1.0] * 4)
+    assert float(loss) == pytest.approx(np.log(2), rel=1e-6)
+    thresholds, _, _ = losses.self_adaptive_thresholds(p, jnp.float32(0.5), half, momentum=0)
+    assert float(thresholds[0]) == 0.75
+    loss, mask = losses.class_threshold_pseudo_label_loss(strong, p, thresholds)
+    np.testing.assert_array_equal(mask, [1.0] * 4)
+    assert float(loss) == pytest.approx(np.log(2), rel=1e-6)  # H([.75, .25], [.5, .5])
