@@ -11,10 +11,11 @@ p / C / E[p]); L_u = mean lambda CE(Q, argmax p).
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 
-from comatch_jax import losses
+from comatch_jax import config_lib, losses, methods
 
 
 def _softmax(x):
@@ -304,3 +305,183 @@ def test_a_confidence_exactly_at_its_threshold_is_kept():
     loss, mask = losses.class_threshold_pseudo_label_loss(strong, p, thresholds)
     np.testing.assert_array_equal(mask, [1.0] * 4)
     assert float(loss) == pytest.approx(np.log(2), rel=1e-6)  # H([.75, .25], [.5, .5])
+
+
+# ------------------------------------------------------------------ one step of each method
+# methods.freematch_loss / softmatch_loss on random model outputs and state against the
+# NumPy chains above (float64, from the logits): total loss, every new-state entry, metrics.
+NUM_CLASSES = 5
+
+
+def _method_config(name, momentum):
+    config = config_lib.base_config()
+    config.method = name
+    config.batch_size, config.mu = 4, 4
+    if name == "freematch":
+        config.freematch = ml_collections.ConfigDict(
+            dict(momentum=momentum, lambda_u=0.7, lambda_f=0.3)
+        )
+    else:
+        config.softmatch = ml_collections.ConfigDict(
+            dict(momentum=momentum, lambda_u=0.7, n_sigma=2.0, uniform_alignment=True)
+        )
+    config_lib.validate_config(config)
+    return config
+
+
+def _method_inputs(rng, config):
+    labeled, unlabeled = config.batch_size, config.batch_size * config.mu
+    logits = lambda n, scale: (rng.normal(size=(n, NUM_CLASSES)) * scale).astype(np.float32)
+    outputs = {
+        "labeled_weak": {"logits": jnp.asarray(logits(labeled, 2))},
+        # Confident and unsure rows alike (a per-row scale): some masked, some kept.
+        "unlabeled_weak": {
+            "logits": jnp.asarray(
+                logits(unlabeled, rng.permutation(np.linspace(0.05, 4.0, unlabeled))[:, None])
+            )
+        },
+        "unlabeled_strong0": {"logits": jnp.asarray(logits(unlabeled, 2))},
+    }
+    batch = {
+        "labels": jnp.asarray(rng.integers(0, NUM_CLASSES, labeled), jnp.int32),
+        "unlabeled_labels": jnp.asarray(rng.integers(0, NUM_CLASSES, unlabeled), jnp.int32),
+    }
+    return outputs, batch
+
+
+def _numpy(outputs, batch):
+    """(p_weak, strong logits, loss_x, true unlabeled labels) in float64."""
+    labeled = np.asarray(outputs["labeled_weak"]["logits"], np.float64)
+    labels = np.asarray(batch["labels"])
+    log_q = np.log(_softmax(labeled))
+    loss_x = -np.mean(log_q[np.arange(len(labels)), labels])
+    p = _softmax(np.asarray(outputs["unlabeled_weak"]["logits"], np.float64))
+    strong = np.asarray(outputs["unlabeled_strong0"]["logits"], np.float64)
+    return p, strong, loss_x, np.asarray(batch["unlabeled_labels"])
+
+
+def _weighted_accuracy(p, weights, truth):
+    correct = (np.argmax(p, -1) == truth).astype(np.float64)
+    return np.sum(correct * weights) / max(np.sum(weights), 1.0)
+
+
+def _check(got, expected, name):
+    np.testing.assert_allclose(np.asarray(got), expected, rtol=2e-5, atol=2e-6, err_msg=name)
+
+
+@pytest.mark.parametrize("start", ["init", "random"])
+def test_freematch_method_one_step_matches_the_papers_equations(start):
+    rng = np.random.default_rng(10)
+    momentum = 0.3
+    config = _method_config("freematch", momentum)
+    method = methods.get_method("freematch")
+    state = method.init_state(config, NUM_CLASSES, 8)
+    uniform = np.full(NUM_CLASSES, 1 / NUM_CLASSES)
+    assert set(state) == {"global_threshold", "class_probs", "class_histogram"}
+    _check(state["global_threshold"], 1 / NUM_CLASSES, "tau_0 = 1/C")
+    _check(state["class_probs"], uniform, "p~_0 = 1/C")
+    _check(state["class_histogram"], uniform, "h~_0 = 1/C")
+    if start == "random":
+        state = {
+            "global_threshold": jnp.float32(0.8),
+            "class_probs": jnp.asarray(_softmax(rng.normal(size=NUM_CLASSES)), jnp.float32),
+            "class_histogram": jnp.asarray(_softmax(rng.normal(size=NUM_CLASSES)), jnp.float32),
+        }
+    outputs, batch = _method_inputs(rng, config)
+    loss, (new_state, metrics) = method.loss(outputs, batch, state, config)
+
+    p, strong, loss_x, truth = _numpy(outputs, batch)
+    old = {k: np.asarray(v, np.float64) for k, v in state.items()}
+    thresholds, tau, p_model, hist_model, mask, loss_u, loss_f = reference_freematch(
+        p, strong, old["global_threshold"], old["class_probs"], old["class_histogram"], momentum
+    )
+    assert 0 < mask.mean() < 1, "the case keeps some examples and drops others"
+    margin = np.min(np.abs(p.max(-1) - thresholds[p.argmax(-1)]))
+    assert margin > 1e-4, "no confidence within rounding of its threshold"
+    assert abs(loss_f) > 0.05, "the fairness term matters in the total"
+    _check(loss, loss_x + 0.7 * loss_u + 0.3 * loss_f, "total loss")
+    assert set(new_state) == set(state)
+    _check(new_state["global_threshold"], tau, "tau_t")
+    _check(new_state["class_probs"], p_model, "p~_t")
+    _check(new_state["class_histogram"], hist_model, "h~_t")
+    expected_metrics = {
+        "loss_x": loss_x,
+        "loss_u": loss_u,
+        "loss_fair": loss_f,
+        "mask_rate": mask.mean(),
+        "global_threshold": tau,
+        "pseudo_label_acc": _weighted_accuracy(p, mask, truth),
+    }
+    assert set(metrics) == set(expected_metrics)
+    for name, value in expected_metrics.items():
+        _check(metrics[name], value, name)
+
+
+@pytest.mark.parametrize("start", ["init", "random"])
+def test_softmatch_method_one_step_matches_the_papers_equations(start):
+    rng = np.random.default_rng(11)
+    momentum = 0.3
+    config = _method_config("softmatch", momentum)
+    method = methods.get_method("softmatch")
+    state = method.init_state(config, NUM_CLASSES, 8)
+    assert set(state) == {"confidence_mean", "confidence_variance", "class_mean", "alignment_count"}
+    _check(state["confidence_mean"], 1 / NUM_CLASSES, "mu_0 = 1/C")
+    _check(state["confidence_variance"], 1.0, "sigma_0^2 = 1")
+    assert int(state["alignment_count"]) == 0
+    if start == "random":
+        state = {
+            "confidence_mean": jnp.float32(0.75),
+            "confidence_variance": jnp.float32(0.04),
+            # A skewed E[p]: the aligned argmax differs from the raw one for some rows.
+            "class_mean": jnp.asarray([0.5, 0.2, 0.15, 0.1, 0.05], jnp.float32),
+            "alignment_count": jnp.asarray(3, jnp.int32),
+        }
+    outputs, batch = _method_inputs(rng, config)
+    loss, (new_state, metrics) = method.loss(outputs, batch, state, config)
+
+    p, strong, loss_x, truth = _numpy(outputs, batch)
+    old = {k: np.asarray(v, np.float64) for k, v in state.items()}
+    count = int(state["alignment_count"])
+    weights, mu, var, class_mean, loss_u = reference_softmatch(
+        p,
+        strong,
+        old["confidence_mean"],
+        old["confidence_variance"],
+        old["class_mean"],
+        count,
+        momentum,
+        2.0,
+        True,
+    )
+    # The case tells the aligned p from the raw p: other weights, other pseudo-labels.
+    raw_weights, *_ = reference_softmatch(
+        p,
+        strong,
+        old["confidence_mean"],
+        old["confidence_variance"],
+        old["class_mean"],
+        count,
+        momentum,
+        2.0,
+        False,
+    )
+    assert np.max(np.abs(raw_weights - weights)) > 0.01
+    aligned = p / NUM_CLASSES / class_mean
+    assert np.any(np.argmax(aligned, -1) != np.argmax(p, -1))
+    assert 0 < np.mean(weights < 1) < 1, "some weights below 1 and some at 1"
+    _check(loss, loss_x + 0.7 * loss_u, "total loss")
+    assert set(new_state) == set(state)
+    _check(new_state["confidence_mean"], mu, "mu_t")
+    _check(new_state["confidence_variance"], var, "sigma_t^2")
+    _check(new_state["class_mean"], class_mean, "E[p]")
+    assert int(new_state["alignment_count"]) == count + 1
+    expected_metrics = {
+        "loss_x": loss_x,
+        "loss_u": loss_u,
+        "mask_rate": weights.mean(),
+        "confidence_mean": mu,
+        "pseudo_label_acc": _weighted_accuracy(p, weights, truth),
+    }
+    assert set(metrics) == set(expected_metrics)
+    for name, value in expected_metrics.items():
+        _check(metrics[name], value, name)
