@@ -348,8 +348,9 @@ def _gpu_cadence(config):
 
 def method_checks(config: ml_collections.ConfigDict) -> list[tuple[bool, str]]:
     """The checks config.method's declaration (comatch_jax.methods.Method) implies: its
-    unlabeled data (mu > 0), its config sections, the model fields its heads need, and its
-    own option checks. ValueError for an unknown method."""
+    unlabeled data (mu > 0), no option set that it would ignore (methods.unread_option_checks),
+    its config sections, the model fields its heads need, and its own option checks.
+    ValueError for an unknown method."""
     # Imported here, not at the top: loading a config file (flag parsing, before a
     # multi-process run holds its signals) must not import JAX, which takes seconds.
     from comatch_jax import methods
@@ -359,6 +360,7 @@ def method_checks(config: ml_collections.ConfigDict) -> list[tuple[bool, str]]:
     checks = []
     if method.needs_unlabeled_data:
         checks.append((config.mu > 0, f"method={name} needs unlabeled data: mu must be > 0"))
+    checks += methods.unread_option_checks(config)  # e.g. comatch.threshold_rule on FixMatch
     missing = [section for section in method.config_sections if section not in config]
     if missing:  # the option checks below read these sections
         return checks + [(False, f"method={name} needs config.{missing[0]} (see base_config)")]

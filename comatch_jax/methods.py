@@ -478,6 +478,27 @@ def check_comatch_options(config: ml_collections.ConfigDict) -> list[Check]:
     ]
 
 
+def unread_option_checks(config: ml_collections.ConfigDict) -> list[Check]:
+    """Options a user sets to change a method that ignores them. Other methods' sections
+    are deliberately not validated (a config file carries every section); the exception is
+    comatch.threshold_rule: set to anything but 'fixed' (e.g. 'freematch', or a misspelt
+    rule) for a method that does not read config.comatch, the run would silently train the
+    plain method. config_lib.method_checks runs these for config.method."""
+    method = get_method(config.method)
+    if "comatch" in method.config_sections or "comatch" not in config:
+        return []
+    rule = _threshold_rule(config)
+    readers = ", ".join(n for n, m in METHODS.items() if "comatch" in m.config_sections)
+    return [
+        (
+            rule == "fixed",
+            f"comatch.threshold_rule={rule!r} applies only to methods {readers}, not "
+            f"method={config.method}; for FixMatch with adaptive thresholds use "
+            "configs/freematch.py (or configs/softmatch.py)",
+        )
+    ]
+
+
 def check_comatch_bt_options(config: ml_collections.ConfigDict) -> list[Check]:
     return check_comatch_options(config) + check_barlow_twins_options(config)
 

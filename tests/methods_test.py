@@ -254,6 +254,31 @@ def test_method_option_checks(name, field, value, message):
     config_lib.validate_config(other)
 
 
+@pytest.mark.parametrize("name", ["fixmatch", "freematch", "softmatch", "supervised", "simclr"])
+@pytest.mark.parametrize("rule", ["freematch", "freemtch"])
+def test_a_threshold_rule_for_a_method_that_ignores_it_is_a_clear_error(name, rule):
+    """The one exception to the test above: comatch.threshold_rule other than 'fixed' (a
+    rule or a misspelling) on a method that does not read config.comatch would silently
+    train the plain method."""
+    readers = [n for n, m in methods.METHODS.items() if "comatch" in m.config_sections]
+    assert readers == ["comatch", "comatch_bt"]
+    config = method_config(name)
+    config.comatch.threshold_rule = rule
+    with pytest.raises(
+        ValueError,
+        match=rf"Invalid config: comatch.threshold_rule='{rule}' applies only to methods "
+        rf"comatch, comatch_bt, not method={name}; for FixMatch with adaptive thresholds use "
+        r"configs/freematch.py",
+    ):
+        config_lib.validate_config(config)
+    config.comatch.threshold_rule = "fixed"  # the default of every config file
+    config_lib.validate_config(config)
+    for reader in readers:  # where it is read, 'freematch' is valid
+        config = method_config(reader)
+        config.comatch.threshold_rule = "freematch"
+        config_lib.validate_config(config)
+
+
 def test_unknown_method_is_a_clear_error():
     config = method_config("comatch")
     config.method = "comatchh"
@@ -397,6 +422,39 @@ def test_adaptive_presets_take_the_papers_schedule(name):
     assert (config.batch_size, config.mu, config.optim.lr) == (64, 7, 0.03)
     assert config[name].momentum == 0.999 and config[name].lambda_u == 1.0
     assert config_file(name).num_steps == config_lib.base_config().num_steps  # CPU default
+
+
+@pytest.mark.parametrize("name", ["freematch", "softmatch"])
+@pytest.mark.parametrize(
+    "preset,widen_factor,weight_decay",
+    [
+        ("cifar10_40", 2, 5e-4),
+        ("cifar10_250", 2, 5e-4),
+        ("cifar10_4000", 2, 5e-4),
+        ("cifar100_400", 8, 1e-3),  # WRN-28-8 as both papers (USB's cifar100 yamls: wrn_28_2)
+        ("cifar100_2500", 8, 1e-3),
+        ("cifar100_10000", 8, 1e-3),
+    ],
+)
+def test_adaptive_cifar_presets_take_the_papers_values(name, preset, widen_factor, weight_decay):
+    """The papers' (and USB's CIFAR configs') values: EMA momentum 0.999 for the method's
+    estimates and the evaluated model, WRN-28-2 with weight decay 5e-4 on CIFAR-10 and
+    WRN-28-8 with 1e-3 on CIFAR-100; FreeMatch w_f = 0.001; SoftMatch n_sigma = 2 with
+    uniform alignment (the official code's)."""
+    config = config_file(name, preset)
+    config_lib.validate_config(config)
+    assert config.dataset.name == preset.partition("_")[0]
+    assert config.num_labels == int(preset.partition("_")[2])
+    assert config.model.name == "wide_resnet"
+    assert (config.model.depth, config.model.widen_factor) == (28, widen_factor)
+    assert config.optim.weight_decay == weight_decay
+    assert config[name].momentum == 0.999 and config.ema.decay == 0.999
+    assert config[name].lambda_u == 1.0
+    if name == "freematch":
+        assert config.freematch.lambda_f == 0.001
+    else:
+        assert config.softmatch.n_sigma == 2.0
+        assert config.softmatch.uniform_alignment is True
 
 
 def test_fixmatch_distribution_alignment_option_aligns_the_pseudo_labels():
