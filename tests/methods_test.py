@@ -498,3 +498,60 @@ def test_fixmatch_distribution_alignment_option_aligns_the_pseudo_labels():
     loss_u = np.mean(-strong[np.arange(8), targets] * mask)
     np.testing.assert_allclose(float(metrics["loss_u"]), loss_u, rtol=1e-5)
     assert float(metrics["mask_rate"]) != float(plain_metrics["mask_rate"])
+
+
+def _image_batch(config, rng):
+    """A batch as the trainer hands it to the step: uint8 images and labels."""
+    images = lambda n: jnp.asarray(rng.integers(0, 256, (n, SIZE, SIZE, 1)), jnp.uint8)
+    return {
+        "labeled_images": images(config.batch_size),
+        "unlabeled_images": images(config.batch_size * config.mu),
+        **_batch(config, rng),
+    }
+
+
+@pytest.mark.parametrize("name", ["freematch", "softmatch"])
+def test_adaptive_method_state_survives_a_checkpoint(tmp_path, name):
+    """Resume = uninterrupted at the train-state level (the full-run resume test is
+    CoMatch's, tests/train_test.py): a step moves the method state off its start, the
+    project's checkpoint code saves and restores it bit for bit, and the next step from the
+    restored state equals the next step from the live one."""
+    config = method_config(name)
+    config.model.update(projector_widths=(), predictor_widths=(), decoder=False)  # unused
+    config.dataset.mean, config.dataset.std = (0.5,), (0.25,)
+    method, model, tx, init_state = runs.build_training(config, NUM_CLASSES, (SIZE, SIZE, 1))
+    sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    # Placed as train.py places them (committed: a restored state then reuses the compiled step).
+    state = jax.jit(init_state, out_shardings=sharding)(jax.random.key(0))
+    start = jax.device_get(state.method_state)
+    step = jax.jit(
+        train_step.make_train_step(model=model, tx=tx, method=method, config=config),
+        out_shardings=(sharding, sharding),
+    )
+    rng = np.random.default_rng(0)
+    first, second = _image_batch(config, rng), _image_batch(config, rng)
+    state, _ = step(state, first)
+    moved = jax.device_get(state.method_state)
+    assert set(moved) == set(start)
+    assert all(np.any(moved[k] != start[k]) for k in moved), "every entry moved in one step"
+
+    manager = runs.checkpoint_manager(str(tmp_path))
+    runs.save_checkpoint(manager, 1, state)
+    manager.wait_until_finished()
+    restored = runs.restore_state(
+        manager, 1, runs.abstract_state(init_state, sharding), str(tmp_path)
+    )
+    manager.close()
+    assert jax.tree.structure(restored) == jax.tree.structure(state)
+    for key, value in jax.device_get(restored.method_state).items():
+        np.testing.assert_array_equal(value, moved[key], err_msg=key)
+        assert value.dtype == moved[key].dtype, key
+
+    live, live_metrics = step(state, second)
+    resumed, resumed_metrics = step(restored, second)
+    leaves = lambda tree: [np.asarray(x) for x in jax.tree.leaves(jax.device_get(tree))]
+    for x, y in zip(leaves(live.replace(rng=None)), leaves(resumed.replace(rng=None))):
+        np.testing.assert_array_equal(x, y)
+    np.testing.assert_array_equal(jax.random.key_data(live.rng), jax.random.key_data(resumed.rng))
+    for key in live_metrics:
+        np.testing.assert_array_equal(live_metrics[key], resumed_metrics[key], err_msg=key)
