@@ -373,8 +373,8 @@ SOFTMATCH_VARIANCE_FLOOR = 1e-12  # softmatch_weights' floor on sigma_t^2
 def softmatch_gaussian(
     probs: jax.Array, mean: jax.Array, variance: jax.Array, *, momentum: float
 ) -> tuple[jax.Array, jax.Array]:
-    """SoftMatch's Gaussian estimates (Chen et al., ICLR 2023, arXiv 2301.10921, Sec. 4.1,
-    the Gaussian function for sample weighting; the official code's SoftMatchWeightingHook):
+    """SoftMatch's Gaussian estimates (Chen et al., ICLR 2023, arXiv 2301.10921, section
+    'Gaussian Function for Sample Weighting'; the official code's SoftMatchWeightingHook):
       mu_t      = m mu_{t-1}      + (1 - m) mean_b max_c p_b(c)
       sigma_t^2 = m sigma_{t-1}^2 + (1 - m) B/(B-1) var_b max_c p_b(c)  (unbiased)
     probs [B, C] float (a target, no gradient), mean [], variance [] (confidences, unitless),
@@ -402,7 +402,8 @@ def softmatch_weights(
     lambda_max: float = 1.0,
     n_sigma: float = 1.0,
 ) -> jax.Array:
-    """SoftMatch's truncated Gaussian sample weights (Chen et al., ICLR 2023, Sec. 4.1):
+    """SoftMatch's truncated Gaussian sample weights (Chen et al., ICLR 2023, section
+    'Gaussian Function for Sample Weighting'):
       lambda(p) = lambda_max exp(-(max p - mu_t)^2 / (2 sigma_t^2 / n_sigma^2)) if max p < mu_t,
                   lambda_max otherwise.
     n_sigma = 1 is the paper's equation; the official code (USB) uses n_sigma = 2 (a Gaussian
@@ -421,7 +422,7 @@ def softmatch_weights(
 def uniform_alignment(
     probs: jax.Array, class_mean: jax.Array, count: jax.Array, *, momentum: float
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """SoftMatch's uniform alignment (Chen et al., ICLR 2023, Sec. 4.2):
+    """SoftMatch's uniform alignment (Chen et al., ICLR 2023, its uniform alignment section):
     UA(p) = Normalize(p * u(C) / E[p]), u(C) = 1/C.
 
     E[p] = `class_mean` [C] is the EMA (momentum m in [0, 1)) of the batch's mean prediction
@@ -445,8 +446,9 @@ def uniform_alignment(
 def weighted_hard_pseudo_label_loss(
     strong_logits: jax.Array, weak_probs: jax.Array, weights: jax.Array
 ) -> jax.Array:
-    """SoftMatch's L_u (Chen et al., ICLR 2023, Sec. 3.1's unified sample-weighted L_u with
-    Sec. 4.1's weights): mean_b lambda_b CE(strong_b, argmax p_weak_b).
+    """SoftMatch's L_u (Chen et al., ICLR 2023: the unified sample-weighted L_u of its
+    quantity-quality trade-off section, with the truncated Gaussian weights):
+    mean_b lambda_b CE(strong_b, argmax p_weak_b).
 
     strong_logits [B, C] float; weak_probs [B, C] and weights [B] (softmatch_weights) are
     targets (no gradient); the pseudo-label is argmax of the raw p (the official code's, not
