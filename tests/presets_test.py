@@ -212,8 +212,8 @@ def test_fixmatch_with_da_preset_is_the_official_train_fixmatch_script():
 def test_folder_cpu_preset_is_an_image_folder_at_32_px_for_20_minutes(name):
     config = _config_file(name, "folder_cpu")
     assert config.dataset.name == "image_folder" and config.dataset.image_size == 32
-    assert config.num_steps == 3500 and config.dataset.mean == () and config.dataset.std == ()
-    mu = 0 if name == "supervised" else 7  # supervised draws no unlabeled images
+    assert config.num_steps == 7000 and config.dataset.mean == () and config.dataset.std == ()
+    mu = 0 if name == "supervised" else 3  # supervised draws no unlabeled images
     assert config.model.name == "small_cnn" and (config.batch_size, config.mu) == (16, mu)
     assert config.method == {"supervised": "supervised"}.get(name, name.split("_")[0])
     if name == "comatch_adaptive":
