@@ -369,6 +369,13 @@ def _check(got, expected, name):
     np.testing.assert_allclose(np.asarray(got), expected, rtol=2e-5, atol=2e-6, err_msg=name)
 
 
+def _check_metrics(metrics, expected):
+    """The step's metrics are exactly `expected`'s names, each at its value."""
+    assert set(metrics) == set(expected)
+    for name, value in expected.items():
+        _check(metrics[name], value, name)
+
+
 @pytest.mark.parametrize("start", ["init", "random"])
 def test_freematch_method_one_step_matches_the_papers_equations(start):
     rng = np.random.default_rng(10)
@@ -412,9 +419,7 @@ def test_freematch_method_one_step_matches_the_papers_equations(start):
         "global_threshold": tau,
         "pseudo_label_acc": _weighted_accuracy(p, mask, truth),
     }
-    assert set(metrics) == set(expected_metrics)
-    for name, value in expected_metrics.items():
-        _check(metrics[name], value, name)
+    _check_metrics(metrics, expected_metrics)
 
 
 @pytest.mark.parametrize("start", ["init", "random"])
@@ -482,6 +487,4 @@ def test_softmatch_method_one_step_matches_the_papers_equations(start):
         "confidence_mean": mu,
         "pseudo_label_acc": _weighted_accuracy(p, weights, truth),
     }
-    assert set(metrics) == set(expected_metrics)
-    for name, value in expected_metrics.items():
-        _check(metrics[name], value, name)
+    _check_metrics(metrics, expected_metrics)
