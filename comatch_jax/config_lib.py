@@ -264,13 +264,13 @@ def apply_preset(config: ml_collections.ConfigDict, preset: str) -> ml_collectio
         _gpu_cadence(config)
     elif preset == "folder_cpu":
         # A user's own colour image folder on 2 CPU cores (issue 21; experiments/RESULTS.md,
-        # "Fixed vs adaptive thresholds"): 32 px, the small CNN at B = 16, mu = 3, 7,000
+        # "More steps in the same 20 minutes"): 32 px, the small CNN at B = 16, mu = 3, 7,000
         # steps (about 20 minutes for a semi-supervised method on 2 idle cores), the folder's
         # own mean/std. mu = 3 instead of 7 halves the cost of a step (6.2 vs 2.9 steps/s),
         # so twice the steps fit the budget: adaptive CoMatch rose from 48.4 +- 1.9 % (mu = 7,
         # 3,500 steps) to 49.8 +- 0.7 % (mu = 3, 7,000 steps) on a CIFAR-10 folder with 250
-        # labels, 3 seeds, against 44.4 +- 0.8 % supervised-only. The queue keeps the base K = 640
-        # (10 steps of (mu + 1) B images). Meant with configs/comatch_adaptive.py.
+        # labels, 3 seeds, against 44.4 +- 0.8 % supervised-only. The queue keeps the base
+        # K = 640 (10 steps of (mu + 1) B images). Meant with configs/comatch_adaptive.py.
         config.dataset.name = "image_folder"
         config.dataset.image_size = 32
         config.mu = 3
