@@ -372,10 +372,29 @@ def method_checks(config: ml_collections.ConfigDict) -> list[tuple[bool, str]]:
     return checks + list(method.check_config(config))
 
 
+def dataset_checks(config: ml_collections.ConfigDict) -> list[tuple[bool, str]]:
+    """An image folder's options (dataset.root, dataset.cache_dir) set for another dataset
+    would be silently ignored: the run would train on that dataset (e.g. the default
+    Fashion-MNIST) instead of the folder."""
+    dataset = config.dataset
+    if dataset.get("name") == "image_folder":
+        return []
+    return [
+        (
+            not dataset.get(field),
+            f"dataset.{field} is set but dataset.name={dataset.get('name')}; add "
+            "--config.dataset.name=image_folder or use a :folder_cpu preset "
+            "(e.g. --config=configs/comatch_adaptive.py:folder_cpu)",
+        )
+        for field in ("root", "cache_dir")
+    ]
+
+
 def validate_config(config: ml_collections.ConfigDict) -> None:
     """Raises ValueError with one clear line for a config that cannot train.
 
-    Generic checks first, then those config.method's declaration implies (method_checks).
+    Generic checks first, then the dataset's (dataset_checks), then those config.method's
+    declaration implies (method_checks).
     """
     checks = [
         (config.batch_size > 0, f"batch_size must be positive, got {config.batch_size}"),
@@ -420,6 +439,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
             "model.init_from_torch needs a .safetensors / .pth file or torchvision:NAME",
         ),
     ]
+    checks += dataset_checks(config)
     checks += method_checks(config)
     for ok, message in checks:
         if not ok:
