@@ -236,6 +236,8 @@ def apply_preset(config: ml_collections.ConfigDict, preset: str) -> ml_collectio
         # The user's paper: 96 px, 800 classes, ResNet-50, B=64, mu=4, 400 epochs.
         config.dataset.name = "image_folder"
         config.dataset.mean, config.dataset.std = IMAGENET_MEAN, IMAGENET_STD
+        # The paper's label count (5 % of 512,000 images), for the record only: an image
+        # folder labels every image under labeled/ (num_labels does not apply to it).
         config.num_labels = 25600
         config.model.name = "resnet"
         config.model.depth = 50
@@ -259,7 +261,7 @@ def apply_preset(config: ml_collections.ConfigDict, preset: str) -> ml_collectio
         config.ema.teacher_weak_views = True
         if preset == "competition96_7p5":
             # The paper's Table 1, second row: 7.5 % labels, tau 0.52, T 0.22, lambda_ctr 3.
-            config.num_labels = 38400  # 7.5 % of the 512,000 images
+            config.num_labels = 38400  # 7.5 % of 512,000, for the record: labeled/ decides
             config.comatch.update(threshold=0.52, contrast_threshold=0.22, lambda_ctr=3.0)
         _gpu_cadence(config)
     elif preset == "folder_cpu":
