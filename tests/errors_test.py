@@ -192,7 +192,7 @@ def test_num_labels_on_the_command_line_for_an_image_folder_is_an_error(tmp_path
     """An image folder labels every image under labeled/: --config.num_labels=100 was
     silently ignored. The config's default (40) still works (the README's generic command)."""
     _write_tiny_folder(tmp_path / "data")
-    folder = [f"--config.dataset.name=image_folder", f"--config.dataset.root={tmp_path}/data"]
+    folder = ["--config.dataset.name=image_folder", f"--config.dataset.root={tmp_path}/data"]
     message = _main_in_process(monkeypatch, tmp_path / "run", *folder, "--config.num_labels=100")
     assert message == (
         f"error: image folders use all 6 images under {tmp_path}/data/labeled; num_labels does "
