@@ -624,7 +624,7 @@ def test_one_class_folder_is_rejected_before_decoding(tmp_path, decode_calls, ca
         with pytest.raises(
             ValueError,
             match=re.escape(
-                f"{root}/labeled has 1 class folder (zebra); a classifier needs at least 2 "
+                f"{root}/labeled has 1 class (zebra); a classifier needs at least 2 "
                 "class folders under labeled/."
             ),
         ):

@@ -187,7 +187,7 @@ def load_image_folder(
     labeled_entries, class_names = _scan_class_tree(root, "labeled")
     if len(class_names) < 2:  # before decoding anything
         raise ValueError(
-            f"{os.path.join(root, 'labeled')} has 1 class folder ({class_names[0]}); a "
+            f"{os.path.join(root, 'labeled')} has 1 class ({class_names[0]}); a "
             "classifier needs at least 2 class folders under labeled/."
         )
     class_index = {name: i for i, name in enumerate(class_names)}
