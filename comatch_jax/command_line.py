@@ -14,10 +14,12 @@ The handled errors are the ones the library raises for bad input or a numerical 
 from __future__ import annotations
 
 import ast
+import os
 import sys
 from typing import Callable
 
 from absl import app, flags
+from ml_collections import config_flags
 
 from comatch_jax import library_logs
 
@@ -48,12 +50,78 @@ def entry_point(
     return main
 
 
-def parse_flags(argv: list[str]) -> list[str]:
-    """absl's parsing, with a config override naming a missing field (or a bad value) turned
-    into one line (SystemExit) instead of a traceback."""
+def _config_file_error(error: BaseException) -> BaseException | None:
+    """The exception a config file's get_config raised, if `error` is (or wraps) one.
+
+    ml_collections re-raises a TypeError/ValueError from get_config as 'Error whilst parsing
+    config file:' plus the whole traceback, which absl wraps again ('flag --config=...: ');
+    the original is at the end of that chain (__context__). Other exception types arrive
+    unwrapped. Found by the get_config frame in its traceback."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        frame = error.__traceback__
+        while frame is not None:
+            if frame.tb_frame.f_code.co_name == "get_config":
+                return error
+            frame = frame.tb_next
+        error = error.__cause__ or error.__context__
+    return None
+
+
+def _config_file_message(error: BaseException) -> str:
+    """One line for an exception from a config file's get_config: the message of a handled
+    error (bad input, e.g. an unknown preset), else the type, message and where it was raised
+    in the config file (a bug in the file)."""
+    message = " ".join(str(error).split())
+    if isinstance(error, HANDLED_ERRORS + (TypeError,)):
+        return message
+    frame = error.__traceback__
+    where = ""
+    while frame is not None:
+        if frame.tb_frame.f_code.co_name == "get_config":
+            where = f" ({frame.tb_frame.f_code.co_filename}, line {frame.tb_lineno})"
+        frame = frame.tb_next
+    return f"{type(error).__name__}: {message}{where}"
+
+
+def check_config_overrides(config_flag: flags.Flag) -> None:
+    """Raises ValueError (one line) for a `--config.*` override the config ignores: so far
+    num_labels for an image folder, where every image under labeled/ is labeled (decided in
+    issue 21; the config's default must keep working, so only an explicit override is an
+    error)."""
     try:
-        return flags.FLAGS(argv)
-    except (AttributeError, KeyError, TypeError, ValueError, flags.Error) as error:
+        overrides = config_flags.get_override_values(config_flag)
+    except (TypeError, flags.Error):  # not a config flag, or not given (oracle's --workdir)
+        return
+    config = config_flag.value
+    if "num_labels" not in overrides or config.dataset.get("name") != "image_folder":
+        return
+    root = config.dataset.get("root")
+    labeled = os.path.join(root, "labeled") if root else "labeled/"
+    count = "every image"
+    if root and os.path.isdir(labeled):
+        from comatch_jax.datasets import image_folder  # no JAX, no TensorFlow
+
+        count = f"all {len(image_folder.list_image_files(labeled)[0])} images"
+    raise ValueError(
+        f"image folders use {count} under {labeled}; num_labels does not apply: remove "
+        f"--config.num_labels, and move images out of {labeled} to use fewer"
+    )
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+    """absl's parsing, with a config override naming a missing field (or a bad value), or an
+    error in a config file's get_config (e.g. an unknown preset), turned into one line
+    (SystemExit) instead of a traceback; then check_config_overrides for a --config flag."""
+    try:
+        remaining = flags.FLAGS(argv)
+    except Exception as error:  # pylint: disable=broad-except
+        from_config_file = _config_file_error(error)
+        if from_config_file is not None:
+            sys.exit(f"error: {_config_file_message(from_config_file)}")
+        if not isinstance(error, (AttributeError, KeyError, TypeError, ValueError, flags.Error)):
+            raise
         detail = str(error.args[0] if error.args else error)
         if isinstance(error, AttributeError):  # ml_collections: a field that does not exist
             try:
@@ -62,6 +130,12 @@ def parse_flags(argv: list[str]) -> list[str]:
                 pass
         detail = " ".join(detail.split())
         sys.exit(f"error: bad command-line flag or config override: {detail}")
+    if "config" in flags.FLAGS:
+        try:
+            check_config_overrides(flags.FLAGS["config"])
+        except ValueError as error:
+            sys.exit(f"error: {error}")
+    return remaining
 
 
 def run(main: Callable[[list[str]], None]) -> None:

@@ -236,6 +236,8 @@ def apply_preset(config: ml_collections.ConfigDict, preset: str) -> ml_collectio
         # The user's paper: 96 px, 800 classes, ResNet-50, B=64, mu=4, 400 epochs.
         config.dataset.name = "image_folder"
         config.dataset.mean, config.dataset.std = IMAGENET_MEAN, IMAGENET_STD
+        # The paper's label count (5 % of 512,000 images), for the record only: an image
+        # folder labels every image under labeled/ (num_labels does not apply to it).
         config.num_labels = 25600
         config.model.name = "resnet"
         config.model.depth = 50
@@ -259,7 +261,7 @@ def apply_preset(config: ml_collections.ConfigDict, preset: str) -> ml_collectio
         config.ema.teacher_weak_views = True
         if preset == "competition96_7p5":
             # The paper's Table 1, second row: 7.5 % labels, tau 0.52, T 0.22, lambda_ctr 3.
-            config.num_labels = 38400  # 7.5 % of the 512,000 images
+            config.num_labels = 38400  # 7.5 % of 512,000, for the record: labeled/ decides
             config.comatch.update(threshold=0.52, contrast_threshold=0.22, lambda_ctr=3.0)
         _gpu_cadence(config)
     elif preset == "folder_cpu":
@@ -372,10 +374,29 @@ def method_checks(config: ml_collections.ConfigDict) -> list[tuple[bool, str]]:
     return checks + list(method.check_config(config))
 
 
+def dataset_checks(config: ml_collections.ConfigDict) -> list[tuple[bool, str]]:
+    """An image folder's options (dataset.root, dataset.cache_dir) set for another dataset
+    would be silently ignored: the run would train on that dataset (e.g. the default
+    Fashion-MNIST) instead of the folder."""
+    dataset = config.dataset
+    if dataset.get("name") == "image_folder":
+        return []
+    return [
+        (
+            not dataset.get(field),
+            f"dataset.{field} is set but dataset.name={dataset.get('name')}; add "
+            "--config.dataset.name=image_folder or use a :folder_cpu preset "
+            "(e.g. --config=configs/comatch_adaptive.py:folder_cpu)",
+        )
+        for field in ("root", "cache_dir")
+    ]
+
+
 def validate_config(config: ml_collections.ConfigDict) -> None:
     """Raises ValueError with one clear line for a config that cannot train.
 
-    Generic checks first, then those config.method's declaration implies (method_checks).
+    Generic checks first, then the dataset's (dataset_checks), then those config.method's
+    declaration implies (method_checks).
     """
     checks = [
         (config.batch_size > 0, f"batch_size must be positive, got {config.batch_size}"),
@@ -420,6 +441,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
             "model.init_from_torch needs a .safetensors / .pth file or torchvision:NAME",
         ),
     ]
+    checks += dataset_checks(config)
     checks += method_checks(config)
     for ok, message in checks:
         if not ok:

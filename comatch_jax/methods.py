@@ -489,12 +489,20 @@ def unread_option_checks(config: ml_collections.ConfigDict) -> list[Check]:
         return []
     rule = _threshold_rule(config)
     readers = ", ".join(n for n, m in METHODS.items() if "comatch" in m.config_sections)
+    if config.method == "fixmatch":
+        advice = (
+            "for FixMatch with adaptive thresholds use configs/freematch.py "
+            "(or configs/softmatch.py)"
+        )
+    elif config.method in ("freematch", "softmatch"):
+        advice = f"method={config.method} adapts its thresholds itself; leave it at 'fixed'"
+    else:
+        advice = f"method={config.method} has no confidence threshold; leave it at 'fixed'"
     return [
         (
             rule == "fixed",
             f"comatch.threshold_rule={rule!r} applies only to methods {readers}, not "
-            f"method={config.method}; for FixMatch with adaptive thresholds use "
-            "configs/freematch.py (or configs/softmatch.py)",
+            f"method={config.method}; {advice}",
         )
     ]
 

@@ -249,12 +249,16 @@ def prepare_data_in_turn(config: ml_collections.ConfigDict, dataset: Any) -> Sem
 
 
 def load_image_folder_dataset(config: ml_collections.ConfigDict):
-    """The image-folder source: labeled/<class>/, unlabeled/**, optional val/<class>/."""
-    from comatch_jax import datasets
+    """The image-folder source: labeled/<class>/, unlabeled/** (optional for a run that draws
+    no unlabeled images), optional val/<class>/."""
+    from comatch_jax import datasets, methods
 
     options = config.dataset
     if not options.root:
         raise ValueError("dataset.name=image_folder needs --config.dataset.root=DIR")
+    # A run that draws no unlabeled images (supervised-only, mu = 0) does not need unlabeled/;
+    # where it exists it is still loaded (its images count in the folder's mean/std).
+    draws_unlabeled = config.mu > 0 or methods.get_method(config.method).needs_unlabeled_data
     return datasets.load_image_folder(
         options.root,
         image_size=options.image_size,
@@ -262,6 +266,7 @@ def load_image_folder_dataset(config: ml_collections.ConfigDict):
         val_fraction=options.val_fraction,
         seed=config.seed,
         corrupt_policy=options.corrupt_policy,
+        require_unlabeled=draws_unlabeled,
     )
 
 
@@ -292,7 +297,7 @@ def _folder_data(dataset, config: ml_collections.ConfigDict) -> SemiSupervisedDa
         logging.info("Added %d labeled images from %s.", len(rows), extra_labels_csv)
     _check_unlabeled_pool(config, unlabeled_count)
     logging.info(
-        "Data from %s: %d labeled, %d unlabeled, %d validation images, %d classes",
+        "Data from %s: %d labeled, %d unlabeled, %d evaluation images, %d classes",
         dataset.source,
         len(labels),
         unlabeled_count,

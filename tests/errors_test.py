@@ -14,10 +14,10 @@ from train_test import RecordingWriter, synthetic_dataset, tiny_config
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _main_in_process(monkeypatch, workdir, *overrides) -> str:
+def _main_in_process(monkeypatch, workdir, *overrides, config="configs/comatch.py") -> str:
     """The entry point's flag parsing and main() in this process (no interpreter start-up);
     returns the one line it exits with."""
-    argv = ["main", f"--config={REPO}/configs/comatch.py", f"--workdir={workdir}", *overrides]
+    argv = ["main", f"--config={os.path.join(REPO, config)}", f"--workdir={workdir}", *overrides]
     monkeypatch.setattr(sys, "argv", argv)  # config_flags reads overrides from sys.argv
     flags.FLAGS.unparse_flags()
     # An earlier in-process parse (this module's or another's on this worker) left one flag
@@ -145,3 +145,60 @@ def test_missing_offline_data_says_how_to_get_it(tmp_path, monkeypatch):
         "--config.dataset.source=idx",
     )
     assert "dataset-fashion-mnist" in message
+
+
+@pytest.mark.parametrize("field", ["root", "cache_dir"])
+def test_an_image_folder_option_on_another_dataset_is_an_error(field):
+    """--config.dataset.root=DIR without --config.dataset.name=image_folder trained on the
+    default Fashion-MNIST, silently (issue 21's new user)."""
+    config = config_lib.base_config()
+    config.dataset[field] = "/some/folder"
+    with pytest.raises(
+        ValueError,
+        match=rf"Invalid config: dataset.{field} is set but dataset.name=fashion_mnist; add "
+        r"--config.dataset.name=image_folder or use a :folder_cpu preset",
+    ):
+        config_lib.validate_config(config)
+    config.dataset.name = "image_folder"
+    config_lib.validate_config(config)
+
+
+def test_a_misspelt_preset_is_one_line_with_the_config_files_message(tmp_path, monkeypatch):
+    message = _main_in_process(
+        monkeypatch, tmp_path / "run", config="configs/comatch_adaptive.py:folder_cu"
+    )
+    assert message.startswith("error: Unknown preset 'folder_cu'; expected '', cifar10_40"), message
+    assert "Traceback" not in message and "Error whilst parsing" not in message
+
+
+def test_a_bug_in_a_config_file_is_one_line_naming_where(tmp_path, monkeypatch):
+    config = tmp_path / "broken.py"
+    config.write_text("def get_config(preset=''):\n    return undefined_name\n")
+    message = _main_in_process(monkeypatch, tmp_path / "run", config=str(config))
+    assert message == f"error: NameError: name 'undefined_name' is not defined ({config}, line 2)"
+
+
+def _write_tiny_folder(root, count=3):
+    from PIL import Image
+
+    for name in ("cat", "dog"):
+        for i in range(count):
+            path = root / "labeled" / name / f"{i}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.new("RGB", (4, 4)).save(path)
+
+
+def test_num_labels_on_the_command_line_for_an_image_folder_is_an_error(tmp_path, monkeypatch):
+    """An image folder labels every image under labeled/: --config.num_labels=100 was
+    silently ignored. The config's default (40) still works (the README's generic command)."""
+    _write_tiny_folder(tmp_path / "data")
+    folder = ["--config.dataset.name=image_folder", f"--config.dataset.root={tmp_path}/data"]
+    message = _main_in_process(monkeypatch, tmp_path / "run", *folder, "--config.num_labels=100")
+    assert message == (
+        f"error: image folders use all 6 images under {tmp_path}/data/labeled; num_labels does "
+        f"not apply: remove --config.num_labels, and move images out of {tmp_path}/data/labeled "
+        "to use fewer"
+    )
+    # Without the override the flags parse, and the run gets as far as the config checks.
+    message = _main_in_process(monkeypatch, tmp_path / "run", *folder, "--config.num_steps=0")
+    assert message == "error: Invalid config: num_steps must be positive, got 0"

@@ -2,8 +2,10 @@
 
 import csv
 import os
+import shutil
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from comatch_jax import predict, runs, train, training_data
@@ -145,3 +147,25 @@ def test_label_requests_on_an_image_folder_name_files_and_answers_join_by_path(t
                 unlabeled_paths=data.unlabeled_paths,
                 class_names=data.class_names,
             )
+
+
+def test_supervised_on_a_folder_without_unlabeled_trains_and_resumes(tmp_path):
+    """configs/supervised.py:folder_cpu on a folder with only labeled/ (issue 21's new user):
+    a run that draws no unlabeled images needs no unlabeled/; its data fingerprint (an empty
+    unlabeled part) lets the run resume. A semi-supervised run still needs the folder."""
+    _write_folder(tmp_path / "data", np.random.default_rng(0))
+    shutil.rmtree(tmp_path / "data" / "unlabeled")
+    config = _folder_config(tmp_path / "data")
+    with pytest.raises(FileNotFoundError, match="unlabeled does not exist; semi-supervised"):
+        training_data.prepare_data(config)  # CoMatch, mu = 2
+    config.method, config.mu = "supervised", 0
+    config.num_steps, config.eval_every, config.checkpoint_every = 2, 2, 2
+    data = training_data.prepare_data(config)
+    assert data.unlabeled_images.shape[0] == 0 and len(data.labels) == 9
+    state, _ = train.train_and_evaluate(config, str(tmp_path / "run"), writer=RecordingWriter())
+    assert int(state.step) == 2
+    config.num_steps = 4  # the same data: resumed from step 2, not refused as changed data
+    state, summary = train.train_and_evaluate(
+        config, str(tmp_path / "run"), writer=RecordingWriter()
+    )
+    assert int(state.step) == 4 and 0.0 <= summary["test_accuracy"] <= 1.0

@@ -613,3 +613,82 @@ def test_random_access_calls_madvise_on_the_memmap(tmp_path):
     advised = folder_cache.random_access(np.load(path, mmap_mode="r"))  # the real call works
     np.testing.assert_array_equal(advised[3], np.load(path)[3])
     assert folder_cache.random_access(np.zeros((2, 2), np.uint8)).shape == (2, 2)  # no memmap
+
+
+# ------------------------------------------------- issue 21: a new user's findings
+
+
+def test_one_class_folder_is_rejected_before_decoding(tmp_path, decode_calls, caplog):
+    root = _make_folder(tmp_path, classes=("zebra",))
+    with caplog.at_level(logging.INFO, logger="absl"):
+        with pytest.raises(
+            ValueError,
+            match=re.escape(
+                f"{root}/labeled has 1 class (zebra); a classifier needs at least 2 "
+                "class folders under labeled/."
+            ),
+        ):
+            _load(root)
+    assert decode_calls == [] and not _cache_files(root)  # nothing was decoded or cached
+    assert "1 classes" not in caplog.text
+
+
+def test_the_cache_log_counts_an_unreadable_file_apart_from_the_decoded_ones(tmp_path, caplog):
+    root = _make_folder(tmp_path / "data", num_unlabeled=3)
+    with open(os.path.join(root, "unlabeled", "bad.png"), "wb") as f:
+        f.write(b"not a png")
+    with caplog.at_level(logging.INFO, logger="absl"):
+        _update(root, tmp_path / "cache", corrupt_policy="skip")
+    assert re.search(
+        r"Cached 3 unlabeled images in \S+: 3 decoded, 0 copied, 0 dropped, 1 unreadable",
+        caplog.text,
+    ), caplog.text
+
+
+@pytest.mark.parametrize("unlabeled", ["absent", "empty"])
+def test_unlabeled_folder_is_optional_only_when_not_required(tmp_path, unlabeled):
+    root = _make_folder(tmp_path / "data", num_unlabeled=0)
+    if unlabeled == "empty":
+        os.makedirs(os.path.join(root, "unlabeled", "nested"))
+    error = FileNotFoundError if unlabeled == "absent" else ValueError
+    message = "does not exist; semi-supervised" if unlabeled == "absent" else "has no images"
+    with pytest.raises(error, match=message) as raised:
+        _load(root)
+    if unlabeled == "absent":
+        assert "configs/supervised.py trains without them" in str(raised.value)
+    data = _load(root, require_unlabeled=False)
+    assert data.unlabeled_images.shape == (0, SIZE, SIZE, 3)
+    assert data.unlabeled_images.dtype == np.uint8 and data.unlabeled_paths == ()
+    assert len(data.train_paths) + len(data.test_paths) == 12
+    # The fingerprint of the empty part is stable, and adding unlabeled images changes it.
+    first = datasets.data_fingerprint(data)
+    assert first == datasets.data_fingerprint(_load(root, require_unlabeled=False))
+    _save(os.path.join(root, "unlabeled", "u.png"), _pixels(99))
+    change = datasets.describe_data_change(first, datasets.data_fingerprint(_load(root)))
+    assert change and "unlabeled" in change
+
+
+@pytest.mark.parametrize("layout", ["val", "held_out", "held_out_with_test"])
+def test_the_log_names_the_evaluation_set_and_warns_when_it_is_small(tmp_path, caplog, layout):
+    root = _make_folder(
+        tmp_path, per_class=10, val_classes=("zebra", "ant", "moose") if layout == "val" else None
+    )
+    if layout == "held_out_with_test":
+        _save(os.path.join(root, "test", "t.png"), _pixels(3))
+    with caplog.at_level(logging.INFO, logger="absl"):
+        _load(root)
+    expected = {
+        "val": "Evaluating on val/ (6 images): the run's 'test accuracy' is measured on them.",
+        "held_out": "Evaluating on a held-out 10 % of labeled/ (3 images; no val/): the run's "
+        "'test accuracy' is measured on them.",
+        "held_out_with_test": "Evaluating on a held-out 10 % of labeled/ (3 images; no val/): "
+        "the run's 'test accuracy' is measured on them; test/ is ignored (not read).",
+    }[layout]
+    assert expected in caplog.text
+    assert "fewer than 10 per class: accuracy on so few images is noisy" in caplog.text
+    caplog.clear()
+    big = _make_folder(tmp_path / "big", classes=("a", "b"), per_class=100, num_unlabeled=1)
+    with caplog.at_level(logging.INFO, logger="absl"):
+        _load(big)
+    assert "held-out 10 % of labeled/ (20 images" in caplog.text
+    assert "noisy" not in caplog.text

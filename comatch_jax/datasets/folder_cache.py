@@ -314,7 +314,6 @@ def decode_images_to_cache(
     return np.load(cache_path, mmap_mode="r"), skipped
 
 
-
 def random_access(images: np.ndarray) -> np.ndarray:
     """`images` (a read-only np.memmap of the cache) advised for random access; returns it.
 
@@ -579,7 +578,7 @@ def update_part_cache(
         len(final_entries),
         part,
         stem,
-        len(build.decoded),
+        len(build.decoded) - len(skipped_new),  # the unreadable ones were tried, not decoded
         build.copied,
         build.removed,
         len(skipped),

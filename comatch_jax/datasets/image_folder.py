@@ -128,8 +128,12 @@ def load_image_folder(
     val_fraction: float = 0.1,
     seed: int = 0,
     corrupt_policy: str = "fail",
+    require_unlabeled: bool = True,
 ) -> ImageDataset:
     """Loads `root`/labeled/<class>/**, `root`/unlabeled/** and optional `root`/val/<class>/**.
+
+    require_unlabeled=False (a run that draws no unlabeled images: supervised-only, mu = 0)
+    accepts a missing or empty unlabeled/: the unlabeled part is then empty ([0, S, S, 3]).
 
     Classes are the sorted folder names of labeled/. Files with other extensions than
     IMAGE_EXTENSIONS are ignored (and counted in the log). Each part is decoded by tf.data to
@@ -137,13 +141,16 @@ def load_image_folder(
     `cache_dir` (default `root`/.comatch_cache), read back as a memmap; later loads decode
     only the files added or changed since (by path, size and mtime). Without val/, a stratified
     `val_fraction` of labeled/ (seeded) is held out for validation; train and test are then
-    in-memory copies. test/ is not loaded (list it with `list_image_files`).
+    in-memory copies. test/ is not loaded (list it with `list_image_files`). The log says
+    which images are the evaluation set (what a run reports as its test accuracy), and warns
+    when it holds fewer than EVAL_IMAGES_PER_CLASS images per class.
 
     Returns an ImageDataset (train = labeled, test = val, unlabeled = unlabeled/, each with its
     paths) whose mean/std are measured over the train and unlabeled images (exactly, from the
     cache's per-image pixel sums) and whose file_digests hash each part's (path, size, mtime).
     Raises FileNotFoundError / ValueError / PermissionError (one line, naming the path) for
-    a folder that does not have this layout, an unreadable image (corrupt_policy 'fail') or an
+    a folder that does not have this layout (or fewer than 2 class folders under labeled/,
+    checked before anything is decoded), an unreadable image (corrupt_policy 'fail') or an
     unwritable cache directory.
     """
     folder_cache.check_corrupt_policy(corrupt_policy)
@@ -163,15 +170,26 @@ def load_image_folder(
             f"Image folder {root} does not exist; fix the dataset path or create it with "
             "labeled/<class_name>/ and unlabeled/ inside."
         )
-    for part, fix in [
-        ("labeled", "put the labeled images in {}/<class_name>/"),
-        ("unlabeled", "semi-supervised training needs unlabeled images in {} (any nesting)"),
-    ]:
+    required = [("labeled", "put the labeled images in {}/<class_name>/")]
+    if require_unlabeled:
+        required.append(
+            (
+                "unlabeled",
+                "semi-supervised training needs unlabeled images in {} "
+                "(any nesting; configs/supervised.py trains without them)",
+            )
+        )
+    for part, fix in required:
         directory = os.path.join(root, part)
         if not os.path.isdir(directory):
             raise FileNotFoundError(f"{directory} does not exist; {fix.format(directory)}.")
 
     labeled_entries, class_names = _scan_class_tree(root, "labeled")
+    if len(class_names) < 2:  # before decoding anything
+        raise ValueError(
+            f"{os.path.join(root, 'labeled')} has 1 class ({class_names[0]}); a "
+            "classifier needs at least 2 class folders under labeled/."
+        )
     class_index = {name: i for i, name in enumerate(class_names)}
     has_val = os.path.isdir(os.path.join(root, "val"))
     if has_val:
@@ -184,8 +202,9 @@ def load_image_folder(
                     f"{os.path.join(root, 'labeled', name)}/."
                 )
     unlabeled_dir = os.path.join(root, "unlabeled")
-    unlabeled_entries = scan_unlabeled(root)
-    if not unlabeled_entries:
+    has_unlabeled = os.path.isdir(unlabeled_dir)
+    unlabeled_entries = scan_unlabeled(root) if has_unlabeled else []
+    if not unlabeled_entries and require_unlabeled:
         raise ValueError(
             f"{unlabeled_dir} has no images ({', '.join(IMAGE_EXTENSIONS)}); add the unlabeled "
             "images there (any nesting)."
@@ -244,7 +263,20 @@ def load_image_folder(
             val_fraction * 100,
             seed,
         )
-    unlabeled = load("unlabeled", unlabeled_entries)
+    if unlabeled_entries:
+        unlabeled = load("unlabeled", unlabeled_entries)
+    else:  # require_unlabeled=False: nothing to decode or cache
+        logging.info(
+            "No images in %s: the run draws no unlabeled images (mu = 0).",
+            unlabeled_dir if has_unlabeled else unlabeled_dir + " (absent)",
+        )
+        unlabeled = folder_cache.CachedPart(
+            images=np.zeros((0, image_size, image_size, 3), np.uint8),
+            entries=(),
+            row_sums=np.zeros((0, 2, 3), np.int64),
+            skipped=(),
+            build=folder_cache.BuildStats(),
+        )
     skipped += unlabeled.skipped
     if skipped:
         logging.warning(
@@ -293,4 +325,36 @@ def load_image_folder(
         tuple(round(m, 4) for m in mean),
         tuple(round(s, 4) for s in std),
     )
+    _log_evaluation_set(root, dataset, has_val, val_fraction)
     return dataset
+
+
+# Fewer evaluation images per class than this: the accuracy is noisy (one image of a class
+# is 10 % of that class's accuracy), and the log says so.
+EVAL_IMAGES_PER_CLASS = 10
+
+
+def _log_evaluation_set(root: str, dataset: ImageDataset, has_val: bool, val_fraction: float):
+    """One line naming the images a run evaluates on (it reports their accuracy as its test
+    accuracy: the metric keeps its name), whether test/ is ignored, and a warning if they
+    are fewer than EVAL_IMAGES_PER_CLASS per class."""
+    count, num_classes = len(dataset.test_labels), dataset.num_classes
+    if has_val:
+        which = f"val/ ({count} images)"
+        more = f"add images to {os.path.join(root, 'val')}/<class_name>/"
+    else:
+        which = f"a held-out {val_fraction * 100:g} % of labeled/ ({count} images; no val/)"
+        more = f"add a {os.path.join(root, 'val')}/<class_name>/ folder"
+    ignored = "; test/ is ignored (not read)" if os.path.isdir(os.path.join(root, "test")) else ""
+    logging.info(
+        "Evaluating on %s: the run's 'test accuracy' is measured on them%s.", which, ignored
+    )
+    if count < EVAL_IMAGES_PER_CLASS * num_classes:
+        logging.warning(
+            "The evaluation set has %d images for %d classes, fewer than %d per class: "
+            "accuracy on so few images is noisy; %s.",
+            count,
+            num_classes,
+            EVAL_IMAGES_PER_CLASS,
+            more,
+        )
