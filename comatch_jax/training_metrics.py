@@ -135,7 +135,11 @@ def progress_line(
     '?' for a speed or time not known yet (no timed step since the last log)."""
     shown = " ".join(
         [f"{name}={metrics[name]:.4f}" for name in PROGRESS_METRICS if name in metrics]
-        + [f"{label}={metrics[name]:.4f}" for name, label in PROGRESS_THRESHOLDS.items() if name in metrics]
+        + [
+            f"{label}={metrics[name]:.4f}"
+            for name, label in PROGRESS_THRESHOLDS.items()
+            if name in metrics
+        ]
     )
     if metrics.get("skipped_steps"):
         shown += f" skipped_steps={int(metrics['skipped_steps'])}"

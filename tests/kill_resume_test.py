@@ -173,7 +173,9 @@ def test_nonfinite_stop_keeps_a_complete_checkpoint_and_the_advice_resumes(
     # NaN gradients from step 4, after the asynchronous save of step 3 started.
     result = _nan_gradient_run(workdir)
     assert result.returncode != 0
-    assert "Non-finite" in result.stderr and "last good checkpoint (step 3) is kept" in result.stderr
+    assert (
+        "Non-finite" in result.stderr and "last good checkpoint (step 3) is kept" in result.stderr
+    )
     assert "Traceback" not in result.stderr, result.stderr[-3000:]
     assert _checkpoint_entries(workdir) == ["3"]  # complete: no *.orbax-checkpoint-tmp*
     assert int(runs.load_run(workdir).state.step) == 3
