@@ -114,8 +114,8 @@ def check_workdir(
         if config.num_steps < step:
             raise ValueError(
                 f"The checkpoint in {workdir} is at step {step} > num_steps={config.num_steps}; "
-                f"use --config.num_steps={step} or more to resume it (it is finished at "
-                f"{step}), or a new --workdir."
+                f"use --config.num_steps={step} (the run as it is) or more (to train on), or a "
+                "new --workdir."
             )
         _log_resume_changes(saved, current, workdir)
 
