@@ -110,6 +110,13 @@ def check_workdir(
         )
     if _has_checkpoints(workdir):
         read_run_info(workdir)  # raises on an older checkpoint format
+        step = _latest_checkpoint_step(workdir)
+        if config.num_steps < step:
+            raise ValueError(
+                f"The checkpoint in {workdir} is at step {step} > num_steps={config.num_steps}; "
+                f"use --config.num_steps={step} (the run as it is) or more (to train on), or a "
+                "new --workdir."
+            )
         _log_resume_changes(saved, current, workdir)
 
 
@@ -121,9 +128,7 @@ def _log_resume_changes(saved: dict[str, Any], current: dict[str, Any], workdir:
     ]
     if not changed:
         return
-    step = max(
-        int(name) for name in os.listdir(os.path.join(workdir, "checkpoints")) if name.isdigit()
-    )
+    step = _latest_checkpoint_step(workdir)
     for key in changed:
         logging.warning(
             "Resuming %s at step %d with %s=%s (was %s).",
@@ -167,6 +172,13 @@ def _only_an_empty_start(workdir: str) -> bool:
         return False
     directory = os.path.join(workdir, "checkpoints")
     return os.path.isdir(directory) and not os.listdir(directory)
+
+
+def _latest_checkpoint_step(workdir: str) -> int:
+    """The step of the latest complete checkpoint in workdir/checkpoints (one must exist)."""
+    return max(
+        int(name) for name in os.listdir(os.path.join(workdir, "checkpoints")) if name.isdigit()
+    )
 
 
 def _has_checkpoints(workdir: str) -> bool:
@@ -243,6 +255,8 @@ def checkpoint_manager(workdir: str, max_to_keep: int | None = None) -> ocp.Chec
     return ocp.CheckpointManager(
         os.path.abspath(os.path.join(workdir, "checkpoints")),
         options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True),
+        # Named, so that reading a step's metadata (train_seconds_at) needs no restore args.
+        item_handlers=ocp.StandardCheckpointHandler(),
     )
 
 
@@ -278,11 +292,27 @@ def abstract_state(init_state: Any, sharding: jax.sharding.Sharding) -> TrainSta
     )
 
 
-def save_checkpoint(manager: ocp.CheckpointManager, step: int, state: TrainState) -> None:
+def save_checkpoint(
+    manager: ocp.CheckpointManager,
+    step: int,
+    state: TrainState,
+    train_seconds: float | None = None,
+) -> None:
     """Starts writing checkpoint `step` of the whole TrainState (asynchronously; Orbax
-    commits it only once complete, so a half-written checkpoint is never restored)."""
-    manager.save(step, args=ocp.args.StandardSave(state))
+    commits it only once complete, so a half-written checkpoint is never restored).
+    `train_seconds` (wall-clock seconds of training up to this step, over every process that
+    trained the run) goes into the checkpoint's metadata, for `train_seconds_at`."""
+    custom_metadata = None if train_seconds is None else {"train_seconds": float(train_seconds)}
+    manager.save(step, args=ocp.args.StandardSave(state), custom_metadata=custom_metadata)
     logging.info("Saving the checkpoint of step %d", step)
+
+
+def train_seconds_at(manager: ocp.CheckpointManager, step: int) -> float:
+    """The training time (wall-clock seconds, summed over the processes that trained the run
+    up to `step`) recorded with checkpoint `step` by `save_checkpoint`; 0.0 for a checkpoint
+    written without it (by an earlier version)."""
+    metadata = manager.metadata(step)
+    return float((getattr(metadata, "custom_metadata", None) or {}).get("train_seconds", 0.0))
 
 
 def restore_state(

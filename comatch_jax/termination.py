@@ -9,17 +9,19 @@ and passes the first one on to it (`_ChainedCHandler`: the notifier's handler on
 flag its listener thread polls each second). After training nothing polls that service:
 SIGTERM gets the default action and Ctrl-C is a plain interrupt again.
 
-In every case the first signal restores the operating system's default action, so a second
-SIGTERM or Ctrl-C ends the program at once, even inside a hung collective or a long
-evaluation: every handler here is installed with SA_RESETHAND (`install`), so the kernel
-restores the default as it delivers the first signal, whether or not Python's main thread,
-blocked in C, has run the handler yet. That reset is per signal: while the main thread is
-blocked in C the second signal must be of the same kind (Ctrl-C after Ctrl-C; a SIGTERM
-after a Ctrl-C waits for the call to return). Two signals that arrive before Python runs its
-handler count as one (Python keeps one pending flag per signal). Where libc's sigaction
-cannot be reached (a libc other than glibc on x86-64 / AArch64), SIGTERM stays with JAX's
-notifier during training, which swallows a second one before the stop step; a second
-Ctrl-C, or SIGKILL, ends the process there.
+A repeat of the first signal within `REPEAT_WINDOW_S` (2 s) of it is the same request and
+is ignored (logged once): GNU `timeout` and batch schedulers (Slurm) signal the process and
+then its whole process group, so one stop arrives twice within microseconds. A later signal,
+or one of the other kind, ends the program at once (the operating system's default action),
+even inside a hung collective or a long evaluation: a watcher thread (`_RepeatWatch`) learns
+of every signal through Python's wakeup fd (`signal.set_wakeup_fd`, written as each one is
+delivered, whether or not the main thread, blocked in C, has run the Python handler yet;
+JAX's blocking calls release the GIL, so the thread runs) and ends the program itself.
+(Outside training, `install`'s SA_RESETHAND still makes a second signal the end.) (The kernel's SA_RESETHAND, used before, turned the duplicate into
+the end of the program before any checkpoint.) Where libc's sigaction cannot be reached (a
+libc other than glibc on x86-64 / AArch64), SIGTERM stays with JAX's notifier during
+training, which swallows a second one before the stop step; a second Ctrl-C, or SIGKILL,
+ends the process there.
 
 Several processes, before that service is up (imports, jax.distributed.initialize): a
 signal would end this process alone and leave the others waiting for it in a collective
@@ -35,22 +37,31 @@ import os
 import platform
 import signal
 import sys
+import threading
+import time
 
 from absl import logging
+
+# A repeat of the same stop signal this soon after the first is the same request (seconds).
+REPEAT_WINDOW_S = 2.0
 
 
 class TerminationRequest:
     """Turns the first SIGTERM / Ctrl-C into a flag (one process) or a preemption notice
-    (several processes: `multiprocess=True`); a second one ends the program at once."""
+    (several processes: `multiprocess=True`). A repeat of the same signal within
+    `repeat_window_s` seconds of the first is ignored; a later one, or one of the other kind,
+    ends the program at once (`_RepeatWatch`)."""
 
     SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
-    def __init__(self, multiprocess: bool = False):
+    def __init__(self, multiprocess: bool = False, repeat_window_s: float = REPEAT_WINDOW_S):
         self.multiprocess = multiprocess
+        self.repeat_window_s = repeat_window_s
         self.requested = False
         self.signal_name = ""
         self._previous = {}
         self._notifier = None  # several processes: JAX's SIGTERM handler, chained
+        self._watch = None
 
     def __enter__(self):
         handled = self.SIGNALS
@@ -59,20 +70,22 @@ class TerminationRequest:
             if self._notifier is None:  # cannot be read here: leave SIGTERM to the notifier
                 handled = (signal.SIGINT,)
         try:
-            self._previous = {sig: install(sig, self._handle) for sig in handled}
+            self._previous = {sig: signal.signal(sig, self._handle) for sig in handled}
         except ValueError:  # not the main thread: leave signals alone
             self._previous = {}
+        if self._previous:
+            self._watch = _RepeatWatch(tuple(self._previous), self.repeat_window_s)
         return self
 
     def _handle(self, signum, frame):
+        if self.requested:  # a repeat: `_RepeatWatch` ignores it or ends the program
+            return
         self.signal_name = signal.Signals(signum).name
-        # The operating system's default from now on: a second signal ends the program.
-        for sig in self._previous:
-            signal.signal(sig, signal.SIG_DFL)
         logging.warning(
-            "%s received: checkpointing and stopping (a second Ctrl-C or SIGTERM ends the "
-            "program at once).",
+            "%s received: checkpointing and stopping (another Ctrl-C or SIGTERM ends the "
+            "program at once; a repeat of this one within %g s is taken as the same request).",
             self.signal_name,
+            self.repeat_window_s,
         )
         self.requested = True
         if self.multiprocess:  # every process learns of it through JAX's preemption service
@@ -83,11 +96,15 @@ class TerminationRequest:
 
     def on_preemption(self) -> None:
         """Called once the processes agreed to stop (several processes): from now on a
-        second SIGTERM or Ctrl-C ends the program at once."""
-        for sig in self.SIGNALS:
-            signal.signal(sig, signal.SIG_DFL)
+        SIGTERM or Ctrl-C to this process ends the program at once (unless it repeats, within
+        the window, one this process received)."""
+        if self._watch is not None:
+            self._watch.stopping()
 
     def __exit__(self, *exc):
+        if self._watch is not None:
+            self._watch.close()
+            self._watch = None
         # Leaving the loop (a stop, the end, an error): the program may go on (a notebook
         # calling train_and_evaluate), so the handlers are put back as they were before it.
         for sig, previous in self._previous.items():
@@ -100,6 +117,86 @@ class TerminationRequest:
                 signal.signal(sig, signal.SIG_DFL)
             else:  # a Ctrl-C is a plain interrupt (one line, exit 130); a second one ends it
                 install(sig, signal.default_int_handler)
+
+
+class _RepeatWatch:
+    """A daemon thread that sees every delivery of `signals` (Python's C-level handler writes
+    each one's number to the wakeup fd set here, at delivery, even while the main thread is
+    blocked in C and cannot run the Python handler) and ends the program at once (the
+    signal's default action, as `_end_now`) at the second one, unless it repeats the first
+    within `window_s` seconds (logged once, ignored). Needs the main thread (set_wakeup_fd);
+    `close` puts the previous wakeup fd back and ends the thread."""
+
+    def __init__(self, signals: tuple[int, ...], window_s: float):
+        self._signals = signals
+        self._window_s = window_s
+        self._first: tuple[int, float] | None = None  # (signal, monotonic time)
+        self._ignored_logged = False
+        self._lock = threading.Lock()
+        self._read, self._write = os.pipe()
+        os.set_blocking(self._write, False)
+        self._old_wakeup = signal.set_wakeup_fd(self._write, warn_on_full_buffer=False)
+        threading.Thread(target=self._run, name="stop-signal-watch", daemon=True).start()
+
+    def arrived(self, signum: int, now: float) -> bool:
+        """Records one delivery of `signum` at `now` (seconds, monotonic); True when it must
+        end the program: any signal after the first, except a repeat of the first's kind
+        within the window."""
+        with self._lock:
+            if self._first is None:
+                self._first = (signum, now)
+                return False
+            first, since = self._first
+            if signum == first and now - since <= self._window_s:
+                if not self._ignored_logged:
+                    self._ignored_logged = True
+                    logging.warning(
+                        "%s received again %.3f s after the first: the same stop request "
+                        "(e.g. `timeout` or a scheduler signalling the process and then its "
+                        "group), ignored; another one after %g s ends the program at once.",
+                        signal.Signals(signum).name,
+                        now - since,
+                        self._window_s,
+                    )
+                return False
+            return True
+
+    def stopping(self) -> None:
+        """The run stops for a notice this process may not have received itself (several
+        processes): from now on any signal ends the program (bar a repeat of its own first)."""
+        with self._lock:
+            if self._first is None:
+                self._first = (0, float("-inf"))
+
+    def _run(self) -> None:
+        try:
+            while data := os.read(self._read, 64):  # b"": closed
+                now = time.monotonic()
+                for signum in data:
+                    if signum in self._signals and self.arrived(signum, now):
+                        _end_now(signum)
+        finally:
+            os.close(self._read)
+
+    def close(self) -> None:
+        signal.set_wakeup_fd(self._old_wakeup)
+        os.close(self._write)  # the thread reads the end of the pipe and returns
+
+
+def _end_now(signum: int) -> None:
+    """Ends the process by `signum`'s default action (from any thread: libc's signal(), as
+    Python's signal.signal works in the main thread only); exit status 128 + signum where
+    libc cannot be reached."""
+    try:
+        libc_signal = ctypes.CDLL(None).signal
+        libc_signal.restype = ctypes.c_void_p
+        libc_signal.argtypes = (ctypes.c_int, ctypes.c_void_p)
+        libc_signal(signum, None)  # SIG_DFL
+        os.kill(os.getpid(), signum)
+        time.sleep(5)  # delivered to some thread at once; this one waits for the end
+    except (OSError, AttributeError):
+        pass
+    os._exit(128 + signum)
 
 
 def install(signum: int, handler) -> object:

@@ -10,6 +10,7 @@ several processes (multihost), the pure step (train_step).
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import time
 from typing import Any, Callable
@@ -62,7 +63,10 @@ def train_and_evaluate(
     """Trains `config.method` and evaluates the EMA model; resumes from `workdir`.
 
     Returns the final state and a summary (final test accuracy of the EMA and raw models,
-    steps, wall time, data source). Scalars go to `writer` (default: clu's TensorBoard + log
+    steps, training time summed over resumes, data source). A workdir whose run is already
+    finished (its checkpoint at num_steps, summary.json written) is left as it is: the saved
+    state and summary are returned. A SIGTERM or Ctrl-C at the final step lets the run
+    finish normally. Scalars go to `writer` (default: clu's TensorBoard + log
     writer) and to workdir/metrics.jsonl, prefixed `train/` and `eval/`. `dataset` (an
     datasets.ImageDataset) defaults to loading config.dataset. Raises ValueError for
     a bad config, data or workdir, FloatingPointError for a non-finite loss, SystemExit after
@@ -98,9 +102,19 @@ def train_and_evaluate(
     try:
         init_key, _ = run_keys(config.seed)
         latest = checkpoints.latest_step()
+        earlier_seconds = 0.0  # training time of the processes before this one (resumes)
         if latest is not None:
             target = runs.abstract_state(init_state, replicated)
             state = runs.restore_state(checkpoints, latest, target, workdir)
+            earlier_seconds = runs.train_seconds_at(checkpoints, latest)
+            # A finished run (runs.check_workdir refused a num_steps below its step): its
+            # records stay as they are.
+            finished = _summary_of_finished_run(workdir, latest)
+            if latest >= config.num_steps and finished is not None:
+                logging.warning(
+                    "The run in %s is already finished at step %d; nothing to do.", workdir, latest
+                )
+                return state, finished
             logging.info("Resumed from the checkpoint of step %d in %s", latest, workdir)
         else:
             state = jax.jit(lambda: init_state(init_key), out_shardings=replicated)()
@@ -152,6 +166,7 @@ def train_and_evaluate(
         pending: list[dict[str, jax.Array]] = []  # the step metrics since the last log, on device
         results: dict[str, float] = {}
         train_start, eval_seconds = time.time(), 0.0
+        train_seconds = lambda: earlier_seconds + time.time() - train_start
         # Throughput and ETA: training only.
         training_clock = lambda: time.monotonic() - eval_seconds
         progress = metric_writing.Progress(
@@ -186,7 +201,7 @@ def train_and_evaluate(
             # on all), so a SIGTERM received during start-up stops them at the next step.
             if multiprocess and stop_requested():
                 if checkpoints.latest_step() != step:
-                    runs.save_checkpoint(checkpoints, step, state)
+                    runs.save_checkpoint(checkpoints, step, state, train_seconds())
                 checkpoints.wait_until_finished()
                 raise SystemExit(
                     f"Stopped by {stop_cause(termination)} at step {step} after a checkpoint; "
@@ -200,7 +215,8 @@ def train_and_evaluate(
                     jax.block_until_ready(metrics)
                     progress.restart(step, training_clock())
                 final = step == config.num_steps
-                stop = stop_requested()
+                # A stop asked for at the final step: the run finishes normally instead.
+                stop = stop_requested() and not final
                 save = step % config.checkpoint_every == 0 or final or stop
                 if pending and (step % config.log_every == 0 or save):
                     # Metrics are checked before any checkpoint: a non-finite state is never saved.
@@ -235,9 +251,15 @@ def train_and_evaluate(
                     results = run_eval(step)
                     eval_seconds += time.monotonic() - eval_start
                 # One process: a signal may arrive during logging or evaluation.
-                stop = stop or (not multiprocess and termination.requested)
+                stop = stop or (not multiprocess and termination.requested and not final)
+                if final and termination.requested:
+                    logging.warning(
+                        "%s received at the final step %d: finishing the run normally.",
+                        stop_cause(termination),
+                        step,
+                    )
                 if save or stop:
-                    runs.save_checkpoint(checkpoints, step, state)
+                    runs.save_checkpoint(checkpoints, step, state, train_seconds())
                 if stop:
                     checkpoints.wait_until_finished()
                     raise SystemExit(
@@ -254,7 +276,7 @@ def train_and_evaluate(
             "evaluation": "knn" if method.evaluation == "self_supervised" else "classifier",
             "test_accuracy": results["test_accuracy"],
             "test_accuracy_raw": results["test_accuracy_raw"],
-            "train_seconds": time.time() - train_start,
+            "train_seconds": train_seconds(),
             "skipped_steps": skipped_total,
             "data_source": data.source,
         }
@@ -263,6 +285,16 @@ def train_and_evaluate(
     runs.save_json(workdir, "summary.json", summary)
     logging.info("Final test accuracy (EMA model): %.4f", summary["test_accuracy"])
     return state, summary
+
+
+def _summary_of_finished_run(workdir: str, step: int) -> dict[str, Any] | None:
+    """workdir/summary.json when it is that of a run finished at `step`, else None."""
+    path = os.path.join(workdir, "summary.json")
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        summary = json.load(f)
+    return summary if summary.get("final_step") == step else None
 
 
 def _warn_if_all_skipped(means: dict[str, float], window: int, step: int) -> int:

@@ -20,6 +20,11 @@ TRAIN = "train/"
 EVAL = "eval/"
 # The metrics on the progress line, in this order, when the method reports them.
 PROGRESS_METRICS = ("loss", "loss_x", "loss_u", "loss_ctr", "mask_rate", "pseudo_label_acc")
+# Adaptive confidence thresholds on the progress line, after those, under a short label, when
+# the method reports them: the global threshold tau_t (FreeMatch's self-adaptive threshold,
+# CoMatch with threshold_rule='freematch'; it starts at 1/C, so a mask rate of 1 early on is
+# expected) and SoftMatch's mean confidence mu_t (the centre of its Gaussian weight).
+PROGRESS_THRESHOLDS = {"global_threshold": "tau", "confidence_mean": "mu_t"}
 
 
 @flax.struct.dataclass
@@ -125,9 +130,17 @@ def progress_line(
     step: int, num_steps: int, metrics: dict[str, float], images_per_sec: float, eta_s: float
 ) -> str:
     """The one human line per logging step: step, losses, mask rate, pseudo-label accuracy,
-    the number of skipped steps (when any), images/s and the estimated time to the end
-    (h:mm:ss); '?' for a speed or time not known yet (no timed step since the last log)."""
-    shown = " ".join(f"{name}={metrics[name]:.4f}" for name in PROGRESS_METRICS if name in metrics)
+    the adaptive threshold (PROGRESS_THRESHOLDS: `tau=` or `mu_t=`, when reported), the
+    number of skipped steps (when any), images/s and the estimated time to the end (h:mm:ss);
+    '?' for a speed or time not known yet (no timed step since the last log)."""
+    shown = " ".join(
+        [f"{name}={metrics[name]:.4f}" for name in PROGRESS_METRICS if name in metrics]
+        + [
+            f"{label}={metrics[name]:.4f}"
+            for name, label in PROGRESS_THRESHOLDS.items()
+            if name in metrics
+        ]
+    )
     if metrics.get("skipped_steps"):
         shown += f" skipped_steps={int(metrics['skipped_steps'])}"
     eta = datetime.timedelta(seconds=round(max(eta_s, 0.0))) if np.isfinite(eta_s) else "?"

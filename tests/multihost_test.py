@@ -21,7 +21,7 @@ import jax
 import numpy as np
 import pytest
 
-from comatch_jax import runs
+from comatch_jax import runs, termination
 
 from kill_resume_test import REPO, TINY_RUN as DIGITS_RUN
 
@@ -263,10 +263,14 @@ with termination.TerminationRequest(multiprocess=True) as request:
         pass
     else:
         os.kill(os.getpid(), signal.SIGINT if mode == "ctrl-c" else signal.SIGTERM)
-        if mode == "twice":
+        if mode == "twice":  # a second SIGTERM after the repeat window: the end
+            time.sleep(termination.REPEAT_WINDOW_S + 0.5)
             os.kill(os.getpid(), signal.SIGTERM)
             time.sleep(5)
             sys.exit("the second SIGTERM did not end the process")
+        if mode == "duplicate":  # the same SIGTERM again at once (timeout, Slurm): one notice
+            time.sleep(0.1)
+            os.kill(os.getpid(), signal.SIGTERM)
         assert request.requested
         assert notice_given(1), "JAX's preemption service got no notice"
         request.on_preemption()
@@ -279,12 +283,14 @@ if mode == "none":  # after training: Ctrl-C a plain interrupt, SIGTERM the end 
 """
 
 
-@pytest.mark.parametrize("mode", ["sigterm", "ctrl-c", "twice", "none"])
+@pytest.mark.parametrize("mode", ["sigterm", "ctrl-c", "twice", "duplicate", "none"])
 def test_signals_in_training_reach_jax_preemption_service_and_a_second_ends_at_once(mode):
     """A first SIGTERM or Ctrl-C in training is passed on to JAX's preemption notifier (its
-    sync point is reached); a second SIGTERM right after, before that sync point, ends the
-    process at once instead of being swallowed by the notifier; after training (where
-    nothing polls the service) a Ctrl-C is a plain interrupt and a SIGTERM ends the process."""
+    sync point is reached); the same SIGTERM repeated 0.1 s later (as `timeout` and Slurm
+    send it to the process and then its group) is the same notice; a second SIGTERM after
+    the repeat window ends the process at once instead of being swallowed by the notifier;
+    after training (where nothing polls the service) a Ctrl-C is a plain interrupt and a
+    SIGTERM ends the process."""
     result = subprocess.run(
         [sys.executable, "-c", _CHAINED, mode],
         cwd=REPO,
@@ -340,8 +346,9 @@ print("finished", flush=True)
 )
 def test_a_second_signal_ends_a_main_thread_blocked_in_c(processes, when, signals):
     """While the main thread waits in C the first signal's Python handler cannot run; a
-    second signal of the same kind still ends the process at once (SA_RESETHAND), not when
-    the call returns; also after training ended by an error (a SIGTERM then at once)."""
+    second signal of the same kind after the repeat window still ends the process at once
+    (termination._RepeatWatch; after training, SA_RESETHAND), not when the call returns;
+    also after training ended by an error (a SIGTERM then at once)."""
     process = subprocess.Popen(
         [sys.executable, "-c", _BLOCKED, processes, when],
         cwd=REPO,
@@ -353,10 +360,11 @@ def test_a_second_signal_ends_a_main_thread_blocked_in_c(processes, when, signal
     start = time.monotonic()
     for sig in signals:
         process.send_signal(sig)
-        time.sleep(0.3)
+        time.sleep(termination.REPEAT_WINDOW_S + 0.5)
     process.wait(timeout=60)
     assert process.returncode == -signals[1], process.stdout.read()
-    assert time.monotonic() - start < 3  # at once, not after the computation
+    # At once, not after the computation (~10-20 s).
+    assert time.monotonic() - start < 2 * termination.REPEAT_WINDOW_S + 3
 
 
 def test_a_stopped_run_puts_the_callers_handlers_back():

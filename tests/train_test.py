@@ -5,6 +5,7 @@ import os
 import shutil
 import signal
 import sys
+import time
 
 import jax
 import jax.numpy as jnp
@@ -284,16 +285,18 @@ def test_an_older_checkpoint_format_gets_one_line_saying_what_to_do(reference, t
 
 
 class CtrlCWriter(RecordingWriter):
-    """Presses Ctrl-C (sends SIGINT to this process) when step `at_step` is logged."""
+    """Presses Ctrl-C (sends SIGINT, or `sig`, to this process) when step `at_step` is
+    logged."""
 
-    def __init__(self, at_step):
+    def __init__(self, at_step, sig=signal.SIGINT):
         super().__init__()
         self.at_step = at_step
+        self.sig = sig
 
     def write_scalars(self, step, scalars):
         super().write_scalars(step, scalars)
         if step == self.at_step and "train/loss" in scalars:
-            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), self.sig)
 
 
 def test_ctrl_c_checkpoints_then_the_rerun_ends_identically(reference, tmp_path):
@@ -310,6 +313,54 @@ def test_ctrl_c_checkpoints_then_the_rerun_ends_identically(reference, tmp_path)
     )
     for x, y in zip(_leaves(full_state), _leaves(resumed_state)):
         np.testing.assert_array_equal(x, y)
+
+
+def test_a_resumed_run_adds_up_its_training_time_and_a_stop_at_the_final_step_finishes_it(
+    reference, tmp_path
+):
+    """summary.json's train_seconds covers every process that trained the run (here: the
+    one up to the step-3 checkpoint and the resumed one), and a SIGTERM during the last step
+    does not stop the run: it ends as usual (final evaluation, summary.json)."""
+    full_workdir, full_state, full_summary, _ = reference
+    workdir = tmp_path / "killed"
+    shutil.copytree(full_workdir, workdir)
+    shutil.rmtree(workdir / "checkpoints" / "6")
+    os.remove(workdir / "summary.json")
+    with runs.checkpoint_manager(str(workdir)) as manager:
+        before = runs.train_seconds_at(manager, 3)
+    assert 0 < before < full_summary["train_seconds"]
+    start = time.time()
+    state, summary = train.train_and_evaluate(
+        tiny_config(),
+        str(workdir),
+        writer=CtrlCWriter(6, signal.SIGTERM),
+        dataset=synthetic_dataset(),
+    )
+    assert before < summary["train_seconds"] <= before + (time.time() - start)
+    assert summary["final_step"] == 6 and summary["test_accuracy"] == full_summary["test_accuracy"]
+    assert json.loads((workdir / "summary.json").read_text()) == summary
+    for x, y in zip(_leaves(full_state), _leaves(state)):
+        np.testing.assert_array_equal(x, y)
+
+
+def test_a_finished_run_is_left_as_it_is_and_a_lower_num_steps_is_refused(reference, tmp_path):
+    workdir = tmp_path / "finished"
+    shutil.copytree(reference[0], workdir)
+    records = {name: (workdir / name).read_bytes() for name in ("summary.json", "config.json")}
+    state, summary = train.train_and_evaluate(
+        tiny_config(), str(workdir), writer=RecordingWriter(), dataset=synthetic_dataset()
+    )
+    assert int(state.step) == 6 and summary == json.loads(records["summary.json"])
+    assert {name: (workdir / name).read_bytes() for name in records} == records
+    config = tiny_config()
+    config.num_steps = 2
+    expected = r"checkpoint in .*finished is at step 6 > num_steps=2; use --config.num_steps=6"
+    with pytest.raises(ValueError, match=expected) as error:
+        train.train_and_evaluate(
+            config, str(workdir), writer=RecordingWriter(), dataset=synthetic_dataset()
+        )
+    assert "\n" not in str(error.value)
+    assert {name: (workdir / name).read_bytes() for name in records} == records
 
 
 def test_concat_and_split_per_device_round_trip():

@@ -73,6 +73,14 @@ def test_prefixes_and_the_progress_line():
         1, 100, {"loss": 1.0, "skipped_steps": 2.0}, float("nan"), float("nan")
     )
     assert line == "step 1/100 loss=1.0000 skipped_steps=2 | ? img/s | ETA ?"
+    # An adaptive threshold is shown with the mask rate it explains (tau_t starts at 1/C, so
+    # mask_rate=1 early on); SoftMatch's mean confidence under its own name.
+    line = training_metrics.progress_line(
+        5, 100, {"mask_rate": 1.0, "global_threshold": 0.1, "loss": 2.0}, 10.0, 1.0
+    )
+    assert line == "step 5/100 loss=2.0000 mask_rate=1.0000 tau=0.1000 | 10 img/s | ETA 0:00:01"
+    line = training_metrics.progress_line(5, 100, {"confidence_mean": 0.25}, 10.0, 1.0)
+    assert line == "step 5/100 mu_t=0.2500 | 10 img/s | ETA 0:00:01"
 
 
 def test_progress_restarted_after_the_first_step_leaves_compiling_out():
