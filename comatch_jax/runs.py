@@ -70,7 +70,8 @@ def check_workdir(
     """Refuses a workdir that holds something else than this run, before touching it.
 
     Raises ValueError for a non-empty directory without a run, a run on different data (its
-    recorded datasets.data_fingerprint differs from `fingerprint`: says what changed), a run
+    recorded datasets.data_fingerprint differs from `fingerprint`: says what changed, and for
+    an image-folder run without unlabeled draws whose unlabeled/ changed, why it matters), a run
     of a different config (fields other than RESUMABLE_CHANGES), or checkpoints of an older
     format.
     """
@@ -90,6 +91,7 @@ def check_workdir(
             saved_fingerprint = json.load(f).get("fingerprint")
         change = saved_fingerprint and datasets.describe_data_change(saved_fingerprint, fingerprint)
         if change:
+            change += _why_unlabeled_matters(config, workdir, saved_fingerprint, fingerprint)
             raise ValueError(
                 f"--workdir={workdir} holds a run on other data ({change}); use a new "
                 "--workdir to train on the data as it is now, or restore the data to resume."
@@ -118,6 +120,39 @@ def check_workdir(
                 "new --workdir."
             )
         _log_resume_changes(saved, current, workdir)
+
+
+def _why_unlabeled_matters(
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    saved_fingerprint: dict[str, Any],
+    fingerprint: dict[str, Any],
+) -> str:
+    """For an image-folder run that draws no unlabeled images (mu = 0) whose unlabeled/
+    changed: why that is a change of its data (the folder's mean/std, which it normalises
+    with, are measured over labeled/ and unlabeled/); else ""."""
+    from comatch_jax import training_data
+    from comatch_jax.datasets import normalization
+
+    before = saved_fingerprint.get("parts", {}).get("unlabeled")
+    after = fingerprint.get("parts", {}).get("unlabeled")
+    if (
+        config.dataset.name != "image_folder"
+        or before == after
+        or training_data.draws_unlabeled_images(config)
+    ):
+        return ""
+    note = "; this run draws no unlabeled images, but the folder's mean/std include unlabeled/"
+    with open(os.path.join(workdir, "config.json")) as f:
+        saved = json.load(f).get("dataset", {})
+    for key in ("mean", "std"):  # the values it normalised with, and would now
+        old, new = saved.get(key), config.dataset.get(key)
+        if old and new and [float(v) for v in old] != [float(v) for v in new]:
+            note += (
+                f"; {key} {normalization.format_channels(old)} -> "
+                f"{normalization.format_channels(new)}"
+            )
+    return note
 
 
 def _log_resume_changes(saved: dict[str, Any], current: dict[str, Any], workdir: str) -> None:

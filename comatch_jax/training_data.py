@@ -248,17 +248,24 @@ def prepare_data_in_turn(config: ml_collections.ConfigDict, dataset: Any) -> Sem
     return data if data is not None else prepare_data(config, dataset)
 
 
+def draws_unlabeled_images(config: ml_collections.ConfigDict) -> bool:
+    """Whether a run of `config` draws unlabeled images: mu > 0 or a method that trains on
+    them (methods.Method.needs_unlabeled_data). False for supervised-only runs (mu = 0)."""
+    from comatch_jax import methods
+
+    return config.mu > 0 or methods.get_method(config.method).needs_unlabeled_data
+
+
 def load_image_folder_dataset(config: ml_collections.ConfigDict):
     """The image-folder source: labeled/<class>/, unlabeled/** (optional for a run that draws
     no unlabeled images), optional val/<class>/."""
-    from comatch_jax import datasets, methods
+    from comatch_jax import datasets
 
     options = config.dataset
     if not options.root:
         raise ValueError("dataset.name=image_folder needs --config.dataset.root=DIR")
     # A run that draws no unlabeled images (supervised-only, mu = 0) does not need unlabeled/;
     # where it exists it is still loaded (its images count in the folder's mean/std).
-    draws_unlabeled = config.mu > 0 or methods.get_method(config.method).needs_unlabeled_data
     return datasets.load_image_folder(
         options.root,
         image_size=options.image_size,
@@ -266,7 +273,7 @@ def load_image_folder_dataset(config: ml_collections.ConfigDict):
         val_fraction=options.val_fraction,
         seed=config.seed,
         corrupt_policy=options.corrupt_policy,
-        require_unlabeled=draws_unlabeled,
+        require_unlabeled=draws_unlabeled_images(config),
     )
 
 

@@ -11,6 +11,7 @@ from absl import logging
 
 from comatch_jax.datasets import folder_cache
 from comatch_jax.datasets.dataset import ImageDataset, statistics_from_sums
+from comatch_jax.datasets.normalization import format_channels
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp")
 
@@ -120,6 +121,57 @@ def scan_unlabeled(root: str) -> list[tuple[str, int, int]]:
     ]
 
 
+# The folders load_image_folder reads or names inside its root.
+_FOLDER_PARTS = ("labeled", "unlabeled", "val", "test")
+
+
+def _class_folders_with_images(directory: str) -> list[str]:
+    """Sorted names of the (non-hidden) folders in `directory`, other than _FOLDER_PARTS, that hold
+    image files directly."""
+    found = []
+    with os.scandir(directory) as it:
+        folders = [e for e in it if e.is_dir() and not e.name.startswith(".")]
+    for folder in folders:
+        if folder.name in _FOLDER_PARTS:
+            continue
+        try:
+            with os.scandir(folder.path) as it:
+                if any(
+                    e.is_file() and os.path.splitext(e.name)[1].lower() in IMAGE_EXTENSIONS
+                    for e in it
+                ):
+                    found.append(folder.name)
+        except OSError:  # unreadable: _scan_images reports it if it is ever read
+            continue
+    return sorted(found)
+
+
+def _some(names: list[str], limit: int = 10) -> str:
+    """The first `limit` names, comma-separated, and how many more there are."""
+    more = f" and {len(names) - limit} more" if len(names) > limit else ""
+    return ", ".join(names[:limit]) + more
+
+
+def _check_not_a_part_itself(root: str) -> None:
+    """Raises ValueError when `root` (which has no labeled/) looks like one of the folders
+    inside an image folder (named labeled, unlabeled or val) or like labeled/ itself
+    (it holds class folders with images)."""
+    name, parent = os.path.basename(root), os.path.dirname(root)
+    if name in ("labeled", "unlabeled", "val"):
+        raise ValueError(
+            f"{root} looks like the {name}/ folder itself; pass its parent ({parent}) as "
+            "--config.dataset.root."
+        )
+    classes = _class_folders_with_images(root)
+    if classes:
+        shown = _some(classes, 5)
+        raise ValueError(
+            f"{root} looks like the labeled/ folder itself (class folders with images: "
+            f"{shown}) but --config.dataset.root needs labeled/ inside: pass the folder that "
+            f"holds labeled/, or move the class folders into {root}/labeled/."
+        )
+
+
 def load_image_folder(
     root: str,
     *,
@@ -150,7 +202,8 @@ def load_image_folder(
     cache's per-image pixel sums) and whose file_digests hash each part's (path, size, mtime).
     Raises FileNotFoundError / ValueError / PermissionError (one line, naming the path) for
     a folder that does not have this layout (or fewer than 2 class folders under labeled/,
-    checked before anything is decoded), an unreadable image (corrupt_policy 'fail') or an
+    checked before anything is decoded; a root without labeled/ that looks like labeled/ or
+    unlabeled/ or val/ itself says so), an unreadable image (corrupt_policy 'fail') or an
     unwritable cache directory.
     """
     folder_cache.check_corrupt_policy(corrupt_policy)
@@ -166,10 +219,17 @@ def load_image_folder(
         )
     root = os.path.abspath(os.fspath(root))
     if not os.path.isdir(root):
+        inside = (
+            "labeled/<class_name>/ and unlabeled/ inside"
+            if require_unlabeled
+            else "labeled/<class_name>/ inside (unlabeled/ is optional for this run)"
+        )
         raise FileNotFoundError(
             f"Image folder {root} does not exist; fix the dataset path or create it with "
-            "labeled/<class_name>/ and unlabeled/ inside."
+            f"{inside}."
         )
+    if not os.path.isdir(os.path.join(root, "labeled")):
+        _check_not_a_part_itself(root)
     required = [("labeled", "put the labeled images in {}/<class_name>/")]
     if require_unlabeled:
         required.append(
@@ -322,8 +382,8 @@ def load_image_folder(
         image_size,
         len(class_names),
         len(skipped),
-        tuple(round(m, 4) for m in mean),
-        tuple(round(s, 4) for s in std),
+        format_channels(mean),
+        format_channels(std),
     )
     _log_evaluation_set(root, dataset, has_val, val_fraction)
     return dataset
@@ -336,19 +396,50 @@ EVAL_IMAGES_PER_CLASS = 10
 
 def _log_evaluation_set(root: str, dataset: ImageDataset, has_val: bool, val_fraction: float):
     """One line naming the images a run evaluates on (it reports their accuracy as its test
-    accuracy: the metric keeps its name), whether test/ is ignored, and a warning if they
-    are fewer than EVAL_IMAGES_PER_CLASS per class."""
+    accuracy: the metric keeps its name), whether test/ is ignored (without val/: how to
+    evaluate on it), a warning naming the classes without evaluation images, and one if the
+    images are fewer than EVAL_IMAGES_PER_CLASS per class."""
     count, num_classes = len(dataset.test_labels), dataset.num_classes
+    val_dir = os.path.join(root, "val")
     if has_val:
         which = f"val/ ({count} images)"
-        more = f"add images to {os.path.join(root, 'val')}/<class_name>/"
+        more = f"add images to {val_dir}/<class_name>/"
     else:
         which = f"a held-out {val_fraction * 100:g} % of labeled/ ({count} images; no val/)"
-        more = f"add a {os.path.join(root, 'val')}/<class_name>/ folder"
-    ignored = "; test/ is ignored (not read)" if os.path.isdir(os.path.join(root, "test")) else ""
+        more = f"add a {val_dir}/<class_name>/ folder"
+    test_dir = os.path.join(root, "test")
+    ignored = ""
+    if os.path.isdir(test_dir):
+        ignored = "; test/ is ignored (not read)"
+        if not has_val:
+            with os.scandir(test_dir) as it:
+                has_classes = any(e.is_dir() and not e.name.startswith(".") for e in it)
+            ignored += (
+                ": rename test/ to val/ to evaluate on it"
+                if has_classes
+                else ": to evaluate on its images, put them in val/<class_name>/ folders"
+            )
     logging.info(
         "Evaluating on %s: the run's 'test accuracy' is measured on them%s.", which, ignored
     )
+    per_class = np.bincount(dataset.test_labels, minlength=num_classes)
+    missing = [name for name, n in zip(dataset.class_names, per_class) if not n]
+    if missing:
+        one = len(missing) == 1
+        if has_val:
+            why = "val/ has no images of it" if one else "val/ has no images of them"
+            fix = f"add images to {os.path.join(val_dir, missing[0] if one else '<class_name>')}/"
+        else:  # a class with one labeled image keeps it for training
+            why = "its one labeled image is kept for training" if one else "one labeled image each"
+            fix = f"add labeled images or a {val_dir}/<class_name>/ folder"
+        logging.warning(
+            "%s %s no evaluation images (%s): %s accuracy is not measured; %s.",
+            f"Class {missing[0]}" if one else f"Classes {_some(missing)}",
+            "has" if one else "have",
+            why,
+            "its" if one else "their",
+            fix,
+        )
     if count < EVAL_IMAGES_PER_CLASS * num_classes:
         logging.warning(
             "The evaluation set has %d images for %d classes, fewer than %d per class: "

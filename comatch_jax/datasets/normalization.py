@@ -71,25 +71,27 @@ def resolve_normalization(
             mean, std = image_statistics(dataset.train_images, dataset.unlabeled_images)
             logging.info(
                 "Measured the per-channel mean %s and std %s of %s.",
-                _rounded(mean),
-                _rounded(std),
+                format_channels(mean),
+                format_channels(std),
                 dataset.source,
             )
         resolved["mean"] = given["mean"] or tuple(mean)
         resolved["std"] = given["std"] or tuple(std)
     if any(s <= 0 for s in resolved["std"]):
         raise ValueError(
-            f"dataset.std {_rounded(resolved['std'])} has an entry <= 0 (a constant channel?); "
+            f"dataset.std {format_channels(resolved['std'])} has an entry <= 0 (a constant channel?); "
             "set --config.dataset.std to positive values."
         )
     logging.info(
         "Normalising images with mean %s and std %s (%s).",
-        _rounded(resolved["mean"]),
-        _rounded(resolved["std"]),
+        format_channels(resolved["mean"]),
+        format_channels(resolved["std"]),
         "given" if given["mean"] and given["std"] else "from the data",
     )
     return resolved["mean"], resolved["std"]
 
 
-def _rounded(values: Sequence[float]) -> str:
+def format_channels(values: Sequence[float]) -> str:
+    """Per-channel values (a mean or std in [0, 1] units) as the logs print them, with 4
+    decimals: (0.5090, 0.5062, 0.5012)."""
     return "(" + ", ".join(f"{v:.4f}" for v in values) + ")"
