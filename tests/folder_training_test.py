@@ -156,6 +156,7 @@ def test_supervised_on_a_folder_without_unlabeled_trains_and_resumes(tmp_path):
     _write_folder(tmp_path / "data", np.random.default_rng(0))
     shutil.rmtree(tmp_path / "data" / "unlabeled")
     config = _folder_config(tmp_path / "data")
+    config.dataset.mean = config.dataset.std = ()  # the folder's own
     with pytest.raises(FileNotFoundError, match="unlabeled does not exist; semi-supervised"):
         training_data.prepare_data(config)  # CoMatch, mu = 2
     config.method, config.mu = "supervised", 0
@@ -169,3 +170,25 @@ def test_supervised_on_a_folder_without_unlabeled_trains_and_resumes(tmp_path):
         config, str(tmp_path / "run"), writer=RecordingWriter()
     )
     assert int(state.step) == 4 and 0.0 <= summary["test_accuracy"] <= 1.0
+
+    # Unlabeled images added: refused (the folder's mean/std changed), and the message says
+    # why that matters to a run that draws none of them.
+    os.makedirs(tmp_path / "data" / "unlabeled")
+    Image.fromarray(np.full((18, 18, 3), 255, np.uint8)).save(
+        tmp_path / "data" / "unlabeled" / "u.png"
+    )
+    config.num_steps = 6
+    with pytest.raises(ValueError) as refused:
+        train.train_and_evaluate(config, str(tmp_path / "run"), writer=RecordingWriter())
+    message = str(refused.value)
+    assert (
+        "holds a run on other data (unlabeled: 0 -> 1 image (1 added); this run draws no "
+        "unlabeled images, but the folder's mean/std include unlabeled/; mean (" in message
+    )
+    assert message.count(") -> (") == 2  # the mean and std it used and would now use
+    # A run that draws unlabeled images gets no such note.
+    semi = training_data.with_normalization(config, training_data.prepare_data(config))
+    semi.method, semi.mu = "comatch", 2
+    fingerprint = training_data.prepare_data(semi).fingerprint
+    with pytest.raises(ValueError, match=r"\(unlabeled: 0 -> 1 image \(1 added\)\); use a new"):
+        runs.check_workdir(semi, str(tmp_path / "run"), fingerprint=fingerprint)

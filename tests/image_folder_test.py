@@ -233,6 +233,23 @@ ERROR_CASES = {
         FileNotFoundError,
         "{r}/labeled does not exist",
     ),
+    "root is labeled/ itself": (
+        lambda r: os.path.join(r, "labeled"),
+        ValueError,
+        "{r}/labeled looks like the labeled/ folder itself; pass its parent ({r}) as "
+        "--config.dataset.root.",
+    ),
+    "root holds the class folders": (
+        lambda r: [
+            os.rename(os.path.join(r, "labeled", c), os.path.join(r, c))
+            for c in ("ant", "moose", "zebra")
+        ]
+        and os.rmdir(os.path.join(r, "labeled")),
+        ValueError,
+        "{r} looks like the labeled/ folder itself (class folders with images: ant, moose, "
+        "zebra) but --config.dataset.root needs labeled/ inside: pass the folder that holds "
+        "labeled/, or move the class folders into {r}/labeled/.",
+    ),
     "unlabeled missing": (
         lambda r: os.rename(os.path.join(r, "unlabeled"), os.path.join(r, "x")),
         FileNotFoundError,
@@ -288,7 +305,7 @@ def test_bad_folders_raise_naming_the_path(tmp_path, case):
     root = _make_folder(tmp_path / "data")
     break_it, error, message = ERROR_CASES[case]
     returned = break_it(root)
-    to_load = returned if case == "root missing" else root
+    to_load = returned if case in ("root missing", "root is labeled/ itself") else root
     pattern = re.escape(message.format(r=root)).replace(re.escape(".*"), ".*")
     with pytest.raises(error, match=pattern) as raised:
         _load(to_load)
@@ -668,21 +685,34 @@ def test_unlabeled_folder_is_optional_only_when_not_required(tmp_path, unlabeled
     assert change and "unlabeled" in change
 
 
-@pytest.mark.parametrize("layout", ["val", "held_out", "held_out_with_test"])
+@pytest.mark.parametrize(
+    "layout",
+    ["val", "val_with_test", "held_out", "held_out_with_test", "held_out_with_test_classes"],
+)
 def test_the_log_names_the_evaluation_set_and_warns_when_it_is_small(tmp_path, caplog, layout):
     root = _make_folder(
-        tmp_path, per_class=10, val_classes=("zebra", "ant", "moose") if layout == "val" else None
+        tmp_path,
+        per_class=10,
+        val_classes=("zebra", "ant", "moose") if layout.startswith("val") else None,
     )
-    if layout == "held_out_with_test":
+    if layout in ("val_with_test", "held_out_with_test"):
         _save(os.path.join(root, "test", "t.png"), _pixels(3))
+    if layout == "held_out_with_test_classes":
+        _save(os.path.join(root, "test", "ant", "t.png"), _pixels(3))
     with caplog.at_level(logging.INFO, logger="absl"):
         _load(root)
     expected = {
         "val": "Evaluating on val/ (6 images): the run's 'test accuracy' is measured on them.",
         "held_out": "Evaluating on a held-out 10 % of labeled/ (3 images; no val/): the run's "
         "'test accuracy' is measured on them.",
+        "val_with_test": "Evaluating on val/ (6 images): the run's 'test accuracy' is measured "
+        "on them; test/ is ignored (not read).\n",
         "held_out_with_test": "Evaluating on a held-out 10 % of labeled/ (3 images; no val/): "
-        "the run's 'test accuracy' is measured on them; test/ is ignored (not read).",
+        "the run's 'test accuracy' is measured on them; test/ is ignored (not read): to "
+        "evaluate on its images, put them in val/<class_name>/ folders.",
+        "held_out_with_test_classes": "Evaluating on a held-out 10 % of labeled/ (3 images; "
+        "no val/): the run's 'test accuracy' is measured on them; test/ is ignored (not read): "
+        "rename test/ to val/ to evaluate on it.",
     }[layout]
     assert expected in caplog.text
     assert "fewer than 10 per class: accuracy on so few images is noisy" in caplog.text
@@ -692,3 +722,70 @@ def test_the_log_names_the_evaluation_set_and_warns_when_it_is_small(tmp_path, c
         _load(big)
     assert "held-out 10 % of labeled/ (20 images" in caplog.text
     assert "noisy" not in caplog.text
+
+
+@pytest.mark.parametrize(
+    "layout, message",
+    [
+        (
+            "val without moose",
+            "Class moose has no evaluation images (val/ has no images of it): its accuracy is "
+            "not measured; add images to {r}/val/moose/.",
+        ),
+        (
+            "val without moose and zebra",
+            "Classes moose, zebra have no evaluation images (val/ has no images of them): their "
+            "accuracy is not measured; add images to {r}/val/<class_name>/.",
+        ),
+        (
+            "held out, one moose",
+            "Class moose has no evaluation images (its one labeled image is kept for training): "
+            "its accuracy is not measured; add labeled images or a {r}/val/<class_name>/ folder.",
+        ),
+        ("val with every class", None),
+        ("held out", None),
+    ],
+)
+def test_classes_without_evaluation_images_are_named(tmp_path, caplog, layout, message):
+    val_classes = {
+        "val without moose": ("zebra", "ant"),
+        "val without moose and zebra": ("ant",),
+        "val with every class": ("zebra", "ant", "moose"),
+    }.get(layout)
+    root = _make_folder(tmp_path, val_classes=val_classes)
+    if layout == "held out, one moose":
+        for name in ("01.png", "02.png", "03.png"):
+            os.remove(os.path.join(root, "labeled", "moose", name))
+    with caplog.at_level(logging.INFO, logger="absl"):
+        data = _load(root)
+    if message is None:
+        assert "no evaluation images" not in caplog.text
+        assert set(data.test_labels) == {0, 1, 2}
+    else:
+        assert message.format(r=root) in caplog.text
+        assert "fewer than 10 per class" in caplog.text  # the generic warning stays
+
+
+def test_a_missing_root_names_unlabeled_only_where_a_run_needs_it(tmp_path):
+    missing = str(tmp_path / "nope")
+    with pytest.raises(FileNotFoundError, match=re.escape("with labeled/<class_name>/ and unl")):
+        _load(missing)
+    with pytest.raises(FileNotFoundError) as raised:
+        _load(missing, require_unlabeled=False)
+    assert str(raised.value) == (
+        f"Image folder {missing} does not exist; fix the dataset path or create it with "
+        "labeled/<class_name>/ inside (unlabeled/ is optional for this run)."
+    )
+
+
+def test_the_loaded_line_prints_mean_and_std_as_the_normalisation_line_does(tmp_path, caplog):
+    """4 decimals, trailing zeros kept: (0.2000, ...), as datasets.normalization logs them."""
+    for name in ("a", "b"):
+        for i in range(2):
+            _save(
+                os.path.join(tmp_path, "labeled", name, f"{i}.png"),
+                np.full((8, 8, 3), 51, np.uint8),
+            )
+    with caplog.at_level(logging.INFO, logger="absl"):
+        _load(tmp_path, require_unlabeled=False)
+    assert "mean (0.2000, 0.2000, 0.2000), std (0.0000, 0.0000, 0.0000)." in caplog.text
