@@ -46,6 +46,22 @@ from absl import logging
 REPEAT_WINDOW_S = 2.0
 
 
+class Stopped(SystemExit):
+    """The run stopped after the checkpoint a SIGTERM or Ctrl-C asked for (resumable).
+
+    A SystemExit whose message is the one line to print (so a plain caller, e.g. a script
+    calling train.train_and_evaluate, prints it and exits with 1, as Python does for any
+    SystemExit with a message); `exit_status` is 128 + the signal's number (143 for SIGTERM,
+    130 for SIGINT), the shell's status of a process ended by that signal, which the command
+    line's entry point (command_line.entry_point) exits with after printing the line, so
+    that a scheduler can tell "stopped, resumable" from "failed" (1)."""
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.signum = int(signum)
+        self.exit_status = 128 + self.signum
+
+
 class TerminationRequest:
     """Turns the first SIGTERM / Ctrl-C into a flag (one process) or a preemption notice
     (several processes: `multiprocess=True`). A repeat of the same signal within
@@ -59,6 +75,7 @@ class TerminationRequest:
         self.repeat_window_s = repeat_window_s
         self.requested = False
         self.signal_name = ""
+        self.signum = 0  # the first signal's number, once requested
         self._previous = {}
         self._notifier = None  # several processes: JAX's SIGTERM handler, chained
         self._watch = None
@@ -81,6 +98,7 @@ class TerminationRequest:
         if self.requested:  # a repeat: `_RepeatWatch` ignores it or ends the program
             return
         self.signal_name = signal.Signals(signum).name
+        self.signum = signum
         logging.warning(
             "%s received: checkpointing and stopping (another Ctrl-C or SIGTERM ends the "
             "program at once; a repeat of this one within %g s is taken as the same request).",
