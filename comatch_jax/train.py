@@ -126,7 +126,13 @@ def train_and_evaluate(
             finished = _summary_of_finished_run(workdir, latest)
             if latest >= config.num_steps and finished is not None:
                 logging.warning(
-                    "The run in %s is already finished at step %d; nothing to do.", workdir, latest
+                    "The run in %s is already finished at step %d (final test accuracy %.4f "
+                    "EMA, %.4f raw model%s); nothing to do.",
+                    workdir,
+                    latest,
+                    finished["test_accuracy"],
+                    finished["test_accuracy_raw"],
+                    " by kNN on frozen features" if finished.get("evaluation") == "knn" else "",
                 )
                 return state, finished
             logging.info("Resumed from the checkpoint of step %d in %s", latest, workdir)
