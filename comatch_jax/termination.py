@@ -35,6 +35,7 @@ from __future__ import annotations
 import ctypes
 import os
 import platform
+import select
 import signal
 import sys
 import threading
@@ -91,7 +92,9 @@ class TerminationRequest:
         except ValueError:  # not the main thread: leave signals alone
             self._previous = {}
         if self._previous:
-            self._watch = _RepeatWatch(tuple(self._previous), self.repeat_window_s)
+            self._watch = _RepeatWatch(
+                tuple(self._previous), self.repeat_window_s, handled=lambda: self.requested
+            )
         return self
 
     def _handle(self, signum, frame):
@@ -141,15 +144,27 @@ class _RepeatWatch:
     """A daemon thread that sees every delivery of `signals` (Python's C-level handler writes
     each one's number to the wakeup fd set here, at delivery, even while the main thread is
     blocked in C and cannot run the Python handler) and ends the program at once (the
-    signal's default action, as `_end_now`) at the second one, unless it repeats the first
-    within `window_s` seconds (logged once, ignored). Needs the main thread (set_wakeup_fd);
+    signal's default action, as `_end_now`, after one line on stderr naming both signals)
+    at the second one, unless it repeats the first within `window_s` seconds (logged once,
+    after the main thread's handler has logged the first: `handled`; ignored). Needs the main thread (set_wakeup_fd);
     `close` puts the previous wakeup fd back and ends the thread."""
 
-    def __init__(self, signals: tuple[int, ...], window_s: float):
+    def __init__(
+        self,
+        signals: tuple[int, ...],
+        window_s: float,
+        handled=lambda: True,
+    ):
         self._signals = signals
         self._window_s = window_s
+        # handled() is True once the main thread's handler has run (and logged the first
+        # signal): the note on an ignored repeat waits for it (at most window_s), so that it
+        # follows that line (`timeout -s INT` delivers both at once, before the main thread
+        # runs its handler).
+        self._handled = handled
         self._first: tuple[int, float] | None = None  # (signal, monotonic time)
         self._ignored_logged = False
+        self._note: tuple[str, float] | None = None  # an ignored repeat's note, not yet logged
         self._lock = threading.Lock()
         self._read, self._write = os.pipe()
         os.set_blocking(self._write, False)
@@ -168,16 +183,44 @@ class _RepeatWatch:
             if signum == first and now - since <= self._window_s:
                 if not self._ignored_logged:
                     self._ignored_logged = True
-                    logging.warning(
-                        "%s received again %.3f s after the first: the same stop request "
-                        "(e.g. `timeout` or a scheduler signalling the process and then its "
-                        "group), ignored; another one after %g s ends the program at once.",
-                        signal.Signals(signum).name,
-                        now - since,
-                        self._window_s,
+                    note = (
+                        f"{signal.Signals(signum).name} received again {now - since:.3f} s "
+                        "after the first: the same stop request (e.g. `timeout` or a "
+                        "scheduler signalling the process and then its group), ignored; "
+                        f"another one after {self._window_s:g} s ends the program at once."
                     )
+                    self._note = (note, now)
                 return False
             return True
+
+    def ending_line(self, signum: int) -> str:
+        """The one line written (straight to stderr) before a signal ends the program."""
+        with self._lock:
+            first = self._first[0] if self._first else 0
+        name = signal.Signals(signum).name
+        if first == signum:
+            before = "again"
+        elif first:
+            before = f"after {signal.Signals(first).name}"
+        else:
+            before = "after the preemption notice"
+        return (
+            f"{name} {before}: ending now without the stop's checkpoint (the workdir keeps "
+            "its complete checkpoints; rerun the same command to resume)."
+        )
+
+    def _log_note(self, force: bool) -> None:
+        """Logs a pending note on an ignored repeat once the handler has run (or `force`)."""
+        with self._lock:
+            note = self._note
+            if note is None or not (force or self._handled()):
+                return
+            self._note = None
+        logging.warning("%s", note[0])
+
+    def _note_overdue(self) -> bool:
+        note = self._note
+        return note is not None and time.monotonic() - note[1] > self._window_s
 
     def stopping(self) -> None:
         """The run stops for a notice this process may not have received itself (several
@@ -188,17 +231,38 @@ class _RepeatWatch:
 
     def _run(self) -> None:
         try:
-            while data := os.read(self._read, 64):  # b"": closed
+            while True:
+                # While a note waits for the handler, poll (every 10 ms) instead of blocking.
+                timeout = 0.01 if self._note is not None else None
+                if not select.select([self._read], [], [], timeout)[0]:
+                    self._log_note(force=self._note_overdue())
+                    continue
+                data = os.read(self._read, 64)
+                if not data:  # closed
+                    break
                 now = time.monotonic()
                 for signum in data:
                     if signum in self._signals and self.arrived(signum, now):
+                        # Direct to stderr: the main thread may hold logging's locks.
+                        _write_stderr(self.ending_line(signum))
                         _end_now(signum)
+                self._log_note(force=False)
         finally:
+            self._log_note(force=True)
             os.close(self._read)
 
     def close(self) -> None:
         signal.set_wakeup_fd(self._old_wakeup)
         os.close(self._write)  # the thread reads the end of the pipe and returns
+
+
+def _write_stderr(line: str) -> None:
+    """Writes one line to file descriptor 2 directly (no locks: safe while another thread
+    holds logging's or sys.stderr's)."""
+    try:
+        os.write(2, (line + "\n").encode())
+    except OSError:
+        pass
 
 
 def _end_now(signum: int) -> None:

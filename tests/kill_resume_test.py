@@ -224,6 +224,8 @@ def test_a_second_signal_ends_the_program_at_once(tmp_path):
     lines.append(process.stderr.read())
     returncode = process.wait(timeout=60)
     assert "SIGINT received" in "".join(lines)
+    # One line says why it ended (it used to end silently).
+    assert "SIGTERM after SIGINT: ending now without the stop's checkpoint" in "".join(lines)
     # Killed by the second signal (the operating system's default action), not the stop
     # after a checkpoint (exit status 128 + SIGINT), and at once.
     assert returncode == -signal.SIGTERM
@@ -249,5 +251,7 @@ def test_the_same_signal_twice_at_once_is_one_stop_with_a_checkpoint(tmp_path):
     # The stop after a checkpoint: 128 + SIGINT, the shell's status for "ended by SIGINT".
     assert process.returncode == 128 + signal.SIGINT, stderr[-3000:]
     assert "SIGINT received again" in stderr and "Stopped by SIGINT at step" in stderr
+    # The note on the repeat follows the line on the first.
+    assert stderr.index("SIGINT received: checkpointing") < stderr.index("SIGINT received again")
     step = int(re.search(r"Stopped by SIGINT at step (\d+)", stderr).group(1))
     assert step in _finished_checkpoints(str(tmp_path))
