@@ -135,7 +135,9 @@ def _unreadable_config_file(config_flag: flags.Flag) -> str | None:
         directory = os.path.dirname(path) or "."
         files = os.listdir(directory) if os.path.isdir(directory) else []
         closest = difflib.get_close_matches(os.path.basename(path), files, n=1)
-        hint = f"; did you mean {os.path.join(os.path.dirname(path), closest[0])}?" if closest else ""
+        hint = (
+            f"; did you mean {os.path.join(os.path.dirname(path), closest[0])}?" if closest else ""
+        )
         return f"no such config file {path}{hint}"
     detail = " ".join(str(object.__getattribute__(value, "_error")).split())
     return f"cannot load config file {path}: {detail}"

@@ -413,3 +413,57 @@ def _interrupt_to_preemption(signum, frame):
         "Ctrl-C ends this one at once)."
     )
     os.kill(os.getpid(), signal.SIGTERM)
+
+
+class OneLineOnSigterm:
+    """One process, outside the training loop (start-up: JAX, the model, Orbax, the writers;
+    the final evaluation): a SIGTERM writes `line` to stderr and ends the program at once by
+    SIGTERM's default action (exit status 143 in a shell), as it did silently before.
+
+    As `_RepeatWatch`: a daemon thread reads Python's wakeup fd (written as the signal is
+    delivered, even while the main thread is blocked in C) and ends the program itself; the
+    Python handler does nothing (installed with SA_RESETHAND, `install`: a second SIGTERM is
+    the default action even if this thread could not run). The training loop's
+    TerminationRequest takes SIGTERM over inside it and gives it back after. Nothing is
+    lost: Orbax commits a checkpoint atomically, so the workdir keeps only complete ones.
+    Needs the main thread (else does nothing)."""
+
+    def __init__(self, line: str):
+        self._line = line
+        self._previous = None
+        self._pipe: tuple[int, int] | None = None
+        self._old_wakeup = -1
+
+    def __enter__(self):
+        try:
+            self._previous = install(signal.SIGTERM, _do_nothing)
+        except ValueError:  # not the main thread: leave signals alone
+            return self
+        read, write = os.pipe()
+        os.set_blocking(write, False)
+        self._pipe = (read, write)
+        self._old_wakeup = signal.set_wakeup_fd(write, warn_on_full_buffer=False)
+        threading.Thread(target=self._run, args=(read,), name="sigterm-watch", daemon=True).start()
+        return self
+
+    def _run(self, read: int) -> None:
+        try:
+            while data := os.read(read, 64):  # b"": closed
+                if signal.SIGTERM in data:
+                    _write_stderr(self._line)
+                    _end_now(signal.SIGTERM)
+        finally:
+            os.close(read)
+
+    def __exit__(self, *exc):
+        if self._pipe is None:
+            return
+        signal.set_wakeup_fd(self._old_wakeup)
+        os.close(self._pipe[1])  # the thread reads the end of the pipe and returns
+        self._pipe = None
+        signal.signal(signal.SIGTERM, self._previous)
+
+
+def _do_nothing(signum, frame):
+    """A Python handler, so that Python's C handler writes the signal to the wakeup fd; the
+    watcher thread acts on it."""

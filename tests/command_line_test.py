@@ -19,7 +19,9 @@ def test_a_stop_after_a_checkpoint_exits_with_128_plus_the_signal(capsys):
     for signum in (signal.SIGTERM, signal.SIGINT):
 
         def run():
-            raise termination.Stopped(f"Stopped by {signum.name} at step 4 after a checkpoint", signum)
+            raise termination.Stopped(
+                f"Stopped by {signum.name} at step 4 after a checkpoint", signum
+            )
 
         with pytest.raises(SystemExit) as exit_info:
             command_line.entry_point(run)(["main"])

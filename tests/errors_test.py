@@ -235,7 +235,9 @@ def test_every_config_file_and_preset_sets_only_known_fields():
     for name in sorted(os.listdir(os.path.join(REPO, "configs"))):
         if not name.endswith(".py"):
             continue
-        spec = importlib.util.spec_from_file_location(name[:-3], os.path.join(REPO, "configs", name))
+        spec = importlib.util.spec_from_file_location(
+            name[:-3], os.path.join(REPO, "configs", name)
+        )
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
         for preset in presets:

@@ -42,3 +42,34 @@ def test_the_note_on_an_ignored_repeat_waits_for_the_handlers_line(caplog):
     finally:
         watch.close()
         signal.signal(signal.SIGUSR1, previous)
+
+
+_BLOCKED_AT_START_UP = """
+import threading
+from comatch_jax import termination
+
+with termination.OneLineOnSigterm("Terminated (SIGTERM) at start-up."):
+    print("ready", flush=True)
+    threading.Event().wait(60)  # as a main thread busy in JAX's set-up
+"""
+
+
+def test_a_sigterm_outside_the_loop_is_one_line_then_the_default_action():
+    """It used to end the program silently (status 143): now it says so first."""
+    import subprocess
+    import sys
+
+    process = subprocess.Popen(
+        [sys.executable, "-c", _BLOCKED_AT_START_UP],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+    )
+    assert process.stdout.readline() == "ready\n"
+    start = time.monotonic()
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=30)
+    assert process.returncode == -signal.SIGTERM  # the shell's 143
+    assert stderr == "Terminated (SIGTERM) at start-up.\n"
+    assert time.monotonic() - start < 10
