@@ -14,14 +14,16 @@ The handled errors are the ones the library raises for bad input or a numerical 
 from __future__ import annotations
 
 import ast
+import difflib
 import os
 import sys
 from typing import Callable
 
 from absl import app, flags
+from absl import logging as absl_logging
 from ml_collections import config_flags
 
-from comatch_jax import library_logs
+from comatch_jax import library_logs, termination
 
 HANDLED_ERRORS = (ValueError, OSError, FloatingPointError)
 INTERRUPTED = "Interrupted (Ctrl-C)."
@@ -32,8 +34,11 @@ def entry_point(
 ) -> Callable[[list[str]], None]:
     """main(argv) for absl's app.run: rejects positional arguments, hides the libraries'
     INFO lines (absl's --verbosity=1 shows them), calls run() and turns a handled error into
-    `error: <message>` on stderr with exit status 1 and a Ctrl-C into `interrupted` with
-    exit status 130, each printed once (SystemExit)."""
+    `error: <message>` on stderr with exit status 1 (SystemExit), a stop after a checkpoint
+    (termination.Stopped) into its line with exit status 128 + the signal's number
+    (SystemExit), and a Ctrl-C into `interrupted` with exit status 130 (`end_at_once`: a
+    Ctrl-C during start-up can leave JAX's and TensorFlow's threads half set up, and the
+    interpreter's normal shutdown then crashed in them), each printed once."""
 
     def main(argv: list[str]) -> None:
         if len(argv) > 1:
@@ -43,11 +48,32 @@ def entry_point(
             run()
         except HANDLED_ERRORS as error:
             sys.exit(f"error: {error}")
+        except termination.Stopped as stop:  # resumable: not an error's status 1
+            print(stop, file=sys.stderr)
+            sys.exit(stop.exit_status)
         except KeyboardInterrupt:
             print(interrupted, file=sys.stderr)
-            sys.exit(130)
+            end_at_once(130)
 
     return main
+
+
+def end_at_once(status: int) -> None:
+    """Flushes the log and stdio, then ends the process with `status` (os._exit): no
+    interpreter shutdown, which after a Ctrl-C during start-up ran into JAX's / TensorFlow's
+    half-initialised threads ('Fatal Python error: Segmentation fault', status 139). Nothing
+    is lost: checkpoints are written atomically by Orbax (one still being written is not
+    committed), and the trainer closes its checkpoint manager, finishing a started save,
+    before the interrupt reaches here."""
+    try:
+        absl_logging.flush()
+    finally:
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError):  # closed or a broken pipe: nothing more to say
+                pass
+        os._exit(status)
 
 
 def _config_file_error(error: BaseException) -> BaseException | None:
@@ -85,6 +111,38 @@ def _config_file_message(error: BaseException) -> str:
     return f"{type(error).__name__}: {message}{where}"
 
 
+def _syntax_error(error: BaseException) -> str | None:
+    """One line for a SyntaxError (a config file that is not valid Python) in `error`'s
+    chain (absl and ml_collections wrap it): its message, file and line; else None."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, SyntaxError):
+            return f"SyntaxError: {error.msg} ({error.filename}, line {error.lineno})"
+        error = error.__cause__ or error.__context__
+    return None
+
+
+def _unreadable_config_file(config_flag: flags.Flag) -> str | None:
+    """One line when a --config file could not be read (ml_collections keeps the IOError in a
+    placeholder, `_ErrorConfig`, that raises it only when the config is first used): a
+    missing file (naming the closest file in its directory) or the error; else None."""
+    value = config_flag.value
+    if value is None or type(value).__name__ != "_ErrorConfig":
+        return None
+    path = str(config_flag.serialize()).partition("=")[2].split(":", 1)[0] or "?"
+    if not os.path.exists(path):
+        directory = os.path.dirname(path) or "."
+        files = os.listdir(directory) if os.path.isdir(directory) else []
+        closest = difflib.get_close_matches(os.path.basename(path), files, n=1)
+        hint = (
+            f"; did you mean {os.path.join(os.path.dirname(path), closest[0])}?" if closest else ""
+        )
+        return f"no such config file {path}{hint}"
+    detail = " ".join(str(object.__getattribute__(value, "_error")).split())
+    return f"cannot load config file {path}: {detail}"
+
+
 def check_config_overrides(config_flag: flags.Flag) -> None:
     """Raises ValueError (one line) for a `--config.*` override the config ignores: so far
     num_labels for an image folder, where every image under labeled/ is labeled (decided in
@@ -117,6 +175,9 @@ def parse_flags(argv: list[str]) -> list[str]:
     try:
         remaining = flags.FLAGS(argv)
     except Exception as error:  # pylint: disable=broad-except
+        syntax_error = _syntax_error(error)
+        if syntax_error is not None:
+            sys.exit(f"error: {syntax_error}")
         from_config_file = _config_file_error(error)
         if from_config_file is not None:
             sys.exit(f"error: {_config_file_message(from_config_file)}")
@@ -131,6 +192,9 @@ def parse_flags(argv: list[str]) -> list[str]:
         detail = " ".join(detail.split())
         sys.exit(f"error: bad command-line flag or config override: {detail}")
     if "config" in flags.FLAGS:
+        unreadable = _unreadable_config_file(flags.FLAGS["config"])
+        if unreadable:
+            sys.exit(f"error: {unreadable}")
         try:
             check_config_overrides(flags.FLAGS["config"])
         except ValueError as error:

@@ -7,6 +7,8 @@ mistakes into one clear line before anything expensive happens.
 
 from __future__ import annotations
 
+import difflib
+
 import ml_collections
 from ml_collections import config_dict
 
@@ -392,12 +394,72 @@ def dataset_checks(config: ml_collections.ConfigDict) -> list[tuple[bool, str]]:
     ]
 
 
+def _field_names(config: ml_collections.ConfigDict, prefix: str = "") -> list[str]:
+    """Every field's dotted name, sub-configs included (themselves and their fields)."""
+    names = []
+    for key, value in config.items():
+        names.append(prefix + key)
+        if isinstance(value, ml_collections.ConfigDict):
+            names += _field_names(value, f"{prefix}{key}.")
+    return names
+
+
+def _method_only_sections() -> set[str]:
+    """Sections a method reads (methods.Method.config_sections) that base_config lacks: its
+    config file adds them (configs/freematch.py: config.freematch, configs/softmatch.py:
+    config.softmatch), so their fields are not checked here (the method's own checks read
+    them)."""
+    from comatch_jax import methods  # imported here: see method_checks
+
+    base = base_config()
+    return {
+        section
+        for method in methods.METHODS.values()
+        for section in method.config_sections
+        if section not in base
+    }
+
+
+def unknown_fields(config: ml_collections.ConfigDict) -> list[tuple[str, str | None]]:
+    """(field, closest known field or None) for every field of `config` that base_config()
+    does not have (recursively), e.g. `comatch.treshold_rule` set in a config file, which
+    would otherwise train silently with the default of the field meant. A method's own
+    section outside base_config (_method_only_sections) is allowed as a whole. The closest
+    name is difflib's, among the known fields."""
+    known = _field_names(base_config())
+    known_set = set(known)
+    allowed_sections = _method_only_sections()
+    unknown = []
+    for name in _field_names(config):
+        section = name.split(".")[0]
+        if name in known_set or section in allowed_sections:
+            continue
+        parent = name.rpartition(".")[0]
+        if parent and parent not in known_set:  # inside an unknown section: reported once
+            continue
+        candidates = [k for k in known if k.rpartition(".")[0] == parent] or known
+        closest = difflib.get_close_matches(name, candidates, n=1, cutoff=0.6)
+        unknown.append((name, closest[0] if closest else None))
+    return unknown
+
+
+def unknown_field_message(unknown: tuple[str, str | None]) -> str:
+    """The one line for unknown_fields' first entry."""
+    name, closest = unknown
+    hint = f"did you mean {closest}?" if closest else "see config_lib.base_config for the fields"
+    return f"no such config field {name} ({hint}; a config file may only set known fields)"
+
+
 def validate_config(config: ml_collections.ConfigDict) -> None:
     """Raises ValueError with one clear line for a config that cannot train.
 
-    Generic checks first, then the dataset's (dataset_checks), then those config.method's
-    declaration implies (method_checks).
+    First unknown_field_checks (a misspelt field in a config file), then the generic checks,
+    then the dataset's (dataset_checks), then those config.method's declaration implies
+    (method_checks).
     """
+    unknown = unknown_fields(config)
+    if unknown:
+        raise ValueError(f"Invalid config: {unknown_field_message(unknown[0])}")
     checks = [
         (config.batch_size > 0, f"batch_size must be positive, got {config.batch_size}"),
         (config.mu >= 0, f"mu must be >= 0, got {config.mu}"),

@@ -83,8 +83,25 @@ def initialize_distributed(cluster: dict) -> None:
     )
 
 
+# A SIGTERM outside the training loop (one process) says so in one line, then ends the
+# program by SIGTERM (exit status 143); several processes leave SIGTERM to JAX's preemption
+# service.
+TERMINATED = (
+    "Terminated (SIGTERM) outside the training loop; the workdir holds only complete "
+    "checkpoints. Rerun the same command to continue."
+)
+
+
 def _train() -> None:
     cluster = _cluster_flags()
+    if cluster:
+        _train_in(cluster)
+    else:
+        with termination.OneLineOnSigterm(TERMINATED):
+            _train_in(cluster)
+
+
+def _train_in(cluster: dict | None) -> None:
     # Several processes: a signal before JAX's preemption service is up is held and handed
     # to it, so that every process stops with a checkpoint (not this one alone).
     held = termination.HeldForPreemptionService() if cluster else contextlib.nullcontext()

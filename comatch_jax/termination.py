@@ -35,6 +35,7 @@ from __future__ import annotations
 import ctypes
 import os
 import platform
+import select
 import signal
 import sys
 import threading
@@ -44,6 +45,22 @@ from absl import logging
 
 # A repeat of the same stop signal this soon after the first is the same request (seconds).
 REPEAT_WINDOW_S = 2.0
+
+
+class Stopped(SystemExit):
+    """The run stopped after the checkpoint a SIGTERM or Ctrl-C asked for (resumable).
+
+    A SystemExit whose message is the one line to print (so a plain caller, e.g. a script
+    calling train.train_and_evaluate, prints it and exits with 1, as Python does for any
+    SystemExit with a message); `exit_status` is 128 + the signal's number (143 for SIGTERM,
+    130 for SIGINT), the shell's status of a process ended by that signal, which the command
+    line's entry point (command_line.entry_point) exits with after printing the line, so
+    that a scheduler can tell "stopped, resumable" from "failed" (1)."""
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.signum = int(signum)
+        self.exit_status = 128 + self.signum
 
 
 class TerminationRequest:
@@ -59,6 +76,7 @@ class TerminationRequest:
         self.repeat_window_s = repeat_window_s
         self.requested = False
         self.signal_name = ""
+        self.signum = 0  # the first signal's number, once requested
         self._previous = {}
         self._notifier = None  # several processes: JAX's SIGTERM handler, chained
         self._watch = None
@@ -74,13 +92,16 @@ class TerminationRequest:
         except ValueError:  # not the main thread: leave signals alone
             self._previous = {}
         if self._previous:
-            self._watch = _RepeatWatch(tuple(self._previous), self.repeat_window_s)
+            self._watch = _RepeatWatch(
+                tuple(self._previous), self.repeat_window_s, handled=lambda: self.requested
+            )
         return self
 
     def _handle(self, signum, frame):
         if self.requested:  # a repeat: `_RepeatWatch` ignores it or ends the program
             return
         self.signal_name = signal.Signals(signum).name
+        self.signum = signum
         logging.warning(
             "%s received: checkpointing and stopping (another Ctrl-C or SIGTERM ends the "
             "program at once; a repeat of this one within %g s is taken as the same request).",
@@ -123,15 +144,27 @@ class _RepeatWatch:
     """A daemon thread that sees every delivery of `signals` (Python's C-level handler writes
     each one's number to the wakeup fd set here, at delivery, even while the main thread is
     blocked in C and cannot run the Python handler) and ends the program at once (the
-    signal's default action, as `_end_now`) at the second one, unless it repeats the first
-    within `window_s` seconds (logged once, ignored). Needs the main thread (set_wakeup_fd);
+    signal's default action, as `_end_now`, after one line on stderr naming both signals)
+    at the second one, unless it repeats the first within `window_s` seconds (logged once,
+    after the main thread's handler has logged the first: `handled`; ignored). Needs the main thread (set_wakeup_fd);
     `close` puts the previous wakeup fd back and ends the thread."""
 
-    def __init__(self, signals: tuple[int, ...], window_s: float):
+    def __init__(
+        self,
+        signals: tuple[int, ...],
+        window_s: float,
+        handled=lambda: True,
+    ):
         self._signals = signals
         self._window_s = window_s
+        # handled() is True once the main thread's handler has run (and logged the first
+        # signal): the note on an ignored repeat waits for it (at most window_s), so that it
+        # follows that line (`timeout -s INT` delivers both at once, before the main thread
+        # runs its handler).
+        self._handled = handled
         self._first: tuple[int, float] | None = None  # (signal, monotonic time)
         self._ignored_logged = False
+        self._note: tuple[str, float] | None = None  # an ignored repeat's note, not yet logged
         self._lock = threading.Lock()
         self._read, self._write = os.pipe()
         os.set_blocking(self._write, False)
@@ -150,16 +183,44 @@ class _RepeatWatch:
             if signum == first and now - since <= self._window_s:
                 if not self._ignored_logged:
                     self._ignored_logged = True
-                    logging.warning(
-                        "%s received again %.3f s after the first: the same stop request "
-                        "(e.g. `timeout` or a scheduler signalling the process and then its "
-                        "group), ignored; another one after %g s ends the program at once.",
-                        signal.Signals(signum).name,
-                        now - since,
-                        self._window_s,
+                    note = (
+                        f"{signal.Signals(signum).name} received again {now - since:.3f} s "
+                        "after the first: the same stop request (e.g. `timeout` or a "
+                        "scheduler signalling the process and then its group), ignored; "
+                        f"another one after {self._window_s:g} s ends the program at once."
                     )
+                    self._note = (note, now)
                 return False
             return True
+
+    def ending_line(self, signum: int) -> str:
+        """The one line written (straight to stderr) before a signal ends the program."""
+        with self._lock:
+            first = self._first[0] if self._first else 0
+        name = signal.Signals(signum).name
+        if first == signum:
+            before = "again"
+        elif first:
+            before = f"after {signal.Signals(first).name}"
+        else:
+            before = "after the preemption notice"
+        return (
+            f"{name} {before}: ending now without the stop's checkpoint (the workdir keeps "
+            "its complete checkpoints; rerun the same command to resume)."
+        )
+
+    def _log_note(self, force: bool) -> None:
+        """Logs a pending note on an ignored repeat once the handler has run (or `force`)."""
+        with self._lock:
+            note = self._note
+            if note is None or not (force or self._handled()):
+                return
+            self._note = None
+        logging.warning("%s", note[0])
+
+    def _note_overdue(self) -> bool:
+        note = self._note
+        return note is not None and time.monotonic() - note[1] > self._window_s
 
     def stopping(self) -> None:
         """The run stops for a notice this process may not have received itself (several
@@ -170,17 +231,38 @@ class _RepeatWatch:
 
     def _run(self) -> None:
         try:
-            while data := os.read(self._read, 64):  # b"": closed
+            while True:
+                # While a note waits for the handler, poll (every 10 ms) instead of blocking.
+                timeout = 0.01 if self._note is not None else None
+                if not select.select([self._read], [], [], timeout)[0]:
+                    self._log_note(force=self._note_overdue())
+                    continue
+                data = os.read(self._read, 64)
+                if not data:  # closed
+                    break
                 now = time.monotonic()
                 for signum in data:
                     if signum in self._signals and self.arrived(signum, now):
+                        # Direct to stderr: the main thread may hold logging's locks.
+                        _write_stderr(self.ending_line(signum))
                         _end_now(signum)
+                self._log_note(force=False)
         finally:
+            self._log_note(force=True)
             os.close(self._read)
 
     def close(self) -> None:
         signal.set_wakeup_fd(self._old_wakeup)
         os.close(self._write)  # the thread reads the end of the pipe and returns
+
+
+def _write_stderr(line: str) -> None:
+    """Writes one line to file descriptor 2 directly (no locks: safe while another thread
+    holds logging's or sys.stderr's)."""
+    try:
+        os.write(2, (line + "\n").encode())
+    except OSError:
+        pass
 
 
 def _end_now(signum: int) -> None:
@@ -331,3 +413,57 @@ def _interrupt_to_preemption(signum, frame):
         "Ctrl-C ends this one at once)."
     )
     os.kill(os.getpid(), signal.SIGTERM)
+
+
+class OneLineOnSigterm:
+    """One process, outside the training loop (start-up: JAX, the model, Orbax, the writers;
+    the final evaluation): a SIGTERM writes `line` to stderr and ends the program at once by
+    SIGTERM's default action (exit status 143 in a shell), as it did silently before.
+
+    As `_RepeatWatch`: a daemon thread reads Python's wakeup fd (written as the signal is
+    delivered, even while the main thread is blocked in C) and ends the program itself; the
+    Python handler does nothing (installed with SA_RESETHAND, `install`: a second SIGTERM is
+    the default action even if this thread could not run). The training loop's
+    TerminationRequest takes SIGTERM over inside it and gives it back after. Nothing is
+    lost: Orbax commits a checkpoint atomically, so the workdir keeps only complete ones.
+    Needs the main thread (else does nothing)."""
+
+    def __init__(self, line: str):
+        self._line = line
+        self._previous = None
+        self._pipe: tuple[int, int] | None = None
+        self._old_wakeup = -1
+
+    def __enter__(self):
+        try:
+            self._previous = install(signal.SIGTERM, _do_nothing)
+        except ValueError:  # not the main thread: leave signals alone
+            return self
+        read, write = os.pipe()
+        os.set_blocking(write, False)
+        self._pipe = (read, write)
+        self._old_wakeup = signal.set_wakeup_fd(write, warn_on_full_buffer=False)
+        threading.Thread(target=self._run, args=(read,), name="sigterm-watch", daemon=True).start()
+        return self
+
+    def _run(self, read: int) -> None:
+        try:
+            while data := os.read(read, 64):  # b"": closed
+                if signal.SIGTERM in data:
+                    _write_stderr(self._line)
+                    _end_now(signal.SIGTERM)
+        finally:
+            os.close(read)
+
+    def __exit__(self, *exc):
+        if self._pipe is None:
+            return
+        signal.set_wakeup_fd(self._old_wakeup)
+        os.close(self._pipe[1])  # the thread reads the end of the pipe and returns
+        self._pipe = None
+        signal.signal(signal.SIGTERM, self._previous)
+
+
+def _do_nothing(signum, frame):
+    """A Python handler, so that Python's C handler writes the signal to the wakeup fd; the
+    watcher thread acts on it."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import signal
 import time
 from typing import Any, Callable
 
@@ -34,7 +35,7 @@ from comatch_jax import (
     training_data,
     training_metrics,
 )
-from comatch_jax.termination import TerminationRequest
+from comatch_jax.termination import Stopped, TerminationRequest
 from comatch_jax.train_state import TrainState
 
 
@@ -53,6 +54,18 @@ def stop_cause(termination: TerminationRequest) -> str:
     return termination.signal_name
 
 
+def _stopped(termination: TerminationRequest, step: int) -> Stopped:
+    """The stop after the checkpoint at `step`: exit status 128 + the signal's number (one
+    process), 128 + SIGTERM for a preemption notice (several processes: every process exits
+    alike, whichever of them got the signal and which signal it was)."""
+    signum = signal.SIGTERM if termination.multiprocess else termination.signum
+    return Stopped(
+        f"Stopped by {stop_cause(termination)} at step {step} after a checkpoint; rerun the "
+        "same command to resume.",
+        signum or signal.SIGTERM,
+    )
+
+
 def train_and_evaluate(
     config: ml_collections.ConfigDict,
     workdir: str,
@@ -69,8 +82,9 @@ def train_and_evaluate(
     finish normally. Scalars go to `writer` (default: clu's TensorBoard + log
     writer) and to workdir/metrics.jsonl, prefixed `train/` and `eval/`. `dataset` (an
     datasets.ImageDataset) defaults to loading config.dataset. Raises ValueError for
-    a bad config, data or workdir, FloatingPointError for a non-finite loss, SystemExit after
-    the checkpoint a SIGTERM or Ctrl-C asked for.
+    a bad config, data or workdir, FloatingPointError for a non-finite loss, and
+    termination.Stopped (a SystemExit: the one line, exit_status 128 + the signal's number)
+    after the checkpoint a SIGTERM or Ctrl-C asked for.
     """
     config_lib.validate_config(config)
     # The data first: problems with it (and a mean/std that does not fit it) are reported
@@ -112,7 +126,13 @@ def train_and_evaluate(
             finished = _summary_of_finished_run(workdir, latest)
             if latest >= config.num_steps and finished is not None:
                 logging.warning(
-                    "The run in %s is already finished at step %d; nothing to do.", workdir, latest
+                    "The run in %s is already finished at step %d (final test accuracy %.4f "
+                    "EMA, %.4f raw model%s); nothing to do.",
+                    workdir,
+                    latest,
+                    finished["test_accuracy"],
+                    finished["test_accuracy_raw"],
+                    " by kNN on frozen features" if finished.get("evaluation") == "knn" else "",
                 )
                 return state, finished
             logging.info("Resumed from the checkpoint of step %d in %s", latest, workdir)
@@ -203,10 +223,7 @@ def train_and_evaluate(
                 if checkpoints.latest_step() != step:
                     runs.save_checkpoint(checkpoints, step, state, train_seconds())
                 checkpoints.wait_until_finished()
-                raise SystemExit(
-                    f"Stopped by {stop_cause(termination)} at step {step} after a checkpoint; "
-                    "rerun the same command to resume."
-                )
+                raise _stopped(termination, step)
             while step < config.num_steps:
                 state, metrics = jitted_step(state, next_input(step))
                 pending.append(metrics)
@@ -262,10 +279,7 @@ def train_and_evaluate(
                     runs.save_checkpoint(checkpoints, step, state, train_seconds())
                 if stop:
                     checkpoints.wait_until_finished()
-                    raise SystemExit(
-                        f"Stopped by {stop_cause(termination)} at step {step} after a "
-                        "checkpoint; rerun the same command to resume."
-                    )
+                    raise _stopped(termination, step)
         checkpoints.wait_until_finished()
         _check_skipped(skipped_total, step - start_step, step)
         if not results:

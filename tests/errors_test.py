@@ -202,3 +202,81 @@ def test_num_labels_on_the_command_line_for_an_image_folder_is_an_error(tmp_path
     # Without the override the flags parse, and the run gets as far as the config checks.
     message = _main_in_process(monkeypatch, tmp_path / "run", *folder, "--config.num_steps=0")
     assert message == "error: Invalid config: num_steps must be positive, got 0"
+
+
+def test_a_misspelt_field_in_a_config_file_is_one_line_naming_it(tmp_path, monkeypatch):
+    """A config file's misspelt field used to train silently with the default of the field
+    meant (config.json holding both)."""
+    config = tmp_path / "my_comatch.py"
+    config.write_text(
+        "from comatch_jax import config_lib\n"
+        "def get_config(preset=''):\n"
+        "    config = config_lib.base_config()\n"
+        "    config.comatch.treshold_rule = 'freematch'\n"
+        "    return config\n"
+    )
+    message = _main_in_process(monkeypatch, tmp_path / "run", config=str(config))
+    assert message == (
+        "error: Invalid config: no such config field comatch.treshold_rule (did you mean "
+        "comatch.threshold_rule?; a config file may only set known fields)"
+    )
+    assert not (tmp_path / "run").exists()
+
+
+def test_every_config_file_and_preset_sets_only_known_fields():
+    """The check above must not reject our own configs (freematch.py and softmatch.py add
+    their method's section, which base_config lacks)."""
+    import importlib.util
+
+    presets = [""] + [f"cifar10_{n}" for n in (40, 250, 4000)]
+    presets += [f"cifar100_{n}" for n in (400, 2500, 10000)]
+    presets += ["stl10", "competition96", "competition96_7p5", "folder_cpu", "fmnist40_gpu"]
+    checked = 0
+    for name in sorted(os.listdir(os.path.join(REPO, "configs"))):
+        if not name.endswith(".py"):
+            continue
+        spec = importlib.util.spec_from_file_location(
+            name[:-3], os.path.join(REPO, "configs", name)
+        )
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        for preset in presets:
+            try:
+                config = module.get_config(preset)
+            except ValueError:  # a preset this config file does not offer
+                continue
+            assert config_lib.unknown_fields(config) == [], (name, preset)
+            checked += 1
+    assert checked > 100
+
+
+def test_unknown_fields_names_each_with_the_closest_known_one():
+    import ml_collections
+
+    config = config_lib.base_config()
+    config.num_step = 3
+    config.optim.momentun = 0.1
+    config.extra = ml_collections.ConfigDict({"a": 1})  # reported once, not extra.a too
+    assert dict(config_lib.unknown_fields(config)) == {
+        "num_step": "num_steps",
+        "optim.momentun": "optim.momentum",
+        "extra": None,
+    }
+
+
+def test_a_syntax_error_in_a_config_file_is_one_line_naming_where(tmp_path, monkeypatch):
+    config = tmp_path / "broken.py"
+    config.write_text("def get_config(preset=''):\n    return dict(\n")
+    message = _main_in_process(monkeypatch, tmp_path / "run", config=str(config))
+    assert message == f"error: SyntaxError: '(' was never closed ({config}, line 2)"
+
+
+def test_a_missing_config_file_is_one_line_with_the_closest_name(tmp_path, monkeypatch):
+    monkeypatch.chdir(REPO)
+    message = _main_in_process(
+        monkeypatch, tmp_path / "run", config="configs/comatch_adaptiv.py:folder_cpu"
+    )
+    assert message == (
+        f"error: no such config file {REPO}/configs/comatch_adaptiv.py; did you mean "
+        f"{REPO}/configs/comatch_adaptive.py?"
+    )

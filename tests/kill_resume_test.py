@@ -98,6 +98,7 @@ def test_killed_run_resumes_to_the_same_final_state(tmp_path, uninterrupted, sig
     assert returncode != 0, "the run finished before it could be interrupted"
     if sig != signal.SIGKILL:  # SIGTERM and Ctrl-C checkpoint before exiting
         assert f"Stopped by {signal.Signals(sig).name}" in stderr
+        assert returncode == 128 + sig, stderr[-3000:]  # resumable, not an error's 1
     assert _finished_checkpoints(workdir), "a checkpoint survived the kill"
     _run(workdir)  # the same command again resumes
     for x, y in zip(_final_leaves(uninterrupted), _final_leaves(workdir)):
@@ -223,8 +224,10 @@ def test_a_second_signal_ends_the_program_at_once(tmp_path):
     lines.append(process.stderr.read())
     returncode = process.wait(timeout=60)
     assert "SIGINT received" in "".join(lines)
+    # One line says why it ended (it used to end silently).
+    assert "SIGTERM after SIGINT: ending now without the stop's checkpoint" in "".join(lines)
     # Killed by the second signal (the operating system's default action), not the stop
-    # after a checkpoint (exit status 1), and at once.
+    # after a checkpoint (exit status 128 + SIGINT), and at once.
     assert returncode == -signal.SIGTERM
     assert time.monotonic() - sent < 10
 
@@ -245,7 +248,10 @@ def test_the_same_signal_twice_at_once_is_one_stop_with_a_checkpoint(tmp_path):
             break
     _, rest = process.communicate(timeout=120)
     stderr = "".join(lines) + rest
-    assert process.returncode == 1, stderr[-3000:]  # the stop after a checkpoint
+    # The stop after a checkpoint: 128 + SIGINT, the shell's status for "ended by SIGINT".
+    assert process.returncode == 128 + signal.SIGINT, stderr[-3000:]
     assert "SIGINT received again" in stderr and "Stopped by SIGINT at step" in stderr
+    # The note on the repeat follows the line on the first.
+    assert stderr.index("SIGINT received: checkpointing") < stderr.index("SIGINT received again")
     step = int(re.search(r"Stopped by SIGINT at step (\d+)", stderr).group(1))
     assert step in _finished_checkpoints(str(tmp_path))

@@ -34,6 +34,9 @@ OVERRIDES = {
     "--config.eval_batch_size": "200",
     "--config.keep_checkpoints": "10",
 }
+# Every process's exit status after the stop with a checkpoint a preemption notice asks for:
+# 128 + SIGTERM (the shell's "ended by SIGTERM"; resumable), whichever process got the signal.
+STOPPED = 128 + signal.SIGTERM
 TINY_RUN = [arg for arg in DIGITS_RUN if arg.split("=")[0] not in OVERRIDES] + [
     f"{name}={value}" for name, value in OVERRIDES.items()
 ]
@@ -159,7 +162,7 @@ def interrupted(tmp_path_factory):
         stopped = checkpoints[-1] if checkpoints else None
         complete = _complete_checkpoints_only(workdir) if checkpoints else False
         stops[when] = codes, errors, stopped, complete, len(checkpoints)
-        if codes != [1, 1]:
+        if codes != [STOPPED, STOPPED]:
             return workdir, stops
     _run(workdir, host_batches)  # the same command resumes both processes and finishes
     return workdir, stops
@@ -177,7 +180,7 @@ def _stopped_by_preemption(errors, step):
 def test_sigterm_during_start_up_stops_both_with_a_checkpoint(interrupted):
     _, stops = interrupted
     codes, errors, stopped, complete, count = stops["start-up"]
-    assert codes == [1, 1], "\n".join(errors)
+    assert codes == [STOPPED, STOPPED], "\n".join(errors)
     assert count == 1 and stopped is not None and stopped < 10 and complete
     assert _stopped_by_preemption(errors, stopped), "\n".join(errors)
 
@@ -185,7 +188,7 @@ def test_sigterm_during_start_up_stops_both_with_a_checkpoint(interrupted):
 def test_sigterm_to_one_process_in_training_stops_both_at_the_same_step(interrupted):
     _, stops = interrupted
     codes, errors, stopped, complete, _ = stops["training"]
-    assert codes == [1, 1], "\n".join(errors)
+    assert codes == [STOPPED, STOPPED], "\n".join(errors)
     assert stopped is not None and stops["start-up"][2] < stopped < 60 and complete
     assert _stopped_by_preemption(errors, stopped), "\n".join(errors)
 
@@ -194,7 +197,7 @@ def test_two_processes_resumed_end_where_one_process_with_two_devices_ends(
     interrupted, one_process
 ):
     workdir, stops = interrupted
-    assert [stops[when][0] for when in ("start-up", "training")] == [[1, 1]] * 2
+    assert [stops[when][0] for when in ("start-up", "training")] == [[STOPPED, STOPPED]] * 2
     stop_steps = [stops[when][2] for when in ("start-up", "training")]
     by_step = lambda d: {r["step"]: r["train/loss"] for r in _metrics(d) if "train/loss" in r}
     multi, single = by_step(workdir), by_step(one_process)

@@ -1,6 +1,7 @@
 """A few real steps of tiny configs: losses finite, queue fills, EMA moves, resume, main."""
 
 import json
+import logging
 import os
 import shutil
 import signal
@@ -303,10 +304,12 @@ def test_ctrl_c_checkpoints_then_the_rerun_ends_identically(reference, tmp_path)
     config = tiny_config()
     config.checkpoint_every = 100  # only the Ctrl-C checkpoint exists before the end
     _, full_state, _, _ = reference  # checkpoint cadence does not change the numbers
-    with pytest.raises(SystemExit, match="Stopped by SIGINT at step 2"):
+    with pytest.raises(SystemExit, match="Stopped by SIGINT at step 2") as stop:
         train.train_and_evaluate(
             config, str(tmp_path / "ctrl_c"), writer=CtrlCWriter(2), dataset=synthetic_dataset()
         )
+    # The command line exits with 128 + SIGINT (resumable), not an error's 1.
+    assert stop.value.exit_status == 128 + signal.SIGINT
     assert sorted(os.listdir(tmp_path / "ctrl_c" / "checkpoints")) == ["2"]
     resumed_state, _ = train.train_and_evaluate(
         config, str(tmp_path / "ctrl_c"), writer=RecordingWriter(), dataset=synthetic_dataset()
@@ -343,12 +346,20 @@ def test_a_resumed_run_adds_up_its_training_time_and_a_stop_at_the_final_step_fi
         np.testing.assert_array_equal(x, y)
 
 
-def test_a_finished_run_is_left_as_it_is_and_a_lower_num_steps_is_refused(reference, tmp_path):
+def test_a_finished_run_is_left_as_it_is_and_a_lower_num_steps_is_refused(
+    reference, tmp_path, caplog
+):
     workdir = tmp_path / "finished"
     shutil.copytree(reference[0], workdir)
     records = {name: (workdir / name).read_bytes() for name in ("summary.json", "config.json")}
-    state, summary = train.train_and_evaluate(
-        tiny_config(), str(workdir), writer=RecordingWriter(), dataset=synthetic_dataset()
+    with caplog.at_level(logging.WARNING):
+        state, summary = train.train_and_evaluate(
+            tiny_config(), str(workdir), writer=RecordingWriter(), dataset=synthetic_dataset()
+        )
+    # The line says the run's result, read from summary.json.
+    assert (
+        f"already finished at step 6 (final test accuracy {summary['test_accuracy']:.4f} EMA, "
+        f"{summary['test_accuracy_raw']:.4f} raw model); nothing to do" in caplog.text
     )
     assert int(state.step) == 6 and summary == json.loads(records["summary.json"])
     assert {name: (workdir / name).read_bytes() for name in records} == records
