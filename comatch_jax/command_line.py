@@ -123,6 +123,18 @@ def _syntax_error(error: BaseException) -> str | None:
     return None
 
 
+def _missing_config_file(path: str) -> str | None:
+    """'no such config file PATH' (naming the closest file in its directory) when `path`
+    does not exist, else None."""
+    if os.path.exists(path):
+        return None
+    directory = os.path.dirname(path) or "."
+    files = os.listdir(directory) if os.path.isdir(directory) else []
+    closest = difflib.get_close_matches(os.path.basename(path), files, n=1)
+    hint = f"; did you mean {os.path.join(os.path.dirname(path), closest[0])}?" if closest else ""
+    return f"no such config file {path}{hint}"
+
+
 def _unreadable_config_file(config_flag: flags.Flag) -> str | None:
     """One line when a --config file could not be read (ml_collections keeps the IOError in a
     placeholder, `_ErrorConfig`, that raises it only when the config is first used): a
@@ -131,16 +143,33 @@ def _unreadable_config_file(config_flag: flags.Flag) -> str | None:
     if value is None or type(value).__name__ != "_ErrorConfig":
         return None
     path = str(config_flag.serialize()).partition("=")[2].split(":", 1)[0] or "?"
-    if not os.path.exists(path):
-        directory = os.path.dirname(path) or "."
-        files = os.listdir(directory) if os.path.isdir(directory) else []
-        closest = difflib.get_close_matches(os.path.basename(path), files, n=1)
-        hint = (
-            f"; did you mean {os.path.join(os.path.dirname(path), closest[0])}?" if closest else ""
-        )
-        return f"no such config file {path}{hint}"
+    missing = _missing_config_file(path)
+    if missing:
+        return missing
     detail = " ".join(str(object.__getattribute__(value, "_error")).split())
     return f"cannot load config file {path}: {detail}"
+
+
+def _unloadable_config_in(error: BaseException, argv: list[str]) -> str | None:
+    """One line when parsing failed because the --config file could not be loaded and an
+    override touched ml_collections' placeholder for it (its IOError, 'Configuration is not
+    available ...' / 'Failed loading config file ...', is raised during parsing then)."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        text = str(error)
+        if isinstance(error, OSError) and (
+            "Configuration is not available" in text or "Failed loading config file" in text
+        ):
+            break
+        error = error.__cause__ or error.__context__
+    else:
+        return None
+    paths = [arg.split("=", 1)[1] for arg in argv if arg.startswith("--config=")]
+    if not paths:
+        return None
+    path = paths[-1].split(":", 1)[0]
+    return _missing_config_file(path) or f"cannot load config file {path}: {' '.join(text.split())}"
 
 
 def check_config_overrides(config_flag: flags.Flag) -> None:
@@ -181,6 +210,11 @@ def parse_flags(argv: list[str]) -> list[str]:
         from_config_file = _config_file_error(error)
         if from_config_file is not None:
             sys.exit(f"error: {_config_file_message(from_config_file)}")
+        # A missing config file with overrides: the overrides touch ml_collections'
+        # placeholder for the unreadable file, which raises its IOError during parsing.
+        unreadable = _unloadable_config_in(error, argv)
+        if unreadable:
+            sys.exit(f"error: {unreadable}")
         if not isinstance(error, (AttributeError, KeyError, TypeError, ValueError, flags.Error)):
             raise
         detail = str(error.args[0] if error.args else error)

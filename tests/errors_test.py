@@ -280,3 +280,19 @@ def test_a_missing_config_file_is_one_line_with_the_closest_name(tmp_path, monke
         f"error: no such config file {REPO}/configs/comatch_adaptiv.py; did you mean "
         f"{REPO}/configs/comatch_adaptive.py?"
     )
+
+
+def test_a_missing_config_file_with_overrides_is_one_line(tmp_path):
+    # The overrides touch ml_collections' placeholder for the unloadable file, which then
+    # raises during flag parsing (a traceback before the fix).
+    result = _main(
+        tmp_path / "run",
+        "--config.num_steps=3",
+        "--config.dataset.root=/nonexistent",
+        config="configs/comatch_adaptve.py:folder_cpu",
+    )
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.strip() == (
+        "error: no such config file configs/comatch_adaptve.py; did you mean "
+        "configs/comatch_adaptive.py?"
+    ), result.stderr
