@@ -404,35 +404,35 @@ def _field_names(config: ml_collections.ConfigDict, prefix: str = "") -> list[st
     return names
 
 
-def _method_only_sections() -> set[str]:
-    """Sections a method reads (methods.Method.config_sections) that base_config lacks: its
-    config file adds them (configs/freematch.py: config.freematch, configs/softmatch.py:
-    config.softmatch), so their fields are not checked here (the method's own checks read
-    them)."""
+def _method_only_sections() -> dict[str, set[str]]:
+    """Sections a method reads (methods.Method.config_sections) that base_config lacks, with
+    the fields each may hold (Method.section_fields): its config file adds them
+    (configs/freematch.py: config.freematch, configs/softmatch.py: config.softmatch)."""
     from comatch_jax import methods  # imported here: see method_checks
 
     base = base_config()
-    return {
-        section
-        for method in methods.METHODS.values()
-        for section in method.config_sections
-        if section not in base
-    }
+    sections: dict[str, set[str]] = {}
+    for method in methods.METHODS.values():
+        for section in method.config_sections:
+            if section not in base:
+                sections.setdefault(section, set()).update(method.section_fields)
+    return sections
 
 
 def unknown_fields(config: ml_collections.ConfigDict) -> list[tuple[str, str | None]]:
     """(field, closest known field or None) for every field of `config` that base_config()
     does not have (recursively), e.g. `comatch.treshold_rule` set in a config file, which
     would otherwise train silently with the default of the field meant. A method's own
-    section outside base_config (_method_only_sections) is allowed as a whole. The closest
-    name is difflib's, among the known fields."""
-    known = _field_names(base_config())
-    known_set = set(known)
-    allowed_sections = _method_only_sections()
+    section outside base_config (_method_only_sections) may hold the fields its Method
+    declares (section_fields). The closest name is difflib's, among the known fields."""
+    sections = _method_only_sections()
+    known = _field_names(base_config()) + [
+        f"{section}.{field}" for section, fields in sections.items() for field in sorted(fields)
+    ]
+    known_set = set(known) | set(sections)
     unknown = []
     for name in _field_names(config):
-        section = name.split(".")[0]
-        if name in known_set or section in allowed_sections:
+        if name in known_set:
             continue
         parent = name.rpartition(".")[0]
         if parent and parent not in known_set:  # inside an unknown section: reported once

@@ -59,6 +59,9 @@ class Method:
     heads: the model outputs the loss reads (keys of HEAD_FIELDS); validation requires the
         config.model fields each needs.
     config_sections: the config.<section> sub-configs the loss reads.
+    section_fields: for a section of config_sections that config_lib.base_config lacks (its
+        config file adds it, e.g. config.freematch), the field names it may hold: any other
+        field there is a misspelling (config_lib.unknown_fields).
     check_config(config) -> [(ok, message)]: the method's own option checks, run by
         config_lib.validate_config ('Invalid config: <message>' when not ok).
     display_name: the name in comparison tables and figures. The order of METHODS is the
@@ -75,6 +78,7 @@ class Method:
     evaluation: str = "classifier"
     heads: tuple[str, ...] = ("logits",)
     config_sections: tuple[str, ...] = ()
+    section_fields: tuple[str, ...] = ()
     check_config: Callable[[ml_collections.ConfigDict], list[Check]] = _no_checks
     display_name: str = ""
 
@@ -646,6 +650,7 @@ METHODS: dict[str, Method] = _methods(
         init_state=init_freematch_state,
         loss=freematch_loss,
         config_sections=("freematch",),
+        section_fields=("momentum", "lambda_u", "lambda_f"),
         check_config=check_freematch_options,
         display_name="FreeMatch",
         **_SEMI_SUPERVISED_VIEWS,
@@ -655,6 +660,7 @@ METHODS: dict[str, Method] = _methods(
         init_state=init_softmatch_state,
         loss=softmatch_loss,
         config_sections=("softmatch",),
+        section_fields=("momentum", "lambda_u", "n_sigma", "uniform_alignment"),
         check_config=check_softmatch_options,
         display_name="SoftMatch",
         **_SEMI_SUPERVISED_VIEWS,

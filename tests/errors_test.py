@@ -296,3 +296,23 @@ def test_a_missing_config_file_with_overrides_is_one_line(tmp_path):
         "error: no such config file configs/comatch_adaptve.py; did you mean "
         "configs/comatch_adaptive.py?"
     ), result.stderr
+
+
+def test_a_misspelt_field_in_a_method_section_is_named():
+    # config.freematch is added by configs/freematch.py, not base_config: its fields are the
+    # ones methods.METHODS["freematch"].section_fields declares.
+    import ml_collections
+
+    config = config_lib.base_config()
+    config.method = "freematch"
+    config.freematch = ml_collections.ConfigDict(
+        {"momentum": 0.999, "lambda_u": 1.0, "lambda_f": 0.001}
+    )
+    assert config_lib.unknown_fields(config) == []
+    config.freematch.lamda_f = 0.01
+    assert config_lib.unknown_fields(config) == [("freematch.lamda_f", "freematch.lambda_f")]
+    with pytest.raises(
+        ValueError,
+        match=r"no such config field freematch\.lamda_f \(did you mean freematch\.lambda_f\?",
+    ):
+        config_lib.validate_config(config)

@@ -309,6 +309,7 @@ def test_a_new_method_is_one_entry(monkeypatch):
         "self_supervised",
         heads=("projection",),
         config_sections=("toy",),
+        section_fields=("weight",),
         check_config=lambda c: [(c.toy.weight > 0, "toy.weight must be positive")],
         display_name="Toy",
     )
