@@ -17,8 +17,9 @@ even inside a hung collective or a long evaluation: a watcher thread (`_RepeatWa
 of every signal through Python's wakeup fd (`signal.set_wakeup_fd`, written as each one is
 delivered, whether or not the main thread, blocked in C, has run the Python handler yet;
 JAX's blocking calls release the GIL, so the thread runs) and ends the program itself.
-(Outside training, `install`'s SA_RESETHAND still makes a second signal the end.) (The kernel's SA_RESETHAND, used before, turned the duplicate into
-the end of the program before any checkpoint.) Where libc's sigaction cannot be reached (a
+Outside training, `install`'s SA_RESETHAND still makes a second signal the end; in
+training it is not used, as it turned the duplicate into the end of the program before any
+checkpoint. Where libc's sigaction cannot be reached (a
 libc other than glibc on x86-64 / AArch64), SIGTERM stays with JAX's notifier during
 training, which swallows a second one before the stop step; a second Ctrl-C, or SIGKILL,
 ends the process there.
@@ -146,8 +147,9 @@ class _RepeatWatch:
     blocked in C and cannot run the Python handler) and ends the program at once (the
     signal's default action, as `_end_now`, after one line on stderr naming both signals)
     at the second one, unless it repeats the first within `window_s` seconds (logged once,
-    after the main thread's handler has logged the first: `handled`; ignored). Needs the main thread (set_wakeup_fd);
-    `close` puts the previous wakeup fd back and ends the thread."""
+    after the main thread's handler has logged the first: `handled`; ignored). Needs the
+    main thread (`_WakeupPipe`); `close` puts the previous wakeup fd back and ends the
+    thread."""
 
     def __init__(
         self,
@@ -166,9 +168,8 @@ class _RepeatWatch:
         self._ignored_logged = False
         self._note: tuple[str, float] | None = None  # an ignored repeat's note, not yet logged
         self._lock = threading.Lock()
-        self._read, self._write = os.pipe()
-        os.set_blocking(self._write, False)
-        self._old_wakeup = signal.set_wakeup_fd(self._write, warn_on_full_buffer=False)
+        self._pipe = _WakeupPipe()
+        self._read = self._pipe.read
         threading.Thread(target=self._run, name="stop-signal-watch", daemon=True).start()
 
     def arrived(self, signum: int, now: float) -> bool:
@@ -252,8 +253,23 @@ class _RepeatWatch:
             os.close(self._read)
 
     def close(self) -> None:
-        signal.set_wakeup_fd(self._old_wakeup)
-        os.close(self._write)  # the thread reads the end of the pipe and returns
+        self._pipe.close()  # the thread reads the end of the pipe and returns
+
+
+class _WakeupPipe:
+    """Python's wakeup fd (`signal.set_wakeup_fd`; main thread only) pointed at a new pipe:
+    the number of each signal with a Python handler arrives on `read` as it is delivered,
+    even while the main thread is blocked in C. `close` puts the previous wakeup fd back and
+    closes the write end, so a reader of `read` sees the end of the pipe (it closes `read`)."""
+
+    def __init__(self):
+        self.read, self._write = os.pipe()
+        os.set_blocking(self._write, False)
+        self._previous = signal.set_wakeup_fd(self._write, warn_on_full_buffer=False)
+
+    def close(self) -> None:
+        signal.set_wakeup_fd(self._previous)
+        os.close(self._write)
 
 
 def _write_stderr(line: str) -> None:
@@ -431,19 +447,17 @@ class OneLineOnSigterm:
     def __init__(self, line: str):
         self._line = line
         self._previous = None
-        self._pipe: tuple[int, int] | None = None
-        self._old_wakeup = -1
+        self._pipe: _WakeupPipe | None = None
 
     def __enter__(self):
         try:
             self._previous = install(signal.SIGTERM, _do_nothing)
         except ValueError:  # not the main thread: leave signals alone
             return self
-        read, write = os.pipe()
-        os.set_blocking(write, False)
-        self._pipe = (read, write)
-        self._old_wakeup = signal.set_wakeup_fd(write, warn_on_full_buffer=False)
-        threading.Thread(target=self._run, args=(read,), name="sigterm-watch", daemon=True).start()
+        self._pipe = _WakeupPipe()
+        threading.Thread(
+            target=self._run, args=(self._pipe.read,), name="sigterm-watch", daemon=True
+        ).start()
         return self
 
     def _run(self, read: int) -> None:
@@ -458,8 +472,7 @@ class OneLineOnSigterm:
     def __exit__(self, *exc):
         if self._pipe is None:
             return
-        signal.set_wakeup_fd(self._old_wakeup)
-        os.close(self._pipe[1])  # the thread reads the end of the pipe and returns
+        self._pipe.close()  # the thread reads the end of the pipe and returns
         self._pipe = None
         signal.signal(signal.SIGTERM, self._previous)
 
