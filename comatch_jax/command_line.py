@@ -23,7 +23,8 @@ from absl import app, flags
 from absl import logging as absl_logging
 from ml_collections import config_flags
 
-from comatch_jax import library_logs, termination
+from comatch_jax import library_logs
+from comatch_jax.trainer import stopping as termination
 
 HANDLED_ERRORS = (ValueError, OSError, FloatingPointError)
 INTERRUPTED = "Interrupted (Ctrl-C)."
@@ -188,7 +189,7 @@ def check_config_overrides(config_flag: flags.Flag) -> None:
     labeled = os.path.join(root, "labeled") if root else "labeled/"
     count = "every image"
     if root and os.path.isdir(labeled):
-        from comatch_jax.datasets import image_folder  # no JAX, no TensorFlow
+        from comatch_jax.data import image_folder  # no JAX, no TensorFlow
 
         count = f"all {len(image_folder.list_image_files(labeled)[0])} images"
     raise ValueError(

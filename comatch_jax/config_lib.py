@@ -49,7 +49,7 @@ def base_config() -> ml_collections.ConfigDict:
     config.dataset.extra_unlabeled_split = ml_collections.FieldReference(None, field_type=str)
     config.dataset.include_labeled_in_unlabeled = False
     # A CSV (id,label) of extra labeled train-split images, e.g. answered label requests
-    # (comatch_jax.request_labels); they join the labeled set and leave the unlabeled one.
+    # (comatch_jax.commands.request_labels); they join the labeled set and leave the unlabeled one.
     config.dataset.extra_labels_csv = ml_collections.FieldReference(None, field_type=str)
     # name=image_folder: ROOT/labeled/<class>/*, ROOT/unlabeled/**, optional ROOT/val/<class>/*.
     config.dataset.root = ml_collections.FieldReference(None, field_type=str)
@@ -85,7 +85,7 @@ def base_config() -> ml_collections.ConfigDict:
     # (synchronised; any device count computes what one device does), 'per_device' = each
     # device normalises its own shard (PyTorch DDP without SyncBatchNorm; no BN traffic).
     config.model.batch_norm = "global"
-    # Pretrained PyTorch weights (comatch_jax.pretrained, torch_weights): a .safetensors /
+    # Pretrained PyTorch weights (comatch_jax.trainer.pretrained, torch_weights): a .safetensors /
     # .pth file of torchvision's or timm's ResNet-18/34/50 (model.name=resnet, same depth,
     # stem=imagenet) or of the official CoMatch WRN (model.name=wide_resnet), or a named
     # source 'torchvision:resnet50' / 'timm:resnet50.a1_in1k' (needs that package and the
@@ -96,7 +96,7 @@ def base_config() -> ml_collections.ConfigDict:
     # (eval-mode BN while training; detectron2's FrozenBatchNorm). Off = the statistics adapt.
     config.model.freeze_backbone_bn = False
 
-    # View slots -> augmentation names (comatch_jax.augment.VIEW_NAMES); the rest are options.
+    # View slots -> augmentation names (comatch_jax.core.augment.VIEW_NAMES); the rest are options.
     config.augment = ml_collections.ConfigDict()
     config.augment.weak = "weak"
     config.augment.strong0 = "randaugment"
@@ -205,7 +205,7 @@ def apply_preset(config: ml_collections.ConfigDict, preset: str) -> ml_collectio
     B = 64, mu = 7, 512 x 1024 steps, SGD lr 0.03 Nesterov momentum 0.9, weight decay on
     all but BatchNorm parameters, lr cos(7 pi k / 16 K) without warm-up, BatchNorm momentum
     0.001 (PyTorch terms) with PyTorch's unbiased running variance, EMA 0.999 evaluation,
-    RandAugment(2, 10) + Cutout 16 and the weak pad-4 crop + flip (comatch_jax.augment).
+    RandAugment(2, 10) + Cutout 16 and the weak pad-4 crop + flip (comatch_jax.core.augment).
     A suffix '_da' (for configs/fixmatch.py) adds `fixmatch_with_da` on top.
     """
     if not preset:
@@ -354,13 +354,13 @@ def _gpu_cadence(config):
 
 
 def method_checks(config: ml_collections.ConfigDict) -> list[tuple[bool, str]]:
-    """The checks config.method's declaration (comatch_jax.methods.Method) implies: its
+    """The checks config.method's declaration (comatch_jax.core.methods.Method) implies: its
     unlabeled data (mu > 0), no option set that it would ignore (methods.unread_option_checks),
     its config sections, the model fields its heads need, and its own option checks.
     ValueError for an unknown method."""
     # Imported here, not at the top: loading a config file (flag parsing, before a
     # multi-process run holds its signals) must not import JAX, which takes seconds.
-    from comatch_jax import methods
+    from comatch_jax.core import methods
 
     method = methods.get_method(config.method)
     name = config.method
@@ -408,7 +408,7 @@ def _method_only_sections() -> dict[str, set[str]]:
     """Sections a method reads (methods.Method.config_sections) that base_config lacks, with
     the fields each may hold (Method.section_fields): its config file adds them
     (configs/freematch.py: config.freematch, configs/softmatch.py: config.softmatch)."""
-    from comatch_jax import methods  # imported here: see method_checks
+    from comatch_jax.core import methods  # imported here: see method_checks
 
     base = base_config()
     sections: dict[str, set[str]] = {}

@@ -18,7 +18,8 @@ import threading
 from absl import flags, logging
 from ml_collections import config_flags
 
-from comatch_jax import command_line, termination, xla_flags
+from comatch_jax import command_line, xla_flags
+from comatch_jax.trainer import stopping as termination
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Training config file.", lock_config=True)
@@ -111,7 +112,7 @@ def _train_in(cluster: dict | None) -> None:
         # Before JAX starts its CPU backend (nothing above has run a computation).
         if xla_flags.apply_default_cpu_flags():
             logging.info("XLA_FLAGS += %s (comatch_jax's CPU default)", xla_flags.DEFAULT_CPU_FLAG)
-        from comatch_jax import train  # imports JAX's model code only now
+        from comatch_jax.trainer import train  # imports JAX's model code only now
 
         # tf.data must never take GPU memory from JAX.
         import tensorflow as tf  # file reading only

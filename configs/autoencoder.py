@@ -2,7 +2,7 @@
 augmented image (MSE; --config.autoencoder.loss=bce for BCE).
 
   python -m comatch_jax.main --config=configs/autoencoder.py --workdir=/tmp/ae
-  python -m comatch_jax.probe --workdir=/tmp/ae --mode=all
+  python -m comatch_jax.commands.probe --workdir=/tmp/ae --mode=all
 """
 
 from comatch_jax import config_lib

@@ -2,7 +2,7 @@
 loss with lambda_offdiag = 5e-3, two SimCLR-style views.
 
   python -m comatch_jax.main --config=configs/barlow_twins.py --workdir=/tmp/bt
-  python -m comatch_jax.probe --workdir=/tmp/bt --mode=all
+  python -m comatch_jax.commands.probe --workdir=/tmp/bt --mode=all
   python -m comatch_jax.main --config=configs/finetune.py --config.init_from=/tmp/bt --workdir=/tmp/bt_ft
 """
 

@@ -2,7 +2,7 @@
 two SimCLR-style views. Evaluated during training by weighted kNN on frozen features.
 
   python -m comatch_jax.main --config=configs/simclr.py --workdir=/tmp/simclr
-  python -m comatch_jax.probe --workdir=/tmp/simclr --mode=all       # kNN + linear probe
+  python -m comatch_jax.commands.probe --workdir=/tmp/simclr --mode=all       # kNN + linear probe
   python -m comatch_jax.main --config=configs/finetune.py --config.init_from=/tmp/simclr --workdir=/tmp/simclr_ft
 """
 

@@ -2,7 +2,7 @@
 negative cosine with stop-gradient.
 
   python -m comatch_jax.main --config=configs/simsiam.py --workdir=/tmp/simsiam
-  python -m comatch_jax.probe --workdir=/tmp/simsiam --mode=all
+  python -m comatch_jax.commands.probe --workdir=/tmp/simsiam --mode=all
 """
 
 from comatch_jax import config_lib

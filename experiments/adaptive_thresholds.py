@@ -39,7 +39,7 @@ from absl import app, flags
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-from comatch_jax import analyze  # noqa: E402  (after the repository is on the path)
+from comatch_jax.commands import analyze  # noqa: E402  (after the repository is on the path)
 
 METHODS = ("supervised", "fixmatch", "comatch", "freematch", "softmatch", "comatch_adaptive")
 DISPLAY = {

@@ -34,7 +34,10 @@ import jax
 import numpy as np
 from absl import app, flags
 
-from comatch_jax import config_lib, prefetch, runs, train, train_step
+from comatch_jax import config_lib
+from comatch_jax.data import prefetch
+from comatch_jax.trainer import saved_runs as runs, train
+from comatch_jax.core import train_step
 
 flags.DEFINE_string("preset", "", "A config preset (comatch.py's), '' = the CPU default.")
 flags.DEFINE_string("method", "comatch", "Method to time.")
@@ -96,7 +99,7 @@ def _random_images(n, size, channels, seed=0):
 
 
 def _random_dataset(size, channels, num_classes, num_labels, num_unlabeled):
-    from comatch_jax.datasets import ImageDataset
+    from comatch_jax.data import ImageDataset
 
     rng = np.random.default_rng(0)
     n = num_labels + num_unlabeled
@@ -162,7 +165,7 @@ def measure(
     `num_classes` classes, as a dict (seconds, images/s, GFLOP, GiB). loop_steps=0 skips the
     loop; pool_size=0 means max(4 * unlabeled batch, 1000)."""
     if not config.dataset.mean:  # () = from the data: the trainer resolves it, this must too
-        from comatch_jax.datasets import STANDARD_STATISTICS
+        from comatch_jax.data import STANDARD_STATISTICS
 
         config = config.copy_and_resolve_references()
         config.dataset.mean, config.dataset.std = STANDARD_STATISTICS[config.dataset.name]

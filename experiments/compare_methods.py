@@ -1,6 +1,6 @@
 """The paper's Table 2 at CPU scale: every method on Fashion-MNIST with 40 labels.
 
-Rows: every entry of comatch_jax.methods.METHODS, in its order (configs/<method>.py each).
+Rows: every entry of comatch_jax.core.methods.METHODS, in its order (configs/<method>.py each).
 A self-supervised method is pretrained on the unlabeled images for --steps, then evaluated by
 kNN and a linear probe on frozen features and fine-tuned on the labeled images for
 --finetune_steps; the others train for --steps. Same model, data and seed everywhere; every run is
@@ -18,7 +18,7 @@ import sys
 
 from absl import app, flags
 
-from comatch_jax import methods
+from comatch_jax.core import methods
 
 flags.DEFINE_integer("steps", 2500, "Training (or pretraining) steps per method.")
 flags.DEFINE_integer("finetune_steps", 1000, "Fine-tuning steps after self-supervised pretraining.")
@@ -47,7 +47,7 @@ def _run(args: list[str], workdir: str) -> dict:
 def _probe(workdir: str) -> dict:
     path = os.path.join(workdir, "probe.json")
     if not os.path.exists(path):
-        command = [sys.executable, "-m", "comatch_jax.probe", f"--workdir={workdir}", "--mode=all"]
+        command = [sys.executable, "-m", "comatch_jax.commands.probe", f"--workdir={workdir}", "--mode=all"]
         print(" ".join(command[1:]), flush=True)
         subprocess.run(command, check=True, capture_output=True)
     with open(path) as f:

@@ -61,7 +61,7 @@ def _size_on_disk(directory):
 
 
 def _load():
-    from comatch_jax import datasets
+    from comatch_jax import data as datasets
 
     return datasets.load_image_folder(
         FLAGS.root, image_size=FLAGS.image_size, cache_dir=FLAGS.cache_dir or None
@@ -80,7 +80,8 @@ def _part_loop(pool):
     from comatch_jax import xla_flags
 
     xla_flags.apply_default_cpu_flags()  # as comatch_jax.main does
-    from comatch_jax import config_lib, train
+    from comatch_jax import config_lib
+    from comatch_jax.trainer import train
 
     dataset = _load()
     if pool > len(dataset.unlabeled_images):
@@ -139,7 +140,7 @@ def _child(*args):
 
 def _add_copies(n):
     """Copies the first n unlabeled files to ROOT/unlabeled/_added/ (new paths); returns it."""
-    from comatch_jax.datasets import image_folder
+    from comatch_jax.data import image_folder
 
     entries = image_folder.scan_unlabeled(os.path.abspath(FLAGS.root))[:n]
     target = os.path.join(FLAGS.root, "unlabeled", "_added")

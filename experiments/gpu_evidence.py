@@ -264,7 +264,7 @@ def _run_child(command, cwd, record, name):
 
 
 def _fmnist(args):
-    from comatch_jax import datasets
+    from comatch_jax import data as datasets
 
     data = datasets.load_idx_dataset(args.fmnist_dir, "fashion_mnist")
     if args.smoke:  # a 500-image test set: evaluation in a second on the CPU
@@ -312,7 +312,7 @@ def accuracy_runs(smoke):
 
 
 def run_accuracy(args, record, save):
-    from comatch_jax import train
+    from comatch_jax.trainer import train
 
     data = _fmnist(args)
     record["runs"] = []

@@ -1,7 +1,7 @@
 """Label-request strategies on the real Fashion-MNIST: 40 labels, request 40 more, retrain.
 
 One CoMatch run with 40 labels; then, for each strategy, its 40 label requests
-(comatch_jax.request_labels), answered from the ground truth (comatch_jax.oracle), and a new
+(comatch_jax.commands.request_labels), answered from the ground truth (comatch_jax.commands.answer_from_truth), and a new
 run from scratch on the 40 + 40 labels (same training seed, same steps). `--random_seeds`
 draws the random baseline several times, which shows how much the accuracy moves with the
 choice of 40 images alone. Prints a Markdown table of test accuracy (EMA model) per strategy
@@ -21,7 +21,7 @@ import sys
 import numpy as np
 from absl import app, flags
 
-from comatch_jax import active_learning
+from comatch_jax.commands import active_learning
 
 flags.DEFINE_integer("num_steps", 2500, "Training steps of every run (--config.num_steps).")
 flags.DEFINE_integer("num_labels", 40, "Labels of the base run.")
@@ -94,7 +94,7 @@ def request_and_answer(name: str, strategy: str, balanced: bool, seed: int) -> t
     request = [
         sys.executable,
         "-m",
-        "comatch_jax.request_labels",
+        "comatch_jax.commands.request_labels",
         f"--workdir={base}",
         f"--budget={FLAGS.budget}",
         f"--strategy={strategy}",
@@ -106,7 +106,7 @@ def request_and_answer(name: str, strategy: str, balanced: bool, seed: int) -> t
     answer = [
         sys.executable,
         "-m",
-        "comatch_jax.oracle",
+        "comatch_jax.commands.answer_from_truth",
         f"--requests={requests_csv}",
         f"--workdir={base}",
         f"--out={labels_csv}",

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from comatch_jax import torch_weights
+from comatch_jax.core import torch_weights
 
 OUT = os.path.join(os.path.dirname(__file__), "..", "tests", "testdata", "torchvision_resnet.npz")
 

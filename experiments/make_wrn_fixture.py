@@ -1,7 +1,7 @@
 """Writes tests/testdata/official_wrn28_2.npz: the official CoMatch WRN-28-2's outputs.
 
 The weight-transplant test (tests/torch_weights_test.py) loads this fixture with NumPy only,
-converts the state dict with comatch_jax.torch_weights and compares our Flax WRN-28-2's
+converts the state dict with comatch_jax.core.torch_weights and compares our Flax WRN-28-2's
 outputs with the official PyTorch definition's. Run once, with CPU torch installed (no JAX
 needed) and the official repository fetched into the git-ignored third_party/ folder:
 

@@ -36,7 +36,8 @@ def measure(path, depth):
     import jax
     import jax.numpy as jnp
 
-    from comatch_jax import config_lib, models, torch_weights
+    from comatch_jax import config_lib
+    from comatch_jax.core import models, torch_weights
 
     config = config_lib.base_config().model
     config.update(name="resnet", depth=depth, stem="imagenet")
@@ -66,7 +67,8 @@ def conversion_checks():
     import jax
     import jax.numpy as jnp
 
-    from comatch_jax import config_lib, models, torch_weights
+    from comatch_jax import config_lib
+    from comatch_jax.core import models, torch_weights
 
     rows = []
     with np.load(os.path.join(TESTDATA, "torchvision_resnet.npz")) as data:
@@ -113,7 +115,7 @@ def main():
         print(f"{name}: max |diff| features/embedding {features:.2e}, logits {logits:.2e}")
     from safetensors.numpy import save_file
 
-    from comatch_jax import torch_weights
+    from comatch_jax.core import torch_weights
 
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "resnet50.safetensors")

@@ -15,7 +15,8 @@ import ml_collections
 import numpy as np
 import pytest
 
-from comatch_jax import config_lib, losses, methods
+from comatch_jax import config_lib
+from comatch_jax.core import losses, methods
 
 
 def _softmax(x):

@@ -9,7 +9,10 @@ import matplotlib.image
 import numpy as np
 import pytest
 
-from comatch_jax import analyze, inference, runs, train, training_data
+from comatch_jax.commands import analyze
+from comatch_jax.core import inference
+from comatch_jax.trainer import saved_runs as runs, train
+from comatch_jax.data import pipeline as training_data
 
 from kill_resume_test import _library_info_lines
 from train_test import RecordingWriter, tiny_config
@@ -63,7 +66,7 @@ def test_the_command_writes_the_plots(digits_run, tmp_path):
     command = [
         sys.executable,
         "-m",
-        "comatch_jax.analyze",
+        "comatch_jax.commands.analyze",
         f"--workdir={digits_run}",
         f"--out={tmp_path}",
         "--max_images=300",
@@ -105,7 +108,7 @@ def test_command_errors_are_one_line(digits_run, tmp_path, args, message):
         args.append(f"--workdir={digits_run}")
     if not any(a.startswith("--out") for a in args):
         args.append(f"--out={tmp_path / 'out'}")
-    command = [sys.executable, "-m", "comatch_jax.analyze", *args]
+    command = [sys.executable, "-m", "comatch_jax.commands.analyze", *args]
     result = subprocess.run(command, capture_output=True, text=True, cwd=REPO)
     assert result.returncode != 0
     last = result.stderr.strip().splitlines()[-1]

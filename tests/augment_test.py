@@ -1,11 +1,11 @@
-"""Tests for comatch_jax.augment."""
+"""Tests for comatch_jax.core.augment."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from comatch_jax import augment
+from comatch_jax.core import augment
 
 VIEWS = {
     "weak": augment.weak_view,

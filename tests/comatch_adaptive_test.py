@@ -15,7 +15,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from comatch_jax import config_lib, losses, memory_queue, methods, train
+from comatch_jax import config_lib
+from comatch_jax.core import losses, memory_queue, methods
+from comatch_jax.trainer import train
 
 from train_test import RecordingWriter, synthetic_dataset, tiny_config
 

@@ -8,7 +8,8 @@ import time
 
 import pytest
 
-from comatch_jax import command_line, termination
+from comatch_jax import command_line
+from comatch_jax.trainer import stopping as termination
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

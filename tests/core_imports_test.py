@@ -4,14 +4,14 @@ import subprocess
 import sys
 
 CORE = [
-    "augment",
-    "losses",
-    "memory_queue",
-    "models",
-    "methods",
-    "sampling",
-    "train_state",
-    "train_step",
+    "core.augment",
+    "core.losses",
+    "core.memory_queue",
+    "core.models",
+    "core.methods",
+    "data.sampling",
+    "core.train_state",
+    "core.train_step",
     "config_lib",
 ]
 
@@ -35,8 +35,8 @@ def test_trainer_and_run_reading_import_without_tensorflow():
         "import sys\n"
         "for blocked in ('tensorflow', 'tensorflow_datasets', 'clu.metric_writers'):\n"
         "    sys.modules[blocked] = None\n"
-        "import comatch_jax.train, comatch_jax.runs, comatch_jax.training_data\n"
-        "import comatch_jax.evaluation, comatch_jax.training_metrics, comatch_jax.inference\n"
+        "import comatch_jax.trainer.train, comatch_jax.trainer.saved_runs, comatch_jax.data.pipeline\n"
+        "import comatch_jax.core.evaluation, comatch_jax.trainer.training_metrics, comatch_jax.core.inference\n"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
@@ -46,7 +46,15 @@ def test_every_command_module_imports_together():
     """Command flags are defined only when run as a command, so modules never clash."""
     code = "".join(
         f"import comatch_jax.{name}\n"
-        for name in ("main", "train", "probe", "predict", "request_labels", "oracle", "analyze")
+        for name in (
+            "main",
+            "trainer.train",
+            "commands.probe",
+            "commands.predict",
+            "commands.request_labels",
+            "commands.answer_from_truth",
+            "commands.analyze",
+        )
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
@@ -54,8 +62,8 @@ def test_every_command_module_imports_together():
 
 def test_commands_report_a_missing_run_in_one_line(tmp_path):
     for command in (
-        ["comatch_jax.probe"],
-        ["comatch_jax.predict", f"--images={tmp_path}", f"--out={tmp_path}/p.csv"],
+        ["comatch_jax.commands.probe"],
+        ["comatch_jax.commands.predict", f"--images={tmp_path}", f"--out={tmp_path}/p.csv"],
     ):
         result = subprocess.run(
             [sys.executable, "-m", *command, f"--workdir={tmp_path}/missing"],

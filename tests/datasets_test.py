@@ -1,4 +1,4 @@
-"""Tests for the comatch_jax.datasets readers (offline: IDX files, TFDS mock, tiny TFDS), the
+"""Tests for the comatch_jax.data readers (offline: IDX files, TFDS mock, tiny TFDS), the
 labeled split, normalisation statistics and data fingerprints."""
 
 import functools
@@ -13,8 +13,8 @@ import ml_collections
 import numpy as np
 import pytest
 
-from comatch_jax import datasets
-from comatch_jax.datasets import idx, tfds_source
+from comatch_jax import data as datasets
+from comatch_jax.data import idx, tfds_source
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEBIAN_DIR = "/usr/share/datasets/fashion-mnist"
@@ -228,7 +228,7 @@ def test_idx_and_split_work_without_tensorflow(tmp_path):
         import sys
         sys.modules["tensorflow"] = None
         sys.modules["tensorflow_datasets"] = None
-        from comatch_jax import datasets as ip
+        from comatch_jax import data as ip
         ds = ip.load_idx_dataset({directory!r}, "fashion_mnist")
         lab, unl = ip.split_labeled_unlabeled(
             ds.train_labels, num_labels=10, num_classes=10, seed=0

@@ -7,7 +7,8 @@ import sys
 import pytest
 from absl import flags
 
-from comatch_jax import config_lib, main, runs, train
+from comatch_jax import config_lib, main
+from comatch_jax.trainer import saved_runs as runs, train
 
 from train_test import RecordingWriter, synthetic_dataset, tiny_config
 
@@ -75,7 +76,7 @@ def test_foreign_nonempty_workdir_is_refused(tmp_path):
 def test_a_workdir_left_by_a_run_stopped_before_its_record_starts_afresh(tmp_path):
     """Ctrl-C while the first step compiles leaves only an empty checkpoints/ folder; the
     same command then starts the run (it is not 'a foreign workdir')."""
-    from comatch_jax import runs
+    from comatch_jax.trainer import saved_runs as runs
 
     (tmp_path / "checkpoints").mkdir()
     runs.check_workdir(tiny_config(), str(tmp_path))  # accepted: nothing to lose

@@ -46,7 +46,7 @@ def test_benchmark_runs_on_cpu_with_small_shapes(tmp_path):
 def test_compare_methods_tabulates_finished_runs(tmp_path):
     """compare_methods reports runs whose summaries exist without rerunning them."""
     runs = tmp_path / "runs"
-    from comatch_jax import methods
+    from comatch_jax.core import methods
 
     accuracy = {"supervised": 0.5, "fixmatch": 0.7, "comatch": 0.75, "comatch_bt": 0.74}
     accuracy.update(freematch=0.72, softmatch=0.73)
@@ -298,7 +298,8 @@ def test_trainer_writes_metrics_without_tensorflow(tmp_path):
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(hide), REPO]), JAX_PLATFORMS="cpu")
     script = f"""
 import sys
-from comatch_jax import config_lib, metric_writing
+from comatch_jax import config_lib
+from comatch_jax.trainer import metric_writing
 assert "tensorflow" not in sys.modules and metric_writing.CLU_IMPORT_ERROR is not None
 writer = metric_writing.create_writer({str(tmp_path)!r}, primary=True)
 writer.write_scalars(3, {{"train/loss": 1.5}})

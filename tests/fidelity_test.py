@@ -12,7 +12,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from comatch_jax import config_lib, losses, methods, models, torch_weights, train_state
+from comatch_jax import config_lib
+from comatch_jax.core import losses, methods, models, torch_weights, train_state
 
 
 def _schedule_config(schedule="fixmatch_cosine", steps=1000, warmup=0):

@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from comatch_jax import predict, runs, train, training_data
+from comatch_jax.commands import predict
+from comatch_jax.trainer import saved_runs as runs, train
+from comatch_jax.data import pipeline as training_data
 
 from train_test import RecordingWriter, tiny_config
 
@@ -81,7 +83,7 @@ def test_label_requests_on_an_image_folder_name_files_and_answers_join_by_path(t
 
     import pytest
 
-    from comatch_jax import active_learning
+    from comatch_jax.commands import active_learning
 
     _write_folder(tmp_path / "data", np.random.default_rng(1))
     config = _folder_config(tmp_path / "data")
@@ -92,7 +94,7 @@ def test_label_requests_on_an_image_folder_name_files_and_answers_join_by_path(t
         [
             sys.executable,
             "-m",
-            "comatch_jax.request_labels",
+            "comatch_jax.commands.request_labels",
             f"--workdir={tmp_path / 'run'}",
             "--budget=12",
             f"--out={requests_csv}",

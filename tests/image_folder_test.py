@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from comatch_jax import datasets
-from comatch_jax.datasets import folder_cache, image_folder
+from comatch_jax import data as datasets
+from comatch_jax.data import folder_cache, image_folder
 
 SIZE = 16  # decoded image size in these tests
 

@@ -19,7 +19,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from comatch_jax import runs
+from comatch_jax.trainer import saved_runs as runs
 
 from nonfinite_test import nan_gradient_method  # noqa: F401 (a fixture)
 from train_test import _leaves
@@ -114,8 +114,9 @@ NAN_GRADIENT_ENTRY = """
 import sys
 import jax.numpy as jnp
 from absl import app
-from comatch_jax import main, methods
-from comatch_jax import losses
+from comatch_jax import main
+from comatch_jax.core import methods
+from comatch_jax.core import losses
 
 
 def nan_gradients_from_fourth_step_loss(outputs, batch, state, config):

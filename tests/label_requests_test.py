@@ -8,8 +8,11 @@ import sys
 import numpy as np
 import pytest
 
-from comatch_jax import active_learning, inference, runs, train, training_data
-from comatch_jax.request_labels import rank_unlabeled
+from comatch_jax.commands import active_learning
+from comatch_jax.core import inference
+from comatch_jax.trainer import saved_runs as runs, train
+from comatch_jax.data import pipeline as training_data
+from comatch_jax.commands.request_labels import rank_unlabeled
 
 from train_test import RecordingWriter, synthetic_dataset, tiny_config
 
@@ -255,7 +258,7 @@ def test_extra_labels_join_the_labeled_set_and_leave_the_unlabeled_set(tmp_path)
 
 def _command(module, *args):
     result = subprocess.run(
-        [sys.executable, "-m", f"comatch_jax.{module}", *args],
+        [sys.executable, "-m", f"comatch_jax.commands.{module}", *args],
         capture_output=True,
         text=True,
         cwd=REPO,
@@ -292,7 +295,7 @@ def test_request_oracle_retrain_loop_adds_budget_labels(digits_run, tmp_path):
     assert set(ids) <= set(base.unlabeled_ids.tolist())
 
     result = _command(
-        "oracle", f"--requests={requests_csv}", f"--workdir={workdir}", f"--out={labels_csv}"
+        "answer_from_truth", f"--requests={requests_csv}", f"--workdir={workdir}", f"--out={labels_csv}"
     )
     assert result.returncode == 0, result.stderr
     digits_labels = training_data.prepare_data(config)  # ground truth of the answered ids
@@ -388,7 +391,7 @@ def test_oracle_rejects_unknown_ids(digits_run, tmp_path):
     workdir, _ = digits_run
     requests_csv = _write(tmp_path / "requests.csv", "id,score\n5,0.1\n1500,0.2\n")
     result = _command(
-        "oracle",
+        "answer_from_truth",
         f"--requests={requests_csv}",
         f"--workdir={workdir}",
         f"--out={tmp_path / 'l.csv'}",
@@ -402,14 +405,15 @@ def test_strategies_and_inference_import_without_tensorflow():
         "import sys\n"
         "for blocked in ('tensorflow', 'tensorflow_datasets'):\n"
         "    sys.modules[blocked] = None  # any import of these now raises ImportError\n"
-        "import comatch_jax.active_learning, comatch_jax.inference\n"
+        "import comatch_jax.commands.active_learning, comatch_jax.core.inference\n"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
 
 
 def test_nothing_left_to_request_is_said_plainly():
-    from comatch_jax import request_labels, training_data
+    from comatch_jax.commands import request_labels
+    from comatch_jax.data import pipeline as training_data
 
     images = np.zeros((3, 4, 4, 1), np.uint8)
     ids = np.arange(3, dtype=np.int32)

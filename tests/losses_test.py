@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from comatch_jax import losses
+from comatch_jax.core import losses
 
 
 def _softmax(x, axis=-1):

@@ -3,7 +3,7 @@
 import jax.numpy as jnp
 import numpy as np
 
-from comatch_jax import memory_queue
+from comatch_jax.core import memory_queue
 
 
 def test_enqueue_writes_and_wraps_around():

@@ -12,7 +12,10 @@ import ml_collections
 import numpy as np
 import pytest
 
-from comatch_jax import config_lib, datasets, methods, models, probe, runs, train, train_step
+from comatch_jax import config_lib, data as datasets
+from comatch_jax.core import methods, models, train_step
+from comatch_jax.commands import probe
+from comatch_jax.trainer import saved_runs as runs, train
 
 from train_test import RecordingWriter, synthetic_dataset, tiny_config
 
@@ -468,7 +471,8 @@ def test_fixmatch_distribution_alignment_option_aligns_the_pseudo_labels():
     """fixmatch.distribution_alignment (the official Train_fixmatch.py default): the weak
     probabilities are divided by the running class mean before the threshold; off = plain
     FixMatch with no extra state."""
-    from comatch_jax import config_lib, losses, methods
+    from comatch_jax import config_lib
+    from comatch_jax.core import losses, methods
 
     config = config_lib.base_config()
     config.method = "fixmatch"

@@ -6,7 +6,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from comatch_jax import config_lib, models
+from comatch_jax import config_lib
+from comatch_jax.core import models
 
 
 def _model_config(**overrides):

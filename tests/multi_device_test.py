@@ -15,7 +15,8 @@ xla_flags.apply_default_cpu_flags()  # as comatch_jax.main does
 import numpy as np, jax
 sys.path.insert(0, {tests!r})
 from train_test import tiny_config, synthetic_dataset, RecordingWriter
-from comatch_jax import models, train
+from comatch_jax.core import models
+from comatch_jax.trainer import train
 assert jax.local_device_count() == {devices}
 config = tiny_config({method!r})
 config.model.batch_norm = {batch_norm!r}

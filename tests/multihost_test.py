@@ -21,7 +21,7 @@ import jax
 import numpy as np
 import pytest
 
-from comatch_jax import runs, termination
+from comatch_jax.trainer import saved_runs as runs, stopping as termination
 
 from kill_resume_test import REPO, TINY_RUN as DIGITS_RUN
 
@@ -247,7 +247,7 @@ _CHAINED = """
 import os, signal, socket, sys, time
 import jax
 from jax.experimental import multihost_utils
-from comatch_jax import termination
+from comatch_jax.trainer import stopping as termination
 
 def notice_given(first_step):
     for step in range(first_step, first_step + 50):  # JAX's listener polls once a second
@@ -313,7 +313,7 @@ def test_signals_in_training_reach_jax_preemption_service_and_a_second_ends_at_o
 _BLOCKED = """
 import socket, sys
 import jax, jax.numpy as jnp
-from comatch_jax import termination
+from comatch_jax.trainer import stopping as termination
 
 multiprocess = sys.argv[1] == "several"
 if multiprocess:
@@ -374,7 +374,7 @@ def test_a_stopped_run_puts_the_callers_handlers_back():
     """A notebook that calls train_and_evaluate keeps its own Ctrl-C handler after a stop."""
     code = """
 import os, signal
-from comatch_jax import termination
+from comatch_jax.trainer import stopping as termination
 
 mine = lambda signum, frame: None
 signal.signal(signal.SIGINT, mine)

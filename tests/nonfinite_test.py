@@ -9,7 +9,8 @@ import numpy as np
 import optax
 import pytest
 
-from comatch_jax import losses, methods, runs, train, train_state, train_step
+from comatch_jax.core import losses, methods, train_state, train_step
+from comatch_jax.trainer import saved_runs as runs, train
 
 from train_test import RecordingWriter, synthetic_dataset, tiny_config
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from jax.sharding import NamedSharding, PartitionSpec
 
-from comatch_jax import prefetch, sampling
+from comatch_jax.data import prefetch, sampling
 
 
 def _arrays(tmp_path):

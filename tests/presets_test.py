@@ -12,7 +12,8 @@ import jax
 import numpy as np
 import pytest
 
-from comatch_jax import config_lib, methods, models, train_state, train_step
+from comatch_jax import config_lib
+from comatch_jax.core import methods, models, train_state, train_step
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

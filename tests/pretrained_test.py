@@ -11,8 +11,10 @@ import numpy as np
 import pytest
 from safetensors.numpy import save_file
 
-from comatch_jax import config_lib, datasets, models, pretrained, runs, torch_weights, train
-from comatch_jax import train_state
+from comatch_jax import config_lib, data as datasets
+from comatch_jax.core import models, torch_weights
+from comatch_jax.trainer import pretrained, saved_runs as runs, train
+from comatch_jax.core import train_state
 
 
 def _leaves(tree):

@@ -3,7 +3,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from comatch_jax import sampling
+from comatch_jax.data import sampling
 
 SIZES = [1, 2, 3, 5, 7, 8, 13, 16, 31, 32, 33, 40, 97, 127, 128, 129, 1000, 1021, 1024, 4099]
 

@@ -17,17 +17,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from comatch_jax import (
-    active_learning,
-    analyze,
-    oracle,
-    predict,
-    probe,
-    request_labels,
-    runs,
-    train,
-    training_data,
-)
+from comatch_jax.commands import active_learning, analyze, answer_from_truth as oracle, predict, probe, request_labels
+from comatch_jax.trainer import saved_runs as runs, train
+from comatch_jax.data import pipeline as training_data
 
 from train_test import RecordingWriter, tiny_config
 
@@ -211,7 +203,7 @@ def test_predict_advises_a_flag_that_works(smallest_run, tmp_path):
     command = [
         sys.executable,
         "-m",
-        "comatch_jax.predict",
+        "comatch_jax.commands.predict",
         f"--workdir={base / 'run'}",
         f"--images={images}",
         f"--out={out}",

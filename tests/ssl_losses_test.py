@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from comatch_jax import frozen_feature_probes, losses
+from comatch_jax.core import frozen_feature_probes, losses
 
 
 def reference_barlow_twins(a, b, lam):

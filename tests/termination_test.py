@@ -6,7 +6,7 @@ import os
 import signal
 import time
 
-from comatch_jax import termination
+from comatch_jax.trainer import stopping as termination
 
 
 def test_the_line_before_a_second_signal_ends_the_program_names_both():
@@ -46,7 +46,7 @@ def test_the_note_on_an_ignored_repeat_waits_for_the_handlers_line(caplog):
 
 _BLOCKED_AT_START_UP = """
 import threading
-from comatch_jax import termination
+from comatch_jax.trainer import stopping as termination
 
 with termination.OneLineOnSigterm("Terminated (SIGTERM) at start-up."):
     print("ready", flush=True)

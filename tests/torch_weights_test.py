@@ -15,7 +15,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from comatch_jax import config_lib, models, torch_weights
+from comatch_jax import config_lib
+from comatch_jax.core import models, torch_weights
 
 FIXTURE = os.path.join(os.path.dirname(__file__), "testdata", "official_wrn28_2.npz")
 

@@ -14,7 +14,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from comatch_jax import config_lib, methods, models, train_state, train_step
+from comatch_jax import config_lib
+from comatch_jax.core import methods, models, train_state, train_step
 
 NUM_CLASSES, SIZE, B, MU = 10, 12, 4, 2
 QUEUE = 20  # 12 new entries per step: B*mu unlabeled + B labeled

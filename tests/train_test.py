@@ -14,7 +14,8 @@ import ml_collections
 import numpy as np
 import pytest
 
-from comatch_jax import config_lib, datasets, runs, train
+from comatch_jax import config_lib, data as datasets
+from comatch_jax.trainer import saved_runs as runs, train
 
 
 def tiny_config(method: str = "comatch") -> ml_collections.ConfigDict:
@@ -375,7 +376,7 @@ def test_a_finished_run_is_left_as_it_is_and_a_lower_num_steps_is_refused(
 
 
 def test_concat_and_split_per_device_round_trip():
-    from comatch_jax.train_step import concat_per_device, split_per_device
+    from comatch_jax.core.train_step import concat_per_device, split_per_device
 
     a = jnp.arange(4)[:, None] * jnp.ones((4, 2))
     b = 100 + jnp.arange(8)[:, None] * jnp.ones((8, 2))

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from absl import logging
 
-from comatch_jax import train, training_data
+from comatch_jax.trainer import train
+from comatch_jax.data import pipeline as training_data
 from train_test import RecordingWriter, synthetic_dataset, tiny_config
 
 

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from comatch_jax import training_metrics
+from comatch_jax.trainer import training_metrics
 
 
 def _steps(losses, skipped=None):
@@ -84,7 +84,7 @@ def test_prefixes_and_the_progress_line():
 
 
 def test_progress_restarted_after_the_first_step_leaves_compiling_out():
-    from comatch_jax import metric_writing
+    from comatch_jax.trainer import metric_writing
 
     progress = metric_writing.Progress(start_step=0, num_steps=10, t=0.0)
     progress.restart(1, 100.0)  # the first step took 100 s (compiling)

@@ -1,0 +1,398 @@
+"""Which unlabeled images to ask a person to label next (active learning), and the CSV files.
+
+Every strategy is a pure function. Score functions map class probabilities [N, C] to one
+score per image where HIGHER means MORE WANTED (more uncertain); `k_center_greedy` picks a
+spread-out set in embedding space. `select` dispatches by name and returns the chosen rows.
+
+Files:
+  * requests CSV, written by comatch_jax.commands.request_labels: `id,score,predicted_class,
+    predicted_class_name`, best request first;
+  * labels CSV, the answers (from a person, or comatch_jax.commands.answer_from_truth offline): `id,label`, read by
+    training through `config.dataset.extra_labels_csv`.
+An id is the image's index in the dataset's train split, so it is stable across runs.
+CSVs are read as the csv module and spreadsheets agree: UTF-8 with or without a byte-order
+mark, LF or CRLF line ends, quoted fields, blank lines ignored. File names are written as the
+file system holds them (quoted where needed; undecodable bytes kept via surrogateescape), so
+every name round-trips. Files are written whole (comatch_jax.atomic_files).
+No TensorFlow here: this runs with numpy alone.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from typing import Sequence
+
+import numpy as np
+
+from comatch_jax import atomic_files
+
+SCORE_STRATEGIES = ("entropy", "margin", "least_confidence", "random")
+STRATEGIES = SCORE_STRATEGIES + ("kcenter",)
+REQUEST_COLUMNS = ("id", "score", "predicted_class", "predicted_class_name")
+LABEL_COLUMNS = ("id", "label")
+
+# How CSVs are read and written: a spreadsheet's byte-order mark is dropped on reading; file
+# names that are not valid UTF-8 (POSIX allows any bytes) round-trip as surrogate escapes.
+CSV_READ = {"encoding": "utf-8-sig", "errors": "surrogateescape", "newline": ""}
+CSV_WRITE = {"encoding": "utf-8", "errors": "surrogateescape", "newline": ""}
+
+# Rows of the distance matrix computed at once in k-center greedy (bounds memory).
+_DISTANCE_CHUNK = 4096
+
+
+# ------------------------------------------------------------------------------ strategies
+
+
+def entropy_scores(probs: np.ndarray) -> np.ndarray:
+    """Prediction entropy -sum_c p_c log p_c [N] (nats); maximal, log C, for uniform probs."""
+    probs = np.asarray(probs, np.float64)
+    return -np.sum(probs * np.log(np.clip(probs, 1e-12, 1.0)), axis=-1)
+
+
+def margin_scores(probs: np.ndarray) -> np.ndarray:
+    """1 - (p_top1 - p_top2) [N]: 1 when the two best classes tie, 0 when one class has all."""
+    probs = np.asarray(probs, np.float64)
+    top2 = -np.partition(-probs, 1, axis=-1)[:, :2]
+    return 1.0 - (top2[:, 0] - top2[:, 1])
+
+
+def least_confidence_scores(probs: np.ndarray) -> np.ndarray:
+    """1 - p_top1 [N]: how far the most likely class is from certainty."""
+    return 1.0 - np.max(np.asarray(probs, np.float64), axis=-1)
+
+
+def random_scores(num: int, seed: int) -> np.ndarray:
+    """Uniform [0, 1) scores [num], the same for the same seed (the random baseline)."""
+    return np.random.default_rng(seed).random(num)
+
+
+def _squared_distances(points: np.ndarray, centers: np.ndarray) -> np.ndarray:
+    """||points_i - centers_j||^2 [N, M], clipped at 0 against rounding."""
+    cross = points @ centers.T
+    squared = np.sum(points**2, axis=1)[:, None] - 2.0 * cross + np.sum(centers**2, axis=1)[None]
+    return np.maximum(squared, 0.0)
+
+
+def distance_to_nearest(points: np.ndarray, centers: np.ndarray) -> np.ndarray:
+    """Euclidean distance [N] from each point to its nearest center (inf if no centers)."""
+    points = np.asarray(points, np.float64)
+    centers = np.asarray(centers, np.float64).reshape(-1, points.shape[1])
+    nearest = np.full(len(points), np.inf)
+    for start in range(0, len(centers), _DISTANCE_CHUNK):
+        chunk = _squared_distances(points, centers[start : start + _DISTANCE_CHUNK])
+        nearest = np.minimum(nearest, np.sqrt(chunk.min(axis=1)))
+    return nearest
+
+
+def k_center_greedy(
+    embeddings: np.ndarray, labeled_embeddings: np.ndarray, budget: int
+) -> np.ndarray:
+    """Core-set selection (Sener & Savarese 2018): `budget` row indices of `embeddings`.
+
+    Greedily adds the point farthest from everything chosen so far (labeled points first),
+    which approximately minimises the largest distance from any point to its nearest chosen
+    one. Without labeled points the first pick is the point farthest from the mean.
+    """
+    embeddings = np.asarray(embeddings, np.float64)
+    _check_budget(budget, len(embeddings))
+    if len(labeled_embeddings):
+        nearest = distance_to_nearest(embeddings, labeled_embeddings)
+    else:
+        nearest = distance_to_nearest(embeddings, embeddings.mean(axis=0, keepdims=True))
+    chosen = []
+    for _ in range(budget):
+        pick = int(np.argmax(nearest))
+        chosen.append(pick)
+        nearest = np.minimum(nearest, distance_to_nearest(embeddings, embeddings[pick : pick + 1]))
+        nearest[pick] = -np.inf  # never picked twice, even among duplicate points
+    return np.asarray(chosen, np.int64)
+
+
+def top_k(scores: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the k highest scores, highest first; ties go to the lower index."""
+    _check_budget(k, len(scores))
+    return np.argsort(-np.asarray(scores), kind="stable")[:k]
+
+
+def class_balanced_top_k(scores: np.ndarray, predicted_classes: np.ndarray, k: int) -> np.ndarray:
+    """Top-k taken round-robin over predicted classes: every class's best, then every
+    class's second best, and so on; within a round, higher scores first. A class that runs
+    out of images drops out of later rounds.
+
+    With entropy scores this is "entropy within predicted class": it keeps the requests
+    from piling onto the one or two classes the model finds hardest.
+    """
+    scores = np.asarray(scores)
+    predicted_classes = np.asarray(predicted_classes)
+    _check_budget(k, len(scores))
+    by_score = np.argsort(-scores, kind="stable")
+    rank_in_class = np.empty(len(scores), np.int64)
+    for c in np.unique(predicted_classes):
+        members = by_score[predicted_classes[by_score] == c]
+        rank_in_class[members] = np.arange(len(members))
+    # lexsort: the last key is the primary one.
+    order = np.lexsort((np.arange(len(scores)), -scores, rank_in_class))
+    return order[:k]
+
+
+def strategy_scores(strategy: str, probs: np.ndarray, seed: int = 0) -> np.ndarray:
+    """The per-image scores of a score strategy (higher = more wanted)."""
+    if strategy == "entropy":
+        return entropy_scores(probs)
+    if strategy == "margin":
+        return margin_scores(probs)
+    if strategy == "least_confidence":
+        return least_confidence_scores(probs)
+    if strategy == "random":
+        return random_scores(len(probs), seed)
+    raise ValueError(f"Unknown strategy {strategy!r}; expected one of {', '.join(STRATEGIES)}.")
+
+
+def select(
+    strategy: str,
+    *,
+    probs: np.ndarray,
+    budget: int,
+    embeddings: np.ndarray | None = None,
+    labeled_embeddings: np.ndarray | None = None,
+    balance_by_predicted_class: bool = False,
+    seed: int = 0,
+) -> np.ndarray:
+    """Row indices (into `probs`) of the `budget` images to request, most wanted first.
+
+    `embeddings` [N, D] and `labeled_embeddings` [L, D] are needed by 'kcenter' only.
+    `balance_by_predicted_class` spreads a score strategy's picks over the predicted classes.
+    """
+    probs = np.asarray(probs)
+    check_strategy(strategy, balance_by_predicted_class)
+    _check_budget(budget, len(probs))
+    if strategy == "kcenter":
+        if embeddings is None or labeled_embeddings is None:
+            raise ValueError("strategy 'kcenter' needs embeddings and labeled_embeddings.")
+        return k_center_greedy(embeddings, labeled_embeddings, budget)
+    scores = strategy_scores(strategy, probs, seed)
+    if balance_by_predicted_class:
+        return class_balanced_top_k(scores, np.argmax(probs, axis=-1), budget)
+    return top_k(scores, budget)
+
+
+def check_strategy(strategy: str, balance_by_predicted_class: bool = False) -> None:
+    """Raises ValueError with one line for an unknown strategy or an impossible combination."""
+    if strategy not in STRATEGIES:
+        raise ValueError(f"Unknown strategy {strategy!r}; expected one of {', '.join(STRATEGIES)}.")
+    if strategy == "kcenter" and balance_by_predicted_class:
+        raise ValueError(
+            "balance_by_predicted_class needs a score strategy "
+            f"({', '.join(SCORE_STRATEGIES)}), not kcenter."
+        )
+
+
+def _check_budget(budget: int, available: int) -> None:
+    if budget <= 0 or budget > available:
+        raise ValueError(
+            f"budget must be in 1..{available} (the number of candidate images), got {budget}."
+        )
+
+
+# ------------------------------------------------------------------------------- CSV files
+
+
+def write_requests_csv(
+    path: str,
+    ids: np.ndarray,
+    scores: np.ndarray,
+    predicted_classes: np.ndarray,
+    class_names: Sequence[str],
+    paths: Sequence[str] | None = None,
+) -> None:
+    """Writes the requests CSV, one row per requested image, in the given order; with
+    `paths` (image-folder runs) a `path` column names each image's file. Written whole."""
+    with atomic_files.open_atomic(path, "w", **CSV_WRITE) as f:
+        writer = csv.writer(f)
+        writer.writerow(REQUEST_COLUMNS + (("path",) if paths is not None else ()))
+        for i, (image_id, score, predicted) in enumerate(zip(ids, scores, predicted_classes)):
+            row = [
+                int(image_id),
+                f"{float(score):.6g}",
+                int(predicted),
+                class_names[int(predicted)],
+            ]
+            writer.writerow(row + ([paths[i]] if paths is not None else []))
+
+
+def read_csv_table(
+    path: str, columns: Sequence[str]
+) -> tuple[list[str], list[tuple[int, list[str]]]]:
+    """(header, [(line number, fields), ...]) of a CSV that must have `columns` in its header.
+
+    Reads as spreadsheets save: a UTF-8 byte-order mark is dropped, CRLF or LF line ends,
+    quoted fields (which may hold commas, quotes and line breaks), header names stripped of
+    surrounding spaces; rows whose fields are all blank are skipped. Line numbers are those of
+    the row's first physical line. Raises FileNotFoundError or ValueError, one line naming
+    the file.
+    """
+    try:
+        with open(path, **CSV_READ) as f:
+            reader = csv.reader(f)
+            table = []
+            line = reader.line_num + 1
+            for row in reader:
+                table.append((line, row))
+                line = reader.line_num + 1
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: no such file.") from None
+    except (OSError, csv.Error) as e:
+        raise ValueError(f"{path}: cannot read it as CSV ({e}).") from e
+    table = [(line, row) for line, row in table if any(cell.strip() for cell in row)]
+    expected = ",".join(columns)
+    if not table:
+        raise ValueError(f"{path} is empty; expected a header with columns {expected}.")
+    header = [name.strip() for name in table[0][1]]
+    missing = [name for name in columns if name not in header]
+    if missing:
+        raise ValueError(
+            f"{path}: the header {_show_header(header)} lacks column(s) {','.join(missing)}; "
+            f"expected a header with columns {expected}."
+        )
+    rows = table[1:]
+    for line, row in rows:
+        if len(row) != len(header):
+            raise ValueError(
+                f"{path} line {line}: {len(row)} fields, the header has {len(header)} "
+                "(quote fields that hold commas)."
+            )
+    return header, rows
+
+
+def _show_header(header: Sequence[str]) -> str:
+    """The header as read, with any invisible or odd characters made visible."""
+    shown = ",".join(header)
+    if all(name.isprintable() and name.isascii() for name in header):
+        return repr(shown)
+    return ascii(shown)
+
+
+def read_folder_labels_csv(
+    path: str, *, root: str, unlabeled_paths: Sequence[str], class_names: Sequence[str]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Reads the answers to an image-folder run's requests: a CSV with columns `path,label`.
+
+    `path` is an image under root/unlabeled/ (absolute, or relative to the root as in the
+    requests CSV), exactly as the requests CSV names it (any characters, quoted as the csv
+    module does; spaces around it are ignored only when no file has them); `label` is a
+    class name (a folder name under labeled/) or its index. Returns (rows of
+    `unlabeled_paths`, labels), int32; errors are one line naming the file.
+    """
+    header, rows = read_csv_table(path, ("path", "label"))
+    if not rows:
+        raise ValueError(f"{path} has a header but no rows; add path,label rows or unset it.")
+    path_column, label_column = header.index("path"), header.index("label")
+    position = {p: i for i, p in enumerate(unlabeled_paths)}
+    class_index = {name: i for i, name in enumerate(class_names)}
+    root = os.path.abspath(root)
+
+    def find(image: str) -> int | None:
+        relative = os.path.relpath(image, root) if os.path.isabs(image) else os.path.normpath(image)
+        return position.get(relative)
+
+    indices, labels = [], []
+    for line, row in rows:
+        image = row[path_column]
+        found = find(image)
+        if found is None and image.strip() != image:
+            found = find(image.strip())
+        if found is None:
+            raise ValueError(
+                f"{path} line {line}: {image!r} is not an image of {root}/unlabeled/ "
+                f"(paths are absolute or relative to {root})."
+            )
+        label = row[label_column].strip()
+        if label in class_index:
+            labels.append(class_index[label])
+        elif label.isdigit() and int(label) < len(class_names):
+            labels.append(int(label))
+        else:
+            raise ValueError(
+                f"{path} line {line}: label {label!r} is neither a class name "
+                f"({', '.join(class_names[:5])}{', ...' if len(class_names) > 5 else ''}) "
+                f"nor an index 0..{len(class_names) - 1}."
+            )
+        indices.append(found)
+    unique, counts = np.unique(indices, return_counts=True)
+    if np.any(counts > 1):
+        raise ValueError(
+            f"{path}: {unlabeled_paths[unique[counts > 1][0]]!r} appears more than once."
+        )
+    return np.asarray(indices, np.int32), np.asarray(labels, np.int32)
+
+
+def write_labels_csv(path: str, ids: np.ndarray, labels: np.ndarray) -> None:
+    """Writes the labels CSV (`id,label`), whole (a temporary file renamed when complete)."""
+    with atomic_files.open_atomic(path, "w", **CSV_WRITE) as f:
+        writer = csv.writer(f)
+        writer.writerow(LABEL_COLUMNS)
+        writer.writerows([int(i), int(label)] for i, label in zip(ids, labels))
+
+
+def _read_int_columns(path: str, columns: Sequence[str]) -> dict[str, np.ndarray]:
+    """Reads integer `columns` of a CSV with a header (read_csv_table); one-line ValueError
+    if malformed."""
+    header, rows = read_csv_table(path, columns)
+    positions = [header.index(name) for name in columns]
+    values = {name: [] for name in columns}
+    for line, row in rows:
+        for name, position in zip(columns, positions):
+            try:
+                values[name].append(int(row[position].strip()))
+            except ValueError:
+                raise ValueError(
+                    f"{path} line {line}: {name} {row[position]!r} is not an integer."
+                ) from None
+    return {name: np.asarray(v, np.int64) for name, v in values.items()}
+
+
+def _check_ids(path: str, ids: np.ndarray, num_images: int) -> None:
+    bad = ids[(ids < 0) | (ids >= num_images)]
+    if len(bad):
+        raise ValueError(
+            f"{path}: id {bad[0]} is not in the train split (ids are 0..{num_images - 1})."
+        )
+    unique, counts = np.unique(ids, return_counts=True)
+    if np.any(counts > 1):
+        raise ValueError(f"{path}: id {unique[counts > 1][0]} appears more than once.")
+
+
+def read_request_ids(path: str, *, num_images: int) -> np.ndarray:
+    """The `id` column of a requests CSV, validated against a train split of `num_images`."""
+    ids = _read_int_columns(path, ("id",))["id"]
+    _check_ids(path, ids, num_images)
+    return ids
+
+
+def read_labels_csv(
+    path: str, *, num_images: int, num_classes: int, already_labeled: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Reads and validates a labels CSV: (ids, labels), int32.
+
+    Every id must be a train-split index that is not labeled already and appears once;
+    every label must lie in 0..num_classes-1. Errors are one line naming the file.
+    """
+    columns = _read_int_columns(path, LABEL_COLUMNS)
+    ids, labels = columns["id"], columns["label"]
+    if not len(ids):
+        raise ValueError(f"{path} has a header but no rows; add id,label rows or unset it.")
+    _check_ids(path, ids, num_images)
+    out_of_range = (labels < 0) | (labels >= num_classes)
+    if np.any(out_of_range):
+        position = int(np.argmax(out_of_range))
+        raise ValueError(
+            f"{path}: label {labels[position]} of id {ids[position]} is outside "
+            f"0..{num_classes - 1}."
+        )
+    already = np.isin(ids, already_labeled)
+    if np.any(already):
+        raise ValueError(
+            f"{path}: id {ids[np.argmax(already)]} is already in the labeled set; remove it."
+        )
+    return ids.astype(np.int32), labels.astype(np.int32)

@@ -1,0 +1,695 @@
+"""Training methods: each is its views, its extra state and its loss over model outputs.
+
+The one train step (train_step.py) makes the views a method names, runs the model once on
+all of them, and hands the outputs to the method's loss. A method is one `Method` entry in
+METHODS (plus its loss and configs/<name>.py): the entry declares its views, heads, config
+sections, option checks and evaluation, and config validation (config_lib.method_checks) and
+the comparison tables (experiments/compare_methods.py) are derived from it; never another
+loop or table.
+
+Outputs reach a loss as a dict keyed '<part>_<view>', e.g. 'labeled_weak',
+'unlabeled_strong0', each a model output dict (logits, embedding, features).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from comatch_jax.core import losses, memory_queue
+
+Outputs = dict[str, dict[str, jax.Array]]
+LossFn = Callable[..., tuple[jax.Array, tuple[Any, dict[str, jax.Array]]]]
+
+
+Check = tuple[bool, str]  # (condition that must hold, what the user must change)
+
+# Model output (head) -> the config.model fields that must be set for the model to build it.
+# `logits` (the classifier) and `embedding` (CoMatch's projection head) are always built.
+HEAD_FIELDS: dict[str, tuple[str, ...]] = {
+    "logits": (),
+    "embedding": (),
+    "projection": ("projector_widths",),
+    "prediction": ("projector_widths", "predictor_widths"),
+    "reconstruction": ("decoder",),
+}
+EVALUATIONS = ("classifier", "self_supervised")
+
+
+def _no_checks(config: ml_collections.ConfigDict) -> list[Check]:
+    return []
+
+
+@dataclasses.dataclass(frozen=True)
+class Method:
+    """A training method, declared once: everything the trainer, config validation and the
+    comparison tables need to know about it.
+
+    name: the config.method value; configs/<name>.py is its config file.
+    labeled_views / unlabeled_views: view slots (names in config.augment) made per part.
+    init_state(config, num_classes, embedding_dim) -> the method's extra state pytree
+        (carried in TrainState.method_state and checkpointed with it).
+    loss(outputs, batch, method_state, config) -> (loss, (new method state, metrics)).
+    evaluation: 'classifier' (evaluated by its own classifier) or 'self_supervised'
+        (by kNN on frozen features; the classifier is untrained until fine-tuning).
+    heads: the model outputs the loss reads (keys of HEAD_FIELDS); validation requires the
+        config.model fields each needs.
+    config_sections: the config.<section> sub-configs the loss reads.
+    section_fields: for a section of config_sections that config_lib.base_config lacks (its
+        config file adds it, e.g. config.freematch), the field names it may hold: any other
+        field there is a misspelling (config_lib.unknown_fields).
+    check_config(config) -> [(ok, message)]: the method's own option checks, run by
+        config_lib.validate_config ('Invalid config: <message>' when not ok).
+    display_name: the name in comparison tables and figures. The order of METHODS is the
+        row order of those tables.
+
+    A method needs unlabeled data (config.mu > 0) exactly when it has unlabeled views.
+    """
+
+    name: str
+    labeled_views: tuple[str, ...]
+    unlabeled_views: tuple[str, ...]
+    init_state: Callable[[ml_collections.ConfigDict, int, int], Any]
+    loss: LossFn
+    evaluation: str = "classifier"
+    heads: tuple[str, ...] = ("logits",)
+    config_sections: tuple[str, ...] = ()
+    section_fields: tuple[str, ...] = ()
+    check_config: Callable[[ml_collections.ConfigDict], list[Check]] = _no_checks
+    display_name: str = ""
+
+    def __post_init__(self):
+        if self.evaluation not in EVALUATIONS:
+            raise ValueError(
+                f"Method {self.name!r}: evaluation must be one of {EVALUATIONS}, "
+                f"got {self.evaluation!r}"
+            )
+        unknown = [head for head in self.heads if head not in HEAD_FIELDS]
+        if unknown:
+            raise ValueError(
+                f"Method {self.name!r}: unknown heads {unknown}; expected some of "
+                f"{sorted(HEAD_FIELDS)}"
+            )
+        if not self.display_name:
+            object.__setattr__(self, "display_name", self.name)
+
+    @property
+    def needs_unlabeled_data(self) -> bool:
+        """True when the method has unlabeled views, i.e. needs config.mu > 0."""
+        return bool(self.unlabeled_views)
+
+    @property
+    def model_fields(self) -> tuple[str, ...]:
+        """The config.model fields that must be set (truthy) for the heads the loss reads."""
+        fields = [field for head in self.heads for field in HEAD_FIELDS[head]]
+        return tuple(dict.fromkeys(fields))
+
+
+def _pseudo_label_accuracy(pseudo_labels: jax.Array, mask: jax.Array, batch: dict) -> jax.Array:
+    """Accuracy of the kept pseudo-labels against the (never trained on) true labels."""
+    correct = (jnp.argmax(pseudo_labels, axis=-1) == batch["unlabeled_labels"]).astype(jnp.float32)
+    return jnp.sum(correct * mask) / jnp.maximum(jnp.sum(mask), 1.0)
+
+
+# ----------------------------------------------------------------------------- supervised
+def _no_state(config: ml_collections.ConfigDict, num_classes: int, embedding_dim: int) -> dict:
+    return {}
+
+
+def supervised_loss(outputs: Outputs, batch: dict, method_state: dict, config) -> tuple:
+    """Cross-entropy on the labeled weak views only."""
+    loss = losses.cross_entropy(outputs["labeled_weak"]["logits"], batch["labels"])
+    return loss, (method_state, {"loss_x": loss})
+
+
+# ----------------------------------------------------------------------------- CoMatch
+def init_comatch_state(
+    config: ml_collections.ConfigDict, num_classes: int, embedding_dim: int
+) -> dict[str, jax.Array]:
+    """Memory queue of (embedding, class probability) pairs and the DA history; with
+    comatch.threshold_rule='freematch' also FreeMatch's EMAs tau_0 = 1/C (`global_threshold`)
+    and p~_0 = 1/C per class (`class_probs`), the paper's start. Fixed-threshold runs carry
+    no extra state (their checkpoints keep their structure)."""
+    options = config.comatch
+    state = {
+        "queue_embeddings": jnp.zeros((options.queue_size, embedding_dim), jnp.float32),
+        "queue_probs": jnp.zeros((options.queue_size, num_classes), jnp.float32),
+        "queue_pointer": jnp.zeros((), jnp.int32),
+        "queue_filled": jnp.zeros((), jnp.int32),  # entries written so far, capped at K
+        "da_history": jnp.zeros((options.da_length, num_classes), jnp.float32),
+        "da_count": jnp.zeros((), jnp.int32),
+    }
+    if _threshold_rule(config) == "freematch":
+        state["global_threshold"] = jnp.asarray(1.0 / num_classes, jnp.float32)
+        state["class_probs"] = jnp.full((num_classes,), 1.0 / num_classes, jnp.float32)
+    return state
+
+
+THRESHOLD_RULES = ("fixed", "freematch")
+
+
+def _threshold_rule(config: ml_collections.ConfigDict) -> str:
+    """comatch.threshold_rule ('fixed' when absent, e.g. a config written before it existed)."""
+    return config.comatch.get("threshold_rule", "fixed")
+
+
+def comatch_loss(outputs: Outputs, batch: dict, state: dict, config) -> tuple:
+    """L = L_x + lambda_cls L_u^cls + lambda_ctr L_u^ctr (Eq. 10), official-code semantics.
+
+    The weak unlabeled view gives p (aligned by DA), smoothed with the queue into q once the
+    queue is full; q masks and targets the first strong view and builds W^q; the two strong
+    views' embeddings build W^z. The queue then receives the weak views' embeddings with
+    the aligned, unsmoothed probabilities (unlabeled) and one-hot labels (labeled).
+
+    comatch.threshold_rule: 'fixed' (the paper) keeps q where max q >= comatch.threshold;
+    'freematch' keeps q where max q >= tau_t(argmax q), FreeMatch's self-adaptive class
+    thresholds (losses.self_adaptive_thresholds, momentum comatch.threshold_momentum) computed
+    from q itself, starting at 1/C, so a young model learns from its unlabeled images from the
+    first steps. Not in the CoMatch or FreeMatch papers; this library's combination. The
+    pseudo-label graph's threshold T (comatch.contrast_threshold) stays fixed under both
+    rules: T thresholds the similarity q_b . q_j of two pseudo-labels (which pairs count as
+    positives in L_u^ctr), not a confidence, and a threshold that starts at 1/C would join
+    most pairs of a young model's near-uniform q's into wrong positives; with the self-loops
+    W^q always has its instance pairs, so L_u^ctr teaches from the first step anyway.
+    """
+    options = config.comatch
+    num_classes = outputs["labeled_weak"]["logits"].shape[-1]
+    loss_x = losses.cross_entropy(outputs["labeled_weak"]["logits"], batch["labels"])
+
+    # Everything computed from the weak views is a target: no gradient flows through it.
+    weak_logits = jax.lax.stop_gradient(outputs["unlabeled_weak"]["logits"])
+    weak_embeddings = jax.lax.stop_gradient(outputs["unlabeled_weak"]["embedding"])
+    labeled_embeddings = jax.lax.stop_gradient(outputs["labeled_weak"]["embedding"])
+    probs = jax.nn.softmax(weak_logits, axis=-1)
+    da_history, da_count = state["da_history"], state["da_count"]
+    if options.distribution_alignment:
+        probs, da_history, da_count = losses.distribution_alignment(probs, da_history, da_count)
+
+    smoothed = losses.memory_smoothed_pseudo_labels(
+        probs,
+        weak_embeddings,
+        state["queue_embeddings"],
+        state["queue_probs"],
+        alpha=options.alpha,
+        temperature=options.temperature,
+    )
+    queue_size = state["queue_embeddings"].shape[0]
+    pseudo_labels = jnp.where(state["queue_filled"] >= queue_size, smoothed, probs)
+
+    adaptive = {}
+    if _threshold_rule(config) == "freematch":
+        # FreeMatch's self-adaptive rule on q (the memory-smoothed pseudo-labels): tau_t(c)
+        # replaces the fixed tau of L_u^cls only; W^q keeps its fixed T (contrast_threshold).
+        thresholds, global_threshold, class_probs = losses.self_adaptive_thresholds(
+            pseudo_labels,
+            state["global_threshold"],
+            state["class_probs"],
+            momentum=options.threshold_momentum,
+        )
+        loss_u, mask = losses.class_threshold_pseudo_label_loss(
+            outputs["unlabeled_strong0"]["logits"], pseudo_labels, thresholds
+        )
+        adaptive = {"global_threshold": global_threshold, "class_probs": class_probs}
+    else:
+        loss_u, mask = losses.masked_pseudo_label_loss(
+            outputs["unlabeled_strong0"]["logits"], pseudo_labels, threshold=options.threshold
+        )
+    target_graph = losses.pseudo_label_graph(pseudo_labels, threshold=options.contrast_threshold)
+    similarity_graph = losses.embedding_graph(
+        outputs["unlabeled_strong0"]["embedding"],
+        outputs["unlabeled_strong1"]["embedding"],
+        temperature=options.temperature,
+    )
+    loss_ctr = losses.graph_contrastive_loss(target_graph, similarity_graph)
+    loss = loss_x + options.lambda_cls * loss_u + options.lambda_ctr * loss_ctr
+
+    new_embeddings = jnp.concatenate([weak_embeddings, labeled_embeddings])
+    new_probs = jnp.concatenate([probs, jax.nn.one_hot(batch["labels"], num_classes)])
+    queue_embeddings, pointer = memory_queue.enqueue(
+        state["queue_embeddings"], state["queue_pointer"], new_embeddings
+    )
+    queue_probs, _ = memory_queue.enqueue(state["queue_probs"], state["queue_pointer"], new_probs)
+    new_state = {
+        "queue_embeddings": queue_embeddings,
+        "queue_probs": queue_probs,
+        "queue_pointer": pointer,
+        "queue_filled": jnp.minimum(state["queue_filled"] + new_embeddings.shape[0], queue_size),
+        "da_history": da_history,
+        "da_count": da_count,
+        **adaptive,
+    }
+    metrics = {
+        "loss_x": loss_x,
+        "loss_u": loss_u,
+        "loss_ctr": loss_ctr,
+        "mask_rate": jnp.mean(mask),
+        "pseudo_label_acc": _pseudo_label_accuracy(pseudo_labels, mask, batch),
+    }
+    if adaptive:
+        metrics["global_threshold"] = adaptive["global_threshold"]
+    return loss, (new_state, metrics)
+
+
+# ----------------------------------------------------------------------------- CoMatch + BT
+def comatch_barlow_twins_loss(outputs: Outputs, batch: dict, state: dict, config) -> tuple:
+    """CoMatch plus lambda_bt times Barlow Twins on the two strong views' projections (the
+    CoMatch paper's stated future work)."""
+    loss, (state, metrics) = comatch_loss(outputs, batch, state, config)
+    loss_bt = losses.barlow_twins_loss(
+        outputs["unlabeled_strong0"]["projection"],
+        outputs["unlabeled_strong1"]["projection"],
+        lambda_offdiag=config.barlow_twins.lambda_offdiag,
+    )
+    return loss + config.comatch.lambda_bt * loss_bt, (state, {**metrics, "loss_bt": loss_bt})
+
+
+# ----------------------------------------------------------------------------- FixMatch
+def init_fixmatch_state(
+    config: ml_collections.ConfigDict, num_classes: int, embedding_dim: int
+) -> dict[str, jax.Array]:
+    """The DA history when fixmatch.distribution_alignment is on, else nothing."""
+    options = config.fixmatch
+    if not options.get("distribution_alignment", False):
+        return {}
+    return {
+        "da_history": jnp.zeros((options.da_length, num_classes), jnp.float32),
+        "da_count": jnp.zeros((), jnp.int32),
+    }
+
+
+def fixmatch_loss(outputs: Outputs, batch: dict, state: dict, config) -> tuple:
+    """FixMatch (Sohn et al. 2020, Eq. 4): L_x + lambda_u CE(strong, argmax p_weak) where
+    max p_weak >= tau. With fixmatch.distribution_alignment, p_weak is first aligned as in
+    the official CoMatch repository's Train_fixmatch.py (losses.distribution_alignment)."""
+    options = config.fixmatch
+    loss_x = losses.cross_entropy(outputs["labeled_weak"]["logits"], batch["labels"])
+    # The weak view is the target: no gradient flows through it.
+    weak_probs = jax.lax.stop_gradient(
+        jax.nn.softmax(outputs["unlabeled_weak"]["logits"].astype(jnp.float32), axis=-1)
+    )
+    if options.get("distribution_alignment", False):
+        weak_probs, history, count = losses.distribution_alignment(
+            weak_probs, state["da_history"], state["da_count"]
+        )
+        state = {**state, "da_history": history, "da_count": count}
+    loss_u, mask = losses.hard_pseudo_label_loss(
+        outputs["unlabeled_strong0"]["logits"], weak_probs, threshold=options.threshold
+    )
+    metrics = {
+        "loss_x": loss_x,
+        "loss_u": loss_u,
+        "mask_rate": jnp.mean(mask),
+        "pseudo_label_acc": _pseudo_label_accuracy(weak_probs, mask, batch),
+    }
+    return loss_x + options.lambda_u * loss_u, (state, metrics)
+
+
+# ----------------------------------------------------------------------------- FreeMatch
+def init_freematch_state(
+    config: ml_collections.ConfigDict, num_classes: int, embedding_dim: int
+) -> dict[str, jax.Array]:
+    """tau_0 = 1/C and p~_0 = h~_0 = 1/C per class (the paper's start)."""
+    uniform = jnp.full((num_classes,), 1.0 / num_classes, jnp.float32)
+    return {
+        "global_threshold": jnp.asarray(1.0 / num_classes, jnp.float32),
+        "class_probs": uniform,
+        "class_histogram": uniform,
+    }
+
+
+def freematch_loss(outputs: Outputs, batch: dict, state: dict, config) -> tuple:
+    """FreeMatch (Wang et al. 2023): L_x + lambda_u L_u + lambda_f L_f with self-adaptive
+    class thresholds tau_t(c) updated from this batch's weak view first (official order)."""
+    options = config.freematch
+    loss_x = losses.cross_entropy(outputs["labeled_weak"]["logits"], batch["labels"])
+    weak_probs = jax.nn.softmax(
+        jax.lax.stop_gradient(outputs["unlabeled_weak"]["logits"]).astype(jnp.float32), axis=-1
+    )
+    thresholds, global_threshold, class_probs, class_histogram = losses.freematch_thresholds(
+        weak_probs,
+        state["global_threshold"],
+        state["class_probs"],
+        state["class_histogram"],
+        momentum=options.momentum,
+    )
+    strong_logits = outputs["unlabeled_strong0"]["logits"]
+    loss_u, mask = losses.freematch_unlabeled_loss(strong_logits, weak_probs, thresholds)
+    loss_f = losses.freematch_fairness_loss(strong_logits, mask, class_probs, class_histogram)
+    loss = loss_x + options.lambda_u * loss_u + options.lambda_f * loss_f
+    new_state = {
+        "global_threshold": global_threshold,
+        "class_probs": class_probs,
+        "class_histogram": class_histogram,
+    }
+    metrics = {
+        "loss_x": loss_x,
+        "loss_u": loss_u,
+        "loss_fair": loss_f,
+        "mask_rate": jnp.mean(mask),
+        "global_threshold": global_threshold,
+        "pseudo_label_acc": _pseudo_label_accuracy(weak_probs, mask, batch),
+    }
+    return loss, (new_state, metrics)
+
+
+# ----------------------------------------------------------------------------- SoftMatch
+def init_softmatch_state(
+    config: ml_collections.ConfigDict, num_classes: int, embedding_dim: int
+) -> dict[str, jax.Array]:
+    """mu_0 = 1/C, sigma_0^2 = 1 (paper and official code); E[p] set by the first batch."""
+    return {
+        "confidence_mean": jnp.asarray(1.0 / num_classes, jnp.float32),
+        "confidence_variance": jnp.asarray(1.0, jnp.float32),
+        "class_mean": jnp.full((num_classes,), 1.0 / num_classes, jnp.float32),
+        "alignment_count": jnp.zeros((), jnp.int32),
+    }
+
+
+def softmatch_loss(outputs: Outputs, batch: dict, state: dict, config) -> tuple:
+    """SoftMatch (Chen et al. 2023): L_x + mean_b lambda(p_b) CE(strong_b, argmax p_b).
+
+    As in the official code, uniform alignment (if on) enters only the weights: the Gaussian
+    estimates and lambda use the aligned p, the pseudo-label is argmax of the raw p.
+    """
+    options = config.softmatch
+    loss_x = losses.cross_entropy(outputs["labeled_weak"]["logits"], batch["labels"])
+    weak_probs = jax.nn.softmax(
+        jax.lax.stop_gradient(outputs["unlabeled_weak"]["logits"]).astype(jnp.float32), axis=-1
+    )
+    class_mean, count = state["class_mean"], state["alignment_count"]
+    weighting_probs = weak_probs
+    if options.uniform_alignment:
+        weighting_probs, class_mean, count = losses.uniform_alignment(
+            weak_probs, class_mean, count, momentum=options.momentum
+        )
+    mean, variance = losses.softmatch_gaussian(
+        weighting_probs,
+        state["confidence_mean"],
+        state["confidence_variance"],
+        momentum=options.momentum,
+    )
+    weights = losses.softmatch_weights(
+        weighting_probs, mean, variance, lambda_max=1.0, n_sigma=options.n_sigma
+    )
+    loss_u = losses.weighted_hard_pseudo_label_loss(
+        outputs["unlabeled_strong0"]["logits"], weak_probs, weights
+    )
+    new_state = {
+        "confidence_mean": mean,
+        "confidence_variance": variance,
+        "class_mean": class_mean,
+        "alignment_count": count,
+    }
+    metrics = {
+        "loss_x": loss_x,
+        "loss_u": loss_u,
+        "mask_rate": jnp.mean(weights),  # the weight mass
+        "confidence_mean": mean,
+        "pseudo_label_acc": _pseudo_label_accuracy(weak_probs, weights, batch),
+    }
+    return loss_x + options.lambda_u * loss_u, (new_state, metrics)
+
+
+# ----------------------------------------------------------------------------- self-supervised
+def simclr_loss(outputs: Outputs, batch: dict, state: dict, config) -> tuple:
+    """NT-Xent between the two views' L2-normalised projections (the `embedding` head)."""
+    loss = losses.nt_xent_loss(
+        outputs["unlabeled_strong0"]["embedding"],
+        outputs["unlabeled_strong1"]["embedding"],
+        temperature=config.simclr.temperature,
+    )
+    return loss, (state, {"loss_ssl": loss})
+
+
+def barlow_twins_method_loss(outputs: Outputs, batch: dict, state: dict, config) -> tuple:
+    """Redundancy reduction between the two views' projector outputs."""
+    loss = losses.barlow_twins_loss(
+        outputs["unlabeled_strong0"]["projection"],
+        outputs["unlabeled_strong1"]["projection"],
+        lambda_offdiag=config.barlow_twins.lambda_offdiag,
+    )
+    return loss, (state, {"loss_ssl": loss})
+
+
+def simsiam_method_loss(outputs: Outputs, batch: dict, state: dict, config) -> tuple:
+    """Symmetric negative cosine between predictions and stop-gradient projections."""
+    first, second = outputs["unlabeled_strong0"], outputs["unlabeled_strong1"]
+    loss = losses.simsiam_loss(
+        first["prediction"], second["prediction"], first["projection"], second["projection"]
+    )
+    return loss, (state, {"loss_ssl": loss})
+
+
+def autoencoder_loss(outputs: Outputs, batch: dict, state: dict, config) -> tuple:
+    """Reconstruct the (weakly augmented) input image from the backbone's features."""
+    view = outputs["unlabeled_weak"]
+    loss = losses.reconstruction_loss(
+        view["reconstruction"], view["image"] / 255.0, kind=config.autoencoder.loss
+    )
+    return loss, (state, {"loss_ssl": loss})
+
+
+# ----------------------------------------------------------------------------- option checks
+def _probability(value) -> bool:
+    return 0.0 <= value <= 1.0
+
+
+def check_comatch_options(config: ml_collections.ConfigDict) -> list[Check]:
+    options = config.comatch
+    return [
+        (_probability(options.alpha), f"comatch.alpha must be in [0, 1], got {options.alpha}"),
+        (options.temperature > 0, "comatch.temperature must be positive"),
+        (options.queue_size > 0, "comatch.queue_size must be positive"),
+        (options.da_length > 0, "comatch.da_length must be positive"),
+        (
+            _probability(options.threshold),
+            f"comatch.threshold must be in [0, 1], got {options.threshold}",
+        ),
+        (
+            _threshold_rule(config) in THRESHOLD_RULES,
+            f"comatch.threshold_rule must be one of {THRESHOLD_RULES}, "
+            f"got {_threshold_rule(config)!r}",
+        ),
+        (
+            0.0 <= options.get("threshold_momentum", 0.999) < 1.0,
+            "comatch.threshold_momentum must be in [0, 1), "
+            f"got {options.get('threshold_momentum')}",
+        ),
+    ]
+
+
+def unread_option_checks(config: ml_collections.ConfigDict) -> list[Check]:
+    """Options a user sets to change a method that ignores them. Other methods' sections
+    are deliberately not validated (a config file carries every section); the exception is
+    comatch.threshold_rule: set to anything but 'fixed' (e.g. 'freematch', or a misspelt
+    rule) for a method that does not read config.comatch, the run would silently train the
+    plain method. config_lib.method_checks runs these for config.method."""
+    method = get_method(config.method)
+    if "comatch" in method.config_sections or "comatch" not in config:
+        return []
+    rule = _threshold_rule(config)
+    readers = ", ".join(n for n, m in METHODS.items() if "comatch" in m.config_sections)
+    if config.method == "fixmatch":
+        advice = (
+            "for FixMatch with adaptive thresholds use configs/freematch.py "
+            "(or configs/softmatch.py)"
+        )
+    elif config.method in ("freematch", "softmatch"):
+        advice = f"method={config.method} adapts its thresholds itself; leave it at 'fixed'"
+    else:
+        advice = f"method={config.method} has no confidence threshold; leave it at 'fixed'"
+    return [
+        (
+            rule == "fixed",
+            f"comatch.threshold_rule={rule!r} applies only to methods {readers}, not "
+            f"method={config.method}; {advice}",
+        )
+    ]
+
+
+def check_comatch_bt_options(config: ml_collections.ConfigDict) -> list[Check]:
+    return check_comatch_options(config) + check_barlow_twins_options(config)
+
+
+def check_fixmatch_options(config: ml_collections.ConfigDict) -> list[Check]:
+    options = config.fixmatch
+    return [
+        (
+            _probability(options.threshold),
+            f"fixmatch.threshold must be in [0, 1], got {options.threshold}",
+        ),
+        (options.lambda_u >= 0, f"fixmatch.lambda_u must be >= 0, got {options.lambda_u}"),
+        (
+            options.get("da_length", 1) > 0,
+            f"fixmatch.da_length must be positive, got {options.get('da_length')}",
+        ),
+    ]
+
+
+def check_freematch_options(config: ml_collections.ConfigDict) -> list[Check]:
+    options = config.freematch
+    return [
+        (
+            0.0 <= options.momentum < 1.0,
+            f"freematch.momentum must be in [0, 1), got {options.momentum}",
+        ),
+        (options.lambda_u >= 0, f"freematch.lambda_u must be >= 0, got {options.lambda_u}"),
+        (options.lambda_f >= 0, f"freematch.lambda_f must be >= 0, got {options.lambda_f}"),
+    ]
+
+
+def check_softmatch_options(config: ml_collections.ConfigDict) -> list[Check]:
+    options = config.softmatch
+    return [
+        (
+            0.0 <= options.momentum < 1.0,
+            f"softmatch.momentum must be in [0, 1), got {options.momentum}",
+        ),
+        (options.lambda_u >= 0, f"softmatch.lambda_u must be >= 0, got {options.lambda_u}"),
+        (options.n_sigma > 0, f"softmatch.n_sigma must be positive, got {options.n_sigma}"),
+        (
+            config.batch_size * config.mu >= 2,
+            "softmatch estimates a variance: batch_size * mu must be >= 2",
+        ),
+    ]
+
+
+def check_simclr_options(config: ml_collections.ConfigDict) -> list[Check]:
+    temperature = config.simclr.temperature
+    return [(temperature > 0, f"simclr.temperature must be positive, got {temperature}")]
+
+
+def check_barlow_twins_options(config: ml_collections.ConfigDict) -> list[Check]:
+    weight = config.barlow_twins.lambda_offdiag
+    return [(weight >= 0, f"barlow_twins.lambda_offdiag must be >= 0, got {weight}")]
+
+
+def check_autoencoder_options(config: ml_collections.ConfigDict) -> list[Check]:
+    kind = config.autoencoder.loss
+    return [(kind in ("mse", "bce"), f"autoencoder.loss must be 'mse' or 'bce', got {kind!r}")]
+
+
+# ----------------------------------------------------------------------------- the table
+_SEMI_SUPERVISED_VIEWS = dict(labeled_views=("weak",), unlabeled_views=("weak", "strong0"))
+_COMATCH_VIEWS = dict(labeled_views=("weak",), unlabeled_views=("weak", "strong0", "strong1"))
+_TWO_VIEW_SSL = dict(labeled_views=(), unlabeled_views=("strong0", "strong1"))
+
+
+def _methods(*entries: Method) -> dict[str, Method]:
+    return {method.name: method for method in entries}
+
+
+# One entry per method, in the row order of comparison tables.
+METHODS: dict[str, Method] = _methods(
+    Method(
+        "supervised",
+        ("weak",),
+        (),
+        _no_state,
+        supervised_loss,
+        display_name="Supervised only",
+    ),
+    Method(
+        "autoencoder",
+        (),
+        ("weak",),
+        _no_state,
+        autoencoder_loss,
+        "self_supervised",
+        heads=("reconstruction",),
+        config_sections=("autoencoder",),
+        check_config=check_autoencoder_options,
+        display_name="Autoencoder",
+    ),
+    Method(
+        "simclr",
+        init_state=_no_state,
+        loss=simclr_loss,
+        evaluation="self_supervised",
+        heads=("embedding",),
+        config_sections=("simclr",),
+        check_config=check_simclr_options,
+        display_name="SimCLR",
+        **_TWO_VIEW_SSL,
+    ),
+    Method(
+        "simsiam",
+        init_state=_no_state,
+        loss=simsiam_method_loss,
+        evaluation="self_supervised",
+        heads=("projection", "prediction"),
+        display_name="SimSiam",
+        **_TWO_VIEW_SSL,
+    ),
+    Method(
+        "barlow_twins",
+        init_state=_no_state,
+        loss=barlow_twins_method_loss,
+        evaluation="self_supervised",
+        heads=("projection",),
+        config_sections=("barlow_twins",),
+        check_config=check_barlow_twins_options,
+        display_name="Barlow Twins",
+        **_TWO_VIEW_SSL,
+    ),
+    Method(
+        "fixmatch",
+        init_state=init_fixmatch_state,
+        loss=fixmatch_loss,
+        config_sections=("fixmatch",),
+        check_config=check_fixmatch_options,
+        display_name="FixMatch",
+        **_SEMI_SUPERVISED_VIEWS,
+    ),
+    Method(
+        "freematch",
+        init_state=init_freematch_state,
+        loss=freematch_loss,
+        config_sections=("freematch",),
+        section_fields=("momentum", "lambda_u", "lambda_f"),
+        check_config=check_freematch_options,
+        display_name="FreeMatch",
+        **_SEMI_SUPERVISED_VIEWS,
+    ),
+    Method(
+        "softmatch",
+        init_state=init_softmatch_state,
+        loss=softmatch_loss,
+        config_sections=("softmatch",),
+        section_fields=("momentum", "lambda_u", "n_sigma", "uniform_alignment"),
+        check_config=check_softmatch_options,
+        display_name="SoftMatch",
+        **_SEMI_SUPERVISED_VIEWS,
+    ),
+    Method(
+        "comatch",
+        init_state=init_comatch_state,
+        loss=comatch_loss,
+        heads=("logits", "embedding"),
+        config_sections=("comatch",),
+        check_config=check_comatch_options,
+        display_name="CoMatch",
+        **_COMATCH_VIEWS,
+    ),
+    Method(
+        "comatch_bt",
+        init_state=init_comatch_state,
+        loss=comatch_barlow_twins_loss,
+        heads=("logits", "embedding", "projection"),
+        config_sections=("comatch", "barlow_twins"),
+        check_config=check_comatch_bt_options,
+        display_name="CoMatch + Barlow Twins",
+        **_COMATCH_VIEWS,
+    ),
+)
+
+
+def get_method(name: str) -> Method:
+    """The METHODS entry called `name`; ValueError listing the known ones otherwise."""
+    if name not in METHODS:
+        raise ValueError(f"Unknown method {name!r}; expected one of {sorted(METHODS)}")
+    return METHODS[name]

@@ -1,0 +1,451 @@
+"""An image folder as a dataset: `root`/labeled/<class>/**, `root`/unlabeled/** and optional
+`root`/val/<class>/**, decoded once into the incremental cache of `folder_cache`."""
+
+from __future__ import annotations
+
+import math
+import os
+
+import numpy as np
+from absl import logging
+
+from comatch_jax.data import folder_cache
+from comatch_jax.data.dataset import ImageDataset, statistics_from_sums
+from comatch_jax.data.normalization import format_channels
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp")
+
+
+def _scan_images(directory: str) -> tuple[list[tuple[str, int, int]], int]:
+    """Sorted (relative path, size, mtime_ns) of the images below `directory`, and the number
+    of non-image files ignored. Hidden files and folders (".name") are skipped, uncounted."""
+    if not os.path.isdir(directory):
+        raise FileNotFoundError(
+            f"Image folder {directory} does not exist; create it or fix the path."
+        )
+    found, ignored = [], 0
+    pending, seen = [""], set()
+    while pending:
+        rel_dir = pending.pop()
+        abs_dir = os.path.join(directory, rel_dir)
+        try:
+            stat = os.stat(abs_dir)
+            if (stat.st_dev, stat.st_ino) in seen:  # a symlink loop: list each folder once
+                continue
+            seen.add((stat.st_dev, stat.st_ino))
+            with os.scandir(abs_dir) as it:
+                entries = list(it)
+        except OSError as e:
+            raise type(e)(f"Cannot list {abs_dir} ({e.strerror}); fix its permissions.") from e
+        for entry in entries:
+            if entry.name.startswith("."):
+                continue
+            rel = os.path.join(rel_dir, entry.name) if rel_dir else entry.name
+            if entry.is_dir():
+                pending.append(rel)
+            elif os.path.splitext(entry.name)[1].lower() in IMAGE_EXTENSIONS:
+                try:
+                    stat = entry.stat()
+                    found.append((rel, stat.st_size, stat.st_mtime_ns))
+                except OSError:  # a broken symlink: decoding reports it as unreadable
+                    found.append((rel, -1, 0))
+            else:
+                ignored += 1
+    if ignored:
+        logging.info(
+            "Ignored %d non-image files in %s (extensions other than %s).",
+            ignored,
+            directory,
+            ", ".join(IMAGE_EXTENSIONS),
+        )
+    found.sort()
+    return found, ignored
+
+
+def list_image_files(directory: str) -> tuple[list[str], int]:
+    """Sorted paths (relative to `directory`, recursive) of its images, and the number of
+    non-image files ignored; hidden files and folders (".name") are skipped."""
+    entries, ignored = _scan_images(os.fspath(directory))
+    return [rel for rel, _, _ in entries], ignored
+
+
+def _scan_class_tree(root: str, part: str) -> tuple[list[tuple[str, int, int]], list[str]]:
+    """Images of `root`/`part`/<class>/** (paths relative to `root`) and the sorted classes."""
+    directory = os.path.join(root, part)
+    entries, _ = _scan_images(directory)
+    with os.scandir(directory) as it:
+        classes = sorted(e.name for e in it if e.is_dir() and not e.name.startswith("."))
+    if not classes:
+        raise ValueError(
+            f"{directory} has no class folders; put images in {directory}/<class_name>/."
+        )
+    loose = [rel for rel, _, _ in entries if os.sep not in rel]
+    if loose:
+        raise ValueError(
+            f"Image {os.path.join(directory, loose[0])} is not in a class folder; move it into "
+            f"{directory}/<class_name>/."
+        )
+    counts = dict.fromkeys(classes, 0)
+    for rel, _, _ in entries:
+        counts[rel.split(os.sep, 1)[0]] += 1
+    for name, count in counts.items():
+        if not count:
+            raise ValueError(
+                f"Class folder {os.path.join(directory, name)} has no images "
+                f"({', '.join(IMAGE_EXTENSIONS)}); add images or remove the folder."
+            )
+    return [(os.path.join(part, rel), size, mtime) for rel, size, mtime in entries], classes
+
+
+def _stratified_holdout(
+    labels: np.ndarray, num_classes: int, fraction: float, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted (train, val) indices: round(fraction * n) of each class's n images go to val,
+    at least 1 when n >= 2, and at least 1 always stays in train."""
+    rng = np.random.default_rng(seed)
+    held_out = []
+    for c in range(num_classes):
+        members = np.flatnonzero(labels == c)
+        n = len(members)
+        count = min(max(math.floor(fraction * n + 0.5), 1 if n >= 2 else 0), max(n - 1, 0))
+        held_out.append(rng.choice(members, size=count, replace=False))
+    val = np.sort(np.concatenate(held_out)).astype(np.int64)
+    return np.setdiff1d(np.arange(len(labels)), val), val
+
+
+def scan_unlabeled(root: str) -> list[tuple[str, int, int]]:
+    """Sorted (path relative to `root`, size, mtime_ns) of the images in `root`/unlabeled/**."""
+    return [
+        (os.path.join("unlabeled", rel), size, mtime)
+        for rel, size, mtime in _scan_images(os.path.join(root, "unlabeled"))[0]
+    ]
+
+
+# The folders load_image_folder reads or names inside its root.
+_FOLDER_PARTS = ("labeled", "unlabeled", "val", "test")
+
+
+def _class_folders_with_images(directory: str) -> list[str]:
+    """Sorted names of the (non-hidden) folders in `directory`, other than _FOLDER_PARTS, that hold
+    image files directly."""
+    found = []
+    with os.scandir(directory) as it:
+        folders = [e for e in it if e.is_dir() and not e.name.startswith(".")]
+    for folder in folders:
+        if folder.name in _FOLDER_PARTS:
+            continue
+        try:
+            with os.scandir(folder.path) as it:
+                if any(
+                    e.is_file() and os.path.splitext(e.name)[1].lower() in IMAGE_EXTENSIONS
+                    for e in it
+                ):
+                    found.append(folder.name)
+        except OSError:  # unreadable: _scan_images reports it if it is ever read
+            continue
+    return sorted(found)
+
+
+def _some(names: list[str], limit: int = 10) -> str:
+    """The first `limit` names, comma-separated, and how many more there are."""
+    more = f" and {len(names) - limit} more" if len(names) > limit else ""
+    return ", ".join(names[:limit]) + more
+
+
+def _check_not_a_part_itself(root: str) -> None:
+    """Raises ValueError when `root` (which has no labeled/) looks like one of the folders
+    inside an image folder (named labeled, unlabeled or val) or like labeled/ itself
+    (it holds class folders with images)."""
+    name, parent = os.path.basename(root), os.path.dirname(root)
+    if name in ("labeled", "unlabeled", "val"):
+        raise ValueError(
+            f"{root} looks like the {name}/ folder itself; pass its parent ({parent}) as "
+            "--config.dataset.root."
+        )
+    classes = _class_folders_with_images(root)
+    if classes:
+        shown = _some(classes, 5)
+        raise ValueError(
+            f"{root} looks like the labeled/ folder itself (class folders with images: "
+            f"{shown}) but --config.dataset.root needs labeled/ inside: pass the folder that "
+            f"holds labeled/, or move the class folders into {root}/labeled/."
+        )
+
+
+def load_image_folder(
+    root: str,
+    *,
+    image_size: int,
+    cache_dir: str | None = None,
+    val_fraction: float = 0.1,
+    seed: int = 0,
+    corrupt_policy: str = "fail",
+    require_unlabeled: bool = True,
+) -> ImageDataset:
+    """Loads `root`/labeled/<class>/**, `root`/unlabeled/** and optional `root`/val/<class>/**.
+
+    require_unlabeled=False (a run that draws no unlabeled images: supervised-only, mu = 0)
+    accepts a missing or empty unlabeled/: the unlabeled part is then empty ([0, S, S, 3]).
+
+    Classes are the sorted folder names of labeled/. Files with other extensions than
+    IMAGE_EXTENSIONS are ignored (and counted in the log). Each part is decoded by tf.data to
+    image_size x image_size RGB (see `folder_cache._decode_resize`) into a uint8 .npy cache in
+    `cache_dir` (default `root`/.comatch_cache), read back as a memmap; later loads decode
+    only the files added or changed since (by path, size and mtime). Without val/, a stratified
+    `val_fraction` of labeled/ (seeded) is held out for validation; train and test are then
+    in-memory copies. test/ is not loaded (list it with `list_image_files`). The log says
+    which images are the evaluation set (what a run reports as its test accuracy), and warns
+    when it holds fewer than EVAL_IMAGES_PER_CLASS images per class.
+
+    Returns an ImageDataset (train = labeled, test = val, unlabeled = unlabeled/, each with its
+    paths) whose mean/std are measured over the train and unlabeled images (exactly, from the
+    cache's per-image pixel sums) and whose file_digests hash each part's (path, size, mtime).
+    Raises FileNotFoundError / ValueError / PermissionError (one line, naming the path) for
+    a folder that does not have this layout (or fewer than 2 class folders under labeled/,
+    checked before anything is decoded; a root without labeled/ that looks like labeled/ or
+    unlabeled/ or val/ itself says so), an unreadable image (corrupt_policy 'fail') or an
+    unwritable cache directory.
+    """
+    folder_cache.check_corrupt_policy(corrupt_policy)
+    if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size <= 0:
+        raise ValueError(
+            f"image_size must be a positive integer, got {image_size!r}; "
+            "set --config.dataset.image_size."
+        )
+    if not 0.0 < val_fraction < 1.0:
+        raise ValueError(
+            f"val_fraction must be in (0, 1), got {val_fraction}; "
+            "set --config.dataset.val_fraction."
+        )
+    root = os.path.abspath(os.fspath(root))
+    if not os.path.isdir(root):
+        inside = (
+            "labeled/<class_name>/ and unlabeled/ inside"
+            if require_unlabeled
+            else "labeled/<class_name>/ inside (unlabeled/ is optional for this run)"
+        )
+        raise FileNotFoundError(
+            f"Image folder {root} does not exist; fix the dataset path or create it with "
+            f"{inside}."
+        )
+    if not os.path.isdir(os.path.join(root, "labeled")):
+        _check_not_a_part_itself(root)
+    required = [("labeled", "put the labeled images in {}/<class_name>/")]
+    if require_unlabeled:
+        required.append(
+            (
+                "unlabeled",
+                "semi-supervised training needs unlabeled images in {} "
+                "(any nesting; configs/supervised.py trains without them)",
+            )
+        )
+    for part, fix in required:
+        directory = os.path.join(root, part)
+        if not os.path.isdir(directory):
+            raise FileNotFoundError(f"{directory} does not exist; {fix.format(directory)}.")
+
+    labeled_entries, class_names = _scan_class_tree(root, "labeled")
+    if len(class_names) < 2:  # before decoding anything
+        raise ValueError(
+            f"{os.path.join(root, 'labeled')} has 1 class ({class_names[0]}); a "
+            "classifier needs at least 2 class folders under labeled/."
+        )
+    class_index = {name: i for i, name in enumerate(class_names)}
+    has_val = os.path.isdir(os.path.join(root, "val"))
+    if has_val:
+        val_entries, val_classes = _scan_class_tree(root, "val")
+        for name in val_classes:
+            if name not in class_index:
+                raise ValueError(
+                    f"Class folder {os.path.join(root, 'val', name)} has no counterpart in "
+                    f"{os.path.join(root, 'labeled')}; rename it to a labeled class or add "
+                    f"{os.path.join(root, 'labeled', name)}/."
+                )
+    unlabeled_dir = os.path.join(root, "unlabeled")
+    has_unlabeled = os.path.isdir(unlabeled_dir)
+    unlabeled_entries = scan_unlabeled(root) if has_unlabeled else []
+    if not unlabeled_entries and require_unlabeled:
+        raise ValueError(
+            f"{unlabeled_dir} has no images ({', '.join(IMAGE_EXTENSIONS)}); add the unlabeled "
+            "images there (any nesting)."
+        )
+
+    cache_dir = folder_cache.prepare_cache_dir(root, cache_dir)
+
+    def load(part: str, entries: list[tuple[str, int, int]]) -> folder_cache.CachedPart:
+        return folder_cache.update_part_cache(
+            root,
+            part,
+            entries,
+            image_size=image_size,
+            cache_dir=cache_dir,
+            corrupt_policy=corrupt_policy,
+        )
+
+    def labels_of(paths: list[str]) -> np.ndarray:  # "labeled/<class>/..." -> class index
+        return np.array([class_index[p.split(os.sep)[1]] for p in paths], dtype=np.int32)
+
+    labeled = load("labeled", labeled_entries)
+    labeled_labels = labels_of(labeled.paths)
+    for name, count in zip(class_names, np.bincount(labeled_labels, minlength=len(class_names))):
+        if not count:
+            raise ValueError(
+                f"Every image in {os.path.join(root, 'labeled', name)} is unreadable; replace "
+                "them or remove the folder."
+            )
+    skipped = list(labeled.skipped)
+    if has_val:
+        val = load("val", val_entries)
+        train_images, train_labels = labeled.images, labeled_labels
+        train_entries, train_sums = labeled.entries, labeled.row_sums
+        test_images, test_labels, test_entries = val.images, labels_of(val.paths), val.entries
+        skipped += val.skipped
+        val_source = "val/"
+    else:
+        train, held_out = _stratified_holdout(labeled_labels, len(class_names), val_fraction, seed)
+        if not len(held_out):
+            raise ValueError(
+                f"Cannot hold out validation images: every class in {root}/labeled has one "
+                f"image; add images or a {root}/val/<class_name>/ folder."
+            )
+        test_images, test_labels = labeled.images[held_out], labeled_labels[held_out]
+        test_entries = tuple(labeled.entries[i] for i in held_out)
+        train_images, train_labels = labeled.images[train], labeled_labels[train]
+        train_entries = tuple(labeled.entries[i] for i in train)
+        train_sums = labeled.row_sums[train]
+        val_source = f"held out {val_fraction * 100:g}% of labeled, seed {seed}"
+        logging.info(
+            "No %s/val: holding out %d of %d labeled images for validation (%g%% per class, "
+            "stratified, seed %d).",
+            root,
+            len(held_out),
+            len(train) + len(held_out),
+            val_fraction * 100,
+            seed,
+        )
+    if unlabeled_entries:
+        unlabeled = load("unlabeled", unlabeled_entries)
+    else:  # require_unlabeled=False: nothing to decode or cache
+        logging.info(
+            "No images in %s: the run draws no unlabeled images (mu = 0).",
+            unlabeled_dir if has_unlabeled else unlabeled_dir + " (absent)",
+        )
+        unlabeled = folder_cache.CachedPart(
+            images=np.zeros((0, image_size, image_size, 3), np.uint8),
+            entries=(),
+            row_sums=np.zeros((0, 2, 3), np.int64),
+            skipped=(),
+            build=folder_cache.BuildStats(),
+        )
+    skipped += unlabeled.skipped
+    if skipped:
+        logging.warning(
+            "Skipped %d unreadable or corrupt images in %s (corrupt_policy='skip'), e.g. %s.",
+            len(skipped),
+            root,
+            ", ".join(rel for rel, _, _ in skipped[:5]),
+        )
+    # Normalisation statistics of the images trained on: train and unlabeled.
+    mean, std = statistics_from_sums(
+        np.concatenate([train_sums, unlabeled.row_sums]), image_size * image_size
+    )
+    dataset = ImageDataset(
+        train_images=train_images,
+        train_labels=train_labels,
+        test_images=test_images,
+        test_labels=test_labels.astype(np.int32),
+        num_classes=len(class_names),
+        class_names=tuple(class_names),
+        source=f"image_folder:{root} (val: {val_source})",
+        unlabeled_images=folder_cache.random_access(unlabeled.images),
+        name="image_folder",
+        mean=mean,
+        std=std,
+        train_paths=tuple(rel for rel, _, _ in train_entries),
+        test_paths=tuple(rel for rel, _, _ in test_entries),
+        unlabeled_paths=tuple(unlabeled.paths),
+        skipped_corrupt=tuple(rel for rel, _, _ in skipped),
+        file_digests={
+            "train": folder_cache.entries_digest(train_entries),
+            "test": folder_cache.entries_digest(test_entries),
+            "unlabeled": folder_cache.entries_digest(unlabeled.entries),
+        },
+    )
+    logging.info(
+        "Loaded %s: %d labeled, %d unlabeled, %d val images of %dx%d, %d classes, "
+        "%d unreadable skipped; mean %s, std %s.",
+        dataset.source,
+        len(dataset.train_paths),
+        len(dataset.unlabeled_paths),
+        len(dataset.test_paths),
+        image_size,
+        image_size,
+        len(class_names),
+        len(skipped),
+        format_channels(mean),
+        format_channels(std),
+    )
+    _log_evaluation_set(root, dataset, has_val, val_fraction)
+    return dataset
+
+
+# Fewer evaluation images per class than this: the accuracy is noisy (one image of a class
+# is 10 % of that class's accuracy), and the log says so.
+EVAL_IMAGES_PER_CLASS = 10
+
+
+def _log_evaluation_set(root: str, dataset: ImageDataset, has_val: bool, val_fraction: float):
+    """One line naming the images a run evaluates on (it reports their accuracy as its test
+    accuracy: the metric keeps its name), whether test/ is ignored (without val/: how to
+    evaluate on it), a warning naming the classes without evaluation images, and one if the
+    images are fewer than EVAL_IMAGES_PER_CLASS per class."""
+    count, num_classes = len(dataset.test_labels), dataset.num_classes
+    val_dir = os.path.join(root, "val")
+    if has_val:
+        which = f"val/ ({count} images)"
+        more = f"add images to {val_dir}/<class_name>/"
+    else:
+        which = f"a held-out {val_fraction * 100:g} % of labeled/ ({count} images; no val/)"
+        more = f"add a {val_dir}/<class_name>/ folder"
+    test_dir = os.path.join(root, "test")
+    ignored = ""
+    if os.path.isdir(test_dir):
+        ignored = "; test/ is ignored (not read)"
+        if not has_val:
+            with os.scandir(test_dir) as it:
+                has_classes = any(e.is_dir() and not e.name.startswith(".") for e in it)
+            ignored += (
+                ": rename test/ to val/ to evaluate on it"
+                if has_classes
+                else ": to evaluate on its images, put them in val/<class_name>/ folders"
+            )
+    logging.info(
+        "Evaluating on %s: the run's 'test accuracy' is measured on them%s.", which, ignored
+    )
+    per_class = np.bincount(dataset.test_labels, minlength=num_classes)
+    missing = [name for name, n in zip(dataset.class_names, per_class) if not n]
+    if missing:
+        one = len(missing) == 1
+        if has_val:
+            why = "val/ has no images of it" if one else "val/ has no images of them"
+            fix = f"add images to {os.path.join(val_dir, missing[0] if one else '<class_name>')}/"
+        else:  # a class with one labeled image keeps it for training
+            why = "its one labeled image is kept for training" if one else "one labeled image each"
+            fix = f"add labeled images or a {val_dir}/<class_name>/ folder"
+        logging.warning(
+            "%s %s no evaluation images (%s): %s accuracy is not measured; %s.",
+            f"Class {missing[0]}" if one else f"Classes {_some(missing)}",
+            "has" if one else "have",
+            why,
+            "its" if one else "their",
+            fix,
+        )
+    if count < EVAL_IMAGES_PER_CLASS * num_classes:
+        logging.warning(
+            "The evaluation set has %d images for %d classes, fewer than %d per class: "
+            "accuracy on so few images is noisy; %s.",
+            count,
+            num_classes,
+            EVAL_IMAGES_PER_CLASS,
+            more,
+        )
