@@ -27,4 +27,14 @@ setup(
         "safetensors",  # pretrained PyTorch weights (torch_weights.load_state_dict)
     ],
     extras_require={"test": ["pytest>=8", "pytest-xdist>=3", "nbclient", "nbformat", "ipykernel"]},
+    # The commands a finished run uses; each is also `python -m comatch_jax.commands.NAME`.
+    entry_points={
+        "console_scripts": [
+            "comatch-predict=comatch_jax.commands.predict:cli",
+            "comatch-request-labels=comatch_jax.commands.request_labels:cli",
+            "comatch-answer-from-truth=comatch_jax.commands.answer_from_truth:cli",
+            "comatch-analyze=comatch_jax.commands.analyze:cli",
+            "comatch-probe=comatch_jax.commands.probe:cli",
+        ]
+    },
 )

@@ -1,8 +1,8 @@
 """Label-request strategies on the real Fashion-MNIST: 40 labels, request 40 more, retrain.
 
 One CoMatch run with 40 labels; then, for each strategy, its 40 label requests
-(comatch_jax.commands.request_labels), answered from the ground truth (comatch_jax.commands.answer_from_truth), and a new
-run from scratch on the 40 + 40 labels (same training seed, same steps). `--random_seeds`
+(comatch_jax.commands.request_labels), answered from the ground truth
+(comatch_jax.commands.answer_from_truth), and a new run from scratch on the 40 + 40 labels (same training seed, same steps). `--random_seeds`
 draws the random baseline several times, which shows how much the accuracy moves with the
 choice of 40 images alone. Prints a Markdown table of test accuracy (EMA model) per strategy
 against the mean of the random draws and writes it to --out. Every step is the real
@@ -13,6 +13,7 @@ command-line tool in a subprocess; finished runs and answered requests are reuse
 """
 
 import collections
+import csv
 import json
 import os
 import subprocess
@@ -114,7 +115,10 @@ def request_and_answer(name: str, strategy: str, balanced: bool, seed: int) -> t
     if not os.path.exists(labels_csv):
         _run(request, requests_csv + ".log")
         _run(answer, labels_csv + ".log")
-    predicted = _read_column(requests_csv, "predicted_class")
+    with open(os.path.join(base, "run_info.json")) as f:
+        class_index = {name: i for i, name in enumerate(json.load(f)["class_names"])}
+    with open(requests_csv, newline="") as f:  # predicted_class holds class names
+        predicted = np.asarray([class_index[row["predicted_class"]] for row in csv.DictReader(f)])
     labels = _read_column(labels_csv, "label")
     facts = {
         "classes": len(set(labels.tolist())),

@@ -22,7 +22,6 @@ reused, so the script resumes. Prints a Markdown table (accuracy of the EMA mode
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import subprocess
@@ -34,7 +33,9 @@ from absl import app, flags
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 flags.DEFINE_string("folder", "/work/data/cifar10_folder", "The image folder (labeled/, unlabeled/, val/).")
-flags.DEFINE_string("truth", "", "path,label of the unlabeled images; '' = FOLDER/unlabeled_truth.csv.")
+flags.DEFINE_string(
+    "truth", "", "path,label of the unlabeled images, beside unlabeled/; '' = FOLDER/unlabeled_truth.csv."
+)
 flags.DEFINE_string("workdir", "/work/data/selection", "Parent directory of runs and CSV files.")
 flags.DEFINE_integer("steps", 3500, "Training steps of every run.")
 flags.DEFINE_integer("budget", 250, "Images each selector asks to have labeled.")
@@ -75,15 +76,15 @@ def train(name: str, config: str, seed: int, extra_labels_csv: str = "") -> dict
 def answer(requests_csv: str, out: str) -> None:
     """The oracle: path,label for every requested path, from the truth CSV."""
     truth_csv = FLAGS.truth or os.path.join(FLAGS.folder, "unlabeled_truth.csv")
-    with open(truth_csv, newline="") as f:
-        truth = {row["path"]: row["label"] for row in csv.DictReader(f)}
-    with open(requests_csv, newline="") as f:
-        paths = [row["path"] for row in csv.DictReader(f)]
-    with open(out + ".tmp", "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["path", "label"])
-        writer.writerows([path, truth[path]] for path in paths)
-    os.replace(out + ".tmp", out)
+    command = [
+        sys.executable,
+        "-m",
+        "comatch_jax.commands.answer_from_truth",
+        f"--requests={requests_csv}",
+        f"--truth={truth_csv}",
+        f"--out={out}",
+    ]
+    _run(command, out + ".log")
 
 
 def request(selector: str) -> str:

@@ -9,10 +9,9 @@ import matplotlib.image
 import numpy as np
 import pytest
 
-from comatch_jax.commands import analyze
-from comatch_jax.core import inference
-from comatch_jax.trainer import saved_runs as runs, train
-from comatch_jax.data import pipeline as training_data
+from comatch_jax.commands import analyze, ema_model
+from comatch_jax.data import pipeline
+from comatch_jax.trainer import saved_runs, train
 
 from kill_resume_test import _library_info_lines
 from train_test import RecordingWriter, tiny_config
@@ -21,7 +20,6 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PLOTS = [
     "training_curves.png",
     "predicted_distribution.png",
-    "predicted_counts_scatter.png",
     "prediction_bias.png",
     "under_predicted_samples.png",
     "over_predicted_samples.png",
@@ -52,8 +50,8 @@ def digits_run(tmp_path_factory):
 
 
 def test_write_analysis_writes_every_plot_as_a_non_blank_png(digits_run, tmp_path):
-    run = runs.load_run(digits_run)
-    data = training_data.prepare_data(run.config)
+    run = saved_runs.load_run(digits_run)
+    data = pipeline.prepare_data(run.config)
     written = analyze.write_analysis(
         run, data, digits_run, str(tmp_path), max_images=500, image_index=3
     )
@@ -89,26 +87,16 @@ def test_2d_projection_keeps_separate_clusters_apart(method):
     assert np.linalg.norm(centers[0] - centers[1]) > 2 * spread
 
 
-@pytest.mark.parametrize(
-    "args,message",
-    [
-        (["--workdir={empty}"], "holds no comatch_jax run"),
-        (["--image_index=297"], "image_index must be in 0..296"),
-        (
-            ["--out={tmp}/a_file"],
-            "Cannot create the --out directory {tmp}/a_file: it is a file, not a directory.",
-        ),
-    ],
-)
-def test_command_errors_are_one_line(digits_run, tmp_path, args, message):
-    (tmp_path / "a_file").write_text("")
-    fill = lambda text: text.format(empty=tmp_path / "nothing", tmp=tmp_path)
-    args, message = [fill(a) for a in args], fill(message)
-    if not any(a.startswith("--workdir") for a in args):
-        args.append(f"--workdir={digits_run}")
-    if not any(a.startswith("--out") for a in args):
-        args.append(f"--out={tmp_path / 'out'}")
-    command = [sys.executable, "-m", "comatch_jax.commands.analyze", *args]
+def test_a_command_error_is_one_line_without_library_log_lines(digits_run, tmp_path):
+    message = "--image_index must be in 0..296, got 297."
+    command = [
+        sys.executable,
+        "-m",
+        "comatch_jax.commands.analyze",
+        f"--workdir={digits_run}",
+        f"--out={tmp_path / 'out'}",
+        "--image_index=297",
+    ]
     result = subprocess.run(command, capture_output=True, text=True, cwd=REPO)
     assert result.returncode != 0
     last = result.stderr.strip().splitlines()[-1]
@@ -117,11 +105,25 @@ def test_command_errors_are_one_line(digits_run, tmp_path, args, message):
     assert result.stderr.count(message) == 1, result.stderr[-3000:]
     assert not _library_info_lines(result.stderr), _library_info_lines(result.stderr)[:5]
     assert "Unable to initialize backend" not in result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_out_path_that_is_a_file_is_one_line(digits_run, tmp_path):
+    (tmp_path / "a_file").write_text("")
+    run = saved_runs.load_run(digits_run)
+    data = pipeline.prepare_data(run.config)
+    with pytest.raises(OSError) as error:
+        analyze.write_analysis(run, data, digits_run, str(tmp_path / "a_file"), max_images=10)
+    expected = (
+        f"Cannot create the --out directory {tmp_path}/a_file: it is a file, not a directory."
+    )
+    assert str(error.value) == expected
 
 
 def test_feature_maps_are_the_convolutions_in_forward_order(digits_run):
-    run = runs.load_run(digits_run)
-    maps = inference.feature_maps(run, np.full((8, 8, 1), 128, np.uint8))
+    maps = ema_model.feature_maps(
+        saved_runs.load_run(digits_run), np.full((8, 8, 1), 128, np.uint8)
+    )
     assert list(maps) == ["Conv_0", "Conv_1"]  # tiny_config: widths (8, 16), one pool
     assert maps["Conv_0"].shape == (8, 8, 8) and maps["Conv_1"].shape == (4, 4, 16)
 
@@ -140,14 +142,6 @@ def test_read_metrics_keeps_the_last_record_of_each_step(tmp_path):
     assert training[-1]["images_per_sec"] == 10.0
     assert evaluation == [{"step": 4, "test_accuracy": 0.5}]
     assert analyze.read_metrics(str(tmp_path / "missing")) == ([], [])
-
-
-def test_read_metrics_reads_unprefixed_records_of_older_runs(tmp_path):
-    records = [{"step": 2, "loss": 3.0}, {"step": 2, "test_accuracy": 0.25, "test_nll": 2.0}]
-    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
-    training, evaluation = analyze.read_metrics(str(tmp_path))
-    assert training == [{"step": 2, "loss": 3.0}]
-    assert evaluation == [{"step": 2, "test_accuracy": 0.25, "test_nll": 2.0}]
 
 
 def test_the_trainer_metrics_file_feeds_the_training_curves(digits_run):
@@ -172,9 +166,8 @@ def test_counts_behind_the_plots_on_a_hand_case():
 
 
 def test_sample_sheets_rank_by_signed_bias_and_show_the_frequent_confusions():
-    # Class 0 ("airplane") is over-predicted; class 3 is predicted 0 times; class 2 is
-    # under-predicted by 1. Under |bias| class 3 (never predicted) used to be listed as
-    # over-predicted ("too many").
+    # Class 0 is over-predicted; class 3 is never predicted (under-predicted, not
+    # "over-predicted" as a ranking by |bias| would have it); class 2 is under-predicted by 1.
     labels = np.array([1, 1, 1, 3, 3, 3, 3, 2, 2, 0, 0, 4])
     predicted = np.array([0, 0, 1, 0, 4, 4, 4, 0, 2, 0, 0, 4])
     bias = analyze.prediction_bias(labels, predicted, 5)
@@ -201,8 +194,8 @@ def test_sample_sheets_rank_by_signed_bias_and_show_the_frequent_confusions():
 
 
 def test_cifar_like_folder_rows_show_each_class_its_own_confusions(tmp_path):
-    """In file order every class's first mistakes were airplanes; now each row shows the
-    class's own most frequent confusion (automobile -> truck, truck -> automobile)."""
+    """Each row shows the class's own most frequent confusion (automobile -> truck, truck ->
+    automobile), though in file order every class's first mistake is an airplane."""
     names = ["airplane", "automobile", "bird", "cat", "truck"]
     labels = np.repeat(np.arange(5), 10)
     predicted = labels.copy()
@@ -216,10 +209,8 @@ def test_cifar_like_folder_rows_show_each_class_its_own_confusions(tmp_path):
     images = np.random.default_rng(0).integers(0, 255, (50, 8, 8, 3)).astype(np.uint8)
     for over in (False, True):
         name = f"{'over' if over else 'under'}.png"
-        analyze.plot_class_samples(
-            images, labels, predicted, names, str(tmp_path / name), over=over
-        )
-        _check_image(tmp_path / name)
+        fig = analyze.class_samples_figure(images, labels, predicted, names, over=over)
+        _check_image(analyze.save(fig, str(tmp_path / name)))
 
 
 def test_training_curves_draw_only_logged_metrics():
@@ -255,7 +246,7 @@ def test_plots_are_written_whole(tmp_path, monkeypatch):
     import matplotlib.pyplot as plt
 
     path = tmp_path / "curves.png"
-    analyze.plot_training_curves([{"step": 1, "loss": 1.0}], [], str(path))
+    analyze.save(analyze.training_curves_figure([{"step": 1, "loss": 1.0}], []), str(path))
     before = path.read_bytes()
     fig = plt.figure()
 
@@ -266,5 +257,25 @@ def test_plots_are_written_whole(tmp_path, monkeypatch):
 
     monkeypatch.setattr(fig, "savefig", fail)
     with pytest.raises(OSError, match="disk full"):
-        analyze._save(fig, str(path))
+        analyze.save(fig, str(path))
     assert path.read_bytes() == before and os.listdir(tmp_path) == ["curves.png"]
+
+
+def test_a_class_without_test_images_is_marked_not_measured_not_drawn_as_zero():
+    import matplotlib.pyplot as plt
+
+    labels = np.array([0, 0, 1, 1])
+    predicted = np.array([0, 0, 0, 0])  # a: 100 %, b: a measured 0 %, c: no test image
+    fig = analyze.per_class_accuracy_figure(labels, predicted, ["a", "b", "c"])
+    ax = fig.axes[0]
+    ticks = [t.get_text() for t in ax.get_xticklabels()]
+    at = lambda bar: ticks[round(bar.get_x() + bar.get_width() / 2)]
+    assert [at(bar) for bar in ax.patches if bar.get_hatch()] == ["c"]
+    heights = {at(bar): bar.get_height() for bar in ax.patches if not bar.get_hatch()}
+    assert heights["a"] == 1.0 and heights["b"] == 0.0
+    assert any("not measured" in t.get_text() for t in ax.get_legend().get_texts())
+    plt.close(fig)
+    # Every class measured: nothing is marked.
+    fig = analyze.per_class_accuracy_figure(labels, predicted, ["a", "b"])
+    assert not [bar for bar in fig.axes[0].patches if bar.get_hatch()]
+    plt.close(fig)

@@ -1,20 +1,42 @@
-"""The shape of the package: no import cycles, commands never reach the trainer, and
-importing anything has no side effects (environment, matplotlib backend)."""
+"""The shape of the package: layers by folder, no import cycles, the commands' console entry
+points, and importing anything has no side effects (environment, matplotlib backend).
+
+Layers, each importing only from the ones below it: config_lib, multihost, atomic_files <
+core/ < data/ < trainer/ < command_line (what the commands and main share) < commands/, main.
+"""
 
 import ast
 import os
 import pathlib
+import re
 import subprocess
 import sys
 
 import pytest
 
 PACKAGE = pathlib.Path(__file__).resolve().parent.parent / "comatch_jax"
-COMMANDS = tuple(f"commands.{c}" for c in ("probe", "predict", "analyze", "request_labels", "answer_from_truth"))
+# What each layer must never import: the layers above it.
+FOLDERS = ("core", "data", "trainer", "commands")
+TOP = ("command_line", "main")
+FORBIDDEN = {
+    "config_lib": FOLDERS + TOP,
+    "multihost": FOLDERS + TOP,
+    "atomic_files": FOLDERS + TOP,
+    "core": FOLDERS[1:] + TOP,
+    "data": FOLDERS[2:] + TOP,
+    "trainer": FOLDERS[3:] + TOP,
+    "commands": ("main",),
+}
+# The console entry points: (script, module below comatch_jax, function).
+CONSOLE_SCRIPTS = re.findall(
+    r'"(comatch-[\w-]+)=comatch_jax\.([\w.]+):(\w+)"',
+    (PACKAGE.parent / "setup.py").read_text(),
+)
+COMMANDS = tuple(module for _, module, _ in CONSOLE_SCRIPTS)
 
 
 def module_names() -> list[str]:
-    """Every module of the package, dotted below comatch_jax ('runs', 'datasets.tfds')."""
+    """Every module of the package, dotted below comatch_jax ('config_lib', 'core.losses')."""
     names = []
     for path in sorted(PACKAGE.rglob("*.py")):
         parts = path.relative_to(PACKAGE).with_suffix("").parts
@@ -47,9 +69,7 @@ def imports_of(name: str, modules: set[str]) -> set[str]:
             submodules = [f"{module}.{alias.name}" for alias in node.names]
             # `from pkg import submodule` names the submodule; the package itself counts only
             # when a name other than a submodule is taken from it.
-            names_module = any(
-                t[len("comatch_jax.") :] not in modules for t in submodules
-            )
+            names_module = any(t[len("comatch_jax.") :] not in modules for t in submodules)
             targets = ([module] if names_module else []) + submodules
         else:
             continue
@@ -112,7 +132,7 @@ def test_find_cycle_finds_one_and_only_then():
 def test_the_import_graph_is_read_from_the_source():
     graph = import_graph()
     assert {"trainer.saved_runs", "data.pipeline", "core.train_step"} <= graph["trainer.train"]
-    assert {"trainer.saved_runs", "core.inference"} <= graph["commands.probe"]
+    assert {"trainer.saved_runs", "core.evaluation"} <= graph["commands.ema_model"]
 
 
 def test_comatch_jax_modules_have_no_import_cycles():
@@ -120,16 +140,54 @@ def test_comatch_jax_modules_have_no_import_cycles():
     assert not cycle, "import cycle: " + " -> ".join(cycle)
 
 
-def test_commands_and_inference_never_reach_the_trainer():
+def layer_violations(graph: dict[str, set[str]], layer: str) -> list[str]:
+    """'module -> imported' for every import of `layer` (a folder or a top-level module)
+    from a layer it must not use (FORBIDDEN)."""
+    forbidden = FORBIDDEN[layer]
+    return [
+        f"{module} -> {target}"
+        for module in sorted(graph)
+        if module == layer or module.startswith(layer + ".")
+        for target in sorted(graph[module])
+        if target.split(".")[0] in forbidden
+    ]
+
+
+def test_layer_violations_are_found():
+    graph = {"core.a": {"core.b", "data.x"}, "data.x": {"commands.c"}, "commands.c": {"core.a"}}
+    assert layer_violations(graph, "core") == ["core.a -> data.x"]
+    assert layer_violations(graph, "data") == ["data.x -> commands.c"]
+    assert layer_violations(graph, "commands") == []
+
+
+@pytest.mark.parametrize("layer", FORBIDDEN)
+def test_each_layer_imports_only_from_the_layers_below(layer):
+    violations = layer_violations(import_graph(), layer)
+    assert not violations, f"{layer} must not import {FORBIDDEN[layer]}: {violations}"
+
+
+def test_commands_never_reach_the_training_loop():
+    """The commands read a run through trainer.saved_runs, never through the loop."""
     graph = import_graph()
-    for command in COMMANDS + (
-        "core.inference",
-        "trainer.saved_runs",
-        "core.evaluation",
-        "data.pipeline",
-    ):
-        assert "trainer.train" not in reachable(graph, command), command
-    assert "core.inference" in reachable(graph, "trainer.train")  # the trainer may use it
+    for module in COMMANDS + ("commands.ema_model", "trainer.saved_runs"):
+        assert "trainer.train" not in reachable(graph, module), module
+
+
+def test_every_console_script_is_a_command_run_as_a_module_too():
+    assert [script for script, _, _ in CONSOLE_SCRIPTS] == [
+        "comatch-predict",
+        "comatch-request-labels",
+        "comatch-answer-from-truth",
+        "comatch-analyze",
+        "comatch-probe",
+    ]
+    for script, module, function in CONSOLE_SCRIPTS:
+        assert module.startswith("commands.") and script == "comatch-" + module[9:].replace(
+            "_", "-"
+        )
+        source = (PACKAGE / (module.replace(".", "/") + ".py")).read_text()
+        assert f"def {function}() -> None:" in source
+        assert source.rstrip().endswith(f'if __name__ == "__main__":\n    {function}()'), module
 
 
 def test_importing_every_module_changes_no_environment_and_no_matplotlib_backend():

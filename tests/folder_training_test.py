@@ -107,9 +107,9 @@ def test_label_requests_on_an_image_folder_name_files_and_answers_join_by_path(t
     assert len(rows) == 12  # every unlabeled image: labeled/ images are not candidates
     assert all(os.path.isfile(r["path"]) and "/unlabeled/" in r["path"] for r in rows)
     data = training_data.prepare_data(config)
-    assert [
-        os.path.join(config.dataset.root, data.unlabeled_paths[int(r["id"])]) for r in rows
-    ] == [r["path"] for r in rows]
+    unlabeled = {os.path.join(config.dataset.root, p) for p in data.unlabeled_paths}
+    assert {r["path"] for r in rows} == unlabeled
+    assert {r["predicted_class"] for r in rows} <= set(data.class_names)  # names, not indices
 
     # Answers: u{i} has colour i % 3 of (red, green, blue); one by absolute path and class
     # name, one by root-relative path and class index.

@@ -1,5 +1,6 @@
 """Label requests: each strategy on hand cases, the CSV files, and the whole loop
-(train -> request_labels -> oracle -> train on the extra labels) through the real commands."""
+(train -> request_labels -> answer_from_truth -> train on the extra labels) through the real
+commands."""
 
 import os
 import subprocess
@@ -8,11 +9,9 @@ import sys
 import numpy as np
 import pytest
 
-from comatch_jax.commands import active_learning
-from comatch_jax.core import inference
-from comatch_jax.trainer import saved_runs as runs, train
+from comatch_jax.commands import active_learning, ema_model, request_labels
 from comatch_jax.data import pipeline as training_data
-from comatch_jax.commands.request_labels import rank_unlabeled
+from comatch_jax.trainer import saved_runs, train
 
 from train_test import RecordingWriter, synthetic_dataset, tiny_config
 
@@ -163,7 +162,7 @@ def _write(path, text):
 
 def test_labels_csv_round_trip(tmp_path):
     path = str(tmp_path / "labels.csv")
-    active_learning.write_labels_csv(path, np.array([7, 3]), np.array([1, 0]))
+    active_learning.write_csv(path, ("id", "label"), [(7, 1), (3, 0)])
     ids, labels = active_learning.read_labels_csv(
         path, num_images=10, num_classes=2, already_labeled=np.array([0])
     )
@@ -216,19 +215,15 @@ def test_labels_csv_as_spreadsheets_save_it(tmp_path, raw):
     assert list(active_learning.read_request_ids(str(requests), num_images=10)) == [7, 3]
 
 
-def test_csv_writers_leave_no_partial_file(tmp_path, monkeypatch):
+def test_csv_writers_leave_no_partial_file(tmp_path):
     """A write that fails half-way leaves the previous file as it was and no temporary."""
     path = tmp_path / "labels.csv"
-    active_learning.write_labels_csv(str(path), np.array([1]), np.array([0]))
+    active_learning.write_csv(str(path), ("id", "label"), [(1, 0)])
     before = path.read_bytes()
-    with pytest.raises(TypeError):  # label None: fails after the header and one row
-        active_learning.write_labels_csv(str(path), np.array([2, 3]), [1, None])
+    rows = ((i, 10 // (2 - i)) for i in range(3))  # fails after the header and two rows
+    with pytest.raises(ZeroDivisionError):
+        active_learning.write_csv(str(path), ("id", "label"), rows)
     assert path.read_bytes() == before
-    assert sorted(os.listdir(tmp_path)) == ["labels.csv"]
-    with pytest.raises(IndexError):  # a class index past the names, on the second row
-        active_learning.write_requests_csv(
-            str(tmp_path / "requests.csv"), [1, 2], [0.5, 0.4], [0, 7], ["a", "b"]
-        )
     assert sorted(os.listdir(tmp_path)) == ["labels.csv"]
 
 
@@ -240,7 +235,7 @@ def test_extra_labels_join_the_labeled_set_and_leave_the_unlabeled_set(tmp_path)
     # The given labels win over the dataset's (a person may label differently).
     given = (dataset.train_labels[new_ids] + 1) % 10
     config.dataset.extra_labels_csv = str(tmp_path / "labels.csv")
-    active_learning.write_labels_csv(config.dataset.extra_labels_csv, new_ids, given)
+    active_learning.write_csv(config.dataset.extra_labels_csv, ("id", "label"), zip(new_ids, given))
     data = training_data.prepare_data(config, dataset)
     assert len(data.labeled_ids) == len(base.labeled_ids) + 5
     assert len(data.unlabeled_ids) == len(base.unlabeled_ids) - 5
@@ -276,7 +271,7 @@ def digits_run(tmp_path_factory):
     return workdir, config
 
 
-def test_request_oracle_retrain_loop_adds_budget_labels(digits_run, tmp_path):
+def test_request_answer_retrain_loop_adds_budget_labels(digits_run, tmp_path):
     workdir, config = digits_run
     requests_csv, labels_csv = str(tmp_path / "requests.csv"), str(tmp_path / "labels.csv")
     result = _command(
@@ -289,13 +284,18 @@ def test_request_oracle_retrain_loop_adds_budget_labels(digits_run, tmp_path):
     )
     assert result.returncode == 0, result.stderr
     lines = open(requests_csv).read().splitlines()
-    assert lines[0] == "id,score,predicted_class,predicted_class_name" and len(lines) == 16
+    assert lines[0] == "id,predicted_class,score" and len(lines) == 16
+    names = saved_runs.load_run(workdir).class_names
+    assert all(line.split(",")[1] in names for line in lines[1:])  # a class NAME
     base = training_data.prepare_data(config)
     ids = [int(line.split(",")[0]) for line in lines[1:]]
     assert set(ids) <= set(base.unlabeled_ids.tolist())
 
     result = _command(
-        "answer_from_truth", f"--requests={requests_csv}", f"--workdir={workdir}", f"--out={labels_csv}"
+        "answer_from_truth",
+        f"--requests={requests_csv}",
+        f"--workdir={workdir}",
+        f"--out={labels_csv}",
     )
     assert result.returncode == 0, result.stderr
     digits_labels = training_data.prepare_data(config)  # ground truth of the answered ids
@@ -320,23 +320,23 @@ def test_request_oracle_retrain_loop_adds_budget_labels(digits_run, tmp_path):
 
 def test_requests_skip_labeled_images_kept_in_the_unlabeled_set(digits_run):
     workdir, config = digits_run
-    run = runs.load_run(workdir)
+    run = saved_runs.load_run(workdir)
     config = tiny_config()
     config.dataset.name = "digits"
     config.dataset.include_labeled_in_unlabeled = True
     data = training_data.prepare_data(config)
     assert np.isin(data.labeled_ids, data.unlabeled_ids).all()
-    requests = rank_unlabeled(run, data, budget=1480, strategy="entropy")
+    requests = request_labels.rank_unlabeled(run, data, budget=1480, strategy="entropy")
     assert not np.isin(requests.ids, data.labeled_ids).any()
     with pytest.raises(ValueError, match=r"budget must be in 1..1480"):
-        rank_unlabeled(run, data, budget=1481, strategy="entropy")
+        request_labels.rank_unlabeled(run, data, budget=1481, strategy="entropy")
 
 
 def test_padding_the_last_batch_changes_no_prediction(digits_run):
-    run = runs.load_run(digits_run[0])
+    run = saved_runs.load_run(digits_run[0])
     images = training_data.prepare_data(digits_run[1]).test_images
-    whole = inference.predict(run, images, batch_size=len(images), progress=False)
-    padded = inference.predict(run, images, batch_size=7, progress=False)
+    whole = ema_model.predictor(run, batch_size=len(images))(images)
+    padded = ema_model.predictor(run, batch_size=7)(images)
     for name in ("probs", "embedding", "features"):
         np.testing.assert_allclose(whole[name], padded[name], rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(whole["probs"].sum(-1), 1.0, rtol=1e-5)
@@ -351,43 +351,44 @@ def test_kcenter_requests_through_the_command(digits_run, tmp_path):
     assert result.returncode == 0, result.stderr
     rows = [line.split(",") for line in open(out).read().splitlines()[1:]]
     assert len({row[0] for row in rows}) == 5
-    assert all(float(row[1]) > 0 for row in rows)  # distance to the nearest labeled image
+    assert all(float(row[2]) > 0 for row in rows)  # distance to the nearest labeled image
+
+
+def test_the_command_says_a_missing_run_in_one_line(tmp_path):
+    result = _command("request_labels", "--budget=5", f"--workdir={tmp_path}", "--out=r.csv")
+    assert result.returncode != 0
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and "holds no comatch_jax run" in last
 
 
 @pytest.mark.parametrize(
-    "args,message",
+    "options,message",
     [
-        (["--budget=5", "--workdir={empty}"], "holds no comatch_jax run"),
-        (["--budget=0", "--workdir={run}"], "--budget must be positive, got 0"),
-        (["--budget=100000", "--workdir={run}"], r"--budget must be in 1..1480"),
-        (["--budget=5", "--strategy=coreset", "--workdir={run}"], "Unknown strategy 'coreset'"),
+        (dict(budget=0), "--budget must be positive, got 0"),
+        (dict(budget=100000), r"--budget must be in 1..1480"),
+        (dict(budget=5, strategy="coreset"), "Unknown strategy 'coreset'"),
         (
-            ["--budget=5", "--workdir={run}", "--out={tmp}/a_file/r.csv"],
+            dict(budget=5, out="{tmp}/a_file/r.csv"),
             "Cannot write {tmp}/a_file/r.csv: {tmp}/a_file is a file, not a directory.",
         ),
-        (["--budget=5", "--workdir={run}", "--out={tmp}"], "Cannot write {tmp}: is a directory."),
+        (dict(budget=5, out="{tmp}"), "Cannot write {tmp}: is a directory."),
         (
-            ["--budget=5", "--workdir={run}", "--out={tmp}/new/"],
+            dict(budget=5, out="{tmp}/new/"),
             "Cannot write {tmp}/new/: it names a directory, not a file.",
         ),
     ],
 )
-def test_request_labels_errors_are_one_line(digits_run, tmp_path, args, message):
-    workdir, _ = digits_run
+def test_request_labels_errors_are_one_line(digits_run, tmp_path, options, message):
+    """Each is a ValueError or OSError: the command prints it as one `error:` line."""
     (tmp_path / "a_file").write_text("")
-    fill = lambda text: text.format(empty=tmp_path, run=workdir, tmp=tmp_path)
-    args, message = [fill(a) for a in args], fill(message)
-    if not any(a.startswith("--out=") for a in args):
-        args.append(f"--out={tmp_path / 'r.csv'}")
-    result = _command("request_labels", *args)
-    assert result.returncode != 0
-    last = result.stderr.strip().splitlines()[-1]
-    assert last.startswith("error: ") and message.replace("\\", "") in last.replace("\\", "")
-    assert not os.path.exists(tmp_path / "r.csv")
-    assert sorted(os.listdir(tmp_path)) == ["a_file"]  # no temporary file left
+    out = options.pop("out", "{tmp}/r.csv").format(tmp=tmp_path)
+    with pytest.raises((ValueError, OSError)) as error:
+        request_labels.request_labels(digits_run[0], out, **options)
+    assert message.format(tmp=tmp_path) in str(error.value) and "\n" not in str(error.value)
+    assert sorted(os.listdir(tmp_path)) == ["a_file"]  # no file, no temporary file left
 
 
-def test_oracle_rejects_unknown_ids(digits_run, tmp_path):
+def test_answer_from_truth_rejects_unknown_ids(digits_run, tmp_path):
     workdir, _ = digits_run
     requests_csv = _write(tmp_path / "requests.csv", "id,score\n5,0.1\n1500,0.2\n")
     result = _command(
@@ -400,21 +401,18 @@ def test_oracle_rejects_unknown_ids(digits_run, tmp_path):
     assert "id 1500 is not in the train split" in result.stderr.strip().splitlines()[-1]
 
 
-def test_strategies_and_inference_import_without_tensorflow():
+def test_strategies_and_evaluation_import_without_tensorflow():
     code = (
         "import sys\n"
         "for blocked in ('tensorflow', 'tensorflow_datasets'):\n"
         "    sys.modules[blocked] = None  # any import of these now raises ImportError\n"
-        "import comatch_jax.commands.active_learning, comatch_jax.core.inference\n"
+        "import comatch_jax.commands.active_learning, comatch_jax.core.evaluation\n"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
 
 
 def test_nothing_left_to_request_is_said_plainly():
-    from comatch_jax.commands import request_labels
-    from comatch_jax.data import pipeline as training_data
-
     images = np.zeros((3, 4, 4, 1), np.uint8)
     ids = np.arange(3, dtype=np.int32)
     data = training_data.SemiSupervisedData(

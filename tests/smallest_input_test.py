@@ -2,8 +2,9 @@
 
 An image folder with one labeled image per class, 2 validation images and a few unlabeled
 images whose names hold commas, quotes, spaces, non-ASCII letters and a line break: train,
-probe, predict, request_labels (one image requested), oracle, analyze with every option, and
-training again with the answers (extra_labels_csv). Each works or says in one line why not.
+probe, predict, request_labels (one image requested), answer_from_truth, analyze with every
+option, and training again with the answers (extra_labels_csv). Each works or says in one line
+why not.
 One tiny training run is shared by the module.
 """
 
@@ -17,9 +18,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from comatch_jax.commands import active_learning, analyze, answer_from_truth as oracle, predict, probe, request_labels
-from comatch_jax.trainer import saved_runs as runs, train
+from comatch_jax.commands import analyze, answer_from_truth, predict, probe, request_labels
 from comatch_jax.data import pipeline as training_data
+from comatch_jax.trainer import saved_runs, train
 
 from train_test import RecordingWriter, tiny_config
 
@@ -99,8 +100,10 @@ def test_predict_request_answer_retrain_round_trip_every_file_name(smallest_run,
     request_labels.request_labels(workdir, str(requests_csv), budget=len(ODD_NAMES))
     with open(requests_csv, newline="", encoding="utf-8") as f:
         requested = list(csv.DictReader(f))
+    assert list(requested[0]) == ["path", "predicted_class", "score"]
     assert sorted(os.path.basename(r["path"]) for r in requested) == sorted(ODD_NAMES)
     assert all(os.path.isfile(r["path"]) for r in requested)
+    assert {r["predicted_class"] for r in requested} <= {"cat", "dog"}  # names, not indices
     request_labels.request_labels(workdir, str(tmp_path / "one.csv"), budget=1)
     with pytest.raises(ValueError, match=r"--budget must be in 1..7"):
         request_labels.request_labels(workdir, str(tmp_path / "too_many.csv"), budget=8)
@@ -130,11 +133,42 @@ def test_predict_request_answer_retrain_round_trip_every_file_name(smallest_run,
     # already covers training on this folder)
 
 
-def test_oracle_on_an_image_folder_says_why_not_in_one_line(smallest_run, tmp_path):
+def test_answer_from_truth_answers_an_image_folder_from_its_truth_csv(smallest_run, tmp_path):
     base, config = smallest_run
-    (tmp_path / "requests.csv").write_text("id\n0\n")
-    with pytest.raises(ValueError, match="an image folder has no ground truth") as error:
-        oracle.answer_requests(str(tmp_path / "requests.csv"), str(tmp_path / "out.csv"), config)
+    workdir, root = str(base / "run"), base / "data"
+    requests_csv, answers = tmp_path / "requests.csv", tmp_path / "answers.csv"
+    request_labels.request_labels(workdir, str(requests_csv), budget=3)
+    # The truth CSV as experiments/make_folder_subset.py writes it: paths under unlabeled/.
+    truth = {name: ("cat", "dog")[i % 2] for i, name in enumerate(ODD_NAMES)}
+    with open(tmp_path / "unlabeled_truth.csv", "w", newline="", encoding="utf-8") as f:
+        csv.writer(f).writerows([("path", "label"), *truth.items()])
+    with pytest.raises(ValueError, match="is not in") as error:  # beside another folder
+        answer_from_truth.answer_from_truth_csv(
+            str(requests_csv), str(tmp_path / "unlabeled_truth.csv"), str(answers)
+        )
+    assert "\n" not in str(error.value) and not answers.exists()
+    (root / "unlabeled_truth.csv").write_bytes((tmp_path / "unlabeled_truth.csv").read_bytes())
+    command = [
+        sys.executable,
+        "-m",
+        "comatch_jax.commands.answer_from_truth",
+        f"--requests={requests_csv}",
+        f"--truth={root / 'unlabeled_truth.csv'}",
+        f"--out={answers}",
+    ]
+    result = subprocess.run(command, capture_output=True, text=True, cwd=REPO)
+    assert result.returncode == 0, result.stderr[-2000:]
+    with open(answers, newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    with open(requests_csv, newline="", encoding="utf-8") as f:
+        assert [r["path"] for r in rows] == [r["path"] for r in csv.DictReader(f)]
+    assert all(r["label"] == truth[os.path.basename(r["path"])] for r in rows)
+    retrain = _config(root)
+    retrain.dataset.extra_labels_csv = str(answers)
+    assert len(training_data.prepare_data(retrain).labels) == 2 + 3
+    # Without --truth an image folder's run cannot be answered: one line says what to pass.
+    with pytest.raises(ValueError, match="--truth=FOLDER/unlabeled_truth.csv") as error:
+        answer_from_truth.answer_requests(str(requests_csv), str(tmp_path / "out.csv"), config)
     assert "\n" not in str(error.value) and not os.path.exists(tmp_path / "out.csv")
 
 
@@ -151,7 +185,7 @@ def test_oracle_on_an_image_folder_says_why_not_in_one_line(smallest_run, tmp_pa
 def test_analyze_with_every_option(smallest_run, tmp_path, options):
     base, _ = smallest_run
     workdir = str(base / "run")
-    run = runs.load_run(workdir)
+    run = saved_runs.load_run(workdir)
     data = training_data.prepare_data(run.config)
     out = tmp_path / "plots"
     bad = {
@@ -175,7 +209,7 @@ def test_analyze_with_every_option(smallest_run, tmp_path, options):
         assert not out.exists()  # refused before writing anything
         return
     written = analyze.write_analysis(run, data, workdir, str(out), **options)
-    assert len(written) == 10 and all(os.path.getsize(p) > 0 for p in written)
+    assert len(written) == 9 and all(os.path.getsize(p) > 0 for p in written)
     assert not [name for name in os.listdir(out) if name.startswith(".")]  # no temporaries
 
 
@@ -213,6 +247,7 @@ def test_predict_advises_a_flag_that_works(smallest_run, tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     with open(out, newline="") as f:
         assert [r["path"] for r in csv.DictReader(f)] == ["good.png"]
+    assert "Skipped 1 unreadable images" in result.stderr and "broken.png" in result.stderr
 
 
 def test_images_too_small_for_the_model_are_refused_before_the_workdir(tmp_path):

@@ -5,10 +5,11 @@ score per image where HIGHER means MORE WANTED (more uncertain); `k_center_greed
 spread-out set in embedding space. `select` dispatches by name and returns the chosen rows.
 
 Files:
-  * requests CSV, written by comatch_jax.commands.request_labels: `id,score,predicted_class,
-    predicted_class_name`, best request first;
-  * labels CSV, the answers (from a person, or comatch_jax.commands.answer_from_truth offline): `id,label`, read by
-    training through `config.dataset.extra_labels_csv`.
+  * requests CSV, written by comatch_jax.commands.request_labels: `id` (a dataset by name)
+    or `path` (an image folder), `predicted_class` (a class NAME) and `score`, best first;
+  * labels CSV, the answers (from a person, or comatch_jax.commands.answer_from_truth
+    offline): `id,label` or `path,label`, read by training through
+    `config.dataset.extra_labels_csv`.
 An id is the image's index in the dataset's train split, so it is stable across runs.
 CSVs are read as the csv module and spreadsheets agree: UTF-8 with or without a byte-order
 mark, LF or CRLF line ends, quoted fields, blank lines ignored. File names are written as the
@@ -21,7 +22,7 @@ from __future__ import annotations
 
 import csv
 import os
-from typing import Sequence
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 
@@ -29,7 +30,6 @@ from comatch_jax import atomic_files
 
 SCORE_STRATEGIES = ("entropy", "margin", "least_confidence", "random")
 STRATEGIES = SCORE_STRATEGIES + ("kcenter",)
-REQUEST_COLUMNS = ("id", "score", "predicted_class", "predicted_class_name")
 LABEL_COLUMNS = ("id", "label")
 
 # How CSVs are read and written: a spreadsheet's byte-order mark is dropped on reading; file
@@ -198,27 +198,13 @@ def _check_budget(budget: int, available: int) -> None:
 # ------------------------------------------------------------------------------- CSV files
 
 
-def write_requests_csv(
-    path: str,
-    ids: np.ndarray,
-    scores: np.ndarray,
-    predicted_classes: np.ndarray,
-    class_names: Sequence[str],
-    paths: Sequence[str] | None = None,
-) -> None:
-    """Writes the requests CSV, one row per requested image, in the given order; with
-    `paths` (image-folder runs) a `path` column names each image's file. Written whole."""
+def write_csv(path: str, header: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
+    """Writes a CSV whole (a temporary file renamed when complete), UTF-8, fields quoted as
+    the csv module does, so any file name round-trips."""
     with atomic_files.open_atomic(path, "w", **CSV_WRITE) as f:
         writer = csv.writer(f)
-        writer.writerow(REQUEST_COLUMNS + (("path",) if paths is not None else ()))
-        for i, (image_id, score, predicted) in enumerate(zip(ids, scores, predicted_classes)):
-            row = [
-                int(image_id),
-                f"{float(score):.6g}",
-                int(predicted),
-                class_names[int(predicted)],
-            ]
-            writer.writerow(row + ([paths[i]] if paths is not None else []))
+        writer.writerow(header)
+        writer.writerows(rows)
 
 
 def read_csv_table(
@@ -325,14 +311,6 @@ def read_folder_labels_csv(
             f"{path}: {unlabeled_paths[unique[counts > 1][0]]!r} appears more than once."
         )
     return np.asarray(indices, np.int32), np.asarray(labels, np.int32)
-
-
-def write_labels_csv(path: str, ids: np.ndarray, labels: np.ndarray) -> None:
-    """Writes the labels CSV (`id,label`), whole (a temporary file renamed when complete)."""
-    with atomic_files.open_atomic(path, "w", **CSV_WRITE) as f:
-        writer = csv.writer(f)
-        writer.writerow(LABEL_COLUMNS)
-        writer.writerows([int(i), int(label)] for i, label in zip(ids, labels))
 
 
 def _read_int_columns(path: str, columns: Sequence[str]) -> dict[str, np.ndarray]:

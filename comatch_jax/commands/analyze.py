@@ -1,27 +1,13 @@
 """Plots a person looks at to understand a trained run (PNG files, headless matplotlib).
 
-  python -m comatch_jax.commands.analyze --workdir=RUN --out=DIR
+  python -m comatch_jax.commands.analyze --workdir=RUN --out=DIR       (or: comatch-analyze ...)
 
-writes to DIR:
-  training_curves.png          losses, mask rate, pseudo-label accuracy, test accuracy vs step
-  predicted_distribution.png   predicted-label counts on the unlabeled set and on the test set,
-                               each sorted by count, side by side (CoMatch-at-scale paper, Fig. 3)
-  predicted_counts_scatter.png per-class predicted share, unlabeled vs test
-  prediction_bias.png          predicted minus true count per test class, sorted
-  under_predicted_samples.png  the most under-predicted classes (most negative predicted minus
-                               true count): their test images the model missed, grouped by
-                               its most frequent confusions (Fig. 5)
-  over_predicted_samples.png   the most over-predicted classes (most positive bias): test images
-                               wrongly put there, grouped by their most frequent true classes
-  confusion_matrix.png         row-normalised confusion matrix on the test set
-  per_class_accuracy.png       test accuracy of every class
-  feature_maps.png             encoder convolution outputs for one test image (Fig. 4)
-  embedding_pca.png            2-D PCA (or t-SNE) of the CoMatch embeddings, coloured by class
-The model is the run's EMA model, the one evaluation reports. At most --max_images images of
-each set are scored (a seeded random subset), which keeps a CPU run to a minute or so.
-A metric the run did not log (e.g. pseudo_label_acc of an image folder, which has no ground
-truth for its unlabeled images) is left out of the curves, never drawn as 0. Every file is
-written whole (a temporary file renamed when complete, comatch_jax.atomic_files).
+writes to DIR one PNG per figure function below, which says what it draws: training_curves,
+predicted_distribution (the CoMatch-at-scale paper's Fig. 3), prediction_bias,
+under_predicted_samples and over_predicted_samples (Fig. 5), confusion_matrix,
+per_class_accuracy, feature_maps (Fig. 4) and embedding_pca (or _tsne). The model is the run's
+EMA model, the one evaluation reports. At most --max_images images of each set are scored (a
+seeded random subset), which keeps a CPU run to a minute or so. Files are written whole.
 """
 
 from __future__ import annotations
@@ -36,12 +22,9 @@ import numpy as np
 from absl import flags, logging
 
 from comatch_jax import atomic_files, command_line
-from comatch_jax.core import inference
-from comatch_jax.trainer import saved_runs as runs
-from comatch_jax.data import pipeline as training_data
-
-# The trainer's metrics file (comatch_jax.trainer.metric_writing writes it; read here without clu).
-METRICS_JSONL = "metrics.jsonl"
+from comatch_jax.commands import ema_model
+from comatch_jax.data import pipeline
+from comatch_jax.trainer import saved_runs
 
 FLAGS = flags.FLAGS
 
@@ -58,64 +41,47 @@ EXACT_TSNE_POINTS = 1000
 MAX_NAMED_CLASSES = 30
 
 
-# --------------------------------------------------------------------------- computations
-
-
 def read_metrics(workdir: str) -> tuple[list[dict[str, float]], list[dict[str, float]]]:
-    """(training records, evaluation records) of metrics.jsonl, sorted by step, with the
-    `train/` and `eval/` prefixes removed ({'step', 'loss', ...}, {'step', 'test_accuracy',
-    ...}). Records of one step and kind are merged; a resumed run may log a step twice: the
-    later value wins. Unprefixed records of runs before the prefixes are read too."""
-    path = os.path.join(workdir, METRICS_JSONL)
-    if not os.path.exists(path):
-        return [], []
+    """(training records, evaluation records) of the trainer's metrics.jsonl, sorted by
+    step, without their `train/` and `eval/` prefixes ({'step', 'loss', ...}, {'step',
+    'test_accuracy', ...}). Records of one step and kind are merged; where a step was logged
+    twice (a resumed run) the later value wins. No file: ([], [])."""
+    path = os.path.join(workdir, "metrics.jsonl")
     kinds: dict[str, dict[int, dict[str, float]]] = {"train": {}, "eval": {}}
-    with open(path) as f:
-        for line in f:
-            if not line.strip():
-                continue
-            record = json.loads(line)
-            step = record.pop("step")
-            for name, value in record.items():
-                kind, _, short = name.rpartition("/")
-                if not kind:  # an unprefixed record (older runs)
-                    kind = "eval" if "test_accuracy" in record else "train"
-                if kind in kinds:
-                    kinds[kind].setdefault(step, {"step": step})[short] = value
-    training, evaluation = kinds["train"], kinds["eval"]
-    return [training[s] for s in sorted(training)], [evaluation[s] for s in sorted(evaluation)]
-
-
-def class_counts(classes: np.ndarray, num_classes: int) -> np.ndarray:
-    """How many entries of `classes` fall in each class [num_classes]."""
-    return np.bincount(np.asarray(classes), minlength=num_classes)[:num_classes]
+    if os.path.exists(path):
+        with open(path) as f:
+            for record in (json.loads(line) for line in f if line.strip()):
+                step = record.pop("step")
+                for name, value in record.items():
+                    kind, _, short = name.partition("/")
+                    if kind in kinds:
+                        kinds[kind].setdefault(step, {"step": step})[short] = value
+    return tuple([records[s] for s in sorted(records)] for records in kinds.values())
 
 
 def confusion_matrix(labels: np.ndarray, predicted: np.ndarray, num_classes: int) -> np.ndarray:
     """counts[true, predicted] [num_classes, num_classes]."""
-    matrix = np.zeros((num_classes, num_classes), np.int64)
-    np.add.at(matrix, (np.asarray(labels), np.asarray(predicted)), 1)
-    return matrix
+    flat = np.asarray(labels) * num_classes + np.asarray(predicted)
+    return np.bincount(flat, minlength=num_classes**2).reshape(num_classes, num_classes)
 
 
 def per_class_accuracy(matrix: np.ndarray) -> np.ndarray:
-    """Diagonal over row sums; NaN for a class with no images."""
+    """Diagonal over row sums; NaN for a class with no images (not measured)."""
     totals = matrix.sum(axis=1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(totals > 0, np.diag(matrix) / totals, np.nan)
+    return np.diag(matrix) / np.where(totals > 0, totals, np.nan)
 
 
 def prediction_bias(labels: np.ndarray, predicted: np.ndarray, num_classes: int) -> np.ndarray:
     """Predicted minus true count per class: < 0 under-predicted, > 0 over-predicted."""
-    return class_counts(predicted, num_classes) - class_counts(labels, num_classes)
+    count = lambda classes: np.bincount(classes, minlength=num_classes)
+    return count(predicted) - count(labels)
 
 
 def most_biased_classes(bias: np.ndarray, *, over: bool, count: int) -> np.ndarray:
     """The `count` (or fewer) classes most over-predicted (`over`: bias > 0, most positive
     first) or most under-predicted (bias < 0, most negative first), ranked by SIGNED bias;
     ties go to the lower class index. A class with bias 0 or of the other sign never appears."""
-    bias = np.asarray(bias)
-    signed = bias if over else -bias
+    signed = np.asarray(bias) if over else -np.asarray(bias)
     order = np.argsort(-signed, kind="stable")
     return order[signed[order] > 0][:count]
 
@@ -146,12 +112,9 @@ def confusion_samples(
     ranked = np.lexsort((classes, -sizes))[:max_confusions]
     groups = [(int(classes[g]), int(sizes[g])) for g in ranked]
     quota = [0] * len(groups)
-    left = count
-    while left > 0 and any(q < size for q, (_, size) in zip(quota, groups)):
-        for g, (_, size) in enumerate(groups):
-            if left > 0 and quota[g] < size:
-                quota[g] += 1
-                left -= 1
+    for _ in range(min(count, sum(size for _, size in groups))):  # one slot at a time
+        g = min(range(len(groups)), key=lambda g: (quota[g] >= groups[g][1], quota[g], g))
+        quota[g] += 1
     chosen = [indices[others[indices] == other][:q] for (other, _), q in zip(groups, quota)]
     return (np.concatenate(chosen) if chosen else np.zeros(0, np.int64)), groups
 
@@ -163,180 +126,148 @@ def subset(num: int, max_images: int, seed: int) -> np.ndarray:
     return np.sort(np.random.default_rng(seed).choice(num, size=max_images, replace=False))
 
 
-# ------------------------------------------------------------------------------- plotting
+def project_2d(embeddings: np.ndarray, method: str, seed: int) -> np.ndarray:
+    """[N, D] -> [N, 2] with scikit-learn's PCA (N >= 1) or t-SNE (N >= 2).
+
+    PCA of fewer than 2 points (or dimensions) has fewer components: the missing coordinate
+    is 0. t-SNE's perplexity is min(30, max(2, (N - 1) / 3), N - 1) (it must be below N)."""
+    from sklearn import decomposition, manifold  # they set environment variables on import
+
+    num = len(embeddings)
+    if method == "pca":
+        components = min(2, num, np.shape(embeddings)[1])
+        with np.errstate(invalid="ignore", divide="ignore"):  # 1 point: no variance to explain
+            points = decomposition.PCA(components, random_state=seed).fit_transform(embeddings)
+        return np.pad(points, ((0, 0), (0, 2 - components)))
+    perplexity = min(30.0, max(2.0, (num - 1) / 3), float(num - 1))
+    # Exact gradients are faster than Barnes-Hut below about a thousand points.
+    method = "exact" if num <= EXACT_TSNE_POINTS else "barnes_hut"
+    tsne = manifold.TSNE(perplexity=perplexity, init="pca", method=method, random_state=seed)
+    return tsne.fit_transform(embeddings)
 
 
-def _save(fig: Any, path: str) -> str:
+def save(fig: Any, path: str) -> str:
     """Writes `fig` as a PNG to `path`, whole (temporary name, then rename), and closes it."""
     try:
-        atomic_files.write_atomic(
-            path,
-            lambda temp: fig.savefig(
-                temp, format="png", dpi=110, bbox_inches="tight", facecolor="white"
-            ),
-        )
+        png = dict(format="png", dpi=110, bbox_inches="tight", facecolor="white")
+        atomic_files.write_atomic(path, lambda temp: fig.savefig(temp, **png))
     finally:
         plt.close(fig)
     return path
 
 
-def _class_ticks(ax: Any, order: np.ndarray, class_names: Sequence[str], axis: str = "x") -> None:
-    """Class names as ticks when there are few classes, else only the rank."""
+def _class_ticks(ax: Any, order: Sequence[int], names: Sequence[str]) -> None:
+    """Class names as x ticks when there are few classes, else only the rank."""
     if len(order) > MAX_NAMED_CLASSES:
-        getattr(ax, f"set_{axis}label")("classes (by rank)")
-        return
-    positions = np.arange(len(order))
-    names = [class_names[i] for i in order]
-    if axis == "x":
-        ax.set_xticks(positions, names, rotation=60, ha="right", fontsize=8)
+        ax.set_xlabel("classes (by rank)")
     else:
-        ax.set_yticks(positions, names, fontsize=8)
+        labels = [names[i] for i in order]
+        ax.set_xticks(range(len(order)), labels, rotation=60, ha="right", fontsize=8)
 
 
-def _show_image(ax: Any, image: np.ndarray) -> None:
-    image = np.asarray(image)
-    if image.shape[-1] == 1:
-        ax.imshow(image[..., 0], cmap="gray", vmin=0, vmax=255)
-    else:
-        ax.imshow(image)
-    ax.set_xticks([])
-    ax.set_yticks([])
+def _per_class_axes(num_classes: int, title: str, ylabel: str) -> tuple[Any, Any]:
+    """A figure wide enough for one bar per class."""
+    fig, ax = plt.subplots(figsize=(max(8, 0.45 * min(num_classes, 60) + 3), 4.5))
+    ax.set(title=title, ylabel=ylabel)
+    ax.grid(axis="y", alpha=0.3)
+    return fig, ax
 
 
-def plot_training_curves(
-    training: list[dict], evaluation: list[dict], path: str, omit: Sequence[str] = ()
-) -> str:
-    """Losses, mask rate / pseudo-label accuracy, learning rate and test accuracy vs step.
+def _show_image(ax: Any, image: np.ndarray, title: str = "") -> None:
+    gray = image.shape[-1] == 1
+    ax.imshow(image[..., 0] if gray else image, cmap="gray" if gray else None, vmin=0, vmax=255)
+    ax.set(xticks=[], yticks=[])
+    ax.set_title(title, fontsize=7)
 
-    Only logged values are drawn: a metric missing from a record is not a point (never 0),
-    a metric missing from every record has no line, and the names in `omit` are not drawn
-    (e.g. pseudo_label_acc of a run without ground truth for its unlabeled images)."""
-    return _save(training_curves_figure(training, evaluation, omit), path)
+
+def _note(ax: Any, text: str) -> None:  # centred in the axes
+    ax.text(0.5, 0.5, text, ha="center", va="center", fontsize=9, transform=ax.transAxes)
 
 
 def training_curves_figure(
     training: list[dict], evaluation: list[dict], omit: Sequence[str] = ()
 ) -> Any:
-    """The figure of plot_training_curves (one line per logged metric, labelled by name)."""
+    """Losses, mask rate / pseudo-label accuracy, learning rate and test accuracy vs step.
+
+    Only logged values are drawn: a metric missing from a record is not a point (never 0),
+    a metric missing from every record has no line, and the names in `omit` are not drawn
+    (e.g. pseudo_label_acc of a run without ground truth for its unlabeled images)."""
     fig, axes = plt.subplots(2, 2, figsize=(11, 7))
     panels = [
-        (axes[0, 0], training, ("loss", "loss_x", "loss_u", "loss_ctr"), "losses"),
-        (axes[0, 1], training, ("mask_rate", "pseudo_label_acc"), "unlabeled batch"),
-        (axes[1, 0], training, ("learning_rate",), "learning rate"),
-        (axes[1, 1], evaluation, ("test_accuracy", "test_accuracy_raw"), "test accuracy"),
+        (training, ("loss", "loss_x", "loss_u", "loss_ctr"), "losses"),
+        (training, ("mask_rate", "pseudo_label_acc"), "unlabeled batch"),
+        (training, ("learning_rate",), "learning rate"),
+        (evaluation, ("test_accuracy", "test_accuracy_raw"), "test accuracy"),
     ]
-    for ax, records, keys, title in panels:
-        for key in keys:
-            if key in omit:
-                continue
+    names = {"test_accuracy": "EMA model", "test_accuracy_raw": "raw model"}
+    for ax, (records, keys, title) in zip(axes.ravel(), panels):
+        for key in (k for k in keys if k not in omit):
             points = [(r["step"], r[key]) for r in records if r.get(key) is not None]
             if points:
                 steps, values = zip(*points)
-                label = {"test_accuracy": "EMA model", "test_accuracy_raw": "raw model"}.get(
-                    key, key
-                )
+                label = names.get(key, key)
                 if records is evaluation:
                     label += f" (last {100 * values[-1]:.1f}%)"
                 ax.plot(steps, values, marker="o" if len(points) < 20 else None, ms=3, label=label)
-        ax.set_title(title)
-        ax.set_xlabel("step")
+        ax.set(title=title, xlabel="step")
         ax.grid(alpha=0.3)
-        if ax.get_legend_handles_labels()[0]:
+        if ax.get_lines():
             ax.legend(fontsize=8)
         else:
-            ax.text(0.5, 0.5, "not logged", ha="center", va="center", transform=ax.transAxes)
+            _note(ax, "not logged")
     fig.suptitle("Training curves")
     fig.tight_layout()
     return fig
 
 
-def plot_predicted_distribution(
-    unlabeled_predicted: np.ndarray,
-    test_predicted: np.ndarray,
-    class_names: Sequence[str],
-    path: str,
-) -> str:
-    """Predicted-label counts, unlabeled set and test set side by side, each sorted by count."""
-    num_classes = len(class_names)
-    fig, axes = plt.subplots(1, 2, figsize=(max(10, 0.5 * min(num_classes, 60) + 6), 4.5))
-    for ax, predicted, title in [
-        (axes[0], unlabeled_predicted, "unlabeled set"),
-        (axes[1], test_predicted, "test set"),
-    ]:
-        counts = class_counts(predicted, num_classes)
+def predicted_distribution_figure(
+    unlabeled: np.ndarray, test: np.ndarray, names: Sequence[str]
+) -> Any:
+    """Predicted-label counts on the unlabeled set and on the test set (`unlabeled`, `test`:
+    predicted classes), each sorted by count, then each class's share of the predictions on
+    one set against the other."""
+    num_classes = len(names)
+    fig, axes = plt.subplots(1, 3, figsize=(max(15, 0.5 * min(num_classes, 60) + 11), 4.5))
+    shares = []
+    for ax, predicted, name in zip(axes, (unlabeled, test), ("unlabeled", "test")):
+        counts = np.bincount(predicted, minlength=num_classes)
         order = np.argsort(-counts, kind="stable")
-        ax.bar(np.arange(num_classes), counts[order], color="tab:blue")
+        ax.bar(range(num_classes), counts[order], color="tab:blue")
         ax.axhline(len(predicted) / num_classes, color="tab:red", ls="--", lw=1, label="uniform")
-        _class_ticks(ax, order, class_names)
+        _class_ticks(ax, order, names)
+        ax.set_title(f"Predicted labels, {name} set ({len(predicted)} images)")
         ax.set_ylabel("images predicted")
-        ax.set_title(f"Predicted labels, {title} ({len(predicted)} images)")
+        shares.append(counts / max(len(predicted), 1))
+    top = max(shares[0].max(), shares[1].max()) * 1.1
+    axes[2].scatter(*shares, s=25, color="tab:blue")
+    axes[2].plot([0, top], [0, top], color="gray", ls="--", lw=1, label="equal share")
+    for c, name in enumerate(names if num_classes <= MAX_NAMED_CLASSES else ()):
+        axes[2].annotate(name, (shares[0][c], shares[1][c]), fontsize=8)
+    axes[2].set(xlim=(0, top), ylim=(0, top), title="Share of the predictions, per class")
+    axes[2].set(xlabel="unlabeled set", ylabel="test set")
+    for ax in axes:
         ax.legend(fontsize=8)
     fig.tight_layout()
-    return _save(fig, path)
+    return fig
 
 
-def plot_predicted_counts_scatter(
-    unlabeled_predicted: np.ndarray,
-    test_predicted: np.ndarray,
-    class_names: Sequence[str],
-    path: str,
-) -> str:
-    """Each class's share of predictions on the unlabeled set against the test set."""
-    num_classes = len(class_names)
-    unlabeled_share = class_counts(unlabeled_predicted, num_classes) / max(
-        len(unlabeled_predicted), 1
-    )
-    test_share = class_counts(test_predicted, num_classes) / max(len(test_predicted), 1)
-    fig, ax = plt.subplots(figsize=(6, 6))
-    ax.scatter(unlabeled_share, test_share, s=25, color="tab:blue")
-    top = max(unlabeled_share.max(), test_share.max()) * 1.1
-    ax.plot([0, top], [0, top], color="gray", ls="--", lw=1, label="equal share")
-    if num_classes <= MAX_NAMED_CLASSES:
-        for c in range(num_classes):
-            ax.annotate(
-                class_names[c],
-                (unlabeled_share[c], test_share[c]),
-                fontsize=8,
-                xytext=(3, 3),
-                textcoords="offset points",
-            )
-    ax.set_xlim(0, top)
-    ax.set_ylim(0, top)
-    ax.set_xlabel("share of predictions, unlabeled set")
-    ax.set_ylabel("share of predictions, test set")
-    ax.set_title("Predicted class shares: unlabeled vs test")
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
-    return _save(fig, path)
-
-
-def plot_prediction_bias(
-    labels: np.ndarray, predicted: np.ndarray, class_names: Sequence[str], path: str
-) -> str:
+def prediction_bias_figure(labels: np.ndarray, predicted: np.ndarray, names: Sequence[str]) -> Any:
     """Predicted minus true test count per class, sorted: left under-, right over-predicted."""
-    bias = prediction_bias(labels, predicted, len(class_names))
+    bias = prediction_bias(labels, predicted, len(names))
     order = np.argsort(bias, kind="stable")
-    fig, ax = plt.subplots(figsize=(max(8, 0.45 * min(len(order), 60) + 3), 4.5))
+    title = "Test set: under-predicted (orange) and over-predicted (green) classes"
+    fig, ax = _per_class_axes(len(order), title, "predicted - true count")
     colors = np.where(bias[order] < 0, "tab:orange", "tab:green")
-    ax.bar(np.arange(len(order)), bias[order], color=colors)
+    ax.bar(range(len(order)), bias[order], color=colors)
     ax.axhline(0, color="black", lw=0.8)
-    _class_ticks(ax, order, class_names)
-    ax.set_ylabel("predicted - true count")
-    ax.set_title("Test set: under-predicted (orange) and over-predicted (green) classes")
-    ax.grid(axis="y", alpha=0.3)
-    return _save(fig, path)
+    _class_ticks(ax, order, names)
+    return fig
 
 
-def plot_class_samples(
-    images: np.ndarray,
-    labels: np.ndarray,
-    predicted: np.ndarray,
-    class_names: Sequence[str],
-    path: str,
-    *,
-    over: bool,
-) -> str:
-    """A grid: one row per most under- (or over-) predicted class, with its mistakes.
+def class_samples_figure(
+    images: np.ndarray, labels: np.ndarray, predicted: np.ndarray, names: Sequence[str], over: bool
+) -> Any:
+    """A grid: one row per most under- (or `over`-) predicted class, with its mistakes.
 
     Classes are ranked by signed bias (most_biased_classes); only classes of that sign get a
     row (none: a one-line note). Under-predicted class c: test images of class c predicted as
@@ -344,244 +275,119 @@ def plot_class_samples(
     both grouped by the most frequent confusions (confusion_samples), listed with their
     counts under the class name.
     """
-    bias = prediction_bias(labels, predicted, len(class_names))
+    bias = prediction_bias(labels, predicted, len(names))
     order = most_biased_classes(bias, over=over, count=NUM_SAMPLE_CLASSES)
-    kind = (
-        "Over-predicted: images wrongly predicted as"
-        if over
-        else "Under-predicted: images missed of"
-    )
+    kind, often = ("over", "at most") if over else ("under", "at least")
     if not len(order):
         fig, ax = plt.subplots(figsize=(6, 1.5))
         ax.axis("off")
-        ax.text(
-            0.5,
-            0.5,
-            f"No {'over' if over else 'under'}-predicted class: every class is predicted "
-            f"{'at most' if over else 'at least'} as often as it occurs.",
-            ha="center",
-            va="center",
-            fontsize=9,
-            transform=ax.transAxes,
-        )
-        return _save(fig, path)
-    fig, axes = plt.subplots(
-        len(order),
-        SAMPLES_PER_CLASS + 1,
-        figsize=(1.3 * (SAMPLES_PER_CLASS + 1) + 1.6, 1.6 * len(order) + 0.6),
-        squeeze=False,
-    )
-    for row, c in enumerate(order):
+        _note(ax, f"No {kind}-predicted class: every class is predicted {often} as often as it is.")
+        return fig
+    size = (1.3 * SAMPLES_PER_CLASS + 2.9, 1.6 * len(order) + 0.6)
+    fig, axes = plt.subplots(len(order), SAMPLES_PER_CLASS + 1, figsize=size, squeeze=False)
+    others, word = (labels, "from") if over else (predicted, "as")  # what a caption names
+    for row, c in zip(axes, order):
+        for ax in row:
+            ax.axis("off")
         chosen, confusions = confusion_samples(labels, predicted, c, over=over)
-        header = axes[row, 0]
-        header.axis("off")
-        word = "from" if over else "as"
-        top = "\n".join(f"{word} {class_names[o]}: {n}" for o, n in confusions)
-        header.text(
-            0.0,
-            0.5,
-            f"{class_names[c]}\n{abs(int(bias[c]))} too {'many' if over else 'few'}\n{top}",
-            fontsize=8,
-            va="center",
-            ha="left",
-            transform=header.transAxes,
-            fontweight="bold",
-        )
-        for col in range(SAMPLES_PER_CLASS):
-            ax = axes[row, col + 1]
-            if col < len(chosen):
-                i = chosen[col]
-                _show_image(ax, images[i])
-                caption = (
-                    f"true {class_names[labels[i]]}" if over else f"as {class_names[predicted[i]]}"
-                )
-                ax.set_title(caption, fontsize=7)
-            else:
-                ax.axis("off")
-                if col == 0:
-                    ax.text(
-                        0.5,
-                        0.5,
-                        "no mistakes",
-                        ha="center",
-                        va="center",
-                        fontsize=8,
-                        transform=ax.transAxes,
-                    )
+        lines = [names[c], f"{abs(int(bias[c]))} too {'many' if over else 'few'}"]
+        lines += [f"{word} {names[other]}: {n}" for other, n in confusions]
+        row[0].text(0, 0.5, "\n".join(lines), fontsize=8, fontweight="bold", va="center")
+        for ax, i in zip(row[1:], chosen):
+            _show_image(ax, images[i], f"{'true' if over else 'as'} {names[others[i]]}")
+        if not len(chosen):
+            _note(row[1], "no mistakes")
+    what = "images wrongly predicted as" if over else "images missed of"
     fig.suptitle(
-        f"{kind} each class, most frequent confusions first (too many / few: predicted vs "
-        "true count)",
+        f"{kind.capitalize()}-predicted: {what} each class, most frequent confusions first "
+        "(too many / few: predicted vs true count)",
         fontsize=10,
     )
     fig.tight_layout()
-    return _save(fig, path)
+    return fig
 
 
-def plot_confusion_matrix(
-    labels: np.ndarray, predicted: np.ndarray, class_names: Sequence[str], path: str
-) -> str:
+def confusion_matrix_figure(labels: np.ndarray, predicted: np.ndarray, names: Sequence[str]) -> Any:
     """Row-normalised confusion matrix (rows: true class), with counts for few classes."""
-    num_classes = len(class_names)
-    matrix = confusion_matrix(labels, predicted, num_classes)
-    rows = np.maximum(matrix.sum(axis=1, keepdims=True), 1)
-    size = min(max(6, 0.55 * num_classes + 2), 20)
+    matrix = confusion_matrix(labels, predicted, len(names))
+    fractions = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1)
+    size = min(max(6, 0.55 * len(names) + 2), 20)
     fig, ax = plt.subplots(figsize=(size + 1, size))
-    shown = ax.imshow(matrix / rows, cmap="Blues", vmin=0, vmax=1)
-    fig.colorbar(shown, ax=ax, fraction=0.046, label="fraction of the true class")
-    if num_classes <= MAX_NAMED_CLASSES:
-        order = np.arange(num_classes)
-        _class_ticks(ax, order, class_names, "x")
-        _class_ticks(ax, order, class_names, "y")
-        for t in range(num_classes):
-            for p in range(num_classes):
-                if matrix[t, p]:
-                    dark = matrix[t, p] / rows[t, 0] > 0.5
-                    ax.text(
-                        p,
-                        t,
-                        str(matrix[t, p]),
-                        ha="center",
-                        va="center",
-                        fontsize=7,
-                        color="white" if dark else "black",
-                    )
-    ax.set_xlabel("predicted class")
-    ax.set_ylabel("true class")
+    fig.colorbar(ax.imshow(fractions, cmap="Blues", vmin=0, vmax=1), label="fraction of the class")
+    if len(names) <= MAX_NAMED_CLASSES:
+        _class_ticks(ax, range(len(names)), names)
+        ax.set_yticks(range(len(names)), names, fontsize=8)
+        for t, p in zip(*np.nonzero(matrix)):
+            color = "white" if fractions[t, p] > 0.5 else "black"
+            ax.text(p, t, matrix[t, p], ha="center", va="center", fontsize=7, color=color)
     accuracy = np.trace(matrix) / max(matrix.sum(), 1)
+    ax.set(xlabel="predicted class", ylabel="true class")
     ax.set_title(f"Confusion matrix, test set (accuracy {100 * accuracy:.1f}%)")
-    return _save(fig, path)
+    return fig
 
 
-def plot_per_class_accuracy(
-    labels: np.ndarray, predicted: np.ndarray, class_names: Sequence[str], path: str
-) -> str:
-    """Test accuracy of every class, sorted, with the overall accuracy as a line."""
-    accuracy = per_class_accuracy(confusion_matrix(labels, predicted, len(class_names)))
-    order = np.argsort(np.nan_to_num(accuracy, nan=-1.0), kind="stable")
-    fig, ax = plt.subplots(figsize=(max(8, 0.45 * min(len(order), 60) + 3), 4.5))
-    ax.bar(np.arange(len(order)), np.nan_to_num(accuracy[order]), color="tab:blue")
+def per_class_accuracy_figure(
+    labels: np.ndarray, predicted: np.ndarray, names: Sequence[str]
+) -> Any:
+    """Test accuracy of every class, sorted, with the overall accuracy as a line. A class
+    without test images is drawn last as a hatched grey bar marked "not measured"."""
+    accuracy = per_class_accuracy(confusion_matrix(labels, predicted, len(names)))
+    order = np.argsort(np.nan_to_num(accuracy, nan=2.0), kind="stable")  # not measured: last
+    fig, ax = _per_class_axes(len(order), "Per-class test accuracy", "accuracy")
+    ax.bar(range(len(order)), np.nan_to_num(accuracy[order]), color="tab:blue")
+    unmeasured = np.flatnonzero(np.isnan(accuracy[order]))
+    if len(unmeasured):
+        label = "not measured (no test images)"
+        ax.bar(unmeasured, 1.0, color="0.9", edgecolor="gray", hatch="//", label=label)
     overall = np.mean(np.asarray(labels) == np.asarray(predicted))
     ax.axhline(overall, color="tab:red", ls="--", lw=1, label=f"overall {100 * overall:.1f}%")
-    _class_ticks(ax, order, class_names)
+    _class_ticks(ax, order, names)
     ax.set_ylim(0, 1)
-    ax.set_ylabel("accuracy")
-    ax.set_title("Per-class test accuracy")
     ax.legend(fontsize=8)
-    ax.grid(axis="y", alpha=0.3)
-    return _save(fig, path)
+    return fig
 
 
-def plot_feature_maps(image: np.ndarray, maps: dict[str, np.ndarray], title: str, path: str) -> str:
+def feature_maps_figure(image: np.ndarray, maps: dict[str, np.ndarray], title: str) -> Any:
     """The input image, then the first channels of up to MAX_LAYERS convolution outputs
     (evenly spread over the encoder's depth), one row per layer."""
     names = list(maps)
     if len(names) > MAX_LAYERS:
         names = [names[i] for i in np.linspace(0, len(names) - 1, MAX_LAYERS).round().astype(int)]
-    fig, axes = plt.subplots(
-        len(names) + 1,
-        CHANNELS_PER_LAYER,
-        figsize=(1.4 * CHANNELS_PER_LAYER, 1.5 * (len(names) + 1)),
-        squeeze=False,
-    )
+    size = (1.4 * CHANNELS_PER_LAYER, 1.5 * (len(names) + 1))
+    fig, axes = plt.subplots(len(names) + 1, CHANNELS_PER_LAYER, figsize=size, squeeze=False)
     for ax in axes.ravel():
         ax.axis("off")
-    _show_image(axes[0, 0], image)
-    axes[0, 0].axis("on")
-    axes[0, 0].set_title("input", fontsize=8)
-    for row, name in enumerate(names, start=1):
+    _show_image(axes[0, 0], image, "input")
+    for row, name in zip(axes[1:], names):
         layer = maps[name]
-        for channel in range(min(CHANNELS_PER_LAYER, layer.shape[-1])):
-            ax = axes[row, channel]
-            ax.axis("on")
+        for channel, ax in enumerate(row[: layer.shape[-1]]):
             ax.imshow(layer[..., channel], cmap="viridis")
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if channel == 0:
-                ax.set_ylabel(
-                    f"{name}\n{layer.shape[0]}x{layer.shape[1]}x{layer.shape[2]}", fontsize=7
-                )
+        row[0].set_title(f"{name} {'x'.join(map(str, layer.shape))}", fontsize=7, loc="left")
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    return _save(fig, path)
+    return fig
 
 
-def project_2d(embeddings: np.ndarray, method: str, seed: int) -> np.ndarray:
-    """[N, D] -> [N, 2] with scikit-learn's PCA or t-SNE.
-
-    PCA of fewer than 2 points (or dimensions) has fewer components: the missing coordinate
-    is 0. t-SNE's perplexity is min(30, max(2, (N - 1) / 3), N - 1) (scikit-learn needs it
-    below N); it needs at least 2 points. Raises ValueError (one line) otherwise.
-    """
-    embeddings = np.asarray(embeddings)
-    num = len(embeddings)
-    if method == "pca":
-        from sklearn.decomposition import PCA
-
-        if num == 0:
-            raise ValueError("No embeddings to project; analyze needs at least one test image.")
-        components = min(2, num, embeddings.shape[1])
-        with np.errstate(invalid="ignore", divide="ignore"):  # 1 point: no variance to explain
-            points = PCA(n_components=components, random_state=seed).fit_transform(embeddings)
-        return np.pad(points, ((0, 0), (0, 2 - components)))
-    if method == "tsne":
-        from sklearn.manifold import TSNE
-
-        if num < 2:
-            raise ValueError(
-                f"--embedding=tsne needs at least 2 test images, got {num}; use "
-                "--embedding=pca or a larger --max_images."
-            )
-        perplexity = min(30.0, max(2.0, (num - 1) / 3), float(num - 1))
-        # Exact gradients are faster than Barnes-Hut below about a thousand points.
-        method = "exact" if num <= EXACT_TSNE_POINTS else "barnes_hut"
-        tsne = TSNE(
-            n_components=2, perplexity=perplexity, init="pca", method=method, random_state=seed
-        )
-        return tsne.fit_transform(embeddings)
-    raise ValueError(f"Unknown embedding projection {method!r}; expected pca or tsne.")
-
-
-def plot_embedding(
-    points: np.ndarray, labels: np.ndarray, class_names: Sequence[str], method: str, path: str
-) -> str:
-    """2-D projection of the embeddings, coloured by true class."""
-    num_classes = len(class_names)
-    fig, ax = plt.subplots(figsize=(8, 6.5))
+def embedding_figure(
+    points: np.ndarray, labels: np.ndarray, names: Sequence[str], method: str
+) -> Any:
+    """2-D projection of the embeddings (`method`: pca or tsne), coloured by true class."""
+    num_classes = len(names)
     cmap = plt.get_cmap("tab10" if num_classes <= 10 else "tab20" if num_classes <= 20 else "turbo")
     colors = cmap(labels / max(num_classes - 1, 1)) if num_classes > 20 else cmap(labels % cmap.N)
+    fig, ax = plt.subplots(figsize=(8, 6.5))
     ax.scatter(points[:, 0], points[:, 1], c=colors, s=6, alpha=0.7, linewidths=0)
     if num_classes <= 20:
-        handles = [
-            plt.Line2D([], [], marker="o", ls="", color=cmap(c % cmap.N), label=class_names[c])
-            for c in range(num_classes)
-        ]
-        ax.legend(handles=handles, fontsize=8, loc="center left", bbox_to_anchor=(1.0, 0.5))
-    ax.set_title(
-        f"Embeddings of {len(points)} test images ({method.upper()}), coloured by true class"
-    )
-    ax.set_xticks([])
-    ax.set_yticks([])
-    return _save(fig, path)
-
-
-# -------------------------------------------------------------------------------- driver
-
-
-def define_flags() -> None:
-    """The command-line flags (defined only when run as a program, so importing is free)."""
-    flags.DEFINE_string("workdir", None, "Workdir of a trained run.")
-    flags.DEFINE_string("out", None, "Directory to write the PNG files to.")
-    flags.DEFINE_integer("max_images", 10000, "Most images scored per set (unlabeled, test).")
-    flags.DEFINE_integer("image_index", 0, "Test image whose feature maps are drawn.")
-    flags.DEFINE_enum("embedding", "pca", ["pca", "tsne"], "2-D projection of the embeddings.")
-    flags.DEFINE_integer("seed", 0, "Seed of the image subsets.")
-    flags.DEFINE_integer("batch_size", 1000, "Images per inference batch.")
-    flags.mark_flags_as_required(["workdir", "out"])
+        dots = [plt.Line2D([], [], marker="o", ls="", color=cmap(c)) for c in range(num_classes)]
+        ax.legend(dots, names, fontsize=8, loc="center left", bbox_to_anchor=(1.0, 0.5))
+    ax.set_title(f"Embeddings of {len(points)} test images ({method.upper()}), by true class")
+    ax.set(xticks=[], yticks=[])
+    return fig
 
 
 def write_analysis(
-    run: runs.TrainedRun,
-    data: training_data.SemiSupervisedData,
+    run: saved_runs.TrainedRun,
+    data: pipeline.SemiSupervisedData,
     workdir: str,
     out_dir: str,
     *,
@@ -591,105 +397,64 @@ def write_analysis(
     seed: int = 0,
     batch_size: int = 1000,
 ) -> list[str]:
-    """Writes every plot of the module docstring to `out_dir`; returns the paths."""
+    """Writes every plot of the module docstring to `out_dir`; returns the paths. `embedding`
+    is pca or tsne. Raises ValueError (one line) for a bad option before writing anything."""
+    num_test = len(data.test_labels)
     if max_images <= 0:
         raise ValueError(f"--max_images must be positive, got {max_images}.")
-    if not 0 <= image_index < len(data.test_labels):
+    if not 0 <= image_index < num_test:
+        raise ValueError(f"--image_index must be in 0..{num_test - 1}, got {image_index}.")
+    if embedding == "tsne" and min(num_test, max_images) < 2:
         raise ValueError(
-            f"--image_index must be in 0..{len(data.test_labels) - 1} (a test image), got {image_index}."
-        )
-    if embedding == "tsne" and min(len(data.test_labels), max_images) < 2:
-        raise ValueError(
-            f"--embedding=tsne needs at least 2 test images, got "
-            f"{min(len(data.test_labels), max_images)}; use --embedding=pca or a larger "
-            "--max_images."
+            f"--embedding=tsne needs at least 2 test images, got {min(num_test, max_images)}; "
+            "use --embedding=pca or a larger --max_images."
         )
     atomic_files.make_directory(out_dir, "--out directory")
-    path = lambda name: os.path.join(out_dir, name)
-    names = run.class_names
     written = []
+    write = lambda name, fig: written.append(save(fig, os.path.join(out_dir, name)))
+    names = run.class_names
 
     training, evaluation = read_metrics(workdir)
     if training or evaluation:
-        # Without ground truth for the unlabeled images (an image folder) a logged
-        # pseudo-label accuracy is no measurement (older runs logged it as 0): not drawn.
+        # Without ground truth for the unlabeled images (an image folder), a logged
+        # pseudo-label accuracy measures nothing: it is not drawn.
         no_truth = len(data.unlabeled_labels) and np.all(np.asarray(data.unlabeled_labels) < 0)
         omit = ("pseudo_label_acc",) if no_truth else ()
-        written.append(
-            plot_training_curves(training, evaluation, path("training_curves.png"), omit)
-        )
+        write("training_curves.png", training_curves_figure(training, evaluation, omit))
     else:
         logging.warning("No metrics.jsonl in %s: no training curves.", workdir)
 
-    unlabeled_rows = subset(len(data.unlabeled_images), max_images, seed)
-    test_rows = subset(len(data.test_labels), max_images, seed)
-    unlabeled_predicted = np.argmax(
-        inference.predict(run, data.unlabeled_images[unlabeled_rows], batch_size)["probs"], -1
-    )
-    test_outputs = inference.predict(run, data.test_images[test_rows], batch_size)
-    test_predicted = np.argmax(test_outputs["probs"], -1)
-    test_images, test_labels = data.test_images[test_rows], data.test_labels[test_rows]
-
-    written += [
-        plot_predicted_distribution(
-            unlabeled_predicted, test_predicted, names, path("predicted_distribution.png")
-        ),
-        plot_predicted_counts_scatter(
-            unlabeled_predicted, test_predicted, names, path("predicted_counts_scatter.png")
-        ),
-        plot_prediction_bias(test_labels, test_predicted, names, path("prediction_bias.png")),
-        plot_class_samples(
-            test_images,
-            test_labels,
-            test_predicted,
-            names,
-            path("under_predicted_samples.png"),
-            over=False,
-        ),
-        plot_class_samples(
-            test_images,
-            test_labels,
-            test_predicted,
-            names,
-            path("over_predicted_samples.png"),
-            over=True,
-        ),
-        plot_confusion_matrix(test_labels, test_predicted, names, path("confusion_matrix.png")),
-        plot_per_class_accuracy(test_labels, test_predicted, names, path("per_class_accuracy.png")),
-    ]
+    predict = ema_model.predictor(run, batch_size)
+    rows = subset(len(data.unlabeled_images), max_images, seed)
+    unlabeled = np.argmax(predict(data.unlabeled_images[rows])["probs"], -1)
+    rows = subset(num_test, max_images, seed)
+    images, labels = data.test_images[rows], data.test_labels[rows]
+    outputs = predict(images)
+    test = (labels, np.argmax(outputs["probs"], -1), names)
+    write("predicted_distribution.png", predicted_distribution_figure(unlabeled, test[1], names))
+    write("prediction_bias.png", prediction_bias_figure(*test))
+    write("under_predicted_samples.png", class_samples_figure(images, *test, over=False))
+    write("over_predicted_samples.png", class_samples_figure(images, *test, over=True))
+    write("confusion_matrix.png", confusion_matrix_figure(*test))
+    write("per_class_accuracy.png", per_class_accuracy_figure(*test))
 
     image = data.test_images[image_index]
     title = f"Encoder feature maps, test image {image_index} (class {names[data.test_labels[image_index]]})"
-    written.append(
-        plot_feature_maps(
-            image, inference.feature_maps(run, image), title, path("feature_maps.png")
-        )
-    )
+    write("feature_maps.png", feature_maps_figure(image, ema_model.feature_maps(run, image), title))
 
-    shown = subset(len(test_rows), MAX_EMBEDDING_POINTS, seed)
-    points = project_2d(test_outputs["embedding"][shown], embedding, seed)
-    written.append(
-        plot_embedding(
-            points, test_labels[shown], names, embedding, path(f"embedding_{embedding}.png")
-        )
-    )
+    shown = subset(len(rows), MAX_EMBEDDING_POINTS, seed)
+    points = project_2d(outputs["embedding"][shown], embedding, seed)
+    write(f"embedding_{embedding}.png", embedding_figure(points, labels[shown], names, embedding))
     return written
 
 
 def _analyze() -> None:
     matplotlib.use("Agg")  # headless: files only, no display needed
-    run = runs.load_run(FLAGS.workdir)
-    data = training_data.prepare_data(run.config)
+    run = saved_runs.load_run(FLAGS.workdir)
+    options = ("max_images", "image_index", "embedding", "seed", "batch_size")
+    data = pipeline.prepare_data(run.config)
     written = write_analysis(
-        run,
-        data,
-        FLAGS.workdir,
-        FLAGS.out,
-        max_images=FLAGS.max_images,
-        image_index=FLAGS.image_index,
-        embedding=FLAGS.embedding,
-        seed=FLAGS.seed,
-        batch_size=FLAGS.batch_size,
+        run, data, FLAGS.workdir, FLAGS.out, **{o: FLAGS[o].value for o in options}
     )
     for path in written:
         logging.info("wrote %s", path)
@@ -698,6 +463,18 @@ def _analyze() -> None:
 main = command_line.entry_point(_analyze)
 
 
-if __name__ == "__main__":
-    define_flags()
+def cli() -> None:
+    """comatch-analyze (setup.py): flags are defined here, so that importing defines none."""
+    flags.DEFINE_string("workdir", None, "Workdir of a trained run.")
+    flags.DEFINE_string("out", None, "Directory to write the PNG files to.")
+    flags.DEFINE_integer("max_images", 10000, "Most images scored per set (unlabeled, test).")
+    flags.DEFINE_integer("image_index", 0, "Test image whose feature maps are drawn.")
+    flags.DEFINE_enum("embedding", "pca", ["pca", "tsne"], "2-D projection of the embeddings.")
+    flags.DEFINE_integer("seed", 0, "Seed of the image subsets.")
+    flags.DEFINE_integer("batch_size", 1000, "Images per inference batch.")
+    flags.mark_flags_as_required(["workdir", "out"])
     command_line.run(main)
+
+
+if __name__ == "__main__":
+    cli()

@@ -1,13 +1,20 @@
-"""An oracle for OFFLINE EVALUATION ONLY: answers label requests from the ground truth.
+"""Answers label requests from the ground truth, for OFFLINE EVALUATION ONLY.
 
-  python -m comatch_jax.commands.answer_from_truth --requests=requests.csv --workdir=RUN --out=labels.csv
-  python -m comatch_jax.commands.answer_from_truth --requests=requests.csv --config=configs/comatch.py --out=labels.csv
+  python -m comatch_jax.commands.answer_from_truth --requests=requests.csv --workdir=RUN \\
+      --out=labels.csv                                    (or: comatch-answer-from-truth ...)
+  ... --requests=requests.csv --config=configs/comatch.py --out=labels.csv
+  ... --requests=requests.csv --truth=FOLDER/unlabeled_truth.csv --out=labels.csv
 
-Reads the `id` column of a requests CSV (comatch_jax.commands.request_labels), looks the ids up in the
-train split of the run's (or the config's) dataset and writes `id,label`. It stands in for
-the person who labels the images, so that the active-learning loop (train, request, label,
-retrain) runs unattended on a benchmark whose labels are known. In real use the labels CSV
-comes from people, not from this tool.
+It stands in for the person who labels the images, so that the active-learning loop (train,
+request, label, retrain) runs unattended on a benchmark whose labels are known. In real use
+the labels CSV comes from people, not from this tool.
+- A dataset by name (--workdir or --config): the `id` column of the requests CSV
+  (comatch_jax.commands.request_labels) is looked up in the train split; writes `id,label`
+  (label: the class index).
+- An image folder (--truth): the `path` column is looked up in a `path,label` CSV whose paths
+  are relative to the unlabeled/ folder beside it (as experiments/make_folder_subset.py and
+  experiments/open_set.py write FOLDER/unlabeled_truth.csv); writes `path,label` (label: the
+  class name as the truth CSV gives it).
 """
 
 from __future__ import annotations
@@ -17,12 +24,11 @@ import os
 from typing import Any
 
 import ml_collections
-import numpy as np
 from absl import flags, logging
 from ml_collections import config_flags
 
-from comatch_jax.commands import active_learning
 from comatch_jax import command_line
+from comatch_jax.commands import active_learning
 
 FLAGS = flags.FLAGS
 
@@ -36,57 +42,74 @@ def read_run_config(workdir: str) -> ml_collections.ConfigDict:
         return ml_collections.ConfigDict(json.load(f))
 
 
-def ground_truth_labels(
-    requests_csv: str, train_labels: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
-    """(ids, labels) for the ids of `requests_csv`, from the train split's true labels."""
-    ids = active_learning.read_request_ids(requests_csv, num_images=len(train_labels))
-    return ids, np.asarray(train_labels)[ids]
-
-
-def define_flags() -> None:
-    """The command-line flags (defined only when run as a program, so importing is free)."""
-    config_flags.DEFINE_config_file("config", None, "Config whose dataset to read (or --workdir).")
-    flags.DEFINE_string("workdir", None, "A run whose config.json names the dataset (or --config).")
-    flags.DEFINE_string("requests", None, "The requests CSV (needs an id column).")
-    flags.DEFINE_string("out", None, "Where to write the labels CSV (id,label).")
-    flags.mark_flags_as_required(["requests", "out"])
-
-
 def answer_requests(
     requests_csv: str, out: str, config: ml_collections.ConfigDict, dataset: Any = None
 ) -> int:
-    """The command: writes the ground-truth `id,label` answers to `requests_csv` (whole) for
-    the train split of `config.dataset` (or the given `dataset`); returns how many.
-    Raises ValueError (one line) for an image folder, which has no ground truth."""
+    """Writes the true `id,label` of every requested id of the train split of
+    `config.dataset` (or the given `dataset`) to `out` (whole); returns how many."""
     if config.dataset.name == "image_folder":
         raise ValueError(
-            "an image folder has no ground truth to answer requests with: label the "
-            "requested files by hand as a path,label CSV (label = class folder name), e.g. "
-            "copy the path column of the requests CSV and add a label column."
+            "an image folder's requests are answered from a truth CSV: pass "
+            "--truth=FOLDER/unlabeled_truth.csv (path,label), or label the requested files "
+            "by hand as a path,label CSV (label = class folder name)."
         )
     if dataset is None:
-        from comatch_jax import data as datasets  # imports TensorFlow lazily, only to read files
+        from comatch_jax import data  # imports TensorFlow lazily, only to read files
 
-        dataset = datasets.load_dataset(config.dataset)
-    ids, labels = ground_truth_labels(requests_csv, dataset.train_labels)
-    active_learning.write_labels_csv(out, ids, labels)
+        dataset = data.load_dataset(config.dataset)
+    labels = dataset.train_labels
+    ids = active_learning.read_request_ids(requests_csv, num_images=len(labels))
+    active_learning.write_csv(out, ("id", "label"), ([int(i), int(labels[i])] for i in ids))
     return len(ids)
 
 
-def _oracle() -> None:
-    if (FLAGS.config is None) == (FLAGS.workdir is None):
-        raise ValueError("give exactly one of --config and --workdir.")
-    config = FLAGS.config if FLAGS.config is not None else read_run_config(FLAGS.workdir)
-    count = answer_requests(FLAGS.requests, FLAGS.out, config)
-    logging.info(
-        "Oracle: wrote %d ground-truth labels to %s (offline evaluation).", count, FLAGS.out
-    )
+def answer_from_truth_csv(requests_csv: str, truth_csv: str, out: str) -> int:
+    """Writes `path,label` for every `path` of an image folder's requests CSV, the label
+    read from `truth_csv` (path,label; paths relative to the unlabeled/ folder beside it);
+    returns how many. Raises ValueError naming the first requested path it lacks."""
+    unlabeled = os.path.join(os.path.dirname(os.path.abspath(truth_csv)), "unlabeled")
+    header, rows = active_learning.read_csv_table(truth_csv, ("path", "label"))
+    path, label = header.index("path"), header.index("label")
+    truth = {os.path.normpath(row[path]): row[label].strip() for _, row in rows}
+    header, rows = active_learning.read_csv_table(requests_csv, ("path",))
+    answers = []
+    for line, row in rows:
+        requested = row[header.index("path")]
+        relative = os.path.relpath(os.path.join(os.path.dirname(unlabeled), requested), unlabeled)
+        if relative not in truth:
+            raise ValueError(
+                f"{requests_csv} line {line}: {requested!r} is not in {truth_csv} (its paths "
+                f"are relative to {unlabeled})."
+            )
+        answers.append((requested, truth[relative]))
+    active_learning.write_csv(out, ("path", "label"), answers)
+    return len(answers)
 
 
-main = command_line.entry_point(_oracle)
+def _answer() -> None:
+    if sum(value is not None for value in (FLAGS.config, FLAGS.workdir, FLAGS.truth)) != 1:
+        raise ValueError("give exactly one of --truth, --workdir and --config.")
+    if FLAGS.truth is not None:
+        count = answer_from_truth_csv(FLAGS.requests, FLAGS.truth, FLAGS.out)
+    else:
+        config = FLAGS.config if FLAGS.config is not None else read_run_config(FLAGS.workdir)
+        count = answer_requests(FLAGS.requests, FLAGS.out, config)
+    logging.info("Wrote %d ground-truth labels to %s (offline evaluation).", count, FLAGS.out)
+
+
+main = command_line.entry_point(_answer)
+
+
+def cli() -> None:
+    """comatch-answer-from-truth (setup.py): flags are defined here, so importing defines none."""
+    config_flags.DEFINE_config_file("config", None, "Config whose dataset to read.")
+    flags.DEFINE_string("workdir", None, "A run whose config.json names the dataset.")
+    flags.DEFINE_string("truth", None, "An image folder's path,label truth CSV.")
+    flags.DEFINE_string("requests", None, "The requests CSV (an id or a path column).")
+    flags.DEFINE_string("out", None, "Where to write the labels CSV (id,label or path,label).")
+    flags.mark_flags_as_required(["requests", "out"])
+    command_line.run(main)
 
 
 if __name__ == "__main__":
-    define_flags()
-    command_line.run(main)
+    cli()

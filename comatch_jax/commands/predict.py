@@ -1,11 +1,13 @@
 """Predictions for a folder of images with a trained run's EMA model.
 
   python -m comatch_jax.commands.predict --workdir=RUN --images=DIR --out=preds.csv [--top_k=5]
+  (or: comatch-predict ...)
 
 Every image under DIR (recursively; .jpg .jpeg .png .webp) is decoded and resized to the
 run's image size with tf.data (into a temporary uint8 cache), then scored in jitted
-batches with a progress bar. The CSV has: path (relative to DIR), predicted class name,
-confidence, and with --top_k > 1 the top-k classes and probabilities.
+batches. The CSV has: path (relative to DIR), predicted class name, confidence, and with
+--top_k > 1 the top-k classes and probabilities. It is written whole, paths quoted as the
+csv module does, so any file name round-trips.
 """
 
 import csv
@@ -15,29 +17,14 @@ import tempfile
 import numpy as np
 from absl import flags, logging
 
-from comatch_jax.commands import active_learning
 from comatch_jax import atomic_files, command_line
-from comatch_jax.core import inference
-from comatch_jax.trainer import saved_runs as runs
-
-# What the dataset reader advises for an unreadable image, and predict's own flag for it.
-_TRAINING_SKIP_FLAG = "--config.dataset.corrupt_policy=skip"
-_PREDICT_SKIP_FLAG = "--corrupt_policy=skip"
+from comatch_jax.commands import active_learning, ema_model
+from comatch_jax.trainer import saved_runs
 
 FLAGS = flags.FLAGS
 
-
-def define_flags() -> None:
-    """Command-line flags, defined only when run as a command (modules import cleanly)."""
-    flags.DEFINE_string("workdir", None, "The trained run's workdir.")
-    flags.DEFINE_string("images", None, "Directory of images to classify.")
-    flags.DEFINE_string("out", None, "Output CSV path.")
-    flags.DEFINE_integer("top_k", 1, "Also write the k most probable classes.")
-    flags.DEFINE_integer("batch_size", 256, "Images per forward pass.")
-    flags.DEFINE_enum(
-        "corrupt_policy", "fail", ["fail", "skip"], "Unreadable images: fail or skip."
-    )
-    flags.mark_flags_as_required(["workdir", "images", "out"])
+# Unreadable files named in the warning of --corrupt_policy=skip.
+NAMED_SKIPPED = 5
 
 
 def predict_folder(
@@ -49,15 +36,14 @@ def predict_folder(
     batch_size: int = 256,
     corrupt_policy: str = "fail",
 ) -> int:
-    """Writes the predictions CSV (whole: a temporary file renamed when complete; paths
-    quoted as the csv module does, so any file name round-trips); returns the number of
-    images classified. Raises ValueError / OSError with one line for bad input."""
-    from comatch_jax import data as datasets  # TensorFlow: file reading only
+    """Writes the predictions CSV; returns the number of images classified. Raises
+    ValueError / OSError with one line for bad input."""
+    from comatch_jax import data  # TensorFlow: file reading only
 
-    run = runs.load_run(workdir)
+    run = saved_runs.load_run(workdir)
     if not os.path.isdir(images_dir):
         raise FileNotFoundError(f"--images={images_dir} is not a directory.")
-    paths, ignored = datasets.list_image_files(images_dir)
+    paths, ignored = data.list_image_files(images_dir)
     if not paths:
         raise ValueError(f"No images (.jpg .jpeg .png .webp) under {images_dir}.")
     if ignored:
@@ -68,31 +54,34 @@ def predict_folder(
             f"The run was trained on {run.image_shape} images; folder prediction needs a run "
             "trained on square RGB images (an image-folder or colour TFDS dataset)."
         )
-    top_k = max(1, min(top_k, run.num_classes))
     with tempfile.TemporaryDirectory() as cache:
         try:
-            images, skipped = datasets.decode_images_to_cache(
+            images, skipped = data.decode_images_to_cache(
                 paths, images_dir, height, os.path.join(cache, "predict.npy"), corrupt_policy
             )
         except ValueError as error:  # advise predict's flag, not the trainer's config field
-            raise ValueError(str(error).replace(_TRAINING_SKIP_FLAG, _PREDICT_SKIP_FLAG)) from error
-        left_out = set(skipped)
-        kept = [p for i, p in enumerate(paths) if i not in left_out]
-        probs = inference.predict(run, np.asarray(images), batch_size)["probs"]
+            message = str(error).replace("--config.dataset.corrupt_policy", "--corrupt_policy")
+            raise ValueError(message) from error
+        probs = ema_model.predictor(run, batch_size)(np.asarray(images))["probs"]
     if skipped:
-        logging.warning("Skipped %d unreadable images", len(skipped))
-    order = np.argsort(-probs, axis=-1)[:, :top_k]
+        names = ", ".join(paths[i] for i in skipped[:NAMED_SKIPPED])
+        more = f" and {len(skipped) - NAMED_SKIPPED} more" if len(skipped) > NAMED_SKIPPED else ""
+        logging.warning(
+            "Skipped %d unreadable images in %s: %s%s.", len(skipped), images_dir, names, more
+        )
+    left_out = set(skipped)
+    kept = [p for i, p in enumerate(paths) if i not in left_out]
+    top_k = max(1, min(top_k, run.num_classes))
+    ranked = np.argsort(-probs, axis=-1)[:, :top_k]
+    header = ["path", "predicted_class", "confidence"]
+    if top_k > 1:
+        header += [f"{kind}_{r}" for r in range(1, top_k + 1) for kind in ("class", "prob")]
     with atomic_files.open_atomic(out, "w", **active_learning.CSV_WRITE) as f:
         writer = csv.writer(f)
-        header = ["path", "predicted_class", "confidence"]
-        if top_k > 1:
-            header += [f"{kind}_{r}" for r in range(1, top_k + 1) for kind in ("class", "prob")]
         writer.writerow(header)
-        for path, p, ranked in zip(kept, probs, order):
-            row = [path, run.class_names[ranked[0]], f"{p[ranked[0]]:.6f}"]
-            if top_k > 1:
-                row += [v for c in ranked for v in (run.class_names[c], f"{p[c]:.6f}")]
-            writer.writerow(row)
+        for path, p, classes in zip(kept, probs, ranked):
+            top = [v for c in classes for v in (run.class_names[c], f"{p[c]:.6f}")]
+            writer.writerow([path, *top[:2], *(top if top_k > 1 else [])])
     return len(kept)
 
 
@@ -111,6 +100,19 @@ def _predict() -> None:
 main = command_line.entry_point(_predict)
 
 
-if __name__ == "__main__":
-    define_flags()
+def cli() -> None:
+    """comatch-predict (setup.py): flags are defined here, so that importing defines none."""
+    flags.DEFINE_string("workdir", None, "The trained run's workdir.")
+    flags.DEFINE_string("images", None, "Directory of images to classify.")
+    flags.DEFINE_string("out", None, "Output CSV path.")
+    flags.DEFINE_integer("top_k", 1, "Also write the k most probable classes.")
+    flags.DEFINE_integer("batch_size", 256, "Images per forward pass.")
+    flags.DEFINE_enum(
+        "corrupt_policy", "fail", ["fail", "skip"], "Unreadable images: fail or skip."
+    )
+    flags.mark_flags_as_required(["workdir", "images", "out"])
     command_line.run(main)
+
+
+if __name__ == "__main__":
+    cli()

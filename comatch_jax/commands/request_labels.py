@@ -1,16 +1,16 @@
 """Asks for labels: ranks a trained run's unlabeled images and writes the top ones as CSV.
 
   python -m comatch_jax.commands.request_labels --workdir=RUN --budget=40 --strategy=entropy \\
-      --out=requests.csv
+      --out=requests.csv                                  (or: comatch-request-labels ...)
 
 Scores every unlabeled train-split image with the run's EMA model, picks `--budget` of them
 with `--strategy` (entropy, margin, least_confidence, random, kcenter; see
-comatch_jax.commands.active_learning) and writes `id,score,predicted_class,predicted_class_name`, the
-most wanted first. Once labeled (`id,label`; offline, comatch_jax.commands.answer_from_truth fills them in), the
-answers train a new run with `--config.dataset.extra_labels_csv=labels.csv`.
-
-Image-folder runs add a `path` column (the file under root/unlabeled/); their answers are a
-`path,label` CSV (label = class folder name or index), passed the same way.
+comatch_jax.commands.active_learning) and writes them most wanted first, one row each:
+`id,predicted_class,score` for a dataset by name (id: the image's index in the train split),
+`path,predicted_class,score` for an image folder (path: the file under root/unlabeled/).
+predicted_class is a class NAME. The answers, `path,label` (label: a class name) or
+`id,label` (label: a class index; offline, comatch_jax.commands.answer_from_truth writes
+them), train a new run with `--config.dataset.extra_labels_csv=labels.csv`.
 """
 
 from __future__ import annotations
@@ -21,11 +21,10 @@ import os
 import numpy as np
 from absl import flags, logging
 
-from comatch_jax.commands import active_learning
 from comatch_jax import command_line
-from comatch_jax.core import inference
-from comatch_jax.trainer import saved_runs as runs
-from comatch_jax.data import pipeline as training_data
+from comatch_jax.commands import active_learning, ema_model
+from comatch_jax.data import pipeline
+from comatch_jax.trainer import saved_runs
 
 FLAGS = flags.FLAGS
 
@@ -34,14 +33,14 @@ FLAGS = flags.FLAGS
 class LabelRequests:
     """The chosen images, most wanted first."""
 
-    ids: np.ndarray  # train-split indices
+    ids: np.ndarray  # train-split indices (image folders: rows of data.unlabeled_paths)
     scores: np.ndarray  # the strategy's score (kcenter: distance to the nearest labeled image)
-    predicted_classes: np.ndarray
+    predicted_classes: np.ndarray  # class indices
 
 
 def rank_unlabeled(
-    run: runs.TrainedRun,
-    data: training_data.SemiSupervisedData,
+    run: saved_runs.TrainedRun,
+    data: pipeline.SemiSupervisedData,
     *,
     budget: int,
     strategy: str,
@@ -51,7 +50,8 @@ def rank_unlabeled(
 ) -> LabelRequests:
     """Scores the unlabeled train-split images of `data` with `run` and picks `budget`.
 
-    Images of an extra unlabeled split have no train-split id and cannot be requested.
+    Images already labeled, and those of an extra unlabeled split (no train-split id), are
+    never requested. Raises ValueError (one line) for a budget above what is left.
     """
     active_learning.check_strategy(strategy, balance_by_predicted_class)
     candidates = (data.unlabeled_ids >= 0) & ~np.isin(data.unlabeled_ids, data.labeled_ids)
@@ -65,48 +65,32 @@ def rank_unlabeled(
             f"--budget must be in 1..{int(candidates.sum())} (the unlabeled train-split "
             f"images), got {budget}."
         )
-    skipped = int(np.sum(data.unlabeled_ids < 0))
-    if skipped:
-        logging.info("Skipping %d extra unlabeled images: they have no train-split id.", skipped)
-    ids = data.unlabeled_ids[candidates]
-    outputs = inference.predict(run, data.unlabeled_images[candidates], batch_size)
-    labeled_embeddings = None
-    if strategy == "kcenter":
-        labeled_embeddings = inference.predict(run, data.labeled_images, batch_size)["embedding"]
+    if np.any(data.unlabeled_ids < 0):
+        logging.info(
+            "Skipping %d extra unlabeled images: they have no train-split id.",
+            int(np.sum(data.unlabeled_ids < 0)),
+        )
+    predict = ema_model.predictor(run, batch_size)
+    outputs = predict(data.unlabeled_images[candidates])
+    labeled = predict(data.labeled_images)["embedding"] if strategy == "kcenter" else None
     chosen = active_learning.select(
         strategy,
         probs=outputs["probs"],
         budget=budget,
         embeddings=outputs["embedding"],
-        labeled_embeddings=labeled_embeddings,
+        labeled_embeddings=labeled,
         balance_by_predicted_class=balance_by_predicted_class,
         seed=seed,
     )
     if strategy == "kcenter":
-        scores = active_learning.distance_to_nearest(
-            outputs["embedding"][chosen], labeled_embeddings
-        )
+        scores = active_learning.distance_to_nearest(outputs["embedding"][chosen], labeled)
     else:
         scores = active_learning.strategy_scores(strategy, outputs["probs"], seed)[chosen]
     return LabelRequests(
-        ids=ids[chosen], scores=scores, predicted_classes=np.argmax(outputs["probs"][chosen], -1)
+        ids=data.unlabeled_ids[candidates][chosen],
+        scores=scores,
+        predicted_classes=np.argmax(outputs["probs"][chosen], -1),
     )
-
-
-def define_flags() -> None:
-    """The command-line flags (defined only when run as a program, so importing is free)."""
-    flags.DEFINE_string("workdir", None, "Workdir of a trained run.")
-    flags.DEFINE_integer("budget", None, "How many labels to request.")
-    flags.DEFINE_string("strategy", "entropy", f"One of {', '.join(active_learning.STRATEGIES)}.")
-    flags.DEFINE_bool(
-        "balance_by_predicted_class",
-        False,
-        "Take the requests round-robin over predicted classes (e.g. entropy within class).",
-    )
-    flags.DEFINE_integer("seed", 0, "Seed of the random strategy.")
-    flags.DEFINE_string("out", None, "Where to write the requests CSV.")
-    flags.DEFINE_integer("batch_size", 1000, "Images per inference batch.")
-    flags.mark_flags_as_required(["workdir", "budget", "out"])
 
 
 def request_labels(
@@ -120,13 +104,12 @@ def request_labels(
     batch_size: int = 1000,
 ) -> LabelRequests:
     """The command: ranks the run's unlabeled images and writes the requests CSV to `out`
-    (whole; image-folder runs add each file's absolute path, quoted as the csv module does,
-    so any file name round-trips). Raises ValueError / OSError with one line."""
+    (whole). Raises ValueError / OSError with one line."""
     active_learning.check_strategy(strategy, balance_by_predicted_class)
     if budget <= 0:
         raise ValueError(f"--budget must be positive, got {budget}.")
-    run = runs.load_run(workdir)
-    data = training_data.prepare_data(run.config)
+    run = saved_runs.load_run(workdir)
+    data = pipeline.prepare_data(run.config)
     requests = rank_unlabeled(
         run,
         data,
@@ -136,13 +119,14 @@ def request_labels(
         seed=seed,
         batch_size=batch_size,
     )
-    paths = None
+    keys = [int(i) for i in requests.ids]
     if data.unlabeled_paths:  # an image folder: name each requested file
         root = os.path.abspath(run.config.dataset.root)
-        paths = [os.path.join(root, data.unlabeled_paths[i]) for i in requests.ids]
-    active_learning.write_requests_csv(
-        out, requests.ids, requests.scores, requests.predicted_classes, run.class_names, paths=paths
-    )
+        keys = [os.path.join(root, data.unlabeled_paths[i]) for i in keys]
+    names = [run.class_names[c] for c in requests.predicted_classes]
+    scores = [f"{float(s):.6g}" for s in requests.scores]
+    header = ("path" if data.unlabeled_paths else "id", "predicted_class", "score")
+    active_learning.write_csv(out, header, zip(keys, names, scores))
     return requests
 
 
@@ -162,6 +146,22 @@ def _request_labels() -> None:
 main = command_line.entry_point(_request_labels)
 
 
-if __name__ == "__main__":
-    define_flags()
+def cli() -> None:
+    """comatch-request-labels (setup.py): flags are defined here, so importing defines none."""
+    flags.DEFINE_string("workdir", None, "Workdir of a trained run.")
+    flags.DEFINE_integer("budget", None, "How many labels to request.")
+    flags.DEFINE_string("strategy", "entropy", f"One of {', '.join(active_learning.STRATEGIES)}.")
+    flags.DEFINE_bool(
+        "balance_by_predicted_class",
+        False,
+        "Take the requests round-robin over predicted classes (e.g. entropy within class).",
+    )
+    flags.DEFINE_integer("seed", 0, "Seed of the random strategy.")
+    flags.DEFINE_string("out", None, "Where to write the requests CSV.")
+    flags.DEFINE_integer("batch_size", 1000, "Images per inference batch.")
+    flags.mark_flags_as_required(["workdir", "budget", "out"])
     command_line.run(main)
+
+
+if __name__ == "__main__":
+    cli()

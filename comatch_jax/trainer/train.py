@@ -23,7 +23,7 @@ from absl import logging
 from jax.sharding import NamedSharding, PartitionSpec
 
 from comatch_jax import atomic_files, config_lib, multihost
-from comatch_jax.core import evaluation, inference, train_step
+from comatch_jax.core import evaluation, train_step
 from comatch_jax.data import prefetch, pipeline as training_data
 from comatch_jax.trainer import pretrained, saved_runs as runs, training_metrics
 from comatch_jax.trainer.stopping import Stopped, TerminationRequest
@@ -398,10 +398,19 @@ def _test_accuracy(
     untrained) on the test set."""
     if method.evaluation == "self_supervised":
         predict_batch = jax.jit(
-            inference.make_predict_fn(model, config.dataset.mean, config.dataset.std)
+            evaluation.make_predict_fn(model, config.dataset.mean, config.dataset.std)
         )
         return lambda params, batch_stats: evaluation.knn_evaluate(
-            predict_batch, {"params": params, "batch_stats": batch_stats}, data, config
+            predict_batch,
+            {"params": params, "batch_stats": batch_stats},
+            data.labeled_images,
+            data.labels,
+            data.test_images,
+            data.test_labels,
+            num_classes=data.num_classes,
+            k=config.probe.knn_k,
+            temperature=config.probe.knn_temperature,
+            batch_size=config.eval_batch_size,
         )
     eval_step = jax.jit(
         train_step.make_eval_step(model, config),
