@@ -52,6 +52,11 @@ def _smallest_folder(root, classes=("cat", "dog")):
         _save(os.path.join(root, "unlabeled", name), COLOURS[classes[i % len(classes)]], rng)
 
 
+def _command(name, *args):
+    command = [sys.executable, "-m", f"comatch_jax.commands.{name}", *args]
+    return subprocess.run(command, capture_output=True, text=True, cwd=REPO)
+
+
 def _config(root):
     config = tiny_config()
     config.dataset.name = "image_folder"
@@ -148,15 +153,13 @@ def test_answer_from_truth_answers_an_image_folder_from_its_truth_csv(smallest_r
         )
     assert "\n" not in str(error.value) and not answers.exists()
     (root / "unlabeled_truth.csv").write_bytes((tmp_path / "unlabeled_truth.csv").read_bytes())
-    command = [
-        sys.executable,
-        "-m",
-        "comatch_jax.commands.answer_from_truth",
+    truth_csv = root / "unlabeled_truth.csv"
+    result = _command(
+        "answer_from_truth",
         f"--requests={requests_csv}",
-        f"--truth={root / 'unlabeled_truth.csv'}",
+        f"--truth={truth_csv}",
         f"--out={answers}",
-    ]
-    result = subprocess.run(command, capture_output=True, text=True, cwd=REPO)
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     with open(answers, newline="", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
@@ -234,16 +237,9 @@ def test_predict_advises_a_flag_that_works(smallest_run, tmp_path):
     assert not out.exists()
     advised = re.findall(r"(--\S+=\S+?)\b", str(error.value))
     assert advised == ["--corrupt_policy=skip"], str(error.value)
-    command = [
-        sys.executable,
-        "-m",
-        "comatch_jax.commands.predict",
-        f"--workdir={base / 'run'}",
-        f"--images={images}",
-        f"--out={out}",
-        *advised,
-    ]
-    result = subprocess.run(command, capture_output=True, text=True, cwd=REPO)
+    result = _command(
+        "predict", f"--workdir={base / 'run'}", f"--images={images}", f"--out={out}", *advised
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     with open(out, newline="") as f:
         assert [r["path"] for r in csv.DictReader(f)] == ["good.png"]

@@ -25,6 +25,7 @@ import os
 from typing import Any, Iterable, Sequence
 
 import numpy as np
+from scipy.spatial import distance
 
 from comatch_jax import atomic_files
 
@@ -39,9 +40,6 @@ CSV_WRITE = {"encoding": "utf-8", "errors": "surrogateescape", "newline": ""}
 
 # Rows of the distance matrix computed at once in k-center greedy (bounds memory).
 _DISTANCE_CHUNK = 4096
-
-
-# ------------------------------------------------------------------------------ strategies
 
 
 def entropy_scores(probs: np.ndarray) -> np.ndarray:
@@ -67,21 +65,13 @@ def random_scores(num: int, seed: int) -> np.ndarray:
     return np.random.default_rng(seed).random(num)
 
 
-def _squared_distances(points: np.ndarray, centers: np.ndarray) -> np.ndarray:
-    """||points_i - centers_j||^2 [N, M], clipped at 0 against rounding."""
-    cross = points @ centers.T
-    squared = np.sum(points**2, axis=1)[:, None] - 2.0 * cross + np.sum(centers**2, axis=1)[None]
-    return np.maximum(squared, 0.0)
-
-
 def distance_to_nearest(points: np.ndarray, centers: np.ndarray) -> np.ndarray:
-    """Euclidean distance [N] from each point to its nearest center (inf if no centers)."""
-    points = np.asarray(points, np.float64)
-    centers = np.asarray(centers, np.float64).reshape(-1, points.shape[1])
+    """Euclidean distance [N] from each point [N, D] to its nearest center [M, D] (inf if no
+    centers), computed over chunks of centers to bound memory."""
     nearest = np.full(len(points), np.inf)
     for start in range(0, len(centers), _DISTANCE_CHUNK):
-        chunk = _squared_distances(points, centers[start : start + _DISTANCE_CHUNK])
-        nearest = np.minimum(nearest, np.sqrt(chunk.min(axis=1)))
+        chunk = distance.cdist(points, centers[start : start + _DISTANCE_CHUNK])
+        nearest = np.minimum(nearest, chunk.min(axis=1))
     return nearest
 
 
@@ -138,15 +128,15 @@ def class_balanced_top_k(scores: np.ndarray, predicted_classes: np.ndarray, k: i
 
 def strategy_scores(strategy: str, probs: np.ndarray, seed: int = 0) -> np.ndarray:
     """The per-image scores of a score strategy (higher = more wanted)."""
-    if strategy == "entropy":
-        return entropy_scores(probs)
-    if strategy == "margin":
-        return margin_scores(probs)
-    if strategy == "least_confidence":
-        return least_confidence_scores(probs)
-    if strategy == "random":
-        return random_scores(len(probs), seed)
-    raise ValueError(f"Unknown strategy {strategy!r}; expected one of {', '.join(STRATEGIES)}.")
+    scores = {
+        "entropy": entropy_scores,
+        "margin": margin_scores,
+        "least_confidence": least_confidence_scores,
+        "random": lambda probs: random_scores(len(probs), seed),
+    }
+    if strategy not in scores:
+        raise ValueError(f"{strategy!r} is not a score strategy ({', '.join(scores)}).")
+    return scores[strategy](probs)
 
 
 def select(
@@ -193,9 +183,6 @@ def _check_budget(budget: int, available: int) -> None:
         raise ValueError(
             f"budget must be in 1..{available} (the number of candidate images), got {budget}."
         )
-
-
-# ------------------------------------------------------------------------------- CSV files
 
 
 def write_csv(path: str, header: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:

@@ -72,25 +72,20 @@ def predict(
     last_report = start
     for first in range(0, total, batch_size):
         batch = images[first : first + batch_size]
-        real = len(batch)
-        if real < batch_size:  # pad so that every batch has the compiled shape
-            batch = np.concatenate(
-                [batch, np.zeros((batch_size - real, *batch.shape[1:]), batch.dtype)]
-            )
-        outputs = jax.device_get(predict_batch(variables, batch))
-        chunks.append({name: value[:real] for name, value in outputs.items()})
-        done = first + real
+        outputs = jax.device_get(predict_batch(variables, _padded(batch, batch_size)))
+        chunks.append({name: value[: len(batch)] for name, value in outputs.items()})
+        done = first + len(batch)
         if progress and (time.time() - last_report > _PROGRESS_EVERY_S or done == total):
             last_report = time.time()
             rate = done / max(last_report - start, 1e-9)
-            logging.info(
-                "scored %d/%d images | %.0f img/s | ETA %.0f s",
-                done,
-                total,
-                rate,
-                (total - done) / rate,
-            )
+            logging.info("scored %d/%d images, %.0f images/s", done, total, rate)
     return {name: np.concatenate([c[name] for c in chunks]) for name in chunks[0]}
+
+
+def _padded(chunk: np.ndarray, size: int) -> np.ndarray:
+    """`chunk` with rows of zeros appended up to `size` rows: every batch has the compiled
+    shape."""
+    return np.concatenate([chunk, np.zeros((size - len(chunk), *chunk.shape[1:]), chunk.dtype)])
 
 
 def evaluate(
@@ -110,16 +105,10 @@ def evaluate(
     evaluates its share of every chunk."""
     totals = {"correct": 0.0, "nll": 0.0, "count": 0.0}
     for start in range(0, len(labels), batch_size):
-        chunk_images = images[start : start + batch_size]
-        chunk_labels = labels[start : start + batch_size]
-        pad = batch_size - len(chunk_labels)
-        mask = np.concatenate([np.ones(len(chunk_labels), np.float32), np.zeros(pad, np.float32)])
-        if pad:
-            chunk_images = np.concatenate(
-                [chunk_images, np.zeros((pad, *chunk_images.shape[1:]), chunk_images.dtype)]
-            )
-            chunk_labels = np.concatenate([chunk_labels, np.zeros(pad, chunk_labels.dtype)])
-        chunk = (chunk_images, chunk_labels, mask)
+        real = min(batch_size, len(labels) - start)
+        mask = (np.arange(batch_size) < real).astype(np.float32)  # the padding is not counted
+        rows = slice(start, start + batch_size)
+        chunk = (_padded(images[rows], batch_size), _padded(labels[rows], batch_size), mask)
         if sharding is not None:  # the same host values on every process: each keeps its rows
             chunk = jax.device_put(chunk, sharding)
         sums = eval_step(params, batch_stats, *chunk)
