@@ -60,21 +60,6 @@ def test_write_analysis_writes_every_plot_as_a_non_blank_png(digits_run, tmp_pat
         _check_image(tmp_path / name)
 
 
-def test_the_command_writes_the_plots(digits_run, tmp_path):
-    command = [
-        sys.executable,
-        "-m",
-        "comatch_jax.commands.analyze",
-        f"--workdir={digits_run}",
-        f"--out={tmp_path}",
-        "--max_images=300",
-    ]
-    result = subprocess.run(command, capture_output=True, text=True, cwd=REPO)
-    assert result.returncode == 0, result.stderr
-    for name in PLOTS:
-        _check_image(tmp_path / name)
-
-
 @pytest.mark.parametrize("method", ["pca", "tsne"])
 def test_2d_projection_keeps_separate_clusters_apart(method):
     rng = np.random.default_rng(0)

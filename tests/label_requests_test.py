@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from comatch_jax.commands import active_learning, ema_model, request_labels
+from comatch_jax.commands import active_learning, answer_from_truth, ema_model, request_labels
 from comatch_jax.data import pipeline as training_data
 from comatch_jax.trainer import saved_runs, train
 
@@ -342,23 +342,12 @@ def test_padding_the_last_batch_changes_no_prediction(digits_run):
     np.testing.assert_allclose(whole["probs"].sum(-1), 1.0, rtol=1e-5)
 
 
-def test_kcenter_requests_through_the_command(digits_run, tmp_path):
-    workdir, _ = digits_run
+def test_kcenter_requests_score_the_distance_to_the_labeled_images(digits_run, tmp_path):
     out = str(tmp_path / "requests.csv")
-    result = _command(
-        "request_labels", f"--workdir={workdir}", "--budget=5", "--strategy=kcenter", f"--out={out}"
-    )
-    assert result.returncode == 0, result.stderr
+    requests = request_labels.request_labels(digits_run[0], out, budget=5, strategy="kcenter")
     rows = [line.split(",") for line in open(out).read().splitlines()[1:]]
-    assert len({row[0] for row in rows}) == 5
+    assert [int(row[0]) for row in rows] == list(requests.ids) and len(set(requests.ids)) == 5
     assert all(float(row[2]) > 0 for row in rows)  # distance to the nearest labeled image
-
-
-def test_the_command_says_a_missing_run_in_one_line(tmp_path):
-    result = _command("request_labels", "--budget=5", f"--workdir={tmp_path}", "--out=r.csv")
-    assert result.returncode != 0
-    last = result.stderr.strip().splitlines()[-1]
-    assert last.startswith("error: ") and "holds no comatch_jax run" in last
 
 
 @pytest.mark.parametrize(
@@ -389,27 +378,10 @@ def test_request_labels_errors_are_one_line(digits_run, tmp_path, options, messa
 
 
 def test_answer_from_truth_rejects_unknown_ids(digits_run, tmp_path):
-    workdir, _ = digits_run
     requests_csv = _write(tmp_path / "requests.csv", "id,score\n5,0.1\n1500,0.2\n")
-    result = _command(
-        "answer_from_truth",
-        f"--requests={requests_csv}",
-        f"--workdir={workdir}",
-        f"--out={tmp_path / 'l.csv'}",
-    )
-    assert result.returncode != 0
-    assert "id 1500 is not in the train split" in result.stderr.strip().splitlines()[-1]
-
-
-def test_strategies_and_evaluation_import_without_tensorflow():
-    code = (
-        "import sys\n"
-        "for blocked in ('tensorflow', 'tensorflow_datasets'):\n"
-        "    sys.modules[blocked] = None  # any import of these now raises ImportError\n"
-        "import comatch_jax.commands.active_learning, comatch_jax.core.evaluation\n"
-    )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr
+    config = answer_from_truth.read_run_config(digits_run[0])
+    with pytest.raises(ValueError, match="id 1500 is not in the train split"):
+        answer_from_truth.answer_requests(requests_csv, str(tmp_path / "l.csv"), config)
 
 
 def test_nothing_left_to_request_is_said_plainly():

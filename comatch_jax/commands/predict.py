@@ -86,14 +86,8 @@ def predict_folder(
 
 
 def _predict() -> None:
-    count = predict_folder(
-        FLAGS.workdir,
-        FLAGS.images,
-        FLAGS.out,
-        top_k=FLAGS.top_k,
-        batch_size=FLAGS.batch_size,
-        corrupt_policy=FLAGS.corrupt_policy,
-    )
+    options = {o: FLAGS[o].value for o in ("top_k", "batch_size", "corrupt_policy")}
+    count = predict_folder(FLAGS.workdir, FLAGS.images, FLAGS.out, **options)
     print(f"Wrote predictions for {count} images to {FLAGS.out}")
 
 

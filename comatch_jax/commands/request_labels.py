@@ -131,15 +131,8 @@ def request_labels(
 
 
 def _request_labels() -> None:
-    requests = request_labels(
-        FLAGS.workdir,
-        FLAGS.out,
-        budget=FLAGS.budget,
-        strategy=FLAGS.strategy,
-        balance_by_predicted_class=FLAGS.balance_by_predicted_class,
-        seed=FLAGS.seed,
-        batch_size=FLAGS.batch_size,
-    )
+    options = ("budget", "strategy", "balance_by_predicted_class", "seed", "batch_size")
+    requests = request_labels(FLAGS.workdir, FLAGS.out, **{o: FLAGS[o].value for o in options})
     logging.info("Wrote %d label requests (%s) to %s", len(requests.ids), FLAGS.strategy, FLAGS.out)
 
 
