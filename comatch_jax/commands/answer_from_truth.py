@@ -72,9 +72,9 @@ def answer_from_truth_csv(requests_csv: str, truth_csv: str, out: str) -> int:
     path, label = header.index("path"), header.index("label")
     truth = {os.path.normpath(row[path]): row[label].strip() for _, row in rows}
     header, rows = active_learning.read_csv_table(requests_csv, ("path",))
-    answers = []
+    answers, path = [], header.index("path")
     for line, row in rows:
-        requested = row[header.index("path")]
+        requested = row[path]
         relative = os.path.relpath(os.path.join(os.path.dirname(unlabeled), requested), unlabeled)
         if relative not in truth:
             raise ValueError(

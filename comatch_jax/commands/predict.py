@@ -10,14 +10,13 @@ batches. The CSV has: path (relative to DIR), predicted class name, confidence, 
 csv module does, so any file name round-trips.
 """
 
-import csv
 import os
 import tempfile
 
 import numpy as np
 from absl import flags, logging
 
-from comatch_jax import atomic_files, command_line
+from comatch_jax import command_line
 from comatch_jax.commands import active_learning, ema_model
 from comatch_jax.trainer import saved_runs
 
@@ -76,12 +75,11 @@ def predict_folder(
     header = ["path", "predicted_class", "confidence"]
     if top_k > 1:
         header += [f"{kind}_{r}" for r in range(1, top_k + 1) for kind in ("class", "prob")]
-    with atomic_files.open_atomic(out, "w", **active_learning.CSV_WRITE) as f:
-        writer = csv.writer(f)
-        writer.writerow(header)
-        for path, p, classes in zip(kept, probs, ranked):
-            top = [v for c in classes for v in (run.class_names[c], f"{p[c]:.6f}")]
-            writer.writerow([path, *top[:2], *(top if top_k > 1 else [])])
+    rows = []
+    for path, p, classes in zip(kept, probs, ranked):
+        top = [v for c in classes for v in (run.class_names[c], f"{p[c]:.6f}")]
+        rows.append([path, *top[:2], *(top if top_k > 1 else [])])
+    active_learning.write_csv(out, header, rows)
     return len(kept)
 
 
