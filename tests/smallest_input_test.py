@@ -230,9 +230,10 @@ def test_predict_advises_a_flag_that_works(smallest_run, tmp_path):
     base, _ = smallest_run
     images = tmp_path / "images"
     _save(str(images / "good.png"), COLOURS["cat"], np.random.default_rng(1))
-    (images / "broken.png").write_bytes(b"\x89PNG not really")
+    for i in range(6):
+        (images / f"broken{i}.png").write_bytes(b"\x89PNG not really")
     out = tmp_path / "predictions.csv"
-    with pytest.raises(ValueError, match="broken.png") as error:
+    with pytest.raises(ValueError, match="broken0.png") as error:
         predict.predict_folder(str(base / "run"), str(images), str(out))
     assert not out.exists()
     advised = re.findall(r"(--\S+=\S+?)\b", str(error.value))
@@ -243,7 +244,9 @@ def test_predict_advises_a_flag_that_works(smallest_run, tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     with open(out, newline="") as f:
         assert [r["path"] for r in csv.DictReader(f)] == ["good.png"]
-    assert "Skipped 1 unreadable images" in result.stderr and "broken.png" in result.stderr
+    # The skipped files are named, up to 5.
+    named = ", ".join(f"broken{i}.png" for i in range(5))
+    assert f"Skipped 6 unreadable images in {images}: {named} and 1 more." in result.stderr
 
 
 def test_images_too_small_for_the_model_are_refused_before_the_workdir(tmp_path):
