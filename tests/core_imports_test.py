@@ -39,3 +39,14 @@ def test_console_entry_points_report_a_missing_run_in_one_line(tmp_path):
     assert result.returncode != 0
     assert result.stderr.strip().splitlines()[-1].startswith("error: "), result.stderr[-500:]
     assert result.stderr.count("holds no comatch_jax run") == 1, result.stderr  # said once
+
+
+def test_a_console_script_shows_its_docstring_and_flags_under_help():
+    code = (
+        "import sys; sys.argv[0] = '/venv/bin/comatch-predict'\n"
+        "from comatch_jax.commands.predict import cli; cli()\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code, "--help"], capture_output=True, text=True)
+    shown = result.stdout + result.stderr  # (absl's --help exits with status 1)
+    assert "Predictions for a folder of images" in shown
+    assert "--images: Directory of images to classify." in shown

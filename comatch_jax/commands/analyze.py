@@ -21,7 +21,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 from absl import flags, logging
 
-from comatch_jax import atomic_files, command_line
+from comatch_jax import atomic_files, command_line, commands
 from comatch_jax.commands import ema_model
 from comatch_jax.data import pipeline
 from comatch_jax.trainer import saved_runs
@@ -473,6 +473,7 @@ def cli() -> None:
     flags.DEFINE_integer("seed", 0, "Seed of the image subsets.")
     flags.DEFINE_integer("batch_size", 1000, "Images per inference batch.")
     flags.mark_flags_as_required(["workdir", "out"])
+    commands.help_for_console_script(__name__)
     command_line.run(main)
 
 

@@ -27,7 +27,7 @@ import ml_collections
 from absl import flags, logging
 from ml_collections import config_flags
 
-from comatch_jax import command_line
+from comatch_jax import command_line, commands
 from comatch_jax.commands import active_learning
 
 FLAGS = flags.FLAGS
@@ -108,6 +108,7 @@ def cli() -> None:
     flags.DEFINE_string("requests", None, "The requests CSV (an id or a path column).")
     flags.DEFINE_string("out", None, "Where to write the labels CSV (id,label or path,label).")
     flags.mark_flags_as_required(["requests", "out"])
+    commands.help_for_console_script(__name__)
     command_line.run(main)
 
 

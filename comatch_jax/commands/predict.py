@@ -16,7 +16,7 @@ import tempfile
 import numpy as np
 from absl import flags, logging
 
-from comatch_jax import command_line
+from comatch_jax import command_line, commands
 from comatch_jax.commands import active_learning, ema_model
 from comatch_jax.trainer import saved_runs
 
@@ -103,6 +103,7 @@ def cli() -> None:
         "corrupt_policy", "fail", ["fail", "skip"], "Unreadable images: fail or skip."
     )
     flags.mark_flags_as_required(["workdir", "images", "out"])
+    commands.help_for_console_script(__name__)
     command_line.run(main)
 
 

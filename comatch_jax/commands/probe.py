@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 from absl import flags
 
-from comatch_jax import atomic_files, command_line
+from comatch_jax import atomic_files, command_line, commands
 from comatch_jax.commands import ema_model
 from comatch_jax.core import evaluation
 from comatch_jax.data import pipeline
@@ -77,6 +77,7 @@ def cli() -> None:
     flags.DEFINE_enum("mode", "all", ["knn", "linear", "all"], "Which evaluation.")
     flags.DEFINE_integer("batch_size", 500, "Images per forward pass.")
     flags.mark_flag_as_required("workdir")
+    commands.help_for_console_script(__name__)
     command_line.run(main)
 
 

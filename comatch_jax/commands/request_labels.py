@@ -21,7 +21,7 @@ import os
 import numpy as np
 from absl import flags, logging
 
-from comatch_jax import command_line
+from comatch_jax import command_line, commands
 from comatch_jax.commands import active_learning, ema_model
 from comatch_jax.data import pipeline
 from comatch_jax.trainer import saved_runs
@@ -153,6 +153,7 @@ def cli() -> None:
     flags.DEFINE_string("out", None, "Where to write the requests CSV.")
     flags.DEFINE_integer("batch_size", 1000, "Images per inference batch.")
     flags.mark_flags_as_required(["workdir", "budget", "out"])
+    commands.help_for_console_script(__name__)
     command_line.run(main)
 
 
