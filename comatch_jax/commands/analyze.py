@@ -451,12 +451,10 @@ def write_analysis(
 def _analyze() -> None:
     matplotlib.use("Agg")  # headless: files only, no display needed
     run = saved_runs.load_run(FLAGS.workdir)
-    options = ("max_images", "image_index", "embedding", "seed", "batch_size")
+    names = ("max_images", "image_index", "embedding", "seed", "batch_size")
+    options = {name: FLAGS[name].value for name in names}
     data = pipeline.prepare_data(run.config)
-    written = write_analysis(
-        run, data, FLAGS.workdir, FLAGS.out, **{o: FLAGS[o].value for o in options}
-    )
-    for path in written:
+    for path in write_analysis(run, data, FLAGS.workdir, FLAGS.out, **options):
         logging.info("wrote %s", path)
 
 
