@@ -9,7 +9,6 @@ CORE = [
     "core.memory_queue",
     "core.models",
     "core.methods",
-    "data.sampling",
     "core.train_state",
     "core.train_step",
     "config_lib",

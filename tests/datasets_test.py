@@ -9,10 +9,10 @@ import subprocess
 import sys
 import textwrap
 
-import ml_collections
 import numpy as np
 import pytest
 
+from comatch_jax import config_lib
 from comatch_jax import data as datasets
 from comatch_jax.data import idx, tfds_source
 
@@ -55,17 +55,11 @@ def _write_idx_dir(directory, arrays, gz_keys=("train_images", "train_labels")):
 
 
 def _config(**overrides):
-    fields = dict(
-        name="fashion_mnist",
-        source="auto",
-        data_dir=None,
-        idx_dir=DEBIAN_DIR,
-        train_split="train",
-        test_split="test",
-        extra_unlabeled_split=None,
-    )
-    fields.update(overrides)
-    return ml_collections.ConfigDict(fields)
+    """A run config whose dataset section has `overrides` (the IDX files in DEBIAN_DIR)."""
+    config = config_lib.base_config()
+    config.dataset.idx_dir = DEBIAN_DIR
+    config.dataset.update(overrides)
+    return config
 
 
 def _tfds():

@@ -5,6 +5,7 @@ import glob
 import logging
 import os
 import re
+import unicodedata
 
 import numpy as np
 import pytest
@@ -292,6 +293,22 @@ ERROR_CASES = {
         ValueError,
         "{r}/unlabeled has no images",
     ),
+    "class folder named __unknown__": (
+        lambda r: _save(os.path.join(r, "labeled", "__unknown__", "x.png"), _pixels(0)),
+        ValueError,
+        "Class folder {r}/labeled/__unknown__ is named __unknown__, which answers files keep",
+    ),
+    "one class in two unicode forms": (
+        lambda r: [
+            _save(
+                os.path.join(r, "labeled", unicodedata.normalize(form, "café"), "x.png"), _pixels(0)
+            )
+            for form in ("NFC", "NFD")
+        ],
+        ValueError,
+        "Class folder {r}/labeled/.* appears twice in {r}/labeled, its name stored composed (NFC) "
+        "and decomposed (NFD); merge the two folders into one.",
+    ),
     "cache dir not writable": (
         lambda r: open(os.path.join(r, ".comatch_cache"), "w").close(),
         PermissionError,
@@ -324,6 +341,16 @@ def test_bad_arguments(tmp_path, kwargs, match):
     root = _make_folder(tmp_path)
     with pytest.raises(ValueError, match=match):
         _load(root, **kwargs)
+
+
+def test_val_class_folders_match_labeled_ones_in_either_unicode_form(tmp_path):
+    """A Mac may store val/café decomposed (NFD) and labeled/café composed (NFC)."""
+    composed, decomposed = "café", unicodedata.normalize("NFD", "café")
+    root = _make_folder(tmp_path, classes=(composed, "tea"))
+    for i, name in enumerate((decomposed, decomposed, "tea")):
+        _save(os.path.join(root, "val", name, f"v{i}.png"), _pixels(60 + i))
+    data = _load(root)
+    assert data.class_names == (composed, "tea") and data.test_labels.tolist() == [0, 0, 1]
 
 
 # ----------------------------------------------------------------- corrupt images

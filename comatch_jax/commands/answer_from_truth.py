@@ -68,7 +68,7 @@ def answer_requests(
     if dataset is None:
         from comatch_jax import data as datasets  # imports TensorFlow lazily, only to read files
 
-        dataset = datasets.load_dataset(config.dataset)
+        dataset = datasets.load_dataset(config)
     ids, labels = ground_truth_labels(requests_csv, dataset.train_labels)
     active_learning.write_labels_csv(out, ids, labels)
     return len(ids)
