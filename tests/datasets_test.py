@@ -424,11 +424,11 @@ def test_split_all_labels():
 @pytest.mark.parametrize(
     "labels, num_labels, match",
     [
-        (_labels(), 45, "not divisible"),
-        (_labels(), 0, "positive"),
-        (_labels(), -10, "positive"),
-        (_labels(per_class=2), 30, "exceeds"),
-        (np.concatenate([_labels(per_class=10), np.zeros(50, np.int32)]), 120, "Class"),
+        (_labels(), 45, "num_labels=45 is not a positive multiple of num_classes=10"),
+        (_labels(), 0, "num_labels=0 is not a positive multiple"),
+        (_labels(), -10, "num_labels=-10 is not a positive multiple"),
+        (_labels(per_class=2), 30, "Class 0 has 2 images but 3 labels per class are needed"),
+        (np.concatenate([_labels(per_class=10), np.zeros(50, np.int32)]), 120, "Class 1 has 10"),
     ],
 )
 def test_split_errors(labels, num_labels, match):
@@ -436,10 +436,10 @@ def test_split_errors(labels, num_labels, match):
         datasets.split_labeled_unlabeled(labels, num_labels=num_labels, num_classes=10, seed=0)
 
 
-def test_split_rejects_out_of_range_labels():
-    labels = np.array([0, 1, 2, 10], np.int32)
-    with pytest.raises(ValueError, match="num_classes"):
-        datasets.split_labeled_unlabeled(labels, num_labels=2, num_classes=2, seed=0)
+def test_a_dataset_with_labels_outside_its_classes_is_refused():
+    images, labels = np.zeros((4, 2, 2, 1), np.uint8), np.array([0, 1, 2, 10], np.int32)
+    with pytest.raises(ValueError, match=r"train_images: labels int32 \(4,\) from 0 to 10, not"):
+        datasets.ImageDataset(images, labels, images, labels % 2, 2, ("a", "b"), "x")
 
 
 # -------------------------------------------------------------------- normalisation

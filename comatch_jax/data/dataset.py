@@ -99,9 +99,14 @@ class ImageDataset:
             elif paths and len(paths) != len(images):
                 problem = f"{len(paths)} paths for {len(images)} images"
             elif labels is not None and (
-                labels.dtype != np.int32 or labels.shape != images.shape[:1]
+                labels.dtype != np.int32
+                or labels.shape != images.shape[:1]
+                or not 0 <= labels.min(initial=0) <= labels.max(initial=0) < self.num_classes
             ):
-                problem = f"labels {labels.dtype} {labels.shape}, not int32 [{len(images)}]"
+                problem = (
+                    f"labels {labels.dtype} {labels.shape} from {labels.min(initial=0)} to "
+                    f"{labels.max(initial=0)}, not int32 [{len(images)}] in 0..{self.num_classes - 1}"
+                )
             else:
                 problem = None
             if problem:

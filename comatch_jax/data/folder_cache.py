@@ -2,21 +2,19 @@
 uint8 .npy file, updated incrementally as files are added, changed or removed.
 
 Per (folder root, part, image size) the cache directory holds `<part>_<S>px_<root key>`:
-  .npy       uint8 [N, S, S, 3], the decoded images in sorted path order (read as a memmap);
-  .rowstats  int64 [N, 2, 3] (.npy format), per image and channel the sum and sum of squares
-             of its pixels (0..255), from which the mean/std of any subset follows exactly;
-  .json      the (relative path, size, mtime_ns) of each row, the files left out as
-             unreadable, and the format; written last, so it marks a complete cache.
-A file whose (path, size, mtime) is cached is never decoded again: an update decodes only the
-new or changed files and copies the kept rows from the old .npy with plain reads and writes
-(no memory map), so resident memory stays a few batches whatever the size of the folder.
-Every file is written under a temporary name and renamed when complete.
+  .npy       uint8 [N, S, S, 3], the images in sorted path order (read as a memmap);
+  .rowstats  int64 [N, 2, 3], per image and channel the sum and sum of squares of its
+             pixels (0..255): the exact mean/std of any subset without reading the images;
+  .json      the (relative path, size, mtime_ns) of each row and of the unreadable files;
+             written last, so it marks a complete cache.
+An update decodes only the files not cached with the same (path, size, mtime) and copies the
+kept rows with plain reads and writes (no memory map), so resident memory stays a few batches
+whatever the size of the folder. Files are written under temporary names, then renamed.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import errno
 import hashlib
 import json
 import mmap
@@ -179,25 +177,13 @@ def _npy_header(shape: tuple[int, ...], length: int | None = None) -> bytes:
 
 class _NpyRowWriter:
     """Appends uint8 rows to a new .npy file of at most `max_rows` rows with plain writes;
-    `close` sets the header to the rows written. Disk space for `max_rows` is reserved first,
-    so that a full disk is reported here, in one line."""
+    `close` sets the header to the rows written."""
 
     def __init__(self, path: str, max_rows: int, row_shape: tuple[int, ...]):
         self.path, self.row_shape, self.rows = path, tuple(row_shape), 0
         self._header = _npy_header((max_rows,) + self.row_shape)
         self._file = open(path, "wb")
         self._file.write(self._header)
-        size = len(self._header) + max_rows * int(np.prod(row_shape))
-        try:
-            if hasattr(os, "posix_fallocate") and size:
-                os.posix_fallocate(self._file.fileno(), 0, size)
-        except OSError as e:  # other errors: the file system cannot preallocate
-            if e.errno == errno.ENOSPC:
-                self._file.close()
-                raise OSError(
-                    f"No disk space for the {size / 1e9:.1f} GB image cache {path}; free space "
-                    "or set --config.dataset.cache_dir to a larger disk."
-                ) from e
 
     def write(self, rows: np.ndarray) -> None:
         rows = np.ascontiguousarray(rows, dtype=np.uint8)
@@ -257,11 +243,10 @@ def decode_images_to_cache(
             writer.write(batch)
             if row_sums is not None:
                 row_sums.append(pixel_sums(batch))
-            if writer.rows + len(skipped) >= next_log:
+            if writer.rows + len(skipped) >= next_log:  # a large folder takes a while
                 next_log += _DECODE_LOG_EVERY
-                done = writer.rows + len(skipped)
-                rate = done / max(time.monotonic() - start, 1e-9)
-                logging.info("Decoded %d/%d images (%.0f images/s).", done, num, rate)
+                rate = (writer.rows + len(skipped)) / (time.monotonic() - start)
+                logging.info(f"Decoded {writer.rows + len(skipped)}/{num} images ({rate:.0f}/s).")
         skipped.extend(range(writer.rows + len(skipped), num))
         if skipped and corrupt_policy == "fail":
             raise _corrupt_image_error(root, paths[skipped[0]], image_size)
@@ -275,12 +260,9 @@ def decode_images_to_cache(
     finally:
         if os.path.exists(temp):
             os.remove(temp)
+    seconds = time.monotonic() - start
     logging.info(
-        "Decoded %d images (%d unreadable) into %s in %.0f s.",
-        num - len(skipped),
-        len(skipped),
-        cache_path,
-        time.monotonic() - start,
+        f"Decoded {num - len(skipped)} images ({len(skipped)} unreadable) in {seconds:.0f} s."
     )
     return np.load(cache_path, mmap_mode="r"), skipped
 
@@ -376,6 +358,9 @@ def update_part_cache(
     Raises ValueError (one line) if no image of the part can be decoded.
     """
     check_corrupt_policy(corrupt_policy)
+    if not entries:  # nothing to cache (an unlabeled/ the run does not need)
+        empty = np.zeros((0, image_size, image_size, 3), np.uint8)
+        return CachedPart(empty, (), np.zeros((0, 2, 3), np.int64), (), BuildStats())
     prefix = f"{part}_{image_size}px_"
     stem = os.path.join(cache_dir, prefix + root_key(root))
     old = _read_cache(stem, root, image_size)
@@ -398,14 +383,9 @@ def update_part_cache(
     if old is not None and not new_entries and not removed:
         if sorted(old_skipped) != known_bad:  # only unreadable files went away
             _write_meta(stem, root, image_size, old["entries"], known_bad)
-        logging.info("Using the cached %s images %s.npy %s.", part, stem, old["images"].shape)
-        return CachedPart(
-            old["images"],
-            tuple(old["entries"]),
-            old["row_sums"],
-            tuple(known_bad),
-            BuildStats(reused=True),
-        )
+        logging.info(f"Using the cached {part} images {stem}.npy {old['images'].shape}.")
+        images, sums, reused = old["images"], old["row_sums"], BuildStats(reused=True)
+        return CachedPart(images, tuple(old["entries"]), sums, tuple(known_bad), reused)
 
     _remove_dead_temporaries(cache_dir, prefix)
     pid, start = os.getpid(), time.monotonic()
@@ -415,13 +395,7 @@ def update_part_cache(
         new_sums, skipped_new = [], []
         if new_entries:
             logging.info(
-                "Decoding %d %s images to %dx%d into %s.npy (%d cached images kept).",
-                len(new_entries),
-                part,
-                image_size,
-                image_size,
-                stem,
-                kept,
+                f"Decoding {len(new_entries)} {part} images into {stem}.npy ({kept} kept)."
             )
             _, skipped_new = decode_images_to_cache(
                 [rel for rel, _, _ in new_entries],
@@ -474,16 +448,9 @@ def update_part_cache(
                 os.remove(leftover)
     build = BuildStats(tuple(rel for rel, _, _ in new_entries), copied=kept, removed=removed)
     logging.info(
-        "Cached %d %s images in %s.npy: %d decoded, %d copied, %d dropped, %d unreadable "
-        "(%.0f s).",
-        len(final_entries),
-        part,
-        stem,
-        len(build.decoded) - len(skipped_new),  # the unreadable ones were tried, not decoded
-        build.copied,
-        build.removed,
-        len(skipped),
-        time.monotonic() - start,
+        f"Cached {len(final_entries)} {part} images in {stem}.npy: "
+        f"{len(new_entries) - len(skipped_new)} decoded, {kept} copied, {removed} dropped, "
+        f"{len(skipped)} unreadable ({time.monotonic() - start:.0f} s)."
     )
     return CachedPart(
         np.load(stem + ".npy", mmap_mode="r"), final_entries, row_sums, tuple(skipped), build

@@ -56,12 +56,8 @@ def _scan_images(directory: str) -> tuple[list[Entry], int]:
                 except OSError:  # a broken symlink: decoding reports it as unreadable
                     found.append((rel, -1, 0))
     if ignored:
-        logging.info(
-            "Ignored %d non-image files in %s (extensions other than %s).",
-            ignored,
-            directory,
-            ", ".join(IMAGE_EXTENSIONS),
-        )
+        kept = ", ".join(IMAGE_EXTENSIONS)
+        logging.info(f"Ignored {ignored} non-image files in {directory} (not {kept}).")
     return sorted(found), ignored
 
 
@@ -134,65 +130,41 @@ def _stratified_holdout(
 
 def _some(names: list[str], limit: int = 10) -> str:
     """The first `limit` names, comma-separated, and how many more there are."""
-    return ", ".join(names[:limit]) + (
-        f" and {len(names) - limit} more" if len(names) > limit else ""
-    )
+    more = f" and {len(names) - limit} more" if len(names) > limit else ""
+    return ", ".join(names[:limit]) + more
 
 
-def _holds_images(folder: str) -> bool:
-    try:
-        return any(os.path.splitext(n)[1].lower() in IMAGE_EXTENSIONS for n in os.listdir(folder))
-    except OSError:  # unreadable: reported if it is ever read
-        return False
-
-
-def _check_root_has_labeled(root: str, require_unlabeled: bool) -> None:
-    """Raises FileNotFoundError / ValueError (one line) for a root without labeled/ (or
-    unlabeled/ when required), saying so when the root looks like labeled/, unlabeled/ or
-    val/ itself (its name, or class folders holding images)."""
-    if not os.path.isdir(root):
-        inside = (
-            "and unlabeled/ inside"
-            if require_unlabeled
-            else "inside (unlabeled/ is optional for this run)"
+def _check_layout(root: str, require_unlabeled: bool) -> None:
+    """FileNotFoundError / ValueError (one line) for a root without labeled/ (or unlabeled/
+    when the run needs it), saying so when the root is labeled/, unlabeled/ or val/ itself."""
+    name, parent = os.path.basename(root), os.path.dirname(root)
+    if not os.path.isdir(os.path.join(root, "labeled")) and name in ("labeled", "unlabeled", "val"):
+        raise ValueError(
+            f"{root} looks like the {name}/ folder itself; pass its parent ({parent}) as "
+            "--config.dataset.root."
         )
+    if not os.path.isdir(root):
         raise FileNotFoundError(
             f"Image folder {root} does not exist; fix the dataset path or create it with "
-            f"labeled/<class_name>/ {inside}."
+            "labeled/<class_name>/ "
+            + (
+                "and unlabeled/ inside"
+                if require_unlabeled
+                else "inside (unlabeled/ is optional for this run)"
+            )
+            + "."
         )
-    if not os.path.isdir(os.path.join(root, "labeled")):
-        name, parent = os.path.basename(root), os.path.dirname(root)
-        if name in ("labeled", "unlabeled", "val"):
-            raise ValueError(
-                f"{root} looks like the {name}/ folder itself; pass its parent ({parent}) as "
-                "--config.dataset.root."
-            )
-        with os.scandir(root) as it:
-            folders = sorted(e.path for e in it if e.is_dir() and not e.name.startswith("."))
-        classes = [
-            os.path.basename(f)
-            for f in folders
-            if os.path.basename(f) not in ("unlabeled", "val", "test") and _holds_images(f)
-        ]
-        if classes:
-            raise ValueError(
-                f"{root} looks like the labeled/ folder itself (class folders with images: "
-                f"{_some(classes, 5)}) but --config.dataset.root needs labeled/ inside: pass the "
-                f"folder that holds labeled/, or move the class folders into {root}/labeled/."
-            )
-    required = [("labeled", "put the labeled images in {}/<class_name>/")]
-    if require_unlabeled:
-        required.append(
-            (
-                "unlabeled",
-                "semi-supervised training needs unlabeled images in {} (any nesting; "
-                "configs/supervised.py trains without them)",
-            )
-        )
-    for part, fix in required:
+    for part in ("labeled", "unlabeled") if require_unlabeled else ("labeled",):
         directory = os.path.join(root, part)
         if not os.path.isdir(directory):
-            raise FileNotFoundError(f"{directory} does not exist; {fix.format(directory)}.")
+            fix = (
+                f"put the labeled images in {directory}/<class_name>/ (the root is the folder "
+                "that holds labeled/)"
+                if part == "labeled"
+                else f"semi-supervised training needs unlabeled images in {directory} (any "
+                "nesting; configs/supervised.py trains without them)"
+            )
+            raise FileNotFoundError(f"{directory} does not exist; {fix}.")
 
 
 def load_image_folder(
@@ -235,7 +207,7 @@ def load_image_folder(
             f"val_fraction must be in (0, 1), got {val_fraction}; set --config.dataset.val_fraction."
         )
     root = os.path.abspath(os.fspath(root))
-    _check_root_has_labeled(root, require_unlabeled)
+    _check_layout(root, require_unlabeled)
     labeled_entries, class_names = _scan_class_tree(root, "labeled")
     if len(class_names) < 2:  # before decoding anything
         raise ValueError(
@@ -262,15 +234,8 @@ def load_image_folder(
         )
     cache_dir = folder_cache.prepare_cache_dir(root, cache_dir)
 
-    def load(part: str, entries: list[Entry]) -> folder_cache.CachedPart:
-        return folder_cache.update_part_cache(
-            root,
-            part,
-            entries,
-            image_size=image_size,
-            cache_dir=cache_dir,
-            corrupt_policy=corrupt_policy,
-        )
+    options = dict(image_size=image_size, cache_dir=cache_dir, corrupt_policy=corrupt_policy)
+    load = lambda part, entries: folder_cache.update_part_cache(root, part, entries, **options)
 
     def labels_of(paths: list[str]) -> np.ndarray:  # "labeled/<class>/..." -> class index
         return np.array([class_index[class_key(p.split(os.sep)[1])] for p in paths], np.int32)
@@ -283,14 +248,11 @@ def load_image_folder(
                 f"Every image in {os.path.join(root, 'labeled', name)} is unreadable; replace "
                 "them or remove the folder."
             )
-    skipped = list(labeled.skipped)
     if has_val:
         val = load("val", val_entries)
-        train_labels = labeled_labels
+        train = np.arange(len(labeled_labels))
         test_images, test_labels, test_entries = val.images, labels_of(val.paths), val.entries
-        train_images, train_entries, train_sums = labeled.images, labeled.entries, labeled.row_sums
-        skipped += val.skipped
-        val_source = "val/"
+        val_source, skipped = "val/", labeled.skipped + val.skipped
     else:
         train, held_out = _stratified_holdout(labeled_labels, len(class_names), val_fraction, seed)
         if not len(held_out):
@@ -300,44 +262,28 @@ def load_image_folder(
             )
         test_images, test_labels = labeled.images[held_out], labeled_labels[held_out]
         test_entries = tuple(labeled.entries[i] for i in held_out)
-        train_images, train_labels = labeled.images[train], labeled_labels[train]
-        train_entries = tuple(labeled.entries[i] for i in train)
-        train_sums = labeled.row_sums[train]
-        val_source = f"held out {val_fraction * 100:g}% of labeled, seed {seed}"
+        val_source, skipped = (
+            f"held out {val_fraction * 100:g}% of labeled, seed {seed}",
+            labeled.skipped,
+        )
         logging.info(
-            "No %s/val: holding out %d of %d labeled images for validation (%g%% per class, "
-            "stratified, seed %d).",
-            root,
-            len(held_out),
-            len(train) + len(held_out),
-            val_fraction * 100,
-            seed,
+            f"No {root}/val: holding out {len(held_out)} of {len(labeled_labels)} labeled images "
+            f"for validation ({val_fraction * 100:g}% per class, stratified, seed {seed})."
         )
-    if unlabeled_entries:
-        unlabeled = load("unlabeled", unlabeled_entries)
-    else:  # require_unlabeled=False: nothing to decode or cache
-        unlabeled = folder_cache.CachedPart(
-            images=np.zeros((0, image_size, image_size, 3), np.uint8),
-            entries=(),
-            row_sums=np.zeros((0, 2, 3), np.int64),
-            skipped=(),
-            build=folder_cache.BuildStats(),
-        )
+    train_entries = tuple(labeled.entries[i] for i in train)
+    unlabeled = load("unlabeled", unlabeled_entries)  # empty if the run needs none
     skipped += unlabeled.skipped
     if skipped:
         logging.warning(
-            "Skipped %d unreadable or corrupt images in %s (corrupt_policy='skip'), e.g. %s.",
-            len(skipped),
-            root,
-            ", ".join(rel for rel, _, _ in skipped[:5]),
+            f"Skipped {len(skipped)} unreadable or corrupt images in {root} (corrupt_policy="
+            f"'skip'), e.g. {', '.join(rel for rel, _, _ in skipped[:5])}."
         )
     # Normalisation statistics of the images trained on: train and unlabeled.
-    mean, std = statistics_from_sums(
-        np.concatenate([train_sums, unlabeled.row_sums]), image_size * image_size
-    )
+    sums = np.concatenate([labeled.row_sums[train], unlabeled.row_sums])
+    mean, std = statistics_from_sums(sums, image_size * image_size)
     dataset = ImageDataset(
-        train_images=train_images,
-        train_labels=train_labels,
+        train_images=labeled.images if has_val else labeled.images[train],  # a memmap with val/
+        train_labels=labeled_labels[train],
         test_images=test_images,
         test_labels=test_labels,
         num_classes=len(class_names),
@@ -358,72 +304,32 @@ def load_image_folder(
         },
     )
     logging.info(
-        "Loaded %s: %d labeled, %d unlabeled, %d val images of %dx%d, %d classes, %d unreadable "
-        "skipped; mean %s, std %s.",
-        dataset.source,
-        len(dataset.train_paths),
-        len(dataset.unlabeled_paths),
-        len(dataset.test_paths),
-        image_size,
-        image_size,
-        len(class_names),
-        len(skipped),
-        format_channels(mean),
-        format_channels(std),
+        f"Loaded {dataset.source}: {len(train)} labeled, {len(unlabeled.entries)} unlabeled, "
+        f"{len(test_entries)} val images of {image_size}x{image_size}, {len(class_names)} "
+        f"classes, {len(skipped)} unreadable skipped; mean {format_channels(mean)}, std "
+        f"{format_channels(std)}."
     )
     _log_evaluation_set(root, dataset, has_val, val_fraction)
     return dataset
 
 
 def _log_evaluation_set(root: str, dataset: ImageDataset, has_val: bool, val_fraction: float):
-    """Logs which images a run evaluates on (it reports their accuracy as its test accuracy)
-    and whether test/ is ignored; warns naming the classes without evaluation images, and when
-    there are fewer than EVAL_IMAGES_PER_CLASS per class."""
+    """Logs which images a run evaluates on (their accuracy is its 'test accuracy'), and warns
+    when a class has none of them or there are fewer than EVAL_IMAGES_PER_CLASS per class."""
     count, num_classes = len(dataset.test_labels), dataset.num_classes
-    val_dir, test_dir = os.path.join(root, "val"), os.path.join(root, "test")
-    if has_val:
-        which, more = f"val/ ({count} images)", f"add images to {val_dir}/<class_name>/"
-    else:
-        which = f"a held-out {val_fraction * 100:g} % of labeled/ ({count} images; no val/)"
-        more = f"add a {val_dir}/<class_name>/ folder"
-    ignored = ""
-    if os.path.isdir(test_dir):
-        ignored = "; test/ is ignored (not read)"
-        if not has_val:
-            with os.scandir(test_dir) as it:
-                has_classes = any(e.is_dir() and not e.name.startswith(".") for e in it)
-            ignored += (
-                ": rename test/ to val/ to evaluate on it"
-                if has_classes
-                else ": to evaluate on its images, put them in val/<class_name>/ folders"
-            )
+    which = "val/" if has_val else f"a held-out {val_fraction * 100:g} % of labeled/ (no val/)"
+    test = os.path.isdir(os.path.join(root, "test"))
     logging.info(
-        "Evaluating on %s: the run's 'test accuracy' is measured on them%s.", which, ignored
+        f"Evaluating on {which}, {count} images: the run's 'test accuracy' is measured on them"
+        + ("; test/ is not read (evaluation images go in val/<class_name>/)." if test else ".")
     )
     per_class = np.bincount(dataset.test_labels, minlength=num_classes)
     missing = [name for name, n in zip(dataset.class_names, per_class) if not n]
-    if missing:
-        one = len(missing) == 1
-        if has_val:
-            why = f"val/ has no images of {'it' if one else 'them'}"
-            fix = f"add images to {os.path.join(val_dir, missing[0] if one else '<class_name>')}/"
-        else:  # a class with one labeled image keeps it for training
-            why = "its one labeled image is kept for training" if one else "one labeled image each"
-            fix = f"add labeled images or a {val_dir}/<class_name>/ folder"
-        logging.warning(
-            "%s %s no evaluation images (%s): %s accuracy is not measured; %s.",
-            f"Class {missing[0]}" if one else f"Classes {_some(missing)}",
-            "has" if one else "have",
-            why,
-            "its" if one else "their",
-            fix,
-        )
+    problems = [f"no images of {_some(missing)}, whose accuracy is not measured"] if missing else []
     if count < EVAL_IMAGES_PER_CLASS * num_classes:
+        problems.append(f"fewer than {EVAL_IMAGES_PER_CLASS} per class: its accuracy is noisy")
+    if problems:
         logging.warning(
-            "The evaluation set has %d images for %d classes, fewer than %d per class: "
-            "accuracy on so few images is noisy; %s.",
-            count,
-            num_classes,
-            EVAL_IMAGES_PER_CLASS,
-            more,
+            f"The evaluation set ({count} images, {num_classes} classes) has "
+            f"{' and '.join(problems)}; add images to {root}/val/<class_name>/."
         )

@@ -1,15 +1,11 @@
 """The data a run trains on, and the batches cut from it.
 
-`prepare_data(config)` reads any source (TFDS, IDX files, scikit-learn's digits, an image
-folder) as an ImageDataset and makes the same parts of each: the labeled images, the unlabeled
-pool, the test images; the answers of `dataset.extra_labels_csv` are applied in one place.
-A dataset read by name is split class-balanced (`num_labels`); an image folder's labeled/ is
-labeled whole and its unlabeled/ stays a memory-mapped cache.
-
-Batches are a pure function of (seed, step), so a resumed run draws the same ones: the rows
-of each are computed in O(batch) by `epoch_permutation_indices`, either inside the jitted step
-on device-resident arrays (`make_sampling_train_step`) or on the host (`host_batch`, run ahead
-by a `Prefetcher`); `step_with_input` picks one for the trainer.
+`prepare_data(config)` makes the same parts of any source (TFDS, IDX files, scikit-learn's
+digits, an image folder): labeled images, an unlabeled pool, test images, with the answers
+of `dataset.extra_labels_csv` applied in one place. Batches are a pure function of (seed,
+step), so a resumed run draws the same ones: `epoch_permutation_indices` computes the rows of
+each in O(batch), inside the jitted step on device-resident arrays or on the host
+(`host_batch`, run ahead by a `Prefetcher`); `step_with_input` sets either up for the trainer.
 """
 
 from __future__ import annotations
@@ -18,7 +14,7 @@ import collections
 import concurrent.futures
 import dataclasses
 import os
-from typing import Any, Callable, Generic, TypeVar
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -27,11 +23,11 @@ import numpy as np
 from absl import logging
 
 from comatch_jax import multihost
+from comatch_jax.core import methods
 from comatch_jax.data import loader
 from comatch_jax.data.answers import read_answers
 from comatch_jax.data.dataset import ANSWERS, ImageDataset, data_fingerprint, resolve_normalization
 
-T = TypeVar("T")
 # Share of the free device memory (host RAM on a CPU) the training images may take on the
 # device: the rest is left for the model, its activations and the optimizer state.
 DEVICE_DATA_FRACTION = 0.5
@@ -43,7 +39,7 @@ class RowSubset:
 
     def __init__(self, images: np.ndarray, rows: np.ndarray):
         self.images, self.rows = images, np.asarray(rows)
-        self.shape, self.dtype, self.ndim = (len(self.rows), *images.shape[1:]), images.dtype, 4
+        self.shape, self.dtype = (len(self.rows), *images.shape[1:]), images.dtype
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -93,52 +89,35 @@ def split_labeled_unlabeled(
     seed: int,
     include_labeled_in_unlabeled: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Sorted int32 (labeled, unlabeled) indices: `num_labels` drawn class-balanced (seeded),
-    the unlabeled ones every other index, or every index if `include_labeled_in_unlabeled`.
-    Raises ValueError (one line) when the split is impossible."""
-    labels = np.asarray(labels)
-    n = len(labels)
-    problem = (
-        f"num_labels must be positive, got {num_labels}; set it > 0"
-        if num_labels <= 0
-        else (
-            f"num_labels={num_labels} exceeds the {n} training images; lower num_labels"
-            if num_labels > n
-            else None
+    """Sorted int32 (labeled, unlabeled) indices of `labels` (int [N] in 0..num_classes-1):
+    num_labels / num_classes of each class drawn at random (seeded), and every other index
+    (or every index, `include_labeled_in_unlabeled`). Raises ValueError (one line) when
+    num_labels is no positive multiple of num_classes or a class has too few images."""
+    if num_labels <= 0 or num_labels % num_classes:
+        raise ValueError(
+            f"num_labels={num_labels} is not a positive multiple of num_classes={num_classes}, "
+            "which a class-balanced split needs; set --config.num_labels."
         )
-    )
-    if problem is None and (num_classes <= 0 or num_labels % num_classes):
-        problem = (
-            f"num_labels={num_labels} is not divisible by num_classes={num_classes}; use a "
-            "multiple of num_classes for a balanced split"
-        )
-    if problem is None and n and (labels.min() < 0 or labels.max() >= num_classes):
-        problem = (
-            f"labels must lie in 0..{num_classes - 1}, found {labels.min()}..{labels.max()}; "
-            "check num_classes"
-        )
-    if problem:
-        raise ValueError(problem + ".")
     per_class, rng, chosen = num_labels // num_classes, np.random.default_rng(seed), []
     for c in range(num_classes):
-        members = np.flatnonzero(labels == c)
+        members = np.flatnonzero(np.asarray(labels) == c)
         if members.size < per_class:
             raise ValueError(
                 f"Class {c} has {members.size} images but {per_class} labels per class are "
-                "needed; lower num_labels."
+                "needed; lower --config.num_labels."
             )
         chosen.append(rng.choice(members, size=per_class, replace=False))
     labeled = np.sort(np.concatenate(chosen)).astype(np.int32)
-    if include_labeled_in_unlabeled:
-        return labeled, np.arange(n, dtype=np.int32)
-    return labeled, np.setdiff1d(np.arange(n), labeled).astype(np.int32)
+    everything = np.arange(len(labels), dtype=np.int32)
+    return labeled, (
+        everything if include_labeled_in_unlabeled else np.setdiff1d(everything, labeled)
+    )
 
 
 def _check_dataset(config: ml_collections.ConfigDict, dataset: ImageDataset) -> None:
     """One-line ValueErrors for data no run of `config` can train on: fewer than 2 classes,
     or images too small for small_cnn, which halves them len(widths) - 1 times (VALID 2x2
-    pooling: a smaller image leaves no pixels; the strided, padded convolutions of
-    wide_resnet and resnet take any size)."""
+    pooling leaves no pixels of a smaller image; wide_resnet and resnet take any size)."""
     folder = dataset.name == "image_folder"
     if dataset.num_classes < 2:
         raise ValueError(
@@ -146,17 +125,16 @@ def _check_dataset(config: ml_collections.ConfigDict, dataset: ImageDataset) -> 
             f"({', '.join(dataset.class_names) or 'none'}); a classifier needs at least 2 "
             f"{'class folders under labeled/' if folder else 'classes in the dataset'}."
         )
-    height, width = dataset.train_images.shape[1:3]
-    needed = 2 ** (len(config.model.widths) - 1)
+    (height, width), needed = dataset.train_images.shape[1:3], 2 ** (len(config.model.widths) - 1)
     if config.model.name == "small_cnn" and min(height, width) < needed:
-        advice = (
+        fix = (
             f"set --config.dataset.image_size={needed} or more"
             if folder
             else f"use at most {int(np.log2(min(height, width))) + 1} model.widths"
         )
         raise ValueError(
             f"model small_cnn with {len(config.model.widths)} widths needs images of at least "
-            f"{needed}x{needed} pixels, the data has {height}x{width}; {advice}."
+            f"{needed}x{needed} pixels, the data has {height}x{width}; {fix}."
         )
 
 
@@ -164,7 +142,7 @@ def prepare_data(config: ml_collections.ConfigDict, dataset: Any = None) -> Semi
     """The labeled images, unlabeled pool and test images of a run of `config`.
 
     `dataset` (an ImageDataset) defaults to `loader.load_dataset(config)`. A dataset read by
-    name is split (`split_labeled_unlabeled`); its extra_unlabeled_split joins the pool. An
+    name is split (`split_labeled_unlabeled`) and its extra_unlabeled_split joins the pool; an
     image folder's train part is labeled whole and its unlabeled part is the pool (a memmap,
     never read whole). The answers of `dataset.extra_labels_csv` (answers.read_answers) join
     the labeled set, ordered by id, and leave the pool, except in an image folder or with
@@ -172,31 +150,28 @@ def prepare_data(config: ml_collections.ConfigDict, dataset: Any = None) -> Semi
     UNKNOWN leave the pool too. Raises ValueError (one line) for data this run cannot use.
     """
     options = config.dataset
-    if dataset is None:
-        dataset = loader.load_dataset(config)
+    dataset = dataset if dataset is not None else loader.load_dataset(config)
     _check_dataset(config, dataset)
     mean, std = resolve_normalization(options.mean, options.std, dataset)
     folder = dataset.name == "image_folder"
-    if folder:
-        labeled_ids = np.full(len(dataset.train_labels), -1, np.int32)
-        labeled_images, labels = np.asarray(dataset.train_images), dataset.train_labels
+    images, labels = dataset.train_images, dataset.train_labels
+    if folder:  # ids are rows of unlabeled_paths; no ground truth for the pool
+        labeled_ids = np.full(len(labels), -1, np.int32)
         pool_images, pool_ids = dataset.unlabeled_images, np.arange(len(dataset.unlabeled_paths))
-        pool_labels = np.full(len(pool_ids), -1, np.int32)  # no ground truth
-    else:
+        pool_labels = np.full(len(pool_ids), -1, np.int32)
+        labeled_images = np.asarray(images)
+    else:  # ids are train-split indices; the extra unlabeled split has neither ids nor labels
         labeled_ids, pool_ids = split_labeled_unlabeled(
-            dataset.train_labels,
+            labels,
             num_labels=config.num_labels,
             num_classes=dataset.num_classes,
             seed=config.seed,
             include_labeled_in_unlabeled=options.include_labeled_in_unlabeled,
         )
-        labeled_images, labels = (
-            dataset.train_images[labeled_ids],
-            dataset.train_labels[labeled_ids],
-        )
-        pool_images, pool_labels = dataset.train_images[pool_ids], dataset.train_labels[pool_ids]
+        labeled_images, labels = images[labeled_ids], labels[labeled_ids]
+        pool_images, pool_labels = images[pool_ids], dataset.train_labels[pool_ids]
         extra = dataset.unlabeled_images
-        if extra is not None and len(extra):  # no ground truth, no id
+        if extra is not None and len(extra):
             pool_images = np.concatenate([pool_images, extra])
             pool_labels = np.concatenate([pool_labels, np.full(len(extra), -1, np.int32)])
             pool_ids = np.concatenate([pool_ids, np.full(len(extra), -1, np.int32)])
@@ -212,39 +187,39 @@ def prepare_data(config: ml_collections.ConfigDict, dataset: Any = None) -> Semi
             root=os.path.abspath(options.root) if folder else None,
             unlabeled_paths=dataset.unlabeled_paths,
         )
-        fingerprint["parts"][ANSWERS] = {
-            "count": len(answers.ids) + len(answers.unknown_ids),
-            "files": answers.digest,
-        }
+        unknown_ids, count = answers.unknown_ids, len(answers.ids) + len(answers.unknown_ids)
+        fingerprint["parts"][ANSWERS] = {"count": count, "files": answers.digest}
+        answered = f" ({len(answers.ids)} answered in {options.extra_labels_csv})"
         row_of = np.full(max(len(dataset.train_labels), len(pool_ids)), -1, np.int64)
         row_of[pool_ids[pool_ids >= 0]] = np.flatnonzero(pool_ids >= 0)
         order = np.argsort(np.concatenate([labeled_ids, answers.ids]), kind="stable")
         labeled_images = np.concatenate([labeled_images, pool_images[row_of[answers.ids]]])[order]
         labels = np.concatenate([labels, answers.labels])[order]
         labeled_ids = np.concatenate([labeled_ids, answers.ids])[order]
-        unknown_ids = answers.unknown_ids
-        answered = f" ({len(answers.ids)} answered in {options.extra_labels_csv})"
-        # (drop_unknown_answers is read only when there are such answers.)
-        leave = unknown_ids if len(unknown_ids) and options.drop_unknown_answers else []
+        # drop_unknown_answers is read only where there are such answers.
+        leave = [unknown_ids] if len(unknown_ids) and options.drop_unknown_answers else []
         if not (folder or options.include_labeled_in_unlabeled):
-            leave = np.concatenate([leave, answers.ids])
-        keep = ~np.isin(pool_ids, leave)
+            leave.append(answers.ids)
+        keep = ~np.isin(pool_ids, np.concatenate(leave or [unknown_ids[:0]]))
         if not keep.all():
             pool_ids, pool_labels = pool_ids[keep], pool_labels[keep]
-            memmap = isinstance(pool_images, np.memmap)
-            pool_images = (
-                RowSubset(pool_images, np.flatnonzero(keep)) if memmap else pool_images[keep]
-            )
-    _check_unlabeled_pool(config, len(pool_ids))
+            if isinstance(pool_images, np.memmap):
+                pool_images = RowSubset(pool_images, np.flatnonzero(keep))
+            else:
+                pool_images = pool_images[keep]
+    if not len(pool_ids) and loader.draws_unlabeled_images(config):
+        needs = methods.get_method(config.method).needs_unlabeled_data
+        what = f"method={config.method} trains on" if needs else f"mu={config.mu} asks for"
+        fix = "set --config.mu=0"
+        if needs:
+            fix = "use --config=configs/supervised.py, or add unlabeled images"
+        raise ValueError(
+            f"{what} unlabeled images, but none are left (every image is labeled); {fix}."
+        )
     logging.info(
-        "Data from %s: %d labeled%s, %d unlabeled, %d test images of %s, %d classes.",
-        dataset.source,
-        len(labels),
-        answered,
-        len(pool_ids),
-        len(dataset.test_labels),
-        "x".join(map(str, dataset.train_images.shape[1:])),
-        dataset.num_classes,
+        f"Data from {dataset.source}: {len(labels)} labeled{answered}, {len(pool_ids)} "
+        f"unlabeled, {len(dataset.test_labels)} test images of "
+        f"{'x'.join(map(str, images.shape[1:]))}, {dataset.num_classes} classes."
     )
     return SemiSupervisedData(
         labeled_images=labeled_images,
@@ -264,21 +239,6 @@ def prepare_data(config: ml_collections.ConfigDict, dataset: Any = None) -> Semi
         fingerprint=fingerprint,
         unknown_ids=unknown_ids,
     )
-
-
-def _check_unlabeled_pool(config: ml_collections.ConfigDict, count: int) -> None:
-    from comatch_jax.core import methods
-
-    if count == 0 and methods.get_method(config.method).needs_unlabeled_data:
-        raise ValueError(
-            f"method={config.method} trains on unlabeled images, but none are left (every "
-            "image is labeled); use --config=configs/supervised.py, or add unlabeled images."
-        )
-    if count == 0 and config.mu > 0:  # e.g. supervised with a mu left over from another run
-        raise ValueError(
-            f"mu={config.mu} asks for unlabeled images, but none are left (every image is "
-            "labeled); set --config.mu=0."
-        )
 
 
 def prepare_data_in_turn(config: ml_collections.ConfigDict, dataset: Any) -> SemiSupervisedData:
@@ -391,8 +351,7 @@ def _round_keys(key_words, stream: int, epoch, xp) -> list:
 def _feistel(x, keys, bits: int):
     """A bijection of [0, 2**bits) (uint32 x): NUM_ROUNDS rounds, each mapping
     (L, R) = (x >> r, x & (2**r - 1)) to (R << l) | (L ^ F(R, key)), l = bits - r."""
-    r = bits // 2
-    l = bits - r
+    r, l = bits // 2, bits - bits // 2
     mask_l, mask_r = _U32((1 << l) - 1), _U32((1 << r) - 1)
     for key in keys:
         left, right = x >> _U32(r), x & mask_r
@@ -534,7 +493,7 @@ def host_batch(
     return batch
 
 
-class Prefetcher(Generic[T]):
+class Prefetcher:
     """Serves make_batch(step) for consecutive steps from `start_step`, computed ahead.
 
     One background thread computes make_batch(start_step), make_batch(start_step + 1), ... in
@@ -546,7 +505,7 @@ class Prefetcher(Generic[T]):
 
     def __init__(
         self,
-        make_batch: Callable[[int], T],
+        make_batch: Callable[[int], Any],
         *,
         start_step: int,
         stop_step: int | None = None,
@@ -567,7 +526,7 @@ class Prefetcher(Generic[T]):
             self._pending.append(self._pool.submit(self._make_batch, self._next_put))
             self._next_put += 1
 
-    def get(self, step: int) -> T:
+    def get(self, step: int) -> Any:
         """make_batch(step); blocks until it is ready."""
         if step != self._next_get:
             raise ValueError(
@@ -586,8 +545,7 @@ class Prefetcher(Generic[T]):
         self._fill()
         return batch
 
-    def close(self) -> None:
-        """Drops the batches not started and waits for the one being made."""
+    def close(self) -> None:  # drops the batches not started, waits for the one being made
         for future in self._pending:
             future.cancel()
         self._pending.clear()
@@ -597,34 +555,11 @@ class Prefetcher(Generic[T]):
     def running(self) -> bool:
         return any(not future.done() for future in self._pending)
 
-    def __enter__(self) -> "Prefetcher[T]":
+    def __enter__(self) -> "Prefetcher":
         return self
 
     def __exit__(self, *exc_info) -> None:
         self.close()
-
-
-def make_sampling_train_step(
-    train_step: Callable,
-    config: ml_collections.ConfigDict,
-    batch_sharding: jax.sharding.Sharding | None = None,
-) -> Callable:
-    """Wraps train_step(state, batch) to draw its batch from whole-dataset arrays on the
-    device (sample_batch at state.step), so a step needs nothing from the host; with
-    `batch_sharding` the batch is split over the devices of a data-parallel mesh."""
-
-    def sampling_train_step(state: Any, data: dict[str, jax.Array]):
-        batch = sample_batch(
-            data,
-            state.step,
-            batch_size=config.batch_size,
-            unlabeled_batch_size=config.batch_size * config.mu,
-        )
-        if batch_sharding is not None:
-            batch = jax.lax.with_sharding_constraint(batch, batch_sharding)
-        return train_step(state, batch)
-
-    return sampling_train_step
 
 
 def step_with_input(
@@ -635,30 +570,31 @@ def step_with_input(
     replicated: jax.sharding.NamedSharding,
     batch_sharding: jax.sharding.NamedSharding,
 ) -> tuple[Callable, Callable[[int], Any], bool]:
-    """(jitted step, next_input(step), on_host) for the trainer's loop, whose batches are
-    drawn with `sampling_key`. With the images on the device (data_on_device) the step draws
-    its own batch from the whole arrays, which next_input returns; otherwise (on_host) the
-    host gathers each batch (host_batch) and next_input(step) makes it, for a Prefetcher to
-    run ahead. The state is donated."""
+    """(jitted step, next_input(step), on_host) for the trainer's loop, the state donated and
+    batches drawn with `sampling_key`. With the images on the device (data_on_device) the
+    step draws its own batch from the whole arrays (sample_batch at state.step, split over
+    the mesh by `batch_sharding`), and next_input returns the arrays; otherwise (on_host)
+    next_input(step) gathers batch `step` on the host (host_batch), for a Prefetcher."""
     arrays = {
         "labeled_images": data.labeled_images,
         "labels": data.labels,
         "unlabeled_images": data.unlabeled_images,
         "unlabeled_labels": data.unlabeled_labels,
     }
-    shardings = dict(out_shardings=(replicated, replicated), donate_argnums=0)
-    if data_on_device(config, data):
-        arrays = jax.device_put({k: np.asarray(v) for k, v in arrays.items()}, replicated)
-        # Made by a jitted function, so the key is one global array over every process.
-        arrays["sampling_rng"] = jax.jit(lambda: sampling_key, out_shardings=replicated)()
-        step = make_sampling_train_step(step_fn, config, batch_sharding=batch_sharding)
-        return jax.jit(step, **shardings), lambda step: arrays, False
-    arrays["sampling_rng"] = sampling_key
-    make_batch = lambda step: host_batch(
-        arrays,
-        step,
-        batch_size=config.batch_size,
-        unlabeled_batch_size=config.batch_size * config.mu,
-        sharding=batch_sharding,
-    )
-    return jax.jit(step_fn, **shardings), make_batch, True
+    sizes = dict(batch_size=config.batch_size, unlabeled_batch_size=config.batch_size * config.mu)
+    jit = lambda step: jax.jit(step, out_shardings=(replicated, replicated), donate_argnums=0)
+    if not data_on_device(config, data):
+        arrays["sampling_rng"] = sampling_key
+        make_batch = lambda step: host_batch(arrays, step, sharding=batch_sharding, **sizes)
+        return jit(step_fn), make_batch, True
+    arrays = jax.device_put({k: np.asarray(v) for k, v in arrays.items()}, replicated)
+    # Made by a jitted function, so the key is one global array over every process.
+    arrays["sampling_rng"] = jax.jit(lambda: sampling_key, out_shardings=replicated)()
+
+    def sampling_step(state: Any, data: dict[str, jax.Array]):  # batch `state.step`
+        batch = jax.lax.with_sharding_constraint(
+            sample_batch(data, state.step, **sizes), batch_sharding
+        )
+        return step_fn(state, batch)
+
+    return jit(sampling_step), lambda step: arrays, False
