@@ -40,10 +40,12 @@ def test_written_answers_read_back(tmp_path):
         ),
         (
             "id,label\n3,5\n",
-            r"line 2: label '5' is neither a class name \(a, b, c\) nor an index 0..2, nor __unknown__",
+            r"line 2: label '5' is neither a class name \(a, b, c\) nor an index 0..2, nor "
+            "__unknown__",
         ),
         ("id,label\n3,cat\n", "line 2: label 'cat' is neither a class name"),
         ("id,label\n3\n", "line 2: 1 fields, the header has 2"),
+        ("id,label\n5,b\n6,", "line 3: label '' is neither a class name"),  # a half-written row
         ("image,label\n3,1\n", r"header 'image,label' lacks column\(s\) id; expected a header"),
         ("\ufeff\ufeffid,label\n3,1\n", r"header '\\ufeffid,label' lacks column\(s\) id"),
         ("", "is empty; expected a header with columns id,label"),

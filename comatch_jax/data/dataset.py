@@ -47,24 +47,16 @@ def import_tensorflow() -> Any:
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class ImageDataset:
-    """A labeled train set, a labeled test set and optional unlabeled images (uint8).
+    """What every reader returns: uint8 images [N, H, W, C] (in memory or memory-mapped) and
+    int32 labels [N] in 0..num_classes-1 of a train and a test part, and optional unlabeled
+    images (an image folder's unlabeled/, TFDS's `extra_unlabeled_split`).
 
-    Every reader returns this type. For an image folder train = labeled/ (less a held-out
-    part), test = val/ (or the held-out part), unlabeled = unlabeled/ (a memmap); for TFDS
-    unlabeled is the `extra_unlabeled_split`.
-
-    Fields:
-      *_images: uint8 [N, H, W, C], in memory or memory-mapped (unlabeled may be None).
-      *_labels: int32 [N], in 0..num_classes-1.
-      class_names: one name per class. source: e.g. "idx:/usr/share/datasets/fashion-mnist".
-      name: "fashion_mnist", "image_folder", ...; "" if built by hand.
-      mean, std: per-channel statistics in [0, 1] units (standard or measured); () = unknown.
-      *_paths: file of each row relative to the folder root (image folders), else ().
-      skipped_corrupt: files left out as unreadable (image folders, corrupt_policy 'skip').
-      file_digests: part ("train", "test", "unlabeled") -> sha256 hex over the (path, size,
-        mtime) of that part's files, where the data comes from files.
-
-    Raises ValueError (one line) when a shape or dtype does not match.
+    name: "fashion_mnist", "image_folder", ... ("" if built by hand); source: where the data
+    came from, e.g. "idx:/usr/share/datasets/fashion-mnist"; mean, std: per-channel
+    statistics in [0, 1] units, standard or measured (() = unknown); *_paths: each row's file
+    relative to an image folder's root; skipped_corrupt: files left out as unreadable;
+    file_digests: part -> sha256 hex over its files' (path, size, mtime), where known.
+    Raises ValueError (one line) for arrays of the wrong shape, dtype or label range.
     """
 
     train_images: np.ndarray
@@ -103,9 +95,10 @@ class ImageDataset:
                 or labels.shape != images.shape[:1]
                 or not 0 <= labels.min(initial=0) <= labels.max(initial=0) < self.num_classes
             ):
+                top = self.num_classes - 1
                 problem = (
                     f"labels {labels.dtype} {labels.shape} from {labels.min(initial=0)} to "
-                    f"{labels.max(initial=0)}, not int32 [{len(images)}] in 0..{self.num_classes - 1}"
+                    f"{labels.max(initial=0)}, not int32 [{len(images)}] in 0..{top}"
                 )
             else:
                 problem = None
@@ -202,11 +195,10 @@ def resolve_normalization(
             f"dataset.std {format_channels(std)} has an entry <= 0 (a constant channel?); "
             "set --config.dataset.std to positive values."
         )
+    where = "given" if given["mean"] and given["std"] else "from the data"
     logging.info(
-        "Normalising images with mean %s and std %s (%s).",
-        format_channels(mean),
-        format_channels(std),
-        "given" if given["mean"] and given["std"] else "from the data",
+        f"Normalising images with mean {format_channels(mean)}, std {format_channels(std)} "
+        f"({where})."
     )
     return mean, std
 

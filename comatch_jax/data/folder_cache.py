@@ -1,5 +1,5 @@
 """The decode cache of an image folder: each part's images decoded once by tf.data into a
-uint8 .npy file, updated incrementally as files are added, changed or removed.
+uint8 .npy file, and decoded again when the part's files change.
 
 Per (folder root, part, image size) the cache directory holds `<part>_<S>px_<root key>`:
   .npy       uint8 [N, S, S, 3], the images in sorted path order (read as a memmap);
@@ -7,9 +7,9 @@ Per (folder root, part, image size) the cache directory holds `<part>_<S>px_<roo
              pixels (0..255): the exact mean/std of any subset without reading the images;
   .json      the (relative path, size, mtime_ns) of each row and of the unreadable files;
              written last, so it marks a complete cache.
-An update decodes only the files not cached with the same (path, size, mtime) and copies the
-kept rows with plain reads and writes (no memory map), so resident memory stays a few batches
-whatever the size of the folder. Files are written under temporary names, then renamed.
+Images stream into the .npy batch by batch with plain writes (no memory map), so resident
+memory stays a few batches whatever the size of the folder. Files are written under
+temporary names and renamed when complete.
 """
 
 from __future__ import annotations
@@ -34,35 +34,23 @@ DEFAULT_CACHE_SUBDIR = ".comatch_cache"
 # Bump when the decoding or the cache layout changes, so that old caches are rebuilt.
 _CACHE_FORMAT = 2
 _DECODE_BATCH = 256
-_COPY_ROWS = 256  # rows per read/write when kept rows are copied into an updated cache
 _DECODE_LOG_EVERY = 20_000  # images
 _TEMP_PID = re.compile(r"\.(?:tmp|new)-(\d+)")
 
 Entry = tuple[str, int, int]  # (path relative to the root, size in bytes, mtime_ns)
 
 
-@dataclasses.dataclass(frozen=True)
-class BuildStats:
-    """What one cache update did: the paths it decoded, the rows it copied from the previous
-    cache, the cached rows it dropped, and whether the cache was reused untouched."""
-
-    decoded: tuple[str, ...] = ()
-    copied: int = 0
-    removed: int = 0
-    reused: bool = False
-
-
 @dataclasses.dataclass(frozen=True, eq=False)
 class CachedPart:
     """One part of a folder as cached: images (uint8 memmap [N, S, S, 3]), their entries in
     row order, per-row pixel sums (int64 [N, 2, 3], dataset.pixel_sums), the entries left out
-    as unreadable, and the update's BuildStats."""
+    as unreadable, and whether the cache was reused as it was (else it was just built)."""
 
     images: np.ndarray
     entries: tuple[Entry, ...]
     row_sums: np.ndarray
     skipped: tuple[Entry, ...]
-    build: BuildStats
+    reused: bool = False
 
     @property
     def paths(self) -> list[str]:
@@ -198,17 +186,6 @@ class _NpyRowWriter:
         self._file.close()
 
 
-def _read_rows(path: str, begin: int, end: int) -> np.ndarray:
-    """Rows begin..end-1 of a uint8 .npy file, with one plain read (no memory map)."""
-    header = np.load(path, mmap_mode="r")  # the shape and data offset; no data is read
-    row_bytes = int(np.prod(header.shape[1:]))
-    with open(path, "rb") as f:
-        data = os.pread(f.fileno(), (end - begin) * row_bytes, header.offset + begin * row_bytes)
-    if len(data) != (end - begin) * row_bytes:
-        raise OSError(f"{path} is shorter than its header says; delete it.")
-    return np.frombuffer(data, np.uint8).reshape((end - begin,) + header.shape[1:])
-
-
 def decode_images_to_cache(
     paths: Sequence[str],
     root: str,
@@ -217,13 +194,12 @@ def decode_images_to_cache(
     corrupt_policy: str,
     *,
     row_sums: list[np.ndarray] | None = None,
-    require_any: bool = True,
 ) -> tuple[np.ndarray, list[int]]:
     """Decodes `paths` (relative to `root`) with tf.data into a uint8 [N, S, S, 3] .npy file.
 
     Images stream batch by batch into a temporary file renamed to `cache_path` only when
     complete. Unreadable files raise (corrupt_policy 'fail': ValueError naming the first) or
-    are left out ('skip'; ValueError if none is left and `require_any`). With a `row_sums`
+    are left out ('skip'; ValueError if none is left). With a `row_sums`
     list the `pixel_sums` of each batch are appended to it. Returns (read-only memmap of the
     decoded images, indices into `paths` of the files left out).
     """
@@ -250,7 +226,7 @@ def decode_images_to_cache(
         skipped.extend(range(writer.rows + len(skipped), num))
         if skipped and corrupt_policy == "fail":
             raise _corrupt_image_error(root, paths[skipped[0]], image_size)
-        if not writer.rows and require_any:
+        if not writer.rows:
             raise ValueError(
                 f"None of the {num} images could be decoded (first: "
                 f"{os.path.join(root, paths[0])}); check that they are images."
@@ -313,32 +289,6 @@ def _remove_dead_temporaries(cache_dir: str, prefix: str) -> None:
             pass
 
 
-def _write_meta(stem: str, root: str, image_size: int, entries, skipped) -> None:
-    temp = f"{stem}.json.tmp-{os.getpid()}"
-    meta = {"format": _CACHE_FORMAT, "root": root, "image_size": image_size}
-    meta.update(entries=[list(e) for e in entries], skipped=[list(e) for e in skipped])
-    with open(temp, "w", encoding="utf-8") as f:
-        json.dump(meta, f)
-    os.replace(temp, stem + ".json")
-
-
-def _copy_rows(writer: _NpyRowWriter, sources: list[str], source: np.ndarray, rows: np.ndarray):
-    """Appends row rows[i] of file sources[source[i]] for every i, reading runs of consecutive
-    rows of one file at once (at most _COPY_ROWS per read)."""
-    begin = 0
-    while begin < len(rows):
-        end = begin + 1
-        while (
-            end < len(rows)
-            and end - begin < _COPY_ROWS
-            and source[end] == source[begin]
-            and rows[end] == rows[end - 1] + 1
-        ):
-            end += 1
-        writer.write(_read_rows(sources[source[begin]], int(rows[begin]), int(rows[end - 1]) + 1))
-        begin = end
-
-
 def update_part_cache(
     root: str,
     part: str,
@@ -349,109 +299,53 @@ def update_part_cache(
     corrupt_policy: str,
 ) -> CachedPart:
     """The images of `entries` (sorted (path relative to `root`, size, mtime_ns)) from the
-    cache of `part` in `cache_dir` (existing, writable: `prepare_cache_dir`), decoding only
-    the files it does not hold with the same size and mtime; the rows of files no longer
-    listed are dropped and the kept rows copied, not decoded.
+    cache of `part` in `cache_dir` (existing, writable: `prepare_cache_dir`) when it holds
+    exactly these files with these sizes and mtimes, else decoded into a new cache.
 
-    A file cached as unreadable stays left out without being decoded again; with
-    corrupt_policy 'fail' it raises ValueError naming it, as any new unreadable file does.
-    Raises ValueError (one line) if no image of the part can be decoded.
+    Files cached as unreadable stay left out; with corrupt_policy 'fail' the first raises
+    ValueError naming it, as a new unreadable file does. Raises ValueError (one line) if no
+    image of the part can be decoded.
     """
     check_corrupt_policy(corrupt_policy)
     if not entries:  # nothing to cache (an unlabeled/ the run does not need)
         empty = np.zeros((0, image_size, image_size, 3), np.uint8)
-        return CachedPart(empty, (), np.zeros((0, 2, 3), np.int64), (), BuildStats())
+        return CachedPart(empty, (), np.zeros((0, 2, 3), np.int64), ())
     prefix = f"{part}_{image_size}px_"
     stem = os.path.join(cache_dir, prefix + root_key(root))
     old = _read_cache(stem, root, image_size)
-    old_rows = {e[0]: (i, e) for i, e in enumerate(old["entries"])} if old else {}
-    old_skipped = set(old["skipped"]) if old else set()
-    known_bad = [e for e in entries if e in old_skipped]
-    if known_bad and corrupt_policy == "fail":
-        raise _corrupt_image_error(root, known_bad[0][0], image_size)
-    plan = []  # per listed file not known to be unreadable: (0, old row) or (1, new row)
-    new_entries: list[Entry] = []
-    for entry in entries:
-        cached = old_rows.get(entry[0])
-        if cached is not None and cached[1] == entry:
-            plan.append((0, cached[0]))
-        elif entry not in old_skipped:
-            plan.append((1, len(new_entries)))
-            new_entries.append(entry)
-    kept = sum(1 for source, _ in plan if source == 0)
-    removed = len(old_rows) - kept
-    if old is not None and not new_entries and not removed:
-        if sorted(old_skipped) != known_bad:  # only unreadable files went away
-            _write_meta(stem, root, image_size, old["entries"], known_bad)
+    if old is not None and sorted(old["entries"] + old["skipped"]) == list(entries):
+        if old["skipped"] and corrupt_policy == "fail":
+            raise _corrupt_image_error(root, old["skipped"][0][0], image_size)
         logging.info(f"Using the cached {part} images {stem}.npy {old['images'].shape}.")
-        images, sums, reused = old["images"], old["row_sums"], BuildStats(reused=True)
-        return CachedPart(images, tuple(old["entries"]), sums, tuple(known_bad), reused)
-
+        images, kept, sums, skipped = old["images"], old["entries"], old["row_sums"], old["skipped"]
+        return CachedPart(images, tuple(kept), sums, tuple(skipped), reused=True)
     _remove_dead_temporaries(cache_dir, prefix)
-    pid, start = os.getpid(), time.monotonic()
-    decoded_path, merged_path = f"{stem}.new-{pid}.npy", f"{stem}.npy.tmp-{pid}"
-    sums_path = f"{stem}.rowstats.tmp-{pid}"
+    pid, sums = os.getpid(), []
+    images_path, sums_path = f"{stem}.new-{pid}.npy", f"{stem}.rowstats.tmp-{pid}"
     try:
-        new_sums, skipped_new = [], []
-        if new_entries:
-            logging.info(
-                f"Decoding {len(new_entries)} {part} images into {stem}.npy ({kept} kept)."
-            )
-            _, skipped_new = decode_images_to_cache(
-                [rel for rel, _, _ in new_entries],
-                root,
-                image_size,
-                decoded_path,
-                corrupt_policy,
-                row_sums=new_sums,
-                require_any=kept == 0,
-            )
-        # Rows of the decoded file: the new entries less the unreadable ones, in order.
-        bad = set(skipped_new)
-        decoded_row = np.cumsum([i not in bad for i in range(len(new_entries))], dtype=np.int64) - 1
-        final = [
-            (s, r if s == 0 else int(decoded_row[r])) for s, r in plan if s == 0 or r not in bad
-        ]
-        if not final:
-            raise ValueError(
-                f"No image of {os.path.join(root, part)} could be decoded; check that the files "
-                "are images."
-            )
-        sources = np.array([s for s, _ in final], np.int8)
-        rows = np.array([r for _, r in final], np.int64)
-        decoded_entries = [e for i, e in enumerate(new_entries) if i not in bad]
-        final_entries = tuple(old["entries"][r] if s == 0 else decoded_entries[r] for s, r in final)
-        row_sums = np.empty((len(final), 2, 3), np.int64)
-        if kept:
-            row_sums[sources == 0] = old["row_sums"][rows[sources == 0]]
-        if new_sums:
-            row_sums[sources == 1] = np.concatenate(new_sums)[rows[sources == 1]]
-        if kept:  # merge the kept rows and the decoded ones in path order
-            writer = _NpyRowWriter(merged_path, len(final), (image_size, image_size, 3))
-            _copy_rows(writer, [stem + ".npy", decoded_path], sources, rows)
-            writer.close()
-        else:  # everything was decoded, already in path order
-            os.replace(decoded_path, merged_path)
+        paths = [rel for rel, _, _ in entries]
+        _, bad = decode_images_to_cache(
+            paths, root, image_size, images_path, corrupt_policy, row_sums=sums
+        )
+        skipped, bad = [entries[i] for i in bad], set(bad)
+        kept = [entry for i, entry in enumerate(entries) if i not in bad]
+        row_sums = np.concatenate(sums)
         with open(sums_path, "wb") as f:
             np.save(f, row_sums)
-        skipped = sorted(known_bad + [new_entries[i] for i in skipped_new])
         # The old .json goes first: a crash between these steps leaves no .json, and the next
         # run rebuilds instead of reading rows that do not match their entries.
         if os.path.exists(stem + ".json"):
             os.remove(stem + ".json")
-        os.replace(merged_path, stem + ".npy")
+        os.replace(images_path, stem + ".npy")
         os.replace(sums_path, stem + ".rowstats")
-        _write_meta(stem, root, image_size, final_entries, skipped)
+        temp = f"{stem}.json.tmp-{pid}"
+        with open(temp, "w", encoding="utf-8") as f:
+            meta = {"format": _CACHE_FORMAT, "root": root, "image_size": image_size}
+            json.dump({**meta, "entries": kept, "skipped": skipped}, f)
+        os.replace(temp, stem + ".json")
     finally:
-        for leftover in (decoded_path, merged_path, sums_path):
+        for leftover in (images_path, sums_path):
             if os.path.exists(leftover):
                 os.remove(leftover)
-    build = BuildStats(tuple(rel for rel, _, _ in new_entries), copied=kept, removed=removed)
-    logging.info(
-        f"Cached {len(final_entries)} {part} images in {stem}.npy: "
-        f"{len(new_entries) - len(skipped_new)} decoded, {kept} copied, {removed} dropped, "
-        f"{len(skipped)} unreadable ({time.monotonic() - start:.0f} s)."
-    )
-    return CachedPart(
-        np.load(stem + ".npy", mmap_mode="r"), final_entries, row_sums, tuple(skipped), build
-    )
+    images = np.load(stem + ".npy", mmap_mode="r")
+    return CachedPart(images, tuple(kept), row_sums, tuple(skipped))

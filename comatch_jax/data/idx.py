@@ -24,17 +24,8 @@ IDX_FILENAMES = {
     "test_images": "t10k-images-idx3-ubyte",
     "test_labels": "t10k-labels-idx1-ubyte",
 }
-FASHION_MNIST_CLASS_NAMES = (
-    "T-shirt/top",
-    "Trouser",
-    "Pullover",
-    "Dress",
-    "Coat",
-    "Sandal",
-    "Shirt",
-    "Sneaker",
-    "Bag",
-    "Ankle boot",
+FASHION_MNIST_CLASS_NAMES = tuple(
+    "T-shirt/top,Trouser,Pullover,Dress,Coat,Sandal,Shirt,Sneaker,Bag,Ankle boot".split(",")
 )
 DIGIT_CLASS_NAMES = tuple(str(i) for i in range(10))
 # IDX type byte -> big-endian NumPy dtype.

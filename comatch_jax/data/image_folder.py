@@ -204,7 +204,8 @@ def load_image_folder(
         )
     if not 0.0 < val_fraction < 1.0:
         raise ValueError(
-            f"val_fraction must be in (0, 1), got {val_fraction}; set --config.dataset.val_fraction."
+            f"val_fraction must be in (0, 1), got {val_fraction}; set "
+            "--config.dataset.val_fraction."
         )
     root = os.path.abspath(os.fspath(root))
     _check_layout(root, require_unlabeled)

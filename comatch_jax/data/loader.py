@@ -6,6 +6,7 @@ from __future__ import annotations
 import ml_collections
 from absl import logging
 
+from comatch_jax.core import methods
 from comatch_jax.data import digits, idx, image_folder, tfds_source
 from comatch_jax.data.dataset import ImageDataset
 
@@ -16,8 +17,6 @@ SOURCES = ("auto", "tfds", "idx")
 def draws_unlabeled_images(config: ml_collections.ConfigDict) -> bool:
     """Whether a run of `config` draws unlabeled images: mu > 0 or a method that trains on
     them (methods.Method.needs_unlabeled_data)."""
-    from comatch_jax.core import methods
-
     return config.mu > 0 or methods.get_method(config.method).needs_unlabeled_data
 
 

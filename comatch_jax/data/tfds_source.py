@@ -35,20 +35,8 @@ def tfds_is_prepared(name: str, data_dir: str | None) -> bool:
     return os.path.isfile(os.path.join(os.fspath(builder.data_path), "dataset_info.json"))
 
 
-def _to_images(images: np.ndarray, what: str) -> np.ndarray:
-    images = np.asarray(images)
-    if images.ndim == 3:
-        images = images[..., None]
-    if images.ndim != 4 or images.dtype != np.uint8:
-        raise ValueError(
-            f"{what}: expected uint8 images [N, H, W, C], got {images.dtype} {images.shape}; "
-            "this dataset's image feature is not supported."
-        )
-    return images
-
-
 def _read_split(builder: Any, split: str) -> tuple[np.ndarray, np.ndarray]:
-    """(images, labels) of a whole TFDS split, read once into NumPy arrays."""
+    """(images uint8 [N, H, W, C], labels) of a whole TFDS split, read into NumPy arrays."""
     tfds = import_tfds()
     if builder.info.splits.total_num_examples:
         data = tfds.as_numpy(builder.as_dataset(split=split, batch_size=-1))
@@ -85,14 +73,12 @@ def load_tfds_dataset(
     test_images, test_labels = _read_split(builder, test_split)
     extra = None
     if extra_unlabeled_split is not None:
-        extra = _to_images(
-            _read_split(builder, extra_unlabeled_split)[0], f"tfds:{name}:{extra_unlabeled_split}"
-        )
+        extra = _read_split(builder, extra_unlabeled_split)[0]
     mean, std = STANDARD_STATISTICS.get(name, ((), ()))
     return ImageDataset(
-        train_images=_to_images(train_images, f"tfds:{name}:{train_split}"),
+        train_images=train_images,
         train_labels=np.asarray(train_labels).astype(np.int32),
-        test_images=_to_images(test_images, f"tfds:{name}:{test_split}"),
+        test_images=test_images,
         test_labels=np.asarray(test_labels).astype(np.int32),
         num_classes=int(label_feature.num_classes),
         class_names=tuple(str(n) for n in label_feature.names),
