@@ -3,6 +3,7 @@ labeled split, normalisation statistics and data fingerprints."""
 
 import functools
 import gzip
+import logging
 import os
 import struct
 import subprocess
@@ -294,13 +295,19 @@ def test_tfds_prepared_tiny_dataset(tmp_path):
     assert sliced.train_images.shape == (4, 4, 5, 3)
 
 
-def test_auto_uses_idx_when_tfds_not_prepared(tmp_path):
+def test_auto_uses_idx_when_tfds_not_prepared(tmp_path, caplog):
+    """The fallback is the normal offline case: one INFO line names the source, and no
+    library warning (TFDS's is_prepared() warns about a missing dataset_info.json)."""
     _tfds()
     directory = _write_idx_dir(tmp_path / "idx", _fake_arrays())
     empty = tmp_path / "tfds_empty"
     empty.mkdir()
     config = _config(source="auto", data_dir=str(empty), idx_dir=directory)
-    ds = datasets.load_dataset(config)
+    with caplog.at_level(logging.INFO):
+        ds = datasets.load_dataset(config)
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.INFO] == [
+        f"fashion_mnist: reading the IDX files in {directory}."
+    ]
     assert ds.source == f"idx:{directory}"
     assert ds.train_images.shape == (30, 6, 7, 1)
     assert not any(empty.iterdir())  # nothing was downloaded or prepared
