@@ -51,6 +51,8 @@ def base_config() -> ml_collections.ConfigDict:
     # A CSV (id,label) of extra labeled train-split images, e.g. answered label requests
     # (comatch_jax.commands.request_labels); they join the labeled set and leave the unlabeled one.
     config.dataset.extra_labels_csv = ml_collections.FieldReference(None, field_type=str)
+    # Rows answered __unknown__ (none of the classes) leave the unlabeled pool (default: stay).
+    config.dataset.drop_unknown_answers = False
     # name=image_folder: ROOT/labeled/<class>/*, ROOT/unlabeled/**, optional ROOT/val/<class>/*.
     config.dataset.root = ml_collections.FieldReference(None, field_type=str)
     config.dataset.image_size = 96

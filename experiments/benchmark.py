@@ -35,7 +35,7 @@ import numpy as np
 from absl import app, flags
 
 from comatch_jax import config_lib
-from comatch_jax.data import prefetch
+from comatch_jax.data import pipeline as prefetch
 from comatch_jax.trainer import saved_runs as runs, train
 from comatch_jax.core import train_step
 

@@ -7,8 +7,8 @@ Issue 15, item 4. On a folder made by `make_synthetic_folder.py` (e.g. 512,000 u
                time, images/s, the child's peak RSS (getrusage of children: the memory the
                build really needed, not this driver's) and the cache's size on disk
   incremental  --add copies of existing unlabeled JPEGs written under unlabeled/_added/ (new
-               paths, so new cache entries), then the load again: only those are decoded;
-               then they are removed and the load again (they leave the cache)
+               paths), then the load again (the unlabeled part is decoded again); then they
+               are removed and the load again
   loop         `train.train_and_evaluate`'s loop (main's) on the host path (data_on_device
                false: batches gathered from the memory-mapped cache) with the competition96
                shapes (96 px, 800 classes, B = 64, mu = 4, queue 30,000) and a small model,

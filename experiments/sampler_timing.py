@@ -39,7 +39,7 @@ def main(argv):
         sampling = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(sampling)
     else:
-        from comatch_jax.data import sampling
+        from comatch_jax.data import pipeline as sampling
     rng = jax.random.PRNGKey(0)
     print(f"{'pool':>8s} {'jitted ms':>10s} {'host ms':>10s}")
     for pool in map(int, FLAGS.pools):

@@ -3,16 +3,17 @@ labeled split, normalisation statistics and data fingerprints."""
 
 import functools
 import gzip
+import logging
 import os
 import struct
 import subprocess
 import sys
 import textwrap
 
-import ml_collections
 import numpy as np
 import pytest
 
+from comatch_jax import config_lib
 from comatch_jax import data as datasets
 from comatch_jax.data import idx, tfds_source
 
@@ -55,17 +56,11 @@ def _write_idx_dir(directory, arrays, gz_keys=("train_images", "train_labels")):
 
 
 def _config(**overrides):
-    fields = dict(
-        name="fashion_mnist",
-        source="auto",
-        data_dir=None,
-        idx_dir=DEBIAN_DIR,
-        train_split="train",
-        test_split="test",
-        extra_unlabeled_split=None,
-    )
-    fields.update(overrides)
-    return ml_collections.ConfigDict(fields)
+    """A run config whose dataset section has `overrides` (the IDX files in DEBIAN_DIR)."""
+    config = config_lib.base_config()
+    config.dataset.idx_dir = DEBIAN_DIR
+    config.dataset.update(overrides)
+    return config
 
 
 def _tfds():
@@ -300,13 +295,19 @@ def test_tfds_prepared_tiny_dataset(tmp_path):
     assert sliced.train_images.shape == (4, 4, 5, 3)
 
 
-def test_auto_uses_idx_when_tfds_not_prepared(tmp_path):
+def test_auto_uses_idx_when_tfds_not_prepared(tmp_path, caplog):
+    """The fallback is the normal offline case: one INFO line names the source, and no
+    library warning (TFDS's is_prepared() warns about a missing dataset_info.json)."""
     _tfds()
     directory = _write_idx_dir(tmp_path / "idx", _fake_arrays())
     empty = tmp_path / "tfds_empty"
     empty.mkdir()
     config = _config(source="auto", data_dir=str(empty), idx_dir=directory)
-    ds = datasets.load_dataset(config)
+    with caplog.at_level(logging.INFO):
+        ds = datasets.load_dataset(config)
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.INFO] == [
+        f"fashion_mnist: reading the IDX files in {directory}."
+    ]
     assert ds.source == f"idx:{directory}"
     assert ds.train_images.shape == (30, 6, 7, 1)
     assert not any(empty.iterdir())  # nothing was downloaded or prepared
@@ -430,11 +431,11 @@ def test_split_all_labels():
 @pytest.mark.parametrize(
     "labels, num_labels, match",
     [
-        (_labels(), 45, "not divisible"),
-        (_labels(), 0, "positive"),
-        (_labels(), -10, "positive"),
-        (_labels(per_class=2), 30, "exceeds"),
-        (np.concatenate([_labels(per_class=10), np.zeros(50, np.int32)]), 120, "Class"),
+        (_labels(), 45, "num_labels=45 is not a positive multiple of num_classes=10"),
+        (_labels(), 0, "num_labels=0 is not a positive multiple"),
+        (_labels(), -10, "num_labels=-10 is not a positive multiple"),
+        (_labels(per_class=2), 30, "Class 0 has 2 images but 3 labels per class are needed"),
+        (np.concatenate([_labels(per_class=10), np.zeros(50, np.int32)]), 120, "Class 1 has 10"),
     ],
 )
 def test_split_errors(labels, num_labels, match):
@@ -442,10 +443,10 @@ def test_split_errors(labels, num_labels, match):
         datasets.split_labeled_unlabeled(labels, num_labels=num_labels, num_classes=10, seed=0)
 
 
-def test_split_rejects_out_of_range_labels():
-    labels = np.array([0, 1, 2, 10], np.int32)
-    with pytest.raises(ValueError, match="num_classes"):
-        datasets.split_labeled_unlabeled(labels, num_labels=2, num_classes=2, seed=0)
+def test_a_dataset_with_labels_outside_its_classes_is_refused():
+    images, labels = np.zeros((4, 2, 2, 1), np.uint8), np.array([0, 1, 2, 10], np.int32)
+    with pytest.raises(ValueError, match=r"train_images: labels int32 \(4,\) from 0 to 10, not"):
+        datasets.ImageDataset(images, labels, images, labels % 2, 2, ("a", "b"), "x")
 
 
 # -------------------------------------------------------------------- normalisation

@@ -4,6 +4,7 @@ import csv
 import os
 import shutil
 
+import jax
 import numpy as np
 import pytest
 from PIL import Image
@@ -83,7 +84,7 @@ def test_label_requests_on_an_image_folder_name_files_and_answers_join_by_path(t
 
     import pytest
 
-    from comatch_jax.commands import active_learning
+    from comatch_jax.data.answers import read_answers
 
     _write_folder(tmp_path / "data", np.random.default_rng(1))
     config = _folder_config(tmp_path / "data")
@@ -135,19 +136,51 @@ def test_label_requests_on_an_image_folder_name_files_and_answers_join_by_path(t
         retrained.labeled_images[len(data.labels)], data.unlabeled_images[min(added)]
     )
 
+    # An image answered "none of these classes" stays in the pool, or leaves it on request:
+    # the pool is then a RowSubset of the memmap, which batches read row by row.
+    unknown = os.path.relpath(rows[2]["path"], config.dataset.root)
+    answers.write_text(f"path,label\n{first},{colour(first)}\n{unknown},__unknown__\n")
+    kept = training_data.prepare_data(config)
+    row = data.unlabeled_paths.index(unknown)
+    assert kept.unknown_ids.tolist() == [row] and len(kept.labels) == len(data.labels) + 1
+    assert len(kept.unlabeled_images) == len(data.unlabeled_images)
+    config.dataset.drop_unknown_answers = True
+    dropped = training_data.prepare_data(config)
+    assert isinstance(dropped.unlabeled_images, training_data.RowSubset)
+    assert row not in dropped.unlabeled_ids and len(dropped.unlabeled_ids) == 11
+    np.testing.assert_array_equal(
+        np.asarray(dropped.unlabeled_images),
+        np.asarray(data.unlabeled_images)[dropped.unlabeled_ids],
+    )
+    batch = training_data.host_batch(
+        {
+            "labeled_images": dropped.labeled_images,
+            "labels": dropped.labels,
+            "unlabeled_images": dropped.unlabeled_images,
+            "unlabeled_labels": dropped.unlabeled_labels,
+            "sampling_rng": np.asarray(jax.random.key_data(jax.random.key(0))),
+        },
+        3,
+        batch_size=2,
+        unlabeled_batch_size=8,
+        sharding=jax.sharding.SingleDeviceSharding(jax.devices()[0]),
+    )
+    assert batch["unlabeled_images"].shape == (8, 12, 12, 3)
+    config.dataset.drop_unknown_answers = False
+
     for text, message in [
         ("path,label\nunlabeled/nope.png,red\n", "is not an image of"),
         (f"path,label\n{first},purple\n", "neither a class name"),
-        (f"path,label\n{first},red\n{first},red\n", "appears more than once"),
+        (f"path,label\n{first},red\n{first},green\n", "appears more than once"),
         ("file,label\nx,red\n", "expected a header with columns path,label"),
     ]:
         answers.write_text(text)
         with pytest.raises(ValueError, match=message):
-            active_learning.read_folder_labels_csv(
+            read_answers(
                 str(answers),
+                data.class_names,
                 root=config.dataset.root,
                 unlabeled_paths=data.unlabeled_paths,
-                class_names=data.class_names,
             )
 
 
@@ -183,11 +216,7 @@ def test_supervised_on_a_folder_without_unlabeled_trains_and_resumes(tmp_path):
     with pytest.raises(ValueError) as refused:
         train.train_and_evaluate(config, str(tmp_path / "run"), writer=RecordingWriter())
     message = str(refused.value)
-    assert (
-        "holds a run on other data (unlabeled: 0 -> 1 image (1 added); this run draws no "
-        "unlabeled images, but the folder's mean/std include unlabeled/; mean (" in message
-    )
-    assert message.count(") -> (") == 2  # the mean and std it used and would now use
+    assert "holds a run on other data (unlabeled: 0 -> 1 image (1 added)" in message
     # A run that draws unlabeled images gets no such note.
     semi = training_data.with_normalization(config, training_data.prepare_data(config))
     semi.method, semi.mu = "comatch", 2

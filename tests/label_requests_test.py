@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from comatch_jax.commands import active_learning, answer_from_truth, ema_model, request_labels
-from comatch_jax.data import pipeline as training_data
+from comatch_jax.data import answers, pipeline as training_data
 from comatch_jax.trainer import saved_runs, train
 
 from train_test import RecordingWriter, synthetic_dataset, tiny_config
@@ -160,40 +160,6 @@ def _write(path, text):
     return str(path)
 
 
-def test_labels_csv_round_trip(tmp_path):
-    path = str(tmp_path / "labels.csv")
-    active_learning.write_csv(path, ("id", "label"), [(7, 1), (3, 0)])
-    ids, labels = active_learning.read_labels_csv(
-        path, num_images=10, num_classes=2, already_labeled=np.array([0])
-    )
-    assert list(ids) == [7, 3] and list(labels) == [1, 0]
-
-
-@pytest.mark.parametrize(
-    "text,message",
-    [
-        ("id,label\n12,1\n", r"id 12 is not in the train split \(ids are 0..9\)"),
-        ("id,label\n-1,1\n", "id -1 is not in the train split"),
-        ("id,label\n3,5\n", "label 5 of id 3 is outside 0..2"),
-        ("id,label\n4,1\n", "id 4 is already in the labeled set"),
-        ("id,label\n3,1\n3,2\n", "id 3 appears more than once"),
-        ("id,label\n3,cat\n", r"line 2: label 'cat' is not an integer"),
-        ("id,label\n3\n", "line 2: 1 fields, the header has 2"),
-        ("image,label\n3,1\n", r"header 'image,label' lacks column\(s\) id; expected a header"),
-        ("\ufeff\ufeffid,label\n3,1\n", r"header '\\ufeffid,label' lacks column\(s\) id"),
-        ("", "is empty"),
-        ("id,label\n", "no rows"),
-    ],
-)
-def test_bad_labels_csv_is_one_clear_error(tmp_path, text, message):
-    path = _write(tmp_path / "labels.csv", text)
-    with pytest.raises(ValueError, match=message) as error:
-        active_learning.read_labels_csv(
-            path, num_images=10, num_classes=3, already_labeled=np.array([4])
-        )
-    assert "\n" not in str(error.value) and "labels.csv" in str(error.value)
-
-
 @pytest.mark.parametrize(
     "raw",
     [
@@ -206,10 +172,8 @@ def test_bad_labels_csv_is_one_clear_error(tmp_path, text, message):
 def test_labels_csv_as_spreadsheets_save_it(tmp_path, raw):
     path = tmp_path / "labels.csv"
     path.write_bytes(raw)
-    ids, labels = active_learning.read_labels_csv(
-        str(path), num_images=10, num_classes=2, already_labeled=np.array([0])
-    )
-    assert list(ids) == [7, 3] and list(labels) == [1, 0]
+    read = answers.read_answers(str(path), ("a", "b"), num_images=10, labeled_ids=[0])
+    assert list(read.ids) == [7, 3] and list(read.labels) == [1, 0]
     requests = tmp_path / "requests.csv"
     requests.write_bytes(raw)
     assert list(active_learning.read_request_ids(str(requests), num_images=10)) == [7, 3]

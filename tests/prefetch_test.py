@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from jax.sharding import NamedSharding, PartitionSpec
 
-from comatch_jax.data import prefetch, sampling
+from comatch_jax.data import pipeline
 
 
 def _arrays(tmp_path):
@@ -33,8 +33,8 @@ def _sharding():
 def test_host_batch_equals_sample_batch_on_the_device(tmp_path):
     arrays = _arrays(tmp_path)
     sizes = dict(batch_size=8, unlabeled_batch_size=32)
-    batch = prefetch.host_batch(arrays, 5, sharding=_sharding(), **sizes)
-    on_device = jax.jit(lambda data, step: sampling.sample_batch(data, step, **sizes))(
+    batch = pipeline.host_batch(arrays, 5, sharding=_sharding(), **sizes)
+    on_device = jax.jit(lambda data, step: pipeline.sample_batch(data, step, **sizes))(
         jax.device_put({k: np.asarray(v) for k, v in arrays.items()}), 5
     )
     assert set(batch) == set(on_device)
@@ -45,7 +45,7 @@ def test_host_batch_equals_sample_batch_on_the_device(tmp_path):
 
 def test_prefetched_batches_are_those_of_their_step_whatever_the_timing(tmp_path):
     arrays = _arrays(tmp_path)
-    make = lambda step: prefetch.host_batch(
+    make = lambda step: pipeline.host_batch(
         arrays, step, batch_size=8, unlabeled_batch_size=32, sharding=_sharding()
     )
     jitter = np.random.default_rng(0).uniform(0, 0.01, 40)
@@ -54,7 +54,7 @@ def test_prefetched_batches_are_those_of_their_step_whatever_the_timing(tmp_path
         time.sleep(jitter[step])
         return make(step)
 
-    with prefetch.Prefetcher(slow_make, start_step=3, stop_step=23, depth=2) as batches:
+    with pipeline.Prefetcher(slow_make, start_step=3, stop_step=23, depth=2) as batches:
         for step in range(3, 23):
             time.sleep(jitter[39 - step])
             got = batches.get(step)
@@ -67,7 +67,7 @@ def test_prefetched_batches_are_those_of_their_step_whatever_the_timing(tmp_path
 
 
 def test_steps_out_of_order_are_refused():
-    with prefetch.Prefetcher(lambda step: step, start_step=0) as batches:
+    with pipeline.Prefetcher(lambda step: step, start_step=0) as batches:
         assert batches.get(0) == 0
         with pytest.raises(ValueError, match="asked for step 2, the next is 1"):
             batches.get(2)
@@ -77,7 +77,7 @@ def test_steps_out_of_order_are_refused():
 def test_no_thread_is_left_running_after_an_exception():
     before = threading.active_count()
     with pytest.raises(KeyError):
-        with prefetch.Prefetcher(lambda step: step, start_step=0, depth=1) as batches:
+        with pipeline.Prefetcher(lambda step: step, start_step=0, depth=1) as batches:
             batches.get(0)
             raise KeyError("the step failed")  # the producer is blocked on a full queue
     assert not batches.running and threading.active_count() == before
@@ -87,13 +87,13 @@ def test_no_thread_is_left_running_after_an_exception():
             raise OSError("unreadable image")
         return step
 
-    with prefetch.Prefetcher(failing, start_step=0) as batches:
+    with pipeline.Prefetcher(failing, start_step=0) as batches:
         assert [batches.get(0), batches.get(1)] == [0, 1]
         with pytest.raises(OSError, match="unreadable image"):
             batches.get(2)
         assert not batches.running
     with pytest.raises(ValueError, match="depth"):
-        prefetch.Prefetcher(lambda step: step, start_step=0, depth=0)
+        pipeline.Prefetcher(lambda step: step, start_step=0, depth=0)
 
 
 def test_preparation_overlaps_the_consumer():
@@ -104,7 +104,7 @@ def test_preparation_overlaps_the_consumer():
         return step
 
     start = time.perf_counter()
-    with prefetch.Prefetcher(make, start_step=0, stop_step=10) as batches:
+    with pipeline.Prefetcher(make, start_step=0, stop_step=10) as batches:
         for step in range(10):
             batches.get(step)
             time.sleep(0.04)  # the "step"

@@ -1,6 +1,7 @@
 """The data a run trains on: normalisation, data fingerprint and placement, as the trainer
 applies them (before the workdir is claimed)."""
 
+import re
 
 import numpy as np
 import pytest
@@ -30,8 +31,9 @@ def test_a_mean_of_the_wrong_length_is_one_line_and_claims_no_workdir(tmp_path):
     config.dataset.mean, config.dataset.std = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
     workdir = tmp_path / "run"
     with pytest.raises(ValueError, match=r"^dataset.mean has 3 values but the images have 1 ch"):
-        train.train_and_evaluate(config, str(workdir), writer=RecordingWriter(),
-                                 dataset=synthetic_dataset())
+        train.train_and_evaluate(
+            config, str(workdir), writer=RecordingWriter(), dataset=synthetic_dataset()
+        )
     assert not workdir.exists()
 
 
@@ -40,8 +42,9 @@ def test_every_image_labeled_is_one_line_for_a_semi_supervised_method(tmp_path):
     config.num_labels = 120  # the whole synthetic train split
     workdir = tmp_path / "run"
     with pytest.raises(ValueError, match=r"^method=comatch trains on unlabeled images, but none"):
-        train.train_and_evaluate(config, str(workdir), writer=RecordingWriter(),
-                                 dataset=synthetic_dataset())
+        train.train_and_evaluate(
+            config, str(workdir), writer=RecordingWriter(), dataset=synthetic_dataset()
+        )
     assert not workdir.exists()
 
 
@@ -50,26 +53,63 @@ def test_every_image_labeled_with_mu_left_set_is_one_line_for_supervised(tmp_pat
     config.num_labels, config.mu = 120, 2  # mu from a semi-supervised command line
     workdir = tmp_path / "run"
     with pytest.raises(ValueError, match=r"^mu=2 asks for unlabeled images.*--config.mu=0"):
-        train.train_and_evaluate(config, str(workdir), writer=RecordingWriter(),
-                                 dataset=synthetic_dataset())
+        train.train_and_evaluate(
+            config, str(workdir), writer=RecordingWriter(), dataset=synthetic_dataset()
+        )
     assert not workdir.exists()
 
 
-def test_a_resumed_run_on_changed_data_says_what_changed(tmp_path):
+def _free_ids(config, dataset, count):
+    """`count` train-split ids of `dataset` that `config` leaves unlabeled."""
+    labeled = training_data.prepare_data(config, dataset).labeled_ids
+    return np.setdiff1d(np.arange(len(dataset.train_labels)), labeled)[:count]
+
+
+def test_a_resumed_run_on_changed_data_or_answers_says_what_changed(tmp_path):
     config = tiny_config()
     config.num_steps = 2
     config.eval_every = config.checkpoint_every = 2
+    a, b, c = _free_ids(config, synthetic_dataset(), 3)
+    answers = tmp_path / "answers.csv"
+    answers.write_text(f"id,label\n{a},1\n{b},2\n")
+    config.dataset.extra_labels_csv = str(answers)
     workdir = str(tmp_path / "run")
     train.train_and_evaluate(config, workdir, writer=RecordingWriter(), dataset=synthetic_dataset())
-    bigger = synthetic_dataset(num_train=130)
     config.num_steps = 4
-    with pytest.raises(ValueError, match=r"holds a run on other data \(train: 120 -> 130 images"):
-        train.train_and_evaluate(config, workdir, writer=RecordingWriter(), dataset=bigger)
-    # The same data resumes.
-    state, _ = train.train_and_evaluate(
-        config, workdir, writer=RecordingWriter(), dataset=synthetic_dataset()
+    resume = lambda dataset: train.train_and_evaluate(
+        config, workdir, writer=RecordingWriter(), dataset=dataset
     )
-    assert int(state.step) == 4
+    with pytest.raises(ValueError, match=r"holds a run on other data \(train: 120 -> 130 images"):
+        resume(synthetic_dataset(num_train=130))
+    for text, change in [
+        (f"id,label\n{a},1\n{b},2\n{c},3\n", "extra_labels_csv: 2 -> 3 images (1 added)"),
+        (f"id,label\n{a},1\n{b},3\n", "extra_labels_csv: 2 images, but its content changed"),
+    ]:
+        answers.write_text(text)
+        with pytest.raises(ValueError, match=re.escape(f"holds a run on other data ({change});")):
+            resume(synthetic_dataset())
+    answers.write_text(f"id,label\n{a},1\n{b},2\n")  # the same data resumes
+    assert int(resume(synthetic_dataset())[0].step) == 4
+
+
+def test_unknown_answers_stay_in_the_pool_unless_dropped(tmp_path):
+    config, dataset = tiny_config(), synthetic_dataset()
+    known, unknown = _free_ids(config, dataset, 2)
+    answers = tmp_path / "answers.csv"
+    answers.write_text(f"id,label\n{known},3\n{unknown},__unknown__\n")
+    config.dataset.extra_labels_csv = str(answers)
+    kept = training_data.prepare_data(config, dataset)
+    assert kept.unknown_ids.tolist() == [unknown] and unknown not in kept.labeled_ids
+    assert unknown in kept.unlabeled_ids and known not in kept.unlabeled_ids
+    assert kept.labels[list(kept.labeled_ids).index(known)] == 3
+    config.dataset.drop_unknown_answers = True
+    dropped = training_data.prepare_data(config, dataset)
+    assert unknown not in dropped.unlabeled_ids
+    assert len(dropped.unlabeled_ids) == len(kept.unlabeled_ids) - 1
+    np.testing.assert_array_equal(
+        dropped.unlabeled_images, dataset.train_images[dropped.unlabeled_ids]
+    )
+    np.testing.assert_array_equal(dropped.labeled_images, kept.labeled_images)
 
 
 @pytest.mark.parametrize(

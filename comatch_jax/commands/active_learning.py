@@ -9,7 +9,7 @@ Files:
     or `path` (an image folder), `predicted_class` (a class NAME) and `score`, best first;
   * labels CSV, the answers (from a person, or comatch_jax.commands.answer_from_truth
     offline): `id,label` or `path,label`, read by training through
-    `config.dataset.extra_labels_csv`.
+    `config.dataset.extra_labels_csv` (comatch_jax.data.answers).
 An id is the image's index in the dataset's train split, so it is stable across runs.
 CSVs are read as the csv module and spreadsheets agree: UTF-8 with or without a byte-order
 mark, LF or CRLF line ends, quoted fields, blank lines ignored. File names are written as the
@@ -28,14 +28,14 @@ import numpy as np
 from scipy.spatial import distance
 
 from comatch_jax import atomic_files
+from comatch_jax.data.answers import read_csv_table
 
 SCORE_STRATEGIES = ("entropy", "margin", "least_confidence", "random")
 STRATEGIES = SCORE_STRATEGIES + ("kcenter",)
 LABEL_COLUMNS = ("id", "label")
 
-# How CSVs are read and written: a spreadsheet's byte-order mark is dropped on reading; file
-# names that are not valid UTF-8 (POSIX allows any bytes) round-trip as surrogate escapes.
-CSV_READ = {"encoding": "utf-8-sig", "errors": "surrogateescape", "newline": ""}
+# How CSVs are written: file names that are not valid UTF-8 (POSIX allows any bytes)
+# round-trip as surrogate escapes (data.answers reads them back).
 CSV_WRITE = {"encoding": "utf-8", "errors": "surrogateescape", "newline": ""}
 
 # Rows of the distance matrix computed at once in k-center greedy (bounds memory).
@@ -194,112 +194,6 @@ def write_csv(path: str, header: Sequence[str], rows: Iterable[Sequence[Any]]) -
         writer.writerows(rows)
 
 
-def read_csv_table(
-    path: str, columns: Sequence[str]
-) -> tuple[list[str], list[tuple[int, list[str]]]]:
-    """(header, [(line number, fields), ...]) of a CSV that must have `columns` in its header.
-
-    Reads as spreadsheets save: a UTF-8 byte-order mark is dropped, CRLF or LF line ends,
-    quoted fields (which may hold commas, quotes and line breaks), header names stripped of
-    surrounding spaces; rows whose fields are all blank are skipped. Line numbers are those of
-    the row's first physical line. Raises FileNotFoundError or ValueError, one line naming
-    the file.
-    """
-    try:
-        with open(path, **CSV_READ) as f:
-            reader = csv.reader(f)
-            table = []
-            line = reader.line_num + 1
-            for row in reader:
-                table.append((line, row))
-                line = reader.line_num + 1
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: no such file.") from None
-    except (OSError, csv.Error) as e:
-        raise ValueError(f"{path}: cannot read it as CSV ({e}).") from e
-    table = [(line, row) for line, row in table if any(cell.strip() for cell in row)]
-    expected = ",".join(columns)
-    if not table:
-        raise ValueError(f"{path} is empty; expected a header with columns {expected}.")
-    header = [name.strip() for name in table[0][1]]
-    missing = [name for name in columns if name not in header]
-    if missing:
-        raise ValueError(
-            f"{path}: the header {_show_header(header)} lacks column(s) {','.join(missing)}; "
-            f"expected a header with columns {expected}."
-        )
-    rows = table[1:]
-    for line, row in rows:
-        if len(row) != len(header):
-            raise ValueError(
-                f"{path} line {line}: {len(row)} fields, the header has {len(header)} "
-                "(quote fields that hold commas)."
-            )
-    return header, rows
-
-
-def _show_header(header: Sequence[str]) -> str:
-    """The header as read, with any invisible or odd characters made visible."""
-    shown = ",".join(header)
-    if all(name.isprintable() and name.isascii() for name in header):
-        return repr(shown)
-    return ascii(shown)
-
-
-def read_folder_labels_csv(
-    path: str, *, root: str, unlabeled_paths: Sequence[str], class_names: Sequence[str]
-) -> tuple[np.ndarray, np.ndarray]:
-    """Reads the answers to an image-folder run's requests: a CSV with columns `path,label`.
-
-    `path` is an image under root/unlabeled/ (absolute, or relative to the root as in the
-    requests CSV), exactly as the requests CSV names it (any characters, quoted as the csv
-    module does; spaces around it are ignored only when no file has them); `label` is a
-    class name (a folder name under labeled/) or its index. Returns (rows of
-    `unlabeled_paths`, labels), int32; errors are one line naming the file.
-    """
-    header, rows = read_csv_table(path, ("path", "label"))
-    if not rows:
-        raise ValueError(f"{path} has a header but no rows; add path,label rows or unset it.")
-    path_column, label_column = header.index("path"), header.index("label")
-    position = {p: i for i, p in enumerate(unlabeled_paths)}
-    class_index = {name: i for i, name in enumerate(class_names)}
-    root = os.path.abspath(root)
-
-    def find(image: str) -> int | None:
-        relative = os.path.relpath(image, root) if os.path.isabs(image) else os.path.normpath(image)
-        return position.get(relative)
-
-    indices, labels = [], []
-    for line, row in rows:
-        image = row[path_column]
-        found = find(image)
-        if found is None and image.strip() != image:
-            found = find(image.strip())
-        if found is None:
-            raise ValueError(
-                f"{path} line {line}: {image!r} is not an image of {root}/unlabeled/ "
-                f"(paths are absolute or relative to {root})."
-            )
-        label = row[label_column].strip()
-        if label in class_index:
-            labels.append(class_index[label])
-        elif label.isdigit() and int(label) < len(class_names):
-            labels.append(int(label))
-        else:
-            raise ValueError(
-                f"{path} line {line}: label {label!r} is neither a class name "
-                f"({', '.join(class_names[:5])}{', ...' if len(class_names) > 5 else ''}) "
-                f"nor an index 0..{len(class_names) - 1}."
-            )
-        indices.append(found)
-    unique, counts = np.unique(indices, return_counts=True)
-    if np.any(counts > 1):
-        raise ValueError(
-            f"{path}: {unlabeled_paths[unique[counts > 1][0]]!r} appears more than once."
-        )
-    return np.asarray(indices, np.int32), np.asarray(labels, np.int32)
-
-
 def _read_int_columns(path: str, columns: Sequence[str]) -> dict[str, np.ndarray]:
     """Reads integer `columns` of a CSV with a header (read_csv_table); one-line ValueError
     if malformed."""
@@ -333,31 +227,3 @@ def read_request_ids(path: str, *, num_images: int) -> np.ndarray:
     ids = _read_int_columns(path, ("id",))["id"]
     _check_ids(path, ids, num_images)
     return ids
-
-
-def read_labels_csv(
-    path: str, *, num_images: int, num_classes: int, already_labeled: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
-    """Reads and validates a labels CSV: (ids, labels), int32.
-
-    Every id must be a train-split index that is not labeled already and appears once;
-    every label must lie in 0..num_classes-1. Errors are one line naming the file.
-    """
-    columns = _read_int_columns(path, LABEL_COLUMNS)
-    ids, labels = columns["id"], columns["label"]
-    if not len(ids):
-        raise ValueError(f"{path} has a header but no rows; add id,label rows or unset it.")
-    _check_ids(path, ids, num_images)
-    out_of_range = (labels < 0) | (labels >= num_classes)
-    if np.any(out_of_range):
-        position = int(np.argmax(out_of_range))
-        raise ValueError(
-            f"{path}: label {labels[position]} of id {ids[position]} is outside "
-            f"0..{num_classes - 1}."
-        )
-    already = np.isin(ids, already_labeled)
-    if np.any(already):
-        raise ValueError(
-            f"{path}: id {ids[np.argmax(already)]} is already in the labeled set; remove it."
-        )
-    return ids.astype(np.int32), labels.astype(np.int32)

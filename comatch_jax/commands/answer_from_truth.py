@@ -56,7 +56,7 @@ def answer_requests(
     if dataset is None:
         from comatch_jax import data  # imports TensorFlow lazily, only to read files
 
-        dataset = data.load_dataset(config.dataset)
+        dataset = data.load_dataset(config)
     labels = dataset.train_labels
     ids = active_learning.read_request_ids(requests_csv, num_images=len(labels))
     active_learning.write_csv(out, ("id", "label"), ([int(i), int(labels[i])] for i in ids))

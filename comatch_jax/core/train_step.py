@@ -17,7 +17,6 @@ import numpy as np
 import optax
 
 from comatch_jax.core import augment, methods
-from comatch_jax.data import sampling
 from comatch_jax.core.train_state import TrainState, learning_rate_schedule
 
 VIEW_SLOTS = ("weak", "strong0", "strong1")
@@ -29,7 +28,7 @@ def preprocess(images: jax.Array, mean: Any, std: Any) -> jax.Array:
     """uint8 [..., C] -> float32 (x / 255 - mean) / std, per channel.
 
     mean, std: C floats in [0, 1] units (a config's dataset.mean/std once resolved from the
-    data: training_data.prepare_data). Raises ValueError when their length is not C, e.g.
+    data: data.pipeline.prepare_data). Raises ValueError when their length is not C, e.g.
     the unresolved default ().
     """
     channels = images.shape[-1]
@@ -37,7 +36,7 @@ def preprocess(images: jax.Array, mean: Any, std: Any) -> jax.Array:
         raise ValueError(
             f"normalisation mean {tuple(mean)} / std {tuple(std)} do not have one value per "
             f"channel of the {channels}-channel images; resolve them from the data "
-            "(datasets.resolve_normalization) or set --config.dataset.mean/std."
+            "(data.resolve_normalization) or set --config.dataset.mean/std."
         )
     mean = jnp.asarray(mean, jnp.float32)
     std = jnp.asarray(std, jnp.float32)
@@ -184,28 +183,6 @@ def make_train_step(
         return new_state, metrics
 
     return train_step
-
-
-def make_sampling_train_step(
-    train_step: StepFn,
-    config: ml_collections.ConfigDict,
-    batch_sharding: jax.sharding.Sharding | None = None,
-) -> StepFn:
-    """Wraps train_step to draw its batch from whole-dataset arrays (on the device), so a
-    step needs nothing from the host. The batch is a pure function of (seed, step); with
-    `batch_sharding` it is split over the devices of a data-parallel mesh."""
-    batch_size = config.batch_size
-    unlabeled_batch_size = config.batch_size * config.mu
-
-    def sampling_train_step(state: TrainState, data: dict[str, jax.Array]):
-        batch = sampling.sample_batch(
-            data, state.step, batch_size=batch_size, unlabeled_batch_size=unlabeled_batch_size
-        )
-        if batch_sharding is not None:
-            batch = jax.lax.with_sharding_constraint(batch, batch_sharding)
-        return train_step(state, batch)
-
-    return sampling_train_step
 
 
 def make_eval_step(model: nn.Module, config: ml_collections.ConfigDict) -> Callable:

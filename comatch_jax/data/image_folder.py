@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import collections
 import math
 import os
 
@@ -10,56 +11,54 @@ import numpy as np
 from absl import logging
 
 from comatch_jax.data import folder_cache
-from comatch_jax.data.dataset import ImageDataset, statistics_from_sums
-from comatch_jax.data.normalization import format_channels
+from comatch_jax.data.answers import UNKNOWN, class_key
+from comatch_jax.data.dataset import ImageDataset, format_channels, statistics_from_sums
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp")
+# Fewer evaluation images per class than this: the accuracy is noisy (one image of a class
+# is 10 % of that class's accuracy), and the log says so.
+EVAL_IMAGES_PER_CLASS = 10
+
+Entry = folder_cache.Entry
 
 
-def _scan_images(directory: str) -> tuple[list[tuple[str, int, int]], int]:
-    """Sorted (relative path, size, mtime_ns) of the images below `directory`, and the number
-    of non-image files ignored. Hidden files and folders (".name") are skipped, uncounted."""
+def _scan_images(directory: str) -> tuple[list[Entry], int]:
+    """Sorted (path relative to `directory`, size, mtime_ns) of the images below it, and the
+    number of non-image files ignored (logged). Hidden files and folders are skipped; a folder
+    reached twice through symbolic links is listed once."""
     if not os.path.isdir(directory):
         raise FileNotFoundError(
             f"Image folder {directory} does not exist; create it or fix the path."
         )
-    found, ignored = [], 0
-    pending, seen = [""], set()
+    found, ignored, pending, seen = [], 0, [""], set()
     while pending:
         rel_dir = pending.pop()
         abs_dir = os.path.join(directory, rel_dir)
         try:
             stat = os.stat(abs_dir)
-            if (stat.st_dev, stat.st_ino) in seen:  # a symlink loop: list each folder once
+            if (stat.st_dev, stat.st_ino) in seen:
                 continue
             seen.add((stat.st_dev, stat.st_ino))
             with os.scandir(abs_dir) as it:
-                entries = list(it)
+                entries = [e for e in it if not e.name.startswith(".")]
         except OSError as e:
             raise type(e)(f"Cannot list {abs_dir} ({e.strerror}); fix its permissions.") from e
         for entry in entries:
-            if entry.name.startswith("."):
-                continue
             rel = os.path.join(rel_dir, entry.name) if rel_dir else entry.name
             if entry.is_dir():
                 pending.append(rel)
-            elif os.path.splitext(entry.name)[1].lower() in IMAGE_EXTENSIONS:
+            elif os.path.splitext(entry.name)[1].lower() not in IMAGE_EXTENSIONS:
+                ignored += 1
+            else:
                 try:
                     stat = entry.stat()
                     found.append((rel, stat.st_size, stat.st_mtime_ns))
                 except OSError:  # a broken symlink: decoding reports it as unreadable
                     found.append((rel, -1, 0))
-            else:
-                ignored += 1
     if ignored:
-        logging.info(
-            "Ignored %d non-image files in %s (extensions other than %s).",
-            ignored,
-            directory,
-            ", ".join(IMAGE_EXTENSIONS),
-        )
-    found.sort()
-    return found, ignored
+        kept = ", ".join(IMAGE_EXTENSIONS)
+        logging.info(f"Ignored {ignored} non-image files in {directory} (not {kept}).")
+    return sorted(found), ignored
 
 
 def list_image_files(directory: str) -> tuple[list[str], int]:
@@ -69,7 +68,13 @@ def list_image_files(directory: str) -> tuple[list[str], int]:
     return [rel for rel, _, _ in entries], ignored
 
 
-def _scan_class_tree(root: str, part: str) -> tuple[list[tuple[str, int, int]], list[str]]:
+def scan_unlabeled(root: str) -> list[Entry]:
+    """Sorted (path relative to `root`, size, mtime_ns) of the images in `root`/unlabeled/**."""
+    entries = _scan_images(os.path.join(root, "unlabeled"))[0]
+    return [(os.path.join("unlabeled", rel), size, mtime) for rel, size, mtime in entries]
+
+
+def _scan_class_tree(root: str, part: str) -> tuple[list[Entry], list[str]]:
     """Images of `root`/`part`/<class>/** (paths relative to `root`) and the sorted classes."""
     directory = os.path.join(root, part)
     entries, _ = _scan_images(directory)
@@ -85,14 +90,24 @@ def _scan_class_tree(root: str, part: str) -> tuple[list[tuple[str, int, int]], 
             f"Image {os.path.join(directory, loose[0])} is not in a class folder; move it into "
             f"{directory}/<class_name>/."
         )
-    counts = dict.fromkeys(classes, 0)
-    for rel, _, _ in entries:
-        counts[rel.split(os.sep, 1)[0]] += 1
-    for name, count in counts.items():
-        if not count:
+    counts = collections.Counter(rel.split(os.sep, 1)[0] for rel, _, _ in entries)
+    keys = [class_key(name) for name in classes]
+    for name, key in zip(classes, keys):
+        folder = os.path.join(directory, name)
+        if not counts[name]:
             raise ValueError(
-                f"Class folder {os.path.join(directory, name)} has no images "
-                f"({', '.join(IMAGE_EXTENSIONS)}); add images or remove the folder."
+                f"Class folder {folder} has no images ({', '.join(IMAGE_EXTENSIONS)}); add "
+                "images or remove the folder."
+            )
+        if key == UNKNOWN:
+            raise ValueError(
+                f"Class folder {folder} is named {UNKNOWN}, which answers files keep for 'none "
+                "of these classes'; rename the folder."
+            )
+        if keys.count(key) > 1:
+            raise ValueError(
+                f"Class folder {folder} appears twice in {directory}, its name stored composed "
+                "(NFC) and decomposed (NFD); merge the two folders into one."
             )
     return [(os.path.join(part, rel), size, mtime) for rel, size, mtime in entries], classes
 
@@ -113,63 +128,43 @@ def _stratified_holdout(
     return np.setdiff1d(np.arange(len(labels)), val), val
 
 
-def scan_unlabeled(root: str) -> list[tuple[str, int, int]]:
-    """Sorted (path relative to `root`, size, mtime_ns) of the images in `root`/unlabeled/**."""
-    return [
-        (os.path.join("unlabeled", rel), size, mtime)
-        for rel, size, mtime in _scan_images(os.path.join(root, "unlabeled"))[0]
-    ]
-
-
-# The folders load_image_folder reads or names inside its root.
-_FOLDER_PARTS = ("labeled", "unlabeled", "val", "test")
-
-
-def _class_folders_with_images(directory: str) -> list[str]:
-    """Sorted names of the (non-hidden) folders in `directory`, other than _FOLDER_PARTS, that hold
-    image files directly."""
-    found = []
-    with os.scandir(directory) as it:
-        folders = [e for e in it if e.is_dir() and not e.name.startswith(".")]
-    for folder in folders:
-        if folder.name in _FOLDER_PARTS:
-            continue
-        try:
-            with os.scandir(folder.path) as it:
-                if any(
-                    e.is_file() and os.path.splitext(e.name)[1].lower() in IMAGE_EXTENSIONS
-                    for e in it
-                ):
-                    found.append(folder.name)
-        except OSError:  # unreadable: _scan_images reports it if it is ever read
-            continue
-    return sorted(found)
-
-
 def _some(names: list[str], limit: int = 10) -> str:
     """The first `limit` names, comma-separated, and how many more there are."""
     more = f" and {len(names) - limit} more" if len(names) > limit else ""
     return ", ".join(names[:limit]) + more
 
 
-def _check_not_a_part_itself(root: str) -> None:
-    """Raises ValueError when `root` (which has no labeled/) looks like one of the folders
-    inside an image folder (named labeled, unlabeled or val) or like labeled/ itself
-    (it holds class folders with images)."""
+def _check_layout(root: str, require_unlabeled: bool) -> None:
+    """FileNotFoundError / ValueError (one line) for a root without labeled/ (or unlabeled/
+    when the run needs it), saying so when the root is labeled/, unlabeled/ or val/ itself."""
     name, parent = os.path.basename(root), os.path.dirname(root)
-    if name in ("labeled", "unlabeled", "val"):
+    if not os.path.isdir(os.path.join(root, "labeled")) and name in ("labeled", "unlabeled", "val"):
         raise ValueError(
             f"{root} looks like the {name}/ folder itself; pass its parent ({parent}) as "
             "--config.dataset.root."
         )
-    classes = _class_folders_with_images(root)
-    if classes:
-        shown = _some(classes, 5)
-        raise ValueError(
-            f"{root} looks like the labeled/ folder itself (class folders with images: "
-            f"{shown}) but --config.dataset.root needs labeled/ inside: pass the folder that "
-            f"holds labeled/, or move the class folders into {root}/labeled/."
+    if not os.path.isdir(root):
+        raise FileNotFoundError(
+            f"Image folder {root} does not exist; fix the dataset path or create it with "
+            "labeled/<class_name>/ "
+            + (
+                "and unlabeled/ inside"
+                if require_unlabeled
+                else "inside (unlabeled/ is optional for this run)"
+            )
+            + "."
         )
+    for part in ("labeled", "unlabeled") if require_unlabeled else ("labeled",):
+        directory = os.path.join(root, part)
+        if not os.path.isdir(directory):
+            fix = (
+                f"put the labeled images in {directory}/<class_name>/ (the root is the folder "
+                "that holds labeled/)"
+                if part == "labeled"
+                else f"semi-supervised training needs unlabeled images in {directory} (any "
+                "nesting; configs/supervised.py trains without them)"
+            )
+            raise FileNotFoundError(f"{directory} does not exist; {fix}.")
 
 
 def load_image_folder(
@@ -184,106 +179,67 @@ def load_image_folder(
 ) -> ImageDataset:
     """Loads `root`/labeled/<class>/**, `root`/unlabeled/** and optional `root`/val/<class>/**.
 
-    require_unlabeled=False (a run that draws no unlabeled images: supervised-only, mu = 0)
-    accepts a missing or empty unlabeled/: the unlabeled part is then empty ([0, S, S, 3]).
+    Classes are the sorted folder names of labeled/; val/'s class folders match them by
+    their Unicode NFC form. Files with other extensions than IMAGE_EXTENSIONS are ignored
+    (counted in the log). Each part is decoded by tf.data to image_size x image_size RGB
+    (`folder_cache`) into a uint8 cache in `cache_dir` (default `root`/.comatch_cache), read
+    back as a memmap; later loads decode only the files added or changed since. Without val/,
+    a stratified `val_fraction` of labeled/ (seeded) is held out for validation. test/ is not
+    read. require_unlabeled=False (a run that draws no unlabeled images) accepts a missing or
+    empty unlabeled/ (then [0, S, S, 3]).
 
-    Classes are the sorted folder names of labeled/. Files with other extensions than
-    IMAGE_EXTENSIONS are ignored (and counted in the log). Each part is decoded by tf.data to
-    image_size x image_size RGB (see `folder_cache._decode_resize`) into a uint8 .npy cache in
-    `cache_dir` (default `root`/.comatch_cache), read back as a memmap; later loads decode
-    only the files added or changed since (by path, size and mtime). Without val/, a stratified
-    `val_fraction` of labeled/ (seeded) is held out for validation; train and test are then
-    in-memory copies. test/ is not loaded (list it with `list_image_files`). The log says
-    which images are the evaluation set (what a run reports as its test accuracy), and warns
-    when it holds fewer than EVAL_IMAGES_PER_CLASS images per class.
-
-    Returns an ImageDataset (train = labeled, test = val, unlabeled = unlabeled/, each with its
-    paths) whose mean/std are measured over the train and unlabeled images (exactly, from the
-    cache's per-image pixel sums) and whose file_digests hash each part's (path, size, mtime).
-    Raises FileNotFoundError / ValueError / PermissionError (one line, naming the path) for
-    a folder that does not have this layout (or fewer than 2 class folders under labeled/,
-    checked before anything is decoded; a root without labeled/ that looks like labeled/ or
-    unlabeled/ or val/ itself says so), an unreadable image (corrupt_policy 'fail') or an
+    Returns an ImageDataset whose mean/std are measured exactly over the train and unlabeled
+    images (from the cache's per-image pixel sums) and whose file_digests hash each part's
+    (path, size, mtime). The log names the evaluation set and warns when it is small.
+    Raises FileNotFoundError / ValueError / PermissionError (one line, naming the path) for a
+    folder without this layout (fewer than 2 class folders is found before decoding), a class
+    folder named `answers.UNKNOWN`, an unreadable image (corrupt_policy 'fail') or an
     unwritable cache directory.
     """
     folder_cache.check_corrupt_policy(corrupt_policy)
     if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size <= 0:
         raise ValueError(
-            f"image_size must be a positive integer, got {image_size!r}; "
-            "set --config.dataset.image_size."
+            f"image_size must be a positive integer, got {image_size!r}; set "
+            "--config.dataset.image_size."
         )
     if not 0.0 < val_fraction < 1.0:
         raise ValueError(
-            f"val_fraction must be in (0, 1), got {val_fraction}; "
-            "set --config.dataset.val_fraction."
+            f"val_fraction must be in (0, 1), got {val_fraction}; set "
+            "--config.dataset.val_fraction."
         )
     root = os.path.abspath(os.fspath(root))
-    if not os.path.isdir(root):
-        inside = (
-            "labeled/<class_name>/ and unlabeled/ inside"
-            if require_unlabeled
-            else "labeled/<class_name>/ inside (unlabeled/ is optional for this run)"
-        )
-        raise FileNotFoundError(
-            f"Image folder {root} does not exist; fix the dataset path or create it with "
-            f"{inside}."
-        )
-    if not os.path.isdir(os.path.join(root, "labeled")):
-        _check_not_a_part_itself(root)
-    required = [("labeled", "put the labeled images in {}/<class_name>/")]
-    if require_unlabeled:
-        required.append(
-            (
-                "unlabeled",
-                "semi-supervised training needs unlabeled images in {} "
-                "(any nesting; configs/supervised.py trains without them)",
-            )
-        )
-    for part, fix in required:
-        directory = os.path.join(root, part)
-        if not os.path.isdir(directory):
-            raise FileNotFoundError(f"{directory} does not exist; {fix.format(directory)}.")
-
+    _check_layout(root, require_unlabeled)
     labeled_entries, class_names = _scan_class_tree(root, "labeled")
     if len(class_names) < 2:  # before decoding anything
         raise ValueError(
-            f"{os.path.join(root, 'labeled')} has 1 class ({class_names[0]}); a "
-            "classifier needs at least 2 class folders under labeled/."
+            f"{os.path.join(root, 'labeled')} has 1 class ({class_names[0]}); a classifier needs "
+            "at least 2 class folders under labeled/."
         )
-    class_index = {name: i for i, name in enumerate(class_names)}
+    class_index = {class_key(name): i for i, name in enumerate(class_names)}
     has_val = os.path.isdir(os.path.join(root, "val"))
     if has_val:
         val_entries, val_classes = _scan_class_tree(root, "val")
         for name in val_classes:
-            if name not in class_index:
+            if class_key(name) not in class_index:
                 raise ValueError(
                     f"Class folder {os.path.join(root, 'val', name)} has no counterpart in "
                     f"{os.path.join(root, 'labeled')}; rename it to a labeled class or add "
                     f"{os.path.join(root, 'labeled', name)}/."
                 )
     unlabeled_dir = os.path.join(root, "unlabeled")
-    has_unlabeled = os.path.isdir(unlabeled_dir)
-    unlabeled_entries = scan_unlabeled(root) if has_unlabeled else []
+    unlabeled_entries = scan_unlabeled(root) if os.path.isdir(unlabeled_dir) else []
     if not unlabeled_entries and require_unlabeled:
         raise ValueError(
             f"{unlabeled_dir} has no images ({', '.join(IMAGE_EXTENSIONS)}); add the unlabeled "
             "images there (any nesting)."
         )
-
     cache_dir = folder_cache.prepare_cache_dir(root, cache_dir)
 
-    def load(part: str, entries: list[tuple[str, int, int]]) -> folder_cache.CachedPart:
-        return folder_cache.update_part_cache(
-            root,
-            part,
-            entries,
-            image_size=image_size,
-            cache_dir=cache_dir,
-            corrupt_policy=corrupt_policy,
-        )
+    options = dict(image_size=image_size, cache_dir=cache_dir, corrupt_policy=corrupt_policy)
+    load = lambda part, entries: folder_cache.update_part_cache(root, part, entries, **options)
 
     def labels_of(paths: list[str]) -> np.ndarray:  # "labeled/<class>/..." -> class index
-        return np.array([class_index[p.split(os.sep)[1]] for p in paths], dtype=np.int32)
+        return np.array([class_index[class_key(p.split(os.sep)[1])] for p in paths], np.int32)
 
     labeled = load("labeled", labeled_entries)
     labeled_labels = labels_of(labeled.paths)
@@ -293,14 +249,11 @@ def load_image_folder(
                 f"Every image in {os.path.join(root, 'labeled', name)} is unreadable; replace "
                 "them or remove the folder."
             )
-    skipped = list(labeled.skipped)
     if has_val:
         val = load("val", val_entries)
-        train_images, train_labels = labeled.images, labeled_labels
-        train_entries, train_sums = labeled.entries, labeled.row_sums
+        train = np.arange(len(labeled_labels))
         test_images, test_labels, test_entries = val.images, labels_of(val.paths), val.entries
-        skipped += val.skipped
-        val_source = "val/"
+        val_source, skipped = "val/", labeled.skipped + val.skipped
     else:
         train, held_out = _stratified_holdout(labeled_labels, len(class_names), val_fraction, seed)
         if not len(held_out):
@@ -310,50 +263,30 @@ def load_image_folder(
             )
         test_images, test_labels = labeled.images[held_out], labeled_labels[held_out]
         test_entries = tuple(labeled.entries[i] for i in held_out)
-        train_images, train_labels = labeled.images[train], labeled_labels[train]
-        train_entries = tuple(labeled.entries[i] for i in train)
-        train_sums = labeled.row_sums[train]
-        val_source = f"held out {val_fraction * 100:g}% of labeled, seed {seed}"
+        val_source, skipped = (
+            f"held out {val_fraction * 100:g}% of labeled, seed {seed}",
+            labeled.skipped,
+        )
         logging.info(
-            "No %s/val: holding out %d of %d labeled images for validation (%g%% per class, "
-            "stratified, seed %d).",
-            root,
-            len(held_out),
-            len(train) + len(held_out),
-            val_fraction * 100,
-            seed,
+            f"No {root}/val: holding out {len(held_out)} of {len(labeled_labels)} labeled images "
+            f"for validation ({val_fraction * 100:g}% per class, stratified, seed {seed})."
         )
-    if unlabeled_entries:
-        unlabeled = load("unlabeled", unlabeled_entries)
-    else:  # require_unlabeled=False: nothing to decode or cache
-        logging.info(
-            "No images in %s: the run draws no unlabeled images (mu = 0).",
-            unlabeled_dir if has_unlabeled else unlabeled_dir + " (absent)",
-        )
-        unlabeled = folder_cache.CachedPart(
-            images=np.zeros((0, image_size, image_size, 3), np.uint8),
-            entries=(),
-            row_sums=np.zeros((0, 2, 3), np.int64),
-            skipped=(),
-            build=folder_cache.BuildStats(),
-        )
+    train_entries = tuple(labeled.entries[i] for i in train)
+    unlabeled = load("unlabeled", unlabeled_entries)  # empty if the run needs none
     skipped += unlabeled.skipped
     if skipped:
         logging.warning(
-            "Skipped %d unreadable or corrupt images in %s (corrupt_policy='skip'), e.g. %s.",
-            len(skipped),
-            root,
-            ", ".join(rel for rel, _, _ in skipped[:5]),
+            f"Skipped {len(skipped)} unreadable or corrupt images in {root} (corrupt_policy="
+            f"'skip'), e.g. {', '.join(rel for rel, _, _ in skipped[:5])}."
         )
     # Normalisation statistics of the images trained on: train and unlabeled.
-    mean, std = statistics_from_sums(
-        np.concatenate([train_sums, unlabeled.row_sums]), image_size * image_size
-    )
+    sums = np.concatenate([labeled.row_sums[train], unlabeled.row_sums])
+    mean, std = statistics_from_sums(sums, image_size * image_size)
     dataset = ImageDataset(
-        train_images=train_images,
-        train_labels=train_labels,
+        train_images=labeled.images if has_val else labeled.images[train],  # a memmap with val/
+        train_labels=labeled_labels[train],
         test_images=test_images,
-        test_labels=test_labels.astype(np.int32),
+        test_labels=test_labels,
         num_classes=len(class_names),
         class_names=tuple(class_names),
         source=f"image_folder:{root} (val: {val_source})",
@@ -372,80 +305,32 @@ def load_image_folder(
         },
     )
     logging.info(
-        "Loaded %s: %d labeled, %d unlabeled, %d val images of %dx%d, %d classes, "
-        "%d unreadable skipped; mean %s, std %s.",
-        dataset.source,
-        len(dataset.train_paths),
-        len(dataset.unlabeled_paths),
-        len(dataset.test_paths),
-        image_size,
-        image_size,
-        len(class_names),
-        len(skipped),
-        format_channels(mean),
-        format_channels(std),
+        f"Loaded {dataset.source}: {len(train)} labeled, {len(unlabeled.entries)} unlabeled, "
+        f"{len(test_entries)} val images of {image_size}x{image_size}, {len(class_names)} "
+        f"classes, {len(skipped)} unreadable skipped; mean {format_channels(mean)}, std "
+        f"{format_channels(std)}."
     )
     _log_evaluation_set(root, dataset, has_val, val_fraction)
     return dataset
 
 
-# Fewer evaluation images per class than this: the accuracy is noisy (one image of a class
-# is 10 % of that class's accuracy), and the log says so.
-EVAL_IMAGES_PER_CLASS = 10
-
-
 def _log_evaluation_set(root: str, dataset: ImageDataset, has_val: bool, val_fraction: float):
-    """One line naming the images a run evaluates on (it reports their accuracy as its test
-    accuracy: the metric keeps its name), whether test/ is ignored (without val/: how to
-    evaluate on it), a warning naming the classes without evaluation images, and one if the
-    images are fewer than EVAL_IMAGES_PER_CLASS per class."""
+    """Logs which images a run evaluates on (their accuracy is its 'test accuracy'), and warns
+    when a class has none of them or there are fewer than EVAL_IMAGES_PER_CLASS per class."""
     count, num_classes = len(dataset.test_labels), dataset.num_classes
-    val_dir = os.path.join(root, "val")
-    if has_val:
-        which = f"val/ ({count} images)"
-        more = f"add images to {val_dir}/<class_name>/"
-    else:
-        which = f"a held-out {val_fraction * 100:g} % of labeled/ ({count} images; no val/)"
-        more = f"add a {val_dir}/<class_name>/ folder"
-    test_dir = os.path.join(root, "test")
-    ignored = ""
-    if os.path.isdir(test_dir):
-        ignored = "; test/ is ignored (not read)"
-        if not has_val:
-            with os.scandir(test_dir) as it:
-                has_classes = any(e.is_dir() and not e.name.startswith(".") for e in it)
-            ignored += (
-                ": rename test/ to val/ to evaluate on it"
-                if has_classes
-                else ": to evaluate on its images, put them in val/<class_name>/ folders"
-            )
+    which = "val/" if has_val else f"a held-out {val_fraction * 100:g} % of labeled/ (no val/)"
+    test = os.path.isdir(os.path.join(root, "test"))
     logging.info(
-        "Evaluating on %s: the run's 'test accuracy' is measured on them%s.", which, ignored
+        f"Evaluating on {which}, {count} images: the run's 'test accuracy' is measured on them"
+        + ("; test/ is not read (evaluation images go in val/<class_name>/)." if test else ".")
     )
     per_class = np.bincount(dataset.test_labels, minlength=num_classes)
     missing = [name for name, n in zip(dataset.class_names, per_class) if not n]
-    if missing:
-        one = len(missing) == 1
-        if has_val:
-            why = "val/ has no images of it" if one else "val/ has no images of them"
-            fix = f"add images to {os.path.join(val_dir, missing[0] if one else '<class_name>')}/"
-        else:  # a class with one labeled image keeps it for training
-            why = "its one labeled image is kept for training" if one else "one labeled image each"
-            fix = f"add labeled images or a {val_dir}/<class_name>/ folder"
-        logging.warning(
-            "%s %s no evaluation images (%s): %s accuracy is not measured; %s.",
-            f"Class {missing[0]}" if one else f"Classes {_some(missing)}",
-            "has" if one else "have",
-            why,
-            "its" if one else "their",
-            fix,
-        )
+    problems = [f"no images of {_some(missing)}, whose accuracy is not measured"] if missing else []
     if count < EVAL_IMAGES_PER_CLASS * num_classes:
+        problems.append(f"fewer than {EVAL_IMAGES_PER_CLASS} per class: its accuracy is noisy")
+    if problems:
         logging.warning(
-            "The evaluation set has %d images for %d classes, fewer than %d per class: "
-            "accuracy on so few images is noisy; %s.",
-            count,
-            num_classes,
-            EVAL_IMAGES_PER_CLASS,
-            more,
+            f"The evaluation set ({count} images, {num_classes} classes) has "
+            f"{' and '.join(problems)}; add images to {root}/val/<class_name>/."
         )

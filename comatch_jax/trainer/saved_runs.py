@@ -132,8 +132,8 @@ def _why_unlabeled_matters(
     """For an image-folder run that draws no unlabeled images (mu = 0) whose unlabeled/
     changed: why that is a change of its data (the folder's mean/std, which it normalises
     with, are measured over labeled/ and unlabeled/); else ""."""
-    from comatch_jax.data import pipeline as training_data
-    from comatch_jax.data import normalization
+    from comatch_jax.data import loader as training_data
+    from comatch_jax.data import dataset as normalization
 
     before = saved_fingerprint.get("parts", {}).get("unlabeled")
     after = fingerprint.get("parts", {}).get("unlabeled")

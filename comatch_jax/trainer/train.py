@@ -24,7 +24,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from comatch_jax import atomic_files, config_lib, multihost
 from comatch_jax.core import evaluation, train_step
-from comatch_jax.data import prefetch, pipeline as training_data
+from comatch_jax.data import pipeline as training_data
 from comatch_jax.trainer import pretrained, saved_runs as runs, training_metrics
 from comatch_jax.trainer.stopping import Stopped, TerminationRequest
 from comatch_jax.core.train_state import TrainState
@@ -148,8 +148,8 @@ def train_and_evaluate(
             workdir, primary=multihost.is_primary(), writer=writer
         )
         step_fn = train_step.make_train_step(model=model, tx=tx, method=method, config=config)
-        jitted_step, next_input, on_host = _step_with_input(
-            config, data, step_fn, replicated, batch_sharding
+        jitted_step, next_input, on_host = training_data.step_with_input(
+            config, data, step_fn, run_keys(config.seed)[1], replicated, batch_sharding
         )
         accuracy_of = _test_accuracy(config, model, method, data, replicated, batch_sharding)
         images_per_step = config.batch_size * len(method.labeled_views) + (
@@ -192,7 +192,7 @@ def train_and_evaluate(
             termination = stack.enter_context(TerminationRequest(multiprocess=multiprocess))
             if on_host:  # the next batches are gathered and transferred while a step runs
                 next_input = stack.enter_context(
-                    prefetch.Prefetcher(
+                    training_data.Prefetcher(
                         next_input, start_step=start_step, stop_step=config.num_steps, depth=2
                     )
                 ).get
@@ -341,48 +341,6 @@ def _last_complete(checkpoints: Any) -> int | None:
     """The step of the last complete checkpoint (waits for an asynchronous save), or None."""
     checkpoints.wait_until_finished()
     return checkpoints.latest_step()
-
-
-def _step_with_input(
-    config: ml_collections.ConfigDict,
-    data: training_data.SemiSupervisedData,
-    step_fn: train_step.StepFn,
-    replicated: NamedSharding,
-    batch_sharding: NamedSharding,
-) -> tuple[Callable, Callable[[int], Any], bool]:
-    """(jitted step, next_input(step), on_host). With the data on the device the step draws
-    its own batch from the whole arrays, which next_input returns; otherwise (on_host) the
-    host gathers each batch (e.g. from a memory-mapped cache) and hands over just its rows:
-    next_input(step) makes that batch, for a prefetch.Prefetcher to run ahead."""
-    _, sampling_key = run_keys(config.seed)
-    arrays = {
-        "labeled_images": data.labeled_images,
-        "labels": data.labels,
-        "unlabeled_images": data.unlabeled_images,
-        "unlabeled_labels": data.unlabeled_labels,
-    }
-    if training_data.data_on_device(config, data):
-        arrays = jax.device_put(arrays, replicated)
-        # Made by a jitted function, so the key is one global array over every process.
-        arrays["sampling_rng"] = jax.jit(
-            lambda: run_keys(config.seed)[1], out_shardings=replicated
-        )()
-        jitted_step = jax.jit(
-            train_step.make_sampling_train_step(step_fn, config, batch_sharding=batch_sharding),
-            out_shardings=(replicated, replicated),
-            donate_argnums=0,
-        )
-        return jitted_step, lambda step: arrays, False
-    arrays["sampling_rng"] = sampling_key
-    jitted_step = jax.jit(step_fn, out_shardings=(replicated, replicated), donate_argnums=0)
-    make_batch = lambda step: prefetch.host_batch(
-        arrays,
-        step,
-        batch_size=config.batch_size,
-        unlabeled_batch_size=config.batch_size * config.mu,
-        sharding=batch_sharding,
-    )
-    return jitted_step, make_batch, True
 
 
 def _test_accuracy(
