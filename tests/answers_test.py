@@ -21,7 +21,7 @@ def _read_ids(tmp_path, raw, **kwargs):
 
 def test_written_answers_read_back(tmp_path):
     path = str(tmp_path / "labels.csv")
-    active_learning.write_labels_csv(path, np.array([7, 3]), np.array([1, 0]))
+    active_learning.write_csv(path, ("id", "label"), [(7, 1), (3, 0)])
     read = answers.read_answers(path, CLASSES, num_images=10, labeled_ids=[0])
     assert read.ids.tolist() == [7, 3] and read.labels.tolist() == [1, 0]
     assert read.ids.dtype == read.labels.dtype == np.int32 and len(read.unknown_ids) == 0
