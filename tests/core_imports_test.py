@@ -6,7 +6,6 @@ import sys
 CORE = [
     "core.augment",
     "core.losses",
-    "core.memory_queue",
     "core.models",
     "core.methods",
     "data.sampling",

@@ -2,6 +2,7 @@
 options (backbone lr scale, heads-only warm start, frozen BatchNorm), and a short ResNet-18
 run from converted weights that resumes identically. NumPy + safetensors only (no torch)."""
 
+import dataclasses
 import json
 import shutil
 
@@ -13,8 +14,9 @@ from safetensors.numpy import save_file
 
 from comatch_jax import config_lib, data as datasets
 from comatch_jax.core import models, torch_weights
-from comatch_jax.trainer import pretrained, saved_runs as runs, train
 from comatch_jax.core import train_state
+from comatch_jax.data import pipeline as training_data
+from comatch_jax.trainer import pretrained, saved_runs as runs, train
 
 
 def _leaves(tree):
@@ -26,16 +28,38 @@ def _leaves(tree):
     ]
 
 
+def _data(channels):
+    """SemiSupervisedData as prepare_data leaves it, normalised with the data's own values."""
+    images, labels = np.zeros((2, 4, 4, channels), np.uint8), np.zeros((2,), np.int32)
+    return training_data.SemiSupervisedData(
+        labeled_images=images,
+        labels=labels,
+        unlabeled_images=images,
+        unlabeled_labels=labels,
+        labeled_ids=labels,
+        unlabeled_ids=labels,
+        test_images=images,
+        test_labels=labels,
+        num_classes=2,
+        class_names=("a", "b"),
+        source="test",
+        mean=(0.5,) * channels,
+        std=(0.25,) * channels,
+    )
+
+
 def test_imagenet_normalisation_unless_the_user_set_one():
     config = config_lib.base_config()
-    assert pretrained.with_pretrained_normalization(config) is config  # no torch weights
+    data = _data(3)
+    assert pretrained.with_pretrained_normalization(config, data) is data  # no torch weights
     config.model.init_from_torch = "w.safetensors"
-    resolved = pretrained.with_pretrained_normalization(config)
-    assert tuple(resolved.dataset.mean) == config_lib.IMAGENET_MEAN
-    assert tuple(resolved.dataset.std) == config_lib.IMAGENET_STD
-    assert tuple(config.dataset.mean) == ()  # the caller's config is unchanged
+    resolved = pretrained.with_pretrained_normalization(config, data)
+    assert (resolved.mean, resolved.std) == (config_lib.IMAGENET_MEAN, config_lib.IMAGENET_STD)
+    # 1-channel images: the single-channel equivalent, the mean of ImageNet's three.
+    gray = pretrained.with_pretrained_normalization(config, _data(1))
+    assert (gray.mean, gray.std) == ((0.449,), (0.226,))
     config.dataset.mean, config.dataset.std = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
-    assert pretrained.with_pretrained_normalization(config) is config
+    assert pretrained.with_pretrained_normalization(config, data) is data  # the user's values
 
 
 def _config(**optim):
@@ -172,7 +196,7 @@ def test_initialise_from_torch_loads_raw_and_ema_and_keeps_a_fresh_classifier(we
     path, state_dict = weights
     config = _config()
     config.model.init_from_torch = path
-    config = pretrained.with_pretrained_normalization(config)
+    config.dataset.mean, config.dataset.std = config_lib.IMAGENET_MEAN, config_lib.IMAGENET_STD
     _, model, _, init_state = runs.build_training(config, 4, (32, 32, 3))
     fresh = init_state(jax.random.key(0))
     lines = []
@@ -210,6 +234,37 @@ def test_a_model_without_a_torch_layout_is_one_line(weights):
     _, _, _, init_state = runs.build_training(config, 4, (32, 32, 3))
     with pytest.raises(ValueError, match="needs model.name resnet or wide_resnet"):
         pretrained.initialise_from_torch(init_state(jax.random.key(0)), config)
+
+
+def test_rgb_weights_on_gray_images_sum_conv1_over_its_input_channels(weights, tmp_path):
+    """ImageNet weights on 1-channel images: conv1's kernel [64, 3, 7, 7] is summed over its
+    input channels (timm's adapt_input_conv for in_chans=1), said in one log line, and a
+    short run trains with ImageNet's single-channel statistics."""
+    path, state_dict = weights
+    config = _config()
+    config.model.init_from_torch = path
+    _, _, _, init_state = runs.build_training(config, 4, (32, 32, 1))
+    lines = []
+    state = pretrained.initialise_from_torch(
+        init_state(jax.random.key(0)), config, log=lines.append
+    )
+    assert lines[0] == (
+        "The weights expect 3 input channels and the images have 1: their first convolution "
+        "(conv1.weight) is summed over its input channels, as timm does for in_chans=1."
+    )
+    summed = np.transpose(state_dict["conv1.weight"].sum(axis=1, keepdims=True), (2, 3, 1, 0))
+    np.testing.assert_array_equal(state.params["backbone"]["Conv_0"]["kernel"], summed)
+    # The whole run: no error about a mean the user never set.
+    rgb = _synthetic_rgb()
+    gray = dataclasses.replace(
+        rgb, train_images=rgb.train_images[..., :1], test_images=rgb.test_images[..., :1]
+    )
+    run = _run_config(path)
+    run.num_steps = 2
+    train.train_and_evaluate(run, str(tmp_path), writer=_Writer(), dataset=gray)
+    with open(tmp_path / "config.json") as f:
+        saved = json.load(f)["dataset"]
+    assert (tuple(saved["mean"]), tuple(saved["std"])) == ((0.449,), (0.226,))
 
 
 def _run_config(path):

@@ -29,15 +29,15 @@ def preprocess(images: jax.Array, mean: Any, std: Any) -> jax.Array:
     """uint8 [..., C] -> float32 (x / 255 - mean) / std, per channel.
 
     mean, std: C floats in [0, 1] units (a config's dataset.mean/std once resolved from the
-    data: training_data.prepare_data). Raises ValueError when their length is not C, e.g.
-    the unresolved default ().
+    data: data.normalization.resolve_normalization). Raises ValueError when their length is
+    not C, e.g. the unresolved default ().
     """
     channels = images.shape[-1]
     if len(mean) != channels or len(std) != channels:
         raise ValueError(
             f"normalisation mean {tuple(mean)} / std {tuple(std)} do not have one value per "
             f"channel of the {channels}-channel images; resolve them from the data "
-            "(datasets.resolve_normalization) or set --config.dataset.mean/std."
+            "(data.normalization.resolve_normalization) or set --config.dataset.mean/std."
         )
     mean = jnp.asarray(mean, jnp.float32)
     std = jnp.asarray(std, jnp.float32)
