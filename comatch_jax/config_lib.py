@@ -1,11 +1,9 @@
 """The config every config file starts from, and its validation.
 
-`base_config()` holds every field with its default, locked: a config file (configs/*.py) or
-a command-line override (`--config.num_labels=250`) may change a field but not add one, so a
-misspelt field is refused with ml_collections' "Did you mean ...". The presets are in the
-config files (`configs/comatch.py:cifar10_40`), which `config_file` loads as --config does.
-`validate_config` turns a value that cannot train into one line before anything expensive.
-"""
+`base_config()` holds every field with its default, locked: a config file (configs/*.py, with
+the presets) or an override (`--config.num_labels=250`) may change a field but not add one,
+so a misspelt field is refused with ml_collections' "Did you mean ...". `validate_config`
+turns a value that cannot train into one line before anything expensive."""
 
 from __future__ import annotations
 
@@ -25,8 +23,7 @@ def base_config() -> ml_collections.ConfigDict:
     Locked: fields can be changed, not added."""
     config = ml_collections.ConfigDict()
     config.method = "comatch"  # an entry of comatch_jax.core.methods.METHODS
-    config.seed = 0
-    config.num_labels = 40
+    config.seed, config.num_labels = 0, 40
     config.batch_size, config.mu = 16, 7  # labeled images per step, unlabeled per labeled
     config.num_steps = 2500
     config.log_every, config.eval_every, config.checkpoint_every = 50, 500, 500
@@ -48,8 +45,7 @@ def base_config() -> ml_collections.ConfigDict:
     config.dataset.extra_labels_csv = config_dict.placeholder(str)
     # name=image_folder: ROOT/labeled/<class>/*, ROOT/unlabeled/**, optional ROOT/val/<class>/*.
     config.dataset.root = config_dict.placeholder(str)
-    config.dataset.image_size = 96
-    config.dataset.cache_dir = config_dict.placeholder(str)
+    config.dataset.image_size, config.dataset.cache_dir = 96, config_dict.placeholder(str)
     config.dataset.val_fraction = 0.1  # held out of labeled/ when there is no val/
     config.dataset.corrupt_policy = "fail"  # fail | skip (and count) unreadable images
     # Per-channel normalisation in [0, 1] units; () = from the data: a named dataset's standard
@@ -59,8 +55,7 @@ def base_config() -> ml_collections.ConfigDict:
     config.model = ml_collections.ConfigDict()
     config.model.name = "small_cnn"  # small_cnn | wide_resnet | resnet
     config.model.widths, config.model.convs_per_stage = (24, 48, 96), 1  # small_cnn
-    config.model.depth = 28  # wide_resnet / resnet
-    config.model.widen_factor = 2  # wide_resnet
+    config.model.depth, config.model.widen_factor = 28, 2  # wide_resnet (depth: resnet too)
     config.model.stem = "imagenet"  # resnet: imagenet (7x7/2 + pool) or cifar (3x3/1)
     config.model.low_dim = 64  # CoMatch's embedding size
     config.model.projector_widths = ()  # SSL projector MLP (Barlow Twins, SimSiam); () = none
@@ -82,13 +77,11 @@ def base_config() -> ml_collections.ConfigDict:
     config.augment = ml_collections.ConfigDict()
     config.augment.weak = "weak"
     config.augment.strong0, config.augment.strong1 = "randaugment", "simclr"
-    config.augment.flip = True
-    config.augment.pad_fraction = 0.125
+    config.augment.flip, config.augment.pad_fraction = True, 0.125
     config.augment.num_ops, config.augment.op_prob = 2, 0.5  # RandAugment
     config.augment.cutout_fraction = 0.5
     config.augment.crop_scale = (0.2, 1.0)
-    config.augment.jitter_strength = (0.4, 0.4, 0.4, 0.1)
-    config.augment.jitter_prob = 0.8
+    config.augment.jitter_strength, config.augment.jitter_prob = (0.4, 0.4, 0.4, 0.1), 0.8
     config.augment.grayscale_prob = 0.2
 
     config.comatch = ml_collections.ConfigDict()
@@ -124,8 +117,7 @@ def base_config() -> ml_collections.ConfigDict:
     config.barlow_twins = ml_collections.ConfigDict({"lambda_offdiag": 5e-3})
     config.autoencoder = ml_collections.ConfigDict({"loss": "mse"})  # mse | bce
 
-    # Fine-tuning: initialise the backbone from another run's latest checkpoint.
-    config.init_from = config_dict.placeholder(str)
+    config.init_from = config_dict.placeholder(str)  # fine-tuning: the run to start from
 
     # Frozen-feature evaluation of self-supervised runs (and the probe command).
     config.probe = ml_collections.ConfigDict()
@@ -137,15 +129,13 @@ def base_config() -> ml_collections.ConfigDict:
     config.optim.lr, config.optim.momentum, config.optim.nesterov = 0.03, 0.9, True
     config.optim.weight_decay = 5e-4
     config.optim.schedule = "fixmatch_cosine"  # | cosine | constant (train_state.py)
-    config.optim.warmup_steps = 0
+    config.optim.warmup_steps = 0  # steps of linear warm-up
     # Fine-tuning: the backbone's rate is backbone_lr_scale * lr (lower than the fresh heads',
     # as USB's pretrained presets); only the heads are updated for the first head_warmup_steps.
-    config.optim.backbone_lr_scale = 1.0
-    config.optim.head_warmup_steps = 0
+    config.optim.backbone_lr_scale, config.optim.head_warmup_steps = 1.0, 0
 
     config.ema = ml_collections.ConfigDict()
-    # A horizon of ~100 steps for the 2,500-step CPU default (the GPU presets: 0.999).
-    config.ema.decay = 0.99
+    config.ema.decay = 0.99  # a horizon of ~100 steps for the CPU default (GPU presets: 0.999)
     config.ema.average_batch_stats = False  # official: copy BN statistics into the EMA model
     config.ema.teacher_weak_views = False  # EMA model makes the weak views' pseudo-labels
     config.lock()
@@ -157,8 +147,6 @@ def config_file(name: str, preset: str = "") -> ml_collections.ConfigDict:
     Config files build on each other with it (e.g. configs/fixmatch.py on comatch.py's
     presets). Raises FileNotFoundError outside a checkout (configs/ is not installed)."""
     path = os.path.join(CONFIGS_DIR, f"{name}.py")
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"no config file {path}: configs/ is in the repository checkout")
     spec = importlib.util.spec_from_file_location(f"configs_{name}", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -172,8 +160,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     # Imported here: loading a config file (flag parsing) must not import JAX (seconds).
     from comatch_jax.core import methods
 
-    method = methods.get_method(config.method)
-    c, name = config, config.method
+    c, name, m = config, config.method, methods.get_method(config.method)
     must_be = {  # (what a value must be, its test): the fields
         ("positive", lambda v: v > 0): "batch_size num_steps num_labels log_every eval_every "
         "checkpoint_every keep_checkpoints eval_batch_size comatch.temperature "
@@ -207,10 +194,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
             0 <= c.optim.head_warmup_steps < c.num_steps,
             f"optim.head_warmup_steps must be in [0, num_steps), got {c.optim.head_warmup_steps}",
         ),
-        (
-            c.mu > 0 or not method.unlabeled_views,
-            f"method={name} needs unlabeled data: mu must be > 0",
-        ),
+        (c.mu > 0 or not m.unlabeled_views, f"method={name} needs unlabeled data: mu must be > 0"),
         (
             name != "softmatch" or c.batch_size * c.mu >= 2,
             "softmatch estimates a variance: batch_size * mu must be >= 2",

@@ -161,8 +161,8 @@ def test_missing_offline_data_says_how_to_get_it(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("field", ["root", "cache_dir"])
 def test_an_image_folder_option_on_another_dataset_is_an_error(field):
-    """--config.dataset.root=DIR without --config.dataset.name=image_folder trained on the
-    default Fashion-MNIST, silently (issue 21's new user)."""
+    """--config.dataset.root=DIR without --config.dataset.name=image_folder would train on
+    the default Fashion-MNIST."""
     config = config_lib.base_config()
     config.dataset[field] = "/some/folder"
     with pytest.raises(

@@ -1,4 +1,4 @@
-"""The official CoMatch recipe, fact by fact (issue 16; github salesforce/CoMatch).
+"""The official CoMatch recipe, fact by fact (github salesforce/CoMatch).
 
 Learning-rate schedule (utils.py), weight decay (Train_CoMatch.py), WRN block structure and
 initialisation (WideResNet.py), DA without NaN, float32 heads and losses under bfloat16.

@@ -267,16 +267,8 @@ class WideBasicBlock(nn.Module):
         y = conv(self.width, (3, 3), name="conv2")(y)
         shortcut = act if self.pre_res_act else x
         if x.shape[-1] != self.width or self.stride != 1:
-            shortcut = nn.Conv(
-                self.width,
-                (1, 1),
-                strides=self.stride,
-                padding="VALID",
-                use_bias=False,
-                dtype=self.dtype,
-                kernel_init=_conv_init,
-                name="downsample",
-            )(shortcut)
+            downsample = conv(self.width, (1, 1), self.stride, padding="VALID", name="downsample")
+            shortcut = downsample(shortcut)
         return shortcut + y
 
 
@@ -384,31 +376,21 @@ class ResNet(nn.Module):
             )
         stages, bottleneck = _RESNET_STAGES[self.depth]
         norm = functools.partial(self.norm, use_running_average=not train)
-        x = x.astype(self.dtype)
-        if self.stem == "imagenet":
-            x = nn.Conv(
-                64,
-                (7, 7),
-                strides=2,
-                padding=((3, 3), (3, 3)),
-                use_bias=False,
-                dtype=self.dtype,
-                kernel_init=_resnet_conv_init,
-            )(x)
-            x = nn.relu(norm()(x))
-            x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
-        elif self.stem == "cifar":
-            x = nn.Conv(
-                64,
-                (3, 3),
-                padding=((1, 1), (1, 1)),
-                use_bias=False,
-                dtype=self.dtype,
-                kernel_init=_resnet_conv_init,
-            )(x)
-            x = nn.relu(norm()(x))
-        else:
+        if self.stem not in ("imagenet", "cifar"):
             raise ValueError(f"ResNet stem must be 'imagenet' or 'cifar', got {self.stem!r}")
+        size, stride = (7, 2) if self.stem == "imagenet" else (3, 1)
+        x = nn.Conv(
+            64,
+            (size, size),
+            strides=stride,
+            padding=((size // 2, size // 2),) * 2,
+            use_bias=False,
+            dtype=self.dtype,
+            kernel_init=_resnet_conv_init,
+        )(x.astype(self.dtype))
+        x = nn.relu(norm()(x))
+        if self.stem == "imagenet":
+            x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
         for stage, num_blocks in enumerate(stages):
             for block in range(num_blocks):
                 x = ResNetBlock(
