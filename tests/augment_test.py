@@ -687,7 +687,7 @@ def test_make_view_dispatches_and_filters_options():
     simclr = augment.make_view("simclr", rng, images, **options)
     np.testing.assert_array_equal(simclr, augment.simclr_view(rng, images, grayscale_prob=1.0))
     assert np.all(simclr[..., 0] == simclr[..., 2])  # the option reached simclr
-    assert set(augment.VIEW_NAMES) == {"none", "weak", "randaugment", "simclr"}
+    assert set(augment.VIEWS) == {"none", "weak", "randaugment", "simclr"}
 
 
 def test_make_view_rejects_unknown_name_and_option():

@@ -101,8 +101,6 @@ import dm_pix
 import jax
 import jax.numpy as jnp
 
-VIEW_NAMES = ("none", "weak", "randaugment", "simclr")
-
 # RandAugment op indices (the pool is sampled uniformly with replacement).
 RANDAUGMENT_OPS = (
     "identity",
@@ -835,7 +833,9 @@ def simclr_view(
     return view(rng, images)
 
 
-_VIEW_FUNCTIONS: dict[str, Callable[..., jax.Array]] = {
+# View name -> function(rng, images, **its options); 'none' returns the batch as it is.
+VIEWS: dict[str, Callable[..., jax.Array]] = {
+    "none": lambda rng, images: jnp.asarray(images),
     "weak": weak_view,
     "randaugment": randaugment_view,
     "simclr": simclr_view,
@@ -848,19 +848,17 @@ def _view_options(view: Callable[..., jax.Array]) -> set[str]:
 
 
 def make_view(name: str, rng: jax.Array, images: jax.Array, **options: Any) -> jax.Array:
-    """Applies the view ``name`` (one of ``VIEW_NAMES``) to a batch.
+    """Applies the view ``name`` (a key of ``VIEWS``) to a batch.
 
     ``options`` may be a union of options for several views: each view gets
     the ones in its signature. An option no view accepts raises TypeError.
     """
-    if name not in VIEW_NAMES:
-        raise ValueError(f"unknown view {name!r}; valid names: {', '.join(VIEW_NAMES)}")
-    all_options = set().union(*map(_view_options, _VIEW_FUNCTIONS.values()))
+    if name not in VIEWS:
+        raise ValueError(f"unknown view {name!r}; valid names: {', '.join(VIEWS)}")
+    all_options = set().union(*map(_view_options, VIEWS.values()))
     unknown = sorted(set(options) - all_options)
     if unknown:
         raise TypeError(f"unknown view options {unknown}; known: {sorted(all_options)}")
-    if name == "none":
-        return jnp.asarray(images)
-    view = _VIEW_FUNCTIONS[name]
+    view = VIEWS[name]
     accepted = _view_options(view)
     return view(rng, images, **{k: v for k, v in options.items() if k in accepted})

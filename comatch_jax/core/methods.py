@@ -211,11 +211,7 @@ def comatch_bt_loss(outputs: Outputs, batch: dict, state: dict, config) -> tuple
     """CoMatch plus lambda_bt times Barlow Twins on the two strong views' projections (the
     CoMatch paper's stated future work)."""
     loss, (state, metrics) = comatch_loss(outputs, batch, state, config)
-    loss_bt = losses.barlow_twins_loss(
-        outputs["unlabeled_strong0"]["projection"],
-        outputs["unlabeled_strong1"]["projection"],
-        lambda_offdiag=config.barlow_twins.lambda_offdiag,
-    )
+    loss_bt, _ = barlow_twins_method_loss(outputs, batch, state, config)
     return loss + config.comatch.lambda_bt * loss_bt, (state, {**metrics, "loss_bt": loss_bt})
 
 
