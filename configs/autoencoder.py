@@ -5,11 +5,13 @@ augmented image (MSE; --config.autoencoder.loss=bce for BCE).
   python -m comatch_jax.commands.probe --workdir=/tmp/ae --mode=all
 """
 
+import ml_collections
+
 from comatch_jax import config_lib
 
 
-def get_config(preset: str = ""):
-    config = config_lib.self_supervised_config(preset)
+def get_config(preset: str = "") -> ml_collections.ConfigDict:
+    config = config_lib.config_file("simclr", preset)
     config.method = "autoencoder"
     config.model.decoder = True
     return config

@@ -3,14 +3,17 @@
   python -m comatch_jax.main --config=configs/finetune.py --config.init_from=PRETRAIN_WORKDIR --workdir=/tmp/ft
 
 The model.* fields must match the pretraining run's (its config.json); the backbone's
-params and BatchNorm statistics come from its latest checkpoint (EMA weights).
+params and BatchNorm statistics come from its latest checkpoint (EMA weights). Takes
+configs/comatch.py's presets.
 """
+
+import ml_collections
 
 from comatch_jax import config_lib
 
 
-def get_config(preset: str = ""):
-    config = config_lib.apply_preset(config_lib.base_config(), preset)
+def get_config(preset: str = "") -> ml_collections.ConfigDict:
+    config = config_lib.config_file("comatch", preset)
     config.method = "supervised"
     config.mu = 0
     config.num_steps = 1000

@@ -130,9 +130,9 @@ class _TimingWriter:
 
 
 def benchmark_config(preset="", *, method="comatch", dtype="", batch_size=0, mu=0):
-    """The config a benchmark times: `preset` (config_lib.apply_preset; '' = the CPU default)
+    """The config a benchmark times: `preset` (configs/comatch.py's; '' = the CPU default)
     with `method` and, where given (non-empty / non-zero), model.dtype, batch_size and mu."""
-    config = config_lib.apply_preset(config_lib.base_config(), preset)
+    config = config_lib.config_file("comatch", preset)
     config.method = method
     if dtype:
         config.model.dtype = dtype

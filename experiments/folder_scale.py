@@ -91,7 +91,7 @@ def _part_loop(pool):
         unlabeled_images=dataset.unlabeled_images[:pool],
         unlabeled_paths=dataset.unlabeled_paths[:pool],
     )
-    config = config_lib.apply_preset(config_lib.base_config(), "competition96")
+    config = config_lib.config_file("comatch", "competition96")
     config.dataset.root = os.path.abspath(FLAGS.root)
     config.dataset.image_size = FLAGS.image_size
     config.model.name = FLAGS.model

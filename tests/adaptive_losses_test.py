@@ -11,7 +11,6 @@ p / C / E[p]); L_u = mean lambda CE(Q, argmax p).
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import pytest
 
@@ -318,14 +317,9 @@ def _method_config(name, momentum):
     config = config_lib.base_config()
     config.method = name
     config.batch_size, config.mu = 4, 4
+    config[name].update(momentum=momentum, lambda_u=0.7)
     if name == "freematch":
-        config.freematch = ml_collections.ConfigDict(
-            dict(momentum=momentum, lambda_u=0.7, lambda_f=0.3)
-        )
-    else:
-        config.softmatch = ml_collections.ConfigDict(
-            dict(momentum=momentum, lambda_u=0.7, n_sigma=2.0, uniform_alignment=True)
-        )
+        config.freematch.lambda_f = 0.3
     config_lib.validate_config(config)
     return config
 

@@ -14,6 +14,11 @@ VIEWS = {
 }
 
 
+def photometric(image, **params):
+    """One photometric op, e.g. photometric(image, brightness=1.9)."""
+    return augment.photometric(image, augment.PhotometricParams(**params))
+
+
 # Views compile once per (options, shape); tests reuse these shapes to stay fast.
 GRAY_BATCH = (2, 8, 8, 1)
 COLOR_BATCH = (3, 12, 10, 3)
@@ -280,20 +285,20 @@ def numpy_luma(image):
 def test_solarize_inverts_pixels_at_or_above_threshold(threshold):
     image = random_images((8, 8, 3))
     expected = np.where(image >= threshold, 255 - image, image)
-    assert_close_pixels(augment.solarize(image, threshold), expected)
+    assert_close_pixels(photometric(image, solarize_threshold=threshold), expected)
 
 
 @pytest.mark.parametrize("bits", [1, 4, 7, 8])
 def test_posterize_keeps_high_bits(bits):
     image = random_images((8, 8, 3))
     mask = (0xFF << (8 - bits)) & 0xFF
-    assert_close_pixels(augment.posterize(image, bits), image & mask)
+    assert_close_pixels(photometric(image, posterize_bits=bits), image & mask)
 
 
 @pytest.mark.parametrize("channels", [1, 3])
 def test_auto_contrast_stretches_each_channel(channels):
     image = random_images((8, 8, channels), low=40, high=180)
-    out = np.asarray(augment.auto_contrast(image))
+    out = np.asarray(photometric(image, auto_contrast=True))
     lo = image.min(axis=(0, 1)).astype(np.float64)
     hi = image.max(axis=(0, 1)).astype(np.float64)
     expected = np.round((image - lo) * 255.0 / (hi - lo))
@@ -307,7 +312,7 @@ def test_auto_contrast_stretches_each_channel(channels):
 def test_auto_contrast_keeps_constant_channel():
     image = random_images((8, 8, 3), low=40, high=180)
     image[..., 1] = 99
-    out = np.asarray(augment.auto_contrast(image))
+    out = np.asarray(photometric(image, auto_contrast=True))
     np.testing.assert_array_equal(out[..., 1], 99)
 
 
@@ -330,13 +335,13 @@ def numpy_equalize(image):
 def test_equalize_of_flat_histogram_is_unchanged():
     image = np.random.RandomState(0).permutation(256).reshape(16, 16, 1)
     image = image.astype(np.uint8)
-    assert_close_pixels(augment.equalize(image), image)
+    assert_close_pixels(photometric(image, equalize=True), image)
 
 
 def test_equalize_of_two_valued_image_maps_to_extremes():
     image = np.full((32, 32, 1), 50, np.uint8)
     image[:16] = 200
-    out = np.asarray(augment.equalize(image))
+    out = np.asarray(photometric(image, equalize=True))
     np.testing.assert_array_equal(out[16:], 0)
     np.testing.assert_array_equal(out[:16], 255)
 
@@ -344,16 +349,16 @@ def test_equalize_of_two_valued_image_maps_to_extremes():
 @pytest.mark.parametrize("channels", [1, 3])
 def test_equalize_matches_numpy_reference(channels):
     image = random_images((32, 32, channels), low=60, high=140)
-    assert_close_pixels(augment.equalize(image), numpy_equalize(image))
+    assert_close_pixels(photometric(image, equalize=True), numpy_equalize(image))
 
 
 @pytest.mark.parametrize("channels", [1, 3])
 def test_brightness(channels):
     image = random_images((8, 8, channels))
-    assert_close_pixels(augment.brightness(image, 0.0), 0)
-    assert_close_pixels(augment.brightness(image, 1.0), image)
+    assert_close_pixels(photometric(image, brightness=0.0), 0)
+    assert_close_pixels(photometric(image, brightness=1.0), image)
     expected = np.clip(np.round(image * 1.9), 0, 255)
-    assert_close_pixels(augment.brightness(image, 1.9), expected, atol=1)
+    assert_close_pixels(photometric(image, brightness=1.9), expected, atol=1)
 
 
 @pytest.mark.parametrize("factor", [0.1, 1.0, 1.9])
@@ -362,7 +367,7 @@ def test_contrast(factor, channels):
     image = random_images((8, 8, channels))
     mean = np.floor(numpy_luma(image).mean() + 0.5)
     expected = np.clip(np.round(mean + factor * (image - mean)), 0, 255)
-    out = augment.contrast(image, factor)
+    out = photometric(image, contrast=factor)
     assert_close_pixels(out, expected, atol=0 if factor == 1.0 else 1)
 
 
@@ -371,8 +376,8 @@ def test_color(factor):
     image = random_images((8, 8, 3))
     gray = numpy_luma(image)[..., None]
     expected = np.clip(np.round(gray + factor * (image - gray)), 0, 255)
-    assert_close_pixels(augment.color(image, factor), expected, atol=0 if factor == 1.0 else 1)
-    assert_close_pixels(augment.color(image[..., :1], factor), image[..., :1])
+    assert_close_pixels(photometric(image, color=factor), expected, atol=0 if factor == 1.0 else 1)
+    assert_close_pixels(photometric(image[..., :1], color=factor), image[..., :1])
 
 
 def numpy_smooth(image):
@@ -391,7 +396,7 @@ def test_sharpness(factor):
     image = random_images((8, 8, 3))
     smooth = numpy_smooth(image)
     expected = np.clip(np.round(smooth + factor * (image - smooth)), 0, 255)
-    out = augment.sharpness(image, factor)
+    out = photometric(image, sharpness=factor)
     assert_close_pixels(out, expected, atol=0 if factor in (0.0, 1.0) else 1)
     # Borders are never changed.
     np.testing.assert_array_equal(np.asarray(out)[0], image[0])
@@ -424,32 +429,32 @@ def test_ops_agree_with_pil_within_rounding(channels):
         return np.asarray(pil_image).reshape(12, 10, channels)
 
     exact = {
-        "solarize": (augment.solarize(image, 128), ImageOps.solarize(to_pil(image))),
+        "solarize": (photometric(image, solarize_threshold=128), ImageOps.solarize(to_pil(image))),
         "posterize": (
-            augment.posterize(image, 4),
+            photometric(image, posterize_bits=4),
             ImageOps.posterize(to_pil(image), 4),
         ),
-        "equalize": (augment.equalize(image), ImageOps.equalize(to_pil(image))),
+        "equalize": (photometric(image, equalize=True), ImageOps.equalize(to_pil(image))),
     }
     for name, (ours, theirs) in exact.items():
         assert_close_pixels(ours, from_pil(theirs), err_msg=name)
     # PIL truncates where we round: at most one gray level apart.
     approximate = {
-        "auto_contrast": (augment.auto_contrast(image), ImageOps.autocontrast),
+        "auto_contrast": (photometric(image, auto_contrast=True), ImageOps.autocontrast),
         "color": (
-            augment.color(image, 1.9),
+            photometric(image, color=1.9),
             lambda p: ImageEnhance.Color(p).enhance(1.9),
         ),
         "contrast": (
-            augment.contrast(image, 0.1),
+            photometric(image, contrast=0.1),
             lambda p: ImageEnhance.Contrast(p).enhance(0.1),
         ),
         "brightness": (
-            augment.brightness(image, 1.9),
+            photometric(image, brightness=1.9),
             lambda p: ImageEnhance.Brightness(p).enhance(1.9),
         ),
         "sharpness": (
-            augment.sharpness(image, 1.9),
+            photometric(image, sharpness=1.9),
             lambda p: ImageEnhance.Sharpness(p).enhance(1.9),
         ),
     }
@@ -473,7 +478,7 @@ def test_randaugment_magnitudes_are_the_official_m10():
     assert len(augment.RANDAUGMENT_OPS) == 14
     # Solarize at 256 is the identity (official: a no-op at M = 10).
     image = random_images((6, 5, 3))
-    np.testing.assert_array_equal(augment.solarize(image, 256), image)
+    np.testing.assert_array_equal(photometric(image, solarize_threshold=256), image)
 
 
 def test_randaugment_op_table():
@@ -527,21 +532,21 @@ def _reference_randaugment(key, image, pad, op_prob, cutout_size, fill):
             continue
         out = {
             A.IDENTITY: lambda x: x,
-            A.AUTO_CONTRAST: A.auto_contrast,
-            A.EQUALIZE: A.equalize,
+            A.AUTO_CONTRAST: lambda x: photometric(x, auto_contrast=True),
+            A.EQUALIZE: lambda x: photometric(x, equalize=True),
             A.ROTATE: lambda x: A.warp(x, A.rotate_matrix(sign * 30.0, height, width), fill),
-            A.SOLARIZE: lambda x: A.solarize(x, 256),
-            A.COLOR: lambda x: A.color(x, 1.9),
-            A.CONTRAST: lambda x: A.contrast(x, 1.9),
-            A.BRIGHTNESS: lambda x: A.brightness(x, 1.9),
-            A.SHARPNESS: lambda x: A.sharpness(x, 1.9),
+            A.SOLARIZE: lambda x: photometric(x, solarize_threshold=256),
+            A.COLOR: lambda x: photometric(x, color=1.9),
+            A.CONTRAST: lambda x: photometric(x, contrast=1.9),
+            A.BRIGHTNESS: lambda x: photometric(x, brightness=1.9),
+            A.SHARPNESS: lambda x: photometric(x, sharpness=1.9),
             A.SHEAR_X: lambda x: A.warp(x, A.shear_x_matrix(sign * 0.3), fill),
             A.SHEAR_Y: lambda x: A.warp(x, A.shear_y_matrix(sign * 0.3), fill),
             A.TRANSLATE_X: lambda x: A.warp(x, A.translate_matrix(sign * width * 10 / 32, 0), fill),
             A.TRANSLATE_Y: lambda x: A.warp(
                 x, A.translate_matrix(0, sign * height * 10 / 32), fill
             ),
-            A.POSTERIZE: lambda x: A.posterize(x, 4),
+            A.POSTERIZE: lambda x: photometric(x, posterize_bits=4),
         }[int(op)](np.asarray(out))
         out = np.asarray(out)
     centre = np.asarray(jax.random.randint(cutout_key, (2,), 0, jnp.array([height, width])))
@@ -575,9 +580,13 @@ def test_order_matters_geometric_then_photometric_differs_from_the_reverse():
     slot = lambda x, op: augment._randaugment_slot(x, jnp.int32(op), jnp.float32(1.0), fill)
     rotate_first = slot(slot(channel_first, augment.ROTATE), augment.AUTO_CONTRAST)
     contrast_first = slot(slot(channel_first, augment.AUTO_CONTRAST), augment.ROTATE)
-    expected = augment.auto_contrast(augment.warp(image, augment.rotate_matrix(30.0, 16, 16), 128))
+    expected = photometric(
+        augment.warp(image, augment.rotate_matrix(30.0, 16, 16), 128), auto_contrast=True
+    )
     np.testing.assert_array_equal(jnp.moveaxis(rotate_first, 0, -1), expected)
-    expected = augment.warp(augment.auto_contrast(image), augment.rotate_matrix(30.0, 16, 16), 128)
+    expected = augment.warp(
+        photometric(image, auto_contrast=True), augment.rotate_matrix(30.0, 16, 16), 128
+    )
     np.testing.assert_array_equal(jnp.moveaxis(contrast_first, 0, -1), expected)
     assert np.abs(np.asarray(rotate_first) - np.asarray(contrast_first)).max() > 50
 
@@ -678,7 +687,7 @@ def test_make_view_dispatches_and_filters_options():
     simclr = augment.make_view("simclr", rng, images, **options)
     np.testing.assert_array_equal(simclr, augment.simclr_view(rng, images, grayscale_prob=1.0))
     assert np.all(simclr[..., 0] == simclr[..., 2])  # the option reached simclr
-    assert set(augment.VIEW_NAMES) == {"none", "weak", "randaugment", "simclr"}
+    assert set(augment.VIEWS) == {"none", "weak", "randaugment", "simclr"}
 
 
 def test_make_view_rejects_unknown_name_and_option():

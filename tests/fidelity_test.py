@@ -1,4 +1,4 @@
-"""The official CoMatch recipe, fact by fact (issue 16; github salesforce/CoMatch).
+"""The official CoMatch recipe, fact by fact (github salesforce/CoMatch).
 
 Learning-rate schedule (utils.py), weight decay (Train_CoMatch.py), WRN block structure and
 initialisation (WideResNet.py), DA without NaN, float32 heads and losses under bfloat16.
@@ -37,7 +37,7 @@ def test_official_schedule_values_at_0_half_and_last_step():
 
 def test_official_schedule_is_the_base_and_cifar_preset_default():
     assert config_lib.base_config().optim.schedule == "fixmatch_cosine"
-    config = config_lib.apply_preset(config_lib.base_config(), "cifar10_40")
+    config = config_lib.config_file("comatch", "cifar10_40")
     assert (config.optim.schedule, config.optim.warmup_steps) == ("fixmatch_cosine", 0)
 
 

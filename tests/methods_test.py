@@ -1,14 +1,11 @@
 """Every method's declaration is truthful and drives validation; a few steps of every
 method's tiny config run with finite losses and report the accuracy of the state they
-return; pretrain -> fine-tune and pretrain -> probe work end to end."""
+return; pretrain -> fine-tune and pretrain -> probe work end to end; CoMatch's queue."""
 
-import importlib.util
 import json
-import pathlib
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import pytest
 
@@ -19,25 +16,16 @@ from comatch_jax.trainer import saved_runs as runs, train
 
 from train_test import RecordingWriter, synthetic_dataset, tiny_config
 
-CONFIGS = pathlib.Path(__file__).resolve().parent.parent / "configs"
 SSL_MODEL = dict(projector_widths=(16, 16), predictor_widths=(8, 16), decoder=True, decoder_width=8)
 
 
-def config_file(name, preset=""):
-    """configs/<name>.py's get_config(preset) (every method has its config file)."""
-    spec = importlib.util.spec_from_file_location(f"configs_{name}", CONFIGS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config(preset)
+config_file = config_lib.config_file  # every method has its config file
 
 
 def method_config(name):
     config = tiny_config("comatch")
     config.method = name
     full = config_file(name)
-    for section in methods.get_method(name).config_sections:
-        if section not in config:  # sections that only the method's config file adds
-            config[section] = full[section]
     config.num_steps = 4
     config.eval_every = 4
     config.checkpoint_every = 4
@@ -156,28 +144,34 @@ HEAD_SHAPES = {  # per example, for method_config()'s model
 }
 
 
+# The model outputs each loss reads (the model builds the optional ones from config.model).
+HEADS = {
+    "supervised": ("logits",),
+    "autoencoder": ("reconstruction",),
+    "simclr": ("embedding",),
+    "simsiam": ("projection", "prediction"),
+    "barlow_twins": ("projection",),
+    "fixmatch": ("logits",),
+    "freematch": ("logits",),
+    "softmatch": ("logits",),
+    "comatch": ("logits", "embedding"),
+    "comatch_bt": ("logits", "embedding", "projection"),
+}
+
+
 def _declared_outputs(method, config, rng):
-    """Random model outputs holding only the views and heads `method` declares."""
+    """Random model outputs holding only the views `method` declares and its HEADS."""
     outputs = {}
     parts = [("labeled", config.batch_size, method.labeled_views)]
     parts.append(("unlabeled", config.batch_size * config.mu, method.unlabeled_views))
     for part, size, slots in parts:
         for slot in slots:
-            view = {h: rng.normal(size=(size, *HEAD_SHAPES[h])) for h in method.heads}
+            view = {h: rng.normal(size=(size, *HEAD_SHAPES[h])) for h in HEADS[method.name]}
             if "embedding" in view:
                 view["embedding"] /= np.linalg.norm(view["embedding"], axis=-1, keepdims=True)
             view["image"] = rng.integers(0, 256, (size, SIZE, SIZE, 1)).astype(np.uint8)
             outputs[f"{part}_{slot}"] = {k: jnp.asarray(v) for k, v in view.items()}
     return outputs
-
-
-def _only_declared_sections(config, method):
-    """A copy of `config` without the method sections (any method's) `method` does not read."""
-    config = ml_collections.ConfigDict(config.to_dict())
-    for section in {s for m in methods.METHODS.values() for s in m.config_sections}:
-        if section not in method.config_sections and section in config:
-            del config[section]
-    return config
 
 
 def _batch(config, rng):
@@ -190,19 +184,17 @@ def _batch(config, rng):
 
 
 @pytest.mark.parametrize("name", list(methods.METHODS))
-def test_declaration_names_everything_the_loss_reads(name):
-    """The loss runs on only the declared views, heads and config sections (a KeyError or
-    AttributeError here means the declaration is incomplete)."""
+def test_declaration_names_the_views_the_loss_reads(name):
+    """The loss runs on only the declared views (a KeyError here means the declaration is
+    incomplete) and keeps its state's structure."""
+    assert set(HEADS) == set(methods.METHODS)
     method = methods.get_method(name)
     config = method_config(name)
     config_lib.validate_config(config)
     rng = np.random.default_rng(0)
     state = method.init_state(config, NUM_CLASSES, HEAD_SHAPES["embedding"][0])
     loss, (new_state, metrics) = method.loss(
-        _declared_outputs(method, config, rng),
-        _batch(config, rng),
-        state,
-        _only_declared_sections(config, method),
+        _declared_outputs(method, config, rng), _batch(config, rng), state, config
     )
     assert np.isfinite(float(loss))
     assert jax.tree.structure(new_state) == jax.tree.structure(state)
@@ -220,71 +212,55 @@ def test_methods_with_unlabeled_views_need_mu(name):
 
 @pytest.mark.parametrize(
     "name,field",
-    [(n, f) for n, m in methods.METHODS.items() for f in m.model_fields],
+    [
+        ("autoencoder", "decoder"),
+        ("simsiam", "projector_widths"),
+        ("simsiam", "predictor_widths"),
+        ("barlow_twins", "projector_widths"),
+        ("comatch_bt", "projector_widths"),
+    ],
 )
 def test_methods_need_the_model_fields_of_their_heads(name, field):
     config = method_config(name)
     config.model[field] = type(config.model[field])()  # () or False
     with pytest.raises(ValueError, match=f"method={name} needs model.{field} set"):
         config_lib.validate_config(config)
-
-
-def test_every_head_field_is_required_by_some_method():
-    required = {f for m in methods.METHODS.values() for f in m.model_fields}
-    assert required == {"projector_widths", "predictor_widths", "decoder"}
+    config.method = "supervised"  # a method without that head does not need it
+    config.mu = 0
+    config_lib.validate_config(config)
 
 
 @pytest.mark.parametrize(
-    "name,field,value,message",
+    "field,value,message",
     [
-        ("comatch", "alpha", 1.5, "comatch.alpha must be in"),
-        ("comatch", "queue_size", 0, "comatch.queue_size must be positive"),
-        ("comatch_bt", "temperature", 0.0, "comatch.temperature must be positive"),
-        ("fixmatch", "threshold", 1.2, "fixmatch.threshold must be in"),
-        ("simclr", "temperature", 0.0, "simclr.temperature must be positive"),
-        ("autoencoder", "loss", "l1", "autoencoder.loss must be 'mse' or 'bce'"),
+        ("comatch.alpha", 1.5, "comatch.alpha must be in [0, 1], got 1.5"),
+        ("comatch.queue_size", 0, "comatch.queue_size must be positive, got 0"),
+        ("comatch.temperature", 0.0, "comatch.temperature must be positive"),
+        ("comatch.threshold_rule", "freemtch", "comatch.threshold_rule must be 'fixed' or"),
+        ("fixmatch.threshold", 1.2, "fixmatch.threshold must be in [0, 1]"),
+        ("freematch.momentum", 1.0, "freematch.momentum must be in [0, 1), got 1.0"),
+        ("softmatch.n_sigma", 0.0, "softmatch.n_sigma must be positive"),
+        ("simclr.temperature", 0.0, "simclr.temperature must be positive"),
+        ("barlow_twins.lambda_offdiag", -1.0, "barlow_twins.lambda_offdiag must be >= 0"),
+        ("autoencoder.loss", "l1", "autoencoder.loss must be 'mse' or 'bce', got 'l1'"),
+        ("nonfinite_policy", "ignore", "nonfinite_policy must be 'stop' or 'skip'"),
     ],
 )
-def test_method_option_checks(name, field, value, message):
-    config = method_config(name)
-    section = methods.get_method(name).config_sections[0]
-    config[section][field] = value
-    with pytest.raises(ValueError, match=f"Invalid config: {message}"):
-        config_lib.validate_config(config)
-    # The same value is not checked for a method that does not read that section.
-    other = method_config("supervised")
-    other[section][field] = value
-    config_lib.validate_config(other)
-
-
-@pytest.mark.parametrize("name", ["fixmatch", "freematch", "softmatch", "supervised", "simclr"])
-@pytest.mark.parametrize("rule", ["freematch", "freemtch"])
-def test_a_threshold_rule_for_a_method_that_ignores_it_is_a_clear_error(name, rule):
-    """The one exception to the test above: comatch.threshold_rule other than 'fixed' (a
-    rule or a misspelling) on a method that does not read config.comatch would silently
-    train the plain method."""
-    readers = [n for n, m in methods.METHODS.items() if "comatch" in m.config_sections]
-    assert readers == ["comatch", "comatch_bt"]
-    config = method_config(name)
-    config.comatch.threshold_rule = rule
-    # The advice fits the method: configs/freematch.py only for FixMatch (not, e.g., for a
-    # supervised run, issue 21's new user).
-    advice = {
-        "fixmatch": "for FixMatch with adaptive thresholds use configs/freematch.py",
-        "freematch": "method=freematch adapts its thresholds itself; leave it at 'fixed'",
-        "softmatch": "method=softmatch adapts its thresholds itself; leave it at 'fixed'",
-    }.get(name, f"method={name} has no confidence threshold; leave it at 'fixed'")
+def test_option_checks(field, value, message):
+    """Every method's options are checked, whichever method runs (the defaults pass)."""
+    config = method_config("comatch")
+    config_lib.validate_config(config)
+    section, _, name = field.rpartition(".")
+    (config[section] if section else config)[name] = value
     with pytest.raises(ValueError) as error:
         config_lib.validate_config(config)
-    assert str(error.value).startswith(
-        f"Invalid config: comatch.threshold_rule='{rule}' applies only to methods "
-        f"comatch, comatch_bt, not method={name}; {advice}"
-    ), str(error.value)
-    config.comatch.threshold_rule = "fixed"  # the default of every config file
-    config_lib.validate_config(config)
-    for reader in readers:  # where it is read, 'freematch' is valid
-        config = method_config(reader)
-        config.comatch.threshold_rule = "freematch"
+    assert str(error.value).startswith(f"Invalid config: {message}"), str(error.value)
+
+
+def test_softmatch_needs_two_unlabeled_images_for_its_variance():
+    config = method_config("softmatch")
+    config.batch_size, config.mu = 1, 1
+    with pytest.raises(ValueError, match="softmatch estimates a variance"):
         config_lib.validate_config(config)
 
 
@@ -296,50 +272,24 @@ def test_unknown_method_is_a_clear_error():
 
 
 def _toy_loss(outputs, batch, state, config):
-    view = outputs["unlabeled_weak"]
-    loss = config.toy.weight * jnp.mean(view["projection"] ** 2)
+    loss = jnp.mean(outputs["unlabeled_weak"]["projection"] ** 2)
     return loss, (state, {"loss_toy": loss})
 
 
 def test_a_new_method_is_one_entry(monkeypatch):
-    """Validation follows a new entry's declaration with no other edit."""
-    toy = methods.Method(
-        "toy",
-        (),
-        ("weak",),
-        lambda *_: {},
-        _toy_loss,
-        "self_supervised",
-        heads=("projection",),
-        config_sections=("toy",),
-        section_fields=("weight",),
-        check_config=lambda c: [(c.toy.weight > 0, "toy.weight must be positive")],
-        display_name="Toy",
-    )
+    """A new entry is a method the validation and the step know, with no other edit."""
+    toy = methods.Method("toy", (), ("weak",), lambda *_: {}, _toy_loss, "self_supervised")
     monkeypatch.setitem(methods.METHODS, "toy", toy)
     config = method_config("supervised")
     config.method = "toy"
     with pytest.raises(ValueError, match="method=toy needs unlabeled data: mu must be > 0"):
         config_lib.validate_config(config)
     config.mu = 2
-    with pytest.raises(ValueError, match=r"method=toy needs config.toy"):
-        config_lib.validate_config(config)
-    config.toy = ml_collections.ConfigDict({"weight": 0.0})
-    with pytest.raises(ValueError, match="toy.weight must be positive"):
-        config_lib.validate_config(config)
-    config.toy.weight = 1.0
-    config.model.projector_widths = ()
-    with pytest.raises(ValueError, match="method=toy needs model.projector_widths set"):
-        config_lib.validate_config(config)
-    config.model.projector_widths = (16,)
     config_lib.validate_config(config)
-
-
-def test_declaration_errors_are_caught_when_the_entry_is_made():
-    with pytest.raises(ValueError, match="evaluation must be one of"):
-        methods.Method("x", (), ("weak",), lambda *_: {}, _toy_loss, "knn")
-    with pytest.raises(ValueError, match="unknown heads"):
-        methods.Method("x", (), ("weak",), lambda *_: {}, _toy_loss, heads=("projector",))
+    rng = np.random.default_rng(0)
+    outputs = {"unlabeled_weak": {"projection": jnp.ones((8, 4))}}
+    loss, (_, metrics) = toy.loss(outputs, _batch(config, rng), {}, config)
+    assert float(loss) == float(metrics["loss_toy"]) == 1.0
 
 
 @pytest.mark.parametrize(
@@ -566,3 +516,27 @@ def test_adaptive_method_state_survives_a_checkpoint(tmp_path, name):
     np.testing.assert_array_equal(jax.random.key_data(live.rng), jax.random.key_data(resumed.rng))
     for key in live_metrics:
         np.testing.assert_array_equal(live_metrics[key], resumed_metrics[key], err_msg=key)
+
+
+# ----------------------------------------------------------------------------- CoMatch's queue
+def test_enqueue_writes_and_wraps_around():
+    queue = jnp.zeros((5, 1))
+    queue, pointer = methods.enqueue(queue, jnp.array(0), jnp.array([[1.0], [2.0], [3.0]]))
+    np.testing.assert_array_equal(queue[:, 0], [1, 2, 3, 0, 0])
+    assert int(pointer) == 3
+    # K = 5 is not a multiple of the batch of 3: the write wraps to the front.
+    queue, pointer = methods.enqueue(queue, pointer, jnp.array([[4.0], [5.0], [6.0]]))
+    np.testing.assert_array_equal(queue[:, 0], [6, 2, 3, 4, 5])
+    assert int(pointer) == 1
+
+
+def test_enqueue_more_entries_than_queue_keeps_the_last():
+    queue, pointer = methods.enqueue(jnp.zeros((3,)), jnp.array(1), jnp.arange(1.0, 6.0))
+    # Writing 1..5 from position 1 leaves, as a ring buffer would, 3 at 0, 4 at 1, 5 at 2.
+    np.testing.assert_array_equal(queue, [3.0, 4.0, 5.0])
+    assert int(pointer) == (1 + 5) % 3
+
+
+def test_enqueue_casts_entries_to_the_queue_dtype():
+    queue, _ = methods.enqueue(jnp.zeros((4,), jnp.bfloat16), jnp.array(0), jnp.ones(2))
+    assert queue.dtype == jnp.bfloat16

@@ -156,7 +156,20 @@ def test_unbiased_running_variance_is_pytorchs(groups):
     biased = chunks.var(axis=1, keepdims=True)
     expected = (chunks - chunks.mean(axis=1, keepdims=True)) / np.sqrt(biased + 1e-5)
     np.testing.assert_allclose(y, expected.reshape(x.shape), rtol=1e-4, atol=1e-4)
-    assert config_lib.base_config().model.bn_unbiased_running_var
+
+
+def test_every_batch_norm_takes_the_model_configs_settings():
+    """One BatchNorm setting per model config, for the backbone and the heads alike: the
+    base default (PyTorch's unbiased running variance) reaches them, as do the others."""
+    config = config_lib.base_config().model
+    assert config.bn_unbiased_running_var
+    config.update(bn_momentum=0.5, dtype="bfloat16", freeze_backbone_bn=True)
+    model = models.create_model(config, 10)
+    backbone, heads = model.backbone.norm.keywords, model.norm.keywords
+    for settings in (backbone, heads):
+        assert (settings["momentum"], settings["unbiased_running_var"]) == (0.5, True)
+    assert (backbone["dtype"], backbone["frozen"]) == (jnp.bfloat16, True)
+    assert heads["dtype"] == jnp.float32 and "frozen" not in heads
 
 
 def test_batch_norm_mode_sets_the_groups_and_is_validated():
@@ -164,7 +177,8 @@ def test_batch_norm_mode_sets_the_groups_and_is_validated():
     assert models.create_model(config, 10, num_devices=4).bn_groups == 1  # global
     config.batch_norm = "per_device"
     model = models.create_model(config, 10, num_devices=4)
-    assert model.bn_groups == 4 and model.backbone.bn_groups == 4
+    assert model.bn_groups == 4
+    assert model.backbone.norm.keywords["groups"] == model.norm.keywords["groups"] == 4
     config.batch_norm = "per_devce"
     with pytest.raises(ValueError, match="model.batch_norm must be one of"):
         models.create_model(config, 10)

@@ -1,11 +1,11 @@
-"""Every published preset builds its model and a whole train step, so presets cannot rot.
+"""Every published preset builds its model and a whole train step, so presets cannot rot,
+and keeps the published values.
 
 The heavy ones (WRN-28-8, ResNet-50 with 800 classes) are traced and shape-checked with
 jax.eval_shape (the whole step: augment, forward, losses, update, queue, EMA); the CIFAR-10
 preset (WRN-28-2) also runs one real step on tiny random inputs.
 """
 
-import importlib.util
 import os
 
 import jax
@@ -14,15 +14,9 @@ import pytest
 
 from comatch_jax import config_lib
 from comatch_jax.core import methods, models, train_state, train_step
+from comatch_jax.data import normalization
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def _config_file(name, preset=""):
-    spec = importlib.util.spec_from_file_location(name, os.path.join(REPO, "configs", f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config(preset)
+_config_file = config_lib.config_file
 
 
 PRESETS = {  # preset -> (image size used here, classes)
@@ -39,15 +33,17 @@ PRESETS = {  # preset -> (image size used here, classes)
 
 
 def _step_and_inputs(preset, batch_size=2, mu=1):
-    config = config_lib.apply_preset(config_lib.base_config(), preset)
+    config = _config_file("comatch", preset)
     config_lib.validate_config(config)
     size, num_classes = PRESETS[preset]
     config.batch_size, config.mu = batch_size, mu
+    if not config.dataset.mean:  # the data's own, as the trainer resolves them
+        config.dataset.mean, config.dataset.std = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
     method = methods.get_method(config.method)
     model = models.create_model(config.model, num_classes, (size, size, 3))
     tx = train_state.create_optimizer(config)
     init = lambda: train_state.create_train_state(
-        jax.random.PRNGKey(0),
+        jax.random.key(0),
         model=model,
         tx=tx,
         method=method,
@@ -142,14 +138,14 @@ def test_competition_preset_behaves_as_the_papers_setup():
     assert float(schedule(0)) == pytest.approx(0.1)
     assert float(schedule(total // 2)) == pytest.approx(0.05, rel=1e-3)
     assert float(schedule(total)) == pytest.approx(0.0, abs=1e-9)
-    published = config_lib.apply_preset(config_lib.base_config(), "competition96")
+    published = _config_file("comatch", "competition96")
     epochs = total * published.batch_size * published.mu / 512000  # (here B=2, mu=1)
     assert epochs == pytest.approx(400, abs=0.01)
 
 
 @pytest.mark.parametrize("preset", ["competition96", "competition96_7p5"])
 def test_competition_rows_of_the_papers_table_1(preset):
-    config = config_lib.apply_preset(config_lib.base_config(), preset)
+    config = _config_file("comatch", preset)
     c = config.comatch
     if preset == "competition96":
         expected = (25600, 0.55, 0.25, 5.0)
@@ -194,6 +190,82 @@ def test_cifar_presets_are_the_official_train_comatch_recipe(preset):
     assert (a.num_ops, a.op_prob, a.flip) == (2, 0.5, True)
     assert round(a.pad_fraction * 32) == 4 and round(a.cutout_fraction * 32) == 16
     assert (config.ema.decay, config.ema.average_batch_stats) == (0.999, False)
+    # Normalised with the official code's CIFAR statistics, which the data carries (the
+    # preset leaves dataset.mean/std to it).
+    assert config.dataset.mean == config.dataset.std == ()
+    assert (
+        normalization.standard_statistics(config.dataset.name)
+        == {
+            "cifar10": ((0.4914, 0.4822, 0.4465), (0.2471, 0.2435, 0.2616)),
+            "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
+        }[config.dataset.name]
+    )
+
+
+def test_every_config_file_takes_every_preset():
+    """The config files only change fields of base_config, which is locked (a misspelt field
+    would raise); each takes configs/comatch.py's presets."""
+    names = sorted(n[:-3] for n in os.listdir(config_lib.CONFIGS_DIR) if n.endswith(".py"))
+    assert len(names) == 12
+    for preset in ["", *PRESETS, "folder_cpu", "fmnist40_gpu"]:
+        reference = _config_file("comatch", preset)
+        for name in names:
+            config = _config_file(name, preset)
+            assert config.is_locked
+            assert (config.dataset.name, config.model.name, config.batch_size) == (
+                reference.dataset.name,
+                reference.model.name,
+                reference.batch_size,
+            )
+    with pytest.raises(ValueError, match="Unknown preset 'cifar10_41'; expected '', 'cifar10_40'"):
+        _config_file("fixmatch", "cifar10_41")
+
+
+def test_the_gpu_evidence_and_stl10_presets():
+    config = _config_file("comatch", "fmnist40_gpu")  # experiments/gpu_evidence.py, the notebook
+    assert (config.dataset.name, config.num_labels, config.dataset.mean) == (
+        "fashion_mnist",
+        40,
+        (),
+    )
+    m = config.model
+    assert (m.name, m.depth, m.widen_factor, m.bn_momentum, m.dtype) == (
+        "wide_resnet",
+        28,
+        2,
+        0.99,
+        "bfloat16",
+    )
+    assert (config.batch_size, config.mu, config.num_steps, config.comatch.queue_size) == (
+        64,
+        7,
+        3000,
+        2560,
+    )
+    assert (config.ema.decay, config.log_every, config.eval_every, config.checkpoint_every) == (
+        0.995,
+        100,
+        1000,
+        3000,
+    )
+    config = _config_file("comatch", "stl10")
+    d, m = config.dataset, config.model
+    assert (d.extra_unlabeled_split, d.include_labeled_in_unlabeled, config.num_labels) == (
+        "unlabelled",
+        True,
+        5000,
+    )
+    assert (m.name, m.depth, m.stem, m.bn_momentum, config.num_steps) == (
+        "resnet",
+        18,
+        "imagenet",
+        0.999,
+        512 * 1024,
+    )
+    assert normalization.standard_statistics("stl10") == (
+        (0.4409, 0.4279, 0.3868),
+        (0.2683, 0.2610, 0.2687),
+    )
 
 
 def test_fixmatch_with_da_preset_is_the_official_train_fixmatch_script():

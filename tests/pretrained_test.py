@@ -13,8 +13,9 @@ from safetensors.numpy import save_file
 
 from comatch_jax import config_lib, data as datasets
 from comatch_jax.core import models, torch_weights
-from comatch_jax.trainer import pretrained, saved_runs as runs, train
 from comatch_jax.core import train_state
+from comatch_jax.data import pipeline as training_data
+from comatch_jax.trainer import pretrained, saved_runs as runs, train
 
 
 def _leaves(tree):
@@ -26,16 +27,38 @@ def _leaves(tree):
     ]
 
 
+def _data(channels):
+    """SemiSupervisedData as prepare_data leaves it, normalised with the data's own values."""
+    images, labels = np.zeros((2, 4, 4, channels), np.uint8), np.zeros((2,), np.int32)
+    return training_data.SemiSupervisedData(
+        labeled_images=images,
+        labels=labels,
+        unlabeled_images=images,
+        unlabeled_labels=labels,
+        labeled_ids=labels,
+        unlabeled_ids=labels,
+        test_images=images,
+        test_labels=labels,
+        num_classes=2,
+        class_names=("a", "b"),
+        source="test",
+        mean=(0.5,) * channels,
+        std=(0.25,) * channels,
+    )
+
+
 def test_imagenet_normalisation_unless_the_user_set_one():
     config = config_lib.base_config()
-    assert pretrained.with_pretrained_normalization(config) is config  # no torch weights
+    data = _data(3)
+    assert pretrained.with_pretrained_normalization(config, data) is data  # no torch weights
     config.model.init_from_torch = "w.safetensors"
-    resolved = pretrained.with_pretrained_normalization(config)
-    assert tuple(resolved.dataset.mean) == config_lib.IMAGENET_MEAN
-    assert tuple(resolved.dataset.std) == config_lib.IMAGENET_STD
-    assert tuple(config.dataset.mean) == ()  # the caller's config is unchanged
+    resolved = pretrained.with_pretrained_normalization(config, data)
+    assert (resolved.mean, resolved.std) == (config_lib.IMAGENET_MEAN, config_lib.IMAGENET_STD)
+    # 1-channel images: the single-channel equivalent, the mean of ImageNet's three.
+    gray = pretrained.with_pretrained_normalization(config, _data(1))
+    assert (gray.mean, gray.std) == ((0.449,), (0.226,))
     config.dataset.mean, config.dataset.std = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
-    assert pretrained.with_pretrained_normalization(config) is config
+    assert pretrained.with_pretrained_normalization(config, data) is data  # the user's values
 
 
 def _config(**optim):
@@ -140,12 +163,13 @@ def test_frozen_backbone_batch_norm_keeps_its_statistics_and_uses_them():
     )
 
 
-def _synthetic_rgb(size=32):
+def _synthetic(size=32, channels=3):
     rng = np.random.default_rng(0)
 
     def make(n):
         labels = np.arange(n, dtype=np.int32) % 4
-        images = rng.integers(0, 40, size=(n, size, size, 3)) + labels[:, None, None, None] * 50
+        images = rng.integers(0, 40, size=(n, size, size, channels))
+        images += labels[:, None, None, None] * 50
         return images.astype(np.uint8), labels
 
     (train_images, train_labels), (test_images, test_labels) = make(24), make(8)
@@ -172,7 +196,7 @@ def test_initialise_from_torch_loads_raw_and_ema_and_keeps_a_fresh_classifier(we
     path, state_dict = weights
     config = _config()
     config.model.init_from_torch = path
-    config = pretrained.with_pretrained_normalization(config)
+    config.dataset.mean, config.dataset.std = config_lib.IMAGENET_MEAN, config_lib.IMAGENET_STD
     _, model, _, init_state = runs.build_training(config, 4, (32, 32, 3))
     fresh = init_state(jax.random.key(0))
     lines = []
@@ -212,6 +236,26 @@ def test_a_model_without_a_torch_layout_is_one_line(weights):
         pretrained.initialise_from_torch(init_state(jax.random.key(0)), config)
 
 
+def test_rgb_weights_on_gray_images_sum_conv1_over_its_input_channels(weights):
+    """ImageNet weights on 1-channel images: conv1's kernel [64, 3, 7, 7] is summed over its
+    input channels (timm's adapt_input_conv for in_chans=1), said in one log line (the run
+    below trains so on gray images)."""
+    path, state_dict = weights
+    config = _config()
+    config.model.init_from_torch = path
+    _, _, _, init_state = runs.build_training(config, 4, (32, 32, 1))
+    lines = []
+    state = pretrained.initialise_from_torch(
+        init_state(jax.random.key(0)), config, log=lines.append
+    )
+    assert lines[0] == (
+        "The weights expect 3 input channels and the images have 1: their first convolution "
+        "(conv1.weight) is summed over its input channels, as timm does for in_chans=1."
+    )
+    summed = np.transpose(state_dict["conv1.weight"].sum(axis=1, keepdims=True), (2, 3, 1, 0))
+    np.testing.assert_array_equal(state.params["backbone"]["Conv_0"]["kernel"], summed)
+
+
 def _run_config(path):
     config = config_lib.base_config()
     config.method = "supervised"
@@ -242,13 +286,16 @@ class _Writer:
 
 
 def test_a_short_run_from_converted_weights_resumes_identically(weights, tmp_path):
+    """On 1-channel images: ImageNet's RGB weights with conv1 summed over its input channels
+    and ImageNet's single-channel mean/std (the user set none)."""
     path, state_dict = weights
+    gray = _synthetic(channels=1)
     full, _ = train.train_and_evaluate(
-        _run_config(path), str(tmp_path / "full"), writer=_Writer(), dataset=_synthetic_rgb()
+        _run_config(path), str(tmp_path / "full"), writer=_Writer(), dataset=gray
     )
     with open(tmp_path / "full" / "config.json") as f:
-        saved = json.load(f)
-    assert tuple(saved["dataset"]["mean"]) == config_lib.IMAGENET_MEAN
+        saved = json.load(f)["dataset"]
+    assert (tuple(saved["mean"]), tuple(saved["std"])) == ((0.449,), (0.226,))
     # Frozen backbone BN: its statistics are still the converted ones after training.
     np.testing.assert_array_equal(
         full.batch_stats["backbone"]["BatchNorm_0"]["mean"], state_dict["bn1.running_mean"]
@@ -257,7 +304,7 @@ def test_a_short_run_from_converted_weights_resumes_identically(weights, tmp_pat
     shutil.copytree(tmp_path / "full", tmp_path / "killed")
     shutil.rmtree(tmp_path / "killed" / "checkpoints" / "4")
     resumed, _ = train.train_and_evaluate(
-        _run_config(path), str(tmp_path / "killed"), writer=_Writer(), dataset=_synthetic_rgb()
+        _run_config(path), str(tmp_path / "killed"), writer=_Writer(), dataset=gray
     )
     assert int(resumed.step) == 4
     for a, b in zip(_leaves(full), _leaves(resumed)):

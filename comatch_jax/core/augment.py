@@ -6,7 +6,8 @@ per-image function is ``jax.vmap``-ed over the batch, so every image draws its
 own random parameters. All shapes are static; the views are jittable with their
 keyword options held fixed (they are Python values, not traced). Each view is
 compiled once per (options, input shape) and cached, so eager calls are fast
-too; inside an outer ``jax.jit`` it is simply inlined.
+too; inside an outer ``jax.jit`` it is simply inlined. ``none`` returns the batch as
+it is (experiments/benchmark.py times the step without augmentation with it).
 
 Views
 -----
@@ -39,15 +40,10 @@ Speed design
 * The slots run as warp_0 and then a ``lax.scan`` of N steps (photometric_i,
   warp_{i+1}), the last warp the identity, so that every photometric step reads a
   materialised image (the loop carry): fused into its producer, its many per-pixel
-  consumers recompute it (measured on CPU: 2 slots as (warp_i, photometric_i) scan steps
-  took ~3x as long). Cost, measured on the shared, loaded 2-core CPU: 270-480 ms per 448
-  RGB 32 px images where the earlier hoisted nearest-neighbour design took 170-195 ms
-  (about 2x), and 18-23 ms per 112 gray 28 px images (the CPU default's strong view;
-  13 ms before).
+  consumers would recompute it (experiments/RESULTS.md has the timings).
 * Exact order: a geometric op drawn after a photometric one sees the photometric result
   and vice versa (e.g. AutoContrast after Rotate includes the gray fill in its statistics,
-  as in the official code). (Earlier versions hoisted all geometric ops into one
-  nearest-neighbour warp before the photometric ones; that changed the order.)
+  as in the official code).
 
 RandAugment ops at M = 10 (datasets/randaugment.py ``arg_dict`` with MAX_LEVEL = 10)
 ------------------------------------------------------------------------------------
@@ -85,11 +81,11 @@ Contrast use PIL's luma weights 0.299 R + 0.587 G + 0.114 B where the official f
 apply (0.114, 0.587, 0.299) to CIFAR's RGB channels; Sharpness clips to [0, 255] where the
 official cast of out-of-range floats to uint8 wraps around.
 
-Per-image op functions
-----------------------
-The individual ops operate on ONE image ``[H, W, C]`` given as uint8 or as
-float in [0, 255]. They return float32 in [0, 255] holding whole numbers (like
-the official uint8 output). Geometric ops are 3x3 affine matrices in OpenCV's
+Per-image ops
+-------------
+``warp`` (geometric), ``photometric`` and ``cutout`` operate on ONE image ``[H, W, C]``
+given as uint8 or as float in [0, 255]. They return float32 in [0, 255] holding whole
+numbers (like the official uint8 output). Geometric ops are 3x3 affine matrices in OpenCV's
 convention: pixel centres at integer coordinates, the matrix maps an OUTPUT point
 ``(x, y, 1)`` (x = column, y = row) to the INPUT point that is sampled bilinearly.
 """
@@ -104,8 +100,6 @@ from typing import Any, Callable, NamedTuple, Sequence
 import dm_pix
 import jax
 import jax.numpy as jnp
-
-VIEW_NAMES = ("none", "weak", "randaugment", "simclr")
 
 # RandAugment op indices (the pool is sampled uniformly with replacement).
 RANDAUGMENT_OPS = (
@@ -364,14 +358,14 @@ class PhotometricParams(NamedTuple):
     uses it); the step is not meant to compose several ops.
     """
 
-    auto_contrast: Any = False
-    equalize: Any = False
-    solarize_threshold: Any = 256  # pixels >= threshold are inverted
+    auto_contrast: Any = False  # per-channel [min, max] -> [0, 255] (PIL autocontrast)
+    equalize: Any = False  # per-channel histogram equalisation (PIL ImageOps.equalize)
+    solarize_threshold: Any = 256  # pixels >= threshold are inverted; 256: none
     posterize_bits: Any = 8  # most significant bits kept
-    brightness: Any = 1.0
-    contrast: Any = 1.0
-    color: Any = 1.0
-    sharpness: Any = 1.0
+    brightness: Any = 1.0  # PIL ImageEnhance.Brightness: blend with black
+    contrast: Any = 1.0  # PIL ImageEnhance.Contrast: blend with the rounded mean luma
+    color: Any = 1.0  # PIL ImageEnhance.Color: blend with the grayscale image (C=1: identity)
+    sharpness: Any = 1.0  # PIL ImageEnhance.Sharpness: blend with the SMOOTH-filtered image
 
 
 def _pil_grayscale(image: jax.Array) -> jax.Array:
@@ -474,51 +468,11 @@ def _apply_photometric(image: jax.Array, params: PhotometricParams) -> jax.Array
 
 
 @jax.jit
-def auto_contrast(image: jax.Array) -> jax.Array:
-    """Per-channel linear stretch of [min, max] to [0, 255] (PIL autocontrast)."""
-    return _apply_photometric(image, PhotometricParams(auto_contrast=True))
-
-
-@jax.jit
-def equalize(image: jax.Array) -> jax.Array:
-    """Per-channel histogram equalisation (PIL ``ImageOps.equalize``)."""
-    return _apply_photometric(image, PhotometricParams(equalize=True))
-
-
-@jax.jit
-def solarize(image: jax.Array, threshold: Any) -> jax.Array:
-    """Inverts pixels >= ``threshold``; 256 is the identity."""
-    return _apply_photometric(image, PhotometricParams(solarize_threshold=threshold))
-
-
-@jax.jit
-def posterize(image: jax.Array, bits: Any) -> jax.Array:
-    """Keeps the ``bits`` most significant bits of every pixel."""
-    return _apply_photometric(image, PhotometricParams(posterize_bits=bits))
-
-
-@jax.jit
-def color(image: jax.Array, factor: Any) -> jax.Array:
-    """PIL ``ImageEnhance.Color``: blend with the grayscale image (C=1: identity)."""
-    return _apply_photometric(image, PhotometricParams(color=factor))
-
-
-@jax.jit
-def contrast(image: jax.Array, factor: Any) -> jax.Array:
-    """PIL ``ImageEnhance.Contrast``: blend with the rounded mean luma level."""
-    return _apply_photometric(image, PhotometricParams(contrast=factor))
-
-
-@jax.jit
-def brightness(image: jax.Array, factor: Any) -> jax.Array:
-    """PIL ``ImageEnhance.Brightness``: blend with black (scale by ``factor``)."""
-    return _apply_photometric(image, PhotometricParams(brightness=factor))
-
-
-@jax.jit
-def sharpness(image: jax.Array, factor: Any) -> jax.Array:
-    """PIL ``ImageEnhance.Sharpness``: blend with the SMOOTH-filtered image."""
-    return _apply_photometric(image, PhotometricParams(sharpness=factor))
+def photometric(image: jax.Array, params: PhotometricParams) -> jax.Array:
+    """One photometric op on a ``[H, W, C]`` image, e.g. PIL's ``ImageEnhance.Brightness``
+    with factor 1.9 as ``photometric(image, PhotometricParams(brightness=1.9))``: see
+    PhotometricParams for the ops and the module docstring for their PIL semantics."""
+    return _apply_photometric(image, params)
 
 
 @jax.jit
@@ -645,8 +599,7 @@ def _randaugment_one(
     out = jnp.moveaxis(_as_float(_warp_weak(image, do_flip, shift_y, shift_x)), -1, 0)
     # Slot i = warp_i then photometric_i, run as warp_0 and then N scan steps
     # (photometric_i, warp_{i+1}) with an identity warp_N: every photometric step reads
-    # the loop carry. Fused into its producer (a warp or another step), the photometric
-    # step's many per-pixel consumers recompute it (measured: ~4x slower on CPU).
+    # the loop carry (see "Speed design" in the module docstring).
     if num_ops:
         out = _randaugment_warp(out, ops[0], signs[0], fill_value)
         identity = jnp.full((1,), IDENTITY, ops.dtype)
@@ -880,7 +833,9 @@ def simclr_view(
     return view(rng, images)
 
 
-_VIEW_FUNCTIONS: dict[str, Callable[..., jax.Array]] = {
+# View name -> function(rng, images, **its options); 'none' returns the batch as it is.
+VIEWS: dict[str, Callable[..., jax.Array]] = {
+    "none": lambda rng, images: jnp.asarray(images),
     "weak": weak_view,
     "randaugment": randaugment_view,
     "simclr": simclr_view,
@@ -893,19 +848,17 @@ def _view_options(view: Callable[..., jax.Array]) -> set[str]:
 
 
 def make_view(name: str, rng: jax.Array, images: jax.Array, **options: Any) -> jax.Array:
-    """Applies the view ``name`` (one of ``VIEW_NAMES``) to a batch.
+    """Applies the view ``name`` (a key of ``VIEWS``) to a batch.
 
     ``options`` may be a union of options for several views: each view gets
     the ones in its signature. An option no view accepts raises TypeError.
     """
-    if name not in VIEW_NAMES:
-        raise ValueError(f"unknown view {name!r}; valid names: {', '.join(VIEW_NAMES)}")
-    all_options = set().union(*map(_view_options, _VIEW_FUNCTIONS.values()))
+    if name not in VIEWS:
+        raise ValueError(f"unknown view {name!r}; valid names: {', '.join(VIEWS)}")
+    all_options = set().union(*map(_view_options, VIEWS.values()))
     unknown = sorted(set(options) - all_options)
     if unknown:
         raise TypeError(f"unknown view options {unknown}; known: {sorted(all_options)}")
-    if name == "none":
-        return jnp.asarray(images)
-    view = _VIEW_FUNCTIONS[name]
+    view = VIEWS[name]
     accepted = _view_options(view)
     return view(rng, images, **{k: v for k, v in options.items() if k in accepted})

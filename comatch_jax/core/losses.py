@@ -132,10 +132,8 @@ def hard_pseudo_label_loss(
 
     Returns (loss averaged over the whole batch, mask [B] as float).
     """
-    weak_probs = jax.lax.stop_gradient(weak_probs)  # the weak view's prediction is a target
-    mask = (jnp.max(weak_probs, axis=-1) >= threshold).astype(jnp.float32)
-    hard = jax.nn.one_hot(jnp.argmax(weak_probs, axis=-1), weak_probs.shape[-1])
-    return jnp.mean(soft_cross_entropy(strong_logits, hard) * mask), mask
+    mask = (jnp.max(jax.lax.stop_gradient(weak_probs), axis=-1) >= threshold).astype(jnp.float32)
+    return jnp.mean(_hard_pseudo_label_cross_entropy(strong_logits, weak_probs) * mask), mask
 
 
 # ----------------------------------------------------------------------------- self-supervised
@@ -233,24 +231,14 @@ def freematch_thresholds(
     *,
     momentum: float,
 ) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
-    """FreeMatch's self-adaptive thresholds (Wang et al., ICLR 2023, arXiv 2205.07246).
-
-    From the weak unlabeled view's probabilities `probs` [B, C] float (targets, no gradient),
-    with momentum lambda = `momentum` in [0, 1):
-      tau_t   = lambda tau_{t-1}   + (1 - lambda) mean_b max_c p_b(c)      (global, Eq. 6)
-      p~_t(c) = lambda p~_{t-1}(c) + (1 - lambda) mean_b p_b(c)            (local, Eq. 7)
-      tau_t(c) = p~_t(c) / max_c' p~_t(c') * tau_t                         (Eq. 8)
-    and h~_t = lambda h~_{t-1} + (1 - lambda) Hist(argmax_c p_b) / B (Eq. 10), the histogram
-    EMA the fairness term needs. The paper starts tau_0 and p~_0 (and h~_0 here) at 1/C;
-    the official code (USB) starts them at 1, which keeps the mask near empty over the first
-    several hundred steps at momentum 0.999. `global_threshold` [], `class_probs` [C],
-    `class_histogram` [C], probabilities (unitless).
-
-    Returns (class thresholds [C], tau_t [], p~_t [C], h~_t [C]), float32; the update uses
-    this batch first, as in the official code. Nothing is checked: NaN in `probs` or in the
-    state propagates, and an all-zero p~_t (impossible from the 1/C start with momentum < 1,
-    since mean_b p_b sums to 1) would give 0 / 0 = NaN thresholds.
-    """
+    """FreeMatch's self-adaptive thresholds (Wang et al., ICLR 2023, arXiv 2205.07246): the
+    class thresholds tau_t(c), tau_t and p~_t of self_adaptive_thresholds (Eq. 6-8) on the
+    weak view's probabilities `probs` [B, C], and h~_t = lambda h~_{t-1} + (1 - lambda)
+    Hist(argmax_c p_b) / B (Eq. 10), the histogram EMA the fairness term needs
+    (`class_histogram` [C]). The paper starts tau_0, p~_0 (and h~_0 here) at 1/C; the
+    official code (USB) starts them at 1, which keeps the mask near empty over the first
+    several hundred steps at momentum 0.999. Returns (class thresholds [C], tau_t [], p~_t
+    [C], h~_t [C]), float32; NaN in `probs` or the state propagates."""
     probs = jax.lax.stop_gradient(probs.astype(jnp.float32))
     num_classes = probs.shape[-1]
     thresholds, global_threshold, class_probs = self_adaptive_thresholds(

@@ -2,13 +2,12 @@
 
 The one train step (train_step.py) makes the views a method names, runs the model once on
 all of them, and hands the outputs to the method's loss. A method is one `Method` entry in
-METHODS (plus its loss and configs/<name>.py): the entry declares its views, heads, config
-sections, option checks and evaluation, and config validation (config_lib.method_checks) and
-the comparison tables (experiments/compare_methods.py) are derived from it; never another
-loop or table.
+METHODS, its loss here, its options in config_lib.base_config and its configs/<name>.py; the
+trainer, config validation and the comparison tables (experiments/compare_methods.py) read
+the entry, never another loop.
 
 Outputs reach a loss as a dict keyed '<part>_<view>', e.g. 'labeled_weak',
-'unlabeled_strong0', each a model output dict (logits, embedding, features).
+'unlabeled_strong0', each a model output dict (logits, embedding, features, image).
 """
 
 from __future__ import annotations
@@ -20,54 +19,25 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from comatch_jax.core import losses, memory_queue
+from comatch_jax.core import losses
 
 Outputs = dict[str, dict[str, jax.Array]]
 LossFn = Callable[..., tuple[jax.Array, tuple[Any, dict[str, jax.Array]]]]
 
 
-Check = tuple[bool, str]  # (condition that must hold, what the user must change)
-
-# Model output (head) -> the config.model fields that must be set for the model to build it.
-# `logits` (the classifier) and `embedding` (CoMatch's projection head) are always built.
-HEAD_FIELDS: dict[str, tuple[str, ...]] = {
-    "logits": (),
-    "embedding": (),
-    "projection": ("projector_widths",),
-    "prediction": ("projector_widths", "predictor_widths"),
-    "reconstruction": ("decoder",),
-}
-EVALUATIONS = ("classifier", "self_supervised")
-
-
-def _no_checks(config: ml_collections.ConfigDict) -> list[Check]:
-    return []
-
-
 @dataclasses.dataclass(frozen=True)
 class Method:
-    """A training method, declared once: everything the trainer, config validation and the
-    comparison tables need to know about it.
+    """A training method.
 
     name: the config.method value; configs/<name>.py is its config file.
-    labeled_views / unlabeled_views: view slots (names in config.augment) made per part.
+    labeled_views / unlabeled_views: view slots (names in config.augment) made per part; a
+        method with unlabeled views needs config.mu > 0.
     init_state(config, num_classes, embedding_dim) -> the method's extra state pytree
         (carried in TrainState.method_state and checkpointed with it).
     loss(outputs, batch, method_state, config) -> (loss, (new method state, metrics)).
-    evaluation: 'classifier' (evaluated by its own classifier) or 'self_supervised'
-        (by kNN on frozen features; the classifier is untrained until fine-tuning).
-    heads: the model outputs the loss reads (keys of HEAD_FIELDS); validation requires the
-        config.model fields each needs.
-    config_sections: the config.<section> sub-configs the loss reads.
-    section_fields: for a section of config_sections that config_lib.base_config lacks (its
-        config file adds it, e.g. config.freematch), the field names it may hold: any other
-        field there is a misspelling (config_lib.unknown_fields).
-    check_config(config) -> [(ok, message)]: the method's own option checks, run by
-        config_lib.validate_config ('Invalid config: <message>' when not ok).
-    display_name: the name in comparison tables and figures. The order of METHODS is the
-        row order of those tables.
-
-    A method needs unlabeled data (config.mu > 0) exactly when it has unlabeled views.
+    evaluation: 'classifier' (evaluated by its own classifier) or 'self_supervised' (by kNN
+        on frozen features; the classifier is untrained until fine-tuning).
+    display_name: its name in comparison tables and figures (METHODS' order is their rows').
     """
 
     name: str
@@ -76,37 +46,12 @@ class Method:
     init_state: Callable[[ml_collections.ConfigDict, int, int], Any]
     loss: LossFn
     evaluation: str = "classifier"
-    heads: tuple[str, ...] = ("logits",)
-    config_sections: tuple[str, ...] = ()
-    section_fields: tuple[str, ...] = ()
-    check_config: Callable[[ml_collections.ConfigDict], list[Check]] = _no_checks
     display_name: str = ""
-
-    def __post_init__(self):
-        if self.evaluation not in EVALUATIONS:
-            raise ValueError(
-                f"Method {self.name!r}: evaluation must be one of {EVALUATIONS}, "
-                f"got {self.evaluation!r}"
-            )
-        unknown = [head for head in self.heads if head not in HEAD_FIELDS]
-        if unknown:
-            raise ValueError(
-                f"Method {self.name!r}: unknown heads {unknown}; expected some of "
-                f"{sorted(HEAD_FIELDS)}"
-            )
-        if not self.display_name:
-            object.__setattr__(self, "display_name", self.name)
 
     @property
     def needs_unlabeled_data(self) -> bool:
         """True when the method has unlabeled views, i.e. needs config.mu > 0."""
         return bool(self.unlabeled_views)
-
-    @property
-    def model_fields(self) -> tuple[str, ...]:
-        """The config.model fields that must be set (truthy) for the heads the loss reads."""
-        fields = [field for head in self.heads for field in HEAD_FIELDS[head]]
-        return tuple(dict.fromkeys(fields))
 
 
 def _pseudo_label_accuracy(pseudo_labels: jax.Array, mask: jax.Array, batch: dict) -> jax.Array:
@@ -143,18 +88,25 @@ def init_comatch_state(
         "da_history": jnp.zeros((options.da_length, num_classes), jnp.float32),
         "da_count": jnp.zeros((), jnp.int32),
     }
-    if _threshold_rule(config) == "freematch":
+    if options.threshold_rule == "freematch":
         state["global_threshold"] = jnp.asarray(1.0 / num_classes, jnp.float32)
         state["class_probs"] = jnp.full((num_classes,), 1.0 / num_classes, jnp.float32)
     return state
 
 
-THRESHOLD_RULES = ("fixed", "freematch")
-
-
-def _threshold_rule(config: ml_collections.ConfigDict) -> str:
-    """comatch.threshold_rule ('fixed' when absent, e.g. a config written before it existed)."""
-    return config.comatch.get("threshold_rule", "fixed")
+def enqueue(
+    queue: jax.Array, pointer: jax.Array, entries: jax.Array
+) -> tuple[jax.Array, jax.Array]:
+    """Writes `entries` [N, ...] into the ring buffer `queue` [K, ...] at `pointer` (int32),
+    CoMatch's memory queue: the official code's `queue[ptr:ptr + N] = entries; ptr = (ptr +
+    N) % K` with the wrap-around made explicit (K need not be a multiple of N; if N > K only
+    the last K entries stay). Entries are cast to the queue's dtype. Returns (new queue, new
+    pointer (pointer + N) % K)."""
+    size, count = queue.shape[0], entries.shape[0]
+    if count > size:
+        entries, pointer, count = entries[-size:], (pointer + count - size) % size, size
+    rows = (pointer + jnp.arange(count)) % size
+    return queue.at[rows].set(entries.astype(queue.dtype)), (pointer + count) % size
 
 
 def comatch_loss(outputs: Outputs, batch: dict, state: dict, config) -> tuple:
@@ -201,7 +153,7 @@ def comatch_loss(outputs: Outputs, batch: dict, state: dict, config) -> tuple:
     pseudo_labels = jnp.where(state["queue_filled"] >= queue_size, smoothed, probs)
 
     adaptive = {}
-    if _threshold_rule(config) == "freematch":
+    if config.comatch.threshold_rule == "freematch":
         # FreeMatch's self-adaptive rule on q (the memory-smoothed pseudo-labels): tau_t(c)
         # replaces the fixed tau of L_u^cls only; W^q keeps its fixed T (contrast_threshold).
         thresholds, global_threshold, class_probs = losses.self_adaptive_thresholds(
@@ -229,10 +181,10 @@ def comatch_loss(outputs: Outputs, batch: dict, state: dict, config) -> tuple:
 
     new_embeddings = jnp.concatenate([weak_embeddings, labeled_embeddings])
     new_probs = jnp.concatenate([probs, jax.nn.one_hot(batch["labels"], num_classes)])
-    queue_embeddings, pointer = memory_queue.enqueue(
+    queue_embeddings, pointer = enqueue(
         state["queue_embeddings"], state["queue_pointer"], new_embeddings
     )
-    queue_probs, _ = memory_queue.enqueue(state["queue_probs"], state["queue_pointer"], new_probs)
+    queue_probs, _ = enqueue(state["queue_probs"], state["queue_pointer"], new_probs)
     new_state = {
         "queue_embeddings": queue_embeddings,
         "queue_probs": queue_probs,
@@ -255,15 +207,11 @@ def comatch_loss(outputs: Outputs, batch: dict, state: dict, config) -> tuple:
 
 
 # ----------------------------------------------------------------------------- CoMatch + BT
-def comatch_barlow_twins_loss(outputs: Outputs, batch: dict, state: dict, config) -> tuple:
+def comatch_bt_loss(outputs: Outputs, batch: dict, state: dict, config) -> tuple:
     """CoMatch plus lambda_bt times Barlow Twins on the two strong views' projections (the
     CoMatch paper's stated future work)."""
     loss, (state, metrics) = comatch_loss(outputs, batch, state, config)
-    loss_bt = losses.barlow_twins_loss(
-        outputs["unlabeled_strong0"]["projection"],
-        outputs["unlabeled_strong1"]["projection"],
-        lambda_offdiag=config.barlow_twins.lambda_offdiag,
-    )
+    loss_bt, _ = barlow_twins_method_loss(outputs, batch, state, config)
     return loss + config.comatch.lambda_bt * loss_bt, (state, {**metrics, "loss_bt": loss_bt})
 
 
@@ -273,7 +221,7 @@ def init_fixmatch_state(
 ) -> dict[str, jax.Array]:
     """The DA history when fixmatch.distribution_alignment is on, else nothing."""
     options = config.fixmatch
-    if not options.get("distribution_alignment", False):
+    if not options.distribution_alignment:
         return {}
     return {
         "da_history": jnp.zeros((options.da_length, num_classes), jnp.float32),
@@ -291,7 +239,7 @@ def fixmatch_loss(outputs: Outputs, batch: dict, state: dict, config) -> tuple:
     weak_probs = jax.lax.stop_gradient(
         jax.nn.softmax(outputs["unlabeled_weak"]["logits"].astype(jnp.float32), axis=-1)
     )
-    if options.get("distribution_alignment", False):
+    if options.distribution_alignment:
         weak_probs, history, count = losses.distribution_alignment(
             weak_probs, state["da_history"], state["da_count"]
         )
@@ -453,239 +401,30 @@ def autoencoder_loss(outputs: Outputs, batch: dict, state: dict, config) -> tupl
     return loss, (state, {"loss_ssl": loss})
 
 
-# ----------------------------------------------------------------------------- option checks
-def _probability(value) -> bool:
-    return 0.0 <= value <= 1.0
-
-
-def check_comatch_options(config: ml_collections.ConfigDict) -> list[Check]:
-    options = config.comatch
-    return [
-        (_probability(options.alpha), f"comatch.alpha must be in [0, 1], got {options.alpha}"),
-        (options.temperature > 0, "comatch.temperature must be positive"),
-        (options.queue_size > 0, "comatch.queue_size must be positive"),
-        (options.da_length > 0, "comatch.da_length must be positive"),
-        (
-            _probability(options.threshold),
-            f"comatch.threshold must be in [0, 1], got {options.threshold}",
-        ),
-        (
-            _threshold_rule(config) in THRESHOLD_RULES,
-            f"comatch.threshold_rule must be one of {THRESHOLD_RULES}, "
-            f"got {_threshold_rule(config)!r}",
-        ),
-        (
-            0.0 <= options.get("threshold_momentum", 0.999) < 1.0,
-            "comatch.threshold_momentum must be in [0, 1), "
-            f"got {options.get('threshold_momentum')}",
-        ),
-    ]
-
-
-def unread_option_checks(config: ml_collections.ConfigDict) -> list[Check]:
-    """Options a user sets to change a method that ignores them. Other methods' sections
-    are deliberately not validated (a config file carries every section); the exception is
-    comatch.threshold_rule: set to anything but 'fixed' (e.g. 'freematch', or a misspelt
-    rule) for a method that does not read config.comatch, the run would silently train the
-    plain method. config_lib.method_checks runs these for config.method."""
-    method = get_method(config.method)
-    if "comatch" in method.config_sections or "comatch" not in config:
-        return []
-    rule = _threshold_rule(config)
-    readers = ", ".join(n for n, m in METHODS.items() if "comatch" in m.config_sections)
-    if config.method == "fixmatch":
-        advice = (
-            "for FixMatch with adaptive thresholds use configs/freematch.py "
-            "(or configs/softmatch.py)"
-        )
-    elif config.method in ("freematch", "softmatch"):
-        advice = f"method={config.method} adapts its thresholds itself; leave it at 'fixed'"
-    else:
-        advice = f"method={config.method} has no confidence threshold; leave it at 'fixed'"
-    return [
-        (
-            rule == "fixed",
-            f"comatch.threshold_rule={rule!r} applies only to methods {readers}, not "
-            f"method={config.method}; {advice}",
-        )
-    ]
-
-
-def check_comatch_bt_options(config: ml_collections.ConfigDict) -> list[Check]:
-    return check_comatch_options(config) + check_barlow_twins_options(config)
-
-
-def check_fixmatch_options(config: ml_collections.ConfigDict) -> list[Check]:
-    options = config.fixmatch
-    return [
-        (
-            _probability(options.threshold),
-            f"fixmatch.threshold must be in [0, 1], got {options.threshold}",
-        ),
-        (options.lambda_u >= 0, f"fixmatch.lambda_u must be >= 0, got {options.lambda_u}"),
-        (
-            options.get("da_length", 1) > 0,
-            f"fixmatch.da_length must be positive, got {options.get('da_length')}",
-        ),
-    ]
-
-
-def check_freematch_options(config: ml_collections.ConfigDict) -> list[Check]:
-    options = config.freematch
-    return [
-        (
-            0.0 <= options.momentum < 1.0,
-            f"freematch.momentum must be in [0, 1), got {options.momentum}",
-        ),
-        (options.lambda_u >= 0, f"freematch.lambda_u must be >= 0, got {options.lambda_u}"),
-        (options.lambda_f >= 0, f"freematch.lambda_f must be >= 0, got {options.lambda_f}"),
-    ]
-
-
-def check_softmatch_options(config: ml_collections.ConfigDict) -> list[Check]:
-    options = config.softmatch
-    return [
-        (
-            0.0 <= options.momentum < 1.0,
-            f"softmatch.momentum must be in [0, 1), got {options.momentum}",
-        ),
-        (options.lambda_u >= 0, f"softmatch.lambda_u must be >= 0, got {options.lambda_u}"),
-        (options.n_sigma > 0, f"softmatch.n_sigma must be positive, got {options.n_sigma}"),
-        (
-            config.batch_size * config.mu >= 2,
-            "softmatch estimates a variance: batch_size * mu must be >= 2",
-        ),
-    ]
-
-
-def check_simclr_options(config: ml_collections.ConfigDict) -> list[Check]:
-    temperature = config.simclr.temperature
-    return [(temperature > 0, f"simclr.temperature must be positive, got {temperature}")]
-
-
-def check_barlow_twins_options(config: ml_collections.ConfigDict) -> list[Check]:
-    weight = config.barlow_twins.lambda_offdiag
-    return [(weight >= 0, f"barlow_twins.lambda_offdiag must be >= 0, got {weight}")]
-
-
-def check_autoencoder_options(config: ml_collections.ConfigDict) -> list[Check]:
-    kind = config.autoencoder.loss
-    return [(kind in ("mse", "bce"), f"autoencoder.loss must be 'mse' or 'bce', got {kind!r}")]
-
-
 # ----------------------------------------------------------------------------- the table
-_SEMI_SUPERVISED_VIEWS = dict(labeled_views=("weak",), unlabeled_views=("weak", "strong0"))
-_COMATCH_VIEWS = dict(labeled_views=("weak",), unlabeled_views=("weak", "strong0", "strong1"))
-_TWO_VIEW_SSL = dict(labeled_views=(), unlabeled_views=("strong0", "strong1"))
-
-
-def _methods(*entries: Method) -> dict[str, Method]:
-    return {method.name: method for method in entries}
-
-
-# One entry per method, in the row order of comparison tables.
-METHODS: dict[str, Method] = _methods(
-    Method(
-        "supervised",
-        ("weak",),
-        (),
-        _no_state,
-        supervised_loss,
-        display_name="Supervised only",
-    ),
-    Method(
-        "autoencoder",
-        (),
-        ("weak",),
-        _no_state,
-        autoencoder_loss,
-        "self_supervised",
-        heads=("reconstruction",),
-        config_sections=("autoencoder",),
-        check_config=check_autoencoder_options,
-        display_name="Autoencoder",
-    ),
-    Method(
-        "simclr",
-        init_state=_no_state,
-        loss=simclr_loss,
-        evaluation="self_supervised",
-        heads=("embedding",),
-        config_sections=("simclr",),
-        check_config=check_simclr_options,
-        display_name="SimCLR",
-        **_TWO_VIEW_SSL,
-    ),
-    Method(
-        "simsiam",
-        init_state=_no_state,
-        loss=simsiam_method_loss,
-        evaluation="self_supervised",
-        heads=("projection", "prediction"),
-        display_name="SimSiam",
-        **_TWO_VIEW_SSL,
-    ),
-    Method(
-        "barlow_twins",
-        init_state=_no_state,
-        loss=barlow_twins_method_loss,
-        evaluation="self_supervised",
-        heads=("projection",),
-        config_sections=("barlow_twins",),
-        check_config=check_barlow_twins_options,
-        display_name="Barlow Twins",
-        **_TWO_VIEW_SSL,
-    ),
-    Method(
-        "fixmatch",
-        init_state=init_fixmatch_state,
-        loss=fixmatch_loss,
-        config_sections=("fixmatch",),
-        check_config=check_fixmatch_options,
-        display_name="FixMatch",
-        **_SEMI_SUPERVISED_VIEWS,
-    ),
-    Method(
-        "freematch",
-        init_state=init_freematch_state,
-        loss=freematch_loss,
-        config_sections=("freematch",),
-        section_fields=("momentum", "lambda_u", "lambda_f"),
-        check_config=check_freematch_options,
-        display_name="FreeMatch",
-        **_SEMI_SUPERVISED_VIEWS,
-    ),
-    Method(
-        "softmatch",
-        init_state=init_softmatch_state,
-        loss=softmatch_loss,
-        config_sections=("softmatch",),
-        section_fields=("momentum", "lambda_u", "n_sigma", "uniform_alignment"),
-        check_config=check_softmatch_options,
-        display_name="SoftMatch",
-        **_SEMI_SUPERVISED_VIEWS,
-    ),
-    Method(
-        "comatch",
-        init_state=init_comatch_state,
-        loss=comatch_loss,
-        heads=("logits", "embedding"),
-        config_sections=("comatch",),
-        check_config=check_comatch_options,
-        display_name="CoMatch",
-        **_COMATCH_VIEWS,
-    ),
+_WEAK, _SEMI, _PAIR = ("weak",), ("weak", "strong0"), ("strong0", "strong1")
+_COMATCH, _CLS, _SSL = ("weak", "strong0", "strong1"), "classifier", "self_supervised"
+_ENTRIES = (  # in the row order of comparison tables
+    Method("supervised", _WEAK, (), _no_state, supervised_loss, _CLS, "Supervised only"),
+    Method("autoencoder", (), _WEAK, _no_state, autoencoder_loss, _SSL, "Autoencoder"),
+    Method("simclr", (), _PAIR, _no_state, simclr_loss, _SSL, "SimCLR"),
+    Method("simsiam", (), _PAIR, _no_state, simsiam_method_loss, _SSL, "SimSiam"),
+    Method("barlow_twins", (), _PAIR, _no_state, barlow_twins_method_loss, _SSL, "Barlow Twins"),
+    Method("fixmatch", _WEAK, _SEMI, init_fixmatch_state, fixmatch_loss, _CLS, "FixMatch"),
+    Method("freematch", _WEAK, _SEMI, init_freematch_state, freematch_loss, _CLS, "FreeMatch"),
+    Method("softmatch", _WEAK, _SEMI, init_softmatch_state, softmatch_loss, _CLS, "SoftMatch"),
+    Method("comatch", _WEAK, _COMATCH, init_comatch_state, comatch_loss, _CLS, "CoMatch"),
     Method(
         "comatch_bt",
-        init_state=init_comatch_state,
-        loss=comatch_barlow_twins_loss,
-        heads=("logits", "embedding", "projection"),
-        config_sections=("comatch", "barlow_twins"),
-        check_config=check_comatch_bt_options,
-        display_name="CoMatch + Barlow Twins",
-        **_COMATCH_VIEWS,
+        _WEAK,
+        _COMATCH,
+        init_comatch_state,
+        comatch_bt_loss,
+        _CLS,
+        "CoMatch + Barlow Twins",
     ),
 )
+METHODS: dict[str, Method] = {method.name: method for method in _ENTRIES}
 
 
 def get_method(name: str) -> Method:

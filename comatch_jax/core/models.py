@@ -68,6 +68,9 @@ class BatchNorm(nn.Module):
     chunk per device, that is per-device BatchNorm (PyTorch DDP without SyncBatchNorm),
     computed without cross-device traffic. The running statistics take the mean of the
     groups' statistics. Evaluation (use_running_average) does not depend on `groups`.
+    `unbiased_running_var`: the running variance takes the unbiased batch variance (n / (n -
+    1)), as PyTorch's. `frozen`: always the running statistics, never updated (fine-tuning
+    with a frozen BatchNorm, detectron2's FrozenBatchNorm).
     """
 
     use_running_average: bool
@@ -76,6 +79,7 @@ class BatchNorm(nn.Module):
     dtype: Any = None
     groups: int = 1
     unbiased_running_var: bool = False
+    frozen: bool = False
     scale_init: Callable[..., Any] = nn.initializers.ones
     bias_init: Callable[..., Any] = nn.initializers.zeros
 
@@ -86,7 +90,7 @@ class BatchNorm(nn.Module):
         ra_var = self.variable("batch_stats", "var", jnp.ones, (features,), jnp.float32)
         scale = self.param("scale", self.scale_init, (features,), jnp.float32)
         bias = self.param("bias", self.bias_init, (features,), jnp.float32)
-        if self.use_running_average:
+        if self.use_running_average or self.frozen:
             mean, var = ra_mean.value, ra_var.value
             y = (x - mean) * (jax.lax.rsqrt(var + self.epsilon) * scale) + bias
         else:
@@ -117,27 +121,18 @@ class BatchNorm(nn.Module):
 
 
 class MLP(nn.Module):
-    """Dense layers with BatchNorm + ReLU between them (the SSL projectors and predictor)."""
+    """float32 Dense layers with BatchNorm (`norm`) + ReLU between them (the SSL projectors
+    and predictor)."""
 
     widths: Sequence[int]
-    bn_momentum: float
-    dtype: Any
-    bn_groups: int = 1
-    unbiased_running_var: bool = False
+    norm: Callable[..., nn.Module]
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         for i, width in enumerate(self.widths):
-            x = nn.Dense(width, dtype=self.dtype, kernel_init=_dense_init)(x)
+            x = nn.Dense(width, dtype=jnp.float32, kernel_init=_dense_init)(x)
             if i < len(self.widths) - 1:
-                x = BatchNorm(
-                    use_running_average=not train,
-                    momentum=self.bn_momentum,
-                    dtype=self.dtype,
-                    groups=self.bn_groups,
-                    unbiased_running_var=self.unbiased_running_var,
-                )(x)
-                x = nn.relu(x)
+                x = nn.relu(self.norm(use_running_average=not train)(x))
         return x
 
 
@@ -179,14 +174,12 @@ class Network(nn.Module):
     num_classes: int
     low_dim: int
     leaky_slope: float
-    bn_momentum: float
-    dtype: Any
+    norm: Callable[..., nn.Module]  # the heads' float32 BatchNorm (the projector's)
     projector_widths: Sequence[int] = ()
     predictor_widths: Sequence[int] = ()
     decoder_shape: tuple[int, int, int] | None = None
     decoder_width: int = 64
     bn_groups: int = 1  # the train step lays the batch out as this many per-device chunks
-    unbiased_running_var: bool = False
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> dict[str, jax.Array]:
@@ -201,20 +194,12 @@ class Network(nn.Module):
             "embedding": l2_normalize(torch_linear(self.low_dim, width, "head_out")(hidden)),
             "features": features,
         }
-        mlp = functools.partial(
-            MLP,
-            bn_momentum=self.bn_momentum,
-            dtype=jnp.float32,
-            bn_groups=self.bn_groups,
-            unbiased_running_var=self.unbiased_running_var,
-        )
         if self.projector_widths:
-            projection = mlp(self.projector_widths, name="projector")(features, train)
+            projection = MLP(self.projector_widths, self.norm, name="projector")(features, train)
             outputs["projection"] = projection
             if self.predictor_widths:
-                outputs["prediction"] = mlp(self.predictor_widths, name="predictor")(
-                    projection, train
-                )
+                predictor = MLP(self.predictor_widths, self.norm, name="predictor")
+                outputs["prediction"] = predictor(projection, train)
         if self.decoder_shape is not None:
             outputs["reconstruction"] = Decoder(
                 self.decoder_shape, self.decoder_width, jnp.float32, name="decoder"
@@ -234,25 +219,15 @@ def max_pool_2x2(x: jax.Array) -> jax.Array:
 class SmallCNN(nn.Module):
     """A small VGG-style CNN backbone for CPU runs: stages of (conv3x3-BN-LReLU) x n, max-pool 2."""
 
-    widths: Sequence[int] = (32, 64, 128)
-    convs_per_stage: int = 1
-    bn_momentum: float = 0.999
+    widths: Sequence[int]
+    convs_per_stage: int
+    norm: Callable[..., nn.Module]  # BatchNorm with its settings (create_model)
+    dtype: Any
     leaky_slope: float = 0.1
-    dtype: Any = jnp.float32
-    bn_groups: int = 1  # > 1: per-group (per-device) BatchNorm statistics
-    unbiased_running_var: bool = False
-    frozen_bn: bool = False  # BatchNorm in eval mode even when training (frozen statistics)
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-        norm = functools.partial(
-            BatchNorm,
-            use_running_average=not train or self.frozen_bn,
-            momentum=self.bn_momentum,
-            dtype=self.dtype,
-            groups=self.bn_groups,
-            unbiased_running_var=self.unbiased_running_var,
-        )
+        norm = functools.partial(self.norm, use_running_average=not train)
         x = x.astype(self.dtype)
         for stage, width in enumerate(self.widths):
             for _ in range(self.convs_per_stage):
@@ -292,16 +267,8 @@ class WideBasicBlock(nn.Module):
         y = conv(self.width, (3, 3), name="conv2")(y)
         shortcut = act if self.pre_res_act else x
         if x.shape[-1] != self.width or self.stride != 1:
-            shortcut = nn.Conv(
-                self.width,
-                (1, 1),
-                strides=self.stride,
-                padding="VALID",
-                use_bias=False,
-                dtype=self.dtype,
-                kernel_init=_conv_init,
-                name="downsample",
-            )(shortcut)
+            downsample = conv(self.width, (1, 1), self.stride, padding="VALID", name="downsample")
+            shortcut = downsample(shortcut)
         return shortcut + y
 
 
@@ -315,29 +282,18 @@ class WideResNet(nn.Module):
     PyTorch terms is bn_momentum = 0.999 here.
     """
 
-    depth: int = 28
-    widen_factor: int = 2
-    bn_momentum: float = 0.999
+    depth: int
+    widen_factor: int
+    norm: Callable[..., nn.Module]  # BatchNorm with its settings (create_model)
+    dtype: Any
     leaky_slope: float = 0.1
-    dtype: Any = jnp.float32
-    bn_groups: int = 1  # > 1: per-group (per-device) BatchNorm statistics
-    unbiased_running_var: bool = False
-    frozen_bn: bool = False  # BatchNorm in eval mode even when training (frozen statistics)
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         if (self.depth - 4) % 6:
             raise ValueError(f"WideResNet depth must be 6n+4, got {self.depth}")
         blocks_per_group = (self.depth - 4) // 6
-        norm = functools.partial(
-            BatchNorm,
-            use_running_average=not train or self.frozen_bn,
-            momentum=self.bn_momentum,
-            epsilon=1e-5,
-            dtype=self.dtype,
-            groups=self.bn_groups,
-            unbiased_running_var=self.unbiased_running_var,
-        )
+        norm = functools.partial(self.norm, use_running_average=not train)
         x = x.astype(self.dtype)
         x = nn.Conv(
             16, (3, 3), use_bias=False, dtype=self.dtype, kernel_init=_conv_init, name="conv1"
@@ -404,17 +360,13 @@ class ResNet(nn.Module):
     (padding 1), for 96-224 px and ImageNet weights; 'cifar': a 3x3/1 conv (no pool), for
     32 px training from scratch (ImageNet weights do not fit its conv1). BatchNorm eps 1e-5
     (PyTorch's). Flax module names are automatic (Conv_i, BatchNorm_i, ResNetBlock_i); the
-    torch names are in torch_weights.resnet_mapping. `frozen_bn`: BatchNorm always uses and
-    never updates its running statistics (fine-tuning with model.freeze_backbone_bn).
+    torch names are in torch_weights.resnet_mapping.
     """
 
-    depth: int = 18
-    stem: str = "imagenet"
-    bn_momentum: float = 0.9
-    dtype: Any = jnp.float32
-    bn_groups: int = 1  # > 1: per-group (per-device) BatchNorm statistics
-    unbiased_running_var: bool = False
-    frozen_bn: bool = False
+    depth: int
+    stem: str
+    norm: Callable[..., nn.Module]  # BatchNorm with its settings (create_model)
+    dtype: Any
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
@@ -423,40 +375,22 @@ class ResNet(nn.Module):
                 f"ResNet depth must be one of {sorted(_RESNET_STAGES)}, got {self.depth}"
             )
         stages, bottleneck = _RESNET_STAGES[self.depth]
-        norm = functools.partial(
-            BatchNorm,
-            use_running_average=not train or self.frozen_bn,
-            momentum=self.bn_momentum,
-            epsilon=1e-5,
-            dtype=self.dtype,
-            groups=self.bn_groups,
-            unbiased_running_var=self.unbiased_running_var,
-        )
-        x = x.astype(self.dtype)
-        if self.stem == "imagenet":
-            x = nn.Conv(
-                64,
-                (7, 7),
-                strides=2,
-                padding=((3, 3), (3, 3)),
-                use_bias=False,
-                dtype=self.dtype,
-                kernel_init=_resnet_conv_init,
-            )(x)
-            x = nn.relu(norm()(x))
-            x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
-        elif self.stem == "cifar":
-            x = nn.Conv(
-                64,
-                (3, 3),
-                padding=((1, 1), (1, 1)),
-                use_bias=False,
-                dtype=self.dtype,
-                kernel_init=_resnet_conv_init,
-            )(x)
-            x = nn.relu(norm()(x))
-        else:
+        norm = functools.partial(self.norm, use_running_average=not train)
+        if self.stem not in ("imagenet", "cifar"):
             raise ValueError(f"ResNet stem must be 'imagenet' or 'cifar', got {self.stem!r}")
+        size, stride = (7, 2) if self.stem == "imagenet" else (3, 1)
+        x = nn.Conv(
+            64,
+            (size, size),
+            strides=stride,
+            padding=((size // 2, size // 2),) * 2,
+            use_bias=False,
+            dtype=self.dtype,
+            kernel_init=_resnet_conv_init,
+        )(x.astype(self.dtype))
+        x = nn.relu(norm()(x))
+        if self.stem == "imagenet":
+            x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
         for stage, num_blocks in enumerate(stages):
             for block in range(num_blocks):
                 x = ResNetBlock(
@@ -482,56 +416,50 @@ def create_model(
 ) -> nn.Module:
     """Builds the Network (backbone `config.name` + heads) from the `model` sub-config.
 
-    `image_shape` is needed only when config.decoder is on (the autoencoder).
-    `num_devices` is the size of the data-parallel mesh: with config.batch_norm =
-    'per_device' each device's shard of the batch is normalised with its own statistics;
-    with 'global' (the default) BatchNorm statistics span the whole global batch, so any
-    number of devices computes what one device would. config.bn_unbiased_running_var = True
-    (the base default) updates BatchNorm's running variance with the unbiased batch
-    variance, as PyTorch (the official code) does.
+    `image_shape` is needed only when config.decoder is on (the autoencoder). `num_devices`
+    is the size of the data-parallel mesh: with config.batch_norm = 'per_device' each
+    device's shard of the batch is normalised with its own statistics; with 'global' BatchNorm
+    statistics span the whole global batch, so any number of devices computes what one device
+    would. Every BatchNorm (backbone and heads) shares config.bn_momentum and
+    config.bn_unbiased_running_var; the backbone's computes in config.dtype and is frozen with
+    config.freeze_backbone_bn, the heads' compute in float32. Raises ValueError for an
+    unknown name, dtype or batch_norm mode.
     """
     if config.dtype not in _DTYPES:
         raise ValueError(f"model.dtype must be one of {sorted(_DTYPES)}, got {config.dtype!r}")
-    batch_norm = config.get("batch_norm", "global")
-    if batch_norm not in BATCH_NORM_MODES:
-        raise ValueError(f"model.batch_norm must be one of {BATCH_NORM_MODES}, got {batch_norm!r}")
-    bn_groups = num_devices if batch_norm == "per_device" else 1
-    dtype = _DTYPES[config.dtype]
-    unbiased = bool(config.get("bn_unbiased_running_var", False))
-    common = dict(
-        bn_momentum=config.bn_momentum,
-        dtype=dtype,
-        bn_groups=bn_groups,
-        unbiased_running_var=unbiased,
-        frozen_bn=bool(config.get("freeze_backbone_bn", False)),
-        name="backbone",
-    )
-    if config.name == "small_cnn":
-        backbone = SmallCNN(
-            widths=tuple(config.widths), convs_per_stage=config.convs_per_stage, **common
+    if config.batch_norm not in BATCH_NORM_MODES:
+        raise ValueError(
+            f"model.batch_norm must be one of {BATCH_NORM_MODES}, got {config.batch_norm!r}"
         )
-        slope = backbone.leaky_slope
+    if config.decoder and image_shape is None:
+        raise ValueError("model.decoder needs the image shape")
+    bn_groups = num_devices if config.batch_norm == "per_device" else 1
+    dtype = _DTYPES[config.dtype]
+    norm = functools.partial(
+        BatchNorm,
+        momentum=config.bn_momentum,
+        groups=bn_groups,
+        unbiased_running_var=config.bn_unbiased_running_var,
+    )
+    backbone_norm = functools.partial(norm, dtype=dtype, frozen=config.freeze_backbone_bn)
+    common = dict(norm=backbone_norm, dtype=dtype, name="backbone")
+    if config.name == "small_cnn":
+        backbone = SmallCNN(tuple(config.widths), config.convs_per_stage, **common)
     elif config.name == "wide_resnet":
-        backbone = WideResNet(depth=config.depth, widen_factor=config.widen_factor, **common)
-        slope = backbone.leaky_slope
+        backbone = WideResNet(config.depth, config.widen_factor, **common)
     elif config.name == "resnet":
-        backbone = ResNet(depth=config.depth, stem=config.stem, **common)
-        slope = 0.0
+        backbone = ResNet(config.depth, config.stem, **common)
     else:
         raise ValueError(f"Unknown model.name {config.name!r}; expected one of {MODEL_NAMES}")
-    if config.get("decoder", False) and image_shape is None:
-        raise ValueError("model.decoder needs the image shape")
     return Network(
         backbone=backbone,
         num_classes=num_classes,
         low_dim=config.low_dim,
-        leaky_slope=slope,
-        bn_momentum=config.bn_momentum,
-        dtype=dtype,
-        projector_widths=tuple(config.get("projector_widths", ())),
-        predictor_widths=tuple(config.get("predictor_widths", ())),
-        decoder_shape=tuple(image_shape) if config.get("decoder", False) else None,
-        decoder_width=config.get("decoder_width", 64),
+        leaky_slope=getattr(backbone, "leaky_slope", 0.0),  # ResNet: ReLU
+        norm=functools.partial(norm, dtype=jnp.float32),
+        projector_widths=tuple(config.projector_widths),
+        predictor_widths=tuple(config.predictor_widths),
+        decoder_shape=tuple(image_shape) if config.decoder else None,
+        decoder_width=config.decoder_width,
         bn_groups=bn_groups,
-        unbiased_running_var=unbiased,
     )

@@ -47,6 +47,7 @@ import os
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
+from flax import traverse_util
 
 KINDS = ("conv", "linear", "batch_norm")
 
@@ -239,32 +240,6 @@ class ConversionReport:
         )
 
 
-def _get(tree: Mapping[str, Any], path: Sequence[str]) -> Any:
-    for name in path:
-        if not isinstance(tree, Mapping) or name not in tree:
-            return None
-        tree = tree[name]
-    return tree
-
-
-def _set(tree: dict, path: Sequence[str], value: Any) -> None:
-    for name in path[:-1]:
-        tree = tree[name]
-    tree[path[-1]] = value
-
-
-def _copy_tree(tree: Any) -> Any:
-    if isinstance(tree, Mapping):
-        return {key: _copy_tree(value) for key, value in tree.items()}
-    return np.array(tree)
-
-
-def _leaf_paths(tree: Any, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
-    if isinstance(tree, Mapping):
-        return [p for key, value in tree.items() for p in _leaf_paths(value, (*prefix, key))]
-    return [prefix]
-
-
 def convert_state_dict(
     state_dict: Mapping[str, Any],
     mapping: Sequence[LayerMapping],
@@ -300,17 +275,16 @@ def convert_state_dict(
         if strip_prefix and key.startswith(strip_prefix):
             key = key[len(strip_prefix) :]
         state[key] = np.asarray(value)
-    variables = {
-        collection: _copy_tree(tree)
-        for collection, tree in template.items()
-        if collection in ("params", "batch_stats")
-    }
+    flat_template = traverse_util.flatten_dict(
+        {k: v for k, v in template.items() if k in ("params", "batch_stats")}
+    )
+    variables = {path: np.array(leaf) for path, leaf in flat_template.items()}
     report = ConversionReport()
-    consumed, filled = set(), set()
+    consumed = set()
     for layer in mapping:
         for torch_leaf, (collection, flax_leaf, layout) in _LAYOUTS[layer.kind].items():
             path = (collection, *layer.flax_path, flax_leaf)
-            target = _get(template, path)
+            target = flat_template.get(path)
             key = f"{layer.torch_name}.{torch_leaf}"
             if target is None:
                 continue  # e.g. a conv without bias: the key is unexpected if present
@@ -330,8 +304,7 @@ def convert_state_dict(
                 if required:
                     report.fatal.append(key)
                 continue
-            _set(variables, path, value.astype(np.dtype(target.dtype)))
-            filled.add(path)
+            variables[path] = value.astype(np.dtype(target.dtype))
             report.loaded.append(key)
         for ignored in _IGNORED.get(layer.kind, ()):
             key = f"{layer.torch_name}.{ignored}"
@@ -344,7 +317,7 @@ def convert_state_dict(
         for layer in mapping
         for collection, leaf, _ in _LAYOUTS[layer.kind].values()
     }
-    report.not_in_table = ["/".join(path) for path in _leaf_paths(variables) if path not in mapped]
+    report.not_in_table = ["/".join(path) for path in variables if path not in mapped]
     if log is not None:
         for line in report.lines():
             log(line)
@@ -360,7 +333,7 @@ def convert_state_dict(
             f"({'/'.join(required_prefixes)}) keys missing or mis-shaped, first "
             f"{report.fatal[0]!r}; check the architecture, depth and width."
         )
-    return variables, report
+    return traverse_util.unflatten_dict(variables), report
 
 
 def convert(

@@ -125,8 +125,7 @@ def create_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransfo
     schedule = learning_rate_schedule(config)
     sgd = lambda lr: optax.sgd(lr, momentum=optim.momentum, nesterov=optim.nesterov)
     decay = optax.add_decayed_weights(optim.weight_decay, mask=weight_decay_mask)
-    scale = float(optim.get("backbone_lr_scale", 1.0))
-    warmup = int(optim.get("head_warmup_steps", 0))
+    scale, warmup = float(optim.backbone_lr_scale), int(optim.head_warmup_steps)
     if scale == 1.0 and warmup == 0:
         return optax.chain(decay, sgd(schedule))
     backbone = sgd(lambda k: scale * schedule(k + warmup))
@@ -148,14 +147,8 @@ def create_train_state(
     image_shape: tuple[int, int, int],
     num_classes: int,
 ) -> TrainState:
-    """Initialises params, optimizer, EMA copies and the method's state from `rng`.
-
-    `rng` is a typed PRNG key (jax.random.key); a legacy raw uint32[2] key
-    (jax.random.PRNGKey) is wrapped into the typed key with the same bits (same numbers).
-    The state's own key (TrainState.rng) is always a typed key, split from it.
-    """
-    if not jax.dtypes.issubdtype(rng.dtype, jax.dtypes.prng_key):
-        rng = jax.random.wrap_key_data(rng)
+    """Initialises params, optimizer, EMA copies and the method's state from `rng`, a typed
+    PRNG key (jax.random.key); the state's own key (TrainState.rng) is split from it."""
     init_rng, state_rng = jax.random.split(rng)
     variables = model.init(init_rng, jnp.zeros((2, *image_shape), jnp.float32), train=False)
     params, batch_stats = variables["params"], variables.get("batch_stats", {})

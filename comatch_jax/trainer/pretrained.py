@@ -1,13 +1,14 @@
 """Starting a run from pretrained PyTorch weights (`--config.model.init_from_torch=SOURCE`).
 
-The trainer calls `with_pretrained_normalization(config)` before it prepares the data
-(ImageNet mean/std unless the user set dataset.mean/std) and `initialise_from_torch(state,
+After it prepares the data, the trainer calls `with_pretrained_normalization(config, data)`
+(ImageNet's mean/std unless the user set dataset.mean/std), and `initialise_from_torch(state,
 config)` on a fresh TrainState (not on a resumed one: the checkpoint has the weights then).
 The conversion itself is comatch_jax.core.torch_weights. Imports neither TensorFlow nor torch.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from typing import Callable
 
@@ -20,19 +21,24 @@ from absl import logging
 from comatch_jax import config_lib
 from comatch_jax.core import torch_weights
 from comatch_jax.core.train_state import TrainState
+from comatch_jax.data.pipeline import SemiSupervisedData
 
 
-def with_pretrained_normalization(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-    """`config` with dataset.mean/std = ImageNet's (config_lib.IMAGENET_MEAN / _STD, what
-    torchvision's and timm's ImageNet weights were trained with) when model.init_from_torch
-    is set and the user left both empty (a copy; `config` itself is unchanged). Otherwise
-    `config` as it is: a user's own values always win."""
-    if not config.model.get("init_from_torch") or (config.dataset.mean and config.dataset.std):
-        return config
-    resolved = ml_collections.ConfigDict(config.to_dict())
-    resolved.dataset.mean = config_lib.IMAGENET_MEAN
-    resolved.dataset.std = config_lib.IMAGENET_STD
-    return resolved
+def with_pretrained_normalization(
+    config: ml_collections.ConfigDict, data: SemiSupervisedData
+) -> SemiSupervisedData:
+    """`data` normalised as torchvision's and timm's ImageNet weights expect when
+    model.init_from_torch is set and the user left dataset.mean/std empty: ImageNet's
+    (config_lib.IMAGENET_MEAN / _STD), and for 1-channel images their single-channel
+    equivalent, the mean of the three means and of the three stds (initialise_from_torch
+    sums conv1's kernel over its 3 input channels, so a gray image is seen as 3 equal
+    channels). Otherwise `data` as it is: a user's own values always win."""
+    if not config.model.init_from_torch or (config.dataset.mean and config.dataset.std):
+        return data
+    mean, std = config_lib.IMAGENET_MEAN, config_lib.IMAGENET_STD
+    if data.labeled_images.shape[-1] == 1:
+        mean, std = (round(sum(mean) / 3, 4),), (round(sum(std) / 3, 4),)
+    return dataclasses.replace(data, mean=mean, std=std)
 
 
 def _strip_prefix(state_dict: dict[str, np.ndarray]) -> str:
@@ -40,6 +46,36 @@ def _strip_prefix(state_dict: dict[str, np.ndarray]) -> str:
     if state_dict and all(key.startswith("module.") for key in state_dict):
         return "module."
     return ""
+
+
+def _adapt_input_channels(
+    state_dict: dict[str, np.ndarray],
+    first_conv: torch_weights.LayerMapping,
+    template: dict,
+    prefix: str,
+    log: Callable[[str], None],
+) -> dict[str, np.ndarray]:
+    """`state_dict` whose first conv fits the images' channel count (the template's): a
+    3-channel kernel [O, 3, kh, kw] on 1-channel images is summed over its input channels,
+    as timm's adapt_input_conv does for in_chans=1 (timm/models/_manipulate.py). Raises
+    ValueError (one line) for another mismatch."""
+    key = f"{prefix}{first_conv.torch_name}.weight"
+    kernel = template["params"]
+    for name in first_conv.flax_path:
+        kernel = kernel[name]
+    channels = kernel["kernel"].shape[2]  # Flax [kh, kw, in, out]
+    if key not in state_dict or state_dict[key].shape[1] == channels:
+        return state_dict
+    weights = state_dict[key].shape[1]
+    if (weights, channels) != (3, 1):
+        raise ValueError(
+            f"the weights expect {weights} input channels and the images have {channels}"
+        )
+    log(
+        "The weights expect 3 input channels and the images have 1: their first convolution "
+        f"({key}) is summed over its input channels, as timm does for in_chans=1."
+    )
+    return {**state_dict, key: state_dict[key].sum(axis=1, keepdims=True)}
 
 
 def initialise_from_torch(
@@ -64,25 +100,20 @@ def initialise_from_torch(
     source = config.model.init_from_torch
     start = time.monotonic()
     architecture, options = torch_weights.architecture_of(config.model)
+    mapping = torch_weights.MAPPINGS[architecture](**options)
     state_dict = torch_weights.load_state_dict(source)
     template = jax.device_get({"params": state.params, "batch_stats": state.batch_stats})
+    prefix = _strip_prefix(state_dict)
+    state_dict = _adapt_input_channels(state_dict, mapping[0], template, prefix, log)
     variables, report = torch_weights.convert(
-        state_dict,
-        architecture,
-        template,
-        strip_prefix=_strip_prefix(state_dict),
-        log=logging.warning,
-        **options,
+        state_dict, architecture, template, strip_prefix=prefix, log=logging.warning, **options
     )
     put = lambda tree: jax.tree.map(
         lambda leaf: jax.device_put(np.asarray(leaf), sharding) if sharding else jnp.asarray(leaf),
         tree,
     )
     params, batch_stats = variables["params"], variables["batch_stats"]
-    table = {
-        layer.torch_name: layer.flax_path[0]
-        for layer in torch_weights.MAPPINGS[architecture](**options)
-    }
+    table = {layer.torch_name: layer.flax_path[0] for layer in mapping}
     loaded = {table[key.rsplit(".", 1)[0]] for key in report.loaded}
     heads = sorted(loaded - {"backbone"})
     fresh = sorted(name for name in params if name not in loaded)

@@ -22,7 +22,7 @@ import orbax.checkpoint as ocp
 from absl import logging
 
 from comatch_jax.core import methods, models, train_state
-from comatch_jax import multihost
+from comatch_jax import config_lib, multihost
 from comatch_jax.core.train_state import TrainState
 
 RUN_INFO = "run_info.json"
@@ -97,8 +97,9 @@ def check_workdir(
                 f"--workdir={workdir} holds a run on other data ({change}); use a new "
                 "--workdir to train on the data as it is now, or restore the data to resume."
             )
-    with open(saved_path) as f:
-        saved = _flatten(json.load(f))
+    with open(saved_path) as f:  # a field added since the run was saved: its default
+        saved = _flatten(json.loads(config_lib.base_config().to_json_best_effort()))
+        saved.update(_flatten(json.load(f)))
     current = _flatten(json.loads(config.to_json_best_effort()))
     differing = sorted(
         key

@@ -80,8 +80,8 @@ def train_and_evaluate(
     config_lib.validate_config(config)
     # The data first: problems with it (and a mean/std that does not fit it) are reported
     # before the run claims its workdir.
-    config = pretrained.with_pretrained_normalization(config)  # ImageNet's for torch weights
     data = training_data.prepare_data_in_turn(config, dataset)
+    data = pretrained.with_pretrained_normalization(config, data)  # ImageNet's for torch weights
     config = training_data.with_normalization(config, data)
     runs.check_workdir(config, workdir, fingerprint=data.fingerprint)
     multihost.barrier("workdir checked")  # before process 0 writes into it
