@@ -36,7 +36,7 @@ def test_trainer_and_run_reading_import_without_tensorflow():
         "for blocked in ('tensorflow', 'tensorflow_datasets', 'clu.metric_writers'):\n"
         "    sys.modules[blocked] = None\n"
         "import comatch_jax.trainer.train, comatch_jax.trainer.saved_runs, comatch_jax.data.pipeline\n"
-        "import comatch_jax.core.evaluation, comatch_jax.trainer.training_metrics, comatch_jax.core.inference\n"
+        "import comatch_jax.core.evaluation, comatch_jax.trainer.metrics, comatch_jax.core.inference\n"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr

@@ -140,7 +140,7 @@ def test_the_advice_after_a_nonfinite_stop_resumes_the_run(tmp_path, nan_gradien
     message = str(error.value)
     assert "--config.optim.lr" in message and "--config.nonfinite_policy=skip" in message
     assert sorted(os.listdir(tmp_path / "checkpoints")) == ["3"]
-    # A lower rate and a larger num_steps are accepted, each logged.
+    # A lower rate and a larger num_steps are accepted, and said.
     lower = _nan_gradient_config("stop")
     lower.optim.lr = 0.01
     lower.num_steps = 20
@@ -149,7 +149,7 @@ def test_the_advice_after_a_nonfinite_stop_resumes_the_run(tmp_path, nan_gradien
     lower.dataset.mean, lower.dataset.std = tuple(saved["mean"]), tuple(saved["std"])
     with caplog.at_level("WARNING"):
         runs.check_workdir(lower, workdir)
-    assert "optim.lr=0.01" in caplog.text and "num_steps=20 from step 3" in caplog.text
+    assert "num_steps=20 (was 10), optim.lr=0.01 (was 0.05)" in caplog.text
     # The advised skip policy resumes from step 3 and finishes.
     state, summary = train.train_and_evaluate(
         _nan_gradient_config("skip"), workdir, writer=RecordingWriter(), dataset=synthetic_dataset()

@@ -35,7 +35,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 from absl import flags, logging
 
-from comatch_jax import atomic_files, command_line
+from comatch_jax import atomic_files, cli
 from comatch_jax.core import inference
 from comatch_jax.trainer import saved_runs as runs
 from comatch_jax.data import pipeline as training_data
@@ -695,9 +695,9 @@ def _analyze() -> None:
         logging.info("wrote %s", path)
 
 
-main = command_line.entry_point(_analyze)
+main = cli.entry_point(_analyze)
 
 
 if __name__ == "__main__":
     define_flags()
-    command_line.run(main)
+    cli.run(main)

@@ -22,7 +22,7 @@ from absl import flags, logging
 from ml_collections import config_flags
 
 from comatch_jax.commands import active_learning
-from comatch_jax import command_line
+from comatch_jax import cli
 
 FLAGS = flags.FLAGS
 
@@ -84,9 +84,9 @@ def _oracle() -> None:
     )
 
 
-main = command_line.entry_point(_oracle)
+main = cli.entry_point(_oracle)
 
 
 if __name__ == "__main__":
     define_flags()
-    command_line.run(main)
+    cli.run(main)

@@ -16,7 +16,7 @@ import numpy as np
 from absl import flags, logging
 
 from comatch_jax.commands import active_learning
-from comatch_jax import atomic_files, command_line
+from comatch_jax import atomic_files, cli
 from comatch_jax.core import inference
 from comatch_jax.trainer import saved_runs as runs
 
@@ -108,9 +108,9 @@ def _predict() -> None:
     print(f"Wrote predictions for {count} images to {FLAGS.out}")
 
 
-main = command_line.entry_point(_predict)
+main = cli.entry_point(_predict)
 
 
 if __name__ == "__main__":
     define_flags()
-    command_line.run(main)
+    cli.run(main)

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 from absl import flags
 
-from comatch_jax import atomic_files, command_line
+from comatch_jax import atomic_files, cli
 from comatch_jax.core import frozen_feature_probes, inference
 from comatch_jax.trainer import saved_runs as runs
 from comatch_jax.data import pipeline as training_data
@@ -73,9 +73,9 @@ def _probe() -> None:
         print(f"{name}: {value}")
 
 
-main = command_line.entry_point(_probe)
+main = cli.entry_point(_probe)
 
 
 if __name__ == "__main__":
     define_flags()
-    command_line.run(main)
+    cli.run(main)

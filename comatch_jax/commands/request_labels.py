@@ -22,7 +22,7 @@ import numpy as np
 from absl import flags, logging
 
 from comatch_jax.commands import active_learning
-from comatch_jax import command_line
+from comatch_jax import cli
 from comatch_jax.core import inference
 from comatch_jax.trainer import saved_runs as runs
 from comatch_jax.data import pipeline as training_data
@@ -159,9 +159,9 @@ def _request_labels() -> None:
     logging.info("Wrote %d label requests (%s) to %s", len(requests.ids), FLAGS.strategy, FLAGS.out)
 
 
-main = command_line.entry_point(_request_labels)
+main = cli.entry_point(_request_labels)
 
 
 if __name__ == "__main__":
     define_flags()
-    command_line.run(main)
+    cli.run(main)
