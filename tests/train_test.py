@@ -1,6 +1,7 @@
 """A few real steps of tiny configs: losses finite, queue fills, EMA moves, resume, main."""
 
 import contextlib
+import errno
 import json
 import logging
 import os
@@ -388,3 +389,55 @@ def test_concat_and_split_per_device_round_trip():
     np.testing.assert_array_equal(back[0], a)
     np.testing.assert_array_equal(back[1], b)
     np.testing.assert_array_equal(concat_per_device([a, b], groups=1), jnp.concatenate([a, b]))
+
+
+def test_a_full_disk_while_checkpointing_is_one_line_and_the_rerun_writes_each_step_once(
+    reference, tmp_path, monkeypatch
+):
+    """The disk fills while Orbax commits the final checkpoint (step 6; a write in its
+    background thread fails with ENOSPC): one line says what to do, the step-3 checkpoint is
+    kept, and the same command resumes to the uninterrupted run's state and metrics, with no
+    step written twice (the metrics of steps 4-6 wait for their checkpoint)."""
+    from etils import epath
+
+    path_type = type(epath.Path(tmp_path))
+    write_text = path_type.write_text
+
+    def full_disk_at_step_6(self, *args, **kwargs):
+        if self.name == "commit_success.txt" and self.parent.name.startswith("6."):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(self))
+        return write_text(self, *args, **kwargs)
+
+    workdir = str(tmp_path / "run")
+    monkeypatch.setattr(path_type, "write_text", full_disk_at_step_6)
+    with pytest.raises(OSError) as error:
+        train.train_and_evaluate(
+            tiny_config(), workdir, writer=RecordingWriter(), dataset=synthetic_dataset()
+        )
+    assert str(error.value) == (
+        f"the disk is full at {workdir}; free space and rerun the same command to resume "
+        "from step 3"
+    )
+    monkeypatch.undo()
+    state, _ = train.train_and_evaluate(
+        tiny_config(), workdir, writer=RecordingWriter(), dataset=synthetic_dataset()
+    )
+    for x, y in zip(_leaves(reference[1]), _leaves(state)):
+        np.testing.assert_array_equal(x, y)
+    # Each step once, with the uninterrupted run's numbers (the speed aside).
+    records = lambda d: [
+        (r["step"], r.get("train/loss"), r.get("eval/test_accuracy"))
+        for r in map(json.loads, open(os.path.join(d, "metrics.jsonl")))
+    ]
+    assert records(workdir) == records(reference[0])
+
+
+def test_a_workdir_path_with_brackets_is_refused_before_training(tmp_path):
+    """Orbax assembles a checkpoint with a glob, in which '[' and ']' are a pattern: such a
+    run could never be resumed or read."""
+    workdir = tmp_path / "runs[1]"
+    with pytest.raises(ValueError, match=r"holds '\[' or '\]'.*choose a path without them"):
+        train.train_and_evaluate(
+            tiny_config(), str(workdir), writer=RecordingWriter(), dataset=synthetic_dataset()
+        )
+    assert not workdir.exists()

@@ -153,10 +153,11 @@ def train_and_evaluate(
                 if step % config.eval_every == 0 or final:
                     results = _evaluate(accuracy_of, state, step, writer, knn)
                     clock = (step, time.monotonic())  # the speed leaves evaluation out
-                if save:  # Orbax first waits for the previous save to be committed
+                if save:
                     saved_runs.save_checkpoint(checkpoints, step, state, train_seconds())
+                    writer.release(saved)  # Orbax waited for the previous save to be committed
                     saved = step
-                if not checkpoints.is_saving_in_progress():
+                elif not checkpoints.is_saving_in_progress():
                     writer.release(saved)
                 if stop_now:
                     checkpoints.wait_until_finished()
