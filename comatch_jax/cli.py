@@ -2,9 +2,8 @@
 
 A command defines `main = cli.entry_point(_run)` (`_run()` does the work, reading FLAGS) and
 calls `cli.run(main)` under `if __name__ == "__main__"`. A bad flag or config file, and the
-errors the library raises for bad input or a numerical fault (HANDLED_ERRORS), end in one
-`error: <message>` line with exit status 1; anything else is a bug and keeps its traceback.
-"""
+library's errors for bad input or a numerical fault (HANDLED_ERRORS), end in one `error:`
+line (exit status 1); anything else is a bug and keeps its traceback."""
 
 from __future__ import annotations
 
@@ -14,14 +13,15 @@ import sys
 import traceback
 from typing import Callable
 
+import jaxlib  # its version only; importing it starts no backend
 from absl import app, flags, logging
 
 from comatch_jax.trainer.stopping import Stopped
 
 HANDLED_ERRORS = (ValueError, OSError, FloatingPointError)
-# XLA:CPU in jaxlib 0.10 sends convolutions to YNNPACK, 2-3x slower for a CoMatch step on the
-# 2-core AMD EPYC this project is developed on than XLA's own emitters (experiments/RESULTS.md,
-# "CPU step"); the entry points keep YNNPACK for dots only. No effect on GPU/TPU.
+# XLA:CPU in jaxlib 0.10 sends convolutions to YNNPACK, 2-3x slower for a CoMatch step than
+# XLA's own emitters on a 2-core AMD EPYC (experiments/RESULTS.md, "CPU step"); the entry
+# points keep YNNPACK for dots only. No effect on GPU/TPU.
 DEFAULT_CPU_FLAG = "--xla_cpu_experimental_ynn_fusion_type=dot"
 MEASURED_JAXLIB = (0, 10)  # an unknown flag aborts XLA: only on the version measured
 
@@ -33,41 +33,30 @@ def apply_default_cpu_flags() -> bool:
     xla_flags = os.environ.get("XLA_FLAGS", "")
     if os.environ.get("COMATCH_JAX_KEEP_XLA_FLAGS") == "1" or "ynn_fusion_type" in xla_flags:
         return False
-    import jaxlib  # its version only: JAX's backend does not start
-
-    if tuple(int(part) for part in jaxlib.__version__.split(".")[:2]) != MEASURED_JAXLIB:
-        return False
-    os.environ["XLA_FLAGS"] = f"{xla_flags} {DEFAULT_CPU_FLAG}".strip()
-    return True
+    if tuple(int(part) for part in jaxlib.__version__.split(".")[:2]) == MEASURED_JAXLIB:
+        os.environ["XLA_FLAGS"] = f"{xla_flags} {DEFAULT_CPU_FLAG}".strip()
+        return True
+    return False
 
 
-class OwnInfoOnly(python_logging.Filter):
-    """The default log: comatch_jax's own INFO lines and the libraries' warnings and errors,
-    but not their INFO lines, their repeated "Reached preemption sync point" notes, nor their
-    records carrying a traceback (an error the library raises, which the entry point reports
-    once, or a Ctrl-C ending one of their waits)."""
-
-    PACKAGE = os.path.dirname(os.path.abspath(__file__)) + os.sep
-
-    def filter(self, record: python_logging.LogRecord) -> bool:
-        if os.path.abspath(record.pathname).startswith(self.PACKAGE):
-            return True
-        return record.levelno >= python_logging.WARNING and not (
-            record.exc_info or "Reached preemption sync point" in record.getMessage()
-        )
-
-
-_OWN_INFO_ONLY = OwnInfoOnly()
+def own_info_only(record: python_logging.LogRecord) -> bool:
+    """The default log's filter: comatch_jax's own records, and the libraries' warnings and
+    errors but their repeated "Reached preemption sync point" notes and their tracebacks (of
+    an error the entry point reports once, or of a Ctrl-C ending one of their waits)."""
+    if os.path.abspath(record.pathname).startswith(os.path.dirname(__file__) + os.sep):
+        return True
+    return record.levelno >= python_logging.WARNING and not (
+        record.exc_info or "Reached preemption sync point" in record.getMessage()
+    )
 
 
 def entry_point(
     run: Callable[[], None], *, interrupted: str = "Interrupted (Ctrl-C)."
 ) -> Callable[[list[str]], None]:
-    """main(argv) for absl's app.run: quiets the libraries (absl's --verbosity=1 shows their
-    INFO lines), calls run(), and ends a handled error in one `error:` line (exit status 1),
-    a stop after a checkpoint in its line (128 + the signal's number) and a Ctrl-C in
-    `interrupted` (130, at once: a Ctrl-C during start-up can leave JAX's and TensorFlow's
-    threads half set up, and the interpreter's shutdown crashed in them)."""
+    """main(argv) for absl's app.run: quiets the libraries (--verbosity=1 shows their INFO
+    lines), calls run(), and ends a handled error in one `error:` line (exit status 1), a stop
+    after a checkpoint in its line (128 + the signal's number) and a Ctrl-C in `interrupted`
+    (130, at once: the interpreter's shutdown can crash in JAX's half-started threads)."""
 
     def main(argv: list[str]) -> None:
         if len(argv) > 1:
@@ -77,7 +66,7 @@ def entry_point(
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
         os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
         if logging.get_verbosity() < 1:
-            logging.get_absl_handler().addFilter(_OWN_INFO_ONLY)  # once: the same filter
+            logging.get_absl_handler().addFilter(own_info_only)  # added once
             python_logging.getLogger("jax").setLevel(python_logging.WARNING)
         try:
             run()
@@ -87,10 +76,8 @@ def entry_point(
             print(stop, file=sys.stderr)
             sys.exit(stop.exit_status)
         except KeyboardInterrupt:
-            print(interrupted, file=sys.stderr)
-            logging.flush()
+            print(interrupted, file=sys.stderr, flush=True)
             sys.stdout.flush()
-            sys.stderr.flush()
             os._exit(130)  # no interpreter shutdown; Orbax's saves are atomic
 
     return main
@@ -119,9 +106,8 @@ def parse_flags(argv: list[str]) -> list[str]:
 
 
 def _one_line(error: Exception) -> str:
-    """The message of a flag-parsing error: absl's, ml_collections' (which wraps an error of
-    get_config with its traceback: the original is then the innermost), or the config file's
-    own error with the place it was raised (a bug in the file)."""
+    """The message of a flag-parsing error: absl's, ml_collections' (get_config's own error is
+    the innermost of its wrappers), or a bug's in a config file, with where it was raised."""
     if "Error whilst parsing config file" in str(error):
         while error.__cause__ or error.__context__:
             error = error.__cause__ or error.__context__

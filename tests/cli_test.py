@@ -79,7 +79,7 @@ def _record(pathname, level, message="m", exc_info=None):
 
 
 def test_the_log_keeps_own_info_and_library_warnings_without_their_tracebacks():
-    keep = cli.OwnInfoOnly().filter
+    keep = cli.own_info_only
     own = os.path.join(os.path.dirname(cli.__file__), "trainer", "train.py")
     library = "/site-packages/orbax/checkpoint/checkpoint_manager.py"
     assert keep(_record(own, logging.INFO)) and not keep(_record(library, logging.INFO))

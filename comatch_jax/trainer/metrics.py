@@ -1,11 +1,9 @@
 """Training metrics: averaged between logs, checked, shown on one line, and written.
 
 The train step returns one dict of scalars per step; the trainer keeps them on the device
-until a logging step and averages them with a clu.metrics Collection of one `Average` per
-metric name. They go to the log at once (the progress line), and to workdir/metrics.jsonl and
-TensorBoard (clu's writer) with a `train/` or `eval/` prefix once the checkpoint of their
-step is committed (`HeldUntilCheckpoint`). clu's writers import TensorFlow; where they cannot
-be imported (a GPU machine without TensorFlow) the metrics go to metrics.jsonl only.
+until a logging step and averages them (clu.metrics). They go to the log at once (the
+progress line), and to workdir/metrics.jsonl and TensorBoard (clu's writer, which imports
+TensorFlow; without it metrics.jsonl only) once the checkpoint of their step is committed.
 """
 
 from __future__ import annotations
@@ -15,63 +13,41 @@ import json
 import os
 from typing import Any, Callable, Mapping, Sequence
 
-import flax
-import jax.numpy as jnp
 import numpy as np
 from absl import logging
 from clu import metrics as clu_metrics
 
-METRICS_JSONL = "metrics.jsonl"
-# The metrics on the progress line, in this order, when the method reports them.
-PROGRESS_METRICS = ("loss", "loss_x", "loss_u", "loss_ctr", "mask_rate", "pseudo_label_acc")
-# Adaptive confidence thresholds on the progress line, after those, under a short label: the
-# global threshold tau_t (FreeMatch's self-adaptive threshold; it starts at 1/C, so a mask
-# rate of 1 early on is expected) and SoftMatch's mean confidence mu_t.
-PROGRESS_THRESHOLDS = {"global_threshold": "tau", "confidence_mean": "mu_t"}
-
-
-@flax.struct.dataclass
-class SkippedSteps(clu_metrics.Metric):
-    """How many steps had their update skipped (the step's bool `skipped`;
-    nonfinite_policy='skip')."""
-
-    total: jnp.ndarray
-
-    @classmethod
-    def empty(cls) -> SkippedSteps:
-        return cls(total=jnp.array(0, jnp.int32))
-
-    @classmethod
-    def from_model_output(cls, *, skipped: jnp.ndarray, **_) -> SkippedSteps:
-        return cls(total=jnp.sum(jnp.asarray(skipped, jnp.int32)))
-
-    def merge(self, other: SkippedSteps) -> SkippedSteps:
-        return type(self)(total=self.total + other.total)
-
-    def compute(self) -> jnp.ndarray:
-        return self.total
+# The metrics on the progress line, in this order, under these names, when the method reports
+# them: the adaptive thresholds last (FreeMatch's tau_t starts at 1/C, so a mask rate of 1
+# early on is expected; SoftMatch's mean confidence mu_t).
+PROGRESS_NAMES = {
+    **{n: n for n in ("loss", "loss_x", "loss_u", "loss_ctr", "mask_rate", "pseudo_label_acc")},
+    "global_threshold": "tau",
+    "confidence_mean": "mu_t",
+}
 
 
 def average_over_steps(step_metrics: Sequence[dict[str, Any]]) -> dict[str, float]:
     """Means of the per-step metric dicts (host values) since the last log.
 
-    Skipped steps (their `skipped` flag set) are left out of the means and counted as
-    `skipped_steps`; when every step was skipped, the means are over all of them.
-    `pseudo_label_acc` (the accuracy of one step's kept pseudo-labels) is weighted by each
-    step's `mask_rate` (the kept fraction, or SoftMatch's weight mass), so that it is the
-    accuracy of all pseudo-labels kept in the window; absent when none was kept.
+    Skipped steps (their `skipped` flag set; nonfinite_policy='skip') are left out of the
+    means and counted as `skipped_steps`; when every step was skipped, the means are over all
+    of them. `pseudo_label_acc` (the accuracy of one step's kept pseudo-labels) is weighted by
+    each step's `mask_rate` (the kept fraction, or SoftMatch's weight mass): the accuracy of
+    all pseudo-labels kept in the window; absent when none was kept.
     """
-    names = list(step_metrics[0])
-    stacked = {name: np.stack([np.asarray(m[name]) for m in step_metrics]) for name in names}
-    fields = {name: clu_metrics.Average.from_output(name) for name in names if name != "skipped"}
-    mask = None
-    if "skipped" in stacked:
-        fields["skipped_steps"] = SkippedSteps
-        kept = ~stacked["skipped"].astype(bool)
-        mask = kept if kept.any() else None
-    collection = clu_metrics.Collection.create(**fields)
-    means = collection.single_from_model_output(**stacked, mask=mask).compute()
-    means = {name: float(value) for name, value in means.items()}
+    stacked = {
+        name: np.stack([np.asarray(m[name]) for m in step_metrics]) for name in step_metrics[0]
+    }
+    kept = ~stacked.pop("skipped").astype(bool) if "skipped" in stacked else None
+    mask = kept if kept is not None and kept.any() else None
+    averages = {name: clu_metrics.Average.from_output(name) for name in stacked}
+    collection = clu_metrics.Collection.create(**averages).single_from_model_output(
+        **stacked, mask=mask
+    )
+    means = {name: float(value) for name, value in collection.compute().items()}
+    if kept is not None:
+        means["skipped_steps"] = float(np.sum(~kept))
     if "pseudo_label_acc" in means and "mask_rate" in stacked:
         weights = stacked["mask_rate"].astype(np.float64) * (1.0 if mask is None else mask)
         if np.sum(weights) > 0:
@@ -119,12 +95,9 @@ def progress_line(
     step: int, num_steps: int, metrics: dict[str, float], images_per_sec: float, eta_s: float
 ) -> str:
     """The one line per logging step: step, losses, mask rate, pseudo-label accuracy, the
-    adaptive threshold (`tau=` or `mu_t=`), skipped steps (when any), images/s and the time
-    to the end (h:mm:ss); '?' for a speed not measured yet."""
-    shown = [f"{name}={metrics[name]:.4f}" for name in PROGRESS_METRICS if name in metrics]
-    shown += [
-        f"{label}={metrics[n]:.4f}" for n, label in PROGRESS_THRESHOLDS.items() if n in metrics
-    ]
+    adaptive threshold, skipped steps (when any), images/s and the time to the end (h:mm:ss);
+    '?' for a speed not measured yet."""
+    shown = [f"{label}={metrics[n]:.4f}" for n, label in PROGRESS_NAMES.items() if n in metrics]
     if metrics.get("skipped_steps"):
         shown.append(f"skipped_steps={int(metrics['skipped_steps'])}")
     eta = datetime.timedelta(seconds=round(max(eta_s, 0.0))) if np.isfinite(eta_s) else "?"
@@ -132,65 +105,51 @@ def progress_line(
     return f"step {step}/{num_steps} {' '.join(shown)} | {speed} img/s | ETA {eta}"
 
 
-class JsonlWriter:
-    """Appends one JSON line {"step": step, name: value, ...} per write_scalars call."""
-
-    def __init__(self, path: str):
-        self._path = path
-
-    def write_scalars(self, step: int, scalars: Mapping[str, Any]) -> None:
-        record = {"step": int(step), **{name: float(value) for name, value in scalars.items()}}
-        with open(self._path, "a") as f:
-            f.write(json.dumps(record) + "\n")
-
-    def flush(self) -> None:
-        pass
-
-
 class HeldUntilCheckpoint:
-    """Scalars reach the writers only once the checkpoint of their step is committed
-    (`release`): a run killed and resumed restarts from its last committed checkpoint, so
-    metrics.jsonl and TensorBoard never get a step twice."""
+    """Scalars reach metrics.jsonl and the writers only once the checkpoint of their step is
+    committed (`release`): a run killed and resumed restarts from its last committed
+    checkpoint, so no step is written twice. `jsonl` None: nothing is written (processes
+    other than 0)."""
 
-    def __init__(self, writers: Sequence[Any]):
-        self._writers = list(writers)
+    def __init__(self, jsonl: str | None, writers: Sequence[Any] = ()):
+        self._jsonl, self._writers = jsonl, list(writers)
         self._held: list[tuple[int, dict[str, float]]] = []
 
     def write_scalars(self, step: int, scalars: Mapping[str, Any]) -> None:
-        self._held.append((step, dict(scalars)))
+        if self._jsonl:
+            self._held.append((step, {name: float(value) for name, value in scalars.items()}))
 
     def release(self, committed_step: int | None) -> None:
-        """Writes the held scalars of every step up to `committed_step` (None: none)."""
-        ready = [
-            (s, v) for s, v in self._held if committed_step is not None and s <= committed_step
-        ]
+        """Writes the held scalars of the steps up to `committed_step` (None: none yet)."""
+        if committed_step is None:
+            return
+        ready = [held for held in self._held if held[0] <= committed_step]
         if not ready:
             return
         self._held = self._held[len(ready) :]
-        for step, scalars in ready:
-            for writer in self._writers:
-                writer.write_scalars(step, scalars)
+        with open(self._jsonl, "a") as f:
+            f.writelines(json.dumps({"step": step, **scalars}) + "\n" for step, scalars in ready)
         for writer in self._writers:
+            for step, scalars in ready:
+                writer.write_scalars(step, scalars)
             writer.flush()
 
 
 def create_writer(workdir: str, *, primary: bool, writer: Any = None) -> HeldUntilCheckpoint:
-    """The trainer's writer: on process 0, `writer` (default: clu's TensorBoard writer for
-    `workdir`) and workdir/metrics.jsonl; on other processes nothing. Without clu's writers
-    (no TensorFlow) only metrics.jsonl, with a warning."""
+    """The trainer's writer: on process 0, workdir/metrics.jsonl and `writer` (default: clu's
+    TensorBoard writer for `workdir`, or none, with a warning, without TensorFlow); on the
+    other processes nothing."""
     if not primary:
-        return HeldUntilCheckpoint([])
+        return HeldUntilCheckpoint(None)
     if writer is None:
         try:
             from clu import metric_writers  # imports TensorFlow
+
+            writer = metric_writers.SummaryWriter(workdir)
         except ImportError as error:
             logging.warning(
-                "clu.metric_writers cannot be imported (%s): metrics go to the log and %s "
-                "only, no TensorBoard event files.",
+                "clu.metric_writers cannot be imported (%s): metrics go to the log and "
+                "metrics.jsonl only, no TensorBoard event files.",
                 error,
-                METRICS_JSONL,
             )
-        else:
-            writer = metric_writers.SummaryWriter(workdir)
-    writers = [writer] if writer is not None else []
-    return HeldUntilCheckpoint(writers + [JsonlWriter(os.path.join(workdir, METRICS_JSONL))])
+    return HeldUntilCheckpoint(os.path.join(workdir, "metrics.jsonl"), [writer] if writer else [])

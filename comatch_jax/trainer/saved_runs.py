@@ -34,17 +34,8 @@ CHECKPOINT_FORMAT = 2
 # checkpointed and fed, its length, and the two overrides the advice after a non-finite loss
 # gives (metrics.check_finite). Any other change is refused: it needs a new --workdir.
 RESUMABLE_CHANGES = frozenset(
-    [
-        "num_steps",
-        "log_every",
-        "eval_every",
-        "checkpoint_every",
-        "keep_checkpoints",
-        "eval_batch_size",
-        "data_on_device",
-        "optim.lr",
-        "nonfinite_policy",
-    ]
+    "num_steps log_every eval_every checkpoint_every keep_checkpoints eval_batch_size "
+    "data_on_device optim.lr nonfinite_policy".split()
 )
 
 
@@ -194,8 +185,15 @@ def build_training(
     image_shape: tuple[int, int, int],
     num_devices: int = 1,
 ) -> tuple[methods.Method, Any, Any, Any]:
-    """(method, model, optimizer, init_state) for `config`; init_state(key) -> TrainState,
-    with `key` a typed PRNG key (jax.random.key)."""
+    """(method, model, optimizer, init_state) for `config` on `num_devices` devices;
+    init_state(key) -> TrainState, with `key` a typed PRNG key (jax.random.key). Raises
+    ValueError when the batch sizes do not split over the devices."""
+    if config.batch_size % num_devices or config.eval_batch_size % num_devices:
+        raise ValueError(
+            f"batch_size ({config.batch_size}) and eval_batch_size ({config.eval_batch_size}) "
+            f"must be multiples of the {num_devices} devices the batch is sharded over"
+            f" ({jax.process_count()} process(es))."
+        )
     method = methods.get_method(config.method)
     model = models.create_model(config.model, num_classes, image_shape, num_devices=num_devices)
     tx = train_state.create_optimizer(config)
@@ -221,23 +219,19 @@ def abstract_state(init_state: Any, sharding: jax.sharding.Sharding) -> TrainSta
 
 
 def save_checkpoint(
-    manager: ocp.CheckpointManager,
-    step: int,
-    state: TrainState,
-    train_seconds: float | None = None,
+    manager: ocp.CheckpointManager, step: int, state: TrainState, seconds: float
 ) -> None:
     """Starts writing checkpoint `step` of the whole TrainState (asynchronously; Orbax
-    commits it only once complete, so a half-written checkpoint is never restored).
-    `train_seconds` (wall-clock seconds of training up to this step, over every process that
-    trained the run) goes into the checkpoint's metadata, for `train_seconds_at`."""
-    custom_metadata = None if train_seconds is None else {"train_seconds": float(train_seconds)}
-    manager.save(step, args=ocp.args.StandardSave(state), custom_metadata=custom_metadata)
+    commits it only once complete), with the training time up to it (wall-clock `seconds`,
+    summed over the processes that trained the run) for `train_seconds_at`."""
+    manager.save(
+        step, args=ocp.args.StandardSave(state), custom_metadata={"train_seconds": seconds}
+    )
     logging.info("Saving the checkpoint of step %d", step)
 
 
 def train_seconds_at(manager: ocp.CheckpointManager, step: int) -> float:
-    """The training time (wall-clock seconds, summed over the processes that trained the run
-    up to `step`) recorded with checkpoint `step` by `save_checkpoint`; 0.0 if none was."""
+    """The training time recorded with checkpoint `step` by `save_checkpoint` (0.0 if none)."""
     metadata = manager.metadata(step)
     return float((getattr(metadata, "custom_metadata", None) or {}).get("train_seconds", 0.0))
 
@@ -276,13 +270,8 @@ def load_run(
     placed with `sharding` (e.g. replicated over a multi-host mesh; default: this process's
     first device). Raises FileNotFoundError (no run, no checkpoint) or ValueError (another
     format or model), each one line."""
-    config_path = os.path.join(workdir, "config.json")
-    if not os.path.exists(config_path):
-        raise FileNotFoundError(
-            f"{workdir} holds no comatch_jax run (no config.json / {RUN_INFO})."
-        )
     info = read_run_info(workdir)
-    with open(config_path) as f:
+    with open(os.path.join(workdir, "config.json")) as f:
         config = ml_collections.ConfigDict(json.load(f))
     _, model, _, init_state = build_training(
         config, info["num_classes"], tuple(info["image_shape"])

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import json
 import os
 import time
@@ -23,7 +24,7 @@ from absl import logging
 from jax.sharding import NamedSharding, PartitionSpec
 
 from comatch_jax import atomic_files, config_lib, multihost
-from comatch_jax.core import evaluation, inference, train_step
+from comatch_jax.core import evaluation, inference, methods, train_step
 from comatch_jax.core.train_state import TrainState
 from comatch_jax.data import pipeline, prefetch
 from comatch_jax.data import pipeline as training_data  # in _step_with_input, _test_accuracy
@@ -38,23 +39,16 @@ def run_keys(seed: int) -> tuple[jax.Array, jax.Array]:
 
 
 def train_and_evaluate(
-    config: ml_collections.ConfigDict,
-    workdir: str,
-    *,
-    writer: Any = None,
-    dataset: Any = None,
+    config: ml_collections.ConfigDict, workdir: str, *, writer: Any = None, dataset: Any = None
 ) -> tuple[TrainState, dict[str, Any]]:
     """Trains `config.method` and evaluates the EMA model; resumes from `workdir`.
 
     Returns the final state and a summary (final test accuracy of the EMA and raw models,
-    steps, training time summed over resumes, data source). A run already finished in
-    `workdir` is left as it is: its state and summary are returned. Scalars go to `writer`
-    (default: clu's TensorBoard writer) and to workdir/metrics.jsonl, prefixed `train/` and
-    `eval/`, once their step's checkpoint is committed. `dataset` (a data.ImageDataset)
-    defaults to loading config.dataset. Raises ValueError for a bad config, data or workdir,
-    FloatingPointError for a non-finite loss, OSError (one line) for a full disk, and
-    stopping.Stopped (a SystemExit) after the checkpoint a SIGTERM or Ctrl-C asked for; a
-    signal at the final step lets the run finish.
+    steps, training time summed over resumes, data source); a finished run is left as it is.
+    Scalars go to `writer` (default: TensorBoard) and workdir/metrics.jsonl. `dataset` (a
+    data.ImageDataset) defaults to loading config.dataset. Raises ValueError for a bad config,
+    data or workdir, FloatingPointError for a non-finite loss, OSError for a full disk, and
+    stopping.Stopped (a SystemExit) after the checkpoint a SIGTERM or Ctrl-C asked for.
     """
     config_lib.validate_config(config)
     # The data first: problems with it (and a mean/std that does not fit it) are reported
@@ -64,12 +58,6 @@ def train_and_evaluate(
     config = pipeline.with_normalization(config, data)
     saved_runs.check_workdir(config, workdir, fingerprint=data.fingerprint)
     mesh = multihost.data_parallel_mesh()
-    if config.batch_size % mesh.size or config.eval_batch_size % mesh.size:
-        raise ValueError(
-            f"batch_size ({config.batch_size}) and eval_batch_size ({config.eval_batch_size}) "
-            f"must be multiples of the {mesh.size} devices the batch is sharded over"
-            f" ({jax.process_count()} process(es))."
-        )
     image_shape = data.labeled_images.shape[1:]
     method, model, tx, init_state = saved_runs.build_training(
         config, data.num_classes, image_shape, num_devices=mesh.size
@@ -81,12 +69,11 @@ def train_and_evaluate(
     checkpoints = saved_runs.checkpoint_manager(workdir, max_to_keep=config.keep_checkpoints)
     # Closing the manager (on every exit) finishes a started save: no half-written checkpoint.
     with _one_line_when_the_disk_is_full(workdir, checkpoints), checkpoints:
-        state, earlier_seconds = _restore_or_init(
+        state, seconds_before = _restore_or_init(
             config, workdir, checkpoints, init_state, replicated
         )
         start_step = step = int(jax.device_get(state.step))
-        finished = _finished_run(workdir, step) if step >= config.num_steps else None
-        if finished:
+        if step >= config.num_steps and (finished := _finished_run(workdir, step)):
             return state, finished
         if start_step:
             logging.info("Resumed from the checkpoint of step %d in %s", start_step, workdir)
@@ -105,22 +92,24 @@ def train_and_evaluate(
         jitted_step, next_input, on_host = _step_with_input(
             config, data, step_fn, replicated, batch_sharding
         )
-        accuracy_of = _test_accuracy(config, model, method, data, replicated, batch_sharding)
         knn = method.evaluation == "self_supervised"
-        images_per_step = config.batch_size * len(method.labeled_views) + (
-            config.batch_size * config.mu * len(method.unlabeled_views)
+        accuracy_of = _test_accuracy(config, model, method, data, replicated, batch_sharding)
+        evaluate = functools.partial(_evaluate, accuracy_of, writer=writer, knn=knn)
+        log_step = functools.partial(
+            _log_step,
+            config=config,
+            writer=writer,
+            method=method,
+            # An image folder's unlabeled images have no truth: no pseudo-label accuracy.
+            truth_known=bool(np.any(np.asarray(data.unlabeled_labels) >= 0)),
+            last_checkpoint=lambda: _last_complete(checkpoints),
         )
-        # Without ground truth for the unlabeled images (an image folder) the pseudo-label
-        # accuracy is unknown, so it is not logged (rather than shown as 0).
-        truth_known = bool(np.any(np.asarray(data.unlabeled_labels) >= 0))
         pending: list[dict[str, jax.Array]] = []  # the step metrics since the last log
         results, skipped, saved, clock = {}, 0, checkpoints.latest_step(), (step, 0.0)
         train_start = time.time()
-        train_seconds = lambda: earlier_seconds + time.time() - train_start
+        train_seconds = lambda: seconds_before + time.time() - train_start
         with contextlib.ExitStack() as stack:
-            stop = stack.enter_context(
-                stopping.StopRequest(checkpoints, multiprocess=jax.process_count() > 1)
-            )
+            stop = stack.enter_context(stopping.StopRequest(checkpoints, jax.process_count() > 1))
             if on_host:  # the next batches are gathered and transferred while a step runs
                 next_input = stack.enter_context(
                     prefetch.Prefetcher(
@@ -138,21 +127,10 @@ def train_and_evaluate(
                 stop_now = not final and stop.requested(step)  # at the final step: finish
                 save = stop_now or final or step % config.checkpoint_every == 0
                 if step % config.log_every == 0 or save:
-                    means = _log_step(
-                        step,
-                        config,
-                        jax.device_get(pending),
-                        clock,
-                        writer,
-                        images_per_step=images_per_step,
-                        truth_known=truth_known,
-                        last_checkpoint=lambda: _last_complete(checkpoints),
-                    )
-                    skipped += int(means.get("skipped_steps", 0))
+                    skipped += log_step(step, jax.device_get(pending), clock)
                     pending, clock = [], (step, time.monotonic())
                 if step % config.eval_every == 0 or final:
-                    results = _evaluate(accuracy_of, state, step, writer, knn)
-                    clock = (step, time.monotonic())  # the speed leaves evaluation out
+                    results, clock = evaluate(state, step), (step, time.monotonic())
                 if save:
                     saved_runs.save_checkpoint(checkpoints, step, state, train_seconds())
                     writer.release(saved)  # Orbax waited for the previous save to be committed
@@ -163,7 +141,7 @@ def train_and_evaluate(
                     checkpoints.wait_until_finished()
                     writer.release(step)
                     raise stop.stopped(step)
-        results = results or _evaluate(accuracy_of, state, step, writer, knn)
+        results = results or evaluate(state, step)
         checkpoints.wait_until_finished()
         writer.release(step)
         _warn_if_skipped(skipped, step - start_step, step)
@@ -228,23 +206,27 @@ def _finished_run(workdir: str, step: int) -> dict[str, Any] | None:
 
 def _log_step(
     step: int,
-    config: ml_collections.ConfigDict,
     step_metrics: list[dict[str, Any]],
     clock: tuple[int, float],
-    writer: metrics.HeldUntilCheckpoint,
     *,
-    images_per_step: int,
+    config: ml_collections.ConfigDict,
+    writer: metrics.HeldUntilCheckpoint,
+    method: methods.Method,
     truth_known: bool,
     last_checkpoint: Callable[[], int | None],
-) -> dict[str, float]:
+) -> int:
     """Averages the metrics of the steps since the last log, checks them (before any
     checkpoint: a non-finite state is never saved), writes them and logs the progress line,
-    with the speed since `clock` (step, time.monotonic()). Returns the averages."""
+    with the speed since `clock` (step, time.monotonic()). Returns the number of skipped
+    steps (nonfinite_policy='skip')."""
+    images_per_step = config.batch_size * len(method.labeled_views)
+    images_per_step += config.batch_size * config.mu * len(method.unlabeled_views)
     means = metrics.average_over_steps(step_metrics)
     metrics.check_finite(step, means, config.nonfinite_policy, last_checkpoint)
     if not truth_known:
         means.pop("pseudo_label_acc", None)
-    if means.get("skipped_steps") == len(step_metrics):
+    skipped = int(means.get("skipped_steps", 0))
+    if skipped == len(step_metrics):
         logging.warning(
             "Every step since the last log (up to %d) had a non-finite loss or gradient and "
             "was skipped (nonfinite_policy=skip): the parameters did not change.",
@@ -257,17 +239,16 @@ def _log_step(
         means["images_per_sec"] = steps_per_sec * images_per_step
     writer.write_scalars(step, metrics.prefixed("train/", means))
     eta = (config.num_steps - step) / steps_per_sec
-    line = metrics.progress_line(
-        step, config.num_steps, means, steps_per_sec * images_per_step, eta
-    )
-    logging.info("%s", line)
-    return means
+    speed = steps_per_sec * images_per_step
+    logging.info("%s", metrics.progress_line(step, config.num_steps, means, speed, eta))
+    return skipped
 
 
 def _evaluate(
     accuracy_of: Callable[[Any, Any], dict[str, float]],
     state: TrainState,
     step: int,
+    *,
     writer: metrics.HeldUntilCheckpoint,
     knn: bool,
 ) -> dict[str, float]:
@@ -290,22 +271,20 @@ def _evaluate(
 
 
 def _warn_if_skipped(skipped: int, steps_run: int, step: int) -> None:
-    """After the loop: how many of this run's steps were skipped (nonfinite_policy='skip'),
-    said plainly when it was all of them."""
-    if skipped and skipped >= steps_run:
+    """After the loop: how many of this run's steps were skipped (nonfinite_policy='skip')."""
+    if skipped:
         logging.warning(
-            "Every one of the %d steps this run made (up to %d) had a non-finite loss or "
-            "gradient and was skipped (nonfinite_policy=skip): the model did not train in "
-            "it. Check the inputs, or train in a new --workdir with a lower --config.optim.lr.",
-            steps_run,
-            step,
-        )
-    elif skipped:
-        logging.warning(
-            "%d of the %d steps were skipped for a non-finite loss or gradient "
-            "(nonfinite_policy=skip).",
+            "%d of the %d steps this run made (up to %d) were skipped for a non-finite loss or "
+            "gradient (nonfinite_policy=skip)%s",
             skipped,
             steps_run,
+            step,
+            (
+                ": the model did not train. Check the inputs, or train in a new --workdir with a "
+                "lower --config.optim.lr."
+                if skipped >= steps_run
+                else "."
+            ),
         )
 
 
