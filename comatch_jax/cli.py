@@ -85,19 +85,20 @@ def entry_point(
 
 def parse_flags(argv: list[str]) -> list[str]:
     """absl's flag parsing with a missing config file, a bad override, an error in the config
-    file's get_config, or an override the config ignores as one line (SystemExit)."""
+    file's get_config, or num_labels for an image folder (it labels every image under
+    labeled/) as one line (SystemExit)."""
     for arg in argv:
         path = arg.partition("=")[2].split(":")[0] if arg.startswith("--config=") else ""
         if path and not os.path.isfile(path):
             sys.exit(f"error: no such config file {path}")
     try:
         remaining = flags.FLAGS(argv)
-        dataset = flags.FLAGS.config.dataset if "config" in flags.FLAGS else None
+        config = flags.FLAGS.config if "config" in flags.FLAGS else None  # may be optional
+        folder = config is not None and config.dataset.name == "image_folder"
     except Exception as error:  # every error here is one of the input
         sys.exit(f"error: {_one_line(error)}")
-    # An image folder labels every image under labeled/: an explicit num_labels is a mistake.
-    if dataset and dataset.name == "image_folder" and "--config.num_labels" in " ".join(argv):
-        labeled = os.path.join(dataset.root or "ROOT", "labeled")
+    if folder and "--config.num_labels" in " ".join(argv):
+        labeled = os.path.join(config.dataset.root or "ROOT", "labeled")
         sys.exit(
             f"error: image folders use every image under {labeled}; num_labels does not apply: "
             f"remove --config.num_labels, and move images out of {labeled} to use fewer"
