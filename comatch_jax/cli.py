@@ -61,8 +61,7 @@ def entry_point(
     def main(argv: list[str]) -> None:
         if len(argv) > 1:
             raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
-        # Before TensorFlow is imported (it reads files only): its C++ start-up notes, e.g.
-        # "oneDNN custom operations are on", which no setting hides while oneDNN is on.
+        # Before TensorFlow (file reading only) starts: no C++ notes ("oneDNN ... are on").
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
         os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
         if logging.get_verbosity() < 1:
