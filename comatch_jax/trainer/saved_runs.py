@@ -219,7 +219,7 @@ def abstract_state(init_state: Any, sharding: jax.sharding.Sharding) -> TrainSta
 
 
 def save_checkpoint(
-    manager: ocp.CheckpointManager, step: int, state: TrainState, seconds: float
+    manager: ocp.CheckpointManager, step: int, state: TrainState, seconds: float = 0.0
 ) -> None:
     """Starts writing checkpoint `step` of the whole TrainState (asynchronously; Orbax
     commits it only once complete), with the training time up to it (wall-clock `seconds`,

@@ -63,7 +63,8 @@ class StopRequest:
 
     def __exit__(self, *exc_info) -> None:
         for signum, previous in self._previous.items():
-            signal.signal(signum, previous)
+            if previous is not None:  # None: a handler installed from C, which Python cannot
+                signal.signal(signum, previous)
 
     def _record(self, signum: int, frame: Any) -> None:
         if self.signum:  # a repeat: the same request
