@@ -42,7 +42,11 @@ def _train() -> None:
     train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
 
 
-main = cli.entry_point(_train)
+# Outside the training loop (start-up, compiling, the final evaluation) a Ctrl-C ends the run
+# at once; Orbax's saves are atomic, so the workdir keeps only complete checkpoints.
+main = cli.entry_point(
+    _train, interrupted="Interrupted (Ctrl-C); rerun the same command to resume."
+)
 
 if __name__ == "__main__":
     cli.run(main)
