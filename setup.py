@@ -30,11 +30,11 @@ setup(
     # The commands a finished run uses; each is also `python -m comatch_jax.commands.NAME`.
     entry_points={
         "console_scripts": [
-            "comatch-predict=comatch_jax.commands.predict:cli",
-            "comatch-request-labels=comatch_jax.commands.request_labels:cli",
-            "comatch-answer-from-truth=comatch_jax.commands.answer_from_truth:cli",
-            "comatch-analyze=comatch_jax.commands.analyze:cli",
-            "comatch-probe=comatch_jax.commands.probe:cli",
+            "comatch-predict=comatch_jax.commands.predict:command",
+            "comatch-request-labels=comatch_jax.commands.request_labels:command",
+            "comatch-answer-from-truth=comatch_jax.commands.answer_from_truth:command",
+            "comatch-analyze=comatch_jax.commands.analyze:command",
+            "comatch-probe=comatch_jax.commands.probe:command",
         ]
     },
 )

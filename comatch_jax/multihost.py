@@ -2,7 +2,7 @@
 
 The mesh spans every device of every process; process 0 writes the run's files; the others
 wait at barriers. A stop on SIGTERM is agreed through JAX's preemption service
-(termination.py, and Orbax's CheckpointManager.reached_preemption in the trainer).
+(trainer/stopping.py).
 """
 
 from __future__ import annotations

@@ -26,9 +26,9 @@ import resource
 import tempfile
 import time
 
-from comatch_jax import xla_flags
+from comatch_jax import cli
 
-xla_flags.apply_default_cpu_flags()  # before JAX starts a backend, as comatch_jax.main does
+cli.apply_default_cpu_flags()  # before JAX starts a backend, as comatch_jax.main does
 
 import jax
 import numpy as np

@@ -77,9 +77,9 @@ def _part_build():
 
 
 def _part_loop(pool):
-    from comatch_jax import xla_flags
+    from comatch_jax import cli
 
-    xla_flags.apply_default_cpu_flags()  # as comatch_jax.main does
+    cli.apply_default_cpu_flags()  # as comatch_jax.main does
     from comatch_jax import config_lib
     from comatch_jax.trainer import train
 

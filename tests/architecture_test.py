@@ -1,8 +1,8 @@
 """The shape of the package: layers by folder, no import cycles, the commands' console entry
 points, and importing anything has no side effects (environment, matplotlib backend).
 
-Layers, each importing only from the ones below it: config_lib, multihost, atomic_files <
-core/ < data/ < trainer/ < command_line (what the commands and main share) < commands/, main.
+Layers, each importing only from the ones below it: multihost, atomic_files < core/ <
+config_lib (it validates a config against core/methods' table) < data/ < trainer/ < cli (what the commands and main share) < commands/, main.
 """
 
 import ast
@@ -17,9 +17,9 @@ import pytest
 PACKAGE = pathlib.Path(__file__).resolve().parent.parent / "comatch_jax"
 # What each layer must never import: the layers above it.
 FOLDERS = ("core", "data", "trainer", "commands")
-TOP = ("command_line", "main")
+TOP = ("cli", "main")
 FORBIDDEN = {
-    "config_lib": FOLDERS + TOP,
+    "config_lib": FOLDERS[1:] + TOP,
     "multihost": FOLDERS + TOP,
     "atomic_files": FOLDERS + TOP,
     "core": FOLDERS[1:] + TOP,
@@ -219,24 +219,24 @@ def test_importing_every_module_changes_no_environment_and_no_matplotlib_backend
 
 
 def test_the_entry_points_apply_the_cpu_flag_themselves(monkeypatch):
-    from comatch_jax import xla_flags
+    from comatch_jax import cli
 
     monkeypatch.delenv("COMATCH_JAX_KEEP_XLA_FLAGS", raising=False)
     monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=2")
-    applied = xla_flags.apply_default_cpu_flags()
+    applied = cli.apply_default_cpu_flags()
     import jaxlib
 
-    measured = tuple(int(p) for p in jaxlib.__version__.split(".")[:2]) == xla_flags.MEASURED_JAXLIB
+    measured = tuple(int(p) for p in jaxlib.__version__.split(".")[:2]) == cli.MEASURED_JAXLIB
     assert applied == measured
     if measured:
         assert os.environ["XLA_FLAGS"].split() == [
             "--xla_force_host_platform_device_count=2",
-            xla_flags.DEFAULT_CPU_FLAG,
+            cli.DEFAULT_CPU_FLAG,
         ]
-        assert not xla_flags.apply_default_cpu_flags()  # already set: left alone
+        assert not cli.apply_default_cpu_flags()  # already set: left alone
     monkeypatch.setenv("XLA_FLAGS", "")
     monkeypatch.setenv("COMATCH_JAX_KEEP_XLA_FLAGS", "1")
-    assert not xla_flags.apply_default_cpu_flags() and os.environ["XLA_FLAGS"] == ""
+    assert not cli.apply_default_cpu_flags() and os.environ["XLA_FLAGS"] == ""
 
 
 @pytest.mark.parametrize("command", COMMANDS)

@@ -7,9 +7,9 @@ sys.path.insert(0, os.path.dirname(__file__))
 
 # In-process tests run under the XLA:CPU flag comatch_jax's entry points apply (faster
 # convolutions on CPU), before any test starts JAX's backend.
-from comatch_jax import xla_flags  # noqa: E402
+from comatch_jax import cli  # noqa: E402
 
-xla_flags.apply_default_cpu_flags()
+cli.apply_default_cpu_flags()
 
 # Most of the suite's time is XLA compilation, and many tests (and the subprocesses the
 # kill/resume and multi-host tests start, which inherit os.environ) compile the same tiny

@@ -32,8 +32,8 @@ def test_core_imports_without_tensorflow_or_clu_writers_and_so_do_the_trainer_an
 
 
 def test_console_entry_points_report_a_missing_run_in_one_line(tmp_path):
-    """Run as pip's console scripts run them: `from MODULE import cli; cli()`."""
-    code = "import sys; from comatch_jax.commands.predict import cli; sys.exit(cli())"
+    """Run as pip's console scripts run them: `from MODULE import command; command()`."""
+    code = "import sys; from comatch_jax.commands.predict import command; sys.exit(command())"
     args = [f"--workdir={tmp_path}/missing", f"--images={tmp_path}", f"--out={tmp_path}/p.csv"]
     result = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True)
     assert result.returncode != 0
@@ -44,7 +44,7 @@ def test_console_entry_points_report_a_missing_run_in_one_line(tmp_path):
 def test_a_console_script_shows_its_docstring_and_flags_under_help():
     code = (
         "import sys; sys.argv[0] = '/venv/bin/comatch-predict'\n"
-        "from comatch_jax.commands.predict import cli; cli()\n"
+        "from comatch_jax.commands.predict import command; command()\n"
     )
     result = subprocess.run([sys.executable, "-c", code, "--help"], capture_output=True, text=True)
     shown = result.stdout + result.stderr  # (absl's --help exits with status 1)

@@ -7,7 +7,7 @@ import sys
 import pytest
 from absl import flags
 
-from comatch_jax import config_lib, main
+from comatch_jax import cli, config_lib, main
 from comatch_jax.trainer import saved_runs as runs, train
 
 from train_test import RecordingWriter, synthetic_dataset, tiny_config
@@ -27,7 +27,7 @@ def _main_in_process(monkeypatch, workdir, *overrides, config="configs/comatch.p
         delattr(flags.FLAGS, name)
     try:
         with pytest.raises(SystemExit) as exit_info:
-            main.main(main.parse_flags(argv))
+            main.main(cli.parse_flags(argv))
     finally:
         flags.FLAGS.unparse_flags()
     message = str(exit_info.value.code)
@@ -209,7 +209,7 @@ def test_num_labels_on_the_command_line_for_an_image_folder_is_an_error(tmp_path
     folder = ["--config.dataset.name=image_folder", f"--config.dataset.root={tmp_path}/data"]
     message = _main_in_process(monkeypatch, tmp_path / "run", *folder, "--config.num_labels=100")
     assert message == (
-        f"error: image folders use all 6 images under {tmp_path}/data/labeled; num_labels does "
+        f"error: image folders use every image under {tmp_path}/data/labeled; num_labels does "
         f"not apply: remove --config.num_labels, and move images out of {tmp_path}/data/labeled "
         "to use fewer"
     )
@@ -244,20 +244,16 @@ def test_a_syntax_error_in_a_config_file_is_one_line_naming_where(tmp_path, monk
     assert message == f"error: SyntaxError: '(' was never closed ({config}, line 2)"
 
 
-def test_a_missing_config_file_is_one_line_with_the_closest_name(tmp_path, monkeypatch):
+def test_a_missing_config_file_is_one_line(tmp_path, monkeypatch):
     monkeypatch.chdir(REPO)
     message = _main_in_process(
         monkeypatch, tmp_path / "run", config="configs/comatch_adaptiv.py:folder_cpu"
     )
-    assert message == (
-        f"error: no such config file {REPO}/configs/comatch_adaptiv.py; did you mean "
-        f"{REPO}/configs/comatch_adaptive.py?"
-    )
+    assert message == f"error: no such config file {REPO}/configs/comatch_adaptiv.py"
 
 
 def test_a_missing_config_file_with_overrides_is_one_line(tmp_path):
-    # The overrides touch ml_collections' placeholder for the unloadable file, which then
-    # raises during flag parsing (a traceback before the fix).
+    # The overrides would touch ml_collections' placeholder for the unloadable file.
     result = _main(
         tmp_path / "run",
         "--config.num_steps=3",
@@ -265,7 +261,4 @@ def test_a_missing_config_file_with_overrides_is_one_line(tmp_path):
         config="configs/comatch_adaptve.py:folder_cpu",
     )
     assert result.returncode == 1, result.stderr
-    assert result.stderr.strip() == (
-        "error: no such config file configs/comatch_adaptve.py; did you mean "
-        "configs/comatch_adaptive.py?"
-    ), result.stderr
+    assert result.stderr.strip() == "error: no such config file configs/comatch_adaptve.py"

@@ -216,8 +216,8 @@ def test_supervised_on_a_folder_without_unlabeled_trains_and_resumes(tmp_path):
     with pytest.raises(ValueError) as refused:
         train.train_and_evaluate(config, str(tmp_path / "run"), writer=RecordingWriter())
     message = str(refused.value)
-    assert "holds a run on other data (unlabeled: 0 -> 1 image (1 added)" in message
-    # A run that draws unlabeled images gets no such note.
+    assert "holds a run on other data (unlabeled: 0 -> 1 image (1 added)); use a new" in message
+    # So is a run that draws unlabeled images.
     semi = training_data.with_normalization(config, training_data.prepare_data(config))
     semi.method, semi.mu = "comatch", 2
     fingerprint = training_data.prepare_data(semi).fingerprint

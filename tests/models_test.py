@@ -196,20 +196,20 @@ def test_max_pool_2x2_is_flax_max_pool_with_the_same_gradient(shape):
 
 
 def test_default_xla_cpu_flag_respects_the_users_flags(monkeypatch):
-    from comatch_jax import xla_flags
+    from comatch_jax import cli
 
     monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_experimental_ynn_fusion_type=reduce")
-    xla_flags.apply_default_cpu_flags()
+    cli.apply_default_cpu_flags()
     assert os.environ["XLA_FLAGS"] == "--xla_cpu_experimental_ynn_fusion_type=reduce"
     monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=2")
     monkeypatch.setenv("COMATCH_JAX_KEEP_XLA_FLAGS", "1")
-    xla_flags.apply_default_cpu_flags()
+    cli.apply_default_cpu_flags()
     assert os.environ["XLA_FLAGS"] == "--xla_force_host_platform_device_count=2"
     monkeypatch.delenv("COMATCH_JAX_KEEP_XLA_FLAGS")
-    xla_flags.apply_default_cpu_flags()
+    cli.apply_default_cpu_flags()
     from importlib.metadata import version
 
     if version("jaxlib").startswith("0.10."):
         assert os.environ["XLA_FLAGS"] == (
-            "--xla_force_host_platform_device_count=2 " + xla_flags.DEFAULT_CPU_FLAG
+            "--xla_force_host_platform_device_count=2 " + cli.DEFAULT_CPU_FLAG
         )

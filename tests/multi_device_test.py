@@ -10,8 +10,8 @@ import pytest
 
 SCRIPT = """
 import sys
-from comatch_jax import xla_flags
-xla_flags.apply_default_cpu_flags()  # as comatch_jax.main does
+from comatch_jax import cli
+cli.apply_default_cpu_flags()  # as comatch_jax.main does
 import numpy as np, jax
 sys.path.insert(0, {tests!r})
 from train_test import tiny_config, synthetic_dataset, RecordingWriter

@@ -108,7 +108,8 @@ def test_skip_keeps_the_state_when_whole_logging_windows_have_nan_gradients(
         )
     # Said, not only counted: each wholly skipped window, and the total at the end.
     assert "Every step since the last log (up to 5)" in caplog.text
-    assert "7 of the 10 steps were skipped" in caplog.text and summary["skipped_steps"] == 7
+    assert "7 of the 10 steps this run made (up to 10) were skipped" in caplog.text
+    assert summary["skipped_steps"] == 7
     logged = {step: scalars for step, scalars in writer.scalars if "train/loss" in scalars}
     # Logged at 3, 5, 6, 9, 10 (and saved at 3, 6, 9, 10): every window after step 3 is
     # wholly skipped, yet training goes on.
@@ -140,7 +141,7 @@ def test_the_advice_after_a_nonfinite_stop_resumes_the_run(tmp_path, nan_gradien
     message = str(error.value)
     assert "--config.optim.lr" in message and "--config.nonfinite_policy=skip" in message
     assert sorted(os.listdir(tmp_path / "checkpoints")) == ["3"]
-    # A lower rate and a larger num_steps are accepted, each logged.
+    # A lower rate and a larger num_steps are accepted, and said.
     lower = _nan_gradient_config("stop")
     lower.optim.lr = 0.01
     lower.num_steps = 20
@@ -149,7 +150,7 @@ def test_the_advice_after_a_nonfinite_stop_resumes_the_run(tmp_path, nan_gradien
     lower.dataset.mean, lower.dataset.std = tuple(saved["mean"]), tuple(saved["std"])
     with caplog.at_level("WARNING"):
         runs.check_workdir(lower, workdir)
-    assert "optim.lr=0.01" in caplog.text and "num_steps=20 from step 3" in caplog.text
+    assert "num_steps=20 (was 10), optim.lr=0.01 (was 0.05)" in caplog.text
     # The advised skip policy resumes from step 3 and finishes.
     state, summary = train.train_and_evaluate(
         _nan_gradient_config("skip"), workdir, writer=RecordingWriter(), dataset=synthetic_dataset()
@@ -179,6 +180,6 @@ def test_a_run_whose_every_step_is_skipped_says_so(tmp_path, monkeypatch, caplog
         state, summary = train.train_and_evaluate(
             config, str(tmp_path), writer=RecordingWriter(), dataset=synthetic_dataset()
         )
-    assert "Every one of the 6 steps this run made (up to 6)" in caplog.text
+    assert "6 of the 6 steps this run made (up to 6) were skipped" in caplog.text
     assert "the model did not train" in caplog.text and summary["skipped_steps"] == 6
     assert int(state.step) == 6

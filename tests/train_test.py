@@ -1,5 +1,7 @@
 """A few real steps of tiny configs: losses finite, queue fills, EMA moves, resume, main."""
 
+import contextlib
+import errno
 import json
 import logging
 import os
@@ -262,15 +264,12 @@ def test_a_half_written_checkpoint_is_never_loaded(reference, tmp_path):
         np.testing.assert_array_equal(x, y)
 
 
-def test_an_older_checkpoint_format_gets_one_line_saying_what_to_do(reference, tmp_path):
-    """A run of the format before typed PRNG keys: dataset_info.json, no recorded format."""
-    workdir = tmp_path / "old"
+def test_a_checkpoint_format_this_version_cannot_read_is_one_line(reference, tmp_path):
+    workdir = tmp_path / "other"
     shutil.copytree(reference[0], workdir)
     info = json.loads((workdir / runs.RUN_INFO).read_text())
-    del info["checkpoint_format"]
-    (workdir / "dataset_info.json").write_text(json.dumps(info))
-    os.remove(workdir / runs.RUN_INFO)
-    expected = r"checkpoint format 1; this version reads format 2.*start a fresh --workdir"
+    (workdir / runs.RUN_INFO).write_text(json.dumps({**info, "checkpoint_format": 3}))
+    expected = r"checkpoint format 3; this version reads format 2.*start a fresh --workdir"
     with pytest.raises(ValueError, match=expected) as error:
         runs.load_run(str(workdir))
     assert "\n" not in str(error.value)
@@ -280,38 +279,41 @@ def test_an_older_checkpoint_format_gets_one_line_saying_what_to_do(reference, t
             tiny_config(), str(workdir), writer=RecordingWriter(), dataset=synthetic_dataset()
         )
     assert sorted(os.listdir(workdir / "checkpoints")) == before
-    # A later format than this version reads is named as such.
-    (workdir / runs.RUN_INFO).write_text(json.dumps({**info, "checkpoint_format": 3}))
-    with pytest.raises(ValueError, match="checkpoint format 3"):
-        runs.load_run(str(workdir))
 
 
-class CtrlCWriter(RecordingWriter):
-    """Presses Ctrl-C (sends SIGINT, or `sig`, to this process) when step `at_step` is
-    logged."""
+@contextlib.contextmanager
+def signal_at_step(step, sig=signal.SIGINT):
+    """Sends `sig` to this process (Ctrl-C: SIGINT) as the progress line of `step` is
+    logged, inside the training loop."""
 
-    def __init__(self, at_step, sig=signal.SIGINT):
-        super().__init__()
-        self.at_step = at_step
-        self.sig = sig
+    class Sender(logging.Handler):
+        def emit(self, record):
+            if record.getMessage().startswith(f"step {step}/"):
+                os.kill(os.getpid(), sig)
 
-    def write_scalars(self, step, scalars):
-        super().write_scalars(step, scalars)
-        if step == self.at_step and "train/loss" in scalars:
-            os.kill(os.getpid(), self.sig)
+    logger, sender = logging.getLogger("absl"), Sender()
+    level = logger.level
+    logger.setLevel(logging.INFO)
+    logger.addHandler(sender)
+    try:
+        yield
+    finally:
+        logger.removeHandler(sender)
+        logger.setLevel(level)
 
 
 def test_ctrl_c_checkpoints_then_the_rerun_ends_identically(reference, tmp_path):
     config = tiny_config()
     config.checkpoint_every = 100  # only the Ctrl-C checkpoint exists before the end
     _, full_state, _, _ = reference  # checkpoint cadence does not change the numbers
-    with pytest.raises(SystemExit, match="Stopped by SIGINT at step 2") as stop:
+    # Seen after the next step, which is then checkpointed.
+    with signal_at_step(2), pytest.raises(SystemExit, match="Stopped by SIGINT at step 3") as stop:
         train.train_and_evaluate(
-            config, str(tmp_path / "ctrl_c"), writer=CtrlCWriter(2), dataset=synthetic_dataset()
+            config, str(tmp_path / "ctrl_c"), writer=RecordingWriter(), dataset=synthetic_dataset()
         )
     # The command line exits with 128 + SIGINT (resumable), not an error's 1.
     assert stop.value.exit_status == 128 + signal.SIGINT
-    assert sorted(os.listdir(tmp_path / "ctrl_c" / "checkpoints")) == ["2"]
+    assert sorted(os.listdir(tmp_path / "ctrl_c" / "checkpoints")) == ["3"]
     resumed_state, _ = train.train_and_evaluate(
         config, str(tmp_path / "ctrl_c"), writer=RecordingWriter(), dataset=synthetic_dataset()
     )
@@ -334,12 +336,10 @@ def test_a_resumed_run_adds_up_its_training_time_and_a_stop_at_the_final_step_fi
         before = runs.train_seconds_at(manager, 3)
     assert 0 < before < full_summary["train_seconds"]
     start = time.time()
-    state, summary = train.train_and_evaluate(
-        tiny_config(),
-        str(workdir),
-        writer=CtrlCWriter(6, signal.SIGTERM),
-        dataset=synthetic_dataset(),
-    )
+    with signal_at_step(6, signal.SIGTERM):
+        state, summary = train.train_and_evaluate(
+            tiny_config(), str(workdir), writer=RecordingWriter(), dataset=synthetic_dataset()
+        )
     assert before < summary["train_seconds"] <= before + (time.time() - start)
     assert summary["final_step"] == 6 and summary["test_accuracy"] == full_summary["test_accuracy"]
     assert json.loads((workdir / "summary.json").read_text()) == summary
@@ -389,3 +389,55 @@ def test_concat_and_split_per_device_round_trip():
     np.testing.assert_array_equal(back[0], a)
     np.testing.assert_array_equal(back[1], b)
     np.testing.assert_array_equal(concat_per_device([a, b], groups=1), jnp.concatenate([a, b]))
+
+
+def test_a_full_disk_while_checkpointing_is_one_line_and_the_rerun_writes_each_step_once(
+    reference, tmp_path, monkeypatch
+):
+    """The disk fills while Orbax commits the final checkpoint (step 6; a write in its
+    background thread fails with ENOSPC): one line says what to do, the step-3 checkpoint is
+    kept, and the same command resumes to the uninterrupted run's state and metrics, with no
+    step written twice (the metrics of steps 4-6 wait for their checkpoint)."""
+    from etils import epath
+
+    path_type = type(epath.Path(tmp_path))
+    write_text = path_type.write_text
+
+    def full_disk_at_step_6(self, *args, **kwargs):
+        if self.name == "commit_success.txt" and self.parent.name.startswith("6."):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(self))
+        return write_text(self, *args, **kwargs)
+
+    workdir = str(tmp_path / "run")
+    monkeypatch.setattr(path_type, "write_text", full_disk_at_step_6)
+    with pytest.raises(OSError) as error:
+        train.train_and_evaluate(
+            tiny_config(), workdir, writer=RecordingWriter(), dataset=synthetic_dataset()
+        )
+    assert str(error.value) == (
+        f"the disk is full at {workdir}; free space and rerun the same command to resume "
+        "from step 3"
+    )
+    monkeypatch.undo()
+    state, _ = train.train_and_evaluate(
+        tiny_config(), workdir, writer=RecordingWriter(), dataset=synthetic_dataset()
+    )
+    for x, y in zip(_leaves(reference[1]), _leaves(state)):
+        np.testing.assert_array_equal(x, y)
+    # Each step once, with the uninterrupted run's numbers (the speed aside).
+    records = lambda d: [
+        (r["step"], r.get("train/loss"), r.get("eval/test_accuracy"))
+        for r in map(json.loads, open(os.path.join(d, "metrics.jsonl")))
+    ]
+    assert records(workdir) == records(reference[0])
+
+
+def test_a_workdir_path_with_brackets_is_refused_before_training(tmp_path):
+    """Orbax assembles a checkpoint with a glob, in which '[' and ']' are a pattern: such a
+    run could never be resumed or read."""
+    workdir = tmp_path / "runs[1]"
+    with pytest.raises(ValueError, match=r"holds '\[' or '\]'.*choose a path without them"):
+        train.train_and_evaluate(
+            tiny_config(), str(workdir), writer=RecordingWriter(), dataset=synthetic_dataset()
+        )
+    assert not workdir.exists()

@@ -21,7 +21,6 @@ No TensorFlow here: this runs with numpy alone.
 from __future__ import annotations
 
 import csv
-import os
 from typing import Any, Iterable, Sequence
 
 import numpy as np

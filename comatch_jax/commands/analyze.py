@@ -21,7 +21,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 from absl import flags, logging
 
-from comatch_jax import atomic_files, command_line, commands
+from comatch_jax import atomic_files, cli, commands
 from comatch_jax.commands import ema_model
 from comatch_jax.data import pipeline
 from comatch_jax.trainer import saved_runs
@@ -458,10 +458,10 @@ def _analyze() -> None:
         logging.info("wrote %s", path)
 
 
-main = command_line.entry_point(_analyze)
+main = cli.entry_point(_analyze)
 
 
-def cli() -> None:
+def command() -> None:
     """comatch-analyze (setup.py): flags are defined here, so that importing defines none."""
     flags.DEFINE_string("workdir", None, "Workdir of a trained run.")
     flags.DEFINE_string("out", None, "Directory to write the PNG files to.")
@@ -472,8 +472,8 @@ def cli() -> None:
     flags.DEFINE_integer("batch_size", 1000, "Images per inference batch.")
     flags.mark_flags_as_required(["workdir", "out"])
     commands.help_for_console_script(__name__)
-    command_line.run(main)
+    cli.run(main)
 
 
 if __name__ == "__main__":
-    cli()
+    command()

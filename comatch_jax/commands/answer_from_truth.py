@@ -19,7 +19,6 @@ the labels CSV comes from people, not from this tool.
 
 from __future__ import annotations
 
-import json
 import os
 from typing import Any
 
@@ -27,19 +26,11 @@ import ml_collections
 from absl import flags, logging
 from ml_collections import config_flags
 
-from comatch_jax import command_line, commands
+from comatch_jax import cli, commands
 from comatch_jax.commands import active_learning
+from comatch_jax.trainer import saved_runs
 
 FLAGS = flags.FLAGS
-
-
-def read_run_config(workdir: str) -> ml_collections.ConfigDict:
-    """The config a run saved in its workdir."""
-    path = os.path.join(workdir, "config.json")
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"{workdir} holds no comatch_jax run (no config.json).")
-    with open(path) as f:
-        return ml_collections.ConfigDict(json.load(f))
 
 
 def answer_requests(
@@ -92,15 +83,15 @@ def _answer() -> None:
     if FLAGS.truth is not None:
         count = answer_from_truth_csv(FLAGS.requests, FLAGS.truth, FLAGS.out)
     else:
-        config = FLAGS.config if FLAGS.config is not None else read_run_config(FLAGS.workdir)
+        config = FLAGS.config if FLAGS.config is not None else saved_runs.read_config(FLAGS.workdir)
         count = answer_requests(FLAGS.requests, FLAGS.out, config)
     logging.info("Wrote %d ground-truth labels to %s (offline evaluation).", count, FLAGS.out)
 
 
-main = command_line.entry_point(_answer)
+main = cli.entry_point(_answer)
 
 
-def cli() -> None:
+def command() -> None:
     """comatch-answer-from-truth (setup.py): flags are defined here, so importing defines none."""
     config_flags.DEFINE_config_file("config", None, "Config whose dataset to read.")
     flags.DEFINE_string("workdir", None, "A run whose config.json names the dataset.")
@@ -109,8 +100,8 @@ def cli() -> None:
     flags.DEFINE_string("out", None, "Where to write the labels CSV (id,label or path,label).")
     flags.mark_flags_as_required(["requests", "out"])
     commands.help_for_console_script(__name__)
-    command_line.run(main)
+    cli.run(main)
 
 
 if __name__ == "__main__":
-    cli()
+    command()

@@ -16,7 +16,7 @@ import tempfile
 import numpy as np
 from absl import flags, logging
 
-from comatch_jax import command_line, commands
+from comatch_jax import cli, commands
 from comatch_jax.commands import active_learning, ema_model
 from comatch_jax.trainer import saved_runs
 
@@ -89,10 +89,10 @@ def _predict() -> None:
     print(f"Wrote predictions for {count} images to {FLAGS.out}")
 
 
-main = command_line.entry_point(_predict)
+main = cli.entry_point(_predict)
 
 
-def cli() -> None:
+def command() -> None:
     """comatch-predict (setup.py): flags are defined here, so that importing defines none."""
     flags.DEFINE_string("workdir", None, "The trained run's workdir.")
     flags.DEFINE_string("images", None, "Directory of images to classify.")
@@ -104,8 +104,8 @@ def cli() -> None:
     )
     flags.mark_flags_as_required(["workdir", "images", "out"])
     commands.help_for_console_script(__name__)
-    command_line.run(main)
+    cli.run(main)
 
 
 if __name__ == "__main__":
-    cli()
+    command()

@@ -21,7 +21,7 @@ import os
 import numpy as np
 from absl import flags, logging
 
-from comatch_jax import command_line, commands
+from comatch_jax import cli, commands
 from comatch_jax.commands import active_learning, ema_model
 from comatch_jax.data import pipeline
 from comatch_jax.trainer import saved_runs
@@ -136,10 +136,10 @@ def _request_labels() -> None:
     logging.info("Wrote %d label requests (%s) to %s", len(requests.ids), FLAGS.strategy, FLAGS.out)
 
 
-main = command_line.entry_point(_request_labels)
+main = cli.entry_point(_request_labels)
 
 
-def cli() -> None:
+def command() -> None:
     """comatch-request-labels (setup.py): flags are defined here, so importing defines none."""
     flags.DEFINE_string("workdir", None, "Workdir of a trained run.")
     flags.DEFINE_integer("budget", None, "How many labels to request.")
@@ -154,8 +154,8 @@ def cli() -> None:
     flags.DEFINE_integer("batch_size", 1000, "Images per inference batch.")
     flags.mark_flags_as_required(["workdir", "budget", "out"])
     commands.help_for_console_script(__name__)
-    command_line.run(main)
+    cli.run(main)
 
 
 if __name__ == "__main__":
-    cli()
+    command()

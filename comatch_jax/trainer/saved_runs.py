@@ -1,11 +1,11 @@
-"""A run's workdir: what it holds, how it is checked, written, and read back.
+"""A run's saved record: what its workdir holds, how it is checked, written and read back.
 
 A workdir holds `config.json` (the config), `run_info.json` (checkpoint format, dataset facts:
-classes, image shape, source), `checkpoints/` (Orbax, the whole TrainState), `metrics.jsonl`,
-TensorBoard event files and `summary.json`. The trainer writes it; the commands (probe,
-predict, analyze, request_labels) read it with `load_run`, never through the trainer.
-Checkpoints are restored one way: onto the abstract (jax.eval_shape'd) TrainState of the
-run's config, with explicit shardings.
+classes, image shape, source, data fingerprint), `checkpoints/` (Orbax, the whole
+TrainState), `metrics.jsonl`, TensorBoard event files and `summary.json`. The trainer writes
+it; the commands (probe, predict, analyze, request_labels) read it with `load_run`, never
+through the trainer. Checkpoints are restored one way: onto the abstract (jax.eval_shape'd)
+TrainState of the run's config, with explicit shardings.
 """
 
 from __future__ import annotations
@@ -20,49 +20,23 @@ import jax.numpy as jnp
 import ml_collections
 import orbax.checkpoint as ocp
 from absl import logging
+from flax import traverse_util
 
+from comatch_jax import atomic_files, config_lib, data, multihost
 from comatch_jax.core import methods, models, train_state
-from comatch_jax import config_lib, multihost
 from comatch_jax.core.train_state import TrainState
 
 RUN_INFO = "run_info.json"
-# What runs before checkpoint format 2 wrote instead of run_info.json.
-LEGACY_DATASET_INFO = "dataset_info.json"
-# 1 (unrecorded): TrainState.rng a raw uint32[2] key. 2: typed PRNG keys (jax.random.key).
+# 2: typed PRNG keys (jax.random.key) in the TrainState.
 CHECKPOINT_FORMAT = 2
 
-# Fields a resumed run may change (the same command with these overrides continues the run
-# from its latest checkpoint):
-# - how it is logged, evaluated, checkpointed and fed, which does not change what is trained;
-# - optim.lr and nonfinite_policy, the advice after a non-finite loss: the learning-rate
-#   schedule continues at the optimizer's own step count with the new peak rate, and a
-#   skip policy applies from the resumed step on; each change is logged;
-# - num_steps: the schedule is recomputed for the new total at the optimizer's step count,
-#   so a cosine's rate at the resumed step changes (logged with both rates) and the run
-#   then decays to the end of the new total.
-# Every other field changes what is trained and is refused (a new --workdir is needed).
+# Fields the same command may change when it resumes a run: how the run is logged, evaluated,
+# checkpointed and fed, its length, and the two overrides the advice after a non-finite loss
+# gives (metrics.check_finite). Any other change is refused: it needs a new --workdir.
 RESUMABLE_CHANGES = frozenset(
-    [
-        "num_steps",
-        "log_every",
-        "eval_every",
-        "checkpoint_every",
-        "keep_checkpoints",
-        "eval_batch_size",
-        "data_on_device",
-        "optim.lr",
-        "nonfinite_policy",
-    ]
+    "num_steps log_every eval_every checkpoint_every keep_checkpoints eval_batch_size "
+    "data_on_device optim.lr nonfinite_policy".split()
 )
-
-
-def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(tree, dict):
-        out = {}
-        for key, value in tree.items():
-            out.update(_flatten(value, f"{prefix}{key}."))
-        return out
-    return {prefix[:-1]: tree}
 
 
 def check_workdir(
@@ -70,136 +44,60 @@ def check_workdir(
 ) -> None:
     """Refuses a workdir that holds something else than this run, before touching it.
 
-    Raises ValueError for a non-empty directory without a run, a run on different data (its
-    recorded datasets.data_fingerprint differs from `fingerprint`: says what changed, and for
-    an image-folder run without unlabeled draws whose unlabeled/ changed, why it matters), a run
-    of a different config (fields other than RESUMABLE_CHANGES), or checkpoints of an older
-    format.
+    Raises ValueError for a path Orbax cannot use ('[' or ']'), a non-empty directory
+    without a run, a run on other data (its recorded data fingerprint differs from
+    `fingerprint`: says what changed), a run of another config (fields other than
+    RESUMABLE_CHANGES), or a checkpoint past config.num_steps.
     """
+    if "[" in os.path.abspath(workdir) or "]" in os.path.abspath(workdir):
+        raise ValueError(
+            f"--workdir={workdir} holds '[' or ']', which Orbax reads as a file pattern when it "
+            "assembles a checkpoint (the run could not be resumed or read); choose a path "
+            "without them."
+        )
     if not os.path.isdir(workdir) or not os.listdir(workdir) or _only_an_empty_start(workdir):
         return
-    saved_path = os.path.join(workdir, "config.json")
-    if not os.path.exists(saved_path):
+    if not os.path.exists(os.path.join(workdir, "config.json")):
         raise ValueError(
             f"--workdir={workdir} is not empty and holds no comatch_jax run; "
             "choose a new or empty directory."
         )
-    info_path = os.path.join(workdir, RUN_INFO)
-    if fingerprint is not None and os.path.exists(info_path):
-        from comatch_jax import data as datasets
-
-        with open(info_path) as f:
-            saved_fingerprint = json.load(f).get("fingerprint")
-        change = saved_fingerprint and datasets.describe_data_change(saved_fingerprint, fingerprint)
-        if change:
-            change += _why_unlabeled_matters(config, workdir, saved_fingerprint, fingerprint)
-            raise ValueError(
-                f"--workdir={workdir} holds a run on other data ({change}); use a new "
-                "--workdir to train on the data as it is now, or restore the data to resume."
-            )
-    with open(saved_path) as f:  # a field added since the run was saved: its default
-        saved = _flatten(json.loads(config_lib.base_config().to_json_best_effort()))
-        saved.update(_flatten(json.load(f)))
-    current = _flatten(json.loads(config.to_json_best_effort()))
-    differing = sorted(
-        key
-        for key in set(saved) | set(current)
-        if saved.get(key) != current.get(key) and key not in RESUMABLE_CHANGES
+    saved_fingerprint = read_run_info(workdir).get("fingerprint")
+    change = (
+        fingerprint
+        and saved_fingerprint
+        and data.describe_data_change(saved_fingerprint, fingerprint)
     )
-    if differing:
+    if change:
         raise ValueError(
-            f"--workdir={workdir} holds a run with a different config ({', '.join(differing)}); "
+            f"--workdir={workdir} holds a run on other data ({change}); use a new "
+            "--workdir to train on the data as it is now, or restore the data to resume."
+        )
+    with open(os.path.join(workdir, "config.json")) as f:  # a field added since: its default
+        saved = traverse_util.flatten_dict(json.loads(config_lib.base_config().to_json()), sep=".")
+        saved.update(traverse_util.flatten_dict(json.load(f), sep="."))
+    current = traverse_util.flatten_dict(json.loads(config.to_json_best_effort()), sep=".")
+    changed = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
+    refused = [key for key in changed if key not in RESUMABLE_CHANGES]
+    if refused:
+        raise ValueError(
+            f"--workdir={workdir} holds a run with a different config ({', '.join(refused)}); "
             "use a new --workdir, or the same config to resume (only "
             f"{', '.join(sorted(RESUMABLE_CHANGES))} may change on resume)."
         )
-    if _has_checkpoints(workdir):
-        read_run_info(workdir)  # raises on an older checkpoint format
-        step = _latest_checkpoint_step(workdir)
-        if config.num_steps < step:
-            raise ValueError(
-                f"The checkpoint in {workdir} is at step {step} > num_steps={config.num_steps}; "
-                f"use --config.num_steps={step} (the run as it is) or more (to train on), or a "
-                "new --workdir."
-            )
-        _log_resume_changes(saved, current, workdir)
-
-
-def _why_unlabeled_matters(
-    config: ml_collections.ConfigDict,
-    workdir: str,
-    saved_fingerprint: dict[str, Any],
-    fingerprint: dict[str, Any],
-) -> str:
-    """For an image-folder run that draws no unlabeled images (mu = 0) whose unlabeled/
-    changed: why that is a change of its data (the folder's mean/std, which it normalises
-    with, are measured over labeled/ and unlabeled/); else ""."""
-    from comatch_jax.data import loader as training_data
-    from comatch_jax.data import dataset as normalization
-
-    before = saved_fingerprint.get("parts", {}).get("unlabeled")
-    after = fingerprint.get("parts", {}).get("unlabeled")
-    if (
-        config.dataset.name != "image_folder"
-        or before == after
-        or training_data.draws_unlabeled_images(config)
-    ):
-        return ""
-    note = "; this run draws no unlabeled images, but the folder's mean/std include unlabeled/"
-    with open(os.path.join(workdir, "config.json")) as f:
-        saved = json.load(f).get("dataset", {})
-    for key in ("mean", "std"):  # the values it normalised with, and would now
-        old, new = saved.get(key), config.dataset.get(key)
-        if old and new and [float(v) for v in old] != [float(v) for v in new]:
-            note += (
-                f"; {key} {normalization.format_channels(old)} -> "
-                f"{normalization.format_channels(new)}"
-            )
-    return note
-
-
-def _log_resume_changes(saved: dict[str, Any], current: dict[str, Any], workdir: str) -> None:
-    """One log line per resumable field whose change alters training (num_steps, optim.lr,
-    nonfinite_policy), with the learning rate before and after at the resumed step."""
-    changed = [
-        k for k in ("num_steps", "optim.lr", "nonfinite_policy") if saved.get(k) != current.get(k)
-    ]
-    if not changed:
-        return
-    step = _latest_checkpoint_step(workdir)
-    for key in changed:
+    steps = _checkpoint_steps(workdir)
+    if steps and config.num_steps < max(steps):
+        raise ValueError(
+            f"The checkpoint in {workdir} is at step {max(steps)} > num_steps="
+            f"{config.num_steps}; use --config.num_steps={max(steps)} (the run as it is) or "
+            "more (to train on), or a new --workdir."
+        )
+    if steps and changed:
         logging.warning(
-            "Resuming %s at step %d with %s=%s (was %s).",
+            "Resuming the run in %s with %s.",
             workdir,
-            step,
-            key,
-            current.get(key),
-            saved.get(key),
+            ", ".join(f"{k}={current.get(k)} (was {saved.get(k)})" for k in changed),
         )
-    if "num_steps" in changed or "optim.lr" in changed:
-        before, after = (
-            float(train_state.learning_rate_schedule(_config_of(flat))(step))
-            for flat in (saved, current)
-        )
-        logging.warning(
-            "The learning-rate schedule continues for num_steps=%s from step %d: rate %.6g there "
-            "(it was %.6g under the saved config).",
-            current.get("num_steps"),
-            step,
-            after,
-            before,
-        )
-
-
-def _config_of(flat: dict[str, Any]) -> ml_collections.ConfigDict:
-    """A ConfigDict from _flatten's dotted keys."""
-    tree: dict[str, Any] = {}
-    for key, value in flat.items():
-        *parents, leaf = key.split(".")
-        node = tree
-        for parent in parents:
-            node = node.setdefault(parent, {})
-        node[leaf] = value
-    return ml_collections.ConfigDict(tree)
 
 
 def _only_an_empty_start(workdir: str) -> bool:
@@ -211,50 +109,38 @@ def _only_an_empty_start(workdir: str) -> bool:
     return os.path.isdir(directory) and not os.listdir(directory)
 
 
-def _latest_checkpoint_step(workdir: str) -> int:
-    """The step of the latest complete checkpoint in workdir/checkpoints (one must exist)."""
-    return max(
-        int(name) for name in os.listdir(os.path.join(workdir, "checkpoints")) if name.isdigit()
-    )
-
-
-def _has_checkpoints(workdir: str) -> bool:
+def _checkpoint_steps(workdir: str) -> list[int]:
+    """The steps of the complete checkpoints in workdir/checkpoints."""
     directory = os.path.join(workdir, "checkpoints")
-    return os.path.isdir(directory) and any(name.isdigit() for name in os.listdir(directory))
+    names = os.listdir(directory) if os.path.isdir(directory) else []
+    return [int(name) for name in names if name.isdigit()]
 
 
 def read_run_info(workdir: str) -> dict[str, Any]:
     """run_info.json of `workdir`: checkpoint_format, num_classes, class_names, image_shape,
-    source. Raises ValueError (one line: what to do) for a run of an older checkpoint
-    format, FileNotFoundError when the workdir holds no run."""
+    source, fingerprint. Raises FileNotFoundError when the workdir holds no run, ValueError
+    (one line) for a run whose checkpoints this version cannot read."""
     path = os.path.join(workdir, RUN_INFO)
     if not os.path.exists(path):
-        if os.path.exists(os.path.join(workdir, LEGACY_DATASET_INFO)):
-            _raise_old_format(workdir, 1)
         raise FileNotFoundError(
             f"{workdir} holds no comatch_jax run (no config.json / {RUN_INFO})."
         )
     with open(path) as f:
         info = json.load(f)
     if info.get("checkpoint_format") != CHECKPOINT_FORMAT:
-        _raise_old_format(workdir, info.get("checkpoint_format"))
+        raise ValueError(
+            f"{workdir} was written by another version of comatch_jax (checkpoint format "
+            f"{info.get('checkpoint_format')}; this version reads format {CHECKPOINT_FORMAT}): "
+            "start a fresh --workdir, or use the version that wrote it to read that run."
+        )
     return info
 
 
-def _raise_old_format(workdir: str, found: Any) -> None:
-    raise ValueError(
-        f"{workdir} was written by another version of comatch_jax (checkpoint format {found}; "
-        f"this version reads format {CHECKPOINT_FORMAT}, with typed PRNG keys): start a fresh "
-        "--workdir, or use the comatch_jax release that wrote it to finish or read that run."
-    )
-
-
 def save_json(workdir: str, name: str, record: dict[str, Any]) -> None:
-    """Writes `record` as workdir/name (process 0 only)."""
-    if not multihost.is_primary():
-        return
-    with open(os.path.join(workdir, name), "w") as f:
-        json.dump(record, f, indent=2)
+    """Writes `record` as workdir/name, whole or not at all (process 0 only)."""
+    if multihost.is_primary():
+        with atomic_files.open_atomic(os.path.join(workdir, name)) as f:
+            json.dump(record, f, indent=2)
 
 
 def save_run(
@@ -267,24 +153,21 @@ def save_run(
     source: str,
     fingerprint: dict[str, Any] | None = None,
 ) -> None:
-    """Writes config.json and run_info.json (process 0 only), before any checkpoint.
-    `fingerprint` (datasets.data_fingerprint) lets a resumed run notice changed data."""
-    if not multihost.is_primary():
-        return
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-        f.write(config.to_json_best_effort(indent=2, sort_keys=True))
-    save_json(
-        workdir,
-        RUN_INFO,
-        {
-            "checkpoint_format": CHECKPOINT_FORMAT,
-            "num_classes": num_classes,
-            "class_names": list(class_names),
-            "image_shape": list(image_shape),
-            "source": source,
-            "fingerprint": fingerprint,
-        },
-    )
+    """Writes run_info.json, then config.json (which marks the workdir as a run's), process
+    0 only, before any checkpoint. `fingerprint` (data.data_fingerprint) lets a resumed run
+    notice changed data."""
+    info = {
+        "checkpoint_format": CHECKPOINT_FORMAT,
+        "num_classes": num_classes,
+        "class_names": list(class_names),
+        "image_shape": list(image_shape),
+        "source": source,
+        "fingerprint": fingerprint,
+    }
+    save_json(workdir, RUN_INFO, info)
+    if multihost.is_primary():
+        with atomic_files.open_atomic(os.path.join(workdir, "config.json")) as f:
+            f.write(config.to_json_best_effort(indent=2, sort_keys=True))
 
 
 def checkpoint_manager(workdir: str, max_to_keep: int | None = None) -> ocp.CheckpointManager:
@@ -303,8 +186,15 @@ def build_training(
     image_shape: tuple[int, int, int],
     num_devices: int = 1,
 ) -> tuple[methods.Method, Any, Any, Any]:
-    """(method, model, optimizer, init_state) for `config`; init_state(key) -> TrainState,
-    with `key` a typed PRNG key (jax.random.key)."""
+    """(method, model, optimizer, init_state) for `config` on `num_devices` devices;
+    init_state(key) -> TrainState, with `key` a typed PRNG key (jax.random.key). Raises
+    ValueError when the batch sizes do not split over the devices."""
+    if config.batch_size % num_devices or config.eval_batch_size % num_devices:
+        raise ValueError(
+            f"batch_size ({config.batch_size}) and eval_batch_size ({config.eval_batch_size}) "
+            f"must be multiples of the {num_devices} devices the batch is sharded over"
+            f" ({jax.process_count()} process(es))."
+        )
     method = methods.get_method(config.method)
     model = models.create_model(config.model, num_classes, image_shape, num_devices=num_devices)
     tx = train_state.create_optimizer(config)
@@ -330,24 +220,19 @@ def abstract_state(init_state: Any, sharding: jax.sharding.Sharding) -> TrainSta
 
 
 def save_checkpoint(
-    manager: ocp.CheckpointManager,
-    step: int,
-    state: TrainState,
-    train_seconds: float | None = None,
+    manager: ocp.CheckpointManager, step: int, state: TrainState, seconds: float = 0.0
 ) -> None:
     """Starts writing checkpoint `step` of the whole TrainState (asynchronously; Orbax
-    commits it only once complete, so a half-written checkpoint is never restored).
-    `train_seconds` (wall-clock seconds of training up to this step, over every process that
-    trained the run) goes into the checkpoint's metadata, for `train_seconds_at`."""
-    custom_metadata = None if train_seconds is None else {"train_seconds": float(train_seconds)}
-    manager.save(step, args=ocp.args.StandardSave(state), custom_metadata=custom_metadata)
+    commits it only once complete), with the training time up to it (wall-clock `seconds`,
+    summed over the processes that trained the run) for `train_seconds_at`."""
+    manager.save(
+        step, args=ocp.args.StandardSave(state), custom_metadata={"train_seconds": seconds}
+    )
     logging.info("Saving the checkpoint of step %d", step)
 
 
 def train_seconds_at(manager: ocp.CheckpointManager, step: int) -> float:
-    """The training time (wall-clock seconds, summed over the processes that trained the run
-    up to `step`) recorded with checkpoint `step` by `save_checkpoint`; 0.0 for a checkpoint
-    written without it (by an earlier version)."""
+    """The training time recorded with checkpoint `step` by `save_checkpoint` (0.0 if none)."""
     metadata = manager.metadata(step)
     return float((getattr(metadata, "custom_metadata", None) or {}).get("train_seconds", 0.0))
 
@@ -379,6 +264,19 @@ class TrainedRun:
     image_shape: tuple[int, int, int]
 
 
+def read_config(workdir: str) -> ml_collections.ConfigDict:
+    """The config a run saved in workdir/config.json, over config_lib.base_config() so that a
+    field added since the run was saved reads as its default. Raises FileNotFoundError (one
+    line) when the workdir holds no run."""
+    path = os.path.join(workdir, "config.json")
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{workdir} holds no comatch_jax run (no config.json).")
+    config = config_lib.base_config()
+    with open(path) as f, config.unlocked():
+        config.update(json.load(f))
+    return config
+
+
 def load_run(
     workdir: str, step: int | None = None, sharding: jax.sharding.Sharding | None = None
 ) -> TrainedRun:
@@ -386,14 +284,8 @@ def load_run(
     placed with `sharding` (e.g. replicated over a multi-host mesh; default: this process's
     first device). Raises FileNotFoundError (no run, no checkpoint) or ValueError (another
     format or model), each one line."""
-    config_path = os.path.join(workdir, "config.json")
-    if not os.path.exists(config_path):
-        raise FileNotFoundError(
-            f"{workdir} holds no comatch_jax run (no config.json / {RUN_INFO})."
-        )
     info = read_run_info(workdir)
-    with open(config_path) as f:
-        config = ml_collections.ConfigDict(json.load(f))
+    config = read_config(workdir)
     _, model, _, init_state = build_training(
         config, info["num_classes"], tuple(info["image_shape"])
     )
