@@ -14,7 +14,7 @@ import pytest
 
 from comatch_jax import config_lib
 from comatch_jax.core import methods, models, train_state, train_step
-from comatch_jax.data import normalization
+from comatch_jax.data import dataset
 
 _config_file = config_lib.config_file
 
@@ -194,7 +194,7 @@ def test_cifar_presets_are_the_official_train_comatch_recipe(preset):
     # preset leaves dataset.mean/std to it).
     assert config.dataset.mean == config.dataset.std == ()
     assert (
-        normalization.standard_statistics(config.dataset.name)
+        dataset.STANDARD_STATISTICS[config.dataset.name]
         == {
             "cifar10": ((0.4914, 0.4822, 0.4465), (0.2471, 0.2435, 0.2616)),
             "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
@@ -262,7 +262,7 @@ def test_the_gpu_evidence_and_stl10_presets():
         0.999,
         512 * 1024,
     )
-    assert normalization.standard_statistics("stl10") == (
+    assert dataset.STANDARD_STATISTICS["stl10"] == (
         (0.4409, 0.4279, 0.3868),
         (0.2683, 0.2610, 0.2687),
     )
