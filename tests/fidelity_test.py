@@ -183,6 +183,54 @@ def test_distribution_alignment_floor_leaves_normal_inputs_unchanged():
         np.testing.assert_allclose(got, expected, atol=1e-6, rtol=0)
 
 
+def _official_distribution_alignment(prob_list, probs):
+    """The official code's DA in float64 (Train_CoMatch.py: prob_list of the last 32 batch
+    means, probs / prob_avg, renormalised), without any floor."""
+    prob_avg = np.mean(prob_list[-32:], axis=0)
+    aligned = probs / prob_avg
+    return aligned / aligned.sum(1, keepdims=True)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_distribution_alignment_with_confident_logits_is_the_official_formula(seed):
+    """One class +30 over the rest: a class's mean probability over the history is ~1e-13,
+    positive but tiny. The official float64 result must hold (a floor at 1e-12 changed
+    aligned probabilities by up to 0.46 here); only exact zeros may be floored."""
+    rng = np.random.default_rng(seed)
+    num_classes, batch = 10, 16
+    history, count = jnp.zeros((32, num_classes)), jnp.zeros((), jnp.int32)
+    prob_list, worst = [], 0.0
+    for _ in range(40):
+        logits = rng.normal(size=(batch, num_classes))
+        logits[np.arange(batch), rng.integers(0, 3, size=batch)] += 30.0  # classes 0-2 only
+        probs32 = np.asarray(jax.nn.softmax(jnp.float32(logits), axis=-1))
+        assert 0 < probs32[:, 3:].mean() < 1e-12  # the regime the old floor distorted
+        aligned, history, count = losses.distribution_alignment(
+            jnp.asarray(probs32), history, count
+        )
+        prob_list.append(probs32.astype(np.float64).mean(0))
+        expected = _official_distribution_alignment(prob_list, probs32.astype(np.float64))
+        worst = max(worst, float(np.abs(np.asarray(aligned) - expected).max()))
+    assert worst < 1e-5, worst
+
+
+def test_distribution_alignment_floor_is_float32_tiny_hand_checked():
+    """History of one batch [[1, 0], [1, 0]] (class 1 never predicted): mean [1, 0]; the
+    floor turns 0 into float32's tiny, class 1's probability 0 stays 0: [[1, 0], [1, 0]]."""
+    assert losses.DA_FLOOR == float(np.finfo(np.float32).tiny)
+    aligned, _, _ = losses.distribution_alignment(
+        jnp.array([[1.0, 0.0], [1.0, 0.0]]), jnp.zeros((4, 2)), jnp.zeros((), jnp.int32)
+    )
+    np.testing.assert_array_equal(aligned, [[1.0, 0.0], [1.0, 0.0]])
+    # A positive mean of 1e-13 is divided by as it is: probs [[1, 2e-13], [1, 0]] have the
+    # mean [1, 1e-13]; row 0 becomes [1, 2] / 3, row 1 stays [1, 0].
+    probs = jnp.array([[1.0, 2e-13], [1.0, 0.0]], jnp.float32)
+    aligned, _, _ = losses.distribution_alignment(
+        probs, jnp.zeros((4, 2)), jnp.zeros((), jnp.int32)
+    )
+    np.testing.assert_allclose(aligned, [[1 / 3, 2 / 3], [1.0, 0.0]], rtol=1e-5)
+
+
 # ----------------------------------------------------------------------------- 9. bf16
 def test_bfloat16_model_runs_the_backbone_in_bf16_and_heads_and_losses_in_float32():
     config = config_lib.base_config()

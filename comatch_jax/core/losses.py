@@ -27,7 +27,10 @@ def soft_cross_entropy(logits: jax.Array, targets: jax.Array) -> jax.Array:
     return -jnp.sum(targets * log_probs, axis=-1)
 
 
-DA_FLOOR = 1e-12
+# float32's smallest normal number: the divisor of distribution alignment is floored here so
+# that only an exact 0 (a class no batch in the history predicted at all, e.g. one-hot
+# probabilities from saturated logits) changes; every positive float32 mean is untouched.
+DA_FLOOR = float(jnp.finfo(jnp.float32).tiny)
 
 
 def distribution_alignment(
@@ -40,12 +43,12 @@ def distribution_alignment(
     of the buffer's valid rows (this batch included) and renormalised (github
     salesforce/CoMatch Train_CoMatch.py: prob_list, probs / prob_avg, renormalise).
 
-    Unlike the official float32 code, the mean is floored at `floor` (1e-12) first: with
-    saturated weak logits (e.g. +-80) float32 softmax is exactly one-hot, a class's mean
-    is 0 and the official division is 0 / 0 = NaN in every later step. A class whose mean
-    is above the floor is untouched, so ordinary inputs give the official result (to
-    float32 rounding); a row always keeps a positive sum (its largest probability's class
-    has a mean of at least that probability / (B L)).
+    Unlike the official float32 code, the mean is floored at `floor` (float32's smallest
+    normal number) first: with saturated weak logits (e.g. +-80) float32 softmax is exactly
+    one-hot, a class's mean is 0 and the official division is 0 / 0 = NaN in every later
+    step. The floor touches only those zeros: a class's mean includes this batch, so a
+    probability is at most B L times its class's mean, and confident predictions (means
+    near 1e-13) give the official result (to float32 rounding).
 
     Returns (aligned probs [B, C] float32, new history, new count).
     """
@@ -417,10 +420,11 @@ def uniform_alignment(
     over the steps, updated with this batch first; its first value is the first batch's mean
     (`count` [] int = updates so far = 0), as in the official code (USB DistAlignEMAHook).
     probs [B, C] float (a target, no gradient). Returns (aligned probs [B, C] float32, new
-    class_mean [C], count + 1). E[p] is floored at DA_FLOOR (1e-12) in the division, as
-    distribution_alignment (USB's dist_align adds 1e-6 instead): a class whose probability
-    is exactly 0 across the first batch (saturated logits) would otherwise give 0 / 0 = NaN
-    weights, mu_t and sigma_t^2 from then on. Classes above the floor are untouched.
+    class_mean [C], count + 1). E[p] is floored at DA_FLOOR (float32's smallest normal
+    number) in the division, as distribution_alignment (USB's dist_align adds 1e-6 instead):
+    a class whose probability is exactly 0 across the first batch (saturated logits) would
+    otherwise give 0 / 0 = NaN weights, mu_t and sigma_t^2 from then on. Every positive
+    E[p] is untouched.
     """
     probs = jax.lax.stop_gradient(probs.astype(jnp.float32))
     batch_mean = jnp.mean(probs, axis=0)
