@@ -16,13 +16,16 @@ def _unit(x):
     return x / np.linalg.norm(x, axis=-1, keepdims=True)
 
 
-def reference_weights(z, references, mask):
+def reference_weights(z, references, mask, n_sigma=2.0):
     nearest = np.array(
         [max(float(zb @ r) for r, keep in zip(references, mask) if keep) for zb in z]
     )
     mean, variance = nearest.mean(), max(nearest.var(), losses.SOFTMATCH_VARIANCE_FLOOR)
     return np.array(
-        [1.0 if s >= mean else math.exp(-((s - mean) ** 2) / (2 * variance)) for s in nearest]
+        [
+            1.0 if s >= mean else math.exp(-((s - mean) ** 2) * n_sigma**2 / (2 * variance))
+            for s in nearest
+        ]
     )
 
 
@@ -44,9 +47,13 @@ def test_weights_hand_checked():
     # Nearest similarities: (1, 0) -> 1; (0.6, 0.8) -> 0.8; (-1, 0) -> 0 (not 1: -x is masked);
     # (-0.6, -0.8) -> -0.6. Mean 0.3, variance (0.49 + 0.25 + 0.09 + 0.81) / 4 = 0.41.
     z = jnp.array([[1.0, 0.0], [0.6, 0.8], [-1.0, 0.0], [-0.6, -0.8]])
+    # n_sigma = 1: exp(-gap^2 / (2 0.41)); the default n_sigma = 2 divides 2 sigma^2 by 4.
     expected = [1.0, 1.0, math.exp(-(0.3**2) / 0.82), math.exp(-(0.9**2) / 0.82)]
     np.testing.assert_allclose(
-        losses.labeled_similarity_weights(z, references, mask), expected, rtol=1e-6
+        losses.labeled_similarity_weights(z, references, mask, n_sigma=1.0), expected, rtol=1e-6
+    )
+    np.testing.assert_allclose(
+        losses.labeled_similarity_weights(z, references, mask), np.power(expected, 4), rtol=1e-5
     )
     # Equal similarities: variance 0 is floored, every weight is 1 (nothing below the mean).
     same = losses.labeled_similarity_weights(jnp.ones((3, 1)), jnp.ones((1, 1)), jnp.array([True]))
