@@ -277,11 +277,12 @@ def unknown_score_table(outputs: dict, labeled: dict) -> dict[str, np.ndarray]:
 def pseudo_label_rates(run, outputs: dict, known: np.ndarray) -> dict[str, float]:
     """What the model's pseudo-labelling does with known (`known` True) and unknown
     unlabeled images: the mean max softmax p, the fraction with max p >= 0.95, and the
-    fraction the method itself would train on (FixMatch: max p >= fixmatch.threshold; CoMatch:
-    the memory-smoothed q of the run's final queue, after distribution alignment with its
-    final history, against comatch.threshold or the adaptive tau(argmax q)), and the share of
-    unknown images among those it would train on. The EMA model stands in for the online
-    model that pseudo-labels during training."""
+    fraction the method itself would train on (FixMatch without DA: max p >= its threshold;
+    CoMatch: the memory-smoothed q of the run's final queue, after distribution alignment
+    with its final history, against comatch.threshold or the adaptive tau(argmax q)), and
+    the share of unknown images among those it would train on (neither for other methods).
+    The EMA model stands in for the online model that pseudo-labels during training;
+    comatch.unknown_weighting is not applied."""
     from comatch_jax.core import losses
 
     config, state = run.config, run.state.method_state
