@@ -241,7 +241,8 @@ def model_outputs(run, images: np.ndarray) -> dict[str, np.ndarray]:
     """The EMA model's logits [N, C], embedding [N, D] and pooled features [N, F]."""
     import jax
 
-    from comatch_jax.core import inference, train_step
+    from comatch_jax.commands import ema_model
+    from comatch_jax.core import evaluation, train_step
 
     mean, std = run.config.dataset.mean, run.config.dataset.std
 
@@ -249,15 +250,7 @@ def model_outputs(run, images: np.ndarray) -> dict[str, np.ndarray]:
         outputs = run.model.apply(variables, train_step.preprocess(batch, mean, std), train=False)
         return {key: outputs[key] for key in ("logits", "embedding", "features")}
 
-    return inference.predict_with(
-        run.model,
-        inference.ema_variables(run),
-        images,
-        mean=mean,
-        std=std,
-        predict_batch=jax.jit(predict_batch),
-        progress=False,
-    )
+    return evaluation.predict(jax.jit(predict_batch), ema_model.variables(run), images)
 
 
 def unknown_score_table(outputs: dict, labeled: dict) -> dict[str, np.ndarray]:
