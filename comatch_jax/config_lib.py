@@ -98,6 +98,9 @@ def base_config() -> ml_collections.ConfigDict:
     config.comatch.queue_size = 640  # K; the official CIFAR value is 5 batches: 5*(mu+1)*B
     config.comatch.distribution_alignment, config.comatch.da_length = True, 32
     config.comatch.lambda_bt = 0.01  # method comatch_bt only: weight of the Barlow Twins term
+    # Weigh each image's L_u^cls term by how like a labeled image it is (open-set pools:
+    # losses.labeled_similarity_weights); off = the paper.
+    config.comatch.unknown_weighting = False
 
     config.fixmatch = ml_collections.ConfigDict()
     config.fixmatch.threshold, config.fixmatch.lambda_u = 0.95, 1.0  # tau, lambda_u

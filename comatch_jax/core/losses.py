@@ -447,3 +447,35 @@ def weighted_hard_pseudo_label_loss(
     the aligned p). Averaged over the whole batch. Returns the loss [] float32 in nats."""
     weights = jax.lax.stop_gradient(weights)
     return jnp.mean(_hard_pseudo_label_cross_entropy(strong_logits, weak_probs) * weights)
+
+
+# ----------------------------------------------------------------------------- open-set
+def labeled_similarity_weights(
+    embeddings: jax.Array,
+    reference_embeddings: jax.Array,
+    reference_mask: jax.Array,
+    *,
+    n_sigma: float = 2.0,
+) -> jax.Array:
+    """Weights that play down unlabeled images unlike every labeled image (likely of no
+    known class), for CoMatch's L_u^cls (comatch.unknown_weighting).
+
+    s_b = max_k z_b . r_k, the cosine similarity of each unlabeled image's L2-normalised
+    embedding z_b (`embeddings` [B, D]) to its most similar labeled embedding r_k among the
+    rows of `reference_embeddings` [M, D] where `reference_mask` [M] is True: the kNN
+    in-distribution score of Sun et al. (ICML 2022, arXiv 2204.06507) with k = 1. The weight
+    is SoftMatch's truncated Gaussian (Chen et al., ICLR 2023; n_sigma = 2 as its official
+    code) over s, with this batch's mean mu and variance sigma^2, instead of the confidence:
+      w_b = 1 where s_b >= mu,  exp(-(s_b - mu)^2 / (2 sigma^2 / n_sigma^2)) below,
+    so the images least like a labeled one weigh least, with no threshold to tune; sigma^2
+    is floored at SOFTMATCH_VARIANCE_FLOOR. Needs one True in `reference_mask`. Returns
+    [B] float32 in (0, 1], a target (no gradient). IOMatch and OpenMatch drop likely outliers
+    from the pseudo-label loss with a learned one-vs-all detector instead.
+    """
+    embeddings = jax.lax.stop_gradient(embeddings.astype(jnp.float32))
+    references = jax.lax.stop_gradient(reference_embeddings.astype(jnp.float32))
+    similarity = jnp.where(reference_mask[None, :], embeddings @ references.T, -jnp.inf)
+    nearest = jnp.max(similarity, axis=-1)
+    gap = jnp.minimum(nearest - jnp.mean(nearest), 0.0)
+    variance = jnp.maximum(jnp.var(nearest), SOFTMATCH_VARIANCE_FLOOR)
+    return jnp.exp(-(gap**2) / (2.0 * variance / n_sigma**2))

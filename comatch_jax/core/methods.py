@@ -127,6 +127,10 @@ def comatch_loss(outputs: Outputs, batch: dict, state: dict, config) -> tuple:
     positives in L_u^ctr), not a confidence, and a threshold that starts at 1/C would join
     most pairs of a young model's near-uniform q's into wrong positives; with the self-loops
     W^q always has its instance pairs, so L_u^ctr teaches from the first step anyway.
+
+    comatch.unknown_weighting (for unlabeled pools holding images of no known class) weighs
+    each kept term of L_u^cls by losses.labeled_similarity_weights: images least like any
+    labeled image (this batch's, and those in the queue) weigh least. Not in the paper.
     """
     options = config.comatch
     num_classes = outputs["labeled_weak"]["logits"].shape[-1]
@@ -170,6 +174,17 @@ def comatch_loss(outputs: Outputs, batch: dict, state: dict, config) -> tuple:
         loss_u, mask = losses.masked_pseudo_label_loss(
             outputs["unlabeled_strong0"]["logits"], pseudo_labels, threshold=options.threshold
         )
+    if options.unknown_weighting:
+        # References: this batch's labeled images and the queue's one-hot entries (the labeled
+        # images it holds; an unlabeled entry is one-hot only if its prediction saturated).
+        references = jnp.concatenate([labeled_embeddings, state["queue_embeddings"]])
+        is_labeled = jnp.concatenate(
+            [jnp.ones(len(labeled_embeddings), bool), jnp.max(state["queue_probs"], -1) == 1.0]
+        )
+        mask = mask * losses.labeled_similarity_weights(weak_embeddings, references, is_labeled)
+        targets = jax.lax.stop_gradient(pseudo_labels)  # q is a target
+        strong_logits = outputs["unlabeled_strong0"]["logits"]
+        loss_u = jnp.mean(losses.soft_cross_entropy(strong_logits, targets) * mask)
     target_graph = losses.pseudo_label_graph(pseudo_labels, threshold=options.contrast_threshold)
     similarity_graph = losses.embedding_graph(
         outputs["unlabeled_strong0"]["embedding"],
