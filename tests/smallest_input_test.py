@@ -267,7 +267,7 @@ def test_analyze_with_every_option(smallest_run, tmp_path, options):
         assert not out.exists()  # refused before writing anything
         return
     written = analyze.write_analysis(run, data, workdir, str(out), **options)
-    assert len(written) == 9 and all(os.path.getsize(p) > 0 for p in written)
+    assert len(written) == 10 and all(os.path.getsize(p) > 0 for p in written)
     assert not [name for name in os.listdir(out) if name.startswith(".")]  # no temporaries
 
 
