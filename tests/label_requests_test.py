@@ -2,6 +2,7 @@
 (train -> request_labels -> answer_from_truth -> train on the extra labels) through the real
 commands."""
 
+import json
 import os
 import subprocess
 import sys
@@ -301,7 +302,7 @@ def test_padding_the_last_batch_changes_no_prediction(digits_run):
     images = training_data.prepare_data(digits_run[1]).test_images
     whole = ema_model.predictor(run, batch_size=len(images))(images)
     padded = ema_model.predictor(run, batch_size=7)(images)
-    for name in ("probs", "embedding", "features"):
+    for name in ("logits", "probs", "embedding", "features"):
         np.testing.assert_allclose(whole[name], padded[name], rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(whole["probs"].sum(-1), 1.0, rtol=1e-5)
 
@@ -312,6 +313,28 @@ def test_kcenter_requests_score_the_distance_to_the_labeled_images(digits_run, t
     rows = [line.split(",") for line in open(out).read().splitlines()[1:]]
     assert [int(row[0]) for row in rows] == list(requests.ids) and len(set(requests.ids)) == 5
     assert all(float(row[2]) > 0 for row in rows)  # distance to the nearest labeled image
+
+
+def test_likely_unknown_images_are_listed_apart_and_never_requested(digits_run, tmp_path):
+    workdir, out = digits_run[0], str(tmp_path / "requests.csv")
+    requests = request_labels.request_labels(workdir, out, budget=20, unknown_rate=0.2)
+    with open(os.path.join(workdir, ema_model.THRESHOLD_FILE)) as f:
+        threshold = json.load(f)["threshold"]
+    run = saved_runs.load_run(workdir)
+    data = training_data.prepare_data(run.config)
+    scorer = ema_model.UnknownScorer(run, ema_model.predictor(run), data)
+    scores = scorer(scorer.predict(data.unlabeled_images))
+    lines = (tmp_path / "requests_unknown.csv").read_text().splitlines()
+    assert lines[0] == "id,unknown_score"
+    listed = [(int(key), float(score)) for key, score in (line.split(",") for line in lines[1:])]
+    assert sorted(i for i, _ in listed) == sorted(data.unlabeled_ids[scores > threshold])
+    assert len(listed) > 20 and [s for _, s in listed] == sorted(
+        (s for _, s in listed), reverse=True
+    )
+    assert not np.isin(requests.ids, [i for i, _ in listed]).any()
+    # The recorded threshold: 20 % of the evaluation images (all known) above it.
+    known = scorer(scorer.predict(data.test_images))
+    assert np.mean(known > threshold) == pytest.approx(0.2, abs=1 / len(known))
 
 
 @pytest.mark.parametrize(

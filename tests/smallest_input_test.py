@@ -12,6 +12,7 @@ import csv
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 
@@ -155,9 +156,11 @@ def test_predict_calls_images_above_the_recorded_threshold_unknown(
     smallest_run, tmp_path, monkeypatch
 ):
     base, _ = smallest_run
-    workdir, images, out = str(base / "run"), str(base / "data" / "unlabeled"), tmp_path / "p.csv"
+    workdir = str(shutil.copytree(base / "run", tmp_path / "run"))  # the test edits its record
+    images, out = str(base / "data" / "unlabeled"), tmp_path / "p.csv"
     predict.predict_folder(workdir, images, str(out), unknown_rate=0.5)
-    with open(base / "run" / ema_model.THRESHOLD_FILE) as f:
+    record_path = os.path.join(workdir, ema_model.THRESHOLD_FILE)
+    with open(record_path) as f:
         record = json.load(f)
     assert record["score"] == "nearest_labeled" and record["rate"] == 0.5
     assert record["num_images"] == 2 and record["step"] == 2
@@ -175,7 +178,8 @@ def test_predict_calls_images_above_the_recorded_threshold_unknown(
         assert (r["predicted_class"] == "__unknown__") == unknown
         assert unknown or r["predicted_class"] in ("cat", "dog")
     # The recorded T is read back while score, rate and step are those asked.
-    (base / "run" / ema_model.THRESHOLD_FILE).write_text(json.dumps(dict(record, threshold=9.0)))
+    with open(record_path, "w") as f:
+        json.dump(dict(record, threshold=9.0), f)
     predict.predict_folder(workdir, images, str(out), unknown_rate=0.5)
     assert all(r["predicted_class"] != "__unknown__" for r in _predictions(out).values())
     # An explicit threshold; and a logit score needs no data.
@@ -191,6 +195,21 @@ def test_predict_calls_images_above_the_recorded_threshold_unknown(
     assert np.all(np.isfinite(energy)) and energy != list(scores.values())
     with pytest.raises(ValueError, match="not both"):
         predict.predict_folder(workdir, images, str(out), unknown_threshold=1, unknown_rate=0.1)
+
+
+def test_likely_unknown_files_are_named_whole(smallest_run, tmp_path):
+    base, _ = smallest_run
+    run = saved_runs.load_run(str(base / "run"))
+    data = training_data.prepare_data(run.config)
+    out = tmp_path / "unknown.csv"
+    ids = ema_model.write_likely_unknown(str(base / "run"), run, data, 0.5, str(out))
+    with open(out, newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == len(ids) > 0 and all(os.path.isfile(r["path"]) for r in rows)
+    root = str(base / "data")
+    assert [os.path.relpath(r["path"], root) for r in rows] == [
+        data.unlabeled_paths[i] for i in ids
+    ]
 
 
 def test_answer_from_truth_answers_an_image_folder_from_its_truth_csv(smallest_run, tmp_path):

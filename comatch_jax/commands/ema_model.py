@@ -10,6 +10,7 @@ from typing import Any, Callable
 import jax
 import numpy as np
 
+from comatch_jax.commands import active_learning
 from comatch_jax.core import evaluation, unknown_scores
 from comatch_jax.data import pipeline
 from comatch_jax.trainer import saved_runs
@@ -94,3 +95,29 @@ class UnknownScorer:
             workdir, THRESHOLD_FILE, dict(asked, threshold=threshold, num_images=len(known))
         )
         return threshold
+
+
+def write_likely_unknown(
+    workdir: str,
+    run: saved_runs.TrainedRun,
+    data: pipeline.SemiSupervisedData,
+    rate: float,
+    out: str,
+) -> np.ndarray:
+    """Writes to `out` (CSV, whole) the unlabeled images whose unknown score is above the
+    threshold of false-rejection rate `rate` (UnknownScorer.threshold, recorded), highest
+    first: `path,unknown_score` (an image folder's files) or `id,unknown_score`. Returns their
+    ids (data.unlabeled_ids)."""
+    predict = predictor(run)
+    scorer = UnknownScorer(run, predict, data)
+    threshold = scorer.threshold(workdir, rate)
+    scores = scorer(predict(data.unlabeled_images))
+    rows = np.flatnonzero((scores > threshold) & (data.unlabeled_ids >= 0))  # ids to name
+    rows = rows[np.argsort(-scores[rows], kind="stable")]
+    ids, keys, column = data.unlabeled_ids[rows], data.unlabeled_ids[rows].tolist(), "id"
+    if data.unlabeled_paths:
+        root = os.path.abspath(run.config.dataset.root)
+        keys, column = [os.path.join(root, data.unlabeled_paths[i]) for i in ids], "path"
+    shown = [f"{score:.6g}" for score in scores[rows]]
+    active_learning.write_csv(out, (column, "unknown_score"), zip(keys, shown))
+    return ids

@@ -10,7 +10,9 @@ comatch_jax.commands.active_learning) and writes them most wanted first, one row
 `path,predicted_class,score` for an image folder (path: the file under root/unlabeled/).
 predicted_class is a class NAME. The answers, `path,label` (label: a class name) or
 `id,label` (label: a class index; offline, comatch_jax.commands.answer_from_truth writes
-them), train a new run with `--config.dataset.extra_labels_csv=labels.csv`.
+them), train a new run with `--config.dataset.extra_labels_csv=labels.csv`. With
+--unknown_rate=R the images likely of none of the classes (ema_model.likely_unknown) are
+not requested: OUT_unknown.csv lists them, most unknown-looking first, to check as junk.
 """
 
 from __future__ import annotations
@@ -54,7 +56,8 @@ def rank_unlabeled(
     never requested. Raises ValueError (one line) for a budget above what is left.
     """
     active_learning.check_strategy(strategy, balance_by_predicted_class)
-    candidates = (data.unlabeled_ids >= 0) & ~np.isin(data.unlabeled_ids, data.labeled_ids)
+    answered = np.concatenate([data.labeled_ids, data.unknown_ids])
+    candidates = (data.unlabeled_ids >= 0) & ~np.isin(data.unlabeled_ids, answered)
     if not candidates.any():
         raise ValueError(
             "No unlabeled train-split image is left to request: every one is already labeled "
@@ -102,6 +105,7 @@ def request_labels(
     balance_by_predicted_class: bool = False,
     seed: int = 0,
     batch_size: int = 1000,
+    unknown_rate: float | None = None,
 ) -> LabelRequests:
     """The command: ranks the run's unlabeled images and writes the requests CSV to `out`
     (whole). Raises ValueError / OSError with one line."""
@@ -110,6 +114,10 @@ def request_labels(
         raise ValueError(f"--budget must be positive, got {budget}.")
     run = saved_runs.load_run(workdir)
     data = pipeline.prepare_data(run.config)
+    if unknown_rate is not None:  # likely unknown: listed apart, never requested
+        unknown_csv = os.path.splitext(out)[0] + "_unknown.csv"
+        ids = ema_model.write_likely_unknown(workdir, run, data, unknown_rate, unknown_csv)
+        data = dataclasses.replace(data, unknown_ids=np.concatenate([data.unknown_ids, ids]))
     requests = rank_unlabeled(
         run,
         data,
@@ -131,7 +139,7 @@ def request_labels(
 
 
 def _request_labels() -> None:
-    options = ("budget", "strategy", "balance_by_predicted_class", "seed", "batch_size")
+    options = "budget strategy balance_by_predicted_class seed batch_size unknown_rate".split()
     requests = request_labels(FLAGS.workdir, FLAGS.out, **{o: FLAGS[o].value for o in options})
     logging.info("Wrote %d label requests (%s) to %s", len(requests.ids), FLAGS.strategy, FLAGS.out)
 
@@ -152,6 +160,9 @@ def command() -> None:
     flags.DEFINE_integer("seed", 0, "Seed of the random strategy.")
     flags.DEFINE_string("out", None, "Where to write the requests CSV.")
     flags.DEFINE_integer("batch_size", 1000, "Images per inference batch.")
+    flags.DEFINE_float(
+        "unknown_rate", None, "Set apart images above the threshold this share of val exceed."
+    )
     flags.mark_flags_as_required(["workdir", "budget", "out"])
     commands.help_for_console_script(__name__)
     cli.run(main)
