@@ -26,5 +26,9 @@ setup(
         "scikit-learn",
         "safetensors",  # pretrained PyTorch weights (torch_weights.load_state_dict)
     ],
-    extras_require={"test": ["pytest>=8", "pytest-xdist>=3", "nbclient", "nbformat", "ipykernel"]},
+    # f1-labelling: the labelling page's template ships with the package; its test drives Chromium.
+    package_data={"comatch_jax.commands": ["labelling_page.html", "labelling_page.js"]},
+    extras_require={
+        "test": ["pytest>=8", "pytest-xdist>=3", "nbclient", "nbformat", "ipykernel", "selenium"]
+    },
 )
