@@ -4,7 +4,6 @@ written by Label Studio 1.23.2 in experiments/label_studio_round_trip.py)."""
 
 import json
 import os
-import shutil
 import urllib.parse
 import xml.etree.ElementTree as ElementTree
 

@@ -5,41 +5,42 @@ const DATA = JSON.parse(document.getElementById('requests').textContent);
 const REQUESTS = DATA.requests; // [key, image file, request score, [class indices], [probabilities]]
 const NAMES = DATA.class_names;
 const UNKNOWN = DATA.unknown_label;
-const STORE = 'comatch_jax answers ' + DATA.storage_key;
+// One localStorage entry per answer, "cj <storage key> <request index>" -> label, so that an
+// answer costs one small write however many are kept.
+const STORE = 'cj ' + DATA.storage_key + ' ';
 const $ = (id) => document.getElementById(id);
 const search = $('search');
 const number = (n) => n.toLocaleString('en-US');
 
-let answers = {}; // request key (as a string) -> class name or UNKNOWN
-try { answers = JSON.parse(localStorage.getItem(STORE)) || {}; } catch (e) { answers = {}; }
-const known = new Set(REQUESTS.map((r) => String(r[0])));
-for (const key of Object.keys(answers)) if (!known.has(key)) delete answers[key];
-let answered = Object.keys(answers).length;
+const answers = new Array(REQUESTS.length); // request index -> class name, UNKNOWN or undefined
+for (let i = 0; i < localStorage.length; i++) {
+  const name = localStorage.key(i);
+  const index = Number(name.slice(STORE.length));
+  if (name.startsWith(STORE) && Number.isInteger(index) && index >= 0 && index < REQUESTS.length) {
+    answers[index] = localStorage.getItem(name);
+  }
+}
+let answered = answers.filter((label) => label !== undefined).length;
 const undoStack = []; // [request index, previous answer or undefined]
-let current = Math.max(0, REQUESTS.findIndex((r) => !(String(r[0]) in answers)));
+let current = Math.max(0, answers.findIndex((label) => label === undefined));
 let matches = [];
 let active = 0;
 
-function save() {
+function setAnswer(index, label) {
+  answered += (label !== undefined) - (answers[index] !== undefined);
+  answers[index] = label;
   try {
-    localStorage.setItem(STORE, JSON.stringify(answers));
+    if (label === undefined) localStorage.removeItem(STORE + index);
+    else localStorage.setItem(STORE + index, label);
   } catch (e) {
     $('status').textContent = 'Could not keep the answers in this browser (' + e.name +
       '): download them now.';
   }
 }
 
-function setAnswer(index, label) {
-  const key = String(REQUESTS[index][0]);
-  const had = key in answers;
-  if (label === undefined) delete answers[key]; else answers[key] = label;
-  answered += (label !== undefined) - had;
-}
-
 function answer(label) {
-  undoStack.push([current, answers[String(REQUESTS[current][0])]]);
+  undoStack.push([current, answers[current]]);
   setAnswer(current, label);
-  save();
   leaveSearch();
   $('status').textContent = '';
   go(Math.min(current + 1, REQUESTS.length - 1));
@@ -49,7 +50,6 @@ function undo() {
   const last = undoStack.pop();
   if (!last) { $('status').textContent = 'Nothing to undo.'; return; }
   setAnswer(last[0], last[1]);
-  save();
   $('status').textContent = 'Undone: answer for image ' + number(last[0] + 1) + '.';
   go(last[0]);
 }
@@ -58,11 +58,15 @@ function shown(label) {
   return label === UNKNOWN ? 'none of these / unknown' : label;
 }
 
+function pixelate() { // small images (e.g. 32x32 datasets) are upscaled without blur
+  this.classList.toggle('pixelated', this.naturalWidth < 128);
+}
+
 function imageElement(file) {
   const img = document.createElement('img');
+  img.onload = pixelate;
   img.src = DATA.image_dir + '/' + file;
   img.alt = '';
-  img.onload = () => img.classList.toggle('pixelated', img.naturalWidth < 128);
   return img;
 }
 
@@ -73,10 +77,8 @@ function go(index) {
 
 function render() {
   const [key, file, score, classes, probs] = REQUESTS[current];
-  const label = answers[String(key)];
-  const image = $('image');
-  image.onload = () => image.classList.toggle('pixelated', image.naturalWidth < 128);
-  image.src = DATA.image_dir + '/' + file;
+  const label = answers[current];
+  $('image').src = DATA.image_dir + '/' + file;
   $('position').textContent = 'Image ' + number(current + 1) + ' of ' + number(REQUESTS.length);
   $('key').textContent = key;
   $('score').textContent = 'request score ' + score;
@@ -118,7 +120,7 @@ function renderStrip() {
   for (let i = first; i < Math.min(first + count, REQUESTS.length); i++) {
     const figure = document.createElement('figure');
     const caption = document.createElement('figcaption');
-    const label = answers[String(REQUESTS[i][0])];
+    const label = answers[i];
     caption.textContent = label === undefined ? number(i + 1) : shown(label);
     caption.className = label === undefined ? '' : 'answered';
     figure.append(imageElement(REQUESTS[i][1]), caption);
@@ -174,10 +176,9 @@ function csvField(text) {
 
 function download() {
   const rows = [DATA.key_column + ',label'];
-  for (const r of REQUESTS) {
-    const label = answers[String(r[0])];
-    if (label !== undefined) rows.push(csvField(r[0]) + ',' + csvField(label));
-  }
+  REQUESTS.forEach((r, i) => {
+    if (answers[i] !== undefined) rows.push(csvField(r[0]) + ',' + csvField(answers[i]));
+  });
   const link = document.createElement('a');
   link.href = URL.createObjectURL(new Blob([rows.join('\r\n') + '\r\n'], { type: 'text/csv' }));
   link.download = DATA.csv_name;
@@ -237,5 +238,5 @@ window.addEventListener('resize', renderStrip);
 document.title = DATA.title;
 $('title').textContent = DATA.title;
 search.placeholder = 'Type to search all ' + number(NAMES.length) + ' classes';
-$('storage').textContent = 'Kept under "' + STORE + '".';
+$('image').onload = pixelate;
 go(current);
