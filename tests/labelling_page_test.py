@@ -195,6 +195,8 @@ def test_dataset_pixels_and_ids(browser, tmp_path):
         ({"probs": np.full((2, 3), 0.5)}, "probs must be [N, 2]"),
         ({"class_names": ["a", labelling_page.UNKNOWN_LABEL]}, "must be distinct"),
         ({"images": ["/no/such.jpg", "/no/such.jpg"]}, "cannot read it as an image"),
+        ({"scores": [1.0, float("nan")]}, "must be finite"),
+        ({"keys": ["unlabeled/a.jpg", "unlabeled/a.jpg"]}, "keys must be distinct"),
     ],
 )
 def test_bad_inputs_are_one_line(tmp_path, kwargs, message):

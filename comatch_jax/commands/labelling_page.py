@@ -26,6 +26,8 @@ from typing import Sequence
 import numpy as np
 from PIL import Image
 
+from comatch_jax import atomic_files
+
 UNKNOWN_LABEL = "__unknown__"  # the answer "none of these classes": never trained on as a class
 PAGE_NAME = "labelling.html"
 CSV_NAME = "answers.csv"
@@ -75,8 +77,9 @@ def write_labelling_page(
 ) -> str:
     """Writes the labelling page for N requests into `directory` (created if missing).
 
-    keys: N request keys, the answers CSV's first column: paths under the image folder's
-      unlabeled/ (key_column "path") or train-split ids (key_column "id"), best request first.
+    keys: N request keys, the answers CSV's first column, best request first: image-folder
+      paths as the answers reader takes them (relative to the folder's root, e.g.
+      unlabeled/a.jpg, or absolute; key_column "path") or train-split ids (key_column "id").
     images: N image files (any format PIL reads), or a uint8 array [N, H, W, C] (C = 1 or 3)
       or N such arrays, e.g. a dataset's own pixels.
     probs: float [N, num_classes], the model's class probabilities; the top 9 become the
@@ -94,9 +97,13 @@ def write_labelling_page(
         )
     if probs.ndim != 2 or probs.shape[1] != len(class_names):
         raise ValueError(f"probs must be [N, {len(class_names)}], got {list(probs.shape)}.")
+    if not (np.isfinite(probs).all() and np.isfinite(scores).all()):
+        raise ValueError("probs and scores must be finite numbers (is the model's output NaN?).")
     if UNKNOWN_LABEL in class_names or len(set(class_names)) != len(class_names):
         raise ValueError(f"class names must be distinct and differ from {UNKNOWN_LABEL!r}.")
     keys = [str(k) if key_column == "path" else int(k) for k in keys]
+    if len(set(keys)) != len(keys):
+        raise ValueError("keys must be distinct: each image is requested once.")
     os.makedirs(os.path.join(directory, "images"), exist_ok=True)
     stems = [os.path.join(directory, "images", f"{i:06d}") for i in range(len(keys))]
     with concurrent.futures.ThreadPoolExecutor(workers) as pool:
@@ -127,6 +134,6 @@ def write_labelling_page(
         .replace("__REQUESTS_JSON__", _embedded_json(data))  # last: no name is ever rescanned
     )
     path = os.path.join(directory, PAGE_NAME)
-    with open(path, "w", encoding="utf-8") as f:
+    with atomic_files.open_atomic(path, "w", encoding="utf-8") as f:
         f.write(page)
     return path
