@@ -17,6 +17,7 @@ import argparse
 import itertools
 import json
 import os
+import shutil
 import tempfile
 import time
 
@@ -49,7 +50,7 @@ const times = [];
 """
 
 
-def browser(window):
+def browser(window, profile):
     options = webdriver.ChromeOptions()
     options.binary_location = "/usr/bin/chromium"
     for flag in (
@@ -57,7 +58,7 @@ def browser(window):
         "--disable-component-update --disable-sync --no-first-run"
     ).split():
         options.add_argument(flag)
-    options.add_argument(f"--user-data-dir={tempfile.mkdtemp(prefix='chromium_')}")
+    options.add_argument(f"--user-data-dir={profile}")
     options.add_argument(f"--window-size={window}")
     driver = webdriver.Chrome(
         service=webdriver.ChromeService("/usr/bin/chromedriver"), options=options
@@ -87,7 +88,8 @@ def main():
     rng = np.random.default_rng(0)
     probs = rng.dirichlet(np.full(len(class_names), 0.02), args.requests)
     scores = np.sort(-np.sum(probs * np.log(probs + 1e-12), axis=1))[::-1]
-    directory = tempfile.mkdtemp(prefix="labelling_page_")
+    work = tempfile.mkdtemp(prefix="labelling_page_")
+    directory = os.path.join(work, "page")
     started = time.time()
     page = labelling_page.write_labelling_page(
         directory,
@@ -101,7 +103,7 @@ def main():
     figures = {"requests": args.requests, "classes": len(class_names)}
     figures["write_page_s"] = round(time.time() - started, 1)
     figures["page_mb"] = round(os.path.getsize(page) / 1e6, 2)
-    driver = browser(args.window)
+    driver = browser(args.window, os.path.join(work, "profile"))
     try:
         loads = []
         for _ in range(3):
@@ -143,6 +145,7 @@ def main():
         figures["screenshot"] = args.screenshot
     finally:
         driver.quit()
+        shutil.rmtree(work, ignore_errors=True)
     print(json.dumps(figures, indent=1))
 
 
