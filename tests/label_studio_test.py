@@ -1,0 +1,198 @@
+"""Label Studio files: the writers' tasks JSON and labelling config parse back with every
+name escaped, and the readers take Label Studio's own exports (tests/testdata/label_studio,
+written by Label Studio 1.23.2 in experiments/label_studio_round_trip.py)."""
+
+import json
+import os
+import urllib.parse
+import xml.etree.ElementTree as ElementTree
+
+import numpy as np
+import pytest
+
+from comatch_jax.commands import label_studio
+from comatch_jax.commands.labelling_page import UNKNOWN_LABEL
+
+FIXTURES = os.path.join(os.path.dirname(__file__), "testdata", "label_studio")
+CIFAR10 = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+HOSTILE = ["cat & dog #1?%+.jpg", "<img src=x onerror=alert(1)>.jpg"]
+POOL = [f"unlabeled/{i:06d}.jpg" for i in range(6)] + [f"unlabeled/{name}" for name in HOSTILE]
+# What the round trip annotated: task 2 cancelled, task 3 twice (dog, then frog).
+ANSWERS = {
+    POOL[0]: "cat",
+    POOL[2]: "frog",
+    POOL[3]: UNKNOWN_LABEL,
+    POOL[6]: "airplane",
+    POOL[7]: "truck",
+}
+EXPORTS = ["export.json", "export_min.json", "export.csv"]
+
+
+@pytest.mark.parametrize("name", EXPORTS)
+def test_reads_label_studios_exports(name):
+    paths, labels = label_studio.read_export(
+        os.path.join(FIXTURES, name), unlabeled_paths=POOL, class_names=CIFAR10
+    )
+    assert dict(zip(paths, labels)) == ANSWERS
+    assert len(paths) == len(ANSWERS)  # one answer per image
+
+
+def test_reads_a_csv_saved_by_a_spreadsheet(tmp_path):
+    text = open(os.path.join(FIXTURES, "export.csv"), encoding="utf-8").read()
+    path = tmp_path / "export.csv"
+    path.write_bytes(b"\xef\xbb\xbf" + text.replace("\n", "\r\n").encode())  # a BOM, CRLF
+    paths, labels = label_studio.read_export(str(path), unlabeled_paths=POOL, class_names=CIFAR10)
+    assert dict(zip(paths, labels)) == ANSWERS
+
+
+def test_the_committed_tasks_are_what_the_round_trip_imported():
+    tasks = json.load(open(os.path.join(FIXTURES, "tasks.json"), encoding="utf-8"))
+    urls = [task["data"]["image"] for task in tasks]
+    assert [urllib.parse.unquote(url.split("?d=")[1]) for url in urls] == POOL
+    exported = json.load(open(os.path.join(FIXTURES, "export.json"), encoding="utf-8"))
+    assert {t["data"]["image"] for t in exported} <= set(urls)
+
+
+def test_written_tasks_and_config_parse_back_with_names_escaped(tmp_path):
+    classes = ["</script>", 'a & "b" <c>', "plain"]
+    names = POOL[:1] + [f"unlabeled/{name}" for name in HOSTILE] + ["unlabeled/\udcff.jpg"]
+    path = tmp_path / "tasks.json"
+    label_studio.write_tasks(
+        str(path),
+        [os.path.join("/data/root", name) for name in names],
+        np.array([0, 1, 2, 1]),
+        np.array([2.5, 1.5, 0.5, 0.25]),
+        classes,
+        document_root="/data",
+    )
+    tasks = json.load(open(path, encoding="utf-8"))
+    for task, name in zip(tasks, names):
+        encoded = task["data"]["image"].removeprefix(label_studio.LOCAL_FILES_PREFIX)
+        assert not set(encoded) & set(" <>&#?%+\"'") - {"%"}  # only %XX escapes
+        assert os.fsdecode(urllib.parse.unquote_to_bytes(encoded)) == "root/" + name
+    predictions = [task["predictions"][0] for task in tasks]
+    assert [p["score"] for p in predictions] == [2.5, 1.5, 0.5, 0.25]
+    assert [p["result"][0]["value"]["choices"] for p in predictions] == [
+        [classes[0]],
+        [classes[1]],
+        [classes[2]],
+        [classes[1]],
+    ]
+    config = ElementTree.fromstring(label_studio.labelling_config(classes))
+    choices = config.find("Choices")
+    assert choices.get("name") == label_studio.CHOICES_NAME and choices.get("choice") == "single"
+    assert [c.get("value") for c in choices] == classes + [UNKNOWN_LABEL]
+    assert config.find("Image").get("value") == "$" + label_studio.IMAGE_NAME
+
+
+@pytest.mark.parametrize("prefix", [label_studio.LOCAL_FILES_PREFIX, "http://host:8081/files/"])
+def test_written_urls_map_back_to_the_pool(tmp_path, prefix):
+    names = POOL[:2] + [f"unlabeled/{name}" for name in HOSTILE] + ["unlabeled/\udcff.jpg"]
+    label_studio.write_tasks(
+        str(tmp_path / "tasks.json"),
+        [os.path.join("/data/root", name) for name in names],
+        np.zeros(len(names), int),
+        np.ones(len(names)),
+        CIFAR10,
+        document_root="/data",
+        url_prefix=prefix,
+    )
+    tasks = json.load(open(tmp_path / "tasks.json", encoding="utf-8"))
+    rows = [{"id": i, "image": t["data"]["image"], "label": "ship"} for i, t in enumerate(tasks)]
+    path = tmp_path / "export_min.json"
+    path.write_text(json.dumps(rows))
+    paths, labels = label_studio.read_export(str(path), unlabeled_paths=names, class_names=CIFAR10)
+    assert paths == names and labels == ["ship"] * len(names)
+
+
+def _task(task_id, image, *annotations):
+    return {
+        "id": task_id,
+        "data": {"image": label_studio.LOCAL_FILES_PREFIX + urllib.parse.quote(image)},
+        "annotations": [
+            {
+                "id": annotation_id,
+                "was_cancelled": cancelled,
+                "updated_at": updated_at,
+                "result": [] if label is None else [
+                    {"type": "choices", "from_name": "label", "to_name": "image",
+                     "value": {"choices": [label]}}
+                ],
+            }  # fmt: skip
+            for annotation_id, updated_at, label, cancelled in annotations
+        ],
+    }
+
+
+def test_the_annotation_updated_last_counts_and_cancelled_ones_never(tmp_path):
+    tasks = [
+        # Annotation 5 was made first but edited last (a reviewer's correction): it counts.
+        _task(
+            1,
+            POOL[0],
+            (5, "2024-05-02T10:00:00.5Z", "dog", 0),
+            (6, "2024-05-01T10:00:00Z", "cat", 0),
+        ),
+        # A cancelled (skipped) annotation never counts, even the latest one with a choice.
+        _task(
+            2,
+            POOL[1],
+            (7, "2024-05-03T10:00:00Z", "ship", 1),
+            (8, "2024-05-01T09:00:00Z", "bird", 0),
+        ),
+        _task(3, POOL[2], (9, "2024-05-04T10:00:00Z", "ship", 1)),  # only cancelled: no answer
+        _task(4, POOL[0], (10, "2024-05-01T11:00:00Z", "frog", 0)),  # the same image again: older
+    ]
+    path = tmp_path / "export.json"
+    path.write_text(json.dumps(tasks))
+    paths, labels = label_studio.read_export(str(path), unlabeled_paths=POOL, class_names=CIFAR10)
+    assert (paths, labels) == ([POOL[0], POOL[1]], ["dog", "bird"])
+
+
+def _edited_fixture(tmp_path, name, edit):
+    path = tmp_path / name
+    text = open(os.path.join(FIXTURES, name), encoding="utf-8").read()
+    path.write_text(edit(text), encoding="utf-8")
+    return str(path)
+
+
+@pytest.mark.parametrize(
+    "name, edit, pool, message",
+    [
+        ("export_min.json", lambda t: t.replace('"cat"', '"kitten"'), POOL,
+         r"entry 1 \(task 1\): label 'kitten' is neither a class"),
+        ("export.json", lambda t: t.replace('"frog"', '"kitten"'), POOL,
+         r"entry 3 \(task 3\): label 'kitten'"),
+        ("export.csv", lambda t: t.replace(',"truck"', ',"kitten"'), POOL,
+         r"line 7 \(task 8\): label 'kitten'"),
+        ("export.csv", lambda t: t, POOL[1:], r"line 2 \(task 1\): image .* is not in the unlabeled pool"),
+        ("export.json", lambda t: t, POOL[1:], r"entry 1 \(task 1\): image .* is not in the unlabeled"),
+        ("export.json", lambda t: t[:100], POOL, "cannot read it as JSON"),
+        ("export.json", lambda t: '{"tasks": []}', POOL, "not a list of tasks"),
+        ("export.json", lambda t: t.replace('"data"', '"dato"'), POOL,
+         r"entry 1 \(task 1\): not a Label Studio task .*KeyError"),
+        ("export.json", lambda t: "[]", POOL, "no answered image"),
+        ("export_min.json", lambda t: t.replace('"image"', '"picture"'), POOL, "not a Label Studio task"),
+        ("export_min.json", lambda t: t.replace('"updated_at": "2026', '"updated_at": "yesterday'), POOL, "not a Label Studio task"),
+        ("export.csv", lambda t: t.replace('"label"', '"class"', 1), POOL, "lacks column"),
+        ("export.csv", lambda t: "", POOL, "is empty"),
+    ],
+)  # fmt: skip
+def test_bad_exports_are_one_line_naming_the_row(tmp_path, name, edit, pool, message):
+    path = _edited_fixture(tmp_path, name, edit)
+    with pytest.raises(ValueError, match=message) as error:
+        label_studio.read_export(path, unlabeled_paths=pool, class_names=CIFAR10)
+    assert "\n" not in str(error.value) and str(error.value).startswith(path)
+
+
+def test_write_tasks_refuses_files_outside_the_root_and_mismatched_lengths(tmp_path):
+    out = str(tmp_path / "tasks.json")
+    with pytest.raises(ValueError, match="outside the document root /data"):
+        label_studio.write_tasks(
+            out, ["/elsewhere/a.jpg"], [0], [1.0], CIFAR10, document_root="/data"
+        )
+    with pytest.raises(ValueError, match="differ in length"):
+        label_studio.write_tasks(
+            out, ["/data/a.jpg"], [0, 1], [1.0], CIFAR10, document_root="/data"
+        )
+    assert not os.path.exists(out)
