@@ -1,6 +1,6 @@
 """Label Studio files: the writers' tasks JSON and labelling config parse back with every
-name escaped, and the readers take Label Studio's own exports (tests/testdata/label_studio,
-written by Label Studio 1.23.2 in experiments/label_studio_round_trip.py)."""
+name escaped, and the answers reader takes Label Studio's own exports (tests/testdata/
+label_studio, written by Label Studio 1.23.2 in experiments/label_studio_round_trip.py)."""
 
 import json
 import os
@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from comatch_jax.commands import label_studio
-from comatch_jax.commands.labelling_page import UNKNOWN_LABEL
+from comatch_jax.data import answers
+from comatch_jax.data.answers import UNKNOWN as UNKNOWN_LABEL
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "testdata", "label_studio")
 CIFAR10 = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
@@ -28,11 +29,20 @@ ANSWERS = {
 EXPORTS = ["export.json", "export_min.json", "export.csv"]
 
 
+def read_export(path, unlabeled_paths=POOL, class_names=CIFAR10):
+    """The export's answers as (paths, labels), through the one answers reader."""
+    read = answers.read_answers(
+        str(path), class_names, root="/data/root", unlabeled_paths=unlabeled_paths
+    )
+    ids = [*read.ids.tolist(), *read.unknown_ids.tolist()]
+    labels = [class_names[c] for c in read.labels] + [UNKNOWN_LABEL] * len(read.unknown_ids)
+    order = sorted(range(len(ids)), key=lambda i: ids[i])
+    return [unlabeled_paths[ids[i]] for i in order], [labels[i] for i in order]
+
+
 @pytest.mark.parametrize("name", EXPORTS)
 def test_reads_label_studios_exports(name):
-    paths, labels = label_studio.read_export(
-        os.path.join(FIXTURES, name), unlabeled_paths=POOL, class_names=CIFAR10
-    )
+    paths, labels = read_export(os.path.join(FIXTURES, name))
     assert dict(zip(paths, labels)) == ANSWERS
     assert len(paths) == len(ANSWERS)  # one answer per image
 
@@ -41,7 +51,7 @@ def test_reads_a_csv_saved_by_a_spreadsheet(tmp_path):
     text = open(os.path.join(FIXTURES, "export.csv"), encoding="utf-8").read()
     path = tmp_path / "export.csv"
     path.write_bytes(b"\xef\xbb\xbf" + text.replace("\n", "\r\n").encode())  # a BOM, CRLF
-    paths, labels = label_studio.read_export(str(path), unlabeled_paths=POOL, class_names=CIFAR10)
+    paths, labels = read_export(path)
     assert dict(zip(paths, labels)) == ANSWERS
 
 
@@ -101,7 +111,7 @@ def test_written_urls_map_back_to_the_pool(tmp_path, prefix):
     rows = [{"id": i, "image": t["data"]["image"], "label": "ship"} for i, t in enumerate(tasks)]
     path = tmp_path / "export_min.json"
     path.write_text(json.dumps(rows))
-    paths, labels = label_studio.read_export(str(path), unlabeled_paths=names, class_names=CIFAR10)
+    paths, labels = read_export(path, names)
     assert paths == names and labels == ["ship"] * len(names)
 
 
@@ -145,7 +155,7 @@ def test_the_annotation_updated_last_counts_and_cancelled_ones_never(tmp_path):
     ]
     path = tmp_path / "export.json"
     path.write_text(json.dumps(tasks))
-    paths, labels = label_studio.read_export(str(path), unlabeled_paths=POOL, class_names=CIFAR10)
+    paths, labels = read_export(path)
     assert (paths, labels) == ([POOL[0], POOL[1]], ["dog", "bird"])
 
 
@@ -181,7 +191,7 @@ def _edited_fixture(tmp_path, name, edit):
 def test_bad_exports_are_one_line_naming_the_row(tmp_path, name, edit, pool, message):
     path = _edited_fixture(tmp_path, name, edit)
     with pytest.raises(ValueError, match=message) as error:
-        label_studio.read_export(path, unlabeled_paths=pool, class_names=CIFAR10)
+        read_export(path, pool)
     assert "\n" not in str(error.value) and str(error.value).startswith(path)
 
 

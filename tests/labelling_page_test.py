@@ -1,6 +1,7 @@
 """The labelling page in a real headless Chromium (Debian's chromium + chromium-driver,
-driven by selenium): keyboard answers, undo, answers kept across a reload, the downloaded
-CSV, and hostile file and class names shown as text with nothing run."""
+driven by selenium): from a tiny run's request_labels to a retrained run, through keyboard
+answers, undo, answers kept across a reload and the downloaded CSV; hostile file and class
+names shown as text with nothing run."""
 
 import csv
 import json
@@ -11,7 +12,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from comatch_jax.commands import active_learning, labelling_page
+from comatch_jax.commands import labelling_page, request_labels
+from comatch_jax.data import pipeline
+from comatch_jax.data.answers import UNKNOWN
+from comatch_jax.trainer import train
+from folder_training_test import _folder_config, _write_folder
+from train_test import RecordingWriter
 
 webdriver = pytest.importorskip("selenium.webdriver")
 from selenium.common.exceptions import NoAlertPresentException  # noqa: E402
@@ -73,6 +79,7 @@ def _press(driver, *keys):
 
 
 def _download(driver):
+    """Clicks "Download answers" and returns the saved CSV's rows."""
     for old in os.listdir(driver.downloads):
         os.remove(driver.downloads / old)
     driver.find_element(By.ID, "download").click()
@@ -84,20 +91,26 @@ def _download(driver):
         return list(csv.reader(f))
 
 
-def test_keyboard_answers_undo_reload_and_download(browser, tmp_path):
+def test_from_a_run_through_the_page_to_a_retrained_run(browser, tmp_path, caplog):
+    """request_labels writes the page for a tiny image-folder run; answers given with the
+    keyboard (with an undo and a reload) are downloaded, and that file trains a new run."""
     rng = np.random.default_rng(0)
-    classes = ["cat", "dog", "bird", "horse"]
-    keys = _folder_requests(tmp_path, ["a.png", 'b, "quoted".png', "c d.png", "e.png"], rng)
-    probs = rng.dirichlet(np.ones(4), len(keys))
-    guesses = np.argsort(-probs, axis=1)
-    page = labelling_page.write_labelling_page(
-        str(tmp_path / "page"),
-        keys,
-        [str(tmp_path / key) for key in keys],
-        probs,
-        [2.0, 1.5, 1.0, 0.5],
-        classes,
+    _write_folder(tmp_path / "data", rng)
+    for path in (tmp_path / "data" / "unlabeled" / "batch1").iterdir():  # names to quote
+        path.rename(path.with_name(f'{path.stem}, "a b".jpg'))
+    config = _folder_config(tmp_path / "data")
+    config.num_steps = 2
+    train.train_and_evaluate(config, str(tmp_path / "run"), writer=RecordingWriter())
+    caplog.set_level("INFO")
+    requests = request_labels.request_labels(
+        str(tmp_path / "run"), str(tmp_path / "requests.csv"), budget=4
     )
+    page = str(tmp_path / "requests_page" / labelling_page.PAGE_NAME)
+    assert f"open {page} in a browser" in caplog.text
+    data = pipeline.prepare_data(config)
+    keys = [data.unlabeled_paths[i] for i in requests.ids]
+    classes, guesses = data.class_names, np.argsort(-requests.probs, axis=1)
+
     browser.get("file://" + page)
     assert _text(browser, "progress") == "0 of 4 labelled"
     assert _text(browser, "key") == keys[0]
@@ -107,7 +120,7 @@ def test_keyboard_answers_undo_reload_and_download(browser, tmp_path):
     assert _text(browser, "progress") == "2 of 4 labelled"
     assert _text(browser, "position") == "Image 3 of 4"
     assert _text(browser, "current") == "Not answered yet"
-    _press(browser, "bir", Keys.ENTER)  # type-ahead search over every class
+    _press(browser, "gre", Keys.ENTER)  # type-ahead search over every class
     assert _text(browser, "progress") == "3 of 4 labelled"
     assert _text(browser, "position") == "Image 4 of 4"
     _press(browser, Keys.ARROW_LEFT, Keys.ARROW_LEFT)
@@ -117,23 +130,17 @@ def test_keyboard_answers_undo_reload_and_download(browser, tmp_path):
     assert _text(browser, "progress") == "3 of 4 labelled"
     assert _text(browser, "position") == "Image 4 of 4"  # the first unanswered image
     _press(browser, "0")
-    rows = _download(browser)
-    assert rows == [
-        ["path", "label"],
-        [keys[0], classes[guesses[0, 0]]],
-        [keys[1], classes[guesses[1, 1]]],
-        [keys[2], "bird"],
-        [keys[3], labelling_page.UNKNOWN_LABEL],
-    ]
-    # The answers, less "none of these", are what extra_labels_csv reads for the folder.
-    answers = tmp_path / "answers.csv"
-    with open(answers, "w", newline="", encoding="utf-8") as f:
-        csv.writer(f).writerows(row for row in rows if row[1] != labelling_page.UNKNOWN_LABEL)
-    found, labels = active_learning.read_folder_labels_csv(
-        str(answers), root=str(tmp_path), unlabeled_paths=keys, class_names=classes
-    )
-    assert found.tolist() == [0, 1, 2]
-    assert labels.tolist() == [guesses[0, 0], guesses[1, 1], classes.index("bird")]
+    answers = [classes[guesses[0, 0]], classes[guesses[1, 1]], "green", UNKNOWN]
+    assert _download(browser) == [["path", "label"], *map(list, zip(keys, answers))]
+
+    # The downloaded file, as it is, trains a run: three answers became labeled images.
+    config.dataset.extra_labels_csv = str(browser.downloads / labelling_page.CSV_NAME)
+    retrained = pipeline.prepare_data(config)
+    added = {data.unlabeled_paths[i]: classes[c] for i, c in zip(retrained.labeled_ids, retrained.labels) if i >= 0}  # fmt: skip
+    assert added == dict(zip(keys[:3], answers[:3]))
+    assert retrained.unknown_ids.tolist() == [requests.ids[3]]
+    _, summary = train.train_and_evaluate(config, str(tmp_path / "again"), writer=RecordingWriter())
+    assert summary["final_step"] == 2
 
 
 def test_hostile_file_and_class_names_show_as_text_and_run_nothing(browser, tmp_path):
@@ -193,7 +200,7 @@ def test_dataset_pixels_and_ids(browser, tmp_path):
         ({"key_column": "name"}, "key_column must be"),
         ({"scores": [1.0]}, "one entry per request"),
         ({"probs": np.full((2, 3), 0.5)}, "probs must be [N, 2]"),
-        ({"class_names": ["a", labelling_page.UNKNOWN_LABEL]}, "must be distinct"),
+        ({"class_names": ["a", UNKNOWN]}, "must be distinct"),
         ({"images": ["/no/such.jpg", "/no/such.jpg"]}, "cannot read it as an image"),
         ({"scores": [1.0, float("nan")]}, "must be finite"),
         ({"keys": ["unlabeled/a.jpg", "unlabeled/a.jpg"]}, "keys must be distinct"),

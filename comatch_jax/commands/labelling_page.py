@@ -5,7 +5,7 @@ write_labelling_page(directory, keys, images, probs, scores, class_names) writes
   directory/images/NNNNNN.*  one small image per request, named by its position (a file's own
                              name never reaches a URL).
 The page needs no server and no network. Per image it offers the model's top guesses as
-one-key answers (1-9), a type-ahead search over every class, and `UNKNOWN_LABEL` for "none
+one-key answers (1-9), a type-ahead search over every class, and answers.UNKNOWN for "none
 of these classes"; arrows page, Backspace / Ctrl+Z undo. Answers are kept in the browser's
 localStorage under a key made from the requests (two pages never mix), and "Download
 answers" saves `path,label` or `id,label` rows with class names as labels, the format of
@@ -27,8 +27,8 @@ import numpy as np
 from PIL import Image
 
 from comatch_jax import atomic_files
+from comatch_jax.data.answers import UNKNOWN
 
-UNKNOWN_LABEL = "__unknown__"  # the answer "none of these classes": never trained on as a class
 PAGE_NAME = "labelling.html"
 CSV_NAME = "answers.csv"
 TOP_GUESSES = 9  # one key each, 1-9
@@ -99,8 +99,8 @@ def write_labelling_page(
         raise ValueError(f"probs must be [N, {len(class_names)}], got {list(probs.shape)}.")
     if not (np.isfinite(probs).all() and np.isfinite(scores).all()):
         raise ValueError("probs and scores must be finite numbers (is the model's output NaN?).")
-    if UNKNOWN_LABEL in class_names or len(set(class_names)) != len(class_names):
-        raise ValueError(f"class names must be distinct and differ from {UNKNOWN_LABEL!r}.")
+    if UNKNOWN in class_names or len(set(class_names)) != len(class_names):
+        raise ValueError(f"class names must be distinct and differ from {UNKNOWN!r}.")
     keys = [str(k) if key_column == "path" else int(k) for k in keys]
     if len(set(keys)) != len(keys):
         raise ValueError("keys must be distinct: each image is requested once.")
@@ -116,7 +116,7 @@ def write_labelling_page(
         "title": title,
         "key_column": key_column,
         "class_names": list(class_names),
-        "unknown_label": UNKNOWN_LABEL,
+        "unknown_label": UNKNOWN,
         "storage_key": hashlib.sha256(identity).hexdigest()[:16],
         "image_dir": "images",
         "csv_name": CSV_NAME,

@@ -1,28 +1,37 @@
-"""Asks for labels: ranks a trained run's unlabeled images and writes the top ones as CSV.
+"""Asks for labels: ranks a trained run's unlabeled images and writes the top ones as CSV,
+with a labelling page (and Label Studio's import files) to answer them in.
 
   python -m comatch_jax.commands.request_labels --workdir=RUN --budget=40 --strategy=entropy \\
       --out=requests.csv                                  (or: comatch-request-labels ...)
 
-Scores every unlabeled train-split image with the run's EMA model, picks `--budget` of them
-with `--strategy` (entropy, margin, least_confidence, random, kcenter; see
-comatch_jax.commands.active_learning) and writes them most wanted first, one row each:
-`id,predicted_class,score` for a dataset by name (id: the image's index in the train split),
-`path,predicted_class,score` for an image folder (path: the file under root/unlabeled/).
-predicted_class is a class NAME. The answers, `path,label` (label: a class name) or
-`id,label` (label: a class index; offline, comatch_jax.commands.answer_from_truth writes
-them), train a new run with `--config.dataset.extra_labels_csv=labels.csv`.
+Scores every unlabeled train-split image (neither labeled nor answered UNKNOWN) with the
+run's EMA model, picks `--budget` of them with `--strategy` (entropy, margin,
+least_confidence, random, kcenter; see comatch_jax.commands.active_learning) and writes them
+most wanted first, one row each: `id,predicted_class,score` for a dataset by name (id: the
+image's index in the train split), `path,predicted_class,score` for an image folder (path:
+the file under root/unlabeled/). predicted_class is a class NAME. Beside it:
+  requests_page/labelling.html   the labelling page (comatch_jax.commands.labelling_page),
+                                 unless --nolabelling_page; its "Download answers" CSV
+  requests_tasks.json,           with --label_studio_root=DIR (local-files URLs relative to
+  requests_label_config.xml      DIR) or --label_studio_url=PREFIX (an image folder only):
+                                 a Label Studio project (comatch_jax.commands.label_studio).
+The answers, the page's CSV or a Label Studio export (or `id,label` from
+comatch_jax.commands.answer_from_truth, offline), train a new run with
+`--config.dataset.extra_labels_csv=FILE`. docs/labelling.md walks through the loop.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
+from typing import Any
 
 import numpy as np
 from absl import flags, logging
 
-from comatch_jax import cli, commands
-from comatch_jax.commands import active_learning, ema_model
+from comatch_jax import atomic_files, cli, commands
+from comatch_jax.commands import active_learning, ema_model, label_studio
+from comatch_jax.commands.labelling_page import write_labelling_page
 from comatch_jax.data import pipeline
 from comatch_jax.trainer import saved_runs
 
@@ -34,8 +43,9 @@ class LabelRequests:
     """The chosen images, most wanted first."""
 
     ids: np.ndarray  # train-split indices (image folders: rows of data.unlabeled_paths)
+    rows: np.ndarray  # rows of data.unlabeled_images
     scores: np.ndarray  # the strategy's score (kcenter: distance to the nearest labeled image)
-    predicted_classes: np.ndarray  # class indices
+    probs: np.ndarray  # float32 [N, num_classes], the model's class probabilities
 
 
 def rank_unlabeled(
@@ -43,21 +53,23 @@ def rank_unlabeled(
     data: pipeline.SemiSupervisedData,
     *,
     budget: int,
-    strategy: str,
+    strategy: str = "entropy",
     balance_by_predicted_class: bool = False,
     seed: int = 0,
     batch_size: int = 1000,
 ) -> LabelRequests:
     """Scores the unlabeled train-split images of `data` with `run` and picks `budget`.
 
-    Images already labeled, and those of an extra unlabeled split (no train-split id), are
-    never requested. Raises ValueError (one line) for a budget above what is left.
+    Images already labeled or answered UNKNOWN, and those of an extra unlabeled split (no
+    train-split id), are never requested. Raises ValueError (one line) for a budget above what
+    is left.
     """
     active_learning.check_strategy(strategy, balance_by_predicted_class)
-    candidates = (data.unlabeled_ids >= 0) & ~np.isin(data.unlabeled_ids, data.labeled_ids)
+    answered = np.concatenate([data.labeled_ids, data.unknown_ids])
+    candidates = (data.unlabeled_ids >= 0) & ~np.isin(data.unlabeled_ids, answered)
     if not candidates.any():
         raise ValueError(
-            "No unlabeled train-split image is left to request: every one is already labeled "
+            "No unlabeled train-split image is left to request: every one is already answered "
             "(e.g. through dataset.extra_labels_csv); there is nothing to ask for."
         )
     if budget <= 0 or budget > int(candidates.sum()):
@@ -86,54 +98,71 @@ def rank_unlabeled(
         scores = active_learning.distance_to_nearest(outputs["embedding"][chosen], labeled)
     else:
         scores = active_learning.strategy_scores(strategy, outputs["probs"], seed)[chosen]
-    return LabelRequests(
-        ids=data.unlabeled_ids[candidates][chosen],
-        scores=scores,
-        predicted_classes=np.argmax(outputs["probs"][chosen], -1),
-    )
+    rows = np.flatnonzero(candidates)[chosen]
+    return LabelRequests(data.unlabeled_ids[rows], rows, scores, outputs["probs"][chosen])
 
 
 def request_labels(
     workdir: str,
     out: str,
     *,
-    budget: int,
-    strategy: str = "entropy",
-    balance_by_predicted_class: bool = False,
-    seed: int = 0,
-    batch_size: int = 1000,
+    labelling_page: bool = True,
+    label_studio_root: str | None = None,
+    label_studio_url: str | None = None,
+    **ranking: Any,
 ) -> LabelRequests:
-    """The command: ranks the run's unlabeled images and writes the requests CSV to `out`
-    (whole). Raises ValueError / OSError with one line."""
-    active_learning.check_strategy(strategy, balance_by_predicted_class)
-    if budget <= 0:
-        raise ValueError(f"--budget must be positive, got {budget}.")
+    """The command: ranks the run's unlabeled images (`ranking`: rank_unlabeled's keyword
+    arguments, budget and strategy first) and writes the requests CSV to `out` (whole), and
+    beside it the labelling page and Label Studio's files (see the module's docstring).
+    Logs what to open. Raises ValueError / OSError with one line."""
+    active_learning.check_strategy(ranking.get("strategy", "entropy"))
+    if ranking["budget"] <= 0:
+        raise ValueError(f"--budget must be positive, got {ranking['budget']}.")
     run = saved_runs.load_run(workdir)
+    root, studio_root = run.config.dataset.root, label_studio_root or run.config.dataset.root
+    if (label_studio_root or label_studio_url) and (
+        run.config.dataset.name != "image_folder"
+        or os.path.relpath(root, studio_root).startswith(os.pardir)
+    ):
+        raise ValueError(
+            "--label_studio_root/url need a run on an image folder inside --label_studio_root; "
+            "label a dataset by name in the labelling page."
+        )
     data = pipeline.prepare_data(run.config)
-    requests = rank_unlabeled(
-        run,
-        data,
-        budget=budget,
-        strategy=strategy,
-        balance_by_predicted_class=balance_by_predicted_class,
-        seed=seed,
-        batch_size=batch_size,
-    )
-    keys = [int(i) for i in requests.ids]
-    if data.unlabeled_paths:  # an image folder: name each requested file
-        root = os.path.abspath(run.config.dataset.root)
-        keys = [os.path.join(root, data.unlabeled_paths[i]) for i in keys]
-    names = [run.class_names[c] for c in requests.predicted_classes]
-    scores = [f"{float(s):.6g}" for s in requests.scores]
+    requests = rank_unlabeled(run, data, **ranking)
+    keys = requests.ids.tolist()  # ids, or an image folder's files relative to its root
+    if data.unlabeled_paths:
+        keys = [data.unlabeled_paths[i] for i in keys]
+        images = [os.path.join(os.path.abspath(root), key) for key in keys]
+    else:
+        images = np.asarray(data.unlabeled_images[requests.rows])
+    predicted = np.argmax(requests.probs, -1)
     header = ("path" if data.unlabeled_paths else "id", "predicted_class", "score")
-    active_learning.write_csv(out, header, zip(keys, names, scores))
+    rows = zip(images if data.unlabeled_paths else keys, [run.class_names[c] for c in predicted],
+               [f"{float(s):.6g}" for s in requests.scores])  # fmt: skip
+    active_learning.write_csv(out, header, rows)
+    logging.info("Wrote %d label requests to %s", len(keys), out)
+    stem, name = os.path.splitext(out)[0], os.path.basename(os.path.abspath(workdir))
+    if labelling_page:
+        page = write_labelling_page(
+            stem + "_page", keys, images, requests.probs, requests.scores, run.class_names,
+            key_column=header[0], title=f"{len(keys):,} label requests from {name}",
+        )  # fmt: skip
+        logging.info("To answer them, open %s in a browser.", page)
+    if label_studio_root or label_studio_url:
+        prefix = label_studio_url or label_studio.LOCAL_FILES_PREFIX
+        label_studio.write_tasks(stem + "_tasks.json", images, predicted, requests.scores,
+                                 run.class_names, document_root=studio_root, url_prefix=prefix)  # fmt: skip
+        with atomic_files.open_atomic(stem + "_label_config.xml", "w", encoding="utf-8") as f:
+            f.write(label_studio.labelling_config(run.class_names))
+        logging.info("For Label Studio: %s_tasks.json, %s_label_config.xml.", stem, stem)
     return requests
 
 
 def _request_labels() -> None:
-    options = ("budget", "strategy", "balance_by_predicted_class", "seed", "batch_size")
-    requests = request_labels(FLAGS.workdir, FLAGS.out, **{o: FLAGS[o].value for o in options})
-    logging.info("Wrote %d label requests (%s) to %s", len(requests.ids), FLAGS.strategy, FLAGS.out)
+    options = "budget strategy balance_by_predicted_class seed batch_size labelling_page"
+    options = options.split() + ["label_studio_root", "label_studio_url"]
+    request_labels(FLAGS.workdir, FLAGS.out, **{o: FLAGS[o].value for o in options})
 
 
 main = cli.entry_point(_request_labels)
@@ -152,6 +181,17 @@ def command() -> None:
     flags.DEFINE_integer("seed", 0, "Seed of the random strategy.")
     flags.DEFINE_string("out", None, "Where to write the requests CSV.")
     flags.DEFINE_integer("batch_size", 1000, "Images per inference batch.")
+    flags.DEFINE_bool("labelling_page", True, "Write the labelling page beside --out.")
+    flags.DEFINE_string(
+        "label_studio_root",
+        None,
+        "Write Label Studio tasks whose local-files URLs are relative to this directory (LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT).",
+    )
+    flags.DEFINE_string(
+        "label_studio_url",
+        None,
+        "Write Label Studio tasks whose URLs are this prefix + the path relative to --label_studio_root (default: the image folder's root).",
+    )
     flags.mark_flags_as_required(["workdir", "budget", "out"])
     commands.help_for_console_script(__name__)
     cli.run(main)
