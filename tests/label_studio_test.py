@@ -47,10 +47,11 @@ def test_reads_label_studios_exports(name):
     assert len(paths) == len(ANSWERS)  # one answer per image
 
 
-def test_reads_a_csv_saved_by_a_spreadsheet(tmp_path):
-    text = open(os.path.join(FIXTURES, "export.csv"), encoding="utf-8").read()
-    path = tmp_path / "export.csv"
-    path.write_bytes(b"\xef\xbb\xbf" + text.replace("\n", "\r\n").encode())  # a BOM, CRLF
+@pytest.mark.parametrize("name", EXPORTS)
+def test_reads_an_export_saved_with_a_byte_order_mark_and_crlf(tmp_path, name):
+    text = open(os.path.join(FIXTURES, name), encoding="utf-8").read()
+    path = tmp_path / name
+    path.write_bytes(b"\xef\xbb\xbf" + text.replace("\n", "\r\n").encode())
     paths, labels = read_export(path)
     assert dict(zip(paths, labels)) == ANSWERS
 
@@ -186,6 +187,9 @@ def _edited_fixture(tmp_path, name, edit):
         ("export_min.json", lambda t: t.replace('"updated_at": "2026', '"updated_at": "yesterday'), POOL, "not a Label Studio task"),
         ("export.csv", lambda t: t.replace('"label"', '"class"', 1), POOL, "lacks column"),
         ("export.csv", lambda t: "", POOL, "is empty"),
+        ("export.csv", lambda t: t[: t.rindex('"truck"') + 3], POOL,
+         "line 7: 6 fields, the header has 8"),  # a half-written file
+        ("export.json", lambda t: t[: t.rindex('"truck"') + 3], POOL, "cannot read it as JSON"),
     ],
 )  # fmt: skip
 def test_bad_exports_are_one_line_naming_the_row(tmp_path, name, edit, pool, message):
