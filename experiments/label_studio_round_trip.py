@@ -1,5 +1,6 @@
 """Label Studio for real, once: our tasks and labelling config in, annotations through its
-API, its three export formats out, read back by comatch_jax.commands.label_studio.
+API, its three export formats out, read back by comatch_jax.data.answers (what
+--config.dataset.extra_labels_csv reads).
 
   python -m venv /work/lsvenv && /work/lsvenv/bin/pip install label-studio
   python experiments/label_studio_round_trip.py --label_studio=/work/lsvenv/bin/label-studio \\
@@ -12,7 +13,7 @@ no network, a user and token made on the command line), creates the project and 
 Storage, imports the tasks, checks that Label Studio serves every image at the URL we
 wrote, annotates through the API (one task cancelled, one given two annotations, one
 answered "none of these"), exports JSON, JSON_MIN and CSV into --out, reads each back with
-label_studio.read_export and checks them against the annotations given. Stops the server.
+answers.read_answers and checks them against the annotations given. Stops the server.
 """
 
 import argparse
@@ -29,7 +30,8 @@ import urllib.request
 import numpy as np
 
 from comatch_jax.commands import label_studio
-from comatch_jax.commands.labelling_page import UNKNOWN_LABEL
+from comatch_jax.data import answers
+from comatch_jax.data.answers import UNKNOWN as UNKNOWN_LABEL
 
 TOKEN = "0123456789abcdef0123456789abcdef01234567"  # a throwaway server's, made up here
 HOSTILE = ["cat & dog #1?%+.jpg", "<img src=x onerror=alert(1)>.jpg"]
@@ -154,9 +156,11 @@ def main():
             data = api(args.port, "GET", f"/api/projects/{project}/export?exportType={export_type}")
             with open(os.path.join(args.out, name), "wb") as f:
                 f.write(data)
-            paths, labels = label_studio.read_export(
-                os.path.join(args.out, name), unlabeled_paths=keys, class_names=class_names
+            read = answers.read_answers(
+                os.path.join(args.out, name), class_names, root=root, unlabeled_paths=keys
             )
+            paths = [keys[i] for i in [*read.ids, *read.unknown_ids]]
+            labels = [class_names[c] for c in read.labels] + [UNKNOWN_LABEL] * len(read.unknown_ids)
             print(f"{export_type:8s} -> {name}: {len(paths)} answers: {list(zip(paths, labels))}")
             assert dict(zip(paths, labels)) == expected, export_type
         shutil.copy(tasks_file, os.path.join(args.out, "tasks.json"))

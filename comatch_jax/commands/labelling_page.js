@@ -58,8 +58,16 @@ function shown(label) {
   return label === UNKNOWN ? 'none of these / unknown' : label;
 }
 
-function pixelate() { // small images (e.g. 32x32 datasets) are upscaled without blur
-  this.classList.toggle('pixelated', this.naturalWidth < 128);
+function pixelate() { // below 32 px (e.g. 28x28 digits) smooth upscaling blurs to a blob
+  this.classList.toggle('pixelated', this.naturalWidth < 32);
+}
+
+function fit() { // a small image (e.g. a 32x32 photo) at a whole multiple of its size up to
+  // 160 px: larger it only gets more blurred or more blocky, and harder to tell
+  const scale = Math.floor(160 / Math.max(this.naturalWidth, this.naturalHeight));
+  this.style.width = scale >= 1 ? this.naturalWidth * scale + 'px' : '';
+  this.style.height = scale >= 1 ? this.naturalHeight * scale + 'px' : '';
+  pixelate.call(this);
 }
 
 function imageElement(file) {
@@ -238,5 +246,5 @@ window.addEventListener('resize', renderStrip);
 document.title = DATA.title;
 $('title').textContent = DATA.title;
 search.placeholder = 'Type to search all ' + number(NAMES.length) + ' classes';
-$('image').onload = pixelate;
+$('image').onload = fit;
 go(current);

@@ -40,7 +40,7 @@ def _template(name: str) -> str:
 
 def _write_image(image: str | np.ndarray, out_stem: str, size: int) -> str:
     """Writes one request's image: a file becomes a JPEG of longest side <= `size` (a person
-    can judge it; the browser shows small ones pixelated), a uint8 HxWxC array a PNG as is.
+    can judge it; the page shows small ones at a whole multiple of their size), a uint8 HxWxC array a PNG as is.
     Returns the written file's name."""
     if isinstance(image, np.ndarray):
         array = image[..., 0] if image.ndim == 3 and image.shape[-1] == 1 else image
