@@ -3,7 +3,7 @@ API, its three export formats out, read back by comatch_jax.data.answers (what
 --config.dataset.extra_labels_csv reads).
 
   python -m venv /work/lsvenv && /work/lsvenv/bin/pip install label-studio
-  python experiments/label_studio_round_trip.py --label_studio=/work/lsvenv/bin/label-studio \\
+  PYTHONPATH=. python experiments/label_studio_round_trip.py --label_studio=/work/lsvenv/bin/label-studio \\
       --images=/work/data/cifar10_folder --out=tests/testdata/label_studio
 
 Copies 8 images of FOLDER/unlabeled (two renamed to hostile names: spaces, &, #, ?, %, +,
@@ -29,9 +29,9 @@ import urllib.request
 
 import numpy as np
 
-from comatch_jax.commands import label_studio
+from comatch_jax.commands import request_labels
 from comatch_jax.data import answers
-from comatch_jax.data.answers import UNKNOWN as UNKNOWN_LABEL
+from comatch_jax.data.answers import CHOICES_NAME, IMAGE_NAME, UNKNOWN as UNKNOWN_LABEL
 
 TOKEN = "0123456789abcdef0123456789abcdef01234567"  # a throwaway server's, made up here
 HOSTILE = ["cat & dog #1?%+.jpg", "<img src=x onerror=alert(1)>.jpg"]
@@ -68,9 +68,9 @@ def main():
     class_names = sorted(os.listdir(os.path.join(args.images, "labeled")))
     probs = np.random.default_rng(0).dirichlet(np.ones(len(class_names)), len(keys))
     scores = -np.sum(probs * np.log(probs), axis=1)  # entropy, as request_labels ranks
-    tasks_file = os.path.join(work, "tasks.json")
-    label_studio.write_tasks(
-        tasks_file,
+    tasks_file = os.path.join(work, "requests_tasks.json")  # and requests_label_config.xml
+    request_labels.write_label_studio_files(
+        os.path.join(work, "requests"),
         [os.path.join(root, key) for key in keys],
         probs.argmax(1),
         scores,
@@ -104,7 +104,7 @@ def main():
             f"Label Studio {json.loads(api(args.port, 'GET', '/api/version'))['release']} "
             f"up in {time.time() - started:.0f} s"
         )
-        config = label_studio.labelling_config(class_names)
+        config = open(os.path.join(work, "requests_label_config.xml"), encoding="utf-8").read()
         project = json.loads(
             api(args.port, "POST", "/api/projects/", {"title": "requests", "label_config": config})
         )["id"]
@@ -128,7 +128,7 @@ def main():
 
         def annotate(task, label=None):  # no label: cancel (skip) the task
             choice = {"type": "choices", "value": {"choices": [label]}}
-            choice |= {"from_name": label_studio.CHOICES_NAME, "to_name": label_studio.IMAGE_NAME}
+            choice |= {"from_name": CHOICES_NAME, "to_name": IMAGE_NAME}
             body = {"result": [] if label is None else [choice], "was_cancelled": label is None}
             api(args.port, "POST", f"/api/tasks/{task['id']}/annotations/", body)
             time.sleep(1.1)  # distinct updated_at times

@@ -363,7 +363,7 @@ def test_request_labels_errors_are_one_line(digits_run, tmp_path, options, messa
 def test_answer_from_truth_rejects_unknown_ids(digits_run, tmp_path):
     requests_csv = _write(tmp_path / "requests.csv", "id,score\n5,0.1\n1500,0.2\n")
     config = saved_runs.read_config(digits_run[0])
-    with pytest.raises(ValueError, match="id 1500 is not in the train split"):
+    with pytest.raises(ValueError, match="line 3: id '1500' is not in the train split"):
         answer_from_truth.answer_requests(requests_csv, str(tmp_path / "l.csv"), config)
 
 

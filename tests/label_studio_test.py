@@ -10,9 +10,9 @@ import xml.etree.ElementTree as ElementTree
 import numpy as np
 import pytest
 
-from comatch_jax.commands import label_studio
+from comatch_jax.commands import request_labels
 from comatch_jax.data import answers
-from comatch_jax.data.answers import UNKNOWN as UNKNOWN_LABEL
+from comatch_jax.data.answers import CHOICES_NAME, IMAGE_NAME, UNKNOWN as UNKNOWN_LABEL
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "testdata", "label_studio")
 CIFAR10 = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
@@ -67,9 +67,9 @@ def test_the_committed_tasks_are_what_the_round_trip_imported():
 def test_written_tasks_and_config_parse_back_with_names_escaped(tmp_path):
     classes = ["</script>", 'a & "b" <c>', "plain"]
     names = POOL[:1] + [f"unlabeled/{name}" for name in HOSTILE] + ["unlabeled/\udcff.jpg"]
-    path = tmp_path / "tasks.json"
-    label_studio.write_tasks(
-        str(path),
+    path = tmp_path / "r_tasks.json"
+    request_labels.write_label_studio_files(
+        str(tmp_path / "r"),
         [os.path.join("/data/root", name) for name in names],
         np.array([0, 1, 2, 1]),
         np.array([2.5, 1.5, 0.5, 0.25]),
@@ -78,7 +78,7 @@ def test_written_tasks_and_config_parse_back_with_names_escaped(tmp_path):
     )
     tasks = json.load(open(path, encoding="utf-8"))
     for task, name in zip(tasks, names):
-        encoded = task["data"]["image"].removeprefix(label_studio.LOCAL_FILES_PREFIX)
+        encoded = task["data"]["image"].removeprefix(request_labels.LOCAL_FILES)
         assert not set(encoded) & set(" <>&#?%+\"'") - {"%"}  # only %XX escapes
         assert os.fsdecode(urllib.parse.unquote_to_bytes(encoded)) == "root/" + name
     predictions = [task["predictions"][0] for task in tasks]
@@ -89,18 +89,18 @@ def test_written_tasks_and_config_parse_back_with_names_escaped(tmp_path):
         [classes[2]],
         [classes[1]],
     ]
-    config = ElementTree.fromstring(label_studio.labelling_config(classes))
+    config = ElementTree.parse(tmp_path / "r_label_config.xml").getroot()
     choices = config.find("Choices")
-    assert choices.get("name") == label_studio.CHOICES_NAME and choices.get("choice") == "single"
+    assert choices.get("name") == CHOICES_NAME and choices.get("choice") == "single"
     assert [c.get("value") for c in choices] == classes + [UNKNOWN_LABEL]
-    assert config.find("Image").get("value") == "$" + label_studio.IMAGE_NAME
+    assert config.find("Image").get("value") == "$" + IMAGE_NAME
 
 
-@pytest.mark.parametrize("prefix", [label_studio.LOCAL_FILES_PREFIX, "http://host:8081/files/"])
+@pytest.mark.parametrize("prefix", [request_labels.LOCAL_FILES, "http://host:8081/files/"])
 def test_written_urls_map_back_to_the_pool(tmp_path, prefix):
     names = POOL[:2] + [f"unlabeled/{name}" for name in HOSTILE] + ["unlabeled/\udcff.jpg"]
-    label_studio.write_tasks(
-        str(tmp_path / "tasks.json"),
+    request_labels.write_label_studio_files(
+        str(tmp_path / "r"),
         [os.path.join("/data/root", name) for name in names],
         np.zeros(len(names), int),
         np.ones(len(names)),
@@ -108,7 +108,7 @@ def test_written_urls_map_back_to_the_pool(tmp_path, prefix):
         document_root="/data",
         url_prefix=prefix,
     )
-    tasks = json.load(open(tmp_path / "tasks.json", encoding="utf-8"))
+    tasks = json.load(open(tmp_path / "r_tasks.json", encoding="utf-8"))
     rows = [{"id": i, "image": t["data"]["image"], "label": "ship"} for i, t in enumerate(tasks)]
     path = tmp_path / "export_min.json"
     path.write_text(json.dumps(rows))
@@ -119,7 +119,7 @@ def test_written_urls_map_back_to_the_pool(tmp_path, prefix):
 def _task(task_id, image, *annotations):
     return {
         "id": task_id,
-        "data": {"image": label_studio.LOCAL_FILES_PREFIX + urllib.parse.quote(image)},
+        "data": {"image": request_labels.LOCAL_FILES + urllib.parse.quote(image)},
         "annotations": [
             {
                 "id": annotation_id,
@@ -184,7 +184,7 @@ def _edited_fixture(tmp_path, name, edit):
          r"entry 1 \(task 1\): not a Label Studio task .*KeyError"),
         ("export.json", lambda t: "[]", POOL, "no answered image"),
         ("export_min.json", lambda t: t.replace('"image"', '"picture"'), POOL, "not a Label Studio task"),
-        ("export_min.json", lambda t: t.replace('"updated_at": "2026', '"updated_at": "yesterday'), POOL, "not a Label Studio task"),
+        ("export_min.json", lambda t: t.replace('"annotation_id": 1,', '"annotation_id": "one",'), POOL, "not a Label Studio task"),
         ("export.csv", lambda t: t.replace('"label"', '"class"', 1), POOL, "lacks column"),
         ("export.csv", lambda t: "", POOL, "is empty"),
         ("export.csv", lambda t: t[: t.rindex('"truck"') + 3], POOL,
@@ -199,14 +199,9 @@ def test_bad_exports_are_one_line_naming_the_row(tmp_path, name, edit, pool, mes
     assert "\n" not in str(error.value) and str(error.value).startswith(path)
 
 
-def test_write_tasks_refuses_files_outside_the_root_and_mismatched_lengths(tmp_path):
-    out = str(tmp_path / "tasks.json")
+def test_files_outside_the_document_root_are_refused(tmp_path):
     with pytest.raises(ValueError, match="outside the document root /data"):
-        label_studio.write_tasks(
-            out, ["/elsewhere/a.jpg"], [0], [1.0], CIFAR10, document_root="/data"
+        request_labels.write_label_studio_files(
+            str(tmp_path / "r"), ["/elsewhere/a.jpg"], [0], [1.0], CIFAR10, document_root="/data"
         )
-    with pytest.raises(ValueError, match="differ in length"):
-        label_studio.write_tasks(
-            out, ["/data/a.jpg"], [0, 1], [1.0], CIFAR10, document_root="/data"
-        )
-    assert not os.path.exists(out)
+    assert not os.listdir(tmp_path)

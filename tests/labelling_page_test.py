@@ -197,13 +197,9 @@ def test_dataset_pixels_and_ids(browser, tmp_path):
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        ({"key_column": "name"}, "key_column must be"),
         ({"scores": [1.0]}, "one entry per request"),
-        ({"probs": np.full((2, 3), 0.5)}, "probs must be [N, 2]"),
-        ({"class_names": ["a", UNKNOWN]}, "must be distinct"),
         ({"images": ["/no/such.jpg", "/no/such.jpg"]}, "cannot read it as an image"),
         ({"scores": [1.0, float("nan")]}, "must be finite"),
-        ({"keys": ["unlabeled/a.jpg", "unlabeled/a.jpg"]}, "keys must be distinct"),
     ],
 )
 def test_bad_inputs_are_one_line(tmp_path, kwargs, message):

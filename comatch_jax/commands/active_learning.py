@@ -31,7 +31,6 @@ from comatch_jax.data.answers import read_csv_table
 
 SCORE_STRATEGIES = ("entropy", "margin", "least_confidence", "random")
 STRATEGIES = SCORE_STRATEGIES + ("kcenter",)
-LABEL_COLUMNS = ("id", "label")
 
 # How CSVs are written: file names that are not valid UTF-8 (POSIX allows any bytes)
 # round-trip as surrogate escapes (data.answers reads them back).
@@ -193,36 +192,17 @@ def write_csv(path: str, header: Sequence[str], rows: Iterable[Sequence[Any]]) -
         writer.writerows(rows)
 
 
-def _read_int_columns(path: str, columns: Sequence[str]) -> dict[str, np.ndarray]:
-    """Reads integer `columns` of a CSV with a header (read_csv_table); one-line ValueError
-    if malformed."""
-    header, rows = read_csv_table(path, columns)
-    positions = [header.index(name) for name in columns]
-    values = {name: [] for name in columns}
-    for line, row in rows:
-        for name, position in zip(columns, positions):
-            try:
-                values[name].append(int(row[position].strip()))
-            except ValueError:
-                raise ValueError(
-                    f"{path} line {line}: {name} {row[position]!r} is not an integer."
-                ) from None
-    return {name: np.asarray(v, np.int64) for name, v in values.items()}
-
-
-def _check_ids(path: str, ids: np.ndarray, num_images: int) -> None:
-    bad = ids[(ids < 0) | (ids >= num_images)]
-    if len(bad):
-        raise ValueError(
-            f"{path}: id {bad[0]} is not in the train split (ids are 0..{num_images - 1})."
-        )
-    unique, counts = np.unique(ids, return_counts=True)
-    if np.any(counts > 1):
-        raise ValueError(f"{path}: id {unique[counts > 1][0]} appears more than once.")
-
-
 def read_request_ids(path: str, *, num_images: int) -> np.ndarray:
-    """The `id` column of a requests CSV, validated against a train split of `num_images`."""
-    ids = _read_int_columns(path, ("id",))["id"]
-    _check_ids(path, ids, num_images)
-    return ids
+    """The `id` column of a requests CSV: distinct train-split indices in 0..num_images-1;
+    ValueError (one line) naming the first line that is not."""
+    header, rows = read_csv_table(path, ("id",))
+    ids: dict[int, None] = {}
+    for line, row in rows:
+        text = row[header.index("id")].strip()
+        if not text.isdigit() or int(text) >= num_images or int(text) in ids:
+            raise ValueError(
+                f"{path} line {line}: id {text!r} is not in the train split (ids are "
+                f"0..{num_images - 1}) or appears more than once."
+            )
+        ids[int(text)] = None
+    return np.asarray(list(ids), np.int64)

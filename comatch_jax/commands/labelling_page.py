@@ -39,8 +39,8 @@ def _template(name: str) -> str:
 
 
 def _write_image(image: str | np.ndarray, out_stem: str, size: int) -> str:
-    """Writes one request's image: a file becomes a JPEG of longest side <= `size` (a person
-    can judge it; the page shows small ones at a whole multiple of their size), a uint8 HxWxC array a PNG as is.
+    """Writes one request's image: a file becomes a JPEG of longest side <= `size`, a uint8
+    HxWxC array a PNG as is (the page shows a small image at a whole multiple of its size).
     Returns the written file's name."""
     if isinstance(image, np.ndarray):
         array = image[..., 0] if image.ndim == 3 and image.shape[-1] == 1 else image
@@ -73,7 +73,6 @@ def write_labelling_page(
     key_column: str = "path",
     title: str = "Label requests",
     image_size: int = 256,
-    workers: int = 4,
 ) -> str:
     """Writes the labelling page for N requests into `directory` (created if missing).
 
@@ -85,28 +84,21 @@ def write_labelling_page(
     probs: float [N, num_classes], the model's class probabilities; the top 9 become the
       one-key answers.
     scores: float [N], the request score (higher = more wanted), shown beside each image.
-    Returns the page's path. Raises ValueError (one line) for inputs that do not fit together.
+    Returns the page's path. Raises ValueError (one line) for inputs that do not fit together
+    or an image that cannot be read.
     """
     probs, scores = np.asarray(probs, np.float64), np.asarray(scores, np.float64)
-    if key_column not in ("path", "id"):
-        raise ValueError(f"key_column must be 'path' or 'id', got {key_column!r}.")
     if not (len(keys) == len(images) == len(probs) == len(scores)) or not len(keys):
         raise ValueError(
             f"keys, images, probs and scores must have one entry per request; got {len(keys)}, "
             f"{len(images)}, {len(probs)} and {len(scores)}."
         )
-    if probs.ndim != 2 or probs.shape[1] != len(class_names):
-        raise ValueError(f"probs must be [N, {len(class_names)}], got {list(probs.shape)}.")
     if not (np.isfinite(probs).all() and np.isfinite(scores).all()):
         raise ValueError("probs and scores must be finite numbers (is the model's output NaN?).")
-    if UNKNOWN in class_names or len(set(class_names)) != len(class_names):
-        raise ValueError(f"class names must be distinct and differ from {UNKNOWN!r}.")
     keys = [str(k) if key_column == "path" else int(k) for k in keys]
-    if len(set(keys)) != len(keys):
-        raise ValueError("keys must be distinct: each image is requested once.")
     os.makedirs(os.path.join(directory, "images"), exist_ok=True)
     stems = [os.path.join(directory, "images", f"{i:06d}") for i in range(len(keys))]
-    with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:  # PIL releases the GIL
         files = list(
             pool.map(lambda i: _write_image(images[i], stems[i], image_size), range(len(keys)))
         )

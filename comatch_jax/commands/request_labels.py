@@ -11,11 +11,11 @@ most wanted first, one row each: `id,predicted_class,score` for a dataset by nam
 image's index in the train split), `path,predicted_class,score` for an image folder (path:
 the file under root/unlabeled/). predicted_class is a class NAME. Beside it:
   requests_page/labelling.html   the labelling page (comatch_jax.commands.labelling_page),
-                                 unless --nolabelling_page; its "Download answers" CSV
-  requests_tasks.json,           with --label_studio_root=DIR (local-files URLs relative to
-  requests_label_config.xml      DIR) or --label_studio_url=PREFIX (an image folder only):
-                                 a Label Studio project (comatch_jax.commands.label_studio).
-The answers, the page's CSV or a Label Studio export (or `id,label` from
+                                 unless --nolabelling_page;
+  requests_tasks.json,           with --label_studio_root=DIR (an image folder only): Label
+  requests_label_config.xml      Studio's import files, URLs relative to DIR (local files)
+                                 or, with --label_studio_url=PREFIX, PREFIX + that path.
+The answers, the page's download or a Label Studio export (or `id,label` from
 comatch_jax.commands.answer_from_truth, offline), train a new run with
 `--config.dataset.extra_labels_csv=FILE`. docs/labelling.md walks through the loop.
 """
@@ -23,19 +23,24 @@ comatch_jax.commands.answer_from_truth, offline), train a new run with
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
-from typing import Any
+import urllib.parse
+from typing import Any, Sequence
+from xml.sax.saxutils import quoteattr
 
 import numpy as np
 from absl import flags, logging
 
 from comatch_jax import atomic_files, cli, commands
-from comatch_jax.commands import active_learning, ema_model, label_studio
+from comatch_jax.commands import active_learning, ema_model
 from comatch_jax.commands.labelling_page import write_labelling_page
 from comatch_jax.data import pipeline
+from comatch_jax.data.answers import CHOICES_NAME, IMAGE_NAME, UNKNOWN
 from comatch_jax.trainer import saved_runs
 
 FLAGS = flags.FLAGS
+LOCAL_FILES = "/data/local-files/?d="  # Label Studio's URL of a file under its document root
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,6 +107,53 @@ def rank_unlabeled(
     return LabelRequests(data.unlabeled_ids[rows], rows, scores, outputs["probs"][chosen])
 
 
+def label_studio_config(class_names: Sequence[str]) -> str:
+    """Label Studio's labelling config XML: the image, and one choice per class plus UNKNOWN
+    ("none of these classes"); names are XML-escaped."""
+    choices = "".join(f"    <Choice value={quoteattr(n)}/>\n" for n in [*class_names, UNKNOWN])
+    return (
+        f'<View>\n  <Image name="{IMAGE_NAME}" value="${IMAGE_NAME}"/>\n'
+        f'  <Header value="Choose {UNKNOWN} when the image shows none of these classes."/>\n'
+        f'  <Choices name="{CHOICES_NAME}" toName="{IMAGE_NAME}" choice="single" required="true">\n'
+        f"{choices}  </Choices>\n</View>\n"
+    )
+
+
+def write_label_studio_files(
+    stem: str,
+    files: Sequence[str],
+    predicted_classes: np.ndarray,
+    scores: np.ndarray,
+    class_names: Sequence[str],
+    *,
+    document_root: str,
+    url_prefix: str = LOCAL_FILES,
+) -> None:
+    """Writes (whole) Label Studio's import files for the requested image `files`: stem +
+    _label_config.xml (label_studio_config) and stem + _tasks.json, one task per file, best
+    request first, whose `data.image` is `url_prefix` + the file's path relative to
+    `document_root` percent-encoded byte by byte (any file name survives; data.answers
+    decodes it) and whose prediction is the model's top class with `score` = the request
+    score (sort the Data Manager by it). ValueError (one line): a file outside the root."""
+    root, tasks = os.path.abspath(document_root), []
+    for file, predicted, score in zip(files, predicted_classes, scores):
+        relative = os.path.relpath(os.path.abspath(file), root)
+        if relative.startswith(os.pardir):
+            raise ValueError(
+                f"{file} is outside the document root {root}; name a root that holds every "
+                "requested image (e.g. the image folder's root)."
+            )
+        choice = {"type": "choices", "from_name": CHOICES_NAME, "to_name": IMAGE_NAME}
+        choice["value"] = {"choices": [class_names[int(predicted)]]}
+        prediction = {"model_version": "comatch_jax", "score": float(score), "result": [choice]}
+        url = url_prefix + urllib.parse.quote(os.fsencode(relative))
+        tasks.append({"data": {IMAGE_NAME: url}, "predictions": [prediction]})
+    with atomic_files.open_atomic(stem + "_tasks.json", "w", encoding="utf-8") as f:
+        json.dump(tasks, f, indent=1, ensure_ascii=False)
+    with atomic_files.open_atomic(stem + "_label_config.xml", "w", encoding="utf-8") as f:
+        f.write(label_studio_config(class_names))
+
+
 def request_labels(
     workdir: str,
     out: str,
@@ -130,31 +182,41 @@ def request_labels(
         )
     data = pipeline.prepare_data(run.config)
     requests = rank_unlabeled(run, data, **ranking)
-    keys = requests.ids.tolist()  # ids, or an image folder's files relative to its root
-    if data.unlabeled_paths:
-        keys = [data.unlabeled_paths[i] for i in keys]
+    keys, column, images = requests.ids.tolist(), "id", data.unlabeled_images[requests.rows]
+    if data.unlabeled_paths:  # an image folder: its files, relative to the root and whole
+        keys, column = [data.unlabeled_paths[i] for i in keys], "path"
         images = [os.path.join(os.path.abspath(root), key) for key in keys]
-    else:
-        images = np.asarray(data.unlabeled_images[requests.rows])
     predicted = np.argmax(requests.probs, -1)
-    header = ("path" if data.unlabeled_paths else "id", "predicted_class", "score")
-    rows = zip(images if data.unlabeled_paths else keys, [run.class_names[c] for c in predicted],
-               [f"{float(s):.6g}" for s in requests.scores])  # fmt: skip
-    active_learning.write_csv(out, header, rows)
+    names = [run.class_names[c] for c in predicted]
+    scores = [f"{float(s):.6g}" for s in requests.scores]
+    first = images if column == "path" else keys
+    active_learning.write_csv(out, (column, "predicted_class", "score"), zip(first, names, scores))
     logging.info("Wrote %d label requests to %s", len(keys), out)
     stem, name = os.path.splitext(out)[0], os.path.basename(os.path.abspath(workdir))
     if labelling_page:
+        title = f"{len(keys):,} label requests from {name}"
         page = write_labelling_page(
-            stem + "_page", keys, images, requests.probs, requests.scores, run.class_names,
-            key_column=header[0], title=f"{len(keys):,} label requests from {name}",
-        )  # fmt: skip
+            stem + "_page",
+            keys,
+            images,
+            requests.probs,
+            requests.scores,
+            run.class_names,
+            key_column=column,
+            title=title,
+        )
         logging.info("To answer them, open %s in a browser.", page)
     if label_studio_root or label_studio_url:
-        prefix = label_studio_url or label_studio.LOCAL_FILES_PREFIX
-        label_studio.write_tasks(stem + "_tasks.json", images, predicted, requests.scores,
-                                 run.class_names, document_root=studio_root, url_prefix=prefix)  # fmt: skip
-        with atomic_files.open_atomic(stem + "_label_config.xml", "w", encoding="utf-8") as f:
-            f.write(label_studio.labelling_config(run.class_names))
+        url_prefix = label_studio_url or LOCAL_FILES
+        write_label_studio_files(
+            stem,
+            images,
+            predicted,
+            requests.scores,
+            run.class_names,
+            document_root=studio_root,
+            url_prefix=url_prefix,
+        )
         logging.info("For Label Studio: %s_tasks.json, %s_label_config.xml.", stem, stem)
     return requests
 
@@ -182,16 +244,8 @@ def command() -> None:
     flags.DEFINE_string("out", None, "Where to write the requests CSV.")
     flags.DEFINE_integer("batch_size", 1000, "Images per inference batch.")
     flags.DEFINE_bool("labelling_page", True, "Write the labelling page beside --out.")
-    flags.DEFINE_string(
-        "label_studio_root",
-        None,
-        "Write Label Studio tasks whose local-files URLs are relative to this directory (LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT).",
-    )
-    flags.DEFINE_string(
-        "label_studio_url",
-        None,
-        "Write Label Studio tasks whose URLs are this prefix + the path relative to --label_studio_root (default: the image folder's root).",
-    )
+    flags.DEFINE_string("label_studio_root", None, "Label Studio's local files document root.")
+    flags.DEFINE_string("label_studio_url", None, "Or: the URL prefix of the image folder.")
     flags.mark_flags_as_required(["workdir", "budget", "out"])
     commands.help_for_console_script(__name__)
     cli.run(main)

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import datetime
 import hashlib
 import io
 import json
@@ -125,7 +124,14 @@ def read_answers(
     key = "id" if root is None else "path"
     fix = "fix the row or remove it"
     if raw.lstrip(b"\xef\xbb\xbf \t\r\n")[:1] in (b"[", b"{"):
-        rows, fix = _label_studio_rows(path, _json(path, raw), unlabeled_paths, root)
+        try:
+            tasks = json.loads(raw.decode("utf-8-sig"))
+        except ValueError as e:
+            raise ValueError(f"{path}: cannot read it as JSON ({e}); export it again.") from None
+        if not isinstance(tasks, list):
+            raise ValueError(f"{path}: not a list of tasks; export the project again.")
+        entries = [(f"entry {i + 1}", task) for i, task in enumerate(tasks)]
+        rows, fix = _label_studio_rows(path, entries, unlabeled_paths, root)
     else:
         studio = (IMAGE_NAME, CHOICES_NAME) if root is not None else ()
         header, table = read_csv_table(path, (key, "label"), raw, studio)
@@ -207,17 +213,6 @@ def read_answers(
     )
 
 
-def _json(path: str, raw: bytes) -> list[tuple[str, dict]]:
-    """The entries of a JSON export, each with where it is ("entry 3")."""
-    try:
-        tasks = json.loads(raw.decode("utf-8-sig"))
-    except ValueError as e:
-        raise ValueError(f"{path}: cannot read it as JSON ({e}); export it again.") from None
-    if not isinstance(tasks, list):
-        raise ValueError(f"{path}: not a list of tasks; export the project again.")
-    return [(f"entry {i + 1}", task) for i, task in enumerate(tasks)]
-
-
 def _label_studio_rows(
     path: str, entries: list[tuple[str, dict]], unlabeled_paths: Sequence[str], root: str | None
 ) -> tuple[list[tuple[str, str, str]], str]:
@@ -230,12 +225,12 @@ def _label_studio_rows(
             f"{path} is a Label Studio export, which answers an image folder's requests; a "
             "dataset read by name takes an id,label CSV (the labelling page's download)."
         )
-    annotations = []  # (where, image URL, label(s), (updated, annotation id))
+    annotations = []  # (where, image URL, label(s), (ISO 8601 time updated, annotation id))
     try:
         for where, entry in entries:
             where = f"{where} (task {entry.get('id')})"
             if "annotations" not in entry:  # JSON_MIN, CSV: one annotation, not cancelled
-                order = _order(entry.get("updated_at"), entry.get("annotation_id"))
+                order = (str(entry.get("updated_at") or ""), int(entry.get("annotation_id") or 0))
                 annotations.append((where, entry[IMAGE_NAME], entry.get(CHOICES_NAME), order))
             for annotation in entry.get("annotations", ()):  # JSON: a task, all its annotations
                 if not annotation.get("was_cancelled"):
@@ -243,7 +238,10 @@ def _label_studio_rows(
                     labels = [
                         c for r in results if r["type"] == "choices" for c in r["value"]["choices"]
                     ]
-                    order = _order(annotation.get("updated_at"), annotation.get("id"))
+                    order = (
+                        str(annotation.get("updated_at") or ""),
+                        int(annotation.get("id") or 0),
+                    )
                     annotations.append((where, entry["data"][IMAGE_NAME], labels, order))
     except (KeyError, TypeError, AttributeError, ValueError) as e:
         raise ValueError(
@@ -282,12 +280,6 @@ def _pool_path(url: str, pool: set[str]) -> str | None:
     raw = next((value for name, _, value in query if name == "d"), parts.path)
     pieces = os.fsdecode(urllib.parse.unquote_to_bytes(raw)).split("/")
     return next((tail for i in range(len(pieces)) if (tail := "/".join(pieces[i:])) in pool), None)
-
-
-def _order(updated_at: str | None, annotation_id: object) -> tuple[datetime.datetime, int]:
-    """An annotation's sort key: when it was last updated, then its id."""
-    when = datetime.datetime.fromisoformat(updated_at or "0001-01-01")
-    return when.replace(tzinfo=when.tzinfo or datetime.timezone.utc), int(annotation_id or 0)
 
 
 def _read(path: str) -> bytes:
