@@ -12,9 +12,9 @@ image's index in the train split), `path,predicted_class,score` for an image fol
 the file under root/unlabeled/). predicted_class is a class NAME. Beside it:
   requests_page/labelling.html   the labelling page (comatch_jax.commands.labelling_page),
                                  unless --nolabelling_page;
-  requests_tasks.json,           with --label_studio_root=DIR (an image folder only): Label
-  requests_label_config.xml      Studio's import files, URLs relative to DIR (local files)
-                                 or, with --label_studio_url=PREFIX, PREFIX + that path.
+  requests_tasks.json,           with --label_studio_root=DIR or --label_studio_url=PREFIX
+  requests_label_config.xml      (an image folder only): Label Studio's import files, each
+                                 file's URL its path under DIR (local files) or PREFIX + it.
 The answers, the page's download or a Label Studio export (or `id,label` from
 comatch_jax.commands.answer_from_truth, offline), train a new run with
 `--config.dataset.extra_labels_csv=FILE`. docs/labelling.md walks through the loop.
@@ -107,18 +107,6 @@ def rank_unlabeled(
     return LabelRequests(data.unlabeled_ids[rows], rows, scores, outputs["probs"][chosen])
 
 
-def label_studio_config(class_names: Sequence[str]) -> str:
-    """Label Studio's labelling config XML: the image, and one choice per class plus UNKNOWN
-    ("none of these classes"); names are XML-escaped."""
-    choices = "".join(f"    <Choice value={quoteattr(n)}/>\n" for n in [*class_names, UNKNOWN])
-    return (
-        f'<View>\n  <Image name="{IMAGE_NAME}" value="${IMAGE_NAME}"/>\n'
-        f'  <Header value="Choose {UNKNOWN} when the image shows none of these classes."/>\n'
-        f'  <Choices name="{CHOICES_NAME}" toName="{IMAGE_NAME}" choice="single" required="true">\n'
-        f"{choices}  </Choices>\n</View>\n"
-    )
-
-
 def write_label_studio_files(
     stem: str,
     files: Sequence[str],
@@ -130,8 +118,9 @@ def write_label_studio_files(
     url_prefix: str = LOCAL_FILES,
 ) -> None:
     """Writes (whole) Label Studio's import files for the requested image `files`: stem +
-    _label_config.xml (label_studio_config) and stem + _tasks.json, one task per file, best
-    request first, whose `data.image` is `url_prefix` + the file's path relative to
+    _label_config.xml, the labelling config (the image, and one choice per class plus UNKNOWN,
+    "none of these classes"; names XML-escaped), and stem + _tasks.json, one task per file,
+    best request first, whose `data.image` is `url_prefix` + the file's path relative to
     `document_root` percent-encoded byte by byte (any file name survives; data.answers
     decodes it) and whose prediction is the model's top class with `score` = the request
     score (sort the Data Manager by it). ValueError (one line): a file outside the root."""
@@ -150,8 +139,14 @@ def write_label_studio_files(
         tasks.append({"data": {IMAGE_NAME: url}, "predictions": [prediction]})
     with atomic_files.open_atomic(stem + "_tasks.json", "w", encoding="utf-8") as f:
         json.dump(tasks, f, indent=1, ensure_ascii=False)
+    choices = "".join(f"    <Choice value={quoteattr(n)}/>\n" for n in [*class_names, UNKNOWN])
     with atomic_files.open_atomic(stem + "_label_config.xml", "w", encoding="utf-8") as f:
-        f.write(label_studio_config(class_names))
+        f.write(
+            f'<View>\n  <Image name="{IMAGE_NAME}" value="${IMAGE_NAME}"/>\n'
+            f'  <Header value="Choose {UNKNOWN} when the image shows none of these classes."/>\n'
+            f'  <Choices name="{CHOICES_NAME}" toName="{IMAGE_NAME}" choice="single" '
+            f'required="true">\n{choices}  </Choices>\n</View>\n'
+        )
 
 
 def request_labels(
@@ -183,39 +178,26 @@ def request_labels(
     data = pipeline.prepare_data(run.config)
     requests = rank_unlabeled(run, data, **ranking)
     keys, column, images = requests.ids.tolist(), "id", data.unlabeled_images[requests.rows]
-    if data.unlabeled_paths:  # an image folder: its files, relative to the root and whole
+    if data.unlabeled_paths:  # an image folder: its files relative to its root, and whole
         keys, column = [data.unlabeled_paths[i] for i in keys], "path"
         images = [os.path.join(os.path.abspath(root), key) for key in keys]
-    predicted = np.argmax(requests.probs, -1)
-    names = [run.class_names[c] for c in predicted]
-    scores = [f"{float(s):.6g}" for s in requests.scores]
-    first = images if column == "path" else keys
-    active_learning.write_csv(out, (column, "predicted_class", "score"), zip(first, names, scores))
+    probs, scores, classes = requests.probs, requests.scores, run.class_names
+    predicted = np.argmax(probs, -1)
+    names, shown = [classes[c] for c in predicted], [f"{float(s):.6g}" for s in scores]
+    first = images if column == "path" else keys  # an image folder's files named whole
+    active_learning.write_csv(out, (column, "predicted_class", "score"), zip(first, names, shown))
     logging.info("Wrote %d label requests to %s", len(keys), out)
-    stem, name = os.path.splitext(out)[0], os.path.basename(os.path.abspath(workdir))
+    stem = os.path.splitext(out)[0]
     if labelling_page:
-        title = f"{len(keys):,} label requests from {name}"
+        title = f"{len(keys):,} label requests from {os.path.basename(os.path.abspath(workdir))}"
         page = write_labelling_page(
-            stem + "_page",
-            keys,
-            images,
-            requests.probs,
-            requests.scores,
-            run.class_names,
-            key_column=column,
-            title=title,
+            stem + "_page", keys, images, probs, scores, classes, key_column=column, title=title
         )
         logging.info("To answer them, open %s in a browser.", page)
     if label_studio_root or label_studio_url:
-        url_prefix = label_studio_url or LOCAL_FILES
+        url = label_studio_url or LOCAL_FILES
         write_label_studio_files(
-            stem,
-            images,
-            predicted,
-            requests.scores,
-            run.class_names,
-            document_root=studio_root,
-            url_prefix=url_prefix,
+            stem, images, predicted, scores, classes, document_root=studio_root, url_prefix=url
         )
         logging.info("For Label Studio: %s_tasks.json, %s_label_config.xml.", stem, stem)
     return requests
