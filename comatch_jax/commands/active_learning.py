@@ -4,17 +4,10 @@ Every strategy is a pure function. Score functions map class probabilities [N, C
 score per image where HIGHER means MORE WANTED (more uncertain); `k_center_greedy` picks a
 spread-out set in embedding space. `select` dispatches by name and returns the chosen rows.
 
-Files:
-  * requests CSV, written by comatch_jax.commands.request_labels: `id` (a dataset by name)
-    or `path` (an image folder), `predicted_class` (a class NAME) and `score`, best first;
-  * labels CSV, the answers (from a person, or comatch_jax.commands.answer_from_truth
-    offline): `id,label` or `path,label`, read by training through
-    `config.dataset.extra_labels_csv` (comatch_jax.data.answers).
-An id is the image's index in the dataset's train split, so it is stable across runs.
-CSVs are read as the csv module and spreadsheets agree: UTF-8 with or without a byte-order
-mark, LF or CRLF line ends, quoted fields, blank lines ignored. File names are written as the
-file system holds them (quoted where needed; undecodable bytes kept via surrogateescape), so
-every name round-trips. Files are written whole (comatch_jax.atomic_files).
+The CSV files of the loop (request_labels writes the requests; data.answers reads the
+answers) are written whole (comatch_jax.atomic_files) with file names as the file system holds
+them (quoted where needed; undecodable bytes kept via surrogateescape), so every name
+round-trips; `read_request_ids` reads a requests CSV's ids back.
 No TensorFlow here: this runs with numpy alone.
 """
 
