@@ -250,6 +250,9 @@ def test_request_answer_retrain_loop_adds_budget_labels(digits_run, tmp_path):
     assert result.returncode == 0, result.stderr
     lines = open(requests_csv).read().splitlines()
     assert lines[0] == "id,predicted_class,score" and len(lines) == 16
+    page = tmp_path / "requests_page" / "labelling.html"  # the digits' own pixels, as PNGs
+    assert f"open {page} in a browser" in result.stderr
+    assert len(os.listdir(tmp_path / "requests_page" / "images")) == 15
     names = saved_runs.load_run(workdir).class_names
     assert all(line.split(",")[1] in names for line in lines[1:])  # a class NAME
     base = training_data.prepare_data(config)
@@ -295,6 +298,21 @@ def test_requests_skip_labeled_images_kept_in_the_unlabeled_set(digits_run):
     assert not np.isin(requests.ids, data.labeled_ids).any()
     with pytest.raises(ValueError, match=r"budget must be in 1..1480"):
         request_labels.rank_unlabeled(run, data, budget=1481, strategy="entropy")
+
+
+def test_requests_skip_images_answered_unknown(digits_run, tmp_path):
+    run = saved_runs.load_run(digits_run[0])
+    config = tiny_config()
+    config.dataset.name = "digits"
+    unknown = training_data.prepare_data(config).unlabeled_ids[:2]
+    config.dataset.extra_labels_csv = str(tmp_path / "answers.csv")
+    (tmp_path / "answers.csv").write_text(f"id,label\n{unknown[0]},__unknown__\n{unknown[1]},3\n")
+    data = training_data.prepare_data(config)
+    assert data.unknown_ids.tolist() == [unknown[0]] and unknown[0] in data.unlabeled_ids
+    requests = request_labels.rank_unlabeled(run, data, budget=1478, strategy="entropy")
+    assert not np.isin(unknown, requests.ids).any()
+    with pytest.raises(ValueError, match=r"budget must be in 1..1478"):
+        request_labels.rank_unlabeled(run, data, budget=1479, strategy="entropy")
 
 
 def test_padding_the_last_batch_changes_no_prediction(digits_run):
@@ -343,6 +361,7 @@ def test_likely_unknown_images_are_listed_apart_and_never_requested(digits_run, 
         (dict(budget=0), "--budget must be positive, got 0"),
         (dict(budget=100000), r"--budget must be in 1..1480"),
         (dict(budget=5, strategy="coreset"), "Unknown strategy 'coreset'"),
+        (dict(budget=5, label_studio_root="/"), "--label_studio_root/url need a run on an image"),
         (
             dict(budget=5, out="{tmp}/a_file/r.csv"),
             "Cannot write {tmp}/a_file/r.csv: {tmp}/a_file is a file, not a directory.",
@@ -367,7 +386,7 @@ def test_request_labels_errors_are_one_line(digits_run, tmp_path, options, messa
 def test_answer_from_truth_rejects_unknown_ids(digits_run, tmp_path):
     requests_csv = _write(tmp_path / "requests.csv", "id,score\n5,0.1\n1500,0.2\n")
     config = saved_runs.read_config(digits_run[0])
-    with pytest.raises(ValueError, match="id 1500 is not in the train split"):
+    with pytest.raises(ValueError, match="line 3: id '1500' is not in the train split"):
         answer_from_truth.answer_requests(requests_csv, str(tmp_path / "l.csv"), config)
 
 
