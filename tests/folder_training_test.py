@@ -68,6 +68,7 @@ def test_train_on_image_folder_then_predict(tmp_path):
         "path",
         "predicted_class",
         "confidence",
+        "unknown_score",
         "class_1",
         "prob_1",
         "class_2",

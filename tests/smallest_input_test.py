@@ -202,7 +202,8 @@ def test_likely_unknown_files_are_named_whole(smallest_run, tmp_path):
     run = saved_runs.load_run(str(base / "run"))
     data = training_data.prepare_data(run.config)
     out = tmp_path / "unknown.csv"
-    ids = ema_model.write_likely_unknown(str(base / "run"), run, data, 0.5, str(out))
+    scorer = ema_model.UnknownScorer(run, ema_model.predictor(run), data)
+    ids = scorer.write_likely_unknown(str(base / "run"), 0.5, str(out))
     with open(out, newline="", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == len(ids) > 0 and all(os.path.isfile(r["path"]) for r in rows)

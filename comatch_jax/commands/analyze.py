@@ -5,10 +5,10 @@
 writes to DIR one PNG per figure function below, which says what it draws: training_curves,
 predicted_distribution (the CoMatch-at-scale paper's Fig. 3), prediction_bias,
 under_predicted_samples and over_predicted_samples (Fig. 5), confusion_matrix,
-per_class_accuracy, feature_maps (Fig. 4), embedding_pca (or _tsne) and unknown_images (where
-a person finds the junk of their folder). The model is the run's
-EMA model, the one evaluation reports. At most --max_images images of each set are scored (a
-seeded random subset), which keeps a CPU run to a minute or so. Files are written whole.
+per_class_accuracy, feature_maps (Fig. 4), embedding_pca (or _tsne) and unknown_images. The
+model is the run's EMA model, the one evaluation reports. At most --max_images images of each
+set are scored (a seeded random subset), which keeps a CPU run to a minute or so. Files are
+written whole.
 """
 
 from __future__ import annotations
@@ -41,9 +41,7 @@ CHANNELS_PER_LAYER = 8
 MAX_EMBEDDING_POINTS = 3000
 EXACT_TSNE_POINTS = 1000
 MAX_NAMED_CLASSES = 30
-# Unlabeled images of highest unknown score shown (8 a row), and the false-rejection rate
-# whose threshold the histogram of the scores marks.
-MOST_UNKNOWN, UNKNOWN_RATE = 40, 0.05
+MOST_UNKNOWN, UNKNOWN_RATE = 40, 0.05  # unlabeled images shown; the marked threshold's rate
 
 
 def read_metrics(workdir: str) -> tuple[list[dict[str, float]], list[dict[str, float]]]:
@@ -393,11 +391,10 @@ def embedding_figure(
 def unknown_images_figure(
     known: np.ndarray, pool: np.ndarray, images: np.ndarray, names: Sequence[str], score: str
 ) -> Any:
-    """Where a person finds the junk of their folder. Top: histograms of the unknown scores
-    (ema_model.UnknownScorer) of the evaluation images, all of known classes, and of the
-    unlabeled pool, with the threshold that UNKNOWN_RATE of the evaluation images exceed.
-    Below: the MOST_UNKNOWN pool `images` of highest score, highest first, each with its
-    score and the end of its name."""
+    """Where a person finds the junk of a folder. Top: histograms of the unknown scores of the
+    evaluation images (all of known classes) and of the unlabeled pool, and the threshold that
+    UNKNOWN_RATE of the former exceed. Below: the MOST_UNKNOWN pool `images` of highest score,
+    highest first (8 a row), each with its score and the end of its name."""
     order = np.argsort(-pool, kind="stable")[:MOST_UNKNOWN]
     rows = -(-len(order) // 8)
     fig = plt.figure(figsize=(12, 1.7 * rows + 4))

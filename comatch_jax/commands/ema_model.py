@@ -46,11 +46,11 @@ def feature_maps(run: saved_runs.TrainedRun, image: np.ndarray) -> dict[str, np.
 
 
 class UnknownScorer:
-    """scorer(outputs of `predict`) -> the images' unknown scores, float64 [N], higher for an
-    image more likely of none of the classes (core.unknown_scores: `score` is one of its
-    SCORES; nearest_labeled compares the pooled features with those of data.labeled_images).
-    `predict` is predictor(run); `data` is pipeline.prepare_data(run.config), or None for a
-    logit score without a threshold. Raises ValueError (one line) for an unknown score."""
+    """scorer(outputs of `predict`) -> their unknown scores, float64 [N], higher for an image
+    more likely of none of the classes: core.unknown_scores' `score` (one of its SCORES),
+    nearest_labeled on the pooled features with data.labeled_images as the references.
+    `predict` is predictor(run); `data`, prepare_data of the run's config, may be None for a
+    logit score without a threshold."""
 
     def __init__(
         self,
@@ -59,65 +59,45 @@ class UnknownScorer:
         data: pipeline.SemiSupervisedData | None,
         score: str = UNKNOWN_SCORE,
     ) -> None:
-        if score not in unknown_scores.SCORES:
-            choices = ", ".join(unknown_scores.SCORES)
-            raise ValueError(f"--unknown_score must be one of {choices}, got {score!r}.")
         self.run, self.predict, self.data, self.score = run, predict, data, score
         nearest = score == "nearest_labeled"
         self.labeled = predict(data.labeled_images)["features"] if nearest else None
 
     def __call__(self, outputs: dict[str, np.ndarray]) -> np.ndarray:
+        logits, features = outputs["logits"], outputs["features"]
         return unknown_scores.compute(
-            self.score,
-            logits=outputs["logits"],
-            embeddings=outputs["features"],
-            labeled_embeddings=self.labeled,
+            self.score, logits=logits, embeddings=features, labeled_embeddings=self.labeled
         )
 
     def threshold(self, workdir: str, rate: float) -> float:
-        """The threshold T that `rate` of the run's evaluation images (all of known classes)
-        score above, i.e. a false-rejection rate of `rate` (unknown_scores.threshold_for_
-        rejection_rate). Recorded in workdir/THRESHOLD_FILE {score, rate, step, threshold,
-        num_images} and read back while the score, rate and checkpoint step are those asked.
-        Raises ValueError (one line) unless 0 <= rate < 1."""
-        if not 0.0 <= rate < 1.0:
-            raise ValueError(f"--unknown_rate must be in [0, 1), got {rate}.")
+        """The threshold that `rate` of the run's evaluation images (all of known classes)
+        score above (unknown_scores.threshold_for_rejection_rate): recorded in
+        workdir/THRESHOLD_FILE, and read back while its score, rate and step are those asked."""
         asked = dict(score=self.score, rate=rate, step=int(self.run.state.step))
         path = os.path.join(workdir, THRESHOLD_FILE)
         if os.path.exists(path):
             with open(path) as f:
                 record = json.load(f)
-            if all(record.get(key) == value for key, value in asked.items()):
-                return float(record["threshold"])
+            if asked.items() <= record.items():
+                return record["threshold"]
         known = self(self.predict(self.data.test_images))
         threshold = unknown_scores.threshold_for_rejection_rate(known, rate)
-        saved_runs.save_json(
-            workdir, THRESHOLD_FILE, dict(asked, threshold=threshold, num_images=len(known))
-        )
+        record = dict(asked, threshold=threshold, num_images=len(known))
+        saved_runs.save_json(workdir, THRESHOLD_FILE, record)
         return threshold
 
-
-def write_likely_unknown(
-    workdir: str,
-    run: saved_runs.TrainedRun,
-    data: pipeline.SemiSupervisedData,
-    rate: float,
-    out: str,
-) -> np.ndarray:
-    """Writes to `out` (CSV, whole) the unlabeled images whose unknown score is above the
-    threshold of false-rejection rate `rate` (UnknownScorer.threshold, recorded), highest
-    first: `path,unknown_score` (an image folder's files) or `id,unknown_score`. Returns their
-    ids (data.unlabeled_ids)."""
-    predict = predictor(run)
-    scorer = UnknownScorer(run, predict, data)
-    threshold = scorer.threshold(workdir, rate)
-    scores = scorer(predict(data.unlabeled_images))
-    rows = np.flatnonzero((scores > threshold) & (data.unlabeled_ids >= 0))  # ids to name
-    rows = rows[np.argsort(-scores[rows], kind="stable")]
-    ids, keys, column = data.unlabeled_ids[rows], data.unlabeled_ids[rows].tolist(), "id"
-    if data.unlabeled_paths:
-        root = os.path.abspath(run.config.dataset.root)
-        keys, column = [os.path.join(root, data.unlabeled_paths[i]) for i in ids], "path"
-    shown = [f"{score:.6g}" for score in scores[rows]]
-    active_learning.write_csv(out, (column, "unknown_score"), zip(keys, shown))
-    return ids
+    def write_likely_unknown(self, workdir: str, rate: float, out: str) -> np.ndarray:
+        """Writes to `out` (CSV, whole) the unlabeled images scoring above threshold(workdir,
+        rate), highest first: `path,unknown_score` (an image folder's files, whole) or
+        `id,unknown_score`. Returns their ids (data.unlabeled_ids)."""
+        threshold, data = self.threshold(workdir, rate), self.data
+        scores = self(self.predict(data.unlabeled_images))
+        rows = np.flatnonzero((scores > threshold) & (data.unlabeled_ids >= 0))  # ids to name
+        rows = rows[np.argsort(-scores[rows], kind="stable")]
+        ids, keys, column = data.unlabeled_ids[rows], data.unlabeled_ids[rows].tolist(), "id"
+        if data.unlabeled_paths:
+            root = os.path.abspath(self.run.config.dataset.root)
+            keys, column = [os.path.join(root, data.unlabeled_paths[i]) for i in ids], "path"
+        shown = [f"{score:.6g}" for score in scores[rows]]
+        active_learning.write_csv(out, (column, "unknown_score"), zip(keys, shown))
+        return ids

@@ -6,12 +6,11 @@
 
 Every image under DIR (recursively; .jpg .jpeg .png .webp) is decoded and resized to the
 run's image size with tf.data (into a temporary uint8 cache), then scored in jitted
-batches. The CSV has: path (relative to DIR), predicted class name, confidence, the unknown
-score (higher: more likely of none of the classes; ema_model.UnknownScorer) and with
---top_k > 1 the top-k classes and probabilities. Above the threshold (--unknown_threshold,
-or the one that --unknown_rate of the run's evaluation images exceed, recorded in the
-workdir) the predicted class is __unknown__. It is written whole, paths quoted as the csv
-module does, so any file name round-trips.
+batches. The CSV has: path (relative to DIR), predicted class name, confidence, unknown
+score (ema_model.UnknownScorer) and with --top_k > 1 the top-k classes and probabilities.
+The class is __unknown__ above --unknown_threshold, or above the threshold that
+--unknown_rate of the run's evaluation images exceed (recorded in the workdir). It is
+written whole, paths quoted as the csv module does, so any file name round-trips.
 """
 
 import os
@@ -123,13 +122,9 @@ def command() -> None:
     flags.DEFINE_enum(
         "corrupt_policy", "fail", ["fail", "skip"], "Unreadable images: fail or skip."
     )
-    flags.DEFINE_enum(
-        "unknown_score", ema_model.UNKNOWN_SCORE, unknown_scores.SCORES, "The unknown score."
-    )
+    flags.DEFINE_enum("unknown_score", ema_model.UNKNOWN_SCORE, unknown_scores.SCORES, "Score.")
     flags.DEFINE_float("unknown_threshold", None, "Predict __unknown__ above this score.")
-    flags.DEFINE_float(
-        "unknown_rate", None, "Or: the threshold this share of the evaluation images exceed."
-    )
+    flags.DEFINE_float("unknown_rate", None, "Or: above the threshold this share of val exceed.")
     flags.mark_flags_as_required(["workdir", "images", "out"])
     commands.help_for_console_script(__name__)
     cli.run(main)

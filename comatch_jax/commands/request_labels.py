@@ -18,7 +18,7 @@ the file under root/unlabeled/). predicted_class is a class NAME. Beside it:
 The answers, the page's download or a Label Studio export (or `id,label` from
 comatch_jax.commands.answer_from_truth, offline), train a new run with
 `--config.dataset.extra_labels_csv=FILE`. docs/labelling.md walks through the loop. With
---unknown_rate=R the images likely of none of the classes (ema_model.write_likely_unknown)
+--unknown_rate=R the images likely of none of the classes (ema_model.UnknownScorer)
 are never requested: requests_unknown.csv lists them, highest score first, to check as junk.
 """
 
@@ -181,7 +181,8 @@ def request_labels(
     data = pipeline.prepare_data(run.config)
     if unknown_rate is not None:  # likely unknown: listed apart, never requested
         unknown_csv = os.path.splitext(out)[0] + "_unknown.csv"
-        ids = ema_model.write_likely_unknown(workdir, run, data, unknown_rate, unknown_csv)
+        scorer = ema_model.UnknownScorer(run, ema_model.predictor(run), data)
+        ids = scorer.write_likely_unknown(workdir, unknown_rate, unknown_csv)
         data = dataclasses.replace(data, unknown_ids=np.concatenate([data.unknown_ids, ids]))
     requests = rank_unlabeled(run, data, **ranking)
     keys, column, images = requests.ids.tolist(), "id", data.unlabeled_images[requests.rows]
