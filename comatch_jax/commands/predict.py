@@ -124,7 +124,7 @@ def command() -> None:
     )
     flags.DEFINE_enum("unknown_score", ema_model.UNKNOWN_SCORE, unknown_scores.SCORES, "Score.")
     flags.DEFINE_float("unknown_threshold", None, "Predict __unknown__ above this score.")
-    flags.DEFINE_float("unknown_rate", None, "Or: above the threshold this share of val exceed.")
+    flags.DEFINE_float("unknown_rate", None, "Or: pick it for this false-rejection rate on val.")
     flags.mark_flags_as_required(["workdir", "images", "out"])
     commands.help_for_console_script(__name__)
     cli.run(main)

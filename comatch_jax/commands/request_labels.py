@@ -237,7 +237,7 @@ def command() -> None:
     flags.DEFINE_string("label_studio_root", None, "Label Studio's local files document root.")
     flags.DEFINE_string("label_studio_url", None, "Or: the URL prefix of the image folder.")
     flags.DEFINE_float(
-        "unknown_rate", None, "Set apart images above the threshold this share of val exceed."
+        "unknown_rate", None, "Set apart images above the threshold of this rejection rate on val."
     )
     flags.mark_flags_as_required(["workdir", "budget", "out"])
     commands.help_for_console_script(__name__)
