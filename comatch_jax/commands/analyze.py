@@ -22,7 +22,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 from absl import flags, logging
 
-from comatch_jax import atomic_files, cli, commands
+from comatch_jax import atomic_files, commands
 from comatch_jax.commands import ema_model
 from comatch_jax.core import unknown_scores
 from comatch_jax.data import pipeline
@@ -497,9 +497,6 @@ def _analyze() -> None:
         logging.info("wrote %s", path)
 
 
-main = cli.entry_point(_analyze)
-
-
 def command() -> None:
     """comatch-analyze (setup.py): flags are defined here, so that importing defines none."""
     flags.DEFINE_string("workdir", None, "Workdir of a trained run.")
@@ -509,9 +506,7 @@ def command() -> None:
     flags.DEFINE_enum("embedding", "pca", ["pca", "tsne"], "2-D projection of the embeddings.")
     flags.DEFINE_integer("seed", 0, "Seed of the image subsets.")
     flags.DEFINE_integer("batch_size", 1000, "Images per inference batch.")
-    flags.mark_flags_as_required(["workdir", "out"])
-    commands.help_for_console_script(__name__)
-    cli.run(main)
+    commands.run(__name__, _analyze, ["workdir", "out"])
 
 
 if __name__ == "__main__":

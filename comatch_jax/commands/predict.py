@@ -19,16 +19,13 @@ import tempfile
 import numpy as np
 from absl import flags, logging
 
-from comatch_jax import cli, commands
+from comatch_jax import commands, data
 from comatch_jax.commands import active_learning, ema_model
 from comatch_jax.core import unknown_scores
 from comatch_jax.data import answers, pipeline
 from comatch_jax.trainer import saved_runs
 
 FLAGS = flags.FLAGS
-
-# Unreadable files named in the warning of --corrupt_policy=skip.
-NAMED_SKIPPED = 5
 
 
 def predict_folder(
@@ -45,11 +42,9 @@ def predict_folder(
 ) -> int:
     """Writes the predictions CSV; returns the number of images classified. Raises
     ValueError / OSError with one line for bad input."""
-    from comatch_jax import data  # TensorFlow: file reading only
-
-    run = saved_runs.load_run(workdir)
     if unknown_threshold is not None and unknown_rate is not None:
         raise ValueError("Give --unknown_threshold or --unknown_rate, not both.")
+    run = saved_runs.load_run(workdir)
     if not os.path.isdir(images_dir):
         raise FileNotFoundError(f"--images={images_dir} is not a directory.")
     paths, ignored = data.list_image_files(images_dir)
@@ -78,22 +73,21 @@ def predict_folder(
             message = str(error).replace("--config.dataset.corrupt_policy", "--corrupt_policy")
             raise ValueError(message) from error
         outputs = predict(np.asarray(images))
-    probs, scores = outputs["probs"], scorer(outputs)
     if skipped:
-        names = ", ".join(paths[i] for i in skipped[:NAMED_SKIPPED])
-        more = f" and {len(skipped) - NAMED_SKIPPED} more" if len(skipped) > NAMED_SKIPPED else ""
+        names = ", ".join(paths[i] for i in skipped[:5])
+        more = f" and {len(skipped) - 5} more" if len(skipped) > 5 else ""
         logging.warning(
             "Skipped %d unreadable images in %s: %s%s.", len(skipped), images_dir, names, more
         )
     left_out = set(skipped)
-    kept = [p for i, p in enumerate(paths) if i not in left_out]
+    kept = [path for i, path in enumerate(paths) if i not in left_out]
+    probs, scores = outputs["probs"], scorer(outputs)
     top_k = max(1, min(top_k, run.num_classes))
-    ranked = np.argsort(-probs, axis=-1)[:, :top_k]
     header = ["path", "predicted_class", "confidence", "unknown_score"]
     if top_k > 1:
         header += [f"{kind}_{r}" for r in range(1, top_k + 1) for kind in ("class", "prob")]
     rows = []
-    for path, p, classes, score in zip(kept, probs, ranked, scores):
+    for path, p, classes, score in zip(kept, probs, np.argsort(-probs, -1)[:, :top_k], scores):
         top = [v for c in classes for v in (run.class_names[c], f"{p[c]:.6f}")]
         unknown = unknown_threshold is not None and score > unknown_threshold
         first = [answers.UNKNOWN if unknown else top[0], top[1], f"{score:.6g}"]
@@ -109,9 +103,6 @@ def _predict() -> None:
     print(f"Wrote predictions for {count} images to {FLAGS.out}")
 
 
-main = cli.entry_point(_predict)
-
-
 def command() -> None:
     """comatch-predict (setup.py): flags are defined here, so that importing defines none."""
     flags.DEFINE_string("workdir", None, "The trained run's workdir.")
@@ -119,15 +110,11 @@ def command() -> None:
     flags.DEFINE_string("out", None, "Output CSV path.")
     flags.DEFINE_integer("top_k", 1, "Also write the k most probable classes.")
     flags.DEFINE_integer("batch_size", 256, "Images per forward pass.")
-    flags.DEFINE_enum(
-        "corrupt_policy", "fail", ["fail", "skip"], "Unreadable images: fail or skip."
-    )
+    flags.DEFINE_enum("corrupt_policy", "fail", ["fail", "skip"], "Unreadable images.")
     flags.DEFINE_enum("unknown_score", ema_model.UNKNOWN_SCORE, unknown_scores.SCORES, "Score.")
     flags.DEFINE_float("unknown_threshold", None, "Predict __unknown__ above this score.")
     flags.DEFINE_float("unknown_rate", None, "Or: pick it for this false-rejection rate on val.")
-    flags.mark_flags_as_required(["workdir", "images", "out"])
-    commands.help_for_console_script(__name__)
-    cli.run(main)
+    commands.run(__name__, _predict, ["workdir", "images", "out"])
 
 
 if __name__ == "__main__":

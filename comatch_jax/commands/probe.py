@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 from absl import flags
 
-from comatch_jax import atomic_files, cli, commands
+from comatch_jax import atomic_files, commands
 from comatch_jax.commands import ema_model
 from comatch_jax.core import evaluation
 from comatch_jax.data import pipeline
@@ -68,17 +68,12 @@ def _probe() -> None:
         print(f"{name}: {value}")
 
 
-main = cli.entry_point(_probe)
-
-
 def command() -> None:
     """comatch-probe (setup.py): flags are defined here, so that importing defines none."""
     flags.DEFINE_string("workdir", None, "A run's workdir (its latest checkpoint is used).")
     flags.DEFINE_enum("mode", "all", ["knn", "linear", "all"], "Which evaluation.")
     flags.DEFINE_integer("batch_size", 500, "Images per forward pass.")
-    flags.mark_flag_as_required("workdir")
-    commands.help_for_console_script(__name__)
-    cli.run(main)
+    commands.run(__name__, _probe, ["workdir"])
 
 
 if __name__ == "__main__":
