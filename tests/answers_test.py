@@ -62,7 +62,7 @@ def test_a_bad_answers_file_is_one_line_naming_the_row(tmp_path, text, message):
 
 
 def test_a_missing_file_is_named():
-    with pytest.raises(FileNotFoundError, match="nowhere.csv: no such file"):
+    with pytest.raises(FileNotFoundError, match="No such file or directory: 'nowhere.csv'"):
         answers.read_answers("nowhere.csv", CLASSES, num_images=10)
 
 
