@@ -66,10 +66,8 @@ def k_center_greedy(
     one. Without labeled points the first pick is the point farthest from the mean.
     """
     embeddings = np.asarray(embeddings, np.float64)
-    mean = embeddings.mean(axis=0, keepdims=True)
-    nearest = distance_to_nearest(
-        embeddings, labeled_embeddings if len(labeled_embeddings) else mean
-    )
+    centers = labeled_embeddings if len(labeled_embeddings) else embeddings.mean(0, keepdims=True)
+    nearest = distance_to_nearest(embeddings, centers)
     chosen = []
     for _ in range(budget):
         pick = int(np.argmax(nearest))

@@ -24,11 +24,9 @@ from absl import flags, logging
 
 from comatch_jax import atomic_files, commands
 from comatch_jax.commands import ema_model
-from comatch_jax.core import unknown_scores
+from comatch_jax.core import evaluation, unknown_scores
 from comatch_jax.data import pipeline
 from comatch_jax.trainer import saved_runs
-
-FLAGS = flags.FLAGS
 
 # Classes drawn in the sample grids, images per class, confusions per class shown in a row,
 # feature-map layers and channels.
@@ -114,12 +112,11 @@ def confusion_samples(
     classes, sizes = np.unique(others[indices], return_counts=True)
     ranked = np.lexsort((classes, -sizes))[:max_confusions]
     groups = [(int(classes[g]), int(sizes[g])) for g in ranked]
-    quota = [0] * len(groups)
-    for _ in range(min(count, sum(size for _, size in groups))):  # one slot at a time
-        g = min(range(len(groups)), key=lambda g: (quota[g] >= groups[g][1], quota[g], g))
-        quota[g] += 1
-    chosen = [indices[others[indices] == other][:q] for (other, _), q in zip(groups, quota)]
-    return (np.concatenate(chosen) if chosen else np.zeros(0, np.int64)), groups
+    members = [indices[others[indices] == other] for other, _ in groups]
+    # The slots go round the groups, one image at a time, while their images last.
+    slots = sorted((j, g) for g, group in enumerate(members) for j in range(len(group)))[:count]
+    chosen = [members[g][j] for g, j in sorted((g, j) for j, g in slots)]
+    return np.array(chosen, np.int64), groups
 
 
 def subset(num: int, max_images: int, seed: int) -> np.ndarray:
@@ -445,26 +442,24 @@ def write_analysis(
     write = lambda name, fig: written.append(save(fig, os.path.join(out_dir, name)))
     names = run.class_names
 
-    training, evaluation = read_metrics(workdir)
-    if training or evaluation:
+    curves = read_metrics(workdir)
+    if any(curves):
         # Without ground truth for the unlabeled images (an image folder), a logged
         # pseudo-label accuracy measures nothing: it is not drawn.
         no_truth = len(data.unlabeled_labels) and np.all(np.asarray(data.unlabeled_labels) < 0)
         omit = ("pseudo_label_acc",) if no_truth else ()
-        write("training_curves.png", training_curves_figure(training, evaluation, omit))
+        write("training_curves.png", training_curves_figure(*curves, omit))
     else:
         logging.warning("No metrics.jsonl in %s: no training curves.", workdir)
 
     predict = ema_model.predictor(run, batch_size)
-    scorer = ema_model.UnknownScorer(run, predict, data)
     pool_rows = subset(len(data.unlabeled_images), max_images, seed)
-    pool_images = data.unlabeled_images[pool_rows]
-    pool = predict(pool_images)
-    unlabeled = np.argmax(pool["probs"], -1)
+    pool = predict(data.unlabeled_images[pool_rows])
     rows = subset(num_test, max_images, seed)
     images, labels = data.test_images[rows], data.test_labels[rows]
     outputs = predict(images)
     test = (labels, np.argmax(outputs["probs"], -1), names)
+    unlabeled = np.argmax(pool["probs"], -1)
     write("predicted_distribution.png", predicted_distribution_figure(unlabeled, test[1], names))
     write("prediction_bias.png", prediction_bias_figure(*test))
     write("under_predicted_samples.png", class_samples_figure(images, *test, over=False))
@@ -472,28 +467,29 @@ def write_analysis(
     write("confusion_matrix.png", confusion_matrix_figure(*test))
     write("per_class_accuracy.png", per_class_accuracy_figure(*test))
 
-    image = data.test_images[image_index]
-    title = f"Encoder feature maps, test image {image_index} (class {names[data.test_labels[image_index]]})"
-    write("feature_maps.png", feature_maps_figure(image, ema_model.feature_maps(run, image), title))
+    image, label = data.test_images[image_index], names[data.test_labels[image_index]]
+    variables, config = ema_model.variables(run), run.config.dataset
+    maps = evaluation.feature_maps(run.model, variables, image, config.mean, config.std)
+    title = f"Encoder feature maps, test image {image_index} (class {label})"
+    write("feature_maps.png", feature_maps_figure(image, maps, title))
 
     shown = subset(len(rows), MAX_EMBEDDING_POINTS, seed)
     points = project_2d(outputs["embedding"][shown], embedding, seed)
     write(f"embedding_{embedding}.png", embedding_figure(points, labels[shown], names, embedding))
 
+    scorer = ema_model.UnknownScorer(run, predict, data)
     ids = data.unlabeled_ids[pool_rows]
     pool_names = [data.unlabeled_paths[i] if data.unlabeled_paths else f"id {i}" for i in ids]
-    figure = (scorer(outputs), scorer(pool), pool_images, pool_names, scorer.score)
-    write("unknown_images.png", unknown_images_figure(*figure))
+    figure = (scorer(outputs), scorer(pool), data.unlabeled_images[pool_rows], pool_names)
+    write("unknown_images.png", unknown_images_figure(*figure, scorer.score))
     return written
 
 
-def _analyze() -> None:
+def _analyze(workdir: str, out: str, **options: Any) -> None:
     matplotlib.use("Agg")  # headless: files only, no display needed
-    run = saved_runs.load_run(FLAGS.workdir)
-    names = ("max_images", "image_index", "embedding", "seed", "batch_size")
-    options = {name: FLAGS[name].value for name in names}
+    run = saved_runs.load_run(workdir)
     data = pipeline.prepare_data(run.config)
-    for path in write_analysis(run, data, FLAGS.workdir, FLAGS.out, **options):
+    for path in write_analysis(run, data, workdir, out, **options):
         logging.info("wrote %s", path)
 
 

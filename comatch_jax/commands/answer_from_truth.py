@@ -20,6 +20,7 @@ the labels CSV comes from people, not from this tool.
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import ml_collections
 from absl import flags, logging
@@ -29,8 +30,6 @@ from comatch_jax import commands, data
 from comatch_jax.commands import active_learning
 from comatch_jax.data.answers import read_csv_table
 from comatch_jax.trainer import saved_runs
-
-FLAGS = flags.FLAGS
 
 
 def answer_requests(requests_csv: str, out: str, config: ml_collections.ConfigDict) -> int:
@@ -81,15 +80,15 @@ def answer_from_truth_csv(requests_csv: str, truth_csv: str, out: str) -> int:
     return len(answers)
 
 
-def _answer() -> None:
-    if sum(value is not None for value in (FLAGS.config, FLAGS.workdir, FLAGS.truth)) != 1:
+def _answer(config: Any, workdir: str, truth: str, requests: str, out: str) -> None:
+    if sum(value is not None for value in (config, workdir, truth)) != 1:
         raise ValueError("give exactly one of --truth, --workdir and --config.")
-    if FLAGS.truth is not None:
-        count = answer_from_truth_csv(FLAGS.requests, FLAGS.truth, FLAGS.out)
+    if truth is not None:
+        count = answer_from_truth_csv(requests, truth, out)
     else:
-        config = FLAGS.config if FLAGS.config is not None else saved_runs.read_config(FLAGS.workdir)
-        count = answer_requests(FLAGS.requests, FLAGS.out, config)
-    logging.info("Wrote %d ground-truth labels to %s (offline evaluation).", count, FLAGS.out)
+        config = config if config is not None else saved_runs.read_config(workdir)
+        count = answer_requests(requests, out, config)
+    logging.info("Wrote %d ground-truth labels to %s (offline evaluation).", count, out)
 
 
 def command() -> None:

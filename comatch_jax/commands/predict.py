@@ -15,6 +15,7 @@ written whole, paths quoted as the csv module does, so any file name round-trips
 
 import os
 import tempfile
+from typing import Any
 
 import numpy as np
 from absl import flags, logging
@@ -25,12 +26,10 @@ from comatch_jax.core import unknown_scores
 from comatch_jax.data import answers, pipeline
 from comatch_jax.trainer import saved_runs
 
-FLAGS = flags.FLAGS
-
 
 def predict_folder(
     workdir: str,
-    images_dir: str,
+    images: str,
     out: str,
     *,
     top_k: int = 1,
@@ -40,18 +39,19 @@ def predict_folder(
     unknown_threshold: float | None = None,
     unknown_rate: float | None = None,
 ) -> int:
-    """Writes the predictions CSV; returns the number of images classified. Raises
-    ValueError / OSError with one line for bad input."""
+    """Writes the predictions CSV `out` (the module's docstring) for the images under the
+    directory `images`; returns how many were classified. Raises ValueError / OSError with
+    one line for bad input."""
     if unknown_threshold is not None and unknown_rate is not None:
         raise ValueError("Give --unknown_threshold or --unknown_rate, not both.")
     run = saved_runs.load_run(workdir)
-    if not os.path.isdir(images_dir):
-        raise FileNotFoundError(f"--images={images_dir} is not a directory.")
-    paths, ignored = data.list_image_files(images_dir)
+    if not os.path.isdir(images):
+        raise FileNotFoundError(f"--images={images} is not a directory.")
+    paths, ignored = data.list_image_files(images)
     if not paths:
-        raise ValueError(f"No images (.jpg .jpeg .png .webp) under {images_dir}.")
+        raise ValueError(f"No images (.jpg .jpeg .png .webp) under {images}.")
     if ignored:
-        logging.info("Ignored %d non-image files under %s", ignored, images_dir)
+        logging.info("Ignored %d non-image files under %s", ignored, images)
     height, width, channels = run.image_shape
     if height != width or channels != 3:
         raise ValueError(
@@ -66,18 +66,18 @@ def predict_folder(
         unknown_threshold = scorer.threshold(workdir, unknown_rate)
     with tempfile.TemporaryDirectory() as cache:
         try:
-            images, skipped = data.decode_images_to_cache(
-                paths, images_dir, height, os.path.join(cache, "predict.npy"), corrupt_policy
+            pixels, skipped = data.decode_images_to_cache(
+                paths, images, height, os.path.join(cache, "predict.npy"), corrupt_policy
             )
         except ValueError as error:  # advise predict's flag, not the trainer's config field
             message = str(error).replace("--config.dataset.corrupt_policy", "--corrupt_policy")
             raise ValueError(message) from error
-        outputs = predict(np.asarray(images))
+        outputs = predict(np.asarray(pixels))
     if skipped:
         names = ", ".join(paths[i] for i in skipped[:5])
         more = f" and {len(skipped) - 5} more" if len(skipped) > 5 else ""
         logging.warning(
-            "Skipped %d unreadable images in %s: %s%s.", len(skipped), images_dir, names, more
+            "Skipped %d unreadable images in %s: %s%s.", len(skipped), images, names, more
         )
     left_out = set(skipped)
     kept = [path for i, path in enumerate(paths) if i not in left_out]
@@ -96,11 +96,9 @@ def predict_folder(
     return len(kept)
 
 
-def _predict() -> None:
-    names = "top_k batch_size corrupt_policy unknown_score unknown_threshold unknown_rate"
-    options = {o: FLAGS[o].value for o in names.split()}
-    count = predict_folder(FLAGS.workdir, FLAGS.images, FLAGS.out, **options)
-    print(f"Wrote predictions for {count} images to {FLAGS.out}")
+def _predict(**options: Any) -> None:
+    count = predict_folder(**options)
+    print(f"Wrote predictions for {count} images to {options['out']}")
 
 
 def command() -> None:

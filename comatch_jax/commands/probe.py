@@ -7,20 +7,16 @@ kNN memory bank and the probe's training set; accuracy is on the test split. Wri
 RUN/probe.json. k, temperature and the probe's optimiser come from the run's config.probe.
 """
 
-import json
-import os
 from typing import Any
 
 import numpy as np
 from absl import flags
 
-from comatch_jax import atomic_files, commands
+from comatch_jax import commands
 from comatch_jax.commands import ema_model
 from comatch_jax.core import evaluation
 from comatch_jax.data import pipeline
 from comatch_jax.trainer import saved_runs
-
-FLAGS = flags.FLAGS
 
 
 def probe_run(
@@ -58,13 +54,12 @@ def probe_run(
         name: float(np.mean(np.asarray(p) == data.test_labels)) for name, p in predicted.items()
     }
     results["num_labeled"] = int(len(data.labels))
-    with atomic_files.open_atomic(os.path.join(workdir, "probe.json")) as f:
-        json.dump(results, f, indent=2)
+    saved_runs.save_json(workdir, "probe.json", results)
     return results
 
 
-def _probe() -> None:
-    for name, value in probe_run(FLAGS.workdir, FLAGS.mode, FLAGS.batch_size).items():
+def _probe(**options: Any) -> None:
+    for name, value in probe_run(**options).items():
         print(f"{name}: {value}")
 
 

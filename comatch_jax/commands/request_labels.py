@@ -41,7 +41,6 @@ from comatch_jax.data import pipeline
 from comatch_jax.data.answers import CHOICES_NAME, IMAGE_NAME, UNKNOWN
 from comatch_jax.trainer import saved_runs
 
-FLAGS = flags.FLAGS
 LOCAL_FILES = "/data/local-files/?d="  # Label Studio's URL of a file under its document root
 
 
@@ -200,12 +199,6 @@ def request_labels(
     return requests
 
 
-def _request_labels() -> None:
-    options = "budget strategy balance_by_predicted_class seed batch_size labelling_page"
-    options = options.split() + ["label_studio_root", "label_studio_url", "unknown_rate"]
-    request_labels(FLAGS.workdir, FLAGS.out, **{o: FLAGS[o].value for o in options})
-
-
 def command() -> None:
     """comatch-request-labels (setup.py): flags are defined here, so importing defines none."""
     flags.DEFINE_string("workdir", None, "Workdir of a trained run.")
@@ -225,7 +218,7 @@ def command() -> None:
     flags.DEFINE_float(
         "unknown_rate", None, "Set apart images above the threshold of this rejection rate on val."
     )
-    commands.run(__name__, _request_labels, ["workdir", "budget", "out"])
+    commands.run(__name__, request_labels, ["workdir", "budget", "out"])
 
 
 if __name__ == "__main__":
