@@ -341,7 +341,7 @@ def test_likely_unknown_images_are_listed_apart_and_never_requested(digits_run, 
     [
         (
             dict(budget=0),
-            "--budget must be in 1..1480 (the unlabeled train-split images), got 0",
+            "must be in 1..1480 (the unlabeled train-split images not yet answered), got 0",
         ),
         (dict(budget=100000), r"--budget must be in 1..1480"),
         (dict(budget=5, strategy="coreset"), "Unknown strategy 'coreset'"),
@@ -390,5 +390,5 @@ def test_nothing_left_to_request_is_said_plainly():
         class_names=("a", "b", "c"),
         source="test",
     )
-    with pytest.raises(ValueError, match="No unlabeled train-split image is left to request"):
+    with pytest.raises(ValueError, match=r"--budget must be in 1..0 \(the unlabeled"):
         request_labels.rank_unlabeled(None, data, budget=5, strategy="entropy")

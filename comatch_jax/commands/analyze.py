@@ -43,10 +43,9 @@ MOST_UNKNOWN, UNKNOWN_RATE = 40, 0.05  # unlabeled images shown; the marked thre
 
 
 def read_metrics(workdir: str) -> tuple[list[dict[str, float]], list[dict[str, float]]]:
-    """(training records, evaluation records) of the trainer's metrics.jsonl, sorted by
-    step, without their `train/` and `eval/` prefixes ({'step', 'loss', ...}, {'step',
-    'test_accuracy', ...}). Records of one step and kind are merged; where a step was logged
-    twice (a resumed run) the later value wins. No file: ([], [])."""
+    """(training records, evaluation records) of the trainer's metrics.jsonl, sorted by step,
+    without their `train/` and `eval/` prefixes ({'step', 'loss', ...}). Records of one step
+    and kind are merged, the later value winning (a resumed run). No file: ([], [])."""
     path = os.path.join(workdir, "metrics.jsonl")
     kinds: dict[str, dict[int, dict[str, float]]] = {"train": {}, "eval": {}}
     if os.path.exists(path):
@@ -96,15 +95,10 @@ def confusion_samples(
     count: int = SAMPLES_PER_CLASS,
     max_confusions: int = CONFUSIONS_PER_CLASS,
 ) -> tuple[np.ndarray, list[tuple[int, int]]]:
-    """Examples of class `c`'s most frequent confusions, and those confusions.
-
-    The mistakes are images of class c predicted as another class (under-predicted view) or
-    images of another class predicted as c (`over`). They are grouped by the other class;
-    the `max_confusions` largest groups (ties: lower class index) share the `count` slots
-    evenly, a group with too few images leaving its slots to the next ones; within a group
-    images keep file order. Returns (indices into labels, grouped, largest confusion first)
-    and [(other class, number of such mistakes)] of the groups shown.
-    """
+    """Up to `count` of class c's mistakes (images of c predicted as another class, or with
+    `over` of another class predicted as c), grouped by the other class: indices into labels,
+    file order within a group, and [(other class, mistakes)] of the `max_confusions` largest
+    groups (ties: lower class), largest first. The groups share the slots evenly."""
     labels, predicted = np.asarray(labels), np.asarray(predicted)
     mistakes = (predicted == c) & (labels != c) if over else (labels == c) & (predicted != c)
     others = labels if over else predicted
@@ -267,14 +261,9 @@ def prediction_bias_figure(labels: np.ndarray, predicted: np.ndarray, names: Seq
 def class_samples_figure(
     images: np.ndarray, labels: np.ndarray, predicted: np.ndarray, names: Sequence[str], over: bool
 ) -> Any:
-    """A grid: one row per most under- (or `over`-) predicted class, with its mistakes.
-
-    Classes are ranked by signed bias (most_biased_classes); only classes of that sign get a
-    row (none: a one-line note). Under-predicted class c: test images of class c predicted as
-    something else; over-predicted class c: test images of other classes predicted as c;
-    both grouped by the most frequent confusions (confusion_samples), listed with their
-    counts under the class name.
-    """
+    """A grid: one row per most under- (or `over`-) predicted class (most_biased_classes;
+    none: a one-line note), with its mistakes grouped by its most frequent confusions
+    (confusion_samples), listed with their counts under the class name."""
     bias = prediction_bias(labels, predicted, len(names))
     order = most_biased_classes(bias, over=over, count=NUM_SAMPLE_CLASSES)
     kind, often = ("over", "at most") if over else ("under", "at least")
@@ -442,15 +431,11 @@ def write_analysis(
     write = lambda name, fig: written.append(save(fig, os.path.join(out_dir, name)))
     names = run.class_names
 
-    curves = read_metrics(workdir)
-    if any(curves):
-        # Without ground truth for the unlabeled images (an image folder), a logged
-        # pseudo-label accuracy measures nothing: it is not drawn.
-        no_truth = len(data.unlabeled_labels) and np.all(np.asarray(data.unlabeled_labels) < 0)
-        omit = ("pseudo_label_acc",) if no_truth else ()
-        write("training_curves.png", training_curves_figure(*curves, omit))
-    else:
-        logging.warning("No metrics.jsonl in %s: no training curves.", workdir)
+    # Without ground truth for the unlabeled images (an image folder), a logged pseudo-label
+    # accuracy measures nothing: it is not drawn.
+    no_truth = len(data.unlabeled_labels) and np.all(np.asarray(data.unlabeled_labels) < 0)
+    omit = ("pseudo_label_acc",) if no_truth else ()
+    write("training_curves.png", training_curves_figure(*read_metrics(workdir), omit))
 
     predict = ema_model.predictor(run, batch_size)
     pool_rows = subset(len(data.unlabeled_images), max_images, seed)

@@ -2,15 +2,12 @@
 
   python -m comatch_jax.commands.answer_from_truth --requests=requests.csv --workdir=RUN \\
       --out=labels.csv                                    (or: comatch-answer-from-truth ...)
-  ... --requests=requests.csv --config=configs/comatch.py --out=labels.csv
   ... --requests=requests.csv --truth=FOLDER/unlabeled_truth.csv --out=labels.csv
 
 It stands in for the person who labels the images, so that the active-learning loop (train,
-request, label, retrain) runs unattended on a benchmark whose labels are known. In real use
-the labels CSV comes from people, not from this tool.
-- A dataset by name (--workdir or --config): the `id` column of the requests CSV
-  (comatch_jax.commands.request_labels) is looked up in the train split; writes `id,label`
-  (label: the class index).
+request, label, retrain) runs unattended on a benchmark whose labels are known.
+- A dataset by name (--workdir): the `id` column of the requests CSV (request_labels) is
+  looked up in the run's train split; writes `id,label` (label: the class index).
 - An image folder (--truth): the `path` column is looked up in a `path,label` CSV whose paths
   are relative to the unlabeled/ folder beside it (as experiments/make_folder_subset.py and
   experiments/open_set.py write FOLDER/unlabeled_truth.csv); writes `path,label` (label: the
@@ -20,11 +17,9 @@ the labels CSV comes from people, not from this tool.
 from __future__ import annotations
 
 import os
-from typing import Any
 
 import ml_collections
 from absl import flags, logging
-from ml_collections import config_flags
 
 from comatch_jax import commands, data
 from comatch_jax.commands import active_learning
@@ -47,7 +42,7 @@ def answer_requests(requests_csv: str, out: str, config: ml_collections.ConfigDi
     answers = []
     for line, row in rows:
         text = row[header.index("id")].strip()
-        if not text.isdigit() or int(text) >= len(labels):
+        if not text.isdecimal() or int(text) >= len(labels):
             raise ValueError(
                 f"{requests_csv} line {line}: id {text!r} is not in the train split (ids are "
                 f"0..{len(labels) - 1})."
@@ -80,20 +75,18 @@ def answer_from_truth_csv(requests_csv: str, truth_csv: str, out: str) -> int:
     return len(answers)
 
 
-def _answer(config: Any, workdir: str, truth: str, requests: str, out: str) -> None:
-    if sum(value is not None for value in (config, workdir, truth)) != 1:
-        raise ValueError("give exactly one of --truth, --workdir and --config.")
+def _answer(workdir: str | None, truth: str | None, requests: str, out: str) -> None:
+    if (workdir is None) == (truth is None):
+        raise ValueError("give one of --truth and --workdir.")
     if truth is not None:
         count = answer_from_truth_csv(requests, truth, out)
     else:
-        config = config if config is not None else saved_runs.read_config(workdir)
-        count = answer_requests(requests, out, config)
+        count = answer_requests(requests, out, saved_runs.read_config(workdir))
     logging.info("Wrote %d ground-truth labels to %s (offline evaluation).", count, out)
 
 
 def command() -> None:
     """comatch-answer-from-truth (setup.py): flags are defined here, so importing defines none."""
-    config_flags.DEFINE_config_file("config", None, "Config whose dataset to read.")
     flags.DEFINE_string("workdir", None, "A run whose config.json names the dataset.")
     flags.DEFINE_string("truth", None, "An image folder's path,label truth CSV.")
     flags.DEFINE_string("requests", None, "The requests CSV (an id or a path column).")

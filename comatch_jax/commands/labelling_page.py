@@ -77,15 +77,10 @@ def write_labelling_page(
     probs: float [N, num_classes], the model's class probabilities; the top 9 become the
       one-key answers.
     scores: float [N], the request score (higher = more wanted), shown beside each image.
-    Returns the page's path. Raises ValueError (one line) for inputs that do not fit together
-    or an image that cannot be read.
+    Returns the page's path. Raises ValueError (one line) for a probability or score that is
+    not finite, or an image that cannot be read.
     """
     probs, scores = np.asarray(probs, np.float64), np.asarray(scores, np.float64)
-    if not (len(keys) == len(images) == len(probs) == len(scores)) or not len(keys):
-        raise ValueError(
-            f"keys, images, probs and scores must have one entry per request; got {len(keys)}, "
-            f"{len(images)}, {len(probs)} and {len(scores)}."
-        )
     if not (np.isfinite(probs).all() and np.isfinite(scores).all()):
         raise ValueError("probs and scores must be finite numbers (is the model's output NaN?).")
     keys = [str(k) if key_column == "path" else int(k) for k in keys]

@@ -45,13 +45,9 @@ def predict_folder(
     if unknown_threshold is not None and unknown_rate is not None:
         raise ValueError("Give --unknown_threshold or --unknown_rate, not both.")
     run = saved_runs.load_run(workdir)
-    if not os.path.isdir(images):
-        raise FileNotFoundError(f"--images={images} is not a directory.")
-    paths, ignored = data.list_image_files(images)
+    paths, _ = data.list_image_files(images)  # logs the files it ignores
     if not paths:
-        raise ValueError(f"No images (.jpg .jpeg .png .webp) under {images}.")
-    if ignored:
-        logging.info("Ignored %d non-image files under %s", ignored, images)
+        raise ValueError(f"No images ({' '.join(data.IMAGE_EXTENSIONS)}) under {images}.")
     height, width, channels = run.image_shape
     if height != width or channels != 3:
         raise ValueError(

@@ -72,15 +72,10 @@ def rank_unlabeled(
     """
     answered = np.concatenate([data.labeled_ids, data.unknown_ids])
     candidates = (data.unlabeled_ids >= 0) & ~np.isin(data.unlabeled_ids, answered)
-    if not candidates.any():
-        raise ValueError(
-            "No unlabeled train-split image is left to request: every one is already answered "
-            "(e.g. through dataset.extra_labels_csv); there is nothing to ask for."
-        )
     if not 0 < budget <= candidates.sum():
         raise ValueError(
-            f"--budget must be in 1..{candidates.sum()} (the unlabeled train-split images), got "
-            f"{budget}."
+            f"--budget must be in 1..{candidates.sum()} (the unlabeled train-split images not yet "
+            f"answered), got {budget}."
         )
     predict = ema_model.predictor(run, batch_size)
     outputs = predict(data.unlabeled_images[candidates])
@@ -159,14 +154,11 @@ def request_labels(
     beside it the files of the module's docstring. Logs what to open. Raises ValueError /
     OSError with one line."""
     run = saved_runs.load_run(workdir)
-    root, studio_root = run.config.dataset.root, label_studio_root or run.config.dataset.root
-    if (label_studio_root or label_studio_url) and (
-        run.config.dataset.name != "image_folder"
-        or os.path.relpath(root, studio_root).startswith(os.pardir)
-    ):
+    root = run.config.dataset.root
+    if (label_studio_root or label_studio_url) and run.config.dataset.name != "image_folder":
         raise ValueError(
-            "--label_studio_root/url need a run on an image folder inside --label_studio_root; "
-            "label a dataset by name in the labelling page."
+            "--label_studio_root/url need a run on an image folder; label a dataset by name in "
+            "the labelling page."
         )
     data, stem = pipeline.prepare_data(run.config), os.path.splitext(out)[0]
     if unknown_rate is not None:  # likely unknown: listed apart, never requested
@@ -191,9 +183,9 @@ def request_labels(
         )
         logging.info("To answer them, open %s in a browser.", page)
     if label_studio_root or label_studio_url:
-        url = label_studio_url or LOCAL_FILES
+        url, document_root = label_studio_url or LOCAL_FILES, label_studio_root or root
         write_label_studio_files(
-            stem, images, predicted, scores, classes, document_root=studio_root, url_prefix=url
+            stem, images, predicted, scores, classes, document_root=document_root, url_prefix=url
         )
         logging.info("For Label Studio: %s_tasks.json, %s_label_config.xml.", stem, stem)
     return requests

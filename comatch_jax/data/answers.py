@@ -161,18 +161,14 @@ def read_answers(
                 f"{where}: {text!r} is not an image of {root}/unlabeled/ (paths are absolute or "
                 f"relative to {root}); {fix}."
             )
-        try:
-            index = int(text.strip())
-        except ValueError:
-            raise ValueError(f"{where}: id {text!r} is not an integer; {fix}.") from None
-        if not 0 <= index < num_images:
+        if not (text.strip().isdecimal() and int(text) < num_images):
             raise ValueError(
-                f"{where}: id {index} is not in the train split (ids are 0..{num_images - 1}); "
+                f"{where}: id {text!r} is not in the train split (ids are 0..{num_images - 1}); "
                 f"{fix}."
             )
-        if index in labeled:
-            raise ValueError(f"{where}: id {index} is already in the labeled set; remove it.")
-        return index
+        if int(text) in labeled:
+            raise ValueError(f"{where}: id {int(text)} is already in the labeled set; remove it.")
+        return int(text)
 
     def label_of(text: str, where: str) -> int:
         label = text.strip()
