@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from comatch_jax.commands import analyze, ema_model
+from comatch_jax.core import evaluation
 from comatch_jax.data import pipeline
 from comatch_jax.trainer import saved_runs, train
 
@@ -122,8 +123,10 @@ def test_an_out_path_that_is_a_file_is_one_line(digits_run, tmp_path):
 
 
 def test_feature_maps_are_the_convolutions_in_forward_order(digits_run):
-    maps = ema_model.feature_maps(
-        saved_runs.load_run(digits_run), np.full((8, 8, 1), 128, np.uint8)
+    run = saved_runs.load_run(digits_run)
+    image, config = np.full((8, 8, 1), 128, np.uint8), run.config.dataset
+    maps = evaluation.feature_maps(
+        run.model, ema_model.variables(run), image, config.mean, config.std
     )
     assert list(maps) == ["Conv_0", "Conv_1"]  # tiny_config: widths (8, 16), one pool
     assert maps["Conv_0"].shape == (8, 8, 8) and maps["Conv_1"].shape == (4, 4, 16)

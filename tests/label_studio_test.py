@@ -179,7 +179,7 @@ def _edited_fixture(tmp_path, name, edit):
         ("export.csv", lambda t: t, POOL[1:], r"line 2 \(task 1\): image .* is not in the unlabeled pool"),
         ("export.json", lambda t: t, POOL[1:], r"entry 1 \(task 1\): image .* is not in the unlabeled"),
         ("export.json", lambda t: t[:100], POOL, "cannot read it as JSON"),
-        ("export.json", lambda t: '{"tasks": []}', POOL, "not a list of tasks"),
+        ("export.json", lambda t: '{"tasks": []}', POOL, "entry 1: not a Label Studio task"),
         ("export.json", lambda t: t.replace('"data"', '"dato"'), POOL,
          r"entry 1 \(task 1\): not a Label Studio task .*KeyError"),
         ("export.json", lambda t: "[]", POOL, "no answered image"),

@@ -197,7 +197,6 @@ def test_dataset_pixels_and_ids(browser, tmp_path):
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        ({"scores": [1.0]}, "one entry per request"),
         ({"images": ["/no/such.jpg", "/no/such.jpg"]}, "cannot read it as an image"),
         ({"scores": [1.0, float("nan")]}, "must be finite"),
     ],

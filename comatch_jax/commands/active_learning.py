@@ -2,13 +2,8 @@
 
 Every strategy is a pure function. Score functions map class probabilities [N, C] to one
 score per image where HIGHER means MORE WANTED (more uncertain); `k_center_greedy` picks a
-spread-out set in embedding space. `select` dispatches by name and returns the chosen rows.
-
-The CSV files of the loop (request_labels writes the requests; data.answers reads the
-answers) are written whole (comatch_jax.atomic_files) with file names as the file system holds
-them (quoted where needed; undecodable bytes kept via surrogateescape), so every name
-round-trips; `read_request_ids` reads a requests CSV's ids back.
-No TensorFlow here: this runs with numpy alone.
+spread-out set in embedding space. `select` dispatches by name and returns the chosen rows;
+`write_csv` writes the loop's CSV files. No TensorFlow here: this runs with numpy alone.
 """
 
 from __future__ import annotations
@@ -20,14 +15,9 @@ import numpy as np
 from scipy.spatial import distance
 
 from comatch_jax import atomic_files
-from comatch_jax.data.answers import read_csv_table
 
 SCORE_STRATEGIES = ("entropy", "margin", "least_confidence", "random")
 STRATEGIES = SCORE_STRATEGIES + ("kcenter",)
-
-# How CSVs are written: file names that are not valid UTF-8 (POSIX allows any bytes)
-# round-trip as surrogate escapes (data.answers reads them back).
-CSV_WRITE = {"encoding": "utf-8", "errors": "surrogateescape", "newline": ""}
 
 # Rows of the distance matrix computed at once in k-center greedy (bounds memory).
 _DISTANCE_CHUNK = 4096
@@ -76,11 +66,8 @@ def k_center_greedy(
     one. Without labeled points the first pick is the point farthest from the mean.
     """
     embeddings = np.asarray(embeddings, np.float64)
-    _check_budget(budget, len(embeddings))
-    if len(labeled_embeddings):
-        nearest = distance_to_nearest(embeddings, labeled_embeddings)
-    else:
-        nearest = distance_to_nearest(embeddings, embeddings.mean(axis=0, keepdims=True))
+    centers = labeled_embeddings if len(labeled_embeddings) else embeddings.mean(0, keepdims=True)
+    nearest = distance_to_nearest(embeddings, centers)
     chosen = []
     for _ in range(budget):
         pick = int(np.argmax(nearest))
@@ -92,7 +79,6 @@ def k_center_greedy(
 
 def top_k(scores: np.ndarray, k: int) -> np.ndarray:
     """Indices of the k highest scores, highest first; ties go to the lower index."""
-    _check_budget(k, len(scores))
     return np.argsort(-np.asarray(scores), kind="stable")[:k]
 
 
@@ -106,7 +92,6 @@ def class_balanced_top_k(scores: np.ndarray, predicted_classes: np.ndarray, k: i
     """
     scores = np.asarray(scores)
     predicted_classes = np.asarray(predicted_classes)
-    _check_budget(k, len(scores))
     by_score = np.argsort(-scores, kind="stable")
     rank_in_class = np.empty(len(scores), np.int64)
     for c in np.unique(predicted_classes):
@@ -118,16 +103,14 @@ def class_balanced_top_k(scores: np.ndarray, predicted_classes: np.ndarray, k: i
 
 
 def strategy_scores(strategy: str, probs: np.ndarray, seed: int = 0) -> np.ndarray:
-    """The per-image scores of a score strategy (higher = more wanted)."""
-    scores = {
+    """The per-image scores of a score strategy (one of SCORE_STRATEGIES; higher = more
+    wanted)."""
+    return {
         "entropy": entropy_scores,
         "margin": margin_scores,
         "least_confidence": least_confidence_scores,
         "random": lambda probs: random_scores(len(probs), seed),
-    }
-    if strategy not in scores:
-        raise ValueError(f"{strategy!r} is not a score strategy ({', '.join(scores)}).")
-    return scores[strategy](probs)
+    }[strategy](probs)
 
 
 def select(
@@ -145,10 +128,15 @@ def select(
     `embeddings` [N, D] and `labeled_embeddings` [L, D] are needed by 'kcenter' only.
     `balance_by_predicted_class` spreads a score strategy's picks over the predicted classes.
     """
-    probs = np.asarray(probs)
-    check_strategy(strategy, balance_by_predicted_class)
-    _check_budget(budget, len(probs))
+    if strategy not in STRATEGIES:
+        raise ValueError(f"Unknown strategy {strategy!r}; expected one of {', '.join(STRATEGIES)}.")
+    if not 0 < budget <= len(probs):
+        raise ValueError(
+            f"budget must be in 1..{len(probs)} (the number of candidate images), got {budget}."
+        )
     if strategy == "kcenter":
+        if balance_by_predicted_class:
+            raise ValueError("balance_by_predicted_class needs a score strategy, not kcenter.")
         if embeddings is None or labeled_embeddings is None:
             raise ValueError("strategy 'kcenter' needs embeddings and labeled_embeddings.")
         return k_center_greedy(embeddings, labeled_embeddings, budget)
@@ -158,44 +146,12 @@ def select(
     return top_k(scores, budget)
 
 
-def check_strategy(strategy: str, balance_by_predicted_class: bool = False) -> None:
-    """Raises ValueError with one line for an unknown strategy or an impossible combination."""
-    if strategy not in STRATEGIES:
-        raise ValueError(f"Unknown strategy {strategy!r}; expected one of {', '.join(STRATEGIES)}.")
-    if strategy == "kcenter" and balance_by_predicted_class:
-        raise ValueError(
-            "balance_by_predicted_class needs a score strategy "
-            f"({', '.join(SCORE_STRATEGIES)}), not kcenter."
-        )
-
-
-def _check_budget(budget: int, available: int) -> None:
-    if budget <= 0 or budget > available:
-        raise ValueError(
-            f"budget must be in 1..{available} (the number of candidate images), got {budget}."
-        )
-
-
 def write_csv(path: str, header: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
     """Writes a CSV whole (a temporary file renamed when complete), UTF-8, fields quoted as
-    the csv module does, so any file name round-trips."""
-    with atomic_files.open_atomic(path, "w", **CSV_WRITE) as f:
+    the csv module does and file names that are not UTF-8 as surrogate escapes, so any file
+    name round-trips (data.answers reads them back)."""
+    csv_file = {"encoding": "utf-8", "errors": "surrogateescape", "newline": ""}
+    with atomic_files.open_atomic(path, "w", **csv_file) as f:
         writer = csv.writer(f)
         writer.writerow(header)
         writer.writerows(rows)
-
-
-def read_request_ids(path: str, *, num_images: int) -> np.ndarray:
-    """The `id` column of a requests CSV: distinct train-split indices in 0..num_images-1;
-    ValueError (one line) naming the first line that is not."""
-    header, rows = read_csv_table(path, ("id",))
-    ids: dict[int, None] = {}
-    for line, row in rows:
-        text = row[header.index("id")].strip()
-        if not text.isdigit() or int(text) >= num_images or int(text) in ids:
-            raise ValueError(
-                f"{path} line {line}: id {text!r} is not in the train split (ids are "
-                f"0..{num_images - 1}) or appears more than once."
-            )
-        ids[int(text)] = None
-    return np.asarray(list(ids), np.int64)

@@ -22,13 +22,11 @@ import matplotlib.pyplot as plt
 import numpy as np
 from absl import flags, logging
 
-from comatch_jax import atomic_files, cli, commands
+from comatch_jax import atomic_files, commands
 from comatch_jax.commands import ema_model
-from comatch_jax.core import unknown_scores
+from comatch_jax.core import evaluation, unknown_scores
 from comatch_jax.data import pipeline
 from comatch_jax.trainer import saved_runs
-
-FLAGS = flags.FLAGS
 
 # Classes drawn in the sample grids, images per class, confusions per class shown in a row,
 # feature-map layers and channels.
@@ -45,10 +43,9 @@ MOST_UNKNOWN, UNKNOWN_RATE = 40, 0.05  # unlabeled images shown; the marked thre
 
 
 def read_metrics(workdir: str) -> tuple[list[dict[str, float]], list[dict[str, float]]]:
-    """(training records, evaluation records) of the trainer's metrics.jsonl, sorted by
-    step, without their `train/` and `eval/` prefixes ({'step', 'loss', ...}, {'step',
-    'test_accuracy', ...}). Records of one step and kind are merged; where a step was logged
-    twice (a resumed run) the later value wins. No file: ([], [])."""
+    """(training records, evaluation records) of the trainer's metrics.jsonl, sorted by step,
+    without their `train/` and `eval/` prefixes ({'step', 'loss', ...}). Records of one step
+    and kind are merged, the later value winning (a resumed run). No file: ([], [])."""
     path = os.path.join(workdir, "metrics.jsonl")
     kinds: dict[str, dict[int, dict[str, float]]] = {"train": {}, "eval": {}}
     if os.path.exists(path):
@@ -98,15 +95,10 @@ def confusion_samples(
     count: int = SAMPLES_PER_CLASS,
     max_confusions: int = CONFUSIONS_PER_CLASS,
 ) -> tuple[np.ndarray, list[tuple[int, int]]]:
-    """Examples of class `c`'s most frequent confusions, and those confusions.
-
-    The mistakes are images of class c predicted as another class (under-predicted view) or
-    images of another class predicted as c (`over`). They are grouped by the other class;
-    the `max_confusions` largest groups (ties: lower class index) share the `count` slots
-    evenly, a group with too few images leaving its slots to the next ones; within a group
-    images keep file order. Returns (indices into labels, grouped, largest confusion first)
-    and [(other class, number of such mistakes)] of the groups shown.
-    """
+    """Up to `count` of class c's mistakes (images of c predicted as another class, or with
+    `over` of another class predicted as c), grouped by the other class: indices into labels,
+    file order within a group, and [(other class, mistakes)] of the `max_confusions` largest
+    groups (ties: lower class), largest first. The groups share the slots evenly."""
     labels, predicted = np.asarray(labels), np.asarray(predicted)
     mistakes = (predicted == c) & (labels != c) if over else (labels == c) & (predicted != c)
     others = labels if over else predicted
@@ -114,12 +106,11 @@ def confusion_samples(
     classes, sizes = np.unique(others[indices], return_counts=True)
     ranked = np.lexsort((classes, -sizes))[:max_confusions]
     groups = [(int(classes[g]), int(sizes[g])) for g in ranked]
-    quota = [0] * len(groups)
-    for _ in range(min(count, sum(size for _, size in groups))):  # one slot at a time
-        g = min(range(len(groups)), key=lambda g: (quota[g] >= groups[g][1], quota[g], g))
-        quota[g] += 1
-    chosen = [indices[others[indices] == other][:q] for (other, _), q in zip(groups, quota)]
-    return (np.concatenate(chosen) if chosen else np.zeros(0, np.int64)), groups
+    members = [indices[others[indices] == other] for other, _ in groups]
+    # The slots go round the groups, one image at a time, while their images last.
+    slots = sorted((j, g) for g, group in enumerate(members) for j in range(len(group)))[:count]
+    chosen = [members[g][j] for g, j in sorted((g, j) for j, g in slots)]
+    return np.array(chosen, np.int64), groups
 
 
 def subset(num: int, max_images: int, seed: int) -> np.ndarray:
@@ -270,14 +261,9 @@ def prediction_bias_figure(labels: np.ndarray, predicted: np.ndarray, names: Seq
 def class_samples_figure(
     images: np.ndarray, labels: np.ndarray, predicted: np.ndarray, names: Sequence[str], over: bool
 ) -> Any:
-    """A grid: one row per most under- (or `over`-) predicted class, with its mistakes.
-
-    Classes are ranked by signed bias (most_biased_classes); only classes of that sign get a
-    row (none: a one-line note). Under-predicted class c: test images of class c predicted as
-    something else; over-predicted class c: test images of other classes predicted as c;
-    both grouped by the most frequent confusions (confusion_samples), listed with their
-    counts under the class name.
-    """
+    """A grid: one row per most under- (or `over`-) predicted class (most_biased_classes;
+    none: a one-line note), with its mistakes grouped by its most frequent confusions
+    (confusion_samples), listed with their counts under the class name."""
     bias = prediction_bias(labels, predicted, len(names))
     order = most_biased_classes(bias, over=over, count=NUM_SAMPLE_CLASSES)
     kind, often = ("over", "at most") if over else ("under", "at least")
@@ -445,26 +431,20 @@ def write_analysis(
     write = lambda name, fig: written.append(save(fig, os.path.join(out_dir, name)))
     names = run.class_names
 
-    training, evaluation = read_metrics(workdir)
-    if training or evaluation:
-        # Without ground truth for the unlabeled images (an image folder), a logged
-        # pseudo-label accuracy measures nothing: it is not drawn.
-        no_truth = len(data.unlabeled_labels) and np.all(np.asarray(data.unlabeled_labels) < 0)
-        omit = ("pseudo_label_acc",) if no_truth else ()
-        write("training_curves.png", training_curves_figure(training, evaluation, omit))
-    else:
-        logging.warning("No metrics.jsonl in %s: no training curves.", workdir)
+    # Without ground truth for the unlabeled images (an image folder), a logged pseudo-label
+    # accuracy measures nothing: it is not drawn.
+    no_truth = len(data.unlabeled_labels) and np.all(np.asarray(data.unlabeled_labels) < 0)
+    omit = ("pseudo_label_acc",) if no_truth else ()
+    write("training_curves.png", training_curves_figure(*read_metrics(workdir), omit))
 
     predict = ema_model.predictor(run, batch_size)
-    scorer = ema_model.UnknownScorer(run, predict, data)
     pool_rows = subset(len(data.unlabeled_images), max_images, seed)
-    pool_images = data.unlabeled_images[pool_rows]
-    pool = predict(pool_images)
-    unlabeled = np.argmax(pool["probs"], -1)
+    pool = predict(data.unlabeled_images[pool_rows])
     rows = subset(num_test, max_images, seed)
     images, labels = data.test_images[rows], data.test_labels[rows]
     outputs = predict(images)
     test = (labels, np.argmax(outputs["probs"], -1), names)
+    unlabeled = np.argmax(pool["probs"], -1)
     write("predicted_distribution.png", predicted_distribution_figure(unlabeled, test[1], names))
     write("prediction_bias.png", prediction_bias_figure(*test))
     write("under_predicted_samples.png", class_samples_figure(images, *test, over=False))
@@ -472,32 +452,30 @@ def write_analysis(
     write("confusion_matrix.png", confusion_matrix_figure(*test))
     write("per_class_accuracy.png", per_class_accuracy_figure(*test))
 
-    image = data.test_images[image_index]
-    title = f"Encoder feature maps, test image {image_index} (class {names[data.test_labels[image_index]]})"
-    write("feature_maps.png", feature_maps_figure(image, ema_model.feature_maps(run, image), title))
+    image, label = data.test_images[image_index], names[data.test_labels[image_index]]
+    variables, config = ema_model.variables(run), run.config.dataset
+    maps = evaluation.feature_maps(run.model, variables, image, config.mean, config.std)
+    title = f"Encoder feature maps, test image {image_index} (class {label})"
+    write("feature_maps.png", feature_maps_figure(image, maps, title))
 
     shown = subset(len(rows), MAX_EMBEDDING_POINTS, seed)
     points = project_2d(outputs["embedding"][shown], embedding, seed)
     write(f"embedding_{embedding}.png", embedding_figure(points, labels[shown], names, embedding))
 
+    scorer = ema_model.UnknownScorer(run, predict, data)
     ids = data.unlabeled_ids[pool_rows]
     pool_names = [data.unlabeled_paths[i] if data.unlabeled_paths else f"id {i}" for i in ids]
-    figure = (scorer(outputs), scorer(pool), pool_images, pool_names, scorer.score)
-    write("unknown_images.png", unknown_images_figure(*figure))
+    figure = (scorer(outputs), scorer(pool), data.unlabeled_images[pool_rows], pool_names)
+    write("unknown_images.png", unknown_images_figure(*figure, scorer.score))
     return written
 
 
-def _analyze() -> None:
+def _analyze(workdir: str, out: str, **options: Any) -> None:
     matplotlib.use("Agg")  # headless: files only, no display needed
-    run = saved_runs.load_run(FLAGS.workdir)
-    names = ("max_images", "image_index", "embedding", "seed", "batch_size")
-    options = {name: FLAGS[name].value for name in names}
+    run = saved_runs.load_run(workdir)
     data = pipeline.prepare_data(run.config)
-    for path in write_analysis(run, data, FLAGS.workdir, FLAGS.out, **options):
+    for path in write_analysis(run, data, workdir, out, **options):
         logging.info("wrote %s", path)
-
-
-main = cli.entry_point(_analyze)
 
 
 def command() -> None:
@@ -509,9 +487,7 @@ def command() -> None:
     flags.DEFINE_enum("embedding", "pca", ["pca", "tsne"], "2-D projection of the embeddings.")
     flags.DEFINE_integer("seed", 0, "Seed of the image subsets.")
     flags.DEFINE_integer("batch_size", 1000, "Images per inference batch.")
-    flags.mark_flags_as_required(["workdir", "out"])
-    commands.help_for_console_script(__name__)
-    cli.run(main)
+    commands.run(__name__, _analyze, ["workdir", "out"])
 
 
 if __name__ == "__main__":

@@ -2,15 +2,12 @@
 
   python -m comatch_jax.commands.answer_from_truth --requests=requests.csv --workdir=RUN \\
       --out=labels.csv                                    (or: comatch-answer-from-truth ...)
-  ... --requests=requests.csv --config=configs/comatch.py --out=labels.csv
   ... --requests=requests.csv --truth=FOLDER/unlabeled_truth.csv --out=labels.csv
 
 It stands in for the person who labels the images, so that the active-learning loop (train,
-request, label, retrain) runs unattended on a benchmark whose labels are known. In real use
-the labels CSV comes from people, not from this tool.
-- A dataset by name (--workdir or --config): the `id` column of the requests CSV
-  (comatch_jax.commands.request_labels) is looked up in the train split; writes `id,label`
-  (label: the class index).
+request, label, retrain) runs unattended on a benchmark whose labels are known.
+- A dataset by name (--workdir): the `id` column of the requests CSV (request_labels) is
+  looked up in the run's train split; writes `id,label` (label: the class index).
 - An image folder (--truth): the `path` column is looked up in a `path,label` CSV whose paths
   are relative to the unlabeled/ folder beside it (as experiments/make_folder_subset.py and
   experiments/open_set.py write FOLDER/unlabeled_truth.csv); writes `path,label` (label: the
@@ -20,38 +17,39 @@ the labels CSV comes from people, not from this tool.
 from __future__ import annotations
 
 import os
-from typing import Any
 
 import ml_collections
 from absl import flags, logging
-from ml_collections import config_flags
 
-from comatch_jax import cli, commands
+from comatch_jax import commands, data
 from comatch_jax.commands import active_learning
+from comatch_jax.data.answers import read_csv_table
 from comatch_jax.trainer import saved_runs
 
-FLAGS = flags.FLAGS
 
-
-def answer_requests(
-    requests_csv: str, out: str, config: ml_collections.ConfigDict, dataset: Any = None
-) -> int:
+def answer_requests(requests_csv: str, out: str, config: ml_collections.ConfigDict) -> int:
     """Writes the true `id,label` of every requested id of the train split of
-    `config.dataset` (or the given `dataset`) to `out` (whole); returns how many."""
+    `config.dataset` to `out` (whole); returns how many. Raises ValueError naming the first
+    line whose id is not in the train split."""
     if config.dataset.name == "image_folder":
         raise ValueError(
             "an image folder's requests are answered from a truth CSV: pass "
             "--truth=FOLDER/unlabeled_truth.csv (path,label), or label the requested files "
             "by hand as a path,label CSV (label = class folder name)."
         )
-    if dataset is None:
-        from comatch_jax import data  # imports TensorFlow lazily, only to read files
-
-        dataset = data.load_dataset(config)
-    labels = dataset.train_labels
-    ids = active_learning.read_request_ids(requests_csv, num_images=len(labels))
-    active_learning.write_csv(out, ("id", "label"), ([int(i), int(labels[i])] for i in ids))
-    return len(ids)
+    labels = data.load_dataset(config).train_labels
+    header, rows = read_csv_table(requests_csv, ("id",))
+    answers = []
+    for line, row in rows:
+        text = row[header.index("id")].strip()
+        if not text.isdecimal() or int(text) >= len(labels):
+            raise ValueError(
+                f"{requests_csv} line {line}: id {text!r} is not in the train split (ids are "
+                f"0..{len(labels) - 1})."
+            )
+        answers.append((int(text), int(labels[int(text)])))
+    active_learning.write_csv(out, ("id", "label"), answers)
+    return len(answers)
 
 
 def answer_from_truth_csv(requests_csv: str, truth_csv: str, out: str) -> int:
@@ -59,10 +57,10 @@ def answer_from_truth_csv(requests_csv: str, truth_csv: str, out: str) -> int:
     read from `truth_csv` (path,label; paths relative to the unlabeled/ folder beside it);
     returns how many. Raises ValueError naming the first requested path it lacks."""
     unlabeled = os.path.join(os.path.dirname(os.path.abspath(truth_csv)), "unlabeled")
-    header, rows = active_learning.read_csv_table(truth_csv, ("path", "label"))
+    header, rows = read_csv_table(truth_csv, ("path", "label"))
     path, label = header.index("path"), header.index("label")
     truth = {os.path.normpath(row[path]): row[label].strip() for _, row in rows}
-    header, rows = active_learning.read_csv_table(requests_csv, ("path",))
+    header, rows = read_csv_table(requests_csv, ("path",))
     answers, path = [], header.index("path")
     for line, row in rows:
         requested = row[path]
@@ -77,30 +75,23 @@ def answer_from_truth_csv(requests_csv: str, truth_csv: str, out: str) -> int:
     return len(answers)
 
 
-def _answer() -> None:
-    if sum(value is not None for value in (FLAGS.config, FLAGS.workdir, FLAGS.truth)) != 1:
-        raise ValueError("give exactly one of --truth, --workdir and --config.")
-    if FLAGS.truth is not None:
-        count = answer_from_truth_csv(FLAGS.requests, FLAGS.truth, FLAGS.out)
+def _answer(workdir: str | None, truth: str | None, requests: str, out: str) -> None:
+    if (workdir is None) == (truth is None):
+        raise ValueError("give one of --truth and --workdir.")
+    if truth is not None:
+        count = answer_from_truth_csv(requests, truth, out)
     else:
-        config = FLAGS.config if FLAGS.config is not None else saved_runs.read_config(FLAGS.workdir)
-        count = answer_requests(FLAGS.requests, FLAGS.out, config)
-    logging.info("Wrote %d ground-truth labels to %s (offline evaluation).", count, FLAGS.out)
-
-
-main = cli.entry_point(_answer)
+        count = answer_requests(requests, out, saved_runs.read_config(workdir))
+    logging.info("Wrote %d ground-truth labels to %s (offline evaluation).", count, out)
 
 
 def command() -> None:
     """comatch-answer-from-truth (setup.py): flags are defined here, so importing defines none."""
-    config_flags.DEFINE_config_file("config", None, "Config whose dataset to read.")
     flags.DEFINE_string("workdir", None, "A run whose config.json names the dataset.")
     flags.DEFINE_string("truth", None, "An image folder's path,label truth CSV.")
     flags.DEFINE_string("requests", None, "The requests CSV (an id or a path column).")
     flags.DEFINE_string("out", None, "Where to write the labels CSV (id,label or path,label).")
-    flags.mark_flags_as_required(["requests", "out"])
-    commands.help_for_console_script(__name__)
-    cli.run(main)
+    commands.run(__name__, _answer, ["requests", "out"])
 
 
 if __name__ == "__main__":

@@ -3,7 +3,6 @@ unknown score: how likely an image is of none of the run's classes."""
 
 from __future__ import annotations
 
-import json
 import os
 from typing import Any, Callable
 
@@ -39,12 +38,6 @@ def predictor(
     )
 
 
-def feature_maps(run: saved_runs.TrainedRun, image: np.ndarray) -> dict[str, np.ndarray]:
-    """evaluation.feature_maps of the EMA model for one uint8 image [H, W, C]."""
-    config = run.config.dataset
-    return evaluation.feature_maps(run.model, variables(run), image, config.mean, config.std)
-
-
 class UnknownScorer:
     """scorer(outputs of `predict`) -> their unknown scores, float64 [N], higher for an image
     more likely of none of the classes: core.unknown_scores' `score` (one of its SCORES),
@@ -71,19 +64,12 @@ class UnknownScorer:
 
     def threshold(self, workdir: str, rate: float) -> float:
         """The threshold that `rate` of the run's evaluation images (all of known classes)
-        score above (unknown_scores.threshold_for_rejection_rate): recorded in
-        workdir/THRESHOLD_FILE, and read back while its score, rate and step are those asked."""
-        asked = dict(score=self.score, rate=rate, step=int(self.run.state.step))
-        path = os.path.join(workdir, THRESHOLD_FILE)
-        if os.path.exists(path):
-            with open(path) as f:
-                record = json.load(f)
-            if asked.items() <= record.items():
-                return record["threshold"]
+        score above (unknown_scores.threshold_for_rejection_rate), recorded in
+        workdir/THRESHOLD_FILE with its score, rate and the run's step."""
         known = self(self.predict(self.data.test_images))
         threshold = unknown_scores.threshold_for_rejection_rate(known, rate)
-        record = dict(asked, threshold=threshold, num_images=len(known))
-        saved_runs.save_json(workdir, THRESHOLD_FILE, record)
+        record = dict(score=self.score, rate=rate, threshold=threshold, num_images=len(known))
+        saved_runs.save_json(workdir, THRESHOLD_FILE, dict(record, step=int(self.run.state.step)))
         return threshold
 
     def write_likely_unknown(self, workdir: str, rate: float, out: str) -> np.ndarray:

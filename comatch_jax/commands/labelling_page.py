@@ -43,8 +43,7 @@ def _write_image(image: str | np.ndarray, out_stem: str, size: int) -> str:
     HxWxC array a PNG as is (the page shows a small image at a whole multiple of its size).
     Returns the written file's name."""
     if isinstance(image, np.ndarray):
-        array = image[..., 0] if image.ndim == 3 and image.shape[-1] == 1 else image
-        Image.fromarray(np.asarray(array, np.uint8)).save(out_stem + ".png")
+        Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).save(out_stem + ".png")
         return os.path.basename(out_stem) + ".png"
     try:
         with Image.open(image) as opened:
@@ -54,12 +53,6 @@ def _write_image(image: str | np.ndarray, out_stem: str, size: int) -> str:
     picture.thumbnail((size, size))
     picture.save(out_stem + ".jpg", quality=90)
     return os.path.basename(out_stem) + ".jpg"
-
-
-def _embedded_json(data: dict) -> str:
-    """JSON that cannot end or open a tag inside <script>: <, > and & are \\u-escaped."""
-    text = json.dumps(data, ensure_ascii=True, separators=(",", ":"))
-    return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
 
 
 def write_labelling_page(
@@ -84,15 +77,10 @@ def write_labelling_page(
     probs: float [N, num_classes], the model's class probabilities; the top 9 become the
       one-key answers.
     scores: float [N], the request score (higher = more wanted), shown beside each image.
-    Returns the page's path. Raises ValueError (one line) for inputs that do not fit together
-    or an image that cannot be read.
+    Returns the page's path. Raises ValueError (one line) for a probability or score that is
+    not finite, or an image that cannot be read.
     """
     probs, scores = np.asarray(probs, np.float64), np.asarray(scores, np.float64)
-    if not (len(keys) == len(images) == len(probs) == len(scores)) or not len(keys):
-        raise ValueError(
-            f"keys, images, probs and scores must have one entry per request; got {len(keys)}, "
-            f"{len(images)}, {len(probs)} and {len(scores)}."
-        )
     if not (np.isfinite(probs).all() and np.isfinite(scores).all()):
         raise ValueError("probs and scores must be finite numbers (is the model's output NaN?).")
     keys = [str(k) if key_column == "path" else int(k) for k in keys]
@@ -117,13 +105,16 @@ def write_labelling_page(
             for key, file, score, row, p in zip(keys, files, scores, top, probs)
         ],
     }
+    # The JSON can neither end nor open a tag inside <script>: <, > and & are \u-escaped.
+    text = json.dumps(data, ensure_ascii=True, separators=(",", ":"))
+    text = text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
     script = _template("labelling_page.js")
     script_hash = base64.b64encode(hashlib.sha256(script.encode()).digest()).decode()
     page = (
         _template("labelling_page.html")
         .replace("__SCRIPT_HASH__", f"sha256-{script_hash}")
         .replace("<script>__SCRIPT__</script>", f"<script>{script}</script>")
-        .replace("__REQUESTS_JSON__", _embedded_json(data))  # last: no name is ever rescanned
+        .replace("__REQUESTS_JSON__", text)  # last: no name is ever rescanned
     )
     path = os.path.join(directory, PAGE_NAME)
     with atomic_files.open_atomic(path, "w", encoding="utf-8") as f:

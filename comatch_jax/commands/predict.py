@@ -15,25 +15,21 @@ written whole, paths quoted as the csv module does, so any file name round-trips
 
 import os
 import tempfile
+from typing import Any
 
 import numpy as np
 from absl import flags, logging
 
-from comatch_jax import cli, commands
+from comatch_jax import commands, data
 from comatch_jax.commands import active_learning, ema_model
 from comatch_jax.core import unknown_scores
 from comatch_jax.data import answers, pipeline
 from comatch_jax.trainer import saved_runs
 
-FLAGS = flags.FLAGS
-
-# Unreadable files named in the warning of --corrupt_policy=skip.
-NAMED_SKIPPED = 5
-
 
 def predict_folder(
     workdir: str,
-    images_dir: str,
+    images: str,
     out: str,
     *,
     top_k: int = 1,
@@ -43,20 +39,15 @@ def predict_folder(
     unknown_threshold: float | None = None,
     unknown_rate: float | None = None,
 ) -> int:
-    """Writes the predictions CSV; returns the number of images classified. Raises
-    ValueError / OSError with one line for bad input."""
-    from comatch_jax import data  # TensorFlow: file reading only
-
-    run = saved_runs.load_run(workdir)
+    """Writes the predictions CSV `out` (the module's docstring) for the images under the
+    directory `images`; returns how many were classified. Raises ValueError / OSError with
+    one line for bad input."""
     if unknown_threshold is not None and unknown_rate is not None:
         raise ValueError("Give --unknown_threshold or --unknown_rate, not both.")
-    if not os.path.isdir(images_dir):
-        raise FileNotFoundError(f"--images={images_dir} is not a directory.")
-    paths, ignored = data.list_image_files(images_dir)
+    run = saved_runs.load_run(workdir)
+    paths, _ = data.list_image_files(images)  # logs the files it ignores
     if not paths:
-        raise ValueError(f"No images (.jpg .jpeg .png .webp) under {images_dir}.")
-    if ignored:
-        logging.info("Ignored %d non-image files under %s", ignored, images_dir)
+        raise ValueError(f"No images ({' '.join(data.IMAGE_EXTENSIONS)}) under {images}.")
     height, width, channels = run.image_shape
     if height != width or channels != 3:
         raise ValueError(
@@ -71,29 +62,28 @@ def predict_folder(
         unknown_threshold = scorer.threshold(workdir, unknown_rate)
     with tempfile.TemporaryDirectory() as cache:
         try:
-            images, skipped = data.decode_images_to_cache(
-                paths, images_dir, height, os.path.join(cache, "predict.npy"), corrupt_policy
+            pixels, skipped = data.decode_images_to_cache(
+                paths, images, height, os.path.join(cache, "predict.npy"), corrupt_policy
             )
         except ValueError as error:  # advise predict's flag, not the trainer's config field
             message = str(error).replace("--config.dataset.corrupt_policy", "--corrupt_policy")
             raise ValueError(message) from error
-        outputs = predict(np.asarray(images))
-    probs, scores = outputs["probs"], scorer(outputs)
+        outputs = predict(np.asarray(pixels))
     if skipped:
-        names = ", ".join(paths[i] for i in skipped[:NAMED_SKIPPED])
-        more = f" and {len(skipped) - NAMED_SKIPPED} more" if len(skipped) > NAMED_SKIPPED else ""
+        names = ", ".join(paths[i] for i in skipped[:5])
+        more = f" and {len(skipped) - 5} more" if len(skipped) > 5 else ""
         logging.warning(
-            "Skipped %d unreadable images in %s: %s%s.", len(skipped), images_dir, names, more
+            "Skipped %d unreadable images in %s: %s%s.", len(skipped), images, names, more
         )
     left_out = set(skipped)
-    kept = [p for i, p in enumerate(paths) if i not in left_out]
+    kept = [path for i, path in enumerate(paths) if i not in left_out]
+    probs, scores = outputs["probs"], scorer(outputs)
     top_k = max(1, min(top_k, run.num_classes))
-    ranked = np.argsort(-probs, axis=-1)[:, :top_k]
     header = ["path", "predicted_class", "confidence", "unknown_score"]
     if top_k > 1:
         header += [f"{kind}_{r}" for r in range(1, top_k + 1) for kind in ("class", "prob")]
     rows = []
-    for path, p, classes, score in zip(kept, probs, ranked, scores):
+    for path, p, classes, score in zip(kept, probs, np.argsort(-probs, -1)[:, :top_k], scores):
         top = [v for c in classes for v in (run.class_names[c], f"{p[c]:.6f}")]
         unknown = unknown_threshold is not None and score > unknown_threshold
         first = [answers.UNKNOWN if unknown else top[0], top[1], f"{score:.6g}"]
@@ -102,14 +92,9 @@ def predict_folder(
     return len(kept)
 
 
-def _predict() -> None:
-    names = "top_k batch_size corrupt_policy unknown_score unknown_threshold unknown_rate"
-    options = {o: FLAGS[o].value for o in names.split()}
-    count = predict_folder(FLAGS.workdir, FLAGS.images, FLAGS.out, **options)
-    print(f"Wrote predictions for {count} images to {FLAGS.out}")
-
-
-main = cli.entry_point(_predict)
+def _predict(**options: Any) -> None:
+    count = predict_folder(**options)
+    print(f"Wrote predictions for {count} images to {options['out']}")
 
 
 def command() -> None:
@@ -119,15 +104,11 @@ def command() -> None:
     flags.DEFINE_string("out", None, "Output CSV path.")
     flags.DEFINE_integer("top_k", 1, "Also write the k most probable classes.")
     flags.DEFINE_integer("batch_size", 256, "Images per forward pass.")
-    flags.DEFINE_enum(
-        "corrupt_policy", "fail", ["fail", "skip"], "Unreadable images: fail or skip."
-    )
+    flags.DEFINE_enum("corrupt_policy", "fail", ["fail", "skip"], "Unreadable images.")
     flags.DEFINE_enum("unknown_score", ema_model.UNKNOWN_SCORE, unknown_scores.SCORES, "Score.")
     flags.DEFINE_float("unknown_threshold", None, "Predict __unknown__ above this score.")
     flags.DEFINE_float("unknown_rate", None, "Or: pick it for this false-rejection rate on val.")
-    flags.mark_flags_as_required(["workdir", "images", "out"])
-    commands.help_for_console_script(__name__)
-    cli.run(main)
+    commands.run(__name__, _predict, ["workdir", "images", "out"])
 
 
 if __name__ == "__main__":

@@ -7,20 +7,16 @@ kNN memory bank and the probe's training set; accuracy is on the test split. Wri
 RUN/probe.json. k, temperature and the probe's optimiser come from the run's config.probe.
 """
 
-import json
-import os
 from typing import Any
 
 import numpy as np
 from absl import flags
 
-from comatch_jax import atomic_files, cli, commands
+from comatch_jax import commands
 from comatch_jax.commands import ema_model
 from comatch_jax.core import evaluation
 from comatch_jax.data import pipeline
 from comatch_jax.trainer import saved_runs
-
-FLAGS = flags.FLAGS
 
 
 def probe_run(
@@ -58,17 +54,13 @@ def probe_run(
         name: float(np.mean(np.asarray(p) == data.test_labels)) for name, p in predicted.items()
     }
     results["num_labeled"] = int(len(data.labels))
-    with atomic_files.open_atomic(os.path.join(workdir, "probe.json")) as f:
-        json.dump(results, f, indent=2)
+    saved_runs.save_json(workdir, "probe.json", results)
     return results
 
 
-def _probe() -> None:
-    for name, value in probe_run(FLAGS.workdir, FLAGS.mode, FLAGS.batch_size).items():
+def _probe(**options: Any) -> None:
+    for name, value in probe_run(**options).items():
         print(f"{name}: {value}")
-
-
-main = cli.entry_point(_probe)
 
 
 def command() -> None:
@@ -76,9 +68,7 @@ def command() -> None:
     flags.DEFINE_string("workdir", None, "A run's workdir (its latest checkpoint is used).")
     flags.DEFINE_enum("mode", "all", ["knn", "linear", "all"], "Which evaluation.")
     flags.DEFINE_integer("batch_size", 500, "Images per forward pass.")
-    flags.mark_flag_as_required("workdir")
-    commands.help_for_console_script(__name__)
-    cli.run(main)
+    commands.run(__name__, _probe, ["workdir"])
 
 
 if __name__ == "__main__":

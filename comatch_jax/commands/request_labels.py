@@ -5,21 +5,21 @@ with a labelling page (and Label Studio's import files) to answer them in.
       --out=requests.csv                                  (or: comatch-request-labels ...)
 
 Scores every unlabeled train-split image (neither labeled nor answered UNKNOWN) with the
-run's EMA model, picks `--budget` of them with `--strategy` (entropy, margin,
-least_confidence, random, kcenter; see comatch_jax.commands.active_learning) and writes them
-most wanted first, one row each: `id,predicted_class,score` for a dataset by name (id: the
-image's index in the train split), `path,predicted_class,score` for an image folder (path:
-the file under root/unlabeled/). predicted_class is a class NAME. Beside it:
+run's EMA model, picks `--budget` of them with `--strategy` (active_learning.STRATEGIES) and
+writes them most wanted first, one row each: `id,predicted_class,score` for a dataset by
+name (id: the image's index in the train split), `path,predicted_class,score` for an image
+folder (path: the file under root/unlabeled/, whole). predicted_class is a class NAME. Beside
+it:
   requests_page/labelling.html   the labelling page (comatch_jax.commands.labelling_page),
                                  unless --nolabelling_page;
   requests_tasks.json,           with --label_studio_root=DIR or --label_studio_url=PREFIX
   requests_label_config.xml      (an image folder only): Label Studio's import files, each
-                                 file's URL its path under DIR (local files) or PREFIX + it.
-The answers, the page's download or a Label Studio export (or `id,label` from
-comatch_jax.commands.answer_from_truth, offline), train a new run with
-`--config.dataset.extra_labels_csv=FILE`. docs/labelling.md walks through the loop. With
---unknown_rate=R the images likely of none of the classes (ema_model.UnknownScorer)
-are never requested: requests_unknown.csv lists them, highest score first, to check as junk.
+                                 file's URL its path under DIR (local files) or PREFIX + it;
+  requests_unknown.csv           with --unknown_rate=R: the images likely of none of the
+                                 classes (ema_model.UnknownScorer), highest score first, to
+                                 check as junk; they are never requested.
+The answers (the page's download, a Label Studio export, or answer_from_truth's offline) train
+a new run with `--config.dataset.extra_labels_csv=FILE`; docs/labelling.md walks the loop.
 """
 
 from __future__ import annotations
@@ -34,14 +34,13 @@ from xml.sax.saxutils import quoteattr
 import numpy as np
 from absl import flags, logging
 
-from comatch_jax import atomic_files, cli, commands
+from comatch_jax import atomic_files, commands
 from comatch_jax.commands import active_learning, ema_model
 from comatch_jax.commands.labelling_page import write_labelling_page
 from comatch_jax.data import pipeline
 from comatch_jax.data.answers import CHOICES_NAME, IMAGE_NAME, UNKNOWN
 from comatch_jax.trainer import saved_runs
 
-FLAGS = flags.FLAGS
 LOCAL_FILES = "/data/local-files/?d="  # Label Studio's URL of a file under its document root
 
 
@@ -68,26 +67,15 @@ def rank_unlabeled(
     """Scores the unlabeled train-split images of `data` with `run` and picks `budget`.
 
     Images already labeled or answered UNKNOWN, and those of an extra unlabeled split (no
-    train-split id), are never requested. Raises ValueError (one line) for a budget above what
-    is left.
+    train-split id), are never requested. Raises ValueError (one line) for a budget outside
+    1..what is left, before any image is scored.
     """
-    active_learning.check_strategy(strategy, balance_by_predicted_class)
     answered = np.concatenate([data.labeled_ids, data.unknown_ids])
     candidates = (data.unlabeled_ids >= 0) & ~np.isin(data.unlabeled_ids, answered)
-    if not candidates.any():
+    if not 0 < budget <= candidates.sum():
         raise ValueError(
-            "No unlabeled train-split image is left to request: every one is already answered "
-            "(e.g. through dataset.extra_labels_csv); there is nothing to ask for."
-        )
-    if budget <= 0 or budget > int(candidates.sum()):
-        raise ValueError(
-            f"--budget must be in 1..{int(candidates.sum())} (the unlabeled train-split "
-            f"images), got {budget}."
-        )
-    if np.any(data.unlabeled_ids < 0):
-        logging.info(
-            "Skipping %d extra unlabeled images: they have no train-split id.",
-            int(np.sum(data.unlabeled_ids < 0)),
+            f"--budget must be in 1..{candidates.sum()} (the unlabeled train-split images not yet "
+            f"answered), got {budget}."
         )
     predict = ema_model.predictor(run, batch_size)
     outputs = predict(data.unlabeled_images[candidates])
@@ -163,26 +151,19 @@ def request_labels(
 ) -> LabelRequests:
     """The command: ranks the run's unlabeled images (`ranking`: rank_unlabeled's keyword
     arguments, budget and strategy first) and writes the requests CSV to `out` (whole), and
-    beside it the labelling page and Label Studio's files (see the module's docstring).
-    Logs what to open. Raises ValueError / OSError with one line."""
-    active_learning.check_strategy(ranking.get("strategy", "entropy"))
-    if ranking["budget"] <= 0:
-        raise ValueError(f"--budget must be positive, got {ranking['budget']}.")
+    beside it the files of the module's docstring. Logs what to open. Raises ValueError /
+    OSError with one line."""
     run = saved_runs.load_run(workdir)
-    root, studio_root = run.config.dataset.root, label_studio_root or run.config.dataset.root
-    if (label_studio_root or label_studio_url) and (
-        run.config.dataset.name != "image_folder"
-        or os.path.relpath(root, studio_root).startswith(os.pardir)
-    ):
+    root = run.config.dataset.root
+    if (label_studio_root or label_studio_url) and run.config.dataset.name != "image_folder":
         raise ValueError(
-            "--label_studio_root/url need a run on an image folder inside --label_studio_root; "
-            "label a dataset by name in the labelling page."
+            "--label_studio_root/url need a run on an image folder; label a dataset by name in "
+            "the labelling page."
         )
-    data = pipeline.prepare_data(run.config)
+    data, stem = pipeline.prepare_data(run.config), os.path.splitext(out)[0]
     if unknown_rate is not None:  # likely unknown: listed apart, never requested
-        unknown_csv = os.path.splitext(out)[0] + "_unknown.csv"
         scorer = ema_model.UnknownScorer(run, ema_model.predictor(run), data)
-        ids = scorer.write_likely_unknown(workdir, unknown_rate, unknown_csv)
+        ids = scorer.write_likely_unknown(workdir, unknown_rate, stem + "_unknown.csv")
         data = dataclasses.replace(data, unknown_ids=np.concatenate([data.unknown_ids, ids]))
     requests = rank_unlabeled(run, data, **ranking)
     keys, column, images = requests.ids.tolist(), "id", data.unlabeled_images[requests.rows]
@@ -195,7 +176,6 @@ def request_labels(
     first = images if column == "path" else keys  # an image folder's files named whole
     active_learning.write_csv(out, (column, "predicted_class", "score"), zip(first, names, shown))
     logging.info("Wrote %d label requests to %s", len(keys), out)
-    stem = os.path.splitext(out)[0]
     if labelling_page:
         title = f"{len(keys):,} label requests from {os.path.basename(os.path.abspath(workdir))}"
         page = write_labelling_page(
@@ -203,28 +183,19 @@ def request_labels(
         )
         logging.info("To answer them, open %s in a browser.", page)
     if label_studio_root or label_studio_url:
-        url = label_studio_url or LOCAL_FILES
+        url, document_root = label_studio_url or LOCAL_FILES, label_studio_root or root
         write_label_studio_files(
-            stem, images, predicted, scores, classes, document_root=studio_root, url_prefix=url
+            stem, images, predicted, scores, classes, document_root=document_root, url_prefix=url
         )
         logging.info("For Label Studio: %s_tasks.json, %s_label_config.xml.", stem, stem)
     return requests
-
-
-def _request_labels() -> None:
-    options = "budget strategy balance_by_predicted_class seed batch_size labelling_page"
-    options = options.split() + ["label_studio_root", "label_studio_url", "unknown_rate"]
-    request_labels(FLAGS.workdir, FLAGS.out, **{o: FLAGS[o].value for o in options})
-
-
-main = cli.entry_point(_request_labels)
 
 
 def command() -> None:
     """comatch-request-labels (setup.py): flags are defined here, so importing defines none."""
     flags.DEFINE_string("workdir", None, "Workdir of a trained run.")
     flags.DEFINE_integer("budget", None, "How many labels to request.")
-    flags.DEFINE_string("strategy", "entropy", f"One of {', '.join(active_learning.STRATEGIES)}.")
+    flags.DEFINE_enum("strategy", "entropy", active_learning.STRATEGIES, "How to rank.")
     flags.DEFINE_bool(
         "balance_by_predicted_class",
         False,
@@ -239,9 +210,7 @@ def command() -> None:
     flags.DEFINE_float(
         "unknown_rate", None, "Set apart images above the threshold of this rejection rate on val."
     )
-    flags.mark_flags_as_required(["workdir", "budget", "out"])
-    commands.help_for_console_script(__name__)
-    cli.run(main)
+    commands.run(__name__, request_labels, ["workdir", "budget", "out"])
 
 
 if __name__ == "__main__":

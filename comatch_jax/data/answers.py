@@ -33,7 +33,6 @@ from collections.abc import Sequence
 
 import numpy as np
 
-CSV_READ = {"encoding": "utf-8-sig", "errors": "surrogateescape"}
 # The answer "none of these classes": never trained on as a class; the image stays in the
 # unlabeled pool unless dataset.drop_unknown_answers. No class folder may take this name.
 UNKNOWN = "__unknown__"
@@ -55,30 +54,29 @@ def read_csv_table(
 
     `raw` is the file's bytes when already read. Header names are stripped of surrounding
     spaces; rows whose fields are all blank are skipped; a row's line number is that of its
-    first physical line. Raises FileNotFoundError, or ValueError in one line naming the file.
+    first physical line. Raises OSError, or ValueError in one line naming the file.
     """
-    reader = csv.reader(
-        io.StringIO((_read(path) if raw is None else raw).decode(**CSV_READ), newline="")
-    )
+    if raw is None:
+        with open(path, "rb") as f:
+            raw = f.read()
+    reader = csv.reader(io.StringIO(raw.decode("utf-8-sig", "surrogateescape"), newline=""))
     table, line = [], 1
     try:
         for row in reader:
-            table.append((line, row))
+            if any(cell.strip() for cell in row):
+                table.append((line, row))
             line = reader.line_num + 1
     except csv.Error as e:
         raise ValueError(f"{path}: cannot read it as CSV ({e}).") from e
-    table = [(line, row) for line, row in table if any(cell.strip() for cell in row)]
     expected = ",".join(columns)
     if not table:
         raise ValueError(f"{path} is empty; expected a header with columns {expected}.")
     header = [name.strip() for name in table[0][1]]
     missing = [name for name in columns if name not in header]
     if missing and not (alternative and set(alternative) <= set(header)):
-        shown = ",".join(header)
-        shown = repr(shown) if shown.isprintable() and shown.isascii() else ascii(shown)
         raise ValueError(
-            f"{path}: the header {shown} lacks column(s) {','.join(missing)}; expected a "
-            f"header with columns {expected}."
+            f"{path}: the header {ascii(','.join(header))} lacks column(s) {','.join(missing)}; "
+            f"expected a header with columns {expected}."
         )
     for line, row in table[1:]:
         if len(row) != len(header):
@@ -114,35 +112,39 @@ def read_answers(
     folder whose unlabeled/ files are `unlabeled_paths`), else `id,label` with ids in
     0..num_images-1 not in `labeled_ids`.
 
-    A row repeated with the same label counts once. Raises ValueError in one line naming the
-    file, the row and what to do, for: an empty or malformed file, an image outside the pool
-    (or already labeled), a label that is no class, a label that is one class's name and
-    another class's index (class folders 0, 1, 2, 10: '2' names class '2' but index 2 is
+    A row repeated with the same label counts once. Raises OSError, or ValueError in one line
+    naming the file, the row and what to do, for: an empty or malformed file, an image outside
+    the pool (or already labeled), a label that is no class, a label that is one class's name
+    and another class's index (class folders 0, 1, 2, 10: '2' names class '2' but index 2 is
     class '10'), an image answered twice with different labels (answers CSV).
     """
-    raw = _read(path)
-    key = "id" if root is None else "path"
-    fix = "fix the row or remove it"
+    with open(path, "rb") as f:
+        raw = f.read()
+    key, studio = ("id", ()) if root is None else ("path", (IMAGE_NAME, CHOICES_NAME))
+    fix, entries = "fix the row or remove it", None  # entries: of a Label Studio export
     if raw.lstrip(b"\xef\xbb\xbf \t\r\n")[:1] in (b"[", b"{"):
         try:
             tasks = json.loads(raw.decode("utf-8-sig"))
         except ValueError as e:
             raise ValueError(f"{path}: cannot read it as JSON ({e}); export it again.") from None
-        if not isinstance(tasks, list):
-            raise ValueError(f"{path}: not a list of tasks; export the project again.")
         entries = [(f"entry {i + 1}", task) for i, task in enumerate(tasks)]
-        rows, fix = _label_studio_rows(path, entries, unlabeled_paths, root)
     else:
-        studio = (IMAGE_NAME, CHOICES_NAME) if root is not None else ()
         header, table = read_csv_table(path, (key, "label"), raw, studio)
         if key not in header:
             entries = [(f"line {line}", dict(zip(header, row))) for line, row in table]
-            rows, fix = _label_studio_rows(path, entries, unlabeled_paths, root)
         elif not table:
             raise ValueError(f"{path} has a header but no rows; add {key},label rows or unset it.")
         else:
             at = header.index(key), header.index("label")
             rows = [(f"line {line}", row[at[0]], row[at[1]]) for line, row in table]
+    if entries is not None:
+        if root is None:
+            raise ValueError(
+                f"{path} is a Label Studio export, which answers an image folder's requests; a "
+                "dataset read by name takes an id,label CSV (the labelling page's download)."
+            )
+        rows = _label_studio_rows(path, entries, set(unlabeled_paths))
+        fix = "relabel the task in Label Studio and export again"
     by_name = {class_key(name): i for i, name in enumerate(class_names)}
     position = {p: i for i, p in enumerate(unlabeled_paths)}
     labeled = set(np.asarray(labeled_ids).tolist())
@@ -159,26 +161,22 @@ def read_answers(
                 f"{where}: {text!r} is not an image of {root}/unlabeled/ (paths are absolute or "
                 f"relative to {root}); {fix}."
             )
-        try:
-            index = int(text.strip())
-        except ValueError:
-            raise ValueError(f"{where}: id {text!r} is not an integer; {fix}.") from None
-        if not 0 <= index < num_images:
+        if not (text.strip().isdecimal() and int(text) < num_images):
             raise ValueError(
-                f"{where}: id {index} is not in the train split (ids are 0..{num_images - 1}); "
+                f"{where}: id {text!r} is not in the train split (ids are 0..{num_images - 1}); "
                 f"{fix}."
             )
-        if index in labeled:
-            raise ValueError(f"{where}: id {index} is already in the labeled set; remove it.")
-        return index
+        if int(text) in labeled:
+            raise ValueError(f"{where}: id {int(text)} is already in the labeled set; remove it.")
+        return int(text)
 
     def label_of(text: str, where: str) -> int:
         label = text.strip()
         if label == UNKNOWN:
             return -1
         named = by_name.get(class_key(label))
-        indexed = int(label) if label.isascii() and label.isdigit() else None
-        indexed = indexed if indexed is not None and indexed < len(class_names) else None
+        number = label.isascii() and label.isdigit() and int(label) < len(class_names)
+        indexed = int(label) if number else None
         if named is not None and indexed is not None and named != indexed:
             raise ValueError(
                 f"{where}: label {label!r} is both the class named {label!r} and class index "
@@ -204,27 +202,18 @@ def read_answers(
                 f"{shown(label)!r} here and {shown(earlier[0])!r} on {earlier[1]}; keep one of "
                 "the rows."
             )
-    ids = np.array([i for i, (label, _) in answered.items() if label >= 0], np.int32)
-    return Answers(
-        ids=ids,
-        labels=np.array([label for label, _ in answered.values() if label >= 0], np.int32),
-        unknown_ids=np.array([i for i, (label, _) in answered.items() if label < 0], np.int32),
-        digest=hashlib.sha256(raw).hexdigest(),
-    )
+    ids = np.array(list(answered), np.int32)
+    labels = np.array([label for label, _ in answered.values()], np.int32)
+    digest = hashlib.sha256(raw).hexdigest()
+    return Answers(ids[labels >= 0], labels[labels >= 0], ids[labels < 0], digest)
 
 
 def _label_studio_rows(
-    path: str, entries: list[tuple[str, dict]], unlabeled_paths: Sequence[str], root: str | None
-) -> tuple[list[tuple[str, str, str]], str]:
-    """(where, image of unlabeled_paths, label) of the annotation that counts for each image of
-    a Label Studio export's entries (tasks, or rows of one annotation each), and the fix for a
-    bad row. Raises ValueError (one line) for a malformed entry, an image outside the pool or
-    no answer at all."""
-    if root is None:
-        raise ValueError(
-            f"{path} is a Label Studio export, which answers an image folder's requests; a "
-            "dataset read by name takes an id,label CSV (the labelling page's download)."
-        )
+    path: str, entries: list[tuple[str, dict]], pool: set[str]
+) -> list[tuple[str, str, str]]:
+    """(where, image of the pool, label) of the annotation that counts for each image of a
+    Label Studio export's entries (tasks, or rows of one annotation each). Raises ValueError
+    (one line) for a malformed entry, an image outside the pool or no answer at all."""
     annotations = []  # (where, image URL, label(s), (ISO 8601 time updated, annotation id))
     try:
         for where, entry in entries:
@@ -248,7 +237,7 @@ def _label_studio_rows(
             f"{path} {where}: not a Label Studio task of an image and choices ({type(e).__name__}: "
             f"{e}); export the project again as JSON, JSON_MIN or CSV."
         ) from None
-    pool, latest = set(unlabeled_paths), {}
+    latest = {}
     for where, url, labels, order in annotations:
         # JSON_MIN and CSV hold one choice as its name, several as {"choices": [...]}.
         labels = labels.get("choices", labels) if isinstance(labels, dict) else labels
@@ -268,8 +257,7 @@ def _label_studio_rows(
             f"{path}: no answered image (cancelled annotations do not count); label some in "
             "Label Studio and export again."
         )
-    rows = [(where, image, label) for image, (_, where, label) in latest.items()]
-    return rows, "relabel the task in Label Studio and export again"
+    return [(where, image, label) for image, (_, where, label) in latest.items()]
 
 
 def _pool_path(url: str, pool: set[str]) -> str | None:
@@ -280,14 +268,3 @@ def _pool_path(url: str, pool: set[str]) -> str | None:
     raw = next((value for name, _, value in query if name == "d"), parts.path)
     pieces = os.fsdecode(urllib.parse.unquote_to_bytes(raw)).split("/")
     return next((tail for i in range(len(pieces)) if (tail := "/".join(pieces[i:])) in pool), None)
-
-
-def _read(path: str) -> bytes:
-    """The bytes of `path`; FileNotFoundError or ValueError in one line naming it."""
-    try:
-        with open(path, "rb") as f:
-            return f.read()
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: no such file.") from None
-    except OSError as e:
-        raise ValueError(f"{path}: cannot read it ({e.strerror or e}).") from e
