@@ -156,24 +156,21 @@ def comatch_loss(outputs: Outputs, batch: dict, state: dict, config) -> tuple:
     queue_size = state["queue_embeddings"].shape[0]
     pseudo_labels = jnp.where(state["queue_filled"] >= queue_size, smoothed, probs)
 
-    adaptive = {}
-    if config.comatch.threshold_rule == "freematch":
+    adaptive, threshold = {}, options.threshold
+    if options.threshold_rule == "freematch":
         # FreeMatch's self-adaptive rule on q (the memory-smoothed pseudo-labels): tau_t(c)
         # replaces the fixed tau of L_u^cls only; W^q keeps its fixed T (contrast_threshold).
-        thresholds, global_threshold, class_probs = losses.self_adaptive_thresholds(
+        threshold, global_threshold, class_probs = losses.self_adaptive_thresholds(
             pseudo_labels,
             state["global_threshold"],
             state["class_probs"],
             momentum=options.threshold_momentum,
         )
-        loss_u, mask = losses.class_threshold_pseudo_label_loss(
-            outputs["unlabeled_strong0"]["logits"], pseudo_labels, thresholds
-        )
         adaptive = {"global_threshold": global_threshold, "class_probs": class_probs}
-    else:
-        loss_u, mask = losses.masked_pseudo_label_loss(
-            outputs["unlabeled_strong0"]["logits"], pseudo_labels, threshold=options.threshold
-        )
+    strong_logits = outputs["unlabeled_strong0"]["logits"]
+    loss_u, mask = losses.masked_pseudo_label_loss(
+        strong_logits, pseudo_labels, threshold=threshold
+    )
     if options.unknown_weighting:
         # References: this batch's labeled images and the queue's one-hot entries (the labeled
         # images it holds; an unlabeled entry is one-hot only if its prediction saturated).
@@ -183,7 +180,6 @@ def comatch_loss(outputs: Outputs, batch: dict, state: dict, config) -> tuple:
         )
         mask = mask * losses.labeled_similarity_weights(weak_embeddings, references, is_labeled)
         targets = jax.lax.stop_gradient(pseudo_labels)  # q is a target
-        strong_logits = outputs["unlabeled_strong0"]["logits"]
         loss_u = jnp.mean(losses.soft_cross_entropy(strong_logits, targets) * mask)
     target_graph = losses.pseudo_label_graph(pseudo_labels, threshold=options.contrast_threshold)
     similarity_graph = losses.embedding_graph(
@@ -300,7 +296,7 @@ def freematch_loss(outputs: Outputs, batch: dict, state: dict, config) -> tuple:
         momentum=options.momentum,
     )
     strong_logits = outputs["unlabeled_strong0"]["logits"]
-    loss_u, mask = losses.freematch_unlabeled_loss(strong_logits, weak_probs, thresholds)
+    loss_u, mask = losses.hard_pseudo_label_loss(strong_logits, weak_probs, threshold=thresholds)
     loss_f = losses.freematch_fairness_loss(strong_logits, mask, class_probs, class_histogram)
     loss = loss_x + options.lambda_u * loss_u + options.lambda_f * loss_f
     new_state = {
