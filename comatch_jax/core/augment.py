@@ -311,39 +311,21 @@ def warp(image: jax.Array, matrix: jax.Array, fill: Any) -> jax.Array:
     return jnp.moveaxis(_warp_bilinear(channel_first, matrix, fill), 0, -1)
 
 
-def _weak_source_indices(
-    rows: jax.Array,
-    cols: jax.Array,
-    flip: jax.Array,
-    shift_y: jax.Array,
-    shift_x: jax.Array,
-    height: int,
-    width: int,
-) -> tuple[jax.Array, jax.Array]:
-    """Source indices of (reflect pad + crop)-then-flip for output indices.
-
-    The official order (datasets/cifar.py: PadandRandomCrop, then RandomHorizontalFlip):
-    the crop at offset ``pad + shift`` of the reflect-padded image, then flipped, so
-    output pixel (r, c) is pixel (r + shift_y, c' + shift_x) of the image with reflect
-    boundary, c' = W - 1 - c when flipped, else c.
-    """
-    cols = jnp.where(flip, width - 1 - cols, cols)
-    source_rows = reflect_index(rows + shift_y, height)
-    source_cols = reflect_index(cols + shift_x, width)
-    return source_rows, source_cols
-
-
 def _warp_weak(
     image: jax.Array, flip: jax.Array, shift_y: jax.Array, shift_x: jax.Array
 ) -> jax.Array:
-    """Reflect pad-and-crop by (shift_y, shift_x), then flip: ONE gather, input dtype."""
+    """Reflect pad-and-crop by (shift_y, shift_x), then flip: ONE gather, input dtype.
+
+    The official order (datasets/cifar.py: PadandRandomCrop, then RandomHorizontalFlip):
+    output pixel (r, c) is pixel (r + shift_y, c' + shift_x) of the image with reflect
+    boundary, c' = W - 1 - c when flipped, else c.
+    """
     height, width, _ = image.shape
     rows = jnp.broadcast_to(jnp.arange(height)[:, None], (height, width))
     cols = jnp.broadcast_to(jnp.arange(width)[None, :], (height, width))
-    source_rows, source_cols = _weak_source_indices(
-        rows, cols, flip, shift_y, shift_x, height, width
-    )
-    return _gather_pixels(image, source_rows, source_cols)
+    cols = jnp.where(flip, width - 1 - cols, cols)
+    rows, cols = reflect_index(rows + shift_y, height), reflect_index(cols + shift_x, width)
+    return _gather_pixels(image, rows, cols)
 
 
 # ---------------------------------------------------------------------------
@@ -461,18 +443,13 @@ def _photometric_step(image: jax.Array, params: PhotometricParams) -> jax.Array:
     return jnp.floor(values / quantum) * quantum
 
 
-def _apply_photometric(image: jax.Array, params: PhotometricParams) -> jax.Array:
-    """``_photometric_step`` for a channel-last ``[H, W, C]`` image."""
-    channel_first = jnp.moveaxis(_as_float(image), -1, 0)
-    return jnp.moveaxis(_photometric_step(channel_first, params), 0, -1)
-
-
 @jax.jit
 def photometric(image: jax.Array, params: PhotometricParams) -> jax.Array:
     """One photometric op on a ``[H, W, C]`` image, e.g. PIL's ``ImageEnhance.Brightness``
     with factor 1.9 as ``photometric(image, PhotometricParams(brightness=1.9))``: see
     PhotometricParams for the ops and the module docstring for their PIL semantics."""
-    return _apply_photometric(image, params)
+    channel_first = jnp.moveaxis(_as_float(image), -1, 0)
+    return jnp.moveaxis(_photometric_step(channel_first, params), 0, -1)
 
 
 @jax.jit
@@ -567,15 +544,6 @@ def _randaugment_warp(image: jax.Array, op: jax.Array, sign: jax.Array, fill: An
     return _warp_bilinear(image, _randaugment_matrix(op, sign, height, width), fill)
 
 
-def _randaugment_slot(
-    image: jax.Array, op: jax.Array, sign: jax.Array, fill: jax.Array
-) -> jax.Array:
-    """One drawn op on a channel-first image: the (bilinear) warp of a geometric op, then
-    the photometric step of a photometric op; the other part is the identity."""
-    warped = _randaugment_warp(image, op, sign, fill)
-    return _photometric_step(warped, _randaugment_photometric_params(op))
-
-
 def _randaugment_one(
     key: jax.Array,
     image: jax.Array,
@@ -666,14 +634,8 @@ def _random_resized_crop_params(
     target_area = (height * width) * jax.random.uniform(
         area_key, (_CROP_ATTEMPTS,), minval=scale[0], maxval=scale[1]
     )
-    aspect = jnp.exp(
-        jax.random.uniform(
-            ratio_key,
-            (_CROP_ATTEMPTS,),
-            minval=math.log(ratio[0]),
-            maxval=math.log(ratio[1]),
-        )
-    )
+    low, high = math.log(ratio[0]), math.log(ratio[1])
+    aspect = jnp.exp(jax.random.uniform(ratio_key, (_CROP_ATTEMPTS,), minval=low, maxval=high))
     crop_w = jnp.round(jnp.sqrt(target_area * aspect))
     crop_h = jnp.round(jnp.sqrt(target_area / aspect))
     fits = (crop_w > 0) & (crop_w <= width) & (crop_h > 0) & (crop_h <= height)
@@ -737,13 +699,6 @@ def _resized_crop(
     return (1 - wy) * top_row + wy * bottom_row
 
 
-def _luma(image: jax.Array) -> jax.Array:
-    """torchvision/dm-pix rec601 luma ``[H, W, 1]`` (the image itself for C=1)."""
-    if image.shape[-1] == 3:
-        return dm_pix.rgb_to_grayscale(image, keep_dims=False)
-    return image
-
-
 def _color_jitter(
     key: jax.Array,
     image: jax.Array,
@@ -766,7 +721,8 @@ def _color_jitter(
         return jnp.where(apply, value, 1.0)
 
     image = jnp.clip(image * factor(b_key, b_strength), 0.0, 1.0)
-    mean = jnp.mean(_luma(image))
+    luma = dm_pix.rgb_to_grayscale(image, keep_dims=False) if image.shape[-1] == 3 else image
+    mean = jnp.mean(luma)  # torchvision's rec601 luma
     image = jnp.clip(mean + factor(c_key, c_strength) * (image - mean), 0.0, 1.0)
     if image.shape[-1] == 3:
         gray = dm_pix.rgb_to_grayscale(image, keep_dims=True)

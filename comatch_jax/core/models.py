@@ -348,7 +348,8 @@ class ResNetBlock(nn.Module):
         return nn.relu(x + y)
 
 
-_RESNET_STAGES = {18: ((2, 2, 2, 2), False), 34: ((3, 4, 6, 3), False), 50: ((3, 4, 6, 3), True)}
+# torchvision's resnet.py: depth -> (blocks per stage, bottleneck).
+RESNET_STAGES = {18: ((2, 2, 2, 2), False), 34: ((3, 4, 6, 3), False), 50: ((3, 4, 6, 3), True)}
 
 
 class ResNet(nn.Module):
@@ -370,11 +371,11 @@ class ResNet(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-        if self.depth not in _RESNET_STAGES:
+        if self.depth not in RESNET_STAGES:
             raise ValueError(
-                f"ResNet depth must be one of {sorted(_RESNET_STAGES)}, got {self.depth}"
+                f"ResNet depth must be one of {sorted(RESNET_STAGES)}, got {self.depth}"
             )
-        stages, bottleneck = _RESNET_STAGES[self.depth]
+        stages, bottleneck = RESNET_STAGES[self.depth]
         norm = functools.partial(self.norm, use_running_average=not train)
         if self.stem not in ("imagenet", "cifar"):
             raise ValueError(f"ResNet stem must be 'imagenet' or 'cifar', got {self.stem!r}")

@@ -49,7 +49,7 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 import numpy as np
 from flax import traverse_util
 
-KINDS = ("conv", "linear", "batch_norm")
+from comatch_jax.core.models import RESNET_STAGES
 
 # kind -> PyTorch parameter/buffer name -> (Flax collection, Flax leaf name, layout function)
 _LAYOUTS: dict[str, dict[str, tuple[str, str, Callable[[np.ndarray], np.ndarray]]]] = {
@@ -74,15 +74,11 @@ _IGNORED = {"batch_norm": ("num_batches_tracked",)}
 @dataclasses.dataclass(frozen=True)
 class LayerMapping:
     """One PyTorch module (`torch_name`, e.g. 'backbone.layer1.0.bn1') and the Flax module
-    path it becomes (e.g. ('backbone', 'layer1_0', 'bn1')); `kind` is one of KINDS."""
+    path it becomes (e.g. ('backbone', 'layer1_0', 'bn1')); `kind` is a key of _LAYOUTS."""
 
     torch_name: str
     flax_path: tuple[str, ...]
     kind: str
-
-    def __post_init__(self):
-        if self.kind not in KINDS:
-            raise ValueError(f"LayerMapping kind must be one of {KINDS}, got {self.kind!r}")
 
 
 def wide_resnet_mapping(depth: int = 28, widen_factor: int = 2) -> tuple[LayerMapping, ...]:
@@ -119,10 +115,6 @@ def wide_resnet_mapping(depth: int = 28, widen_factor: int = 2) -> tuple[LayerMa
     return tuple(table)
 
 
-# torchvision's resnet.py: depth -> (blocks per stage, bottleneck).
-RESNET_STAGES = {18: ((2, 2, 2, 2), False), 34: ((3, 4, 6, 3), False), 50: ((3, 4, 6, 3), True)}
-
-
 def _resnet_layers(
     depth: int, stem: str = "imagenet", num_classes: int = 1000
 ) -> Iterator[tuple[LayerMapping, tuple[int, ...]]]:
@@ -130,8 +122,6 @@ def _resnet_layers(
     in torchvision's order. Flax paths are comatch_jax.core.models.ResNet's automatic names."""
     if depth not in RESNET_STAGES:
         raise ValueError(f"ResNet depth must be one of {sorted(RESNET_STAGES)}, got {depth}")
-    if stem not in ("imagenet", "cifar"):
-        raise ValueError(f"ResNet stem must be 'imagenet' or 'cifar', got {stem!r}")
     stages, bottleneck = RESNET_STAGES[depth]
     kernel = 7 if stem == "imagenet" else 3
     yield LayerMapping("conv1", ("backbone", "Conv_0"), "conv"), (64, 3, kernel, kernel)
@@ -173,7 +163,7 @@ def resnet_mapping(depth: int = 50, stem: str = "imagenet") -> tuple[LayerMappin
     v1.5, downsample = Sequential(conv1x1, BatchNorm2d), fc); timm/models/resnet.py uses the
     same names for resnet18/34/50. `fc` becomes our `classifier` (loaded only where the class
     count matches). stem='cifar' expects a 3x3 conv1 (no ImageNet checkpoint has one).
-    Raises ValueError for another depth or stem.
+    Raises ValueError for another depth.
     """
     return tuple(layer for layer, _ in _resnet_layers(depth, stem))
 
@@ -240,20 +230,22 @@ class ConversionReport:
         )
 
 
-def convert_state_dict(
+def convert(
     state_dict: Mapping[str, Any],
-    mapping: Sequence[LayerMapping],
+    architecture: str,
     template: Mapping[str, Any],
     *,
     required_prefixes: Sequence[str] = ("backbone",),
     strip_prefix: str = "",
     log: Callable[[str], None] | None = logging.getLogger(__name__).warning,
+    **table_options: Any,
 ) -> tuple[dict[str, Any], ConversionReport]:
     """Converts a PyTorch state dict into Flax variables shaped like `template`.
 
     Args:
       state_dict: PyTorch name -> array (NumPy or anything np.asarray accepts).
-      mapping: the architecture's table (e.g. `wide_resnet_mapping(28, 2)`).
+      architecture: a key of MAPPINGS; the table is MAPPINGS[architecture](**table_options),
+        e.g. depth=28, widen_factor=2 for 'wide_resnet'.
       template: our model's variables, {'params': ..., 'batch_stats': ...} (arrays or
         jax.ShapeDtypeStructs are fine: only shapes and dtypes are read when a key is
         provided); leaves the state dict does not provide are copied from it.
@@ -268,8 +260,14 @@ def convert_state_dict(
       the ConversionReport.
 
     Raises:
-      ValueError (one line) if a key under `required_prefixes` is missing or mis-shaped.
+      ValueError (one line) for an unknown architecture, or if a key under
+      `required_prefixes` is missing or mis-shaped.
     """
+    if architecture not in MAPPINGS:
+        raise ValueError(
+            f"Unknown architecture {architecture!r}; known: {', '.join(sorted(MAPPINGS))}"
+        )
+    mapping = MAPPINGS[architecture](**table_options)
     state = {}
     for key, value in state_dict.items():
         if strip_prefix and key.startswith(strip_prefix):
@@ -334,29 +332,6 @@ def convert_state_dict(
             f"{report.fatal[0]!r}; check the architecture, depth and width."
         )
     return traverse_util.unflatten_dict(variables), report
-
-
-def convert(
-    state_dict: Mapping[str, Any],
-    architecture: str,
-    template: Mapping[str, Any],
-    **options: Any,
-) -> tuple[dict[str, Any], ConversionReport]:
-    """`convert_state_dict` with the table `MAPPINGS[architecture](**table options)`.
-
-    Table options (e.g. depth=28, widen_factor=2 for 'wide_resnet') go to the table
-    function; `required_prefixes`, `strip_prefix` and `log` to convert_state_dict.
-    Raises ValueError for an unknown architecture.
-    """
-    if architecture not in MAPPINGS:
-        raise ValueError(
-            f"Unknown architecture {architecture!r}; known: {', '.join(sorted(MAPPINGS))}"
-        )
-    convert_keys = {"required_prefixes", "strip_prefix", "log"}
-    table = MAPPINGS[architecture](**{k: v for k, v in options.items() if k not in convert_keys})
-    return convert_state_dict(
-        state_dict, table, template, **{k: v for k, v in options.items() if k in convert_keys}
-    )
 
 
 # Named sources: 'torchvision:NAME' / 'timm:NAME', loaded through the package's own cache.
