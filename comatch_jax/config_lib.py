@@ -170,13 +170,15 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         ("positive", lambda v: v > 0): "batch_size num_steps num_labels log_every eval_every "
         "checkpoint_every keep_checkpoints eval_batch_size comatch.temperature "
         "comatch.queue_size comatch.da_length fixmatch.da_length softmatch.n_sigma "
-        "simclr.temperature",
+        "simclr.temperature dataset.image_size",
         (">= 0", lambda v: v >= 0): "mu optim.backbone_lr_scale fixmatch.lambda_u "
         "freematch.lambda_u freematch.lambda_f softmatch.lambda_u barlow_twins.lambda_offdiag",
         ("in [0, 1]", lambda v: 0 <= v <= 1): "comatch.alpha comatch.threshold fixmatch.threshold",
         ("in [0, 1)", lambda v: 0 <= v < 1): "ema.decay comatch.threshold_momentum "
         "freematch.momentum softmatch.momentum",
+        ("in (0, 1)", lambda v: 0 < v < 1): "dataset.val_fraction",
         ("'stop' or 'skip'", lambda v: v in ("stop", "skip")): "nonfinite_policy",
+        ("'fail' or 'skip'", lambda v: v in ("fail", "skip")): "dataset.corrupt_policy",
         ("'fixed' or 'freematch'", lambda v: v in ("fixed", "freematch")): "comatch.threshold_rule",
         ("'mse' or 'bce'", lambda v: v in ("mse", "bce")): "autoencoder.loss",
     }

@@ -117,11 +117,15 @@ def test_workdir_of_a_different_model_is_refused_and_kept(tmp_path):
         ("batch_size", 0, "batch_size must be positive"),
         ("num_steps", -1, "num_steps must be positive"),
         ("num_labels", 0, "num_labels must be positive"),
+        ("dataset.image_size", 0, "dataset.image_size must be positive"),
+        ("dataset.val_fraction", 1.0, r"dataset.val_fraction must be in \(0, 1\)"),
+        ("dataset.corrupt_policy", "ignore", "dataset.corrupt_policy must be 'fail' or 'skip'"),
     ],
 )
 def test_invalid_values_are_rejected(field, value, message):
     config = config_lib.base_config()
-    config[field] = value
+    section, _, name = field.rpartition(".")
+    (config[section] if section else config)[name] = value
     with pytest.raises(ValueError, match=message):
         config_lib.validate_config(config)
 

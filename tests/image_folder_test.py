@@ -319,20 +319,6 @@ def test_bad_folders_raise_naming_the_path(tmp_path, case):
     assert "\n" not in str(raised.value)  # one line
 
 
-@pytest.mark.parametrize(
-    "kwargs, match",
-    [
-        (dict(corrupt_policy="ignore"), "Unknown corrupt_policy 'ignore'.*fail, skip"),
-        (dict(image_size=0), "image_size must be a positive integer"),
-        (dict(val_fraction=1.0), "val_fraction must be in"),
-    ],
-)
-def test_bad_arguments(tmp_path, kwargs, match):
-    root = _make_folder(tmp_path)
-    with pytest.raises(ValueError, match=match):
-        _load(root, **kwargs)
-
-
 def test_val_class_folders_match_labeled_ones_in_either_unicode_form(tmp_path):
     """A Mac may store val/café decomposed (NFD) and labeled/café composed (NFC)."""
     composed, decomposed = "café", unicodedata.normalize("NFD", "café")

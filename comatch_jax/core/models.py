@@ -32,23 +32,19 @@ _dense_init = nn.initializers.xavier_normal()
 _torch_linear_kernel_init = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
 
 
-def _torch_linear_bias_init(fan_in: int) -> Callable[..., jax.Array]:
-    """PyTorch's default nn.Linear bias init: U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
+def torch_linear(features: int, fan_in: int, name: str) -> nn.Dense:
+    """A float32 nn.Dense initialised as PyTorch's default nn.Linear(fan_in, features): the
+    kernel as below, the bias U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
     bound = 1.0 / float(fan_in) ** 0.5
 
-    def init(key: jax.Array, shape: Sequence[int], dtype: Any = jnp.float32) -> jax.Array:
+    def bias_init(key: jax.Array, shape: Sequence[int], dtype: Any = jnp.float32) -> jax.Array:
         return jax.random.uniform(key, shape, dtype, -bound, bound)
 
-    return init
-
-
-def torch_linear(features: int, fan_in: int, name: str) -> nn.Dense:
-    """A float32 nn.Dense initialised as PyTorch's default nn.Linear(fan_in, features)."""
     return nn.Dense(
         features,
         dtype=jnp.float32,
         kernel_init=_torch_linear_kernel_init,
-        bias_init=_torch_linear_bias_init(fan_in),
+        bias_init=bias_init,
         name=name,
     )
 

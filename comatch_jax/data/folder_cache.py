@@ -29,7 +29,6 @@ from absl import logging
 
 from comatch_jax.data.dataset import import_tensorflow, pixel_sums
 
-CORRUPT_POLICIES = ("fail", "skip")
 DEFAULT_CACHE_SUBDIR = ".comatch_cache"
 # Bump when the decoding or the cache layout changes, so that old caches are rebuilt.
 _CACHE_FORMAT = 2
@@ -55,15 +54,6 @@ class CachedPart:
     @property
     def paths(self) -> list[str]:
         return [rel for rel, _, _ in self.entries]
-
-
-def check_corrupt_policy(corrupt_policy: str) -> None:
-    """Raises ValueError (one line) unless `corrupt_policy` is one of CORRUPT_POLICIES."""
-    if corrupt_policy not in CORRUPT_POLICIES:
-        raise ValueError(
-            f"Unknown corrupt_policy {corrupt_policy!r}; set --config.dataset.corrupt_policy "
-            f"to one of {', '.join(CORRUPT_POLICIES)}."
-        )
 
 
 def prepare_cache_dir(root: str, cache_dir: str | None) -> str:
@@ -203,7 +193,6 @@ def decode_images_to_cache(
     list the `pixel_sums` of each batch are appended to it. Returns (read-only memmap of the
     decoded images, indices into `paths` of the files left out).
     """
-    check_corrupt_policy(corrupt_policy)
     if not paths:
         raise ValueError(f"No images to decode into {cache_path}; pass at least one path.")
     num, skipped, start = len(paths), [], time.monotonic()
@@ -306,7 +295,6 @@ def update_part_cache(
     ValueError naming it, as a new unreadable file does. Raises ValueError (one line) if no
     image of the part can be decoded.
     """
-    check_corrupt_policy(corrupt_policy)
     if not entries:  # nothing to cache (an unlabeled/ the run does not need)
         empty = np.zeros((0, image_size, image_size, 3), np.uint8)
         return CachedPart(empty, (), np.zeros((0, 2, 3), np.int64), ())

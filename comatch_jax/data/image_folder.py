@@ -186,7 +186,8 @@ def load_image_folder(
     back as a memmap; later loads decode only the files added or changed since. Without val/,
     a stratified `val_fraction` of labeled/ (seeded) is held out for validation. test/ is not
     read. require_unlabeled=False (a run that draws no unlabeled images) accepts a missing or
-    empty unlabeled/ (then [0, S, S, 3]).
+    empty unlabeled/ (then [0, S, S, 3]). The options' ranges are checked with the config's
+    (config_lib.validate_config).
 
     Returns an ImageDataset whose mean/std are measured exactly over the train and unlabeled
     images (from the cache's per-image pixel sums) and whose file_digests hash each part's
@@ -196,17 +197,6 @@ def load_image_folder(
     folder named `answers.UNKNOWN`, an unreadable image (corrupt_policy 'fail') or an
     unwritable cache directory.
     """
-    folder_cache.check_corrupt_policy(corrupt_policy)
-    if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size <= 0:
-        raise ValueError(
-            f"image_size must be a positive integer, got {image_size!r}; set "
-            "--config.dataset.image_size."
-        )
-    if not 0.0 < val_fraction < 1.0:
-        raise ValueError(
-            f"val_fraction must be in (0, 1), got {val_fraction}; set "
-            "--config.dataset.val_fraction."
-        )
     root = os.path.abspath(os.fspath(root))
     _check_layout(root, require_unlabeled)
     labeled_entries, class_names = _scan_class_tree(root, "labeled")

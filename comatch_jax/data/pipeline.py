@@ -277,18 +277,11 @@ def free_device_memory(device: jax.Device) -> tuple[int, str]:
     return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"), "host RAM"
 
 
-def choose_data_placement(
-    data_bytes: int, free_bytes: int, *, fraction: float = DEVICE_DATA_FRACTION
-) -> bool:
-    """True when `data_bytes` of images fit in `fraction` of `free_bytes` of a device (each
-    device holds them whole), e.g. 14 GB on an 80 GB GPU (yes) or a 16 GB one (no)."""
-    return data_bytes <= fraction * free_bytes
-
-
 def data_on_device(config: ml_collections.ConfigDict, data: SemiSupervisedData) -> bool:
     """Whether the run keeps its training images on the device: config.data_on_device when
-    set, else whether they fit (choose_data_placement, the first device's free memory).
-    Logs one line saying what was chosen and why."""
+    set, else whether they fit in DEVICE_DATA_FRACTION of the first device's free memory
+    (each device holds them whole: 14 GB fit on an 80 GB GPU, not on a 16 GB one). Logs one
+    line saying what was chosen and why."""
     images = (data.labeled_images, data.unlabeled_images)
     nbytes = sum(int(np.prod(a.shape)) * a.dtype.itemsize for a in images)
     size = f"{nbytes / 2**30:.2f} GiB of training images"
@@ -297,7 +290,7 @@ def data_on_device(config: ml_collections.ConfigDict, data: SemiSupervisedData) 
         reason = f"data_on_device={on_device} set in the config ({size})"
     else:
         free, what = free_device_memory(jax.local_devices()[0])
-        on_device = choose_data_placement(nbytes, free)
+        on_device = nbytes <= DEVICE_DATA_FRACTION * free
         reason = (
             f"{size} {'fit' if on_device else 'do not fit'} in {DEVICE_DATA_FRACTION:.0%} of the "
             f"{free / 2**30:.1f} GiB free ({what}); --config.data_on_device=True/False overrides"
