@@ -15,6 +15,7 @@ from ml_collections import config_dict
 
 # What torchvision's and timm's ImageNet weights expect (datasets' own: data/normalization.py).
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+SCHEDULES = ("cosine", "fixmatch_cosine", "constant")  # optim.schedule (core.train_state)
 CONFIGS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
 
 
@@ -179,6 +180,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         ("in (0, 1)", lambda v: 0 < v < 1): "dataset.val_fraction",
         ("'stop' or 'skip'", lambda v: v in ("stop", "skip")): "nonfinite_policy",
         ("'fail' or 'skip'", lambda v: v in ("fail", "skip")): "dataset.corrupt_policy",
+        ("cosine, fixmatch_cosine or constant", lambda v: v in SCHEDULES): "optim.schedule",
         ("'fixed' or 'freematch'", lambda v: v in ("fixed", "freematch")): "comatch.threshold_rule",
         ("'mse' or 'bce'", lambda v: v in ("mse", "bce")): "autoencoder.loss",
     }

@@ -24,26 +24,17 @@ RandomHorizontalFlip), datasets/randaugment.py (RandomAugment), datasets/cifar.p
 
 Speed design
 ------------
-* No ``lax.switch`` over the 14 ops: under ``vmap`` a switch becomes a select that
-  computes every branch for every image. Instead each drawn op slot runs ONE
-  parameterised step: a bilinear affine warp (the identity matrix, an exact no-op, for
-  photometric ops) followed by one photometric step (identity parameters for geometric
-  ops). With N = 2 that is 2 warps and 2 photometric steps per image (plus one
-  identity warp, see below), in the drawn order, whatever the ops; the weak flip + crop
-  before them is one integer gather.
-* The photometric step is a blend ``degenerate + f * (image - degenerate)`` (Color with a
-  gray degenerate, Sharpness with a smoothed one; f = 1 otherwise) followed by the
-  per-channel lookup-table ops written as per-pixel arithmetic: ``anchor_out + scale *
-  (x - anchor)`` (AutoContrast, Brightness, Contrast; identity scale 1), one gather into
-  the image's equalisation table (Equalize), a threshold (Solarize) and a bit mask
-  (Posterize).
-* The slots run as warp_0 and then a ``lax.scan`` of N steps (photometric_i,
-  warp_{i+1}), the last warp the identity, so that every photometric step reads a
-  materialised image (the loop carry): fused into its producer, its many per-pixel
-  consumers would recompute it (experiments/RESULTS.md has the timings).
-* Exact order: a geometric op drawn after a photometric one sees the photometric result
-  and vice versa (e.g. AutoContrast after Rotate includes the gray fill in its statistics,
-  as in the official code).
+* No ``lax.switch`` over the 14 ops (under ``vmap`` it computes every branch for every
+  image): each drawn op is ONE bilinear affine warp (the identity matrix, an exact no-op,
+  for photometric ops), then ONE parameterised photometric step (identity parameters for
+  geometric ops; see _photometric_step), in the drawn order whatever the ops, so a
+  geometric op drawn after a photometric one sees its result and vice versa (AutoContrast
+  after Rotate counts the gray fill, as the official code). The weak flip + crop before
+  them is one integer gather.
+* The ops run as warp_0 and then a ``lax.scan`` of (photometric_i, warp_{i+1}), the last
+  warp the identity, so that every photometric step reads a materialised image (the loop
+  carry): fused into its producer, its many per-pixel consumers would recompute it
+  (experiments/RESULTS.md has the timings).
 
 RandAugment ops at M = 10 (datasets/randaugment.py ``arg_dict`` with MAX_LEVEL = 10)
 ------------------------------------------------------------------------------------
@@ -76,10 +67,11 @@ borders, filled with ``fill``.
 
 Known differences from the official NumPy/OpenCV ops, all below one gray level per op or
 confined to degenerate cases: results are rounded where OpenCV/NumPy truncate
-(``astype(uint8)``); OpenCV's bilinear weights are fixed-point (15 bits; coordinates at 1/32 px, as here); Color and
-Contrast use PIL's luma weights 0.299 R + 0.587 G + 0.114 B where the official functions
-apply (0.114, 0.587, 0.299) to CIFAR's RGB channels; Sharpness clips to [0, 255] where the
-official cast of out-of-range floats to uint8 wraps around.
+(``astype(uint8)``); OpenCV's bilinear weights are fixed-point (15 bits; coordinates at
+1/32 px, as here); Color and Contrast use PIL's luma weights 0.299 R + 0.587 G + 0.114 B
+where the official functions apply (0.114, 0.587, 0.299) to CIFAR's RGB channels;
+Sharpness clips to [0, 255] where the official cast of out-of-range floats to uint8 wraps
+around.
 
 Per-image ops
 -------------
@@ -185,10 +177,7 @@ def _check_images(images: jax.Array) -> None:
 
 @functools.lru_cache(maxsize=None)
 def _batched_view(per_image: Callable[..., jax.Array], **options: Any) -> Callable:
-    """``jit(vmap(per_image))`` with one key per image, cached per static options.
-
-    Caching makes eager calls fast; inside an outer jit it is simply inlined.
-    """
+    """``jit(vmap(per_image))`` with one key per image, cached per static options."""
     per_image = functools.partial(per_image, **options)
 
     @jax.jit
@@ -269,9 +258,10 @@ def _warp_bilinear(image: jax.Array, matrix: jax.Array, fill: Any) -> jax.Array:
     """cv2.warpAffine(INTER_LINEAR, BORDER_CONSTANT) of a channel-first ``[C, H, W]`` image.
 
     Output pixel (x, y) samples the input at ``matrix @ (x, y, 1)`` (pixel centres at
-    integer coordinates; rounded to 1/32 px as OpenCV does) bilinearly from its 4 neighbours; a neighbour outside the image
-    reads ``fill``. Rounded to whole numbers in [0, 255] (cv2 writes uint8). An identity
-    matrix returns the image unchanged. Returns float32.
+    integer coordinates; rounded to 1/32 px as OpenCV does) bilinearly from its 4
+    neighbours; a neighbour outside the image reads ``fill``. Rounded to whole numbers in
+    [0, 255] (cv2 writes uint8). An identity matrix returns the image unchanged. Returns
+    float32.
     """
     channels, height, width = image.shape
     xs = jnp.arange(width, dtype=jnp.float32)[None, :]
@@ -565,9 +555,7 @@ def _randaugment_one(
     fill_value = jnp.float32(fill)
 
     out = jnp.moveaxis(_as_float(_warp_weak(image, do_flip, shift_y, shift_x)), -1, 0)
-    # Slot i = warp_i then photometric_i, run as warp_0 and then N scan steps
-    # (photometric_i, warp_{i+1}) with an identity warp_N: every photometric step reads
-    # the loop carry (see "Speed design" in the module docstring).
+    # warp_0, then N scan steps (photometric_i, warp_{i+1}), warp_N the identity.
     if num_ops:
         out = _randaugment_warp(out, ops[0], signs[0], fill_value)
         identity = jnp.full((1,), IDENTITY, ops.dtype)

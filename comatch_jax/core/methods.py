@@ -48,11 +48,6 @@ class Method:
     evaluation: str = "classifier"
     display_name: str = ""
 
-    @property
-    def needs_unlabeled_data(self) -> bool:
-        """True when the method has unlabeled views, i.e. needs config.mu > 0."""
-        return bool(self.unlabeled_views)
-
 
 def _pseudo_label_accuracy(pseudo_labels: jax.Array, mask: jax.Array, batch: dict) -> jax.Array:
     """Accuracy of the kept pseudo-labels against the (never trained on) true labels."""
@@ -118,15 +113,12 @@ def comatch_loss(outputs: Outputs, batch: dict, state: dict, config) -> tuple:
     the aligned, unsmoothed probabilities (unlabeled) and one-hot labels (labeled).
 
     comatch.threshold_rule: 'fixed' (the paper) keeps q where max q >= comatch.threshold;
-    'freematch' keeps q where max q >= tau_t(argmax q), FreeMatch's self-adaptive class
-    thresholds (losses.self_adaptive_thresholds, momentum comatch.threshold_momentum) computed
-    from q itself, starting at 1/C, so a young model learns from its unlabeled images from the
-    first steps. Not in the CoMatch or FreeMatch papers; this library's combination. The
-    pseudo-label graph's threshold T (comatch.contrast_threshold) stays fixed under both
-    rules: T thresholds the similarity q_b . q_j of two pseudo-labels (which pairs count as
-    positives in L_u^ctr), not a confidence, and a threshold that starts at 1/C would join
-    most pairs of a young model's near-uniform q's into wrong positives; with the self-loops
-    W^q always has its instance pairs, so L_u^ctr teaches from the first step anyway.
+    'freematch' (this library's combination, in neither paper) where max q >= tau_t(argmax
+    q), FreeMatch's self-adaptive class thresholds (losses.self_adaptive_thresholds) on q,
+    starting at 1/C, so a young model learns from its unlabeled images from the first steps.
+    The graph's T (comatch.contrast_threshold) stays fixed: it thresholds the similarity
+    q_b . q_j of two pseudo-labels, not a confidence, and a T starting at 1/C would join a
+    young model's near-uniform q's into wrong positives (W^q's self-loops teach anyway).
 
     comatch.unknown_weighting (for unlabeled pools holding images of no known class) weighs
     each kept term of L_u^cls by losses.labeled_similarity_weights: images least like any

@@ -4,10 +4,8 @@ A Network maps float images [B, H, W, C] (already normalised) to a dict with `lo
 [B, num_classes], `embedding` [B, low_dim] (unit norm, CoMatch's z), `features` [B, F]
 (the pooled backbone output, used by probes and analysis) and, when configured, the SSL
 `projection` / `prediction` and the autoencoder's `reconstruction`. Backbone parameters
-live under 'backbone', so a pretrained encoder can be loaded into another run.
-`dtype` is the backbone's activation dtype (bfloat16 on GPU/TPU); parameters stay float32,
-and the heads (classifier, embedding head, projector, predictor, decoder) always compute in
-float32 on the float32 pooled features, so every loss sees float32 logits and embeddings.
+live under 'backbone', so a pretrained encoder can be loaded into another run. Parameters
+are float32; the backbone computes in `dtype` (bfloat16 on GPU/TPU), the heads in float32.
 """
 
 from __future__ import annotations
@@ -33,8 +31,8 @@ _torch_linear_kernel_init = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in"
 
 
 def torch_linear(features: int, fan_in: int, name: str) -> nn.Dense:
-    """A float32 nn.Dense initialised as PyTorch's default nn.Linear(fan_in, features): the
-    kernel as below, the bias U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
+    """A float32 nn.Dense initialised as PyTorch's default nn.Linear(fan_in, features):
+    kernel and bias U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
     bound = 1.0 / float(fan_in) ** 0.5
 
     def bias_init(key: jax.Array, shape: Sequence[int], dtype: Any = jnp.float32) -> jax.Array:
@@ -415,12 +413,11 @@ def create_model(
 
     `image_shape` is needed only when config.decoder is on (the autoencoder). `num_devices`
     is the size of the data-parallel mesh: with config.batch_norm = 'per_device' each
-    device's shard of the batch is normalised with its own statistics; with 'global' BatchNorm
-    statistics span the whole global batch, so any number of devices computes what one device
-    would. Every BatchNorm (backbone and heads) shares config.bn_momentum and
-    config.bn_unbiased_running_var; the backbone's computes in config.dtype and is frozen with
-    config.freeze_backbone_bn, the heads' compute in float32. Raises ValueError for an
-    unknown name, dtype or batch_norm mode.
+    device's shard of the batch is normalised with its own statistics; with 'global' the
+    statistics span the global batch, so any number of devices computes what one would.
+    Every BatchNorm shares bn_momentum and bn_unbiased_running_var; the backbone's computes
+    in config.dtype and is frozen with freeze_backbone_bn. Raises ValueError for an unknown
+    name, dtype or batch_norm mode.
     """
     if config.dtype not in _DTYPES:
         raise ValueError(f"model.dtype must be one of {sorted(_DTYPES)}, got {config.dtype!r}")

@@ -32,10 +32,7 @@ comatch_jax.core.models.WideResNet inside models.Network; 'resnet' = torchvision
 (torchvision/models/resnet.py: `conv1`, `bn1`, `layer{1-4}.{i}.{conv,bn}{1,2[,3]}`,
 `layer{1-4}.0.downsample.{0,1}`, `fc`), which timm's `resnet18` / `resnet50` (timm/models/
 resnet.py, default downsample) share key for key, onto comatch_jax.core.models.ResNet.
-
-Files (`load_state_dict`): `.safetensors` through the safetensors package's NumPy API (no
-torch at run time); `.pth` / `.pt` / `.bin` need torch; a named source
-'torchvision:NAME' / 'timm:NAME' goes through that package's own download cache.
+`load_state_dict` reads the files (.safetensors without torch).
 """
 
 from __future__ import annotations
@@ -436,13 +433,9 @@ def architecture_of(model_config: Any) -> tuple[str, dict[str, Any]]:
     """(MAPPINGS name, table options) for a `config.model`: resnet -> ('resnet',
     {depth, stem}), wide_resnet -> ('wide_resnet', {depth, widen_factor}). Raises
     ValueError for a model without a PyTorch layout (small_cnn)."""
-    if model_config.name == "resnet":
-        return "resnet", {"depth": model_config.depth, "stem": model_config.stem}
-    if model_config.name == "wide_resnet":
-        return "wide_resnet", {
-            "depth": model_config.depth,
-            "widen_factor": model_config.widen_factor,
-        }
+    options = {"resnet": ("depth", "stem"), "wide_resnet": ("depth", "widen_factor")}
+    if model_config.name in options:
+        return model_config.name, {name: model_config[name] for name in options[model_config.name]}
     raise ValueError(
         f"model.init_from_torch needs model.name resnet or wide_resnet (a PyTorch layout), "
         f"got {model_config.name!r}"

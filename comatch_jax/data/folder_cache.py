@@ -74,25 +74,13 @@ def prepare_cache_dir(root: str, cache_dir: str | None) -> str:
 
 
 def random_access(images: np.ndarray) -> np.ndarray:
-    """`images` (a memmap of the cache) advised MADV_RANDOM, and returned.
-
-    Training reads a few hundred scattered rows a step; with the kernel's default read-around
-    every page fault also reads the neighbouring pages, filling the page cache with rows never
-    used. MADV_RANDOM (Python's mmap.madvise; a no-op where absent) reads only the pages a
-    row covers.
-    """
+    """`images` (a memmap of the cache) advised MADV_RANDOM (a no-op where absent): training
+    reads a few hundred scattered rows a step, and the kernel's default read-around would
+    fill the page cache with the neighbouring rows, never used."""
     advice, handle = getattr(mmap, "MADV_RANDOM", None), getattr(images, "_mmap", None)
     if advice is not None and handle is not None and hasattr(handle, "madvise"):
         handle.madvise(advice)
     return images
-
-
-def entries_digest(entries: Sequence[Entry]) -> str:
-    """sha256 hex over the (path, size, mtime_ns) entries, in the given order."""
-    digest = hashlib.sha256()
-    for rel, size, mtime in entries:
-        digest.update(f"{rel}\0{size}\0{mtime}\n".encode("utf-8", "surrogateescape"))
-    return digest.hexdigest()
 
 
 # -------------------------------------------------------------------------- decoding

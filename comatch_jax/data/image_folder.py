@@ -12,7 +12,12 @@ from absl import logging
 
 from comatch_jax.data import folder_cache
 from comatch_jax.data.answers import UNKNOWN, class_key
-from comatch_jax.data.dataset import ImageDataset, format_channels, statistics_from_sums
+from comatch_jax.data.dataset import (
+    ImageDataset,
+    entries_digest,
+    format_channels,
+    statistics_from_sums,
+)
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp")
 # Fewer evaluation images per class than this: the accuracy is noisy (one image of a class
@@ -289,9 +294,9 @@ def load_image_folder(
         unlabeled_paths=tuple(unlabeled.paths),
         skipped_corrupt=tuple(rel for rel, _, _ in skipped),
         file_digests={
-            "train": folder_cache.entries_digest(train_entries),
-            "test": folder_cache.entries_digest(test_entries),
-            "unlabeled": folder_cache.entries_digest(unlabeled.entries),
+            "train": entries_digest(train_entries),
+            "test": entries_digest(test_entries),
+            "unlabeled": entries_digest(unlabeled.entries),
         },
     )
     logging.info(

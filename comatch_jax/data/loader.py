@@ -16,8 +16,8 @@ SOURCES = ("auto", "tfds", "idx")
 
 def draws_unlabeled_images(config: ml_collections.ConfigDict) -> bool:
     """Whether a run of `config` draws unlabeled images: mu > 0 or a method that trains on
-    them (methods.Method.needs_unlabeled_data)."""
-    return config.mu > 0 or methods.get_method(config.method).needs_unlabeled_data
+    them (a method with unlabeled views)."""
+    return config.mu > 0 or bool(methods.get_method(config.method).unlabeled_views)
 
 
 def load_dataset(config: ml_collections.ConfigDict) -> ImageDataset:

@@ -114,22 +114,15 @@ def split_labeled_unlabeled(
     )
 
 
-def _check_dataset(config: ml_collections.ConfigDict, dataset: ImageDataset) -> None:
-    """One-line ValueErrors for data no run of `config` can train on: fewer than 2 classes,
-    or images too small for small_cnn, which halves them len(widths) - 1 times (VALID 2x2
-    pooling leaves no pixels of a smaller image; wide_resnet and resnet take any size)."""
-    folder = dataset.name == "image_folder"
-    if dataset.num_classes < 2:
-        raise ValueError(
-            f"{dataset.source} has {dataset.num_classes} class "
-            f"({', '.join(dataset.class_names) or 'none'}); a classifier needs at least 2 "
-            f"{'class folders under labeled/' if folder else 'classes in the dataset'}."
-        )
+def _check_image_size(config: ml_collections.ConfigDict, dataset: ImageDataset) -> None:
+    """A one-line ValueError for images too small for small_cnn, which halves them
+    len(widths) - 1 times (VALID 2x2 pooling leaves no pixels of a smaller image; wide_resnet
+    and resnet take any size). (An image folder of one class is refused as it is read.)"""
     (height, width), needed = dataset.train_images.shape[1:3], 2 ** (len(config.model.widths) - 1)
     if config.model.name == "small_cnn" and min(height, width) < needed:
         fix = (
             f"set --config.dataset.image_size={needed} or more"
-            if folder
+            if dataset.name == "image_folder"
             else f"use at most {int(np.log2(min(height, width))) + 1} model.widths"
         )
         raise ValueError(
@@ -151,7 +144,7 @@ def prepare_data(config: ml_collections.ConfigDict, dataset: Any = None) -> Semi
     """
     options = config.dataset
     dataset = dataset if dataset is not None else loader.load_dataset(config)
-    _check_dataset(config, dataset)
+    _check_image_size(config, dataset)
     mean, std = resolve_normalization(options.mean, options.std, dataset)
     folder = dataset.name == "image_folder"
     images, labels = dataset.train_images, dataset.train_labels
@@ -208,7 +201,7 @@ def prepare_data(config: ml_collections.ConfigDict, dataset: Any = None) -> Semi
             else:
                 pool_images = pool_images[keep]
     if not len(pool_ids) and loader.draws_unlabeled_images(config):
-        needs = methods.get_method(config.method).needs_unlabeled_data
+        needs = bool(methods.get_method(config.method).unlabeled_views)
         what = f"method={config.method} trains on" if needs else f"mu={config.mu} asks for"
         fix = "set --config.mu=0"
         if needs:
@@ -375,15 +368,12 @@ def epoch_permutation_indices(
     batch_size: int,
     stream: int = LABELED_STREAM,
 ) -> Any:
-    """Indices int32[batch_size] of batch `step` in an epoch-wise shuffled stream.
-
-    Position p = step * batch_size + i is element p % N of epoch p // N's permutation of
-    [0, N), N = dataset_size: every index once per epoch; batches may span epochs (64 labeled
+    """Indices int32[batch_size] of batch `step` of the epoch-wise shuffled stream above:
+    every index of [0, dataset_size) once per epoch; batches may span epochs (64 labeled
     images drawn from 40). `rng` is a PRNG key (raw uint32 or typed); `stream` separates
-    streams drawn with one key. O(batch_size) work and memory. Inside jit (a traced `rng` or
-    `step`) returns a jax.Array, otherwise a NumPy array with the same values. Positions are
-    int32: valid below 2**31 images seen. Raises ValueError for dataset_size outside
-    [1, 2**31) or a key that is not uint32 data.
+    streams drawn with one key. Inside jit (a traced `rng` or `step`) returns a jax.Array
+    (int32 positions: below 2**31 images seen), otherwise a NumPy array of the same values.
+    Raises ValueError for dataset_size outside [1, 2**31) or a key that is not uint32 data.
     """
     if not 1 <= dataset_size < 2**31:
         raise ValueError(f"dataset_size must be in [1, 2**31), got {dataset_size}")

@@ -41,13 +41,6 @@ def with_pretrained_normalization(
     return dataclasses.replace(data, mean=mean, std=std)
 
 
-def _strip_prefix(state_dict: dict[str, np.ndarray]) -> str:
-    """'module.' when every key has it (a DistributedDataParallel checkpoint), else ''."""
-    if state_dict and all(key.startswith("module.") for key in state_dict):
-        return "module."
-    return ""
-
-
 def _adapt_input_channels(
     state_dict: dict[str, np.ndarray],
     first_conv: torch_weights.LayerMapping,
@@ -103,7 +96,8 @@ def initialise_from_torch(
     mapping = torch_weights.MAPPINGS[architecture](**options)
     state_dict = torch_weights.load_state_dict(source)
     template = jax.device_get({"params": state.params, "batch_stats": state.batch_stats})
-    prefix = _strip_prefix(state_dict)
+    # 'module.' before every key: a DistributedDataParallel checkpoint.
+    prefix = "module." if state_dict and all(k.startswith("module.") for k in state_dict) else ""
     state_dict = _adapt_input_channels(state_dict, mapping[0], template, prefix, log)
     variables, report = torch_weights.convert(
         state_dict, architecture, template, strip_prefix=prefix, log=logging.warning, **options

@@ -101,7 +101,8 @@ def train_and_evaluate(
             method=method,
             # An image folder's unlabeled images have no truth: no pseudo-label accuracy.
             truth_known=bool(np.any(np.asarray(data.unlabeled_labels) >= 0)),
-            last_checkpoint=lambda: _last_complete(checkpoints),
+            # The last complete checkpoint: waits for an asynchronous save.
+            last_checkpoint=lambda: checkpoints.wait_until_finished() or checkpoints.latest_step(),
         )
         pending: list[dict[str, jax.Array]] = []  # the step metrics since the last log
         results, skipped, saved, clock = {}, 0, checkpoints.latest_step(), (step, 0.0)
@@ -285,12 +286,6 @@ def _warn_if_skipped(skipped: int, steps_run: int, step: int) -> None:
                 else "."
             ),
         )
-
-
-def _last_complete(checkpoints: Any) -> int | None:
-    """The step of the last complete checkpoint (waits for an asynchronous save), or None."""
-    checkpoints.wait_until_finished()
-    return checkpoints.latest_step()
 
 
 @contextlib.contextmanager
