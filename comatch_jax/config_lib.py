@@ -180,6 +180,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         ("in (0, 1)", lambda v: 0 < v < 1): "dataset.val_fraction",
         ("'stop' or 'skip'", lambda v: v in ("stop", "skip")): "nonfinite_policy",
         ("'fail' or 'skip'", lambda v: v in ("fail", "skip")): "dataset.corrupt_policy",
+        ("auto, tfds or idx", lambda v: v in ("auto", "tfds", "idx")): "dataset.source",
         ("cosine, fixmatch_cosine or constant", lambda v: v in SCHEDULES): "optim.schedule",
         ("'fixed' or 'freematch'", lambda v: v in ("fixed", "freematch")): "comatch.threshold_rule",
         ("'mse' or 'bce'", lambda v: v in ("mse", "bce")): "autoencoder.loss",

@@ -120,6 +120,8 @@ def test_workdir_of_a_different_model_is_refused_and_kept(tmp_path):
         ("dataset.image_size", 0, "dataset.image_size must be positive"),
         ("dataset.val_fraction", 1.0, r"dataset.val_fraction must be in \(0, 1\)"),
         ("dataset.corrupt_policy", "ignore", "dataset.corrupt_policy must be 'fail' or 'skip'"),
+        ("dataset.source", "http", "dataset.source must be auto, tfds or idx"),
+        ("optim.schedule", "step", "optim.schedule must be cosine, fixmatch_cosine or constant"),
     ],
 )
 def test_invalid_values_are_rejected(field, value, message):

@@ -168,7 +168,7 @@ def test_held_out_val_is_stratified_and_seeded(tmp_path, caplog, decode_calls):
     root = _make_folder(tmp_path, per_class=10)
     with caplog.at_level(logging.INFO, logger="absl"):
         data = _load(root, val_fraction=0.2, seed=0)
-    assert "holding out 6 of 30 labeled images" in caplog.text
+    assert "Evaluating on a held-out 20 % of labeled/ (no val/), 6 images" in caplog.text
     assert data.source == f"image_folder:{root} (val: held out 20% of labeled, seed 0)"
     assert np.bincount(data.test_labels).tolist() == [2, 2, 2]
     assert np.bincount(data.train_labels).tolist() == [8, 8, 8]

@@ -162,14 +162,6 @@ def _to_uint8(image: jax.Array) -> jax.Array:
     return _round_pixels(image).astype(jnp.uint8)
 
 
-def _float_tuple(values: Sequence[float], length: int) -> tuple[float, ...]:
-    """Hashable option tuple; checks its length."""
-    values = tuple(float(v) for v in values)
-    if len(values) != length:
-        raise ValueError(f"expected {length} values, got {values}")
-    return values
-
-
 def _check_images(images: jax.Array) -> None:
     if images.ndim != 4:
         raise ValueError(f"expected images [B, H, W, C], got shape {images.shape}")
@@ -768,9 +760,9 @@ def simclr_view(
     view = _batched_view(
         _simclr_one,
         flip=bool(flip),
-        crop_scale=_float_tuple(crop_scale, 2),
-        crop_ratio=_float_tuple(crop_ratio, 2),
-        jitter_strength=_float_tuple(jitter_strength, 4),
+        crop_scale=tuple(map(float, crop_scale)),  # tuples: hashable, one cache entry
+        crop_ratio=tuple(map(float, crop_ratio)),
+        jitter_strength=tuple(map(float, jitter_strength)),
         jitter_prob=float(jitter_prob),
         grayscale_prob=float(grayscale_prob),
     )

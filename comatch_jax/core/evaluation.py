@@ -1,13 +1,7 @@
-"""Evaluation and inference on arrays (pure JAX and NumPy; no TensorFlow, no saved runs).
-
-- `make_predict_fn` / `predict`: a model's class probabilities, CoMatch embeddings and pooled
-  features for uint8 images, in fixed-size batches (the last one padded, so one compilation
-  serves every batch).
-- `evaluate`: test accuracy and mean NLL of a classifier, the last batch padded and masked.
-- `knn_predict`, `knn_evaluate`: weighted kNN on frozen features (Wu et al. 2018), how
-  self-supervised methods, whose classifier is untrained, are evaluated.
-- `fit_linear_probe`, `linear_probe_predict`: a linear probe on frozen features.
-- `feature_maps`: every convolution's output for one image.
+"""Evaluation and inference on arrays (pure JAX and NumPy; no TensorFlow, no saved runs):
+a model's predictions in fixed-size batches (the last one padded, so one compilation serves
+every batch), a classifier's test accuracy, weighted kNN and a linear probe on frozen
+features (how self-supervised methods are evaluated), and a model's feature maps.
 """
 
 from __future__ import annotations

@@ -2,37 +2,19 @@
 
 A PyTorch `state_dict` (name -> array; pass tensors as NumPy arrays, e.g. `t.numpy()`) is
 converted into the `{'params': ..., 'batch_stats': ...}` of one of our models by a mapping
-table: one `LayerMapping` per PyTorch module, naming its Flax module path and its kind.
-
-Layout rules per kind (PyTorch -> Flax):
-
-==========  ===================================  =====================================
-kind        PyTorch key                          Flax leaf
-==========  ===================================  =====================================
-conv        weight [O, I, kH, kW]                params/.../kernel [kH, kW, I, O]
-            bias [O]                             params/.../bias [O]
-linear      weight [out, in]                     params/.../kernel [in, out]
-            bias [out]                           params/.../bias [out]
-batch_norm  weight, bias [C]                     params/.../scale, params/.../bias
-            running_mean, running_var [C]        batch_stats/.../mean, batch_stats/.../var
-            num_batches_tracked                  (ignored: no Flax counterpart)
-==========  ===================================  =====================================
+table (`MAPPINGS`: the official CoMatch WideResnet, torchvision's and timm's ResNets): one
+`LayerMapping` per PyTorch module, naming its Flax module path and its kind, whose layout
+rule is in _LAYOUTS (a conv weight [O, I, kH, kW] becomes a kernel [kH, kW, I, O], a linear
+weight [out, in] a kernel [in, out]; BatchNorm's weight and bias become scale and bias, its
+running statistics batch_stats mean and var; num_batches_tracked has no counterpart).
 
 The conversion is driven by a template (our model's `model.init` variables): a key is
 expected only where the template has the Flax leaf (so a conv without bias expects no
 `bias`). Leaves the state dict does not provide keep the template's values, as PyTorch's
 `load_state_dict(strict=False)` keeps a fresh classifier. The report lists, one line each,
 the missing, unexpected and mis-shaped keys; a missing or mis-shaped key under a required
-prefix (the backbone by default) raises a one-line ValueError.
-
-Architectures (`MAPPINGS`): 'wide_resnet' = the official CoMatch / FixMatch WideResnet
-(github salesforce/CoMatch, WideResNet.py: `backbone.conv1`, `backbone.layer{1,2,3}.{i}.
-{bn1,conv1,bn2,conv2,downsample}`, `backbone.bn_last`, `classifier`, `fc1`, `fc2`) onto
-comatch_jax.core.models.WideResNet inside models.Network; 'resnet' = torchvision's ResNet-18/34/50
-(torchvision/models/resnet.py: `conv1`, `bn1`, `layer{1-4}.{i}.{conv,bn}{1,2[,3]}`,
-`layer{1-4}.0.downsample.{0,1}`, `fc`), which timm's `resnet18` / `resnet50` (timm/models/
-resnet.py, default downsample) share key for key, onto comatch_jax.core.models.ResNet.
-`load_state_dict` reads the files (.safetensors without torch).
+prefix (the backbone by default) raises a one-line ValueError. `load_state_dict` reads the
+files (.safetensors without torch).
 """
 
 from __future__ import annotations
@@ -237,28 +219,16 @@ def convert(
     log: Callable[[str], None] | None = logging.getLogger(__name__).warning,
     **table_options: Any,
 ) -> tuple[dict[str, Any], ConversionReport]:
-    """Converts a PyTorch state dict into Flax variables shaped like `template`.
+    """Converts `state_dict` (PyTorch name -> array) into Flax variables shaped like
+    `template` (our model's {'params', 'batch_stats'}: arrays or jax.ShapeDtypeStructs), with
+    the table MAPPINGS[architecture](**table_options), e.g. depth=28, widen_factor=2 for
+    'wide_resnet'. Every leaf under `required_prefixes` (top-level Flax names) must be
+    provided, with the right shape. `strip_prefix` is removed from every key first ('module.'
+    for a DistributedDataParallel checkpoint); `log` gets each report line (None: silent).
 
-    Args:
-      state_dict: PyTorch name -> array (NumPy or anything np.asarray accepts).
-      architecture: a key of MAPPINGS; the table is MAPPINGS[architecture](**table_options),
-        e.g. depth=28, widen_factor=2 for 'wide_resnet'.
-      template: our model's variables, {'params': ..., 'batch_stats': ...} (arrays or
-        jax.ShapeDtypeStructs are fine: only shapes and dtypes are read when a key is
-        provided); leaves the state dict does not provide are copied from it.
-      required_prefixes: Flax top-level names (first path element) whose leaves must all
-        be provided with the right shape.
-      strip_prefix: removed from the start of every state-dict key first ('module.' for a
-        DistributedDataParallel checkpoint).
-      log: called with each report line (None: silent).
-
-    Returns:
-      (variables, report): NumPy variables with the template's structure and dtypes, and
-      the ConversionReport.
-
-    Raises:
-      ValueError (one line) for an unknown architecture, or if a key under
-      `required_prefixes` is missing or mis-shaped.
+    Returns (NumPy variables with the template's structure and dtypes, the report). Raises
+    ValueError (one line) for an unknown architecture, or a required key that is missing or
+    mis-shaped.
     """
     if architecture not in MAPPINGS:
         raise ValueError(

@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 from absl import logging
 
+from comatch_jax import atomic_files
 from comatch_jax.data.dataset import import_tensorflow, pixel_sums
 
 DEFAULT_CACHE_SUBDIR = ".comatch_cache"
@@ -34,7 +35,7 @@ DEFAULT_CACHE_SUBDIR = ".comatch_cache"
 _CACHE_FORMAT = 2
 _DECODE_BATCH = 256
 _DECODE_LOG_EVERY = 20_000  # images
-_TEMP_PID = re.compile(r"\.(?:tmp|new)-(\d+)")
+_TEMP_PID = re.compile(r"\.tmp-(\d+)")
 
 Entry = tuple[str, int, int]  # (path relative to the root, size in bytes, mtime_ns)
 
@@ -141,29 +142,6 @@ def _npy_header(shape: tuple[int, ...], length: int | None = None) -> bytes:
     return b"\x93NUMPY\x01\x00" + len(header).to_bytes(2, "little") + header
 
 
-class _NpyRowWriter:
-    """Appends uint8 rows to a new .npy file of at most `max_rows` rows with plain writes;
-    `close` sets the header to the rows written."""
-
-    def __init__(self, path: str, max_rows: int, row_shape: tuple[int, ...]):
-        self.path, self.row_shape, self.rows = path, tuple(row_shape), 0
-        self._header = _npy_header((max_rows,) + self.row_shape)
-        self._file = open(path, "wb")
-        self._file.write(self._header)
-
-    def write(self, rows: np.ndarray) -> None:
-        rows = np.ascontiguousarray(rows, dtype=np.uint8)
-        assert rows.shape[1:] == self.row_shape, (rows.shape, self.row_shape)
-        self._file.write(memoryview(rows).cast("B"))
-        self.rows += len(rows)
-
-    def close(self) -> None:
-        self._file.seek(0)
-        self._file.write(_npy_header((self.rows,) + self.row_shape, len(self._header)))
-        self._file.truncate(len(self._header) + self.rows * int(np.prod(self.row_shape)))
-        self._file.close()
-
-
 def decode_images_to_cache(
     paths: Sequence[str],
     root: str,
@@ -177,38 +155,43 @@ def decode_images_to_cache(
 
     Images stream batch by batch into a temporary file renamed to `cache_path` only when
     complete. Unreadable files raise (corrupt_policy 'fail': ValueError naming the first) or
-    are left out ('skip'; ValueError if none is left). With a `row_sums`
-    list the `pixel_sums` of each batch are appended to it. Returns (read-only memmap of the
-    decoded images, indices into `paths` of the files left out).
+    are left out ('skip'; ValueError if none is left). With a `row_sums` list the
+    `pixel_sums` of each batch are appended to it. Returns (read-only memmap of the decoded
+    images, indices into `paths` of the files left out).
     """
     if not paths:
         raise ValueError(f"No images to decode into {cache_path}; pass at least one path.")
     num, skipped, start = len(paths), [], time.monotonic()
-    temp = f"{cache_path}.tmp-{os.getpid()}"
+    row_shape, written, next_log = (image_size, image_size, 3), 0, _DECODE_LOG_EVERY
+    header = _npy_header((num, *row_shape))  # rewritten in place for the rows written
+    temp, full_paths = f"{cache_path}.tmp-{os.getpid()}", [os.path.join(root, p) for p in paths]
     try:
-        writer = _NpyRowWriter(temp, num, (image_size, image_size, 3))
-        next_log = _DECODE_LOG_EVERY
-        for indices, batch in _decoded_batches([os.path.join(root, p) for p in paths], image_size):
-            done = writer.rows + len(skipped)
-            skipped.extend(int(i) for i in np.setdiff1d(np.arange(done, indices[-1] + 1), indices))
+        with open(temp, "wb") as f:
+            f.write(header)
+            for indices, batch in _decoded_batches(full_paths, image_size):
+                gap = np.setdiff1d(np.arange(written + len(skipped), indices[-1] + 1), indices)
+                skipped.extend(int(i) for i in gap)  # files that failed to decode
+                if skipped and corrupt_policy == "fail":
+                    raise _corrupt_image_error(root, paths[skipped[0]], image_size)
+                f.write(memoryview(np.ascontiguousarray(batch, dtype=np.uint8)).cast("B"))
+                written += len(batch)
+                if row_sums is not None:
+                    row_sums.append(pixel_sums(batch))
+                if written + len(skipped) >= next_log:  # a large folder takes a while
+                    next_log += _DECODE_LOG_EVERY
+                    rate = (written + len(skipped)) / (time.monotonic() - start)
+                    logging.info(f"Decoded {written + len(skipped)}/{num} images ({rate:.0f}/s).")
+            skipped.extend(range(written + len(skipped), num))
             if skipped and corrupt_policy == "fail":
                 raise _corrupt_image_error(root, paths[skipped[0]], image_size)
-            writer.write(batch)
-            if row_sums is not None:
-                row_sums.append(pixel_sums(batch))
-            if writer.rows + len(skipped) >= next_log:  # a large folder takes a while
-                next_log += _DECODE_LOG_EVERY
-                rate = (writer.rows + len(skipped)) / (time.monotonic() - start)
-                logging.info(f"Decoded {writer.rows + len(skipped)}/{num} images ({rate:.0f}/s).")
-        skipped.extend(range(writer.rows + len(skipped), num))
-        if skipped and corrupt_policy == "fail":
-            raise _corrupt_image_error(root, paths[skipped[0]], image_size)
-        if not writer.rows:
-            raise ValueError(
-                f"None of the {num} images could be decoded (first: "
-                f"{os.path.join(root, paths[0])}); check that they are images."
-            )
-        writer.close()
+            if not written:
+                raise ValueError(
+                    f"None of the {num} images could be decoded (first: "
+                    f"{os.path.join(root, paths[0])}); check that they are images."
+                )
+            f.seek(0)
+            f.write(_npy_header((written, *row_shape), len(header)))
+            f.truncate(len(header) + written * int(np.prod(row_shape)))
         os.replace(temp, cache_path)
     finally:
         if os.path.exists(temp):
@@ -296,32 +279,19 @@ def update_part_cache(
         images, kept, sums, skipped = old["images"], old["entries"], old["row_sums"], old["skipped"]
         return CachedPart(images, tuple(kept), sums, tuple(skipped), reused=True)
     _remove_dead_temporaries(cache_dir, prefix)
-    pid, sums = os.getpid(), []
-    images_path, sums_path = f"{stem}.new-{pid}.npy", f"{stem}.rowstats.tmp-{pid}"
-    try:
-        paths = [rel for rel, _, _ in entries]
-        _, bad = decode_images_to_cache(
-            paths, root, image_size, images_path, corrupt_policy, row_sums=sums
-        )
-        skipped, bad = [entries[i] for i in bad], set(bad)
-        kept = [entry for i, entry in enumerate(entries) if i not in bad]
-        row_sums = np.concatenate(sums)
-        with open(sums_path, "wb") as f:
-            np.save(f, row_sums)
-        # The old .json goes first: a crash between these steps leaves no .json, and the next
-        # run rebuilds instead of reading rows that do not match their entries.
-        if os.path.exists(stem + ".json"):
-            os.remove(stem + ".json")
-        os.replace(images_path, stem + ".npy")
-        os.replace(sums_path, stem + ".rowstats")
-        temp = f"{stem}.json.tmp-{pid}"
-        with open(temp, "w", encoding="utf-8") as f:
-            meta = {"format": _CACHE_FORMAT, "root": root, "image_size": image_size}
-            json.dump({**meta, "entries": kept, "skipped": skipped}, f)
-        os.replace(temp, stem + ".json")
-    finally:
-        for leftover in (images_path, sums_path):
-            if os.path.exists(leftover):
-                os.remove(leftover)
-    images = np.load(stem + ".npy", mmap_mode="r")
+    # No .json while the part is rebuilt: a crash leaves nothing that looks complete.
+    if os.path.exists(stem + ".json"):
+        os.remove(stem + ".json")
+    sums, paths = [], [rel for rel, _, _ in entries]
+    images, bad = decode_images_to_cache(
+        paths, root, image_size, stem + ".npy", corrupt_policy, row_sums=sums
+    )
+    skipped, bad = [entries[i] for i in bad], set(bad)
+    kept = [entry for i, entry in enumerate(entries) if i not in bad]
+    row_sums = np.concatenate(sums)
+    with atomic_files.open_atomic(stem + ".rowstats", "wb") as f:
+        np.save(f, row_sums)
+    with atomic_files.open_atomic(stem + ".json", encoding="utf-8") as f:
+        meta = {"format": _CACHE_FORMAT, "root": root, "image_size": image_size}
+        json.dump({**meta, "entries": kept, "skipped": skipped}, f)
     return CachedPart(images, tuple(kept), row_sums, tuple(skipped))

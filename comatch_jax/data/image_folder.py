@@ -258,14 +258,8 @@ def load_image_folder(
             )
         test_images, test_labels = labeled.images[held_out], labeled_labels[held_out]
         test_entries = tuple(labeled.entries[i] for i in held_out)
-        val_source, skipped = (
-            f"held out {val_fraction * 100:g}% of labeled, seed {seed}",
-            labeled.skipped,
-        )
-        logging.info(
-            f"No {root}/val: holding out {len(held_out)} of {len(labeled_labels)} labeled images "
-            f"for validation ({val_fraction * 100:g}% per class, stratified, seed {seed})."
-        )
+        val_source = f"held out {val_fraction * 100:g}% of labeled, seed {seed}"
+        skipped = labeled.skipped
     train_entries = tuple(labeled.entries[i] for i in train)
     unlabeled = load("unlabeled", unlabeled_entries)  # empty if the run needs none
     skipped += unlabeled.skipped

@@ -92,8 +92,7 @@ def train_and_evaluate(
             config, data, step_fn, run_keys(config.seed)[1], replicated, batch_sharding
         )
         knn = method.evaluation == "self_supervised"
-        accuracy_of = _test_accuracy(config, model, method, data, replicated, batch_sharding)
-        evaluate = functools.partial(_evaluate, accuracy_of, writer=writer, knn=knn)
+        evaluate = _evaluator(config, model, knn, data, replicated, batch_sharding, writer)
         log_step = functools.partial(
             _log_step,
             config=config,
@@ -244,32 +243,6 @@ def _log_step(
     return skipped
 
 
-def _evaluate(
-    accuracy_of: Callable[[Any, Any], dict[str, float]],
-    state: TrainState,
-    step: int,
-    *,
-    writer: metrics.HeldUntilCheckpoint,
-    knn: bool,
-) -> dict[str, float]:
-    """Test accuracy of the EMA and the raw model (and the EMA model's NLL for a
-    classifier), logged and written."""
-    ema = accuracy_of(state.ema_params, state.ema_batch_stats)
-    raw = accuracy_of(state.params, state.batch_stats)
-    results = {"test_accuracy": ema["accuracy"], "test_accuracy_raw": raw["accuracy"]}
-    if "nll" in ema:
-        results["test_nll"] = ema["nll"]
-    writer.write_scalars(step, metrics.prefixed("eval/", results))
-    logging.info(
-        "step %d: test accuracy %.4f (EMA), %.4f (raw model)%s",
-        step,
-        ema["accuracy"],
-        raw["accuracy"],
-        " by kNN on frozen features" if knn else "",
-    )
-    return results
-
-
 def _warn_if_skipped(skipped: int, steps_run: int, step: int) -> None:
     """After the loop: how many of this run's steps were skipped (nonfinite_policy='skip')."""
     if skipped:
@@ -311,22 +284,24 @@ def _one_line_when_the_disk_is_full(workdir: str, checkpoints: Any) -> Iterator[
         ) from None
 
 
-def _test_accuracy(
+def _evaluator(
     config: ml_collections.ConfigDict,
     model: Any,
-    method: Any,
+    knn: bool,
     data: pipeline.SemiSupervisedData,
     replicated: NamedSharding,
     batch_sharding: NamedSharding,
-) -> Callable[[Any, Any], dict[str, float]]:
-    """accuracy_of(params, batch_stats) -> {'accuracy', and 'nll' for a classifier}: the
-    method's evaluation (its classifier, or kNN on frozen features when the classifier is
-    untrained) on the test set."""
-    if method.evaluation == "self_supervised":
+    writer: metrics.HeldUntilCheckpoint,
+) -> Callable[[TrainState, int], dict[str, float]]:
+    """evaluate(state, step): the test accuracy of the EMA and the raw model (and the EMA
+    model's NLL for a classifier), logged and written. A classifier is evaluated as itself,
+    a self-supervised method (`knn`: its classifier is untrained) by kNN on frozen
+    features."""
+    if knn:
         predict_batch = jax.jit(
             evaluation.make_predict_fn(model, config.dataset.mean, config.dataset.std)
         )
-        return lambda params, batch_stats: evaluation.knn_evaluate(
+        accuracy_of = lambda params, batch_stats: evaluation.knn_evaluate(
             predict_batch,
             {"params": params, "batch_stats": batch_stats},
             data.labeled_images,
@@ -338,16 +313,35 @@ def _test_accuracy(
             temperature=config.probe.knn_temperature,
             batch_size=config.eval_batch_size,
         )
-    eval_step = jax.jit(
-        train_step.make_eval_step(model, config),
-        in_shardings=(replicated, replicated, batch_sharding, batch_sharding, batch_sharding),
-    )
-    return lambda params, batch_stats: evaluation.evaluate(
-        eval_step,
-        params,
-        batch_stats,
-        data.test_images,
-        data.test_labels,
-        config.eval_batch_size,
-        sharding=batch_sharding,
-    )
+    else:
+        eval_step = jax.jit(
+            train_step.make_eval_step(model, config),
+            in_shardings=(replicated, replicated, batch_sharding, batch_sharding, batch_sharding),
+        )
+        accuracy_of = lambda params, batch_stats: evaluation.evaluate(
+            eval_step,
+            params,
+            batch_stats,
+            data.test_images,
+            data.test_labels,
+            config.eval_batch_size,
+            sharding=batch_sharding,
+        )
+
+    def evaluate(state: TrainState, step: int) -> dict[str, float]:
+        ema = accuracy_of(state.ema_params, state.ema_batch_stats)
+        raw = accuracy_of(state.params, state.batch_stats)
+        results = {"test_accuracy": ema["accuracy"], "test_accuracy_raw": raw["accuracy"]}
+        if "nll" in ema:
+            results["test_nll"] = ema["nll"]
+        writer.write_scalars(step, metrics.prefixed("eval/", results))
+        logging.info(
+            "step %d: test accuracy %.4f (EMA), %.4f (raw model)%s",
+            step,
+            ema["accuracy"],
+            raw["accuracy"],
+            " by kNN on frozen features" if knn else "",
+        )
+        return results
+
+    return evaluate
