@@ -15,7 +15,6 @@ from ml_collections import config_dict
 
 # What torchvision's and timm's ImageNet weights expect (datasets' own: data/normalization.py).
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-SCHEDULES = ("cosine", "fixmatch_cosine", "constant")  # optim.schedule (core.train_state)
 CONFIGS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
 
 
@@ -178,17 +177,27 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         ("in [0, 1)", lambda v: 0 <= v < 1): "ema.decay comatch.threshold_momentum "
         "freematch.momentum softmatch.momentum",
         ("in (0, 1)", lambda v: 0 < v < 1): "dataset.val_fraction",
-        ("'stop' or 'skip'", lambda v: v in ("stop", "skip")): "nonfinite_policy",
-        ("'fail' or 'skip'", lambda v: v in ("fail", "skip")): "dataset.corrupt_policy",
-        ("auto, tfds or idx", lambda v: v in ("auto", "tfds", "idx")): "dataset.source",
-        ("cosine, fixmatch_cosine or constant", lambda v: v in SCHEDULES): "optim.schedule",
-        ("'fixed' or 'freematch'", lambda v: v in ("fixed", "freematch")): "comatch.threshold_rule",
-        ("'mse' or 'bce'", lambda v: v in ("mse", "bce")): "autoencoder.loss",
+    }
+    one_of = {  # the values a field may take
+        "nonfinite_policy": ("stop", "skip"),
+        "comatch.threshold_rule": ("fixed", "freematch"),
+        "autoencoder.loss": ("mse", "bce"),
+        "optim.schedule": ("fixmatch_cosine", "cosine", "constant"),
+        "dataset.source": ("auto", "tfds", "idx"),
+        "dataset.corrupt_policy": ("fail", "skip"),
+        "model.name": ("small_cnn", "wide_resnet", "resnet"),
+        "model.stem": ("imagenet", "cifar"),
+        "model.dtype": ("float32", "bfloat16", "float16"),
+        "model.batch_norm": ("global", "per_device"),
     }
     checks = [
         (test(c[f]), f"{f} must be {what}, got {c[f]!r}")
         for (what, test), fields in must_be.items()
         for f in fields.split()
+    ]
+    checks += [
+        (c[f] in values, f"{f} must be {' or '.join(map(repr, values))}, got {c[f]!r}")
+        for f, values in one_of.items()
     ]
     needs_model = {
         "projector_widths": ("barlow_twins", "simsiam", "comatch_bt"),

@@ -142,9 +142,7 @@ _PIL_LUMA = (0.299, 0.587, 0.114)
 _CROP_ATTEMPTS = 10
 
 
-# ---------------------------------------------------------------------------
-# Small helpers
-# ---------------------------------------------------------------------------
+# ---------------------------------------------------------------------- Small helpers
 
 
 def _as_float(image: jax.Array) -> jax.Array:
@@ -199,9 +197,7 @@ def reflect_index(index: jax.Array, size: int) -> jax.Array:
     return jnp.where(index >= size, period - index, index)
 
 
-# ---------------------------------------------------------------------------
-# Geometric ops: 3x3 inverse affine matrices (OpenCV convention), bilinear warp
-# ---------------------------------------------------------------------------
+# ---------- Geometric ops: 3x3 inverse affine matrices (OpenCV convention), bilinear warp
 
 
 def _matrix(a: Any, b: Any, c: Any, d: Any, e: Any, f: Any) -> jax.Array:
@@ -310,9 +306,7 @@ def _warp_weak(
     return _gather_pixels(image, rows, cols)
 
 
-# ---------------------------------------------------------------------------
-# Photometric ops: one shared, parameterised step (blend + LUT-type ops)
-# ---------------------------------------------------------------------------
+# ------------- Photometric ops: one shared, parameterised step (blend + LUT-type ops)
 
 
 class PhotometricParams(NamedTuple):
@@ -450,9 +444,7 @@ def cutout(image: jax.Array, center_y: Any, center_x: Any, size: Any, fill: Any)
     return jnp.where(inside[..., None], jnp.float32(fill), image)
 
 
-# ---------------------------------------------------------------------------
-# Views
-# ---------------------------------------------------------------------------
+# ------------------------------------------------------------------------------ Views
 
 
 def _sample_weak_params(

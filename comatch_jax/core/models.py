@@ -371,8 +371,6 @@ class ResNet(nn.Module):
             )
         stages, bottleneck = RESNET_STAGES[self.depth]
         norm = functools.partial(self.norm, use_running_average=not train)
-        if self.stem not in ("imagenet", "cifar"):
-            raise ValueError(f"ResNet stem must be 'imagenet' or 'cifar', got {self.stem!r}")
         size, stride = (7, 2) if self.stem == "imagenet" else (3, 1)
         x = nn.Conv(
             64,
@@ -399,8 +397,6 @@ class ResNet(nn.Module):
 
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
-MODEL_NAMES = ("small_cnn", "wide_resnet", "resnet")
-BATCH_NORM_MODES = ("global", "per_device")
 
 
 def create_model(
@@ -416,17 +412,9 @@ def create_model(
     device's shard of the batch is normalised with its own statistics; with 'global' the
     statistics span the global batch, so any number of devices computes what one would.
     Every BatchNorm shares bn_momentum and bn_unbiased_running_var; the backbone's computes
-    in config.dtype and is frozen with freeze_backbone_bn. Raises ValueError for an unknown
-    name, dtype or batch_norm mode.
+    in config.dtype and is frozen with freeze_backbone_bn. config_lib.validate_config checks
+    the name, dtype, stem and batch_norm mode.
     """
-    if config.dtype not in _DTYPES:
-        raise ValueError(f"model.dtype must be one of {sorted(_DTYPES)}, got {config.dtype!r}")
-    if config.batch_norm not in BATCH_NORM_MODES:
-        raise ValueError(
-            f"model.batch_norm must be one of {BATCH_NORM_MODES}, got {config.batch_norm!r}"
-        )
-    if config.decoder and image_shape is None:
-        raise ValueError("model.decoder needs the image shape")
     bn_groups = num_devices if config.batch_norm == "per_device" else 1
     dtype = _DTYPES[config.dtype]
     norm = functools.partial(
@@ -437,14 +425,11 @@ def create_model(
     )
     backbone_norm = functools.partial(norm, dtype=dtype, frozen=config.freeze_backbone_bn)
     common = dict(norm=backbone_norm, dtype=dtype, name="backbone")
-    if config.name == "small_cnn":
-        backbone = SmallCNN(tuple(config.widths), config.convs_per_stage, **common)
-    elif config.name == "wide_resnet":
-        backbone = WideResNet(config.depth, config.widen_factor, **common)
-    elif config.name == "resnet":
-        backbone = ResNet(config.depth, config.stem, **common)
-    else:
-        raise ValueError(f"Unknown model.name {config.name!r}; expected one of {MODEL_NAMES}")
+    backbone = {
+        "small_cnn": lambda: SmallCNN(tuple(config.widths), config.convs_per_stage, **common),
+        "wide_resnet": lambda: WideResNet(config.depth, config.widen_factor, **common),
+        "resnet": lambda: ResNet(config.depth, config.stem, **common),
+    }[config.name]()
     return Network(
         backbone=backbone,
         num_classes=num_classes,

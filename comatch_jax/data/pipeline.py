@@ -13,6 +13,7 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import dataclasses
+import itertools
 import os
 from typing import Any, Callable
 
@@ -404,23 +405,22 @@ def batch_indices(
     Reads only the sizes of `data`'s label arrays and its `sampling_rng`, so every process of
     a multi-process run computes the same global batch and reads just its own rows.
     """
-    rng, indices = data["sampling_rng"], {}
-    sizes = [("labeled", "labels", batch_size, LABELED_STREAM)]
+    rng = data["sampling_rng"]
+    draw = lambda array, size, stream: epoch_permutation_indices(
+        rng, step, dataset_size=data[array].shape[0], batch_size=size, stream=stream
+    )
+    indices = {"labeled": draw("labels", batch_size, LABELED_STREAM)}
     if unlabeled_batch_size:
-        sizes.append(("unlabeled", "unlabeled_labels", unlabeled_batch_size, UNLABELED_STREAM))
-    for rows, array, size, stream in sizes:
-        indices[rows] = epoch_permutation_indices(
-            rng, step, dataset_size=data[array].shape[0], batch_size=size, stream=stream
-        )
+        indices["unlabeled"] = draw("unlabeled_labels", unlabeled_batch_size, UNLABELED_STREAM)
     return indices
 
 
-# Which rows (batch_indices' keys) each batch entry is gathered with, from which array.
-BATCH_SOURCES = {
-    "labeled_images": ("labeled", "labeled_images"),
-    "labels": ("labeled", "labels"),
-    "unlabeled_images": ("unlabeled", "unlabeled_images"),
-    "unlabeled_labels": ("unlabeled", "unlabeled_labels"),
+# The rows (batch_indices' keys) each array of a batch is gathered with.
+BATCH_ROWS = {
+    "labeled_images": "labeled",
+    "labels": "labeled",
+    "unlabeled_images": "unlabeled",
+    "unlabeled_labels": "unlabeled",
 }
 
 
@@ -433,11 +433,7 @@ def sample_batch(
     indices = batch_indices(
         data, step, batch_size=batch_size, unlabeled_batch_size=unlabeled_batch_size
     )
-    return {
-        name: data[array][indices[rows]]
-        for name, (rows, array) in BATCH_SOURCES.items()
-        if rows in indices
-    }
+    return {name: data[name][indices[rows]] for name, rows in BATCH_ROWS.items() if rows in indices}
 
 
 # ---------------------------------------------------------- batches for the step
@@ -465,9 +461,9 @@ def host_batch(
         return out
 
     batch = {}
-    for name, (rows, array) in BATCH_SOURCES.items():
+    for name, rows in BATCH_ROWS.items():
         if rows in indices:
-            source, selected = arrays[array], np.asarray(indices[rows])
+            source, selected = arrays[name], np.asarray(indices[rows])
             batch[name] = jax.make_array_from_callback(
                 (len(selected), *source.shape[1:]),
                 sharding,
@@ -496,36 +492,29 @@ class Prefetcher:
     ):
         if depth < 1:
             raise ValueError(f"Prefetcher depth must be >= 1, got {depth}")
-        self._make_batch, self._depth, self._stop = make_batch, depth, stop_step
-        self._next_get = self._next_put = int(start_step)
-        self._pending: collections.deque = collections.deque()
         self._pool = concurrent.futures.ThreadPoolExecutor(1, "comatch_jax-prefetch")
-        self._fill()
-
-    def _fill(self) -> None:
-        while len(self._pending) < self._depth and (
-            self._stop is None or self._next_put < self._stop
-        ):
-            self._pending.append(self._pool.submit(self._make_batch, self._next_put))
-            self._next_put += 1
+        steps = itertools.count(start_step) if stop_step is None else range(start_step, stop_step)
+        # Submitted as they are taken: `depth` now, then one more at each `get`.
+        self._submitted = (self._pool.submit(make_batch, step) for step in steps)
+        self._pending = collections.deque(itertools.islice(self._submitted, depth))
+        self._next, self._stop = int(start_step), stop_step
 
     def get(self, step: int) -> Any:
         """make_batch(step); blocks until it is ready."""
-        if step != self._next_get:
+        if step != self._next:
             raise ValueError(
                 f"Prefetcher serves consecutive steps: asked for step {step}, the next is "
-                f"{self._next_get}; make a new Prefetcher to start elsewhere."
+                f"{self._next}; make a new Prefetcher to start elsewhere."
             )
         if not self._pending:
             raise ValueError(f"Prefetcher stops before step {self._stop}, asked for {step}")
-        future = self._pending.popleft()
         try:
-            batch = future.result()
+            batch = self._pending.popleft().result()
         except BaseException:
             self.close()
             raise
-        self._next_get += 1
-        self._fill()
+        self._next += 1
+        self._pending.extend(itertools.islice(self._submitted, 1))
         return batch
 
     def close(self) -> None:  # drops the batches not started, waits for the one being made
