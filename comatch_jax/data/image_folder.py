@@ -133,12 +133,6 @@ def _stratified_holdout(
     return np.setdiff1d(np.arange(len(labels)), val), val
 
 
-def _some(names: list[str], limit: int = 10) -> str:
-    """The first `limit` names, comma-separated, and how many more there are."""
-    more = f" and {len(names) - limit} more" if len(names) > limit else ""
-    return ", ".join(names[:limit]) + more
-
-
 def _check_layout(root: str, require_unlabeled: bool) -> None:
     """FileNotFoundError / ValueError (one line) for a root without labeled/ (or unlabeled/
     when the run needs it), saying so when the root is labeled/, unlabeled/ or val/ itself."""
@@ -149,15 +143,12 @@ def _check_layout(root: str, require_unlabeled: bool) -> None:
             "--config.dataset.root."
         )
     if not os.path.isdir(root):
+        unlabeled = "and unlabeled/ inside"
+        if not require_unlabeled:
+            unlabeled = "inside (unlabeled/ is optional for this run)"
         raise FileNotFoundError(
             f"Image folder {root} does not exist; fix the dataset path or create it with "
-            "labeled/<class_name>/ "
-            + (
-                "and unlabeled/ inside"
-                if require_unlabeled
-                else "inside (unlabeled/ is optional for this run)"
-            )
-            + "."
+            f"labeled/<class_name>/ {unlabeled}."
         )
     for part in ("labeled", "unlabeled") if require_unlabeled else ("labeled",):
         directory = os.path.join(root, part)
@@ -315,7 +306,8 @@ def _log_evaluation_set(root: str, dataset: ImageDataset, has_val: bool, val_fra
     )
     per_class = np.bincount(dataset.test_labels, minlength=num_classes)
     missing = [name for name, n in zip(dataset.class_names, per_class) if not n]
-    problems = [f"no images of {_some(missing)}, whose accuracy is not measured"] if missing else []
+    some = ", ".join(missing[:10]) + (f" and {len(missing) - 10} more" if len(missing) > 10 else "")
+    problems = [f"no images of {some}, whose accuracy is not measured"] if missing else []
     if count < EVAL_IMAGES_PER_CLASS * num_classes:
         problems.append(f"fewer than {EVAL_IMAGES_PER_CLASS} per class: its accuracy is noisy")
     if problems:
