@@ -26,7 +26,11 @@ setup(
         "scikit-learn",
         "safetensors",  # pretrained PyTorch weights (torch_weights.load_state_dict)
     ],
-    extras_require={"test": ["pytest>=8", "pytest-xdist>=3", "nbclient", "nbformat", "ipykernel"]},
+    # The labelling page's template ships with the package; its test drives Chromium.
+    package_data={"comatch_jax.commands": ["labelling_page.html", "labelling_page.js"]},
+    extras_require={
+        "test": ["pytest>=8", "pytest-xdist>=3", "nbclient", "nbformat", "ipykernel", "selenium"]
+    },
     # The commands a finished run uses; each is also `python -m comatch_jax.commands.NAME`.
     entry_points={
         "console_scripts": [

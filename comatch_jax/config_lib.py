@@ -41,7 +41,7 @@ def base_config() -> ml_collections.ConfigDict:
     config.dataset.train_split, config.dataset.test_split = "train", "test"
     config.dataset.extra_unlabeled_split = config_dict.placeholder(str)
     config.dataset.include_labeled_in_unlabeled = False
-    # A CSV (id,label) of extra labeled images, e.g. answered label requests (request_labels).
+    # Answers to label requests: the labelling page's CSV or a Label Studio export (data.answers).
     config.dataset.extra_labels_csv = config_dict.placeholder(str)
     # Rows answered __unknown__ (none of the classes) leave the unlabeled pool (default: stay).
     config.dataset.drop_unknown_answers = False

@@ -101,6 +101,7 @@ def request_and_answer(name: str, strategy: str, balanced: bool, seed: int) -> t
         f"--strategy={strategy}",
         f"--seed={seed}",
         f"--out={requests_csv}",
+        "--nolabelling_page",  # answered by the oracle, not a person
     ]
     if balanced:
         request.append("--balance_by_predicted_class")

@@ -107,6 +107,7 @@ def request(selector: str) -> str:
             f"--budget={FLAGS.budget}",
             f"--strategy={strategy}",
             f"--out={requests}",
+            "--nolabelling_page",  # answered by the oracle, not a person
         ],
         requests + ".log",
     )

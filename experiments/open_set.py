@@ -237,22 +237,6 @@ class ImageCache:
         return self.images[key]
 
 
-def model_outputs(run, images: np.ndarray) -> dict[str, np.ndarray]:
-    """The EMA model's logits [N, C], embedding [N, D] and pooled features [N, F]."""
-    import jax
-
-    from comatch_jax.commands import ema_model
-    from comatch_jax.core import evaluation, train_step
-
-    mean, std = run.config.dataset.mean, run.config.dataset.std
-
-    def predict_batch(variables, batch):
-        outputs = run.model.apply(variables, train_step.preprocess(batch, mean, std), train=False)
-        return {key: outputs[key] for key in ("logits", "embedding", "features")}
-
-    return evaluation.predict(jax.jit(predict_batch), ema_model.variables(run), images)
-
-
 def unknown_score_table(outputs: dict, labeled: dict) -> dict[str, np.ndarray]:
     """Each SCORE_COLUMNS score of the images whose model outputs are `outputs`; the kNN
     scores use the labeled images' outputs `labeled` as references."""
@@ -325,10 +309,12 @@ def score_run(run_dir: str, images: ImageCache) -> dict:
     AUROC (unknown_test/ against val/), and pseudo_label_rates on its unlabeled pool."""
     from sklearn.metrics import roc_auc_score
 
+    from comatch_jax.commands import ema_model
     from comatch_jax.trainer import saved_runs
 
     run = saved_runs.load_run(run_dir)
     root, size = run.config.dataset.root, run.image_shape[0]
+    predict = ema_model.predictor(run, progress=False)  # logits, embedding, features
     outputs = {}
     for part, folder in (
         ("val", os.path.join(root, "val")),
@@ -337,7 +323,7 @@ def score_run(run_dir: str, images: ImageCache) -> dict:
         ("unlabeled", os.path.join(root, "unlabeled")),
     ):
         paths, pixels = images.load(folder, size)
-        outputs[part] = model_outputs(run, pixels)
+        outputs[part] = predict(pixels)
         outputs[part]["paths"] = paths
     classes = np.array([run.class_names.index(p.split(os.sep)[0]) for p in outputs["val"]["paths"]])
     accuracy = float(np.mean(outputs["val"]["logits"].argmax(axis=-1) == classes))

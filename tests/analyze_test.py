@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import matplotlib.image
+import matplotlib.pyplot as plt
 import numpy as np
 import pytest
 
@@ -27,6 +28,7 @@ PLOTS = [
     "per_class_accuracy.png",
     "feature_maps.png",
     "embedding_pca.png",
+    "unknown_images.png",
 ]
 
 
@@ -58,6 +60,20 @@ def test_write_analysis_writes_every_plot_as_a_non_blank_png(digits_run, tmp_pat
     assert sorted(os.path.basename(p) for p in written) == sorted(PLOTS)
     for name in PLOTS:
         _check_image(tmp_path / name)
+
+
+def test_the_unknown_images_are_the_highest_scores_first_with_their_names():
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (50, 8, 8, 3), dtype=np.uint8)
+    pool, known = rng.permutation(50) / 49, rng.uniform(0, 0.5, 20)
+    names = [f"folder/image{i}.png" for i in range(50)]
+    fig = analyze.unknown_images_figure(known, pool, images, names, "nearest_labeled")
+    titles = [ax.get_title() for ax in fig.axes[1:]]  # fig.axes[0]: the histogram
+    first = np.argmax(pool)
+    assert len(titles) == analyze.MOST_UNKNOWN and titles[0] == f"1\nfolder/image{first}.png"
+    shown = [float(t.split("\n")[0]) for t in titles]
+    assert shown == sorted(shown, reverse=True) and min(shown) == pytest.approx(1 - 39 / 49, 1e-3)
+    plt.close(fig)
 
 
 @pytest.mark.parametrize("method", ["pca", "tsne"])

@@ -1,5 +1,6 @@
 """The answers CSV (dataset.extra_labels_csv): every bad file is one line naming its row and
-the fix, spreadsheet files simply work, and a label can be read only one way."""
+the fix, before a run claims its workdir; spreadsheet files simply work, and a label can be
+read only one way. Label Studio's exports: label_studio_test.py."""
 
 import unicodedata
 
@@ -7,7 +8,9 @@ import numpy as np
 import pytest
 
 from comatch_jax.commands import active_learning
-from comatch_jax.data import answers
+from comatch_jax.data import answers, pipeline
+from comatch_jax.trainer import train
+from train_test import synthetic_dataset, tiny_config
 
 CLASSES = ("a", "b", "c")
 
@@ -128,3 +131,13 @@ def test_paths_of_the_unlabeled_pool(tmp_path):
         _read_ids(tmp_path, "path,label\nunlabeled/n.png,a\n", root=root, unlabeled_paths=pool)
     with pytest.raises(ValueError, match="expected a header with columns path,label"):
         _read_ids(tmp_path, "id,label\n1,a\n", root=root, unlabeled_paths=pool)
+
+
+def test_a_half_written_answers_file_stops_the_run_before_it_claims_its_workdir(tmp_path):
+    config, dataset = tiny_config(), synthetic_dataset()
+    free = pipeline.prepare_data(config, dataset).unlabeled_ids[:2]
+    config.dataset.extra_labels_csv = str(tmp_path / "answers.csv")
+    (tmp_path / "answers.csv").write_text(f"id,label\n{free[0]},1\n{free[1]},")  # cut mid-row
+    with pytest.raises(ValueError, match="line 3: label '' is neither a class name") as error:
+        train.train_and_evaluate(config, str(tmp_path / "run"), dataset=dataset)
+    assert "\n" not in str(error.value) and not (tmp_path / "run").exists()

@@ -1,6 +1,7 @@
 """Training from an image folder (memory-mapped cache, host batches), then `predict`."""
 
 import csv
+import json
 import os
 import shutil
 
@@ -11,7 +12,7 @@ from PIL import Image
 
 from comatch_jax.commands import predict
 from comatch_jax.trainer import saved_runs as runs, train
-from comatch_jax.data import pipeline as training_data
+from comatch_jax.data import describe_data_change, pipeline as training_data
 
 from train_test import RecordingWriter, tiny_config
 
@@ -67,6 +68,7 @@ def test_train_on_image_folder_then_predict(tmp_path):
         "path",
         "predicted_class",
         "confidence",
+        "unknown_score",
         "class_1",
         "prob_1",
         "class_2",
@@ -99,11 +101,16 @@ def test_label_requests_on_an_image_folder_name_files_and_answers_join_by_path(t
             f"--workdir={tmp_path / 'run'}",
             "--budget=12",
             f"--out={requests_csv}",
+            f"--label_studio_root={tmp_path}",
         ],
         capture_output=True,
         text=True,
     )
     assert result.returncode == 0, result.stderr[-2000:]
+    page = tmp_path / "requests_page" / "labelling.html"
+    assert f"open {page} in a browser" in result.stderr and page.exists()
+    assert (tmp_path / "requests_label_config.xml").exists()
+    tasks = json.load(open(tmp_path / "requests_tasks.json"))
     rows = list(csv.DictReader(open(requests_csv)))
     assert len(rows) == 12  # every unlabeled image: labeled/ images are not candidates
     assert all(os.path.isfile(r["path"]) and "/unlabeled/" in r["path"] for r in rows)
@@ -167,6 +174,25 @@ def test_label_requests_on_an_image_folder_name_files_and_answers_join_by_path(t
     )
     assert batch["unlabeled_images"].shape == (8, 12, 12, 3)
     config.dataset.drop_unknown_answers = False
+
+    # A Label Studio export (JSON_MIN) of the tasks request_labels wrote answers alike, and
+    # the run's data fingerprint follows its content.
+    urls = [task["data"]["image"] for task in tasks[:2]]
+    assert urls[0] == "/data/local-files/?d=data/" + os.path.relpath(first, config.dataset.root)
+    export = tmp_path / "export.json"
+    export.write_text(json.dumps([{"id": 1, "image": urls[0], "label": colour(first)},
+                                  {"id": 2, "image": urls[1], "label": colour(second)}]))  # fmt: skip
+    config.dataset.extra_labels_csv = str(export)
+    studio = training_data.prepare_data(config)
+    assert studio.labeled_ids.tolist() == retrained.labeled_ids.tolist()
+    assert studio.labels.tolist() == retrained.labels.tolist()
+    export.write_text(
+        export.read_text().replace(colour(first), "blue" if colour(first) != "blue" else "red")
+    )
+    change = describe_data_change(
+        studio.fingerprint, training_data.prepare_data(config).fingerprint
+    )
+    assert change == "extra_labels_csv: 2 images, but its content changed"
 
     for text, message in [
         ("path,label\nunlabeled/nope.png,red\n", "is not an image of"),

@@ -2,6 +2,7 @@
 (train -> request_labels -> answer_from_truth -> train on the extra labels) through the real
 commands."""
 
+import json
 import os
 import subprocess
 import sys
@@ -249,6 +250,9 @@ def test_request_answer_retrain_loop_adds_budget_labels(digits_run, tmp_path):
     assert result.returncode == 0, result.stderr
     lines = open(requests_csv).read().splitlines()
     assert lines[0] == "id,predicted_class,score" and len(lines) == 16
+    page = tmp_path / "requests_page" / "labelling.html"  # the digits' own pixels, as PNGs
+    assert f"open {page} in a browser" in result.stderr
+    assert len(os.listdir(tmp_path / "requests_page" / "images")) == 15
     names = saved_runs.load_run(workdir).class_names
     assert all(line.split(",")[1] in names for line in lines[1:])  # a class NAME
     base = training_data.prepare_data(config)
@@ -296,12 +300,27 @@ def test_requests_skip_labeled_images_kept_in_the_unlabeled_set(digits_run):
         request_labels.rank_unlabeled(run, data, budget=1481, strategy="entropy")
 
 
+def test_requests_skip_images_answered_unknown(digits_run, tmp_path):
+    run = saved_runs.load_run(digits_run[0])
+    config = tiny_config()
+    config.dataset.name = "digits"
+    unknown = training_data.prepare_data(config).unlabeled_ids[:2]
+    config.dataset.extra_labels_csv = str(tmp_path / "answers.csv")
+    (tmp_path / "answers.csv").write_text(f"id,label\n{unknown[0]},__unknown__\n{unknown[1]},3\n")
+    data = training_data.prepare_data(config)
+    assert data.unknown_ids.tolist() == [unknown[0]] and unknown[0] in data.unlabeled_ids
+    requests = request_labels.rank_unlabeled(run, data, budget=1478, strategy="entropy")
+    assert not np.isin(unknown, requests.ids).any()
+    with pytest.raises(ValueError, match=r"budget must be in 1..1478"):
+        request_labels.rank_unlabeled(run, data, budget=1479, strategy="entropy")
+
+
 def test_padding_the_last_batch_changes_no_prediction(digits_run):
     run = saved_runs.load_run(digits_run[0])
     images = training_data.prepare_data(digits_run[1]).test_images
     whole = ema_model.predictor(run, batch_size=len(images))(images)
     padded = ema_model.predictor(run, batch_size=7)(images)
-    for name in ("probs", "embedding", "features"):
+    for name in ("logits", "probs", "embedding", "features"):
         np.testing.assert_allclose(whole[name], padded[name], rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(whole["probs"].sum(-1), 1.0, rtol=1e-5)
 
@@ -314,12 +333,35 @@ def test_kcenter_requests_score_the_distance_to_the_labeled_images(digits_run, t
     assert all(float(row[2]) > 0 for row in rows)  # distance to the nearest labeled image
 
 
+def test_likely_unknown_images_are_listed_apart_and_never_requested(digits_run, tmp_path):
+    workdir, out = digits_run[0], str(tmp_path / "requests.csv")
+    requests = request_labels.request_labels(workdir, out, budget=20, unknown_rate=0.2)
+    with open(os.path.join(workdir, ema_model.THRESHOLD_FILE)) as f:
+        threshold = json.load(f)["threshold"]
+    run = saved_runs.load_run(workdir)
+    data = training_data.prepare_data(run.config)
+    scorer = ema_model.UnknownScorer(run, ema_model.predictor(run), data)
+    scores = scorer(scorer.predict(data.unlabeled_images))
+    lines = (tmp_path / "requests_unknown.csv").read_text().splitlines()
+    assert lines[0] == "id,unknown_score"
+    listed = [(int(key), float(score)) for key, score in (line.split(",") for line in lines[1:])]
+    assert sorted(i for i, _ in listed) == sorted(data.unlabeled_ids[scores > threshold])
+    assert len(listed) > 20 and [s for _, s in listed] == sorted(
+        (s for _, s in listed), reverse=True
+    )
+    assert not np.isin(requests.ids, [i for i, _ in listed]).any()
+    # The recorded threshold: 20 % of the evaluation images (all known) above it.
+    known = scorer(scorer.predict(data.test_images))
+    assert np.mean(known > threshold) == pytest.approx(0.2, abs=1 / len(known))
+
+
 @pytest.mark.parametrize(
     "options,message",
     [
         (dict(budget=0), "--budget must be positive, got 0"),
         (dict(budget=100000), r"--budget must be in 1..1480"),
         (dict(budget=5, strategy="coreset"), "Unknown strategy 'coreset'"),
+        (dict(budget=5, label_studio_root="/"), "--label_studio_root/url need a run on an image"),
         (
             dict(budget=5, out="{tmp}/a_file/r.csv"),
             "Cannot write {tmp}/a_file/r.csv: {tmp}/a_file is a file, not a directory.",
@@ -344,7 +386,7 @@ def test_request_labels_errors_are_one_line(digits_run, tmp_path, options, messa
 def test_answer_from_truth_rejects_unknown_ids(digits_run, tmp_path):
     requests_csv = _write(tmp_path / "requests.csv", "id,score\n5,0.1\n1500,0.2\n")
     config = saved_runs.read_config(digits_run[0])
-    with pytest.raises(ValueError, match="id 1500 is not in the train split"):
+    with pytest.raises(ValueError, match="line 3: id '1500' is not in the train split"):
         answer_from_truth.answer_requests(requests_csv, str(tmp_path / "l.csv"), config)
 
 

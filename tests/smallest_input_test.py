@@ -9,8 +9,10 @@ One tiny training run is shared by the module.
 """
 
 import csv
+import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 
@@ -18,7 +20,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from comatch_jax.commands import analyze, answer_from_truth, predict, probe, request_labels
+from comatch_jax.commands import (
+    analyze,
+    answer_from_truth,
+    ema_model,
+    predict,
+    probe,
+    request_labels,
+)
 from comatch_jax.data import pipeline as training_data
 from comatch_jax.trainer import saved_runs, train
 
@@ -138,6 +147,72 @@ def test_predict_request_answer_retrain_round_trip_every_file_name(smallest_run,
     # already covers training on this folder)
 
 
+def _predictions(out):
+    with open(out, newline="", encoding="utf-8") as f:
+        return {r["path"]: r for r in csv.DictReader(f)}
+
+
+def test_predict_calls_images_above_the_recorded_threshold_unknown(
+    smallest_run, tmp_path, monkeypatch
+):
+    base, _ = smallest_run
+    workdir = str(shutil.copytree(base / "run", tmp_path / "run"))  # the test edits its record
+    images, out = str(base / "data" / "unlabeled"), tmp_path / "p.csv"
+    predict.predict_folder(workdir, images, str(out), unknown_rate=0.5)
+    record_path = os.path.join(workdir, ema_model.THRESHOLD_FILE)
+    with open(record_path) as f:
+        record = json.load(f)
+    assert record["score"] == "nearest_labeled" and record["rate"] == 0.5
+    assert record["num_images"] == 2 and record["step"] == 2
+    # The recorded T rejects the asked share of the evaluation images (all known).
+    run = saved_runs.load_run(workdir)
+    scorer = ema_model.UnknownScorer(
+        run, ema_model.predictor(run), training_data.prepare_data(run.config)
+    )
+    known = scorer(scorer.predict(scorer.data.test_images))
+    assert np.mean(known > record["threshold"]) == 0.5
+    rows = _predictions(out)
+    scores = {path: float(r["unknown_score"]) for path, r in rows.items()}
+    for path, r in rows.items():
+        unknown = scores[path] > record["threshold"]
+        assert (r["predicted_class"] == "__unknown__") == unknown
+        assert unknown or r["predicted_class"] in ("cat", "dog")
+    # The recorded T is read back while score, rate and step are those asked.
+    with open(record_path, "w") as f:
+        json.dump(dict(record, threshold=9.0), f)
+    predict.predict_folder(workdir, images, str(out), unknown_rate=0.5)
+    assert all(r["predicted_class"] != "__unknown__" for r in _predictions(out).values())
+    # An explicit threshold; and a logit score needs no data.
+    lowest = min(scores.values())
+    predict.predict_folder(workdir, images, str(out), unknown_threshold=lowest)
+    rows = _predictions(out)
+    assert [p for p, r in rows.items() if r["predicted_class"] != "__unknown__"] == [
+        p for p, s in scores.items() if s == lowest
+    ]
+    monkeypatch.setattr(predict.pipeline, "prepare_data", None)  # not called
+    predict.predict_folder(workdir, images, str(out), unknown_score="energy", top_k=2)
+    energy = [float(r["unknown_score"]) for r in _predictions(out).values()]
+    assert np.all(np.isfinite(energy)) and energy != list(scores.values())
+    with pytest.raises(ValueError, match="not both"):
+        predict.predict_folder(workdir, images, str(out), unknown_threshold=1, unknown_rate=0.1)
+
+
+def test_likely_unknown_files_are_named_whole(smallest_run, tmp_path):
+    base, _ = smallest_run
+    run = saved_runs.load_run(str(base / "run"))
+    data = training_data.prepare_data(run.config)
+    out = tmp_path / "unknown.csv"
+    scorer = ema_model.UnknownScorer(run, ema_model.predictor(run), data)
+    ids = scorer.write_likely_unknown(str(base / "run"), 0.5, str(out))
+    with open(out, newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == len(ids) > 0 and all(os.path.isfile(r["path"]) for r in rows)
+    root = str(base / "data")
+    assert [os.path.relpath(r["path"], root) for r in rows] == [
+        data.unlabeled_paths[i] for i in ids
+    ]
+
+
 def test_answer_from_truth_answers_an_image_folder_from_its_truth_csv(smallest_run, tmp_path):
     base, config = smallest_run
     workdir, root = str(base / "run"), base / "data"
@@ -212,7 +287,7 @@ def test_analyze_with_every_option(smallest_run, tmp_path, options):
         assert not out.exists()  # refused before writing anything
         return
     written = analyze.write_analysis(run, data, workdir, str(out), **options)
-    assert len(written) == 9 and all(os.path.getsize(p) > 0 for p in written)
+    assert len(written) == 10 and all(os.path.getsize(p) > 0 for p in written)
     assert not [name for name in os.listdir(out) if name.startswith(".")]  # no temporaries
 
 

@@ -4,17 +4,10 @@ Every strategy is a pure function. Score functions map class probabilities [N, C
 score per image where HIGHER means MORE WANTED (more uncertain); `k_center_greedy` picks a
 spread-out set in embedding space. `select` dispatches by name and returns the chosen rows.
 
-Files:
-  * requests CSV, written by comatch_jax.commands.request_labels: `id` (a dataset by name)
-    or `path` (an image folder), `predicted_class` (a class NAME) and `score`, best first;
-  * labels CSV, the answers (from a person, or comatch_jax.commands.answer_from_truth
-    offline): `id,label` or `path,label`, read by training through
-    `config.dataset.extra_labels_csv` (comatch_jax.data.answers).
-An id is the image's index in the dataset's train split, so it is stable across runs.
-CSVs are read as the csv module and spreadsheets agree: UTF-8 with or without a byte-order
-mark, LF or CRLF line ends, quoted fields, blank lines ignored. File names are written as the
-file system holds them (quoted where needed; undecodable bytes kept via surrogateescape), so
-every name round-trips. Files are written whole (comatch_jax.atomic_files).
+The CSV files of the loop (request_labels writes the requests; data.answers reads the
+answers) are written whole (comatch_jax.atomic_files) with file names as the file system holds
+them (quoted where needed; undecodable bytes kept via surrogateescape), so every name
+round-trips; `read_request_ids` reads a requests CSV's ids back.
 No TensorFlow here: this runs with numpy alone.
 """
 
@@ -31,7 +24,6 @@ from comatch_jax.data.answers import read_csv_table
 
 SCORE_STRATEGIES = ("entropy", "margin", "least_confidence", "random")
 STRATEGIES = SCORE_STRATEGIES + ("kcenter",)
-LABEL_COLUMNS = ("id", "label")
 
 # How CSVs are written: file names that are not valid UTF-8 (POSIX allows any bytes)
 # round-trip as surrogate escapes (data.answers reads them back).
@@ -193,36 +185,17 @@ def write_csv(path: str, header: Sequence[str], rows: Iterable[Sequence[Any]]) -
         writer.writerows(rows)
 
 
-def _read_int_columns(path: str, columns: Sequence[str]) -> dict[str, np.ndarray]:
-    """Reads integer `columns` of a CSV with a header (read_csv_table); one-line ValueError
-    if malformed."""
-    header, rows = read_csv_table(path, columns)
-    positions = [header.index(name) for name in columns]
-    values = {name: [] for name in columns}
-    for line, row in rows:
-        for name, position in zip(columns, positions):
-            try:
-                values[name].append(int(row[position].strip()))
-            except ValueError:
-                raise ValueError(
-                    f"{path} line {line}: {name} {row[position]!r} is not an integer."
-                ) from None
-    return {name: np.asarray(v, np.int64) for name, v in values.items()}
-
-
-def _check_ids(path: str, ids: np.ndarray, num_images: int) -> None:
-    bad = ids[(ids < 0) | (ids >= num_images)]
-    if len(bad):
-        raise ValueError(
-            f"{path}: id {bad[0]} is not in the train split (ids are 0..{num_images - 1})."
-        )
-    unique, counts = np.unique(ids, return_counts=True)
-    if np.any(counts > 1):
-        raise ValueError(f"{path}: id {unique[counts > 1][0]} appears more than once.")
-
-
 def read_request_ids(path: str, *, num_images: int) -> np.ndarray:
-    """The `id` column of a requests CSV, validated against a train split of `num_images`."""
-    ids = _read_int_columns(path, ("id",))["id"]
-    _check_ids(path, ids, num_images)
-    return ids
+    """The `id` column of a requests CSV: distinct train-split indices in 0..num_images-1;
+    ValueError (one line) naming the first line that is not."""
+    header, rows = read_csv_table(path, ("id",))
+    ids: dict[int, None] = {}
+    for line, row in rows:
+        text = row[header.index("id")].strip()
+        if not text.isdigit() or int(text) >= num_images or int(text) in ids:
+            raise ValueError(
+                f"{path} line {line}: id {text!r} is not in the train split (ids are "
+                f"0..{num_images - 1}) or appears more than once."
+            )
+        ids[int(text)] = None
+    return np.asarray(list(ids), np.int64)

@@ -5,9 +5,10 @@
 writes to DIR one PNG per figure function below, which says what it draws: training_curves,
 predicted_distribution (the CoMatch-at-scale paper's Fig. 3), prediction_bias,
 under_predicted_samples and over_predicted_samples (Fig. 5), confusion_matrix,
-per_class_accuracy, feature_maps (Fig. 4) and embedding_pca (or _tsne). The model is the run's
-EMA model, the one evaluation reports. At most --max_images images of each set are scored (a
-seeded random subset), which keeps a CPU run to a minute or so. Files are written whole.
+per_class_accuracy, feature_maps (Fig. 4), embedding_pca (or _tsne) and unknown_images. The
+model is the run's EMA model, the one evaluation reports. At most --max_images images of each
+set are scored (a seeded random subset), which keeps a CPU run to a minute or so. Files are
+written whole.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from absl import flags, logging
 
 from comatch_jax import atomic_files, cli, commands
 from comatch_jax.commands import ema_model
+from comatch_jax.core import unknown_scores
 from comatch_jax.data import pipeline
 from comatch_jax.trainer import saved_runs
 
@@ -39,6 +41,7 @@ CHANNELS_PER_LAYER = 8
 MAX_EMBEDDING_POINTS = 3000
 EXACT_TSNE_POINTS = 1000
 MAX_NAMED_CLASSES = 30
+MOST_UNKNOWN, UNKNOWN_RATE = 40, 0.05  # unlabeled images shown; the marked threshold's rate
 
 
 def read_metrics(workdir: str) -> tuple[list[dict[str, float]], list[dict[str, float]]]:
@@ -385,6 +388,34 @@ def embedding_figure(
     return fig
 
 
+def unknown_images_figure(
+    known: np.ndarray, pool: np.ndarray, images: np.ndarray, names: Sequence[str], score: str
+) -> Any:
+    """Where a person finds the junk of a folder. Top: histograms of the unknown scores of the
+    evaluation images (all of known classes) and of the unlabeled pool, and the threshold that
+    UNKNOWN_RATE of the former exceed. Below: the MOST_UNKNOWN pool `images` of highest score,
+    highest first (8 a row), each with its score and the end of its name."""
+    order = np.argsort(-pool, kind="stable")[:MOST_UNKNOWN]
+    rows = -(-len(order) // 8)
+    fig = plt.figure(figsize=(12, 1.7 * rows + 4))
+    grid = fig.add_gridspec(rows + 2, 8)
+    ax = fig.add_subplot(grid[:2, :])
+    bins = np.histogram_bin_edges(np.r_[known, pool], bins=40)
+    for scores, name in ((known, "evaluation"), (pool, "unlabeled")):
+        ax.hist(scores, bins, density=True, alpha=0.5, label=f"{name} images ({len(scores)})")
+    threshold = unknown_scores.threshold_for_rejection_rate(known, UNKNOWN_RATE)
+    above = f"{100 * UNKNOWN_RATE:g}% of the evaluation, {100 * np.mean(pool > threshold):.0f}%"
+    ax.axvline(threshold, color="tab:red", ls="--", lw=1, label=f"{above} of the unlabeled above")
+    title = "Unknown scores, and the unlabeled images of highest score"
+    ax.set(xlabel=f"unknown score ({score})", ylabel="density", title=title)
+    ax.legend(fontsize=8)
+    for n, i in enumerate(order):
+        image_ax = fig.add_subplot(grid[2 + n // 8, n % 8])
+        _show_image(image_ax, images[i], f"{pool[i]:.3g}\n{names[i][-20:]}")
+    fig.tight_layout()
+    return fig
+
+
 def write_analysis(
     run: saved_runs.TrainedRun,
     data: pipeline.SemiSupervisedData,
@@ -425,8 +456,11 @@ def write_analysis(
         logging.warning("No metrics.jsonl in %s: no training curves.", workdir)
 
     predict = ema_model.predictor(run, batch_size)
-    rows = subset(len(data.unlabeled_images), max_images, seed)
-    unlabeled = np.argmax(predict(data.unlabeled_images[rows])["probs"], -1)
+    scorer = ema_model.UnknownScorer(run, predict, data)
+    pool_rows = subset(len(data.unlabeled_images), max_images, seed)
+    pool_images = data.unlabeled_images[pool_rows]
+    pool = predict(pool_images)
+    unlabeled = np.argmax(pool["probs"], -1)
     rows = subset(num_test, max_images, seed)
     images, labels = data.test_images[rows], data.test_labels[rows]
     outputs = predict(images)
@@ -445,6 +479,11 @@ def write_analysis(
     shown = subset(len(rows), MAX_EMBEDDING_POINTS, seed)
     points = project_2d(outputs["embedding"][shown], embedding, seed)
     write(f"embedding_{embedding}.png", embedding_figure(points, labels[shown], names, embedding))
+
+    ids = data.unlabeled_ids[pool_rows]
+    pool_names = [data.unlabeled_paths[i] if data.unlabeled_paths else f"id {i}" for i in ids]
+    figure = (scorer(outputs), scorer(pool), pool_images, pool_names, scorer.score)
+    write("unknown_images.png", unknown_images_figure(*figure))
     return written
 
 

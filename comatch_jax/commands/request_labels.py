@@ -1,32 +1,48 @@
-"""Asks for labels: ranks a trained run's unlabeled images and writes the top ones as CSV.
+"""Asks for labels: ranks a trained run's unlabeled images and writes the top ones as CSV,
+with a labelling page (and Label Studio's import files) to answer them in.
 
   python -m comatch_jax.commands.request_labels --workdir=RUN --budget=40 --strategy=entropy \\
       --out=requests.csv                                  (or: comatch-request-labels ...)
 
-Scores every unlabeled train-split image with the run's EMA model, picks `--budget` of them
-with `--strategy` (entropy, margin, least_confidence, random, kcenter; see
-comatch_jax.commands.active_learning) and writes them most wanted first, one row each:
-`id,predicted_class,score` for a dataset by name (id: the image's index in the train split),
-`path,predicted_class,score` for an image folder (path: the file under root/unlabeled/).
-predicted_class is a class NAME. The answers, `path,label` (label: a class name) or
-`id,label` (label: a class index; offline, comatch_jax.commands.answer_from_truth writes
-them), train a new run with `--config.dataset.extra_labels_csv=labels.csv`.
+Scores every unlabeled train-split image (neither labeled nor answered UNKNOWN) with the
+run's EMA model, picks `--budget` of them with `--strategy` (entropy, margin,
+least_confidence, random, kcenter; see comatch_jax.commands.active_learning) and writes them
+most wanted first, one row each: `id,predicted_class,score` for a dataset by name (id: the
+image's index in the train split), `path,predicted_class,score` for an image folder (path:
+the file under root/unlabeled/). predicted_class is a class NAME. Beside it:
+  requests_page/labelling.html   the labelling page (comatch_jax.commands.labelling_page),
+                                 unless --nolabelling_page;
+  requests_tasks.json,           with --label_studio_root=DIR or --label_studio_url=PREFIX
+  requests_label_config.xml      (an image folder only): Label Studio's import files, each
+                                 file's URL its path under DIR (local files) or PREFIX + it.
+The answers, the page's download or a Label Studio export (or `id,label` from
+comatch_jax.commands.answer_from_truth, offline), train a new run with
+`--config.dataset.extra_labels_csv=FILE`. docs/labelling.md walks through the loop. With
+--unknown_rate=R the images likely of none of the classes (ema_model.UnknownScorer)
+are never requested: requests_unknown.csv lists them, highest score first, to check as junk.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
+import urllib.parse
+from typing import Any, Sequence
+from xml.sax.saxutils import quoteattr
 
 import numpy as np
 from absl import flags, logging
 
-from comatch_jax import cli, commands
+from comatch_jax import atomic_files, cli, commands
 from comatch_jax.commands import active_learning, ema_model
+from comatch_jax.commands.labelling_page import write_labelling_page
 from comatch_jax.data import pipeline
+from comatch_jax.data.answers import CHOICES_NAME, IMAGE_NAME, UNKNOWN
 from comatch_jax.trainer import saved_runs
 
 FLAGS = flags.FLAGS
+LOCAL_FILES = "/data/local-files/?d="  # Label Studio's URL of a file under its document root
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,8 +50,9 @@ class LabelRequests:
     """The chosen images, most wanted first."""
 
     ids: np.ndarray  # train-split indices (image folders: rows of data.unlabeled_paths)
+    rows: np.ndarray  # rows of data.unlabeled_images
     scores: np.ndarray  # the strategy's score (kcenter: distance to the nearest labeled image)
-    predicted_classes: np.ndarray  # class indices
+    probs: np.ndarray  # float32 [N, num_classes], the model's class probabilities
 
 
 def rank_unlabeled(
@@ -43,21 +60,23 @@ def rank_unlabeled(
     data: pipeline.SemiSupervisedData,
     *,
     budget: int,
-    strategy: str,
+    strategy: str = "entropy",
     balance_by_predicted_class: bool = False,
     seed: int = 0,
     batch_size: int = 1000,
 ) -> LabelRequests:
     """Scores the unlabeled train-split images of `data` with `run` and picks `budget`.
 
-    Images already labeled, and those of an extra unlabeled split (no train-split id), are
-    never requested. Raises ValueError (one line) for a budget above what is left.
+    Images already labeled or answered UNKNOWN, and those of an extra unlabeled split (no
+    train-split id), are never requested. Raises ValueError (one line) for a budget above what
+    is left.
     """
     active_learning.check_strategy(strategy, balance_by_predicted_class)
-    candidates = (data.unlabeled_ids >= 0) & ~np.isin(data.unlabeled_ids, data.labeled_ids)
+    answered = np.concatenate([data.labeled_ids, data.unknown_ids])
+    candidates = (data.unlabeled_ids >= 0) & ~np.isin(data.unlabeled_ids, answered)
     if not candidates.any():
         raise ValueError(
-            "No unlabeled train-split image is left to request: every one is already labeled "
+            "No unlabeled train-split image is left to request: every one is already answered "
             "(e.g. through dataset.extra_labels_csv); there is nothing to ask for."
         )
     if budget <= 0 or budget > int(candidates.sum()):
@@ -86,54 +105,116 @@ def rank_unlabeled(
         scores = active_learning.distance_to_nearest(outputs["embedding"][chosen], labeled)
     else:
         scores = active_learning.strategy_scores(strategy, outputs["probs"], seed)[chosen]
-    return LabelRequests(
-        ids=data.unlabeled_ids[candidates][chosen],
-        scores=scores,
-        predicted_classes=np.argmax(outputs["probs"][chosen], -1),
-    )
+    rows = np.flatnonzero(candidates)[chosen]
+    return LabelRequests(data.unlabeled_ids[rows], rows, scores, outputs["probs"][chosen])
+
+
+def write_label_studio_files(
+    stem: str,
+    files: Sequence[str],
+    predicted_classes: np.ndarray,
+    scores: np.ndarray,
+    class_names: Sequence[str],
+    *,
+    document_root: str,
+    url_prefix: str = LOCAL_FILES,
+) -> None:
+    """Writes (whole) Label Studio's import files for the requested image `files`: stem +
+    _label_config.xml, the labelling config (the image, and one choice per class plus UNKNOWN,
+    "none of these classes"; names XML-escaped), and stem + _tasks.json, one task per file,
+    best request first, whose `data.image` is `url_prefix` + the file's path relative to
+    `document_root` percent-encoded byte by byte (any file name survives; data.answers
+    decodes it) and whose prediction is the model's top class with `score` = the request
+    score (sort the Data Manager by it). ValueError (one line): a file outside the root."""
+    root, tasks = os.path.abspath(document_root), []
+    for file, predicted, score in zip(files, predicted_classes, scores):
+        relative = os.path.relpath(os.path.abspath(file), root)
+        if relative.startswith(os.pardir):
+            raise ValueError(
+                f"{file} is outside the document root {root}; name a root that holds every "
+                "requested image (e.g. the image folder's root)."
+            )
+        choice = {"type": "choices", "from_name": CHOICES_NAME, "to_name": IMAGE_NAME}
+        choice["value"] = {"choices": [class_names[int(predicted)]]}
+        prediction = {"model_version": "comatch_jax", "score": float(score), "result": [choice]}
+        url = url_prefix + urllib.parse.quote(os.fsencode(relative))
+        tasks.append({"data": {IMAGE_NAME: url}, "predictions": [prediction]})
+    with atomic_files.open_atomic(stem + "_tasks.json", "w", encoding="utf-8") as f:
+        json.dump(tasks, f, indent=1, ensure_ascii=False)
+    choices = "".join(f"    <Choice value={quoteattr(n)}/>\n" for n in [*class_names, UNKNOWN])
+    with atomic_files.open_atomic(stem + "_label_config.xml", "w", encoding="utf-8") as f:
+        f.write(
+            f'<View>\n  <Image name="{IMAGE_NAME}" value="${IMAGE_NAME}"/>\n'
+            f'  <Header value="Choose {UNKNOWN} when the image shows none of these classes."/>\n'
+            f'  <Choices name="{CHOICES_NAME}" toName="{IMAGE_NAME}" choice="single" '
+            f'required="true">\n{choices}  </Choices>\n</View>\n'
+        )
 
 
 def request_labels(
     workdir: str,
     out: str,
     *,
-    budget: int,
-    strategy: str = "entropy",
-    balance_by_predicted_class: bool = False,
-    seed: int = 0,
-    batch_size: int = 1000,
+    labelling_page: bool = True,
+    label_studio_root: str | None = None,
+    label_studio_url: str | None = None,
+    unknown_rate: float | None = None,
+    **ranking: Any,
 ) -> LabelRequests:
-    """The command: ranks the run's unlabeled images and writes the requests CSV to `out`
-    (whole). Raises ValueError / OSError with one line."""
-    active_learning.check_strategy(strategy, balance_by_predicted_class)
-    if budget <= 0:
-        raise ValueError(f"--budget must be positive, got {budget}.")
+    """The command: ranks the run's unlabeled images (`ranking`: rank_unlabeled's keyword
+    arguments, budget and strategy first) and writes the requests CSV to `out` (whole), and
+    beside it the labelling page and Label Studio's files (see the module's docstring).
+    Logs what to open. Raises ValueError / OSError with one line."""
+    active_learning.check_strategy(ranking.get("strategy", "entropy"))
+    if ranking["budget"] <= 0:
+        raise ValueError(f"--budget must be positive, got {ranking['budget']}.")
     run = saved_runs.load_run(workdir)
+    root, studio_root = run.config.dataset.root, label_studio_root or run.config.dataset.root
+    if (label_studio_root or label_studio_url) and (
+        run.config.dataset.name != "image_folder"
+        or os.path.relpath(root, studio_root).startswith(os.pardir)
+    ):
+        raise ValueError(
+            "--label_studio_root/url need a run on an image folder inside --label_studio_root; "
+            "label a dataset by name in the labelling page."
+        )
     data = pipeline.prepare_data(run.config)
-    requests = rank_unlabeled(
-        run,
-        data,
-        budget=budget,
-        strategy=strategy,
-        balance_by_predicted_class=balance_by_predicted_class,
-        seed=seed,
-        batch_size=batch_size,
-    )
-    keys = [int(i) for i in requests.ids]
-    if data.unlabeled_paths:  # an image folder: name each requested file
-        root = os.path.abspath(run.config.dataset.root)
-        keys = [os.path.join(root, data.unlabeled_paths[i]) for i in keys]
-    names = [run.class_names[c] for c in requests.predicted_classes]
-    scores = [f"{float(s):.6g}" for s in requests.scores]
-    header = ("path" if data.unlabeled_paths else "id", "predicted_class", "score")
-    active_learning.write_csv(out, header, zip(keys, names, scores))
+    if unknown_rate is not None:  # likely unknown: listed apart, never requested
+        unknown_csv = os.path.splitext(out)[0] + "_unknown.csv"
+        scorer = ema_model.UnknownScorer(run, ema_model.predictor(run), data)
+        ids = scorer.write_likely_unknown(workdir, unknown_rate, unknown_csv)
+        data = dataclasses.replace(data, unknown_ids=np.concatenate([data.unknown_ids, ids]))
+    requests = rank_unlabeled(run, data, **ranking)
+    keys, column, images = requests.ids.tolist(), "id", data.unlabeled_images[requests.rows]
+    if data.unlabeled_paths:  # an image folder: its files relative to its root, and whole
+        keys, column = [data.unlabeled_paths[i] for i in keys], "path"
+        images = [os.path.join(os.path.abspath(root), key) for key in keys]
+    probs, scores, classes = requests.probs, requests.scores, run.class_names
+    predicted = np.argmax(probs, -1)
+    names, shown = [classes[c] for c in predicted], [f"{float(s):.6g}" for s in scores]
+    first = images if column == "path" else keys  # an image folder's files named whole
+    active_learning.write_csv(out, (column, "predicted_class", "score"), zip(first, names, shown))
+    logging.info("Wrote %d label requests to %s", len(keys), out)
+    stem = os.path.splitext(out)[0]
+    if labelling_page:
+        title = f"{len(keys):,} label requests from {os.path.basename(os.path.abspath(workdir))}"
+        page = write_labelling_page(
+            stem + "_page", keys, images, probs, scores, classes, key_column=column, title=title
+        )
+        logging.info("To answer them, open %s in a browser.", page)
+    if label_studio_root or label_studio_url:
+        url = label_studio_url or LOCAL_FILES
+        write_label_studio_files(
+            stem, images, predicted, scores, classes, document_root=studio_root, url_prefix=url
+        )
+        logging.info("For Label Studio: %s_tasks.json, %s_label_config.xml.", stem, stem)
     return requests
 
 
 def _request_labels() -> None:
-    options = ("budget", "strategy", "balance_by_predicted_class", "seed", "batch_size")
-    requests = request_labels(FLAGS.workdir, FLAGS.out, **{o: FLAGS[o].value for o in options})
-    logging.info("Wrote %d label requests (%s) to %s", len(requests.ids), FLAGS.strategy, FLAGS.out)
+    options = "budget strategy balance_by_predicted_class seed batch_size labelling_page"
+    options = options.split() + ["label_studio_root", "label_studio_url", "unknown_rate"]
+    request_labels(FLAGS.workdir, FLAGS.out, **{o: FLAGS[o].value for o in options})
 
 
 main = cli.entry_point(_request_labels)
@@ -152,6 +233,12 @@ def command() -> None:
     flags.DEFINE_integer("seed", 0, "Seed of the random strategy.")
     flags.DEFINE_string("out", None, "Where to write the requests CSV.")
     flags.DEFINE_integer("batch_size", 1000, "Images per inference batch.")
+    flags.DEFINE_bool("labelling_page", True, "Write the labelling page beside --out.")
+    flags.DEFINE_string("label_studio_root", None, "Label Studio's local files document root.")
+    flags.DEFINE_string("label_studio_url", None, "Or: the URL prefix of the image folder.")
+    flags.DEFINE_float(
+        "unknown_rate", None, "Set apart images above the threshold of this rejection rate on val."
+    )
     flags.mark_flags_as_required(["workdir", "budget", "out"])
     commands.help_for_console_script(__name__)
     cli.run(main)

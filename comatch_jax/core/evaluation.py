@@ -26,12 +26,14 @@ PredictFn = Callable[[dict[str, Any], jax.Array], dict[str, jax.Array]]
 
 
 def make_predict_fn(model: nn.Module, mean: Any, std: Any) -> PredictFn:
-    """(variables, uint8 images [B, H, W, C]) -> {probs [B, C], embedding [B, D], features
-    [B, F]}, in eval mode; `mean`, `std` are the data's per-channel statistics in [0, 1]."""
+    """(variables, uint8 images [B, H, W, C]) -> {logits [B, C], probs [B, C], embedding [B, D],
+    features [B, F]}, in eval mode; `mean`, `std` are the data's per-channel statistics in
+    [0, 1]."""
 
     def predict_batch(variables, images):
         outputs = model.apply(variables, train_step.preprocess(images, mean, std), train=False)
         return {
+            "logits": outputs["logits"],
             "probs": jax.nn.softmax(outputs["logits"], axis=-1),
             "embedding": outputs["embedding"],
             "features": outputs["features"],
@@ -50,7 +52,7 @@ def predict(
 ) -> dict[str, np.ndarray]:
     """Runs `predict_batch` (a jitted make_predict_fn) over uint8 `images` [N, H, W, C].
 
-    Returns NumPy arrays with N rows: `probs`, `embedding` (unit norm) and `features`.
+    Returns NumPy arrays with N rows: `logits`, `probs`, `embedding` (unit norm), `features`.
     `progress` logs a line every few seconds. Raises ValueError for no images, images that
     are not uint8 [N, H, W, C], or a batch_size below 1.
     """

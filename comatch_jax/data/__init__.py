@@ -4,7 +4,7 @@
                  the data fingerprint a resume is checked against.
   idx, tfds_source, digits, image_folder (+ folder_cache, its decode cache)   the readers.
   loader         `load_dataset(config)`: the reader for the configured name.
-  answers        the answers CSV (`dataset.extra_labels_csv`).
+  answers        the answers (`dataset.extra_labels_csv`): a CSV or a Label Studio export.
   pipeline       `prepare_data(config)`: labeled images, unlabeled pool and test images;
                  the batch sampler, host batches and their prefetch.
 

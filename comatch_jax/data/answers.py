@@ -1,9 +1,17 @@
 """The answers to label requests (config.dataset.extra_labels_csv), read as labeled images.
 
-An answers CSV has a `label` column and, to name the image, either `id` (a dataset read by
-name: the image's index in its train split) or `path` (an image folder: a file of
-root/unlabeled/, absolute or relative to the root, as the requests CSV names it). A label
-is a class name or a class index; UNKNOWN answers "none of these classes".
+The file is one of two kinds, told apart by its content:
+* an answers CSV (the labelling page's download, answer_from_truth, or typed by hand): a
+  `label` column and, to name the image, `id` (a dataset read by name: the image's index in
+  its train split) or `path` (an image folder: a file of root/unlabeled/, absolute or
+  relative to the root, as the requests CSV names it). A label is a class name or a class
+  index; UNKNOWN answers "none of these classes". An image answered twice must be answered
+  alike.
+* a Label Studio export (image folders) of the project request_labels writes tasks for:
+  JSON (the full task list) or JSON_MIN (both start with `[`), or CSV (an `image` column and
+  no `path`). Each task's image URL is mapped back to its file of root/unlabeled/. Cancelled
+  annotations are ignored; of an image's other annotations the one updated last counts (ties:
+  the higher annotation id), so a reviewer's correction wins.
 
 CSVs are read as spreadsheets save them: UTF-8 with or without a byte-order mark, LF or CRLF
 line ends, quoted fields, blank rows ignored; file names that are not UTF-8 round-trip as
@@ -17,8 +25,10 @@ import csv
 import dataclasses
 import hashlib
 import io
+import json
 import os
 import unicodedata
+import urllib.parse
 from collections.abc import Sequence
 
 import numpy as np
@@ -27,6 +37,8 @@ CSV_READ = {"encoding": "utf-8-sig", "errors": "surrogateescape"}
 # The answer "none of these classes": never trained on as a class; the image stays in the
 # unlabeled pool unless dataset.drop_unknown_answers. No class folder may take this name.
 UNKNOWN = "__unknown__"
+# Label Studio: the task's image field and the Choices control (the export's label column).
+IMAGE_NAME, CHOICES_NAME = "image", "label"
 
 
 def class_key(name: str) -> str:
@@ -36,9 +48,10 @@ def class_key(name: str) -> str:
 
 
 def read_csv_table(
-    path: str, columns: Sequence[str], raw: bytes | None = None
+    path: str, columns: Sequence[str], raw: bytes | None = None, alternative: Sequence[str] = ()
 ) -> tuple[list[str], list[tuple[int, list[str]]]]:
-    """(header, [(line number, fields), ...]) of a CSV whose header must hold `columns`.
+    """(header, [(line number, fields), ...]) of a CSV whose header must hold `columns` (or
+    else all of `alternative`, where given).
 
     `raw` is the file's bytes when already read. Header names are stripped of surrounding
     spaces; rows whose fields are all blank are skipped; a row's line number is that of its
@@ -60,7 +73,7 @@ def read_csv_table(
         raise ValueError(f"{path} is empty; expected a header with columns {expected}.")
     header = [name.strip() for name in table[0][1]]
     missing = [name for name in columns if name not in header]
-    if missing:
+    if missing and not (alternative and set(alternative) <= set(header)):
         shown = ",".join(header)
         shown = repr(shown) if shown.isprintable() and shown.isascii() else ascii(shown)
         raise ValueError(
@@ -97,30 +110,46 @@ def read_answers(
     root: str | None = None,
     unlabeled_paths: Sequence[str] = (),
 ) -> Answers:
-    """Reads an answers CSV: `path,label` with `root` (an image folder whose unlabeled/ files
-    are `unlabeled_paths`), else `id,label` with ids in 0..num_images-1 not in `labeled_ids`.
+    """Reads an answers CSV or a Label Studio export: `path,label` with `root` (an image
+    folder whose unlabeled/ files are `unlabeled_paths`), else `id,label` with ids in
+    0..num_images-1 not in `labeled_ids`.
 
     A row repeated with the same label counts once. Raises ValueError in one line naming the
-    file, the line and what to do, for: an empty file, an image outside the pool (or already
-    labeled), a label that is no class, a label that is one class's name and another class's
-    index (class folders 0, 1, 2, 10: '2' names class '2' but index 2 is class '10'), an image
-    answered twice with different labels.
+    file, the row and what to do, for: an empty or malformed file, an image outside the pool
+    (or already labeled), a label that is no class, a label that is one class's name and
+    another class's index (class folders 0, 1, 2, 10: '2' names class '2' but index 2 is
+    class '10'), an image answered twice with different labels (answers CSV).
     """
     raw = _read(path)
     key = "id" if root is None else "path"
-    header, rows = read_csv_table(path, (key, "label"), raw)
-    if not rows:
-        raise ValueError(f"{path} has a header but no rows; add {key},label rows or unset it.")
-    key_column, label_column = header.index(key), header.index("label")
+    fix = "fix the row or remove it"
+    if raw.lstrip(b"\xef\xbb\xbf \t\r\n")[:1] in (b"[", b"{"):
+        try:
+            tasks = json.loads(raw.decode("utf-8-sig"))
+        except ValueError as e:
+            raise ValueError(f"{path}: cannot read it as JSON ({e}); export it again.") from None
+        if not isinstance(tasks, list):
+            raise ValueError(f"{path}: not a list of tasks; export the project again.")
+        entries = [(f"entry {i + 1}", task) for i, task in enumerate(tasks)]
+        rows, fix = _label_studio_rows(path, entries, unlabeled_paths, root)
+    else:
+        studio = (IMAGE_NAME, CHOICES_NAME) if root is not None else ()
+        header, table = read_csv_table(path, (key, "label"), raw, studio)
+        if key not in header:
+            entries = [(f"line {line}", dict(zip(header, row))) for line, row in table]
+            rows, fix = _label_studio_rows(path, entries, unlabeled_paths, root)
+        elif not table:
+            raise ValueError(f"{path} has a header but no rows; add {key},label rows or unset it.")
+        else:
+            at = header.index(key), header.index("label")
+            rows = [(f"line {line}", row[at[0]], row[at[1]]) for line, row in table]
     by_name = {class_key(name): i for i, name in enumerate(class_names)}
     position = {p: i for i, p in enumerate(unlabeled_paths)}
     labeled = set(np.asarray(labeled_ids).tolist())
-    answered: dict[int, tuple[int, int]] = {}  # id -> (label, -1 for UNKNOWN; line)
+    answered: dict[int, tuple[int, str]] = {}  # id -> (label, -1 for UNKNOWN; where)
 
-    def image_id(text: str, line: int) -> int:
-        where = f"{path} line {line}"
+    def image_id(text: str, where: str) -> int:
         if root is not None:
-            found = None
             for name in dict.fromkeys((text, text.strip())):  # spaces kept if a file has them
                 relative = os.path.relpath(name, root) if os.path.isabs(name) else name
                 found = position.get(os.path.normpath(relative))
@@ -128,22 +157,22 @@ def read_answers(
                     return found
             raise ValueError(
                 f"{where}: {text!r} is not an image of {root}/unlabeled/ (paths are absolute or "
-                f"relative to {root}); fix the path or remove the row."
+                f"relative to {root}); {fix}."
             )
         try:
             index = int(text.strip())
         except ValueError:
-            raise ValueError(f"{where}: id {text!r} is not an integer; fix the row.") from None
+            raise ValueError(f"{where}: id {text!r} is not an integer; {fix}.") from None
         if not 0 <= index < num_images:
             raise ValueError(
                 f"{where}: id {index} is not in the train split (ids are 0..{num_images - 1}); "
-                "fix the row."
+                f"{fix}."
             )
         if index in labeled:
             raise ValueError(f"{where}: id {index} is already in the labeled set; remove it.")
         return index
 
-    def label_of(text: str, line: int) -> int:
+    def label_of(text: str, where: str) -> int:
         label = text.strip()
         if label == UNKNOWN:
             return -1
@@ -152,27 +181,28 @@ def read_answers(
         indexed = indexed if indexed is not None and indexed < len(class_names) else None
         if named is not None and indexed is not None and named != indexed:
             raise ValueError(
-                f"{path} line {line}: label {label!r} is both the class named {label!r} and "
-                f"class index {indexed} (the class {class_names[indexed]!r}); rename the class "
-                "folders so that no name is a number (e.g. class_2) and write class names."
+                f"{where}: label {label!r} is both the class named {label!r} and class index "
+                f"{indexed} (the class {class_names[indexed]!r}); rename the class folders so "
+                "that no name is a number (e.g. class_2) and write class names."
             )
         if named is None and indexed is None:
             shown = ", ".join(class_names[:5]) + (", ..." if len(class_names) > 5 else "")
             raise ValueError(
-                f"{path} line {line}: label {label!r} is neither a class name ({shown}) nor an "
-                f"index 0..{len(class_names) - 1}, nor {UNKNOWN} (none of these classes)."
+                f"{where}: label {label!r} is neither a class name ({shown}) nor an index "
+                f"0..{len(class_names) - 1}, nor {UNKNOWN} (none of these classes); {fix}."
             )
         return named if named is not None else indexed
 
-    for line, row in rows:
-        image, label = image_id(row[key_column], line), label_of(row[label_column], line)
-        earlier = answered.setdefault(image, (label, line))
+    for where, image, label in rows:
+        at = f"{path} {where}"
+        image_text, image, label = image, image_id(image, at), label_of(label, at)
+        earlier = answered.setdefault(image, (label, where))
         if earlier[0] != label:
             shown = lambda value: UNKNOWN if value < 0 else class_names[value]
             raise ValueError(
-                f"{path} line {line}: {row[key_column].strip()!r} appears more than once, "
-                f"answered {shown(label)!r} here and {shown(earlier[0])!r} on line {earlier[1]}; "
-                "keep one of the rows."
+                f"{at}: {image_text.strip()!r} appears more than once, answered "
+                f"{shown(label)!r} here and {shown(earlier[0])!r} on {earlier[1]}; keep one of "
+                "the rows."
             )
     ids = np.array([i for i, (label, _) in answered.items() if label >= 0], np.int32)
     return Answers(
@@ -181,6 +211,75 @@ def read_answers(
         unknown_ids=np.array([i for i, (label, _) in answered.items() if label < 0], np.int32),
         digest=hashlib.sha256(raw).hexdigest(),
     )
+
+
+def _label_studio_rows(
+    path: str, entries: list[tuple[str, dict]], unlabeled_paths: Sequence[str], root: str | None
+) -> tuple[list[tuple[str, str, str]], str]:
+    """(where, image of unlabeled_paths, label) of the annotation that counts for each image of
+    a Label Studio export's entries (tasks, or rows of one annotation each), and the fix for a
+    bad row. Raises ValueError (one line) for a malformed entry, an image outside the pool or
+    no answer at all."""
+    if root is None:
+        raise ValueError(
+            f"{path} is a Label Studio export, which answers an image folder's requests; a "
+            "dataset read by name takes an id,label CSV (the labelling page's download)."
+        )
+    annotations = []  # (where, image URL, label(s), (ISO 8601 time updated, annotation id))
+    try:
+        for where, entry in entries:
+            where = f"{where} (task {entry.get('id')})"
+            if "annotations" not in entry:  # JSON_MIN, CSV: one annotation, not cancelled
+                order = (str(entry.get("updated_at") or ""), int(entry.get("annotation_id") or 0))
+                annotations.append((where, entry[IMAGE_NAME], entry.get(CHOICES_NAME), order))
+            for annotation in entry.get("annotations", ()):  # JSON: a task, all its annotations
+                if not annotation.get("was_cancelled"):
+                    results = annotation["result"]
+                    labels = [
+                        c for r in results if r["type"] == "choices" for c in r["value"]["choices"]
+                    ]
+                    order = (
+                        str(annotation.get("updated_at") or ""),
+                        int(annotation.get("id") or 0),
+                    )
+                    annotations.append((where, entry["data"][IMAGE_NAME], labels, order))
+    except (KeyError, TypeError, AttributeError, ValueError) as e:
+        raise ValueError(
+            f"{path} {where}: not a Label Studio task of an image and choices ({type(e).__name__}: "
+            f"{e}); export the project again as JSON, JSON_MIN or CSV."
+        ) from None
+    pool, latest = set(unlabeled_paths), {}
+    for where, url, labels, order in annotations:
+        # JSON_MIN and CSV hold one choice as its name, several as {"choices": [...]}.
+        labels = labels.get("choices", labels) if isinstance(labels, dict) else labels
+        label = labels[0] if isinstance(labels, list) and len(labels) == 1 else labels
+        if label in (None, "", []):
+            continue  # a task without an answer
+        image = _pool_path(str(url), pool)
+        if image is None:
+            raise ValueError(
+                f"{path} {where}: image {url!r} is not in the unlabeled pool; delete the task "
+                "in Label Studio, or train on the image folder it came from."
+            )
+        if image not in latest or order > latest[image][0]:
+            latest[image] = (order, where, label if isinstance(label, str) else json.dumps(label))
+    if not latest:
+        raise ValueError(
+            f"{path}: no answered image (cancelled annotations do not count); label some in "
+            "Label Studio and export again."
+        )
+    rows = [(where, image, label) for image, (_, where, label) in latest.items()]
+    return rows, "relabel the task in Label Studio and export again"
+
+
+def _pool_path(url: str, pool: set[str]) -> str | None:
+    """The unlabeled image a task's URL names: its `d` parameter (local files) or its path,
+    percent-decoded, matched on its longest tail that is a path of the pool."""
+    parts = urllib.parse.urlsplit(url)
+    query = (p.partition("=") for p in parts.query.split("&"))
+    raw = next((value for name, _, value in query if name == "d"), parts.path)
+    pieces = os.fsdecode(urllib.parse.unquote_to_bytes(raw)).split("/")
+    return next((tail for i in range(len(pieces)) if (tail := "/".join(pieces[i:])) in pool), None)
 
 
 def _read(path: str) -> bytes:
