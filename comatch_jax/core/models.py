@@ -75,7 +75,6 @@ class BatchNorm(nn.Module):
     unbiased_running_var: bool = False
     frozen: bool = False
     scale_init: Callable[..., Any] = nn.initializers.ones
-    bias_init: Callable[..., Any] = nn.initializers.zeros
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -83,7 +82,7 @@ class BatchNorm(nn.Module):
         ra_mean = self.variable("batch_stats", "mean", jnp.zeros, (features,), jnp.float32)
         ra_var = self.variable("batch_stats", "var", jnp.ones, (features,), jnp.float32)
         scale = self.param("scale", self.scale_init, (features,), jnp.float32)
-        bias = self.param("bias", self.bias_init, (features,), jnp.float32)
+        bias = self.param("bias", nn.initializers.zeros, (features,), jnp.float32)
         if self.use_running_average or self.frozen:
             mean, var = ra_mean.value, ra_var.value
             y = (x - mean) * (jax.lax.rsqrt(var + self.epsilon) * scale) + bias

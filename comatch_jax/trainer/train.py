@@ -191,14 +191,11 @@ def _finished_run(workdir: str, step: int) -> dict[str, Any] | None:
         summary = json.load(f)
     if summary["final_step"] != step:
         return None
+    knn = " by kNN on frozen features" if summary["evaluation"] == "knn" else ""
     logging.warning(
-        "The run in %s is already finished at step %d (final test accuracy %.4f EMA, %.4f raw "
-        "model%s); nothing to do.",
-        workdir,
-        step,
-        summary["test_accuracy"],
-        summary["test_accuracy_raw"],
-        " by kNN on frozen features" if summary["evaluation"] == "knn" else "",
+        f"The run in {workdir} is already finished at step {step} (final test accuracy "
+        f"{summary['test_accuracy']:.4f} EMA, {summary['test_accuracy_raw']:.4f} raw model{knn}); "
+        "nothing to do."
     )
     return summary
 
@@ -227,9 +224,8 @@ def _log_step(
     skipped = int(means.get("skipped_steps", 0))
     if skipped == len(step_metrics):
         logging.warning(
-            "Every step since the last log (up to %d) had a non-finite loss or gradient and "
-            "was skipped (nonfinite_policy=skip): the parameters did not change.",
-            step,
+            f"Every step since the last log (up to {step}) had a non-finite loss or gradient and "
+            "was skipped (nonfinite_policy=skip): the parameters did not change."
         )
     steps_per_sec = float("nan")
     if step > clock[0]:  # not known at the first step
@@ -246,18 +242,13 @@ def _log_step(
 def _warn_if_skipped(skipped: int, steps_run: int, step: int) -> None:
     """After the loop: how many of this run's steps were skipped (nonfinite_policy='skip')."""
     if skipped:
+        advice = "."
+        if skipped >= steps_run:
+            advice = ": the model did not train. Check the inputs, or train in a new --workdir "
+            advice += "with a lower --config.optim.lr."
         logging.warning(
-            "%d of the %d steps this run made (up to %d) were skipped for a non-finite loss or "
-            "gradient (nonfinite_policy=skip)%s",
-            skipped,
-            steps_run,
-            step,
-            (
-                ": the model did not train. Check the inputs, or train in a new --workdir with a "
-                "lower --config.optim.lr."
-                if skipped >= steps_run
-                else "."
-            ),
+            f"{skipped} of the {steps_run} steps this run made (up to {step}) were skipped for a "
+            f"non-finite loss or gradient (nonfinite_policy=skip){advice}"
         )
 
 
@@ -336,11 +327,8 @@ def _evaluator(
             results["test_nll"] = ema["nll"]
         writer.write_scalars(step, metrics.prefixed("eval/", results))
         logging.info(
-            "step %d: test accuracy %.4f (EMA), %.4f (raw model)%s",
-            step,
-            ema["accuracy"],
-            raw["accuracy"],
-            " by kNN on frozen features" if knn else "",
+            f"step {step}: test accuracy {ema['accuracy']:.4f} (EMA), {raw['accuracy']:.4f} (raw "
+            f"model){' by kNN on frozen features' if knn else ''}"
         )
         return results
 
