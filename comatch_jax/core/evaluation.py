@@ -19,9 +19,6 @@ from flax import traverse_util
 
 from comatch_jax.core import train_step
 
-# Seconds between two progress lines of a long pass.
-_PROGRESS_EVERY_S = 5.0
-
 PredictFn = Callable[[dict[str, Any], jax.Array], dict[str, jax.Array]]
 
 
@@ -53,7 +50,7 @@ def predict(
     """Runs `predict_batch` (a jitted make_predict_fn) over uint8 `images` [N, H, W, C].
 
     Returns NumPy arrays with N rows: `logits`, `probs`, `embedding` (unit norm), `features`.
-    `progress` logs a line every few seconds. Raises ValueError for no images, images that
+    `progress` logs a line every 5 seconds. Raises ValueError for no images, images that
     are not uint8 [N, H, W, C], or a batch_size below 1.
     """
     images = np.asarray(images)
@@ -71,7 +68,7 @@ def predict(
         outputs = jax.device_get(predict_batch(variables, _padded(batch, batch_size)))
         chunks.append({name: value[: len(batch)] for name, value in outputs.items()})
         done = first + len(batch)
-        if progress and (time.time() - last_report > _PROGRESS_EVERY_S or done == total):
+        if progress and (time.time() - last_report > 5.0 or done == total):
             last_report = time.time()
             rate = done / max(last_report - start, 1e-9)
             logging.info("scored %d/%d images, %.0f images/s", done, total, rate)

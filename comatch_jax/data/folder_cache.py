@@ -206,11 +206,6 @@ def decode_images_to_cache(
 # ------------------------------------------------------------------- the part cache
 
 
-def root_key(root: str) -> str:
-    """16 hex digits naming `root`'s caches (several roots may share one cache directory)."""
-    return hashlib.sha256(os.fsencode(root)).hexdigest()[:16]
-
-
 def _read_cache(stem: str, root: str, image_size: int) -> dict[str, Any] | None:
     """The cache at `stem` if its .json, .npy and .rowstats are complete and consistent and
     belong to (`root`, `image_size`) in this format, else None."""
@@ -270,7 +265,8 @@ def update_part_cache(
         empty = np.zeros((0, image_size, image_size, 3), np.uint8)
         return CachedPart(empty, (), np.zeros((0, 2, 3), np.int64), ())
     prefix = f"{part}_{image_size}px_"
-    stem = os.path.join(cache_dir, prefix + root_key(root))
+    # 16 hex digits name `root`'s caches: several roots may share one cache directory.
+    stem = os.path.join(cache_dir, prefix + hashlib.sha256(os.fsencode(root)).hexdigest()[:16])
     old = _read_cache(stem, root, image_size)
     if old is not None and sorted(old["entries"] + old["skipped"]) == list(entries):
         if old["skipped"] and corrupt_policy == "fail":

@@ -523,10 +523,6 @@ class Prefetcher:
         self._pending.clear()
         self._pool.shutdown(wait=True)
 
-    @property
-    def running(self) -> bool:
-        return any(not future.done() for future in self._pending)
-
     def __enter__(self) -> "Prefetcher":
         return self
 

@@ -82,13 +82,10 @@ def initialise_from_torch(
 
     The backbone must load entirely (else a one-line ValueError from torch_weights); the
     heads take the state dict's values where names and shapes match (torchvision's 1000-way
-    `fc` does not fit another class count: the classifier keeps its fresh initialisation);
-    everything else keeps `state`'s values. The optimizer state is untouched (SGD momentum
-    starts at zero either way). One log line says what was loaded, in how long, and the
-    normalisation and image size used (images are not resized: they train at their own size).
-
-    Raises FileNotFoundError / ValueError (one line) from torch_weights.load_state_dict,
-    torch_weights.architecture_of and torch_weights.convert.
+    `fc` fits no other class count: the classifier keeps its fresh initialisation); the rest,
+    the optimizer state included, keeps `state`'s values. One log line says what was loaded,
+    in how long, and the normalisation used (images train at their own size). Raises
+    FileNotFoundError / ValueError (one line) from torch_weights.
     """
     source = config.model.init_from_torch
     start = time.monotonic()

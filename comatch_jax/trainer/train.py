@@ -232,7 +232,7 @@ def _log_step(
         steps_per_sec = (step - clock[0]) / (time.monotonic() - clock[1])
         means["steps_per_sec"] = steps_per_sec
         means["images_per_sec"] = steps_per_sec * images_per_step
-    writer.write_scalars(step, metrics.prefixed("train/", means))
+    writer.write_scalars(step, {f"train/{name}": value for name, value in means.items()})
     eta = (config.num_steps - step) / steps_per_sec
     speed = steps_per_sec * images_per_step
     logging.info("%s", metrics.progress_line(step, config.num_steps, means, speed, eta))
@@ -325,7 +325,7 @@ def _evaluator(
         results = {"test_accuracy": ema["accuracy"], "test_accuracy_raw": raw["accuracy"]}
         if "nll" in ema:
             results["test_nll"] = ema["nll"]
-        writer.write_scalars(step, metrics.prefixed("eval/", results))
+        writer.write_scalars(step, {f"eval/{name}": value for name, value in results.items()})
         logging.info(
             f"step {step}: test accuracy {ema['accuracy']:.4f} (EMA), {raw['accuracy']:.4f} (raw "
             f"model){' by kNN on frozen features' if knn else ''}"
