@@ -160,11 +160,6 @@ def _to_uint8(image: jax.Array) -> jax.Array:
     return _round_pixels(image).astype(jnp.uint8)
 
 
-def _check_images(images: jax.Array) -> None:
-    if images.ndim != 4:
-        raise ValueError(f"expected images [B, H, W, C], got shape {images.shape}")
-
-
 @functools.lru_cache(maxsize=None)
 def _batched_view(per_image: Callable[..., jax.Array], **options: Any) -> Callable:
     """``jit(vmap(per_image))`` with one key per image, cached per static options."""
@@ -172,6 +167,8 @@ def _batched_view(per_image: Callable[..., jax.Array], **options: Any) -> Callab
 
     @jax.jit
     def view(rng: jax.Array, images: jax.Array) -> jax.Array:
+        if images.ndim != 4:
+            raise ValueError(f"expected images [B, H, W, C], got shape {images.shape}")
         keys = jax.random.split(rng, images.shape[0])
         return jax.vmap(per_image)(keys, images)
 
@@ -472,7 +469,6 @@ def weak_view(
     rng: jax.Array, images: jax.Array, *, flip: bool = True, pad_fraction: float = 0.125
 ) -> jax.Array:
     """Random horizontal flip (p=0.5) + reflect pad-and-crop by round(pad_fraction*H)."""
-    _check_images(images)
     pad = int(round(pad_fraction * images.shape[1]))
     return _batched_view(_weak_one, flip=bool(flip), pad=pad)(rng, images)
 
@@ -576,7 +572,6 @@ def randaugment_view(
     round(cutout_fraction * H) pixels (16 on 32 px) filled with ``fill``. See the module
     docstring for the magnitudes and the per-slot design.
     """
-    _check_images(images)
     height = images.shape[1]
     view = _batched_view(
         _randaugment_one,
@@ -748,7 +743,6 @@ def simclr_view(
     fixed order) is applied with probability ``jitter_prob``; grayscale with
     ``grayscale_prob``. For C=1 saturation, hue and grayscale are the identity.
     """
-    _check_images(images)
     view = _batched_view(
         _simclr_one,
         flip=bool(flip),
