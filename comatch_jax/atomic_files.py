@@ -18,12 +18,9 @@ from typing import IO, Any, Callable, Iterator
 def open_atomic(path: str, mode: str = "w", **open_kwargs: Any) -> Iterator[IO]:
     """Like `open(path, mode)` for writing ("w" or "wb"), but the content appears at `path`
     only when the `with` block ends without an exception; otherwise the temporary file is
-    removed and `path` is untouched. Creates missing parent directories.
-
-    Raises ValueError for a mode that is not a plain write mode; OSError as `open` does.
+    removed and `path` is untouched. Creates missing parent directories. Raises OSError as
+    `open` does.
     """
-    if mode not in ("w", "wb"):
-        raise ValueError(f"open_atomic writes whole files; mode must be 'w' or 'wb', got {mode!r}.")
     with _renamed_when_done(path, ".tmp") as (handle, _):
         with os.fdopen(handle, mode, **open_kwargs) as f:
             yield f

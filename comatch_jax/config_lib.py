@@ -170,20 +170,34 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         ("positive", lambda v: v > 0): "batch_size num_steps num_labels log_every eval_every "
         "checkpoint_every keep_checkpoints eval_batch_size comatch.temperature "
         "comatch.queue_size comatch.da_length fixmatch.da_length softmatch.n_sigma "
-        "simclr.temperature",
+        "simclr.temperature dataset.image_size",
         (">= 0", lambda v: v >= 0): "mu optim.backbone_lr_scale fixmatch.lambda_u "
         "freematch.lambda_u freematch.lambda_f softmatch.lambda_u barlow_twins.lambda_offdiag",
         ("in [0, 1]", lambda v: 0 <= v <= 1): "comatch.alpha comatch.threshold fixmatch.threshold",
         ("in [0, 1)", lambda v: 0 <= v < 1): "ema.decay comatch.threshold_momentum "
         "freematch.momentum softmatch.momentum",
-        ("'stop' or 'skip'", lambda v: v in ("stop", "skip")): "nonfinite_policy",
-        ("'fixed' or 'freematch'", lambda v: v in ("fixed", "freematch")): "comatch.threshold_rule",
-        ("'mse' or 'bce'", lambda v: v in ("mse", "bce")): "autoencoder.loss",
+        ("in (0, 1)", lambda v: 0 < v < 1): "dataset.val_fraction",
+    }
+    one_of = {  # the values a field may take
+        "nonfinite_policy": ("stop", "skip"),
+        "comatch.threshold_rule": ("fixed", "freematch"),
+        "autoencoder.loss": ("mse", "bce"),
+        "optim.schedule": ("fixmatch_cosine", "cosine", "constant"),
+        "dataset.source": ("auto", "tfds", "idx"),
+        "dataset.corrupt_policy": ("fail", "skip"),
+        "model.name": ("small_cnn", "wide_resnet", "resnet"),
+        "model.stem": ("imagenet", "cifar"),
+        "model.dtype": ("float32", "bfloat16", "float16"),
+        "model.batch_norm": ("global", "per_device"),
     }
     checks = [
         (test(c[f]), f"{f} must be {what}, got {c[f]!r}")
         for (what, test), fields in must_be.items()
         for f in fields.split()
+    ]
+    checks += [
+        (c[f] in values, f"{f} must be {' or '.join(map(repr, values))}, got {c[f]!r}")
+        for f, values in one_of.items()
     ]
     needs_model = {
         "projector_widths": ("barlow_twins", "simsiam", "comatch_bt"),

@@ -81,7 +81,7 @@ def _freematch(p, strong, tau, p_model, hist_model, m):
     thresholds, tau, p_model, hist_model = losses.freematch_thresholds(
         jnp.asarray(p, jnp.float32), tau, p_model, hist_model, momentum=m
     )
-    loss_u, mask = losses.freematch_unlabeled_loss(strong, p, thresholds)
+    loss_u, mask = losses.hard_pseudo_label_loss(strong, p, threshold=thresholds)
     loss_f = losses.freematch_fairness_loss(strong, mask, p_model, hist_model)
     return thresholds, tau, p_model, hist_model, mask, loss_u, loss_f
 
@@ -297,12 +297,12 @@ def test_a_confidence_exactly_at_its_threshold_is_kept():
     half = jnp.full((2,), 0.5)
     thresholds, tau, _, _ = losses.freematch_thresholds(p, jnp.float32(0.5), half, half, momentum=0)
     assert float(tau) == 0.75 and float(thresholds[0]) == 0.75  # the tie, exactly
-    loss, mask = losses.freematch_unlabeled_loss(strong, p, thresholds)
+    loss, mask = losses.hard_pseudo_label_loss(strong, p, threshold=thresholds)
     np.testing.assert_array_equal(mask, [1.0] * 4)
     assert float(loss) == pytest.approx(np.log(2), rel=1e-6)
     thresholds, _, _ = losses.self_adaptive_thresholds(p, jnp.float32(0.5), half, momentum=0)
     assert float(thresholds[0]) == 0.75
-    loss, mask = losses.class_threshold_pseudo_label_loss(strong, p, thresholds)
+    loss, mask = losses.masked_pseudo_label_loss(strong, p, threshold=thresholds)
     np.testing.assert_array_equal(mask, [1.0] * 4)
     assert float(loss) == pytest.approx(np.log(2), rel=1e-6)  # H([.75, .25], [.5, .5])
 

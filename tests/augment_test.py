@@ -577,7 +577,12 @@ def test_order_matters_geometric_then_photometric_differs_from_the_reverse():
     image = random_images((16, 16, 3), seed=5, low=20, high=60)
     channel_first = jnp.moveaxis(jnp.asarray(image, jnp.float32), -1, 0)
     fill = jnp.float32(128)
-    slot = lambda x, op: augment._randaugment_slot(x, jnp.int32(op), jnp.float32(1.0), fill)
+
+    def slot(image, op):  # one drawn op: its warp, then its photometric step
+        op = jnp.int32(op)
+        warped = augment._randaugment_warp(image, op, jnp.float32(1.0), fill)
+        return augment._photometric_step(warped, augment._randaugment_photometric_params(op))
+
     rotate_first = slot(slot(channel_first, augment.ROTATE), augment.AUTO_CONTRAST)
     contrast_first = slot(slot(channel_first, augment.AUTO_CONTRAST), augment.ROTATE)
     expected = photometric(

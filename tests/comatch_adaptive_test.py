@@ -67,8 +67,8 @@ def test_adaptive_threshold_and_mask_match_reference(seed, batch, classes, m):
     thresholds, tau, p_model = losses.self_adaptive_thresholds(
         jnp.asarray(q), jnp.asarray(tau0), jnp.asarray(p0), momentum=m
     )
-    loss, mask = losses.class_threshold_pseudo_label_loss(
-        jnp.asarray(strong), jnp.asarray(q), thresholds
+    loss, mask = losses.masked_pseudo_label_loss(
+        jnp.asarray(strong), jnp.asarray(q), threshold=thresholds
     )
     ref = reference_adaptive(q.astype(np.float64), strong, float(tau0), p0.astype(np.float64), m)
     np.testing.assert_allclose(thresholds, ref[0], rtol=1e-5, atol=1e-7)
@@ -99,7 +99,7 @@ def test_adaptive_threshold_hand_case():
     np.testing.assert_allclose(tau, 0.825, rtol=1e-6)
     np.testing.assert_allclose(p_model, [0.575, 0.425], rtol=1e-6)
     np.testing.assert_allclose(thresholds, [0.825, 0.6097826], rtol=1e-6)
-    loss, mask = losses.class_threshold_pseudo_label_loss(jnp.zeros((2, 2)), q, thresholds)
+    loss, mask = losses.masked_pseudo_label_loss(jnp.zeros((2, 2)), q, threshold=thresholds)
     np.testing.assert_array_equal(mask, [1.0, 0.0])
     np.testing.assert_allclose(loss, np.log(2) / 2, rtol=1e-6)
 

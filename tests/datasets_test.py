@@ -354,11 +354,6 @@ def test_unknown_dataset_lists_known_names():
         assert name in str(info.value)
 
 
-def test_unknown_source():
-    with pytest.raises(ValueError, match="auto, tfds, idx"):
-        datasets.load_dataset(_config(source="http"))
-
-
 def test_idx_source_rejects_split_slicing(tmp_path):
     directory = _write_idx_dir(tmp_path / "idx", _fake_arrays())
     config = _config(source="idx", idx_dir=directory, train_split="train[:10]")

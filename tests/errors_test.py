@@ -117,11 +117,21 @@ def test_workdir_of_a_different_model_is_refused_and_kept(tmp_path):
         ("batch_size", 0, "batch_size must be positive"),
         ("num_steps", -1, "num_steps must be positive"),
         ("num_labels", 0, "num_labels must be positive"),
+        ("dataset.image_size", 0, "dataset.image_size must be positive"),
+        ("dataset.val_fraction", 1.0, r"dataset.val_fraction must be in \(0, 1\)"),
+        ("dataset.corrupt_policy", "ignore", "dataset.corrupt_policy must be 'fail' or 'skip'"),
+        ("dataset.source", "http", "dataset.source must be 'auto' or 'tfds' or 'idx'"),
+        ("optim.schedule", "step", "optim.schedule must be 'fixmatch_cosine' or 'cosine' or"),
+        ("model.name", "vgg", "model.name must be 'small_cnn' or 'wide_resnet' or 'resnet'"),
+        ("model.batch_norm", "per_devce", "model.batch_norm must be 'global' or 'per_device'"),
+        ("model.stem", "tiny", "model.stem must be 'imagenet' or 'cifar', got 'tiny'"),
+        ("model.dtype", "int8", "model.dtype must be 'float32' or 'bfloat16' or 'float16'"),
     ],
 )
 def test_invalid_values_are_rejected(field, value, message):
     config = config_lib.base_config()
-    config[field] = value
+    section, _, name = field.rpartition(".")
+    (config[section] if section else config)[name] = value
     with pytest.raises(ValueError, match=message):
         config_lib.validate_config(config)
 

@@ -183,4 +183,3 @@ def test_distribution_alignment_hand_case():
     p = jnp.array([[0.8, 0.2], [0.2, 0.8]])
     got, _, _ = losses.distribution_alignment(p, jnp.zeros((32, 2)), jnp.zeros((), jnp.int32))
     np.testing.assert_allclose(got, p, atol=1e-6)
-

@@ -198,11 +198,11 @@ def test_declaration_names_the_views_the_loss_reads(name):
     )
     assert np.isfinite(float(loss))
     assert jax.tree.structure(new_state) == jax.tree.structure(state)
-    assert method.needs_unlabeled_data == (config.mu > 0)
+    assert bool(method.unlabeled_views) == (config.mu > 0)
     assert method.display_name
 
 
-@pytest.mark.parametrize("name", [n for n, m in methods.METHODS.items() if m.needs_unlabeled_data])
+@pytest.mark.parametrize("name", [n for n, m in methods.METHODS.items() if m.unlabeled_views])
 def test_methods_with_unlabeled_views_need_mu(name):
     config = method_config(name)
     config.mu = 0
@@ -294,11 +294,7 @@ def test_a_new_method_is_one_entry(monkeypatch):
 
 @pytest.mark.parametrize(
     "name",
-    [
-        n
-        for n, m in methods.METHODS.items()
-        if m.needs_unlabeled_data and m.evaluation == "classifier"
-    ],
+    [n for n, m in methods.METHODS.items() if m.unlabeled_views and m.evaluation == "classifier"],
 )
 def test_no_gradient_through_the_weak_view_or_the_method_state(name):
     """Pseudo-labels, queue and alignment history are targets: the loss's gradient w.r.t.

@@ -63,8 +63,7 @@ def test_check_finite_names_the_step_the_terms_and_where_a_rerun_starts():
     assert "start again from step 0" in str(e.value)
 
 
-def test_prefixes_and_the_progress_line():
-    assert metrics.prefixed("train/", {"loss": 1.0}) == {"train/loss": 1.0}
+def test_the_progress_line():
     line = metrics.progress_line(
         20, 100, {"loss": 1.23456, "mask_rate": 0.5, "grad_norm": 3.0}, 1234.4, 3725.4
     )

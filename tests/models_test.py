@@ -46,11 +46,6 @@ def test_wide_resnet_28_2_has_the_published_parameter_count():
     assert 1.46e6 < count < 1.48e6  # WRN-28-2: 1.47 M parameters without the heads
 
 
-def test_unknown_model_is_a_clear_error():
-    with pytest.raises(ValueError, match="Unknown model.name"):
-        models.create_model(_model_config(name="vgg"), 10)
-
-
 def test_optional_ssl_heads_and_decoder():
     config = _model_config(
         name="small_cnn",
@@ -172,16 +167,13 @@ def test_every_batch_norm_takes_the_model_configs_settings():
     assert heads["dtype"] == jnp.float32 and "frozen" not in heads
 
 
-def test_batch_norm_mode_sets_the_groups_and_is_validated():
+def test_batch_norm_mode_sets_the_groups():
     config = config_lib.base_config().model
     assert models.create_model(config, 10, num_devices=4).bn_groups == 1  # global
     config.batch_norm = "per_device"
     model = models.create_model(config, 10, num_devices=4)
     assert model.bn_groups == 4
     assert model.backbone.norm.keywords["groups"] == model.norm.keywords["groups"] == 4
-    config.batch_norm = "per_devce"
-    with pytest.raises(ValueError, match="model.batch_norm must be one of"):
-        models.create_model(config, 10)
 
 
 @pytest.mark.parametrize("shape", [(3, 8, 8, 4), (2, 7, 9, 3)])

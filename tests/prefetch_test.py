@@ -63,7 +63,7 @@ def test_prefetched_batches_are_those_of_their_step_whatever_the_timing(tmp_path
                 np.testing.assert_array_equal(np.asarray(got[name]), np.asarray(want[name]))
         with pytest.raises(ValueError, match="stops before step 23"):
             batches.get(23)
-    assert not batches.running
+    assert not batches._pending  # nothing left to compute after close
 
 
 def test_steps_out_of_order_are_refused():
@@ -80,7 +80,7 @@ def test_no_thread_is_left_running_after_an_exception():
         with pipeline.Prefetcher(lambda step: step, start_step=0, depth=1) as batches:
             batches.get(0)
             raise KeyError("the step failed")  # the producer is blocked on a full queue
-    assert not batches.running and threading.active_count() == before
+    assert not batches._pending and threading.active_count() == before
 
     def failing(step):
         if step == 2:
@@ -91,7 +91,7 @@ def test_no_thread_is_left_running_after_an_exception():
         assert [batches.get(0), batches.get(1)] == [0, 1]
         with pytest.raises(OSError, match="unreadable image"):
             batches.get(2)
-        assert not batches.running
+        assert not batches._pending
     with pytest.raises(ValueError, match="depth"):
         pipeline.Prefetcher(lambda step: step, start_step=0, depth=0)
 

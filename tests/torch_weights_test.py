@@ -154,8 +154,6 @@ def test_mapping_tables():
     assert any(l.torch_name == "backbone.layer2.0.downsample" for l in narrow)
     with pytest.raises(ValueError, match="6n\\+4"):
         torch_weights.wide_resnet_mapping(27, 2)
-    with pytest.raises(ValueError, match="kind"):
-        torch_weights.LayerMapping("a", ("a",), "pool")
 
 
 # torchvision / timm ResNet-18 / 50. The state dict is rebuilt here from a seeded NumPy RNG

@@ -1,6 +1,7 @@
 """The data a run trains on: normalisation, data fingerprint and placement, as the trainer
 applies them (before the workdir is claimed)."""
 
+import dataclasses
 import re
 
 import numpy as np
@@ -116,8 +117,13 @@ def test_unknown_answers_stay_in_the_pool_unless_dropped(tmp_path):
     "data_gib, free_gib, expected",
     [(14.2, 80.0, True), (14.2, 16.0, False), (0.05, 0.2, True), (1.0, 1.9, False)],
 )
-def test_placement_follows_size_and_free_memory(data_gib, free_gib, expected):
-    assert training_data.choose_data_placement(data_gib * 2**30, free_gib * 2**30) is expected
+def test_placement_follows_size_and_free_memory(monkeypatch, data_gib, free_gib, expected):
+    config = tiny_config()
+    data = training_data.prepare_data(config, synthetic_dataset())
+    free = lambda device: (free_gib / data_gib * data.labeled_images.nbytes, "test")
+    monkeypatch.setattr(training_data, "free_device_memory", free)
+    data = dataclasses.replace(data, unlabeled_images=data.unlabeled_images[:0])
+    assert training_data.data_on_device(config, data) is expected
 
 
 def test_placement_is_logged_and_the_config_overrides(monkeypatch):

@@ -24,26 +24,17 @@ RandomHorizontalFlip), datasets/randaugment.py (RandomAugment), datasets/cifar.p
 
 Speed design
 ------------
-* No ``lax.switch`` over the 14 ops: under ``vmap`` a switch becomes a select that
-  computes every branch for every image. Instead each drawn op slot runs ONE
-  parameterised step: a bilinear affine warp (the identity matrix, an exact no-op, for
-  photometric ops) followed by one photometric step (identity parameters for geometric
-  ops). With N = 2 that is 2 warps and 2 photometric steps per image (plus one
-  identity warp, see below), in the drawn order, whatever the ops; the weak flip + crop
-  before them is one integer gather.
-* The photometric step is a blend ``degenerate + f * (image - degenerate)`` (Color with a
-  gray degenerate, Sharpness with a smoothed one; f = 1 otherwise) followed by the
-  per-channel lookup-table ops written as per-pixel arithmetic: ``anchor_out + scale *
-  (x - anchor)`` (AutoContrast, Brightness, Contrast; identity scale 1), one gather into
-  the image's equalisation table (Equalize), a threshold (Solarize) and a bit mask
-  (Posterize).
-* The slots run as warp_0 and then a ``lax.scan`` of N steps (photometric_i,
-  warp_{i+1}), the last warp the identity, so that every photometric step reads a
-  materialised image (the loop carry): fused into its producer, its many per-pixel
-  consumers would recompute it (experiments/RESULTS.md has the timings).
-* Exact order: a geometric op drawn after a photometric one sees the photometric result
-  and vice versa (e.g. AutoContrast after Rotate includes the gray fill in its statistics,
-  as in the official code).
+* No ``lax.switch`` over the 14 ops (under ``vmap`` it computes every branch for every
+  image): each drawn op is ONE bilinear affine warp (the identity matrix, an exact no-op,
+  for photometric ops), then ONE parameterised photometric step (identity parameters for
+  geometric ops; see _photometric_step), in the drawn order whatever the ops, so a
+  geometric op drawn after a photometric one sees its result and vice versa (AutoContrast
+  after Rotate counts the gray fill, as the official code). The weak flip + crop before
+  them is one integer gather.
+* The ops run as warp_0 and then a ``lax.scan`` of (photometric_i, warp_{i+1}), the last
+  warp the identity, so that every photometric step reads a materialised image (the loop
+  carry): fused into its producer, its many per-pixel consumers would recompute it
+  (experiments/RESULTS.md has the timings).
 
 RandAugment ops at M = 10 (datasets/randaugment.py ``arg_dict`` with MAX_LEVEL = 10)
 ------------------------------------------------------------------------------------
@@ -76,10 +67,11 @@ borders, filled with ``fill``.
 
 Known differences from the official NumPy/OpenCV ops, all below one gray level per op or
 confined to degenerate cases: results are rounded where OpenCV/NumPy truncate
-(``astype(uint8)``); OpenCV's bilinear weights are fixed-point (15 bits; coordinates at 1/32 px, as here); Color and
-Contrast use PIL's luma weights 0.299 R + 0.587 G + 0.114 B where the official functions
-apply (0.114, 0.587, 0.299) to CIFAR's RGB channels; Sharpness clips to [0, 255] where the
-official cast of out-of-range floats to uint8 wraps around.
+(``astype(uint8)``); OpenCV's bilinear weights are fixed-point (15 bits; coordinates at
+1/32 px, as here); Color and Contrast use PIL's luma weights 0.299 R + 0.587 G + 0.114 B
+where the official functions apply (0.114, 0.587, 0.299) to CIFAR's RGB channels;
+Sharpness clips to [0, 255] where the official cast of out-of-range floats to uint8 wraps
+around.
 
 Per-image ops
 -------------
@@ -150,9 +142,7 @@ _PIL_LUMA = (0.299, 0.587, 0.114)
 _CROP_ATTEMPTS = 10
 
 
-# ---------------------------------------------------------------------------
-# Small helpers
-# ---------------------------------------------------------------------------
+# ---------------------------------------------------------------------- Small helpers
 
 
 def _as_float(image: jax.Array) -> jax.Array:
@@ -170,29 +160,15 @@ def _to_uint8(image: jax.Array) -> jax.Array:
     return _round_pixels(image).astype(jnp.uint8)
 
 
-def _float_tuple(values: Sequence[float], length: int) -> tuple[float, ...]:
-    """Hashable option tuple; checks its length."""
-    values = tuple(float(v) for v in values)
-    if len(values) != length:
-        raise ValueError(f"expected {length} values, got {values}")
-    return values
-
-
-def _check_images(images: jax.Array) -> None:
-    if images.ndim != 4:
-        raise ValueError(f"expected images [B, H, W, C], got shape {images.shape}")
-
-
 @functools.lru_cache(maxsize=None)
 def _batched_view(per_image: Callable[..., jax.Array], **options: Any) -> Callable:
-    """``jit(vmap(per_image))`` with one key per image, cached per static options.
-
-    Caching makes eager calls fast; inside an outer jit it is simply inlined.
-    """
+    """``jit(vmap(per_image))`` with one key per image, cached per static options."""
     per_image = functools.partial(per_image, **options)
 
     @jax.jit
     def view(rng: jax.Array, images: jax.Array) -> jax.Array:
+        if images.ndim != 4:
+            raise ValueError(f"expected images [B, H, W, C], got shape {images.shape}")
         keys = jax.random.split(rng, images.shape[0])
         return jax.vmap(per_image)(keys, images)
 
@@ -218,9 +194,7 @@ def reflect_index(index: jax.Array, size: int) -> jax.Array:
     return jnp.where(index >= size, period - index, index)
 
 
-# ---------------------------------------------------------------------------
-# Geometric ops: 3x3 inverse affine matrices (OpenCV convention), bilinear warp
-# ---------------------------------------------------------------------------
+# ---------- Geometric ops: 3x3 inverse affine matrices (OpenCV convention), bilinear warp
 
 
 def _matrix(a: Any, b: Any, c: Any, d: Any, e: Any, f: Any) -> jax.Array:
@@ -269,9 +243,10 @@ def _warp_bilinear(image: jax.Array, matrix: jax.Array, fill: Any) -> jax.Array:
     """cv2.warpAffine(INTER_LINEAR, BORDER_CONSTANT) of a channel-first ``[C, H, W]`` image.
 
     Output pixel (x, y) samples the input at ``matrix @ (x, y, 1)`` (pixel centres at
-    integer coordinates; rounded to 1/32 px as OpenCV does) bilinearly from its 4 neighbours; a neighbour outside the image
-    reads ``fill``. Rounded to whole numbers in [0, 255] (cv2 writes uint8). An identity
-    matrix returns the image unchanged. Returns float32.
+    integer coordinates; rounded to 1/32 px as OpenCV does) bilinearly from its 4
+    neighbours; a neighbour outside the image reads ``fill``. Rounded to whole numbers in
+    [0, 255] (cv2 writes uint8). An identity matrix returns the image unchanged. Returns
+    float32.
     """
     channels, height, width = image.shape
     xs = jnp.arange(width, dtype=jnp.float32)[None, :]
@@ -311,44 +286,24 @@ def warp(image: jax.Array, matrix: jax.Array, fill: Any) -> jax.Array:
     return jnp.moveaxis(_warp_bilinear(channel_first, matrix, fill), 0, -1)
 
 
-def _weak_source_indices(
-    rows: jax.Array,
-    cols: jax.Array,
-    flip: jax.Array,
-    shift_y: jax.Array,
-    shift_x: jax.Array,
-    height: int,
-    width: int,
-) -> tuple[jax.Array, jax.Array]:
-    """Source indices of (reflect pad + crop)-then-flip for output indices.
-
-    The official order (datasets/cifar.py: PadandRandomCrop, then RandomHorizontalFlip):
-    the crop at offset ``pad + shift`` of the reflect-padded image, then flipped, so
-    output pixel (r, c) is pixel (r + shift_y, c' + shift_x) of the image with reflect
-    boundary, c' = W - 1 - c when flipped, else c.
-    """
-    cols = jnp.where(flip, width - 1 - cols, cols)
-    source_rows = reflect_index(rows + shift_y, height)
-    source_cols = reflect_index(cols + shift_x, width)
-    return source_rows, source_cols
-
-
 def _warp_weak(
     image: jax.Array, flip: jax.Array, shift_y: jax.Array, shift_x: jax.Array
 ) -> jax.Array:
-    """Reflect pad-and-crop by (shift_y, shift_x), then flip: ONE gather, input dtype."""
+    """Reflect pad-and-crop by (shift_y, shift_x), then flip: ONE gather, input dtype.
+
+    The official order (datasets/cifar.py: PadandRandomCrop, then RandomHorizontalFlip):
+    output pixel (r, c) is pixel (r + shift_y, c' + shift_x) of the image with reflect
+    boundary, c' = W - 1 - c when flipped, else c.
+    """
     height, width, _ = image.shape
     rows = jnp.broadcast_to(jnp.arange(height)[:, None], (height, width))
     cols = jnp.broadcast_to(jnp.arange(width)[None, :], (height, width))
-    source_rows, source_cols = _weak_source_indices(
-        rows, cols, flip, shift_y, shift_x, height, width
-    )
-    return _gather_pixels(image, source_rows, source_cols)
+    cols = jnp.where(flip, width - 1 - cols, cols)
+    rows, cols = reflect_index(rows + shift_y, height), reflect_index(cols + shift_x, width)
+    return _gather_pixels(image, rows, cols)
 
 
-# ---------------------------------------------------------------------------
-# Photometric ops: one shared, parameterised step (blend + LUT-type ops)
-# ---------------------------------------------------------------------------
+# ------------- Photometric ops: one shared, parameterised step (blend + LUT-type ops)
 
 
 class PhotometricParams(NamedTuple):
@@ -461,18 +416,13 @@ def _photometric_step(image: jax.Array, params: PhotometricParams) -> jax.Array:
     return jnp.floor(values / quantum) * quantum
 
 
-def _apply_photometric(image: jax.Array, params: PhotometricParams) -> jax.Array:
-    """``_photometric_step`` for a channel-last ``[H, W, C]`` image."""
-    channel_first = jnp.moveaxis(_as_float(image), -1, 0)
-    return jnp.moveaxis(_photometric_step(channel_first, params), 0, -1)
-
-
 @jax.jit
 def photometric(image: jax.Array, params: PhotometricParams) -> jax.Array:
     """One photometric op on a ``[H, W, C]`` image, e.g. PIL's ``ImageEnhance.Brightness``
     with factor 1.9 as ``photometric(image, PhotometricParams(brightness=1.9))``: see
     PhotometricParams for the ops and the module docstring for their PIL semantics."""
-    return _apply_photometric(image, params)
+    channel_first = jnp.moveaxis(_as_float(image), -1, 0)
+    return jnp.moveaxis(_photometric_step(channel_first, params), 0, -1)
 
 
 @jax.jit
@@ -491,9 +441,7 @@ def cutout(image: jax.Array, center_y: Any, center_x: Any, size: Any, fill: Any)
     return jnp.where(inside[..., None], jnp.float32(fill), image)
 
 
-# ---------------------------------------------------------------------------
-# Views
-# ---------------------------------------------------------------------------
+# ------------------------------------------------------------------------------ Views
 
 
 def _sample_weak_params(
@@ -521,7 +469,6 @@ def weak_view(
     rng: jax.Array, images: jax.Array, *, flip: bool = True, pad_fraction: float = 0.125
 ) -> jax.Array:
     """Random horizontal flip (p=0.5) + reflect pad-and-crop by round(pad_fraction*H)."""
-    _check_images(images)
     pad = int(round(pad_fraction * images.shape[1]))
     return _batched_view(_weak_one, flip=bool(flip), pad=pad)(rng, images)
 
@@ -567,15 +514,6 @@ def _randaugment_warp(image: jax.Array, op: jax.Array, sign: jax.Array, fill: An
     return _warp_bilinear(image, _randaugment_matrix(op, sign, height, width), fill)
 
 
-def _randaugment_slot(
-    image: jax.Array, op: jax.Array, sign: jax.Array, fill: jax.Array
-) -> jax.Array:
-    """One drawn op on a channel-first image: the (bilinear) warp of a geometric op, then
-    the photometric step of a photometric op; the other part is the identity."""
-    warped = _randaugment_warp(image, op, sign, fill)
-    return _photometric_step(warped, _randaugment_photometric_params(op))
-
-
 def _randaugment_one(
     key: jax.Array,
     image: jax.Array,
@@ -597,9 +535,7 @@ def _randaugment_one(
     fill_value = jnp.float32(fill)
 
     out = jnp.moveaxis(_as_float(_warp_weak(image, do_flip, shift_y, shift_x)), -1, 0)
-    # Slot i = warp_i then photometric_i, run as warp_0 and then N scan steps
-    # (photometric_i, warp_{i+1}) with an identity warp_N: every photometric step reads
-    # the loop carry (see "Speed design" in the module docstring).
+    # warp_0, then N scan steps (photometric_i, warp_{i+1}), warp_N the identity.
     if num_ops:
         out = _randaugment_warp(out, ops[0], signs[0], fill_value)
         identity = jnp.full((1,), IDENTITY, ops.dtype)
@@ -636,7 +572,6 @@ def randaugment_view(
     round(cutout_fraction * H) pixels (16 on 32 px) filled with ``fill``. See the module
     docstring for the magnitudes and the per-slot design.
     """
-    _check_images(images)
     height = images.shape[1]
     view = _batched_view(
         _randaugment_one,
@@ -666,14 +601,8 @@ def _random_resized_crop_params(
     target_area = (height * width) * jax.random.uniform(
         area_key, (_CROP_ATTEMPTS,), minval=scale[0], maxval=scale[1]
     )
-    aspect = jnp.exp(
-        jax.random.uniform(
-            ratio_key,
-            (_CROP_ATTEMPTS,),
-            minval=math.log(ratio[0]),
-            maxval=math.log(ratio[1]),
-        )
-    )
+    low, high = math.log(ratio[0]), math.log(ratio[1])
+    aspect = jnp.exp(jax.random.uniform(ratio_key, (_CROP_ATTEMPTS,), minval=low, maxval=high))
     crop_w = jnp.round(jnp.sqrt(target_area * aspect))
     crop_h = jnp.round(jnp.sqrt(target_area / aspect))
     fits = (crop_w > 0) & (crop_w <= width) & (crop_h > 0) & (crop_h <= height)
@@ -737,13 +666,6 @@ def _resized_crop(
     return (1 - wy) * top_row + wy * bottom_row
 
 
-def _luma(image: jax.Array) -> jax.Array:
-    """torchvision/dm-pix rec601 luma ``[H, W, 1]`` (the image itself for C=1)."""
-    if image.shape[-1] == 3:
-        return dm_pix.rgb_to_grayscale(image, keep_dims=False)
-    return image
-
-
 def _color_jitter(
     key: jax.Array,
     image: jax.Array,
@@ -766,7 +688,8 @@ def _color_jitter(
         return jnp.where(apply, value, 1.0)
 
     image = jnp.clip(image * factor(b_key, b_strength), 0.0, 1.0)
-    mean = jnp.mean(_luma(image))
+    luma = dm_pix.rgb_to_grayscale(image, keep_dims=False) if image.shape[-1] == 3 else image
+    mean = jnp.mean(luma)  # torchvision's rec601 luma
     image = jnp.clip(mean + factor(c_key, c_strength) * (image - mean), 0.0, 1.0)
     if image.shape[-1] == 3:
         gray = dm_pix.rgb_to_grayscale(image, keep_dims=True)
@@ -820,13 +743,12 @@ def simclr_view(
     fixed order) is applied with probability ``jitter_prob``; grayscale with
     ``grayscale_prob``. For C=1 saturation, hue and grayscale are the identity.
     """
-    _check_images(images)
     view = _batched_view(
         _simclr_one,
         flip=bool(flip),
-        crop_scale=_float_tuple(crop_scale, 2),
-        crop_ratio=_float_tuple(crop_ratio, 2),
-        jitter_strength=_float_tuple(jitter_strength, 4),
+        crop_scale=tuple(map(float, crop_scale)),  # tuples: hashable, one cache entry
+        crop_ratio=tuple(map(float, crop_ratio)),
+        jitter_strength=tuple(map(float, jitter_strength)),
         jitter_prob=float(jitter_prob),
         grayscale_prob=float(grayscale_prob),
     )

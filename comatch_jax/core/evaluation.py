@@ -1,13 +1,7 @@
-"""Evaluation and inference on arrays (pure JAX and NumPy; no TensorFlow, no saved runs).
-
-- `make_predict_fn` / `predict`: a model's class probabilities, CoMatch embeddings and pooled
-  features for uint8 images, in fixed-size batches (the last one padded, so one compilation
-  serves every batch).
-- `evaluate`: test accuracy and mean NLL of a classifier, the last batch padded and masked.
-- `knn_predict`, `knn_evaluate`: weighted kNN on frozen features (Wu et al. 2018), how
-  self-supervised methods, whose classifier is untrained, are evaluated.
-- `fit_linear_probe`, `linear_probe_predict`: a linear probe on frozen features.
-- `feature_maps`: every convolution's output for one image.
+"""Evaluation and inference on arrays (pure JAX and NumPy; no TensorFlow, no saved runs):
+a model's predictions in fixed-size batches (the last one padded, so one compilation serves
+every batch), a classifier's test accuracy, weighted kNN and a linear probe on frozen
+features (how self-supervised methods are evaluated), and a model's feature maps.
 """
 
 from __future__ import annotations
@@ -24,9 +18,6 @@ from absl import logging
 from flax import traverse_util
 
 from comatch_jax.core import train_step
-
-# Seconds between two progress lines of a long pass.
-_PROGRESS_EVERY_S = 5.0
 
 PredictFn = Callable[[dict[str, Any], jax.Array], dict[str, jax.Array]]
 
@@ -59,7 +50,7 @@ def predict(
     """Runs `predict_batch` (a jitted make_predict_fn) over uint8 `images` [N, H, W, C].
 
     Returns NumPy arrays with N rows: `logits`, `probs`, `embedding` (unit norm), `features`.
-    `progress` logs a line every few seconds. Raises ValueError for no images, images that
+    `progress` logs a line every 5 seconds. Raises ValueError for no images, images that
     are not uint8 [N, H, W, C], or a batch_size below 1.
     """
     images = np.asarray(images)
@@ -77,7 +68,7 @@ def predict(
         outputs = jax.device_get(predict_batch(variables, _padded(batch, batch_size)))
         chunks.append({name: value[: len(batch)] for name, value in outputs.items()})
         done = first + len(batch)
-        if progress and (time.time() - last_report > _PROGRESS_EVERY_S or done == total):
+        if progress and (time.time() - last_report > 5.0 or done == total):
             last_report = time.time()
             rate = done / max(last_report - start, 1e-9)
             logging.info("scored %d/%d images, %.0f images/s", done, total, rate)

@@ -116,27 +116,43 @@ def graph_contrastive_loss(target_graph: jax.Array, similarity_graph: jax.Array)
 
 
 def masked_pseudo_label_loss(
-    strong_logits: jax.Array, pseudo_labels: jax.Array, *, threshold: float
+    strong_logits: jax.Array, pseudo_labels: jax.Array, *, threshold: float | jax.Array
 ) -> tuple[jax.Array, jax.Array]:
     """L_u^cls, Eq. (9): soft cross-entropy of the strong view against q where max(q) >= tau.
 
-    Averaged over the whole batch (masked examples count as zero), as in the official code.
-    Returns (loss, mask [B] of kept examples as float).
+    `threshold` is tau: a scalar (the paper), or class thresholds [C] compared with
+    max_c q(c) at argmax_c q (e.g. self_adaptive_thresholds; >= as FreeMatch's official code,
+    USB's `max_probs.ge(...)`; a NaN threshold masks its class out). strong_logits [B, C],
+    pseudo_labels q [B, C] (a target, no gradient). Averaged over the whole batch (masked
+    examples count as zero), as in the official code. Returns (loss [] in nats, mask [B] of
+    kept examples, float32).
     """
     pseudo_labels = jax.lax.stop_gradient(pseudo_labels)  # q is a target
-    mask = (jnp.max(pseudo_labels, axis=-1) >= threshold).astype(jnp.float32)
+    mask = _confident(pseudo_labels, threshold)
     return jnp.mean(soft_cross_entropy(strong_logits, pseudo_labels) * mask), mask
 
 
 def hard_pseudo_label_loss(
-    strong_logits: jax.Array, weak_probs: jax.Array, *, threshold: float
+    strong_logits: jax.Array, weak_probs: jax.Array, *, threshold: float | jax.Array
 ) -> tuple[jax.Array, jax.Array]:
-    """FixMatch's unlabeled loss: CE of the strong view against argmax(p_weak) where max >= tau.
+    """CE of the strong view against argmax(p_weak) where max p_weak >= tau: FixMatch's L_u
+    (Sohn et al. 2020, Eq. 4) with a scalar `threshold`, FreeMatch's (Wang et al., ICLR 2023,
+    Eq. 9) with class thresholds [C] tau_t(argmax p_weak) (freematch_thresholds; >= as the
+    official code, USB's `max_probs.ge(...)`, where the paper writes >).
 
-    Returns (loss averaged over the whole batch, mask [B] as float).
+    strong_logits [B, C], weak_probs [B, C] (a target, no gradient). Averaged over the whole
+    batch (masked examples count as zero). Returns (loss [] in nats, mask [B] float32).
     """
-    mask = (jnp.max(jax.lax.stop_gradient(weak_probs), axis=-1) >= threshold).astype(jnp.float32)
+    weak_probs = jax.lax.stop_gradient(weak_probs)
+    mask = _confident(weak_probs, threshold)
     return jnp.mean(_hard_pseudo_label_cross_entropy(strong_logits, weak_probs) * mask), mask
+
+
+def _confident(probs: jax.Array, threshold: float | jax.Array) -> jax.Array:
+    """float32 [B]: 1 where max_c probs(c) >= threshold (a scalar, or [C] taken at argmax_c)."""
+    if jnp.ndim(threshold):  # class thresholds, constants (no gradient)
+        threshold = jax.lax.stop_gradient(threshold)[jnp.argmax(probs, axis=-1)]
+    return (jnp.max(probs, axis=-1) >= threshold).astype(jnp.float32)
 
 
 # ----------------------------------------------------------------------------- self-supervised
@@ -273,44 +289,6 @@ def self_adaptive_thresholds(
     class_probs = momentum * class_probs + (1.0 - momentum) * jnp.mean(probs, axis=0)
     thresholds = class_probs / jnp.max(class_probs) * global_threshold
     return thresholds, global_threshold, class_probs
-
-
-def class_threshold_pseudo_label_loss(
-    strong_logits: jax.Array, pseudo_labels: jax.Array, class_thresholds: jax.Array
-) -> tuple[jax.Array, jax.Array]:
-    """CoMatch's L_u^cls (Li et al., ICCV 2021, Eq. 9) masked by per-class thresholds.
-
-    The soft cross-entropy of the strong view against q, kept where max_c q(c) >=
-    class_thresholds[argmax_c q] (>= as masked_pseudo_label_loss and FreeMatch's official
-    code, USB's `max_probs.ge(...)`; a confidence exactly at its threshold is kept).
-    strong_logits [B, C] float, pseudo_labels q [B, C] (a target, no gradient),
-    class_thresholds [C] (e.g. self_adaptive_thresholds). Averaged over the whole batch
-    (masked examples count as zero), as CoMatch's official code. Returns (loss [] in nats,
-    mask [B] float32). A NaN threshold masks its class out (NaN comparisons are False).
-    """
-    pseudo_labels = jax.lax.stop_gradient(pseudo_labels)  # q is a target
-    class_thresholds = jax.lax.stop_gradient(class_thresholds)
-    threshold = class_thresholds[jnp.argmax(pseudo_labels, axis=-1)]
-    mask = (jnp.max(pseudo_labels, axis=-1) >= threshold).astype(jnp.float32)
-    return jnp.mean(soft_cross_entropy(strong_logits, pseudo_labels) * mask), mask
-
-
-def freematch_unlabeled_loss(
-    strong_logits: jax.Array, weak_probs: jax.Array, class_thresholds: jax.Array
-) -> tuple[jax.Array, jax.Array]:
-    """FreeMatch's L_u (Wang et al., ICLR 2023, Eq. 9): CE of the strong view against
-    argmax(p_weak), kept where max p_weak >= tau_t(argmax p_weak) (>= as the official code,
-    USB's `max_probs.ge(...)`; the paper writes >; a confidence exactly at its threshold is
-    kept).
-
-    strong_logits [B, C] float, weak_probs [B, C] (a target, no gradient), class_thresholds
-    [C] (freematch_thresholds). Averaged over the whole batch (masked examples count as
-    zero). Returns (loss [] in nats, mask [B] float32). A NaN threshold masks its class out.
-    """
-    weak_probs = jax.lax.stop_gradient(weak_probs)
-    confidence = jnp.max(weak_probs, axis=-1)
-    mask = (confidence >= class_thresholds[jnp.argmax(weak_probs, axis=-1)]).astype(jnp.float32)
-    return jnp.mean(_hard_pseudo_label_cross_entropy(strong_logits, weak_probs) * mask), mask
 
 
 def _inverse_or_zero(x: jax.Array) -> jax.Array:

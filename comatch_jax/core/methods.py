@@ -48,11 +48,6 @@ class Method:
     evaluation: str = "classifier"
     display_name: str = ""
 
-    @property
-    def needs_unlabeled_data(self) -> bool:
-        """True when the method has unlabeled views, i.e. needs config.mu > 0."""
-        return bool(self.unlabeled_views)
-
 
 def _pseudo_label_accuracy(pseudo_labels: jax.Array, mask: jax.Array, batch: dict) -> jax.Array:
     """Accuracy of the kept pseudo-labels against the (never trained on) true labels."""
@@ -118,15 +113,12 @@ def comatch_loss(outputs: Outputs, batch: dict, state: dict, config) -> tuple:
     the aligned, unsmoothed probabilities (unlabeled) and one-hot labels (labeled).
 
     comatch.threshold_rule: 'fixed' (the paper) keeps q where max q >= comatch.threshold;
-    'freematch' keeps q where max q >= tau_t(argmax q), FreeMatch's self-adaptive class
-    thresholds (losses.self_adaptive_thresholds, momentum comatch.threshold_momentum) computed
-    from q itself, starting at 1/C, so a young model learns from its unlabeled images from the
-    first steps. Not in the CoMatch or FreeMatch papers; this library's combination. The
-    pseudo-label graph's threshold T (comatch.contrast_threshold) stays fixed under both
-    rules: T thresholds the similarity q_b . q_j of two pseudo-labels (which pairs count as
-    positives in L_u^ctr), not a confidence, and a threshold that starts at 1/C would join
-    most pairs of a young model's near-uniform q's into wrong positives; with the self-loops
-    W^q always has its instance pairs, so L_u^ctr teaches from the first step anyway.
+    'freematch' (this library's combination, in neither paper) where max q >= tau_t(argmax
+    q), FreeMatch's self-adaptive class thresholds (losses.self_adaptive_thresholds) on q,
+    starting at 1/C, so a young model learns from its unlabeled images from the first steps.
+    The graph's T (comatch.contrast_threshold) stays fixed: it thresholds the similarity
+    q_b . q_j of two pseudo-labels, not a confidence, and a T starting at 1/C would join a
+    young model's near-uniform q's into wrong positives (W^q's self-loops teach anyway).
 
     comatch.unknown_weighting (for unlabeled pools holding images of no known class) weighs
     each kept term of L_u^cls by losses.labeled_similarity_weights: images least like any
@@ -156,24 +148,21 @@ def comatch_loss(outputs: Outputs, batch: dict, state: dict, config) -> tuple:
     queue_size = state["queue_embeddings"].shape[0]
     pseudo_labels = jnp.where(state["queue_filled"] >= queue_size, smoothed, probs)
 
-    adaptive = {}
-    if config.comatch.threshold_rule == "freematch":
+    adaptive, threshold = {}, options.threshold
+    if options.threshold_rule == "freematch":
         # FreeMatch's self-adaptive rule on q (the memory-smoothed pseudo-labels): tau_t(c)
         # replaces the fixed tau of L_u^cls only; W^q keeps its fixed T (contrast_threshold).
-        thresholds, global_threshold, class_probs = losses.self_adaptive_thresholds(
+        threshold, global_threshold, class_probs = losses.self_adaptive_thresholds(
             pseudo_labels,
             state["global_threshold"],
             state["class_probs"],
             momentum=options.threshold_momentum,
         )
-        loss_u, mask = losses.class_threshold_pseudo_label_loss(
-            outputs["unlabeled_strong0"]["logits"], pseudo_labels, thresholds
-        )
         adaptive = {"global_threshold": global_threshold, "class_probs": class_probs}
-    else:
-        loss_u, mask = losses.masked_pseudo_label_loss(
-            outputs["unlabeled_strong0"]["logits"], pseudo_labels, threshold=options.threshold
-        )
+    strong_logits = outputs["unlabeled_strong0"]["logits"]
+    loss_u, mask = losses.masked_pseudo_label_loss(
+        strong_logits, pseudo_labels, threshold=threshold
+    )
     if options.unknown_weighting:
         # References: this batch's labeled images and the queue's one-hot entries (the labeled
         # images it holds; an unlabeled entry is one-hot only if its prediction saturated).
@@ -183,7 +172,6 @@ def comatch_loss(outputs: Outputs, batch: dict, state: dict, config) -> tuple:
         )
         mask = mask * losses.labeled_similarity_weights(weak_embeddings, references, is_labeled)
         targets = jax.lax.stop_gradient(pseudo_labels)  # q is a target
-        strong_logits = outputs["unlabeled_strong0"]["logits"]
         loss_u = jnp.mean(losses.soft_cross_entropy(strong_logits, targets) * mask)
     target_graph = losses.pseudo_label_graph(pseudo_labels, threshold=options.contrast_threshold)
     similarity_graph = losses.embedding_graph(
@@ -300,7 +288,7 @@ def freematch_loss(outputs: Outputs, batch: dict, state: dict, config) -> tuple:
         momentum=options.momentum,
     )
     strong_logits = outputs["unlabeled_strong0"]["logits"]
-    loss_u, mask = losses.freematch_unlabeled_loss(strong_logits, weak_probs, thresholds)
+    loss_u, mask = losses.hard_pseudo_label_loss(strong_logits, weak_probs, threshold=thresholds)
     loss_f = losses.freematch_fairness_loss(strong_logits, mask, class_probs, class_histogram)
     loss = loss_x + options.lambda_u * loss_u + options.lambda_f * loss_f
     new_state = {

@@ -4,10 +4,8 @@ A Network maps float images [B, H, W, C] (already normalised) to a dict with `lo
 [B, num_classes], `embedding` [B, low_dim] (unit norm, CoMatch's z), `features` [B, F]
 (the pooled backbone output, used by probes and analysis) and, when configured, the SSL
 `projection` / `prediction` and the autoencoder's `reconstruction`. Backbone parameters
-live under 'backbone', so a pretrained encoder can be loaded into another run.
-`dtype` is the backbone's activation dtype (bfloat16 on GPU/TPU); parameters stay float32,
-and the heads (classifier, embedding head, projector, predictor, decoder) always compute in
-float32 on the float32 pooled features, so every loss sees float32 logits and embeddings.
+live under 'backbone', so a pretrained encoder can be loaded into another run. Parameters
+are float32; the backbone computes in `dtype` (bfloat16 on GPU/TPU), the heads in float32.
 """
 
 from __future__ import annotations
@@ -32,23 +30,19 @@ _dense_init = nn.initializers.xavier_normal()
 _torch_linear_kernel_init = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
 
 
-def _torch_linear_bias_init(fan_in: int) -> Callable[..., jax.Array]:
-    """PyTorch's default nn.Linear bias init: U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
+def torch_linear(features: int, fan_in: int, name: str) -> nn.Dense:
+    """A float32 nn.Dense initialised as PyTorch's default nn.Linear(fan_in, features):
+    kernel and bias U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
     bound = 1.0 / float(fan_in) ** 0.5
 
-    def init(key: jax.Array, shape: Sequence[int], dtype: Any = jnp.float32) -> jax.Array:
+    def bias_init(key: jax.Array, shape: Sequence[int], dtype: Any = jnp.float32) -> jax.Array:
         return jax.random.uniform(key, shape, dtype, -bound, bound)
 
-    return init
-
-
-def torch_linear(features: int, fan_in: int, name: str) -> nn.Dense:
-    """A float32 nn.Dense initialised as PyTorch's default nn.Linear(fan_in, features)."""
     return nn.Dense(
         features,
         dtype=jnp.float32,
         kernel_init=_torch_linear_kernel_init,
-        bias_init=_torch_linear_bias_init(fan_in),
+        bias_init=bias_init,
         name=name,
     )
 
@@ -81,7 +75,6 @@ class BatchNorm(nn.Module):
     unbiased_running_var: bool = False
     frozen: bool = False
     scale_init: Callable[..., Any] = nn.initializers.ones
-    bias_init: Callable[..., Any] = nn.initializers.zeros
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -89,7 +82,7 @@ class BatchNorm(nn.Module):
         ra_mean = self.variable("batch_stats", "mean", jnp.zeros, (features,), jnp.float32)
         ra_var = self.variable("batch_stats", "var", jnp.ones, (features,), jnp.float32)
         scale = self.param("scale", self.scale_init, (features,), jnp.float32)
-        bias = self.param("bias", self.bias_init, (features,), jnp.float32)
+        bias = self.param("bias", nn.initializers.zeros, (features,), jnp.float32)
         if self.use_running_average or self.frozen:
             mean, var = ra_mean.value, ra_var.value
             y = (x - mean) * (jax.lax.rsqrt(var + self.epsilon) * scale) + bias
@@ -348,7 +341,8 @@ class ResNetBlock(nn.Module):
         return nn.relu(x + y)
 
 
-_RESNET_STAGES = {18: ((2, 2, 2, 2), False), 34: ((3, 4, 6, 3), False), 50: ((3, 4, 6, 3), True)}
+# torchvision's resnet.py: depth -> (blocks per stage, bottleneck).
+RESNET_STAGES = {18: ((2, 2, 2, 2), False), 34: ((3, 4, 6, 3), False), 50: ((3, 4, 6, 3), True)}
 
 
 class ResNet(nn.Module):
@@ -370,14 +364,12 @@ class ResNet(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-        if self.depth not in _RESNET_STAGES:
+        if self.depth not in RESNET_STAGES:
             raise ValueError(
-                f"ResNet depth must be one of {sorted(_RESNET_STAGES)}, got {self.depth}"
+                f"ResNet depth must be one of {sorted(RESNET_STAGES)}, got {self.depth}"
             )
-        stages, bottleneck = _RESNET_STAGES[self.depth]
+        stages, bottleneck = RESNET_STAGES[self.depth]
         norm = functools.partial(self.norm, use_running_average=not train)
-        if self.stem not in ("imagenet", "cifar"):
-            raise ValueError(f"ResNet stem must be 'imagenet' or 'cifar', got {self.stem!r}")
         size, stride = (7, 2) if self.stem == "imagenet" else (3, 1)
         x = nn.Conv(
             64,
@@ -404,8 +396,6 @@ class ResNet(nn.Module):
 
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
-MODEL_NAMES = ("small_cnn", "wide_resnet", "resnet")
-BATCH_NORM_MODES = ("global", "per_device")
 
 
 def create_model(
@@ -418,21 +408,12 @@ def create_model(
 
     `image_shape` is needed only when config.decoder is on (the autoencoder). `num_devices`
     is the size of the data-parallel mesh: with config.batch_norm = 'per_device' each
-    device's shard of the batch is normalised with its own statistics; with 'global' BatchNorm
-    statistics span the whole global batch, so any number of devices computes what one device
-    would. Every BatchNorm (backbone and heads) shares config.bn_momentum and
-    config.bn_unbiased_running_var; the backbone's computes in config.dtype and is frozen with
-    config.freeze_backbone_bn, the heads' compute in float32. Raises ValueError for an
-    unknown name, dtype or batch_norm mode.
+    device's shard of the batch is normalised with its own statistics; with 'global' the
+    statistics span the global batch, so any number of devices computes what one would.
+    Every BatchNorm shares bn_momentum and bn_unbiased_running_var; the backbone's computes
+    in config.dtype and is frozen with freeze_backbone_bn. config_lib.validate_config checks
+    the name, dtype, stem and batch_norm mode.
     """
-    if config.dtype not in _DTYPES:
-        raise ValueError(f"model.dtype must be one of {sorted(_DTYPES)}, got {config.dtype!r}")
-    if config.batch_norm not in BATCH_NORM_MODES:
-        raise ValueError(
-            f"model.batch_norm must be one of {BATCH_NORM_MODES}, got {config.batch_norm!r}"
-        )
-    if config.decoder and image_shape is None:
-        raise ValueError("model.decoder needs the image shape")
     bn_groups = num_devices if config.batch_norm == "per_device" else 1
     dtype = _DTYPES[config.dtype]
     norm = functools.partial(
@@ -443,14 +424,11 @@ def create_model(
     )
     backbone_norm = functools.partial(norm, dtype=dtype, frozen=config.freeze_backbone_bn)
     common = dict(norm=backbone_norm, dtype=dtype, name="backbone")
-    if config.name == "small_cnn":
-        backbone = SmallCNN(tuple(config.widths), config.convs_per_stage, **common)
-    elif config.name == "wide_resnet":
-        backbone = WideResNet(config.depth, config.widen_factor, **common)
-    elif config.name == "resnet":
-        backbone = ResNet(config.depth, config.stem, **common)
-    else:
-        raise ValueError(f"Unknown model.name {config.name!r}; expected one of {MODEL_NAMES}")
+    backbone = {
+        "small_cnn": lambda: SmallCNN(tuple(config.widths), config.convs_per_stage, **common),
+        "wide_resnet": lambda: WideResNet(config.depth, config.widen_factor, **common),
+        "resnet": lambda: ResNet(config.depth, config.stem, **common),
+    }[config.name]()
     return Network(
         backbone=backbone,
         num_classes=num_classes,

@@ -2,40 +2,19 @@
 
 A PyTorch `state_dict` (name -> array; pass tensors as NumPy arrays, e.g. `t.numpy()`) is
 converted into the `{'params': ..., 'batch_stats': ...}` of one of our models by a mapping
-table: one `LayerMapping` per PyTorch module, naming its Flax module path and its kind.
-
-Layout rules per kind (PyTorch -> Flax):
-
-==========  ===================================  =====================================
-kind        PyTorch key                          Flax leaf
-==========  ===================================  =====================================
-conv        weight [O, I, kH, kW]                params/.../kernel [kH, kW, I, O]
-            bias [O]                             params/.../bias [O]
-linear      weight [out, in]                     params/.../kernel [in, out]
-            bias [out]                           params/.../bias [out]
-batch_norm  weight, bias [C]                     params/.../scale, params/.../bias
-            running_mean, running_var [C]        batch_stats/.../mean, batch_stats/.../var
-            num_batches_tracked                  (ignored: no Flax counterpart)
-==========  ===================================  =====================================
+table (`MAPPINGS`: the official CoMatch WideResnet, torchvision's and timm's ResNets): one
+`LayerMapping` per PyTorch module, naming its Flax module path and its kind, whose layout
+rule is in _LAYOUTS (a conv weight [O, I, kH, kW] becomes a kernel [kH, kW, I, O], a linear
+weight [out, in] a kernel [in, out]; BatchNorm's weight and bias become scale and bias, its
+running statistics batch_stats mean and var; num_batches_tracked has no counterpart).
 
 The conversion is driven by a template (our model's `model.init` variables): a key is
 expected only where the template has the Flax leaf (so a conv without bias expects no
 `bias`). Leaves the state dict does not provide keep the template's values, as PyTorch's
 `load_state_dict(strict=False)` keeps a fresh classifier. The report lists, one line each,
 the missing, unexpected and mis-shaped keys; a missing or mis-shaped key under a required
-prefix (the backbone by default) raises a one-line ValueError.
-
-Architectures (`MAPPINGS`): 'wide_resnet' = the official CoMatch / FixMatch WideResnet
-(github salesforce/CoMatch, WideResNet.py: `backbone.conv1`, `backbone.layer{1,2,3}.{i}.
-{bn1,conv1,bn2,conv2,downsample}`, `backbone.bn_last`, `classifier`, `fc1`, `fc2`) onto
-comatch_jax.core.models.WideResNet inside models.Network; 'resnet' = torchvision's ResNet-18/34/50
-(torchvision/models/resnet.py: `conv1`, `bn1`, `layer{1-4}.{i}.{conv,bn}{1,2[,3]}`,
-`layer{1-4}.0.downsample.{0,1}`, `fc`), which timm's `resnet18` / `resnet50` (timm/models/
-resnet.py, default downsample) share key for key, onto comatch_jax.core.models.ResNet.
-
-Files (`load_state_dict`): `.safetensors` through the safetensors package's NumPy API (no
-torch at run time); `.pth` / `.pt` / `.bin` need torch; a named source
-'torchvision:NAME' / 'timm:NAME' goes through that package's own download cache.
+prefix (the backbone by default) raises a one-line ValueError. `load_state_dict` reads the
+files (.safetensors without torch).
 """
 
 from __future__ import annotations
@@ -49,7 +28,7 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 import numpy as np
 from flax import traverse_util
 
-KINDS = ("conv", "linear", "batch_norm")
+from comatch_jax.core.models import RESNET_STAGES
 
 # kind -> PyTorch parameter/buffer name -> (Flax collection, Flax leaf name, layout function)
 _LAYOUTS: dict[str, dict[str, tuple[str, str, Callable[[np.ndarray], np.ndarray]]]] = {
@@ -74,15 +53,11 @@ _IGNORED = {"batch_norm": ("num_batches_tracked",)}
 @dataclasses.dataclass(frozen=True)
 class LayerMapping:
     """One PyTorch module (`torch_name`, e.g. 'backbone.layer1.0.bn1') and the Flax module
-    path it becomes (e.g. ('backbone', 'layer1_0', 'bn1')); `kind` is one of KINDS."""
+    path it becomes (e.g. ('backbone', 'layer1_0', 'bn1')); `kind` is a key of _LAYOUTS."""
 
     torch_name: str
     flax_path: tuple[str, ...]
     kind: str
-
-    def __post_init__(self):
-        if self.kind not in KINDS:
-            raise ValueError(f"LayerMapping kind must be one of {KINDS}, got {self.kind!r}")
 
 
 def wide_resnet_mapping(depth: int = 28, widen_factor: int = 2) -> tuple[LayerMapping, ...]:
@@ -119,10 +94,6 @@ def wide_resnet_mapping(depth: int = 28, widen_factor: int = 2) -> tuple[LayerMa
     return tuple(table)
 
 
-# torchvision's resnet.py: depth -> (blocks per stage, bottleneck).
-RESNET_STAGES = {18: ((2, 2, 2, 2), False), 34: ((3, 4, 6, 3), False), 50: ((3, 4, 6, 3), True)}
-
-
 def _resnet_layers(
     depth: int, stem: str = "imagenet", num_classes: int = 1000
 ) -> Iterator[tuple[LayerMapping, tuple[int, ...]]]:
@@ -130,8 +101,6 @@ def _resnet_layers(
     in torchvision's order. Flax paths are comatch_jax.core.models.ResNet's automatic names."""
     if depth not in RESNET_STAGES:
         raise ValueError(f"ResNet depth must be one of {sorted(RESNET_STAGES)}, got {depth}")
-    if stem not in ("imagenet", "cifar"):
-        raise ValueError(f"ResNet stem must be 'imagenet' or 'cifar', got {stem!r}")
     stages, bottleneck = RESNET_STAGES[depth]
     kernel = 7 if stem == "imagenet" else 3
     yield LayerMapping("conv1", ("backbone", "Conv_0"), "conv"), (64, 3, kernel, kernel)
@@ -173,7 +142,7 @@ def resnet_mapping(depth: int = 50, stem: str = "imagenet") -> tuple[LayerMappin
     v1.5, downsample = Sequential(conv1x1, BatchNorm2d), fc); timm/models/resnet.py uses the
     same names for resnet18/34/50. `fc` becomes our `classifier` (loaded only where the class
     count matches). stem='cifar' expects a 3x3 conv1 (no ImageNet checkpoint has one).
-    Raises ValueError for another depth or stem.
+    Raises ValueError for another depth.
     """
     return tuple(layer for layer, _ in _resnet_layers(depth, stem))
 
@@ -240,36 +209,32 @@ class ConversionReport:
         )
 
 
-def convert_state_dict(
+def convert(
     state_dict: Mapping[str, Any],
-    mapping: Sequence[LayerMapping],
+    architecture: str,
     template: Mapping[str, Any],
     *,
     required_prefixes: Sequence[str] = ("backbone",),
     strip_prefix: str = "",
     log: Callable[[str], None] | None = logging.getLogger(__name__).warning,
+    **table_options: Any,
 ) -> tuple[dict[str, Any], ConversionReport]:
-    """Converts a PyTorch state dict into Flax variables shaped like `template`.
+    """Converts `state_dict` (PyTorch name -> array) into Flax variables shaped like
+    `template` (our model's {'params', 'batch_stats'}: arrays or jax.ShapeDtypeStructs), with
+    the table MAPPINGS[architecture](**table_options), e.g. depth=28, widen_factor=2 for
+    'wide_resnet'. Every leaf under `required_prefixes` (top-level Flax names) must be
+    provided, with the right shape. `strip_prefix` is removed from every key first ('module.'
+    for a DistributedDataParallel checkpoint); `log` gets each report line (None: silent).
 
-    Args:
-      state_dict: PyTorch name -> array (NumPy or anything np.asarray accepts).
-      mapping: the architecture's table (e.g. `wide_resnet_mapping(28, 2)`).
-      template: our model's variables, {'params': ..., 'batch_stats': ...} (arrays or
-        jax.ShapeDtypeStructs are fine: only shapes and dtypes are read when a key is
-        provided); leaves the state dict does not provide are copied from it.
-      required_prefixes: Flax top-level names (first path element) whose leaves must all
-        be provided with the right shape.
-      strip_prefix: removed from the start of every state-dict key first ('module.' for a
-        DistributedDataParallel checkpoint).
-      log: called with each report line (None: silent).
-
-    Returns:
-      (variables, report): NumPy variables with the template's structure and dtypes, and
-      the ConversionReport.
-
-    Raises:
-      ValueError (one line) if a key under `required_prefixes` is missing or mis-shaped.
+    Returns (NumPy variables with the template's structure and dtypes, the report). Raises
+    ValueError (one line) for an unknown architecture, or a required key that is missing or
+    mis-shaped.
     """
+    if architecture not in MAPPINGS:
+        raise ValueError(
+            f"Unknown architecture {architecture!r}; known: {', '.join(sorted(MAPPINGS))}"
+        )
+    mapping = MAPPINGS[architecture](**table_options)
     state = {}
     for key, value in state_dict.items():
         if strip_prefix and key.startswith(strip_prefix):
@@ -334,29 +299,6 @@ def convert_state_dict(
             f"{report.fatal[0]!r}; check the architecture, depth and width."
         )
     return traverse_util.unflatten_dict(variables), report
-
-
-def convert(
-    state_dict: Mapping[str, Any],
-    architecture: str,
-    template: Mapping[str, Any],
-    **options: Any,
-) -> tuple[dict[str, Any], ConversionReport]:
-    """`convert_state_dict` with the table `MAPPINGS[architecture](**table options)`.
-
-    Table options (e.g. depth=28, widen_factor=2 for 'wide_resnet') go to the table
-    function; `required_prefixes`, `strip_prefix` and `log` to convert_state_dict.
-    Raises ValueError for an unknown architecture.
-    """
-    if architecture not in MAPPINGS:
-        raise ValueError(
-            f"Unknown architecture {architecture!r}; known: {', '.join(sorted(MAPPINGS))}"
-        )
-    convert_keys = {"required_prefixes", "strip_prefix", "log"}
-    table = MAPPINGS[architecture](**{k: v for k, v in options.items() if k not in convert_keys})
-    return convert_state_dict(
-        state_dict, table, template, **{k: v for k, v in options.items() if k in convert_keys}
-    )
 
 
 # Named sources: 'torchvision:NAME' / 'timm:NAME', loaded through the package's own cache.
@@ -461,13 +403,9 @@ def architecture_of(model_config: Any) -> tuple[str, dict[str, Any]]:
     """(MAPPINGS name, table options) for a `config.model`: resnet -> ('resnet',
     {depth, stem}), wide_resnet -> ('wide_resnet', {depth, widen_factor}). Raises
     ValueError for a model without a PyTorch layout (small_cnn)."""
-    if model_config.name == "resnet":
-        return "resnet", {"depth": model_config.depth, "stem": model_config.stem}
-    if model_config.name == "wide_resnet":
-        return "wide_resnet", {
-            "depth": model_config.depth,
-            "widen_factor": model_config.widen_factor,
-        }
+    options = {"resnet": ("depth", "stem"), "wide_resnet": ("depth", "widen_factor")}
+    if model_config.name in options:
+        return model_config.name, {name: model_config[name] for name in options[model_config.name]}
     raise ValueError(
         f"model.init_from_torch needs model.name resnet or wide_resnet (a PyTorch layout), "
         f"got {model_config.name!r}"

@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 import flax
-import flax.core
 import flax.traverse_util
 import flax.linen as nn
 import jax
@@ -43,21 +42,16 @@ def learning_rate_schedule(config: ml_collections.ConfigDict) -> optax.Schedule:
       github salesforce/CoMatch utils.py WarmupCosineLrScheduler with warmup_iter=0; it
       ends at lr cos(7 pi / 16) = 0.195 lr, not 0); the presets' and the base default,
     'cosine': half-cosine decay to 0 at K, or 'constant'.
-    With warm-up, K counts the steps after it. Raises ValueError for another name.
+    With warm-up, K counts the steps after it (config_lib.validate_config checks the name).
     """
     optim, total = config.optim, config.num_steps
     warmup = optax.linear_schedule(0.0, optim.lr, max(optim.warmup_steps, 1))
     decay_steps = max(total - optim.warmup_steps, 1)
-    if optim.schedule == "cosine":
-        main = optax.cosine_decay_schedule(optim.lr, decay_steps)
-    elif optim.schedule == "fixmatch_cosine":
-        main = lambda k: optim.lr * jnp.cos(7.0 * jnp.pi * k / (16.0 * decay_steps))
-    elif optim.schedule == "constant":
-        main = optax.constant_schedule(optim.lr)
-    else:
-        raise ValueError(
-            f"Unknown optim.schedule {optim.schedule!r}; expected cosine, fixmatch_cosine or constant"
-        )
+    main = {
+        "cosine": optax.cosine_decay_schedule(optim.lr, decay_steps),
+        "fixmatch_cosine": lambda k: optim.lr * jnp.cos(7.0 * jnp.pi * k / (16.0 * decay_steps)),
+        "constant": optax.constant_schedule(optim.lr),
+    }[optim.schedule]
     if optim.warmup_steps <= 0:
         return main
     return optax.join_schedules([warmup, main], [optim.warmup_steps])
@@ -73,8 +67,7 @@ def weight_decay_mask(params: Any) -> Any:
     """
     flat = flax.traverse_util.flatten_dict(params)
     norm_modules = {path[:-1] for path in flat if path[-1] == "scale"}
-    mask = flax.traverse_util.unflatten_dict({path: path[:-1] not in norm_modules for path in flat})
-    return flax.core.freeze(mask) if isinstance(params, flax.core.FrozenDict) else mask
+    return flax.traverse_util.unflatten_dict({path: path[:-1] not in norm_modules for path in flat})
 
 
 class FrozenForState(flax.struct.PyTreeNode):
@@ -103,19 +96,12 @@ def frozen_for(steps: int, inner: optax.GradientTransformation) -> optax.Gradien
     return optax.GradientTransformation(init, update)
 
 
-def backbone_labels(params: Any) -> Any:
-    """'backbone' for every parameter under params['backbone'], 'heads' for the rest
-    (classifier, embedding head, projector, predictor, decoder)."""
-    return flax.traverse_util.path_aware_map(
-        lambda path, _: "backbone" if path[0] == "backbone" else "heads", params
-    )
-
-
 def create_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
     """SGD (Nesterov) with coupled weight decay (added to the gradient before momentum, as
     torch.optim.SGD does) on every parameter but BatchNorm's (`weight_decay_mask`).
 
-    Fine-tuning (optax.multi_transform over `backbone_labels`): optim.backbone_lr_scale = s
+    Fine-tuning (optax.multi_transform over the backbone and the heads: classifier, embedding
+    head, projector, predictor, decoder): optim.backbone_lr_scale = s
     gives the backbone the schedule s lr(k) (weight decay scaled with it, as in a torch
     parameter group), and optim.head_warmup_steps = N freezes the backbone for the first N
     updates (`frozen_for`: heads only, a linear-probe warm start), after which it follows
@@ -131,10 +117,11 @@ def create_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransfo
     backbone = sgd(lambda k: scale * schedule(k + warmup))
     if warmup:
         backbone = frozen_for(warmup, backbone)
-    return optax.chain(
-        decay,
-        optax.multi_transform({"backbone": backbone, "heads": sgd(schedule)}, backbone_labels),
+    labels = lambda params: flax.traverse_util.path_aware_map(
+        lambda path, _: "backbone" if path[0] == "backbone" else "heads", params
     )
+    transforms = {"backbone": backbone, "heads": sgd(schedule)}
+    return optax.chain(decay, optax.multi_transform(transforms, labels))
 
 
 def create_train_state(

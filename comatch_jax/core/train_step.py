@@ -43,16 +43,12 @@ def preprocess(images: jax.Array, mean: Any, std: Any) -> jax.Array:
     return (images.astype(jnp.float32) / 255.0 - mean) / std
 
 
-def augment_options(config: ml_collections.ConfigDict) -> dict[str, Any]:
-    """The augmentation options shared by all views (everything but the slot -> view names)."""
-    return {k: v for k, v in config.augment.items() if k not in VIEW_SLOTS}
-
-
 def make_views(
     rng: jax.Array, batch: Batch, method: methods.Method, config: ml_collections.ConfigDict
 ) -> dict[str, jax.Array]:
-    """Augmented uint8 views keyed '<part>_<slot>', each from its own key."""
-    options = augment_options(config)
+    """Augmented uint8 views keyed '<part>_<slot>', each from its own key; every view gets
+    the options of config.augment that are not slot -> view names."""
+    options = {k: v for k, v in config.augment.items() if k not in VIEW_SLOTS}
     requests = [("labeled", slot) for slot in method.labeled_views]
     requests += [("unlabeled", slot) for slot in method.unlabeled_views]
     keys = jax.random.split(rng, len(requests))
@@ -88,12 +84,8 @@ def split_per_device(x: jax.Array, sizes: list[int], groups: int) -> list[jax.Ar
 
 def schedule_count(opt_state: Any) -> jax.Array:
     """The optimizer's update count (int32 scalar), at which its learning-rate schedule is
-    evaluated: optax's ScaleByScheduleState.count in `opt_state`. Raises ValueError when
-    the optimizer holds no such count (no schedule)."""
-    counts = [leaf for _, leaf in optax.tree_utils.tree_get_all_with_path(opt_state, "count")]
-    if not counts:
-        raise ValueError("the optimizer state holds no update count (optax 'count')")
-    return counts[-1]
+    evaluated: optax's ScaleByScheduleState.count in `opt_state` (the last 'count')."""
+    return optax.tree_utils.tree_get_all_with_path(opt_state, "count")[-1][1]
 
 
 def make_train_step(

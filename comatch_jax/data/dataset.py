@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -226,6 +227,15 @@ def data_fingerprint(dataset: ImageDataset) -> dict[str, Any]:
         "class_names": list(dataset.class_names),
         "parts": parts,
     }
+
+
+def entries_digest(entries: Sequence[tuple[str, int, int]]) -> str:
+    """sha256 hex over (path, size, mtime_ns) entries, in the given order: a part's `files`
+    in the data fingerprint."""
+    digest = hashlib.sha256()
+    for rel, size, mtime in entries:
+        digest.update(f"{rel}\0{size}\0{mtime}\n".encode("utf-8", "surrogateescape"))
+    return digest.hexdigest()
 
 
 def _images(count: int) -> str:

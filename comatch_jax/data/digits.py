@@ -12,17 +12,13 @@ _DIGITS_NUM_TRAIN = 1500
 
 
 def load_digits_dataset() -> ImageDataset:
-    """scikit-learn's real 8x8 digits: first 1500 train, last 297 test, 0..255 uint8."""
-    try:
-        from sklearn import datasets  # pylint: disable=g-import-not-at-top
-    except ImportError as e:
-        raise ImportError("Dataset 'digits' needs scikit-learn; pip install scikit-learn.") from e
+    """scikit-learn's real 8x8 digits: first 1500 train, last 297 test, 0..255 uint8, with the
+    mean/std of the 1500 training images (none are published)."""
+    from sklearn import datasets  # imported only when this dataset is read
+
     digits = datasets.load_digits()
-    images = np.round(digits.images * (255.0 / 16.0)).clip(0, 255).astype(np.uint8)
-    images = images[..., None]
-    labels = digits.target.astype(np.int32)
-    n = _DIGITS_NUM_TRAIN
-    # No published mean/std for these digits: measured on the 1500 training images.
+    images = np.round(digits.images * (255.0 / 16.0)).clip(0, 255).astype(np.uint8)[..., None]
+    labels, n = digits.target.astype(np.int32), _DIGITS_NUM_TRAIN
     mean, std = image_statistics(images[:n])
     return ImageDataset(
         train_images=images[:n],

@@ -27,15 +27,15 @@ from typing import Any
 import numpy as np
 from absl import logging
 
+from comatch_jax import atomic_files
 from comatch_jax.data.dataset import import_tensorflow, pixel_sums
 
-CORRUPT_POLICIES = ("fail", "skip")
 DEFAULT_CACHE_SUBDIR = ".comatch_cache"
 # Bump when the decoding or the cache layout changes, so that old caches are rebuilt.
 _CACHE_FORMAT = 2
 _DECODE_BATCH = 256
 _DECODE_LOG_EVERY = 20_000  # images
-_TEMP_PID = re.compile(r"\.(?:tmp|new)-(\d+)")
+_TEMP_PID = re.compile(r"\.tmp-(\d+)")
 
 Entry = tuple[str, int, int]  # (path relative to the root, size in bytes, mtime_ns)
 
@@ -57,15 +57,6 @@ class CachedPart:
         return [rel for rel, _, _ in self.entries]
 
 
-def check_corrupt_policy(corrupt_policy: str) -> None:
-    """Raises ValueError (one line) unless `corrupt_policy` is one of CORRUPT_POLICIES."""
-    if corrupt_policy not in CORRUPT_POLICIES:
-        raise ValueError(
-            f"Unknown corrupt_policy {corrupt_policy!r}; set --config.dataset.corrupt_policy "
-            f"to one of {', '.join(CORRUPT_POLICIES)}."
-        )
-
-
 def prepare_cache_dir(root: str, cache_dir: str | None) -> str:
     """Creates the cache directory (default `root`/.comatch_cache) and checks it is writable;
     raises PermissionError (one line) if it is not."""
@@ -84,25 +75,13 @@ def prepare_cache_dir(root: str, cache_dir: str | None) -> str:
 
 
 def random_access(images: np.ndarray) -> np.ndarray:
-    """`images` (a memmap of the cache) advised MADV_RANDOM, and returned.
-
-    Training reads a few hundred scattered rows a step; with the kernel's default read-around
-    every page fault also reads the neighbouring pages, filling the page cache with rows never
-    used. MADV_RANDOM (Python's mmap.madvise; a no-op where absent) reads only the pages a
-    row covers.
-    """
+    """`images` (a memmap of the cache) advised MADV_RANDOM (a no-op where absent): training
+    reads a few hundred scattered rows a step, and the kernel's default read-around would
+    fill the page cache with the neighbouring rows, never used."""
     advice, handle = getattr(mmap, "MADV_RANDOM", None), getattr(images, "_mmap", None)
     if advice is not None and handle is not None and hasattr(handle, "madvise"):
         handle.madvise(advice)
     return images
-
-
-def entries_digest(entries: Sequence[Entry]) -> str:
-    """sha256 hex over the (path, size, mtime_ns) entries, in the given order."""
-    digest = hashlib.sha256()
-    for rel, size, mtime in entries:
-        digest.update(f"{rel}\0{size}\0{mtime}\n".encode("utf-8", "surrogateescape"))
-    return digest.hexdigest()
 
 
 # -------------------------------------------------------------------------- decoding
@@ -163,29 +142,6 @@ def _npy_header(shape: tuple[int, ...], length: int | None = None) -> bytes:
     return b"\x93NUMPY\x01\x00" + len(header).to_bytes(2, "little") + header
 
 
-class _NpyRowWriter:
-    """Appends uint8 rows to a new .npy file of at most `max_rows` rows with plain writes;
-    `close` sets the header to the rows written."""
-
-    def __init__(self, path: str, max_rows: int, row_shape: tuple[int, ...]):
-        self.path, self.row_shape, self.rows = path, tuple(row_shape), 0
-        self._header = _npy_header((max_rows,) + self.row_shape)
-        self._file = open(path, "wb")
-        self._file.write(self._header)
-
-    def write(self, rows: np.ndarray) -> None:
-        rows = np.ascontiguousarray(rows, dtype=np.uint8)
-        assert rows.shape[1:] == self.row_shape, (rows.shape, self.row_shape)
-        self._file.write(memoryview(rows).cast("B"))
-        self.rows += len(rows)
-
-    def close(self) -> None:
-        self._file.seek(0)
-        self._file.write(_npy_header((self.rows,) + self.row_shape, len(self._header)))
-        self._file.truncate(len(self._header) + self.rows * int(np.prod(self.row_shape)))
-        self._file.close()
-
-
 def decode_images_to_cache(
     paths: Sequence[str],
     root: str,
@@ -199,39 +155,43 @@ def decode_images_to_cache(
 
     Images stream batch by batch into a temporary file renamed to `cache_path` only when
     complete. Unreadable files raise (corrupt_policy 'fail': ValueError naming the first) or
-    are left out ('skip'; ValueError if none is left). With a `row_sums`
-    list the `pixel_sums` of each batch are appended to it. Returns (read-only memmap of the
-    decoded images, indices into `paths` of the files left out).
+    are left out ('skip'; ValueError if none is left). With a `row_sums` list the
+    `pixel_sums` of each batch are appended to it. Returns (read-only memmap of the decoded
+    images, indices into `paths` of the files left out).
     """
-    check_corrupt_policy(corrupt_policy)
     if not paths:
         raise ValueError(f"No images to decode into {cache_path}; pass at least one path.")
     num, skipped, start = len(paths), [], time.monotonic()
-    temp = f"{cache_path}.tmp-{os.getpid()}"
+    row_shape, written, next_log = (image_size, image_size, 3), 0, _DECODE_LOG_EVERY
+    header = _npy_header((num, *row_shape))  # rewritten in place for the rows written
+    temp, full_paths = f"{cache_path}.tmp-{os.getpid()}", [os.path.join(root, p) for p in paths]
     try:
-        writer = _NpyRowWriter(temp, num, (image_size, image_size, 3))
-        next_log = _DECODE_LOG_EVERY
-        for indices, batch in _decoded_batches([os.path.join(root, p) for p in paths], image_size):
-            done = writer.rows + len(skipped)
-            skipped.extend(int(i) for i in np.setdiff1d(np.arange(done, indices[-1] + 1), indices))
+        with open(temp, "wb") as f:
+            f.write(header)
+            for indices, batch in _decoded_batches(full_paths, image_size):
+                gap = np.setdiff1d(np.arange(written + len(skipped), indices[-1] + 1), indices)
+                skipped.extend(int(i) for i in gap)  # files that failed to decode
+                if skipped and corrupt_policy == "fail":
+                    raise _corrupt_image_error(root, paths[skipped[0]], image_size)
+                f.write(memoryview(np.ascontiguousarray(batch, dtype=np.uint8)).cast("B"))
+                written += len(batch)
+                if row_sums is not None:
+                    row_sums.append(pixel_sums(batch))
+                if written + len(skipped) >= next_log:  # a large folder takes a while
+                    next_log += _DECODE_LOG_EVERY
+                    rate = (written + len(skipped)) / (time.monotonic() - start)
+                    logging.info(f"Decoded {written + len(skipped)}/{num} images ({rate:.0f}/s).")
+            skipped.extend(range(written + len(skipped), num))
             if skipped and corrupt_policy == "fail":
                 raise _corrupt_image_error(root, paths[skipped[0]], image_size)
-            writer.write(batch)
-            if row_sums is not None:
-                row_sums.append(pixel_sums(batch))
-            if writer.rows + len(skipped) >= next_log:  # a large folder takes a while
-                next_log += _DECODE_LOG_EVERY
-                rate = (writer.rows + len(skipped)) / (time.monotonic() - start)
-                logging.info(f"Decoded {writer.rows + len(skipped)}/{num} images ({rate:.0f}/s).")
-        skipped.extend(range(writer.rows + len(skipped), num))
-        if skipped and corrupt_policy == "fail":
-            raise _corrupt_image_error(root, paths[skipped[0]], image_size)
-        if not writer.rows:
-            raise ValueError(
-                f"None of the {num} images could be decoded (first: "
-                f"{os.path.join(root, paths[0])}); check that they are images."
-            )
-        writer.close()
+            if not written:
+                raise ValueError(
+                    f"None of the {num} images could be decoded (first: "
+                    f"{os.path.join(root, paths[0])}); check that they are images."
+                )
+            f.seek(0)
+            f.write(_npy_header((written, *row_shape), len(header)))
+            f.truncate(len(header) + written * int(np.prod(row_shape)))
         os.replace(temp, cache_path)
     finally:
         if os.path.exists(temp):
@@ -244,11 +204,6 @@ def decode_images_to_cache(
 
 
 # ------------------------------------------------------------------- the part cache
-
-
-def root_key(root: str) -> str:
-    """16 hex digits naming `root`'s caches (several roots may share one cache directory)."""
-    return hashlib.sha256(os.fsencode(root)).hexdigest()[:16]
 
 
 def _read_cache(stem: str, root: str, image_size: int) -> dict[str, Any] | None:
@@ -306,12 +261,12 @@ def update_part_cache(
     ValueError naming it, as a new unreadable file does. Raises ValueError (one line) if no
     image of the part can be decoded.
     """
-    check_corrupt_policy(corrupt_policy)
     if not entries:  # nothing to cache (an unlabeled/ the run does not need)
         empty = np.zeros((0, image_size, image_size, 3), np.uint8)
         return CachedPart(empty, (), np.zeros((0, 2, 3), np.int64), ())
     prefix = f"{part}_{image_size}px_"
-    stem = os.path.join(cache_dir, prefix + root_key(root))
+    # 16 hex digits name `root`'s caches: several roots may share one cache directory.
+    stem = os.path.join(cache_dir, prefix + hashlib.sha256(os.fsencode(root)).hexdigest()[:16])
     old = _read_cache(stem, root, image_size)
     if old is not None and sorted(old["entries"] + old["skipped"]) == list(entries):
         if old["skipped"] and corrupt_policy == "fail":
@@ -320,32 +275,19 @@ def update_part_cache(
         images, kept, sums, skipped = old["images"], old["entries"], old["row_sums"], old["skipped"]
         return CachedPart(images, tuple(kept), sums, tuple(skipped), reused=True)
     _remove_dead_temporaries(cache_dir, prefix)
-    pid, sums = os.getpid(), []
-    images_path, sums_path = f"{stem}.new-{pid}.npy", f"{stem}.rowstats.tmp-{pid}"
-    try:
-        paths = [rel for rel, _, _ in entries]
-        _, bad = decode_images_to_cache(
-            paths, root, image_size, images_path, corrupt_policy, row_sums=sums
-        )
-        skipped, bad = [entries[i] for i in bad], set(bad)
-        kept = [entry for i, entry in enumerate(entries) if i not in bad]
-        row_sums = np.concatenate(sums)
-        with open(sums_path, "wb") as f:
-            np.save(f, row_sums)
-        # The old .json goes first: a crash between these steps leaves no .json, and the next
-        # run rebuilds instead of reading rows that do not match their entries.
-        if os.path.exists(stem + ".json"):
-            os.remove(stem + ".json")
-        os.replace(images_path, stem + ".npy")
-        os.replace(sums_path, stem + ".rowstats")
-        temp = f"{stem}.json.tmp-{pid}"
-        with open(temp, "w", encoding="utf-8") as f:
-            meta = {"format": _CACHE_FORMAT, "root": root, "image_size": image_size}
-            json.dump({**meta, "entries": kept, "skipped": skipped}, f)
-        os.replace(temp, stem + ".json")
-    finally:
-        for leftover in (images_path, sums_path):
-            if os.path.exists(leftover):
-                os.remove(leftover)
-    images = np.load(stem + ".npy", mmap_mode="r")
+    # No .json while the part is rebuilt: a crash leaves nothing that looks complete.
+    if os.path.exists(stem + ".json"):
+        os.remove(stem + ".json")
+    sums, paths = [], [rel for rel, _, _ in entries]
+    images, bad = decode_images_to_cache(
+        paths, root, image_size, stem + ".npy", corrupt_policy, row_sums=sums
+    )
+    skipped, bad = [entries[i] for i in bad], set(bad)
+    kept = [entry for i, entry in enumerate(entries) if i not in bad]
+    row_sums = np.concatenate(sums)
+    with atomic_files.open_atomic(stem + ".rowstats", "wb") as f:
+        np.save(f, row_sums)
+    with atomic_files.open_atomic(stem + ".json", encoding="utf-8") as f:
+        meta = {"format": _CACHE_FORMAT, "root": root, "image_size": image_size}
+        json.dump({**meta, "entries": kept, "skipped": skipped}, f)
     return CachedPart(images, tuple(kept), row_sums, tuple(skipped))

@@ -7,7 +7,6 @@ Debian's `dataset-fashion-mnist` package installs the real files in
 from __future__ import annotations
 
 import gzip
-import hashlib
 import math
 import os
 import struct
@@ -15,7 +14,7 @@ import zlib
 
 import numpy as np
 
-from comatch_jax.data.dataset import STANDARD_STATISTICS, ImageDataset
+from comatch_jax.data.dataset import STANDARD_STATISTICS, ImageDataset, entries_digest
 
 IDX_DATASETS = ("fashion_mnist", "mnist")
 IDX_FILENAMES = {
@@ -119,6 +118,8 @@ def load_idx_dataset(idx_dir: str | os.PathLike, name: str = "fashion_mnist") ->
                 f"{where} disagree ({len(images)} images, {len(labels)} labels, largest label "
                 f"{labels.max(initial=0)} of 0..9); {_FIX}."
             )
+    stats = {key: os.stat(path) for key, path in files.items()}
+    entry = lambda key: (files[key], stats[key].st_size, stats[key].st_mtime_ns)
     class_names = FASHION_MNIST_CLASS_NAMES if name == "fashion_mnist" else DIGIT_CLASS_NAMES
     mean, std = STANDARD_STATISTICS[name]
     return ImageDataset(
@@ -133,16 +134,7 @@ def load_idx_dataset(idx_dir: str | os.PathLike, name: str = "fashion_mnist") ->
         mean=mean,
         std=std,
         file_digests={
-            split: _files_digest([files[f"{split}_images"], files[f"{split}_labels"]])
+            split: entries_digest([entry(f"{split}_images"), entry(f"{split}_labels")])
             for split in ("train", "test")
         },
     )
-
-
-def _files_digest(paths: list[str]) -> str:
-    """sha256 hex over the (path, size, mtime_ns) of `paths`."""
-    digest = hashlib.sha256()
-    for path in paths:
-        stat = os.stat(path)
-        digest.update(f"{path}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
-    return digest.hexdigest()

@@ -12,7 +12,12 @@ from absl import logging
 
 from comatch_jax.data import folder_cache
 from comatch_jax.data.answers import UNKNOWN, class_key
-from comatch_jax.data.dataset import ImageDataset, format_channels, statistics_from_sums
+from comatch_jax.data.dataset import (
+    ImageDataset,
+    entries_digest,
+    format_channels,
+    statistics_from_sums,
+)
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp")
 # Fewer evaluation images per class than this: the accuracy is noisy (one image of a class
@@ -128,12 +133,6 @@ def _stratified_holdout(
     return np.setdiff1d(np.arange(len(labels)), val), val
 
 
-def _some(names: list[str], limit: int = 10) -> str:
-    """The first `limit` names, comma-separated, and how many more there are."""
-    more = f" and {len(names) - limit} more" if len(names) > limit else ""
-    return ", ".join(names[:limit]) + more
-
-
 def _check_layout(root: str, require_unlabeled: bool) -> None:
     """FileNotFoundError / ValueError (one line) for a root without labeled/ (or unlabeled/
     when the run needs it), saying so when the root is labeled/, unlabeled/ or val/ itself."""
@@ -144,15 +143,12 @@ def _check_layout(root: str, require_unlabeled: bool) -> None:
             "--config.dataset.root."
         )
     if not os.path.isdir(root):
+        unlabeled = "and unlabeled/ inside"
+        if not require_unlabeled:
+            unlabeled = "inside (unlabeled/ is optional for this run)"
         raise FileNotFoundError(
             f"Image folder {root} does not exist; fix the dataset path or create it with "
-            "labeled/<class_name>/ "
-            + (
-                "and unlabeled/ inside"
-                if require_unlabeled
-                else "inside (unlabeled/ is optional for this run)"
-            )
-            + "."
+            f"labeled/<class_name>/ {unlabeled}."
         )
     for part in ("labeled", "unlabeled") if require_unlabeled else ("labeled",):
         directory = os.path.join(root, part)
@@ -186,7 +182,8 @@ def load_image_folder(
     back as a memmap; later loads decode only the files added or changed since. Without val/,
     a stratified `val_fraction` of labeled/ (seeded) is held out for validation. test/ is not
     read. require_unlabeled=False (a run that draws no unlabeled images) accepts a missing or
-    empty unlabeled/ (then [0, S, S, 3]).
+    empty unlabeled/ (then [0, S, S, 3]). The options' ranges are checked with the config's
+    (config_lib.validate_config).
 
     Returns an ImageDataset whose mean/std are measured exactly over the train and unlabeled
     images (from the cache's per-image pixel sums) and whose file_digests hash each part's
@@ -196,17 +193,6 @@ def load_image_folder(
     folder named `answers.UNKNOWN`, an unreadable image (corrupt_policy 'fail') or an
     unwritable cache directory.
     """
-    folder_cache.check_corrupt_policy(corrupt_policy)
-    if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size <= 0:
-        raise ValueError(
-            f"image_size must be a positive integer, got {image_size!r}; set "
-            "--config.dataset.image_size."
-        )
-    if not 0.0 < val_fraction < 1.0:
-        raise ValueError(
-            f"val_fraction must be in (0, 1), got {val_fraction}; set "
-            "--config.dataset.val_fraction."
-        )
     root = os.path.abspath(os.fspath(root))
     _check_layout(root, require_unlabeled)
     labeled_entries, class_names = _scan_class_tree(root, "labeled")
@@ -263,14 +249,8 @@ def load_image_folder(
             )
         test_images, test_labels = labeled.images[held_out], labeled_labels[held_out]
         test_entries = tuple(labeled.entries[i] for i in held_out)
-        val_source, skipped = (
-            f"held out {val_fraction * 100:g}% of labeled, seed {seed}",
-            labeled.skipped,
-        )
-        logging.info(
-            f"No {root}/val: holding out {len(held_out)} of {len(labeled_labels)} labeled images "
-            f"for validation ({val_fraction * 100:g}% per class, stratified, seed {seed})."
-        )
+        val_source = f"held out {val_fraction * 100:g}% of labeled, seed {seed}"
+        skipped = labeled.skipped
     train_entries = tuple(labeled.entries[i] for i in train)
     unlabeled = load("unlabeled", unlabeled_entries)  # empty if the run needs none
     skipped += unlabeled.skipped
@@ -299,9 +279,9 @@ def load_image_folder(
         unlabeled_paths=tuple(unlabeled.paths),
         skipped_corrupt=tuple(rel for rel, _, _ in skipped),
         file_digests={
-            "train": folder_cache.entries_digest(train_entries),
-            "test": folder_cache.entries_digest(test_entries),
-            "unlabeled": folder_cache.entries_digest(unlabeled.entries),
+            "train": entries_digest(train_entries),
+            "test": entries_digest(test_entries),
+            "unlabeled": entries_digest(unlabeled.entries),
         },
     )
     logging.info(
@@ -326,7 +306,8 @@ def _log_evaluation_set(root: str, dataset: ImageDataset, has_val: bool, val_fra
     )
     per_class = np.bincount(dataset.test_labels, minlength=num_classes)
     missing = [name for name, n in zip(dataset.class_names, per_class) if not n]
-    problems = [f"no images of {_some(missing)}, whose accuracy is not measured"] if missing else []
+    some = ", ".join(missing[:10]) + (f" and {len(missing) - 10} more" if len(missing) > 10 else "")
+    problems = [f"no images of {some}, whose accuracy is not measured"] if missing else []
     if count < EVAL_IMAGES_PER_CLASS * num_classes:
         problems.append(f"fewer than {EVAL_IMAGES_PER_CLASS} per class: its accuracy is noisy")
     if problems:

@@ -11,13 +11,12 @@ from comatch_jax.data import digits, idx, image_folder, tfds_source
 from comatch_jax.data.dataset import ImageDataset
 
 KNOWN_DATASETS = tfds_source.TFDS_DATASETS + ("digits", "image_folder")
-SOURCES = ("auto", "tfds", "idx")
 
 
 def draws_unlabeled_images(config: ml_collections.ConfigDict) -> bool:
     """Whether a run of `config` draws unlabeled images: mu > 0 or a method that trains on
-    them (methods.Method.needs_unlabeled_data)."""
-    return config.mu > 0 or methods.get_method(config.method).needs_unlabeled_data
+    them (a method with unlabeled views)."""
+    return config.mu > 0 or bool(methods.get_method(config.method).unlabeled_views)
 
 
 def load_dataset(config: ml_collections.ConfigDict) -> ImageDataset:
@@ -30,8 +29,8 @@ def load_dataset(config: ml_collections.ConfigDict) -> ImageDataset:
     (fashion_mnist and mnist IDX files in `idx_dir`) or "auto" (fashion_mnist: prepared TFDS
     data, else IDX files, else a TFDS download; the other names: "tfds").
 
-    Raises ValueError (one line) for an unknown name or source or options the source cannot
-    honour, FileNotFoundError when the data is not available offline and cannot be fetched.
+    Raises ValueError (one line) for an unknown name or options the source cannot honour
+    (config_lib.validate_config checks `source`), FileNotFoundError when the data is not available offline and cannot be fetched.
     """
     options = config.dataset
     name, source, extra_split = options.name, options.source, options.extra_unlabeled_split
@@ -39,11 +38,6 @@ def load_dataset(config: ml_collections.ConfigDict) -> ImageDataset:
         raise ValueError(
             f"Unknown dataset {name!r}; set --config.dataset.name to one of "
             f"{', '.join(KNOWN_DATASETS)}."
-        )
-    if source not in SOURCES:
-        raise ValueError(
-            f"Unknown dataset source {source!r}; set --config.dataset.source to one of "
-            f"{', '.join(SOURCES)}."
         )
     if name == "image_folder":
         if not options.root:

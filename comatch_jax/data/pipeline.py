@@ -13,6 +13,7 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import dataclasses
+import itertools
 import os
 from typing import Any, Callable
 
@@ -114,22 +115,15 @@ def split_labeled_unlabeled(
     )
 
 
-def _check_dataset(config: ml_collections.ConfigDict, dataset: ImageDataset) -> None:
-    """One-line ValueErrors for data no run of `config` can train on: fewer than 2 classes,
-    or images too small for small_cnn, which halves them len(widths) - 1 times (VALID 2x2
-    pooling leaves no pixels of a smaller image; wide_resnet and resnet take any size)."""
-    folder = dataset.name == "image_folder"
-    if dataset.num_classes < 2:
-        raise ValueError(
-            f"{dataset.source} has {dataset.num_classes} class "
-            f"({', '.join(dataset.class_names) or 'none'}); a classifier needs at least 2 "
-            f"{'class folders under labeled/' if folder else 'classes in the dataset'}."
-        )
+def _check_image_size(config: ml_collections.ConfigDict, dataset: ImageDataset) -> None:
+    """A one-line ValueError for images too small for small_cnn, which halves them
+    len(widths) - 1 times (VALID 2x2 pooling leaves no pixels of a smaller image; wide_resnet
+    and resnet take any size). (An image folder of one class is refused as it is read.)"""
     (height, width), needed = dataset.train_images.shape[1:3], 2 ** (len(config.model.widths) - 1)
     if config.model.name == "small_cnn" and min(height, width) < needed:
         fix = (
             f"set --config.dataset.image_size={needed} or more"
-            if folder
+            if dataset.name == "image_folder"
             else f"use at most {int(np.log2(min(height, width))) + 1} model.widths"
         )
         raise ValueError(
@@ -151,7 +145,7 @@ def prepare_data(config: ml_collections.ConfigDict, dataset: Any = None) -> Semi
     """
     options = config.dataset
     dataset = dataset if dataset is not None else loader.load_dataset(config)
-    _check_dataset(config, dataset)
+    _check_image_size(config, dataset)
     mean, std = resolve_normalization(options.mean, options.std, dataset)
     folder = dataset.name == "image_folder"
     images, labels = dataset.train_images, dataset.train_labels
@@ -208,7 +202,7 @@ def prepare_data(config: ml_collections.ConfigDict, dataset: Any = None) -> Semi
             else:
                 pool_images = pool_images[keep]
     if not len(pool_ids) and loader.draws_unlabeled_images(config):
-        needs = methods.get_method(config.method).needs_unlabeled_data
+        needs = bool(methods.get_method(config.method).unlabeled_views)
         what = f"method={config.method} trains on" if needs else f"mu={config.mu} asks for"
         fix = "set --config.mu=0"
         if needs:
@@ -277,18 +271,11 @@ def free_device_memory(device: jax.Device) -> tuple[int, str]:
     return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"), "host RAM"
 
 
-def choose_data_placement(
-    data_bytes: int, free_bytes: int, *, fraction: float = DEVICE_DATA_FRACTION
-) -> bool:
-    """True when `data_bytes` of images fit in `fraction` of `free_bytes` of a device (each
-    device holds them whole), e.g. 14 GB on an 80 GB GPU (yes) or a 16 GB one (no)."""
-    return data_bytes <= fraction * free_bytes
-
-
 def data_on_device(config: ml_collections.ConfigDict, data: SemiSupervisedData) -> bool:
     """Whether the run keeps its training images on the device: config.data_on_device when
-    set, else whether they fit (choose_data_placement, the first device's free memory).
-    Logs one line saying what was chosen and why."""
+    set, else whether they fit in DEVICE_DATA_FRACTION of the first device's free memory
+    (each device holds them whole: 14 GB fit on an 80 GB GPU, not on a 16 GB one). Logs one
+    line saying what was chosen and why."""
     images = (data.labeled_images, data.unlabeled_images)
     nbytes = sum(int(np.prod(a.shape)) * a.dtype.itemsize for a in images)
     size = f"{nbytes / 2**30:.2f} GiB of training images"
@@ -297,7 +284,7 @@ def data_on_device(config: ml_collections.ConfigDict, data: SemiSupervisedData) 
         reason = f"data_on_device={on_device} set in the config ({size})"
     else:
         free, what = free_device_memory(jax.local_devices()[0])
-        on_device = choose_data_placement(nbytes, free)
+        on_device = nbytes <= DEVICE_DATA_FRACTION * free
         reason = (
             f"{size} {'fit' if on_device else 'do not fit'} in {DEVICE_DATA_FRACTION:.0%} of the "
             f"{free / 2**30:.1f} GiB free ({what}); --config.data_on_device=True/False overrides"
@@ -382,15 +369,12 @@ def epoch_permutation_indices(
     batch_size: int,
     stream: int = LABELED_STREAM,
 ) -> Any:
-    """Indices int32[batch_size] of batch `step` in an epoch-wise shuffled stream.
-
-    Position p = step * batch_size + i is element p % N of epoch p // N's permutation of
-    [0, N), N = dataset_size: every index once per epoch; batches may span epochs (64 labeled
+    """Indices int32[batch_size] of batch `step` of the epoch-wise shuffled stream above:
+    every index of [0, dataset_size) once per epoch; batches may span epochs (64 labeled
     images drawn from 40). `rng` is a PRNG key (raw uint32 or typed); `stream` separates
-    streams drawn with one key. O(batch_size) work and memory. Inside jit (a traced `rng` or
-    `step`) returns a jax.Array, otherwise a NumPy array with the same values. Positions are
-    int32: valid below 2**31 images seen. Raises ValueError for dataset_size outside
-    [1, 2**31) or a key that is not uint32 data.
+    streams drawn with one key. Inside jit (a traced `rng` or `step`) returns a jax.Array
+    (int32 positions: below 2**31 images seen), otherwise a NumPy array of the same values.
+    Raises ValueError for dataset_size outside [1, 2**31) or a key that is not uint32 data.
     """
     if not 1 <= dataset_size < 2**31:
         raise ValueError(f"dataset_size must be in [1, 2**31), got {dataset_size}")
@@ -421,23 +405,22 @@ def batch_indices(
     Reads only the sizes of `data`'s label arrays and its `sampling_rng`, so every process of
     a multi-process run computes the same global batch and reads just its own rows.
     """
-    rng, indices = data["sampling_rng"], {}
-    sizes = [("labeled", "labels", batch_size, LABELED_STREAM)]
+    rng = data["sampling_rng"]
+    draw = lambda array, size, stream: epoch_permutation_indices(
+        rng, step, dataset_size=data[array].shape[0], batch_size=size, stream=stream
+    )
+    indices = {"labeled": draw("labels", batch_size, LABELED_STREAM)}
     if unlabeled_batch_size:
-        sizes.append(("unlabeled", "unlabeled_labels", unlabeled_batch_size, UNLABELED_STREAM))
-    for rows, array, size, stream in sizes:
-        indices[rows] = epoch_permutation_indices(
-            rng, step, dataset_size=data[array].shape[0], batch_size=size, stream=stream
-        )
+        indices["unlabeled"] = draw("unlabeled_labels", unlabeled_batch_size, UNLABELED_STREAM)
     return indices
 
 
-# Which rows (batch_indices' keys) each batch entry is gathered with, from which array.
-BATCH_SOURCES = {
-    "labeled_images": ("labeled", "labeled_images"),
-    "labels": ("labeled", "labels"),
-    "unlabeled_images": ("unlabeled", "unlabeled_images"),
-    "unlabeled_labels": ("unlabeled", "unlabeled_labels"),
+# The rows (batch_indices' keys) each array of a batch is gathered with.
+BATCH_ROWS = {
+    "labeled_images": "labeled",
+    "labels": "labeled",
+    "unlabeled_images": "unlabeled",
+    "unlabeled_labels": "unlabeled",
 }
 
 
@@ -450,11 +433,7 @@ def sample_batch(
     indices = batch_indices(
         data, step, batch_size=batch_size, unlabeled_batch_size=unlabeled_batch_size
     )
-    return {
-        name: data[array][indices[rows]]
-        for name, (rows, array) in BATCH_SOURCES.items()
-        if rows in indices
-    }
+    return {name: data[name][indices[rows]] for name, rows in BATCH_ROWS.items() if rows in indices}
 
 
 # ---------------------------------------------------------- batches for the step
@@ -482,9 +461,9 @@ def host_batch(
         return out
 
     batch = {}
-    for name, (rows, array) in BATCH_SOURCES.items():
+    for name, rows in BATCH_ROWS.items():
         if rows in indices:
-            source, selected = arrays[array], np.asarray(indices[rows])
+            source, selected = arrays[name], np.asarray(indices[rows])
             batch[name] = jax.make_array_from_callback(
                 (len(selected), *source.shape[1:]),
                 sharding,
@@ -513,36 +492,29 @@ class Prefetcher:
     ):
         if depth < 1:
             raise ValueError(f"Prefetcher depth must be >= 1, got {depth}")
-        self._make_batch, self._depth, self._stop = make_batch, depth, stop_step
-        self._next_get = self._next_put = int(start_step)
-        self._pending: collections.deque = collections.deque()
         self._pool = concurrent.futures.ThreadPoolExecutor(1, "comatch_jax-prefetch")
-        self._fill()
-
-    def _fill(self) -> None:
-        while len(self._pending) < self._depth and (
-            self._stop is None or self._next_put < self._stop
-        ):
-            self._pending.append(self._pool.submit(self._make_batch, self._next_put))
-            self._next_put += 1
+        steps = itertools.count(start_step) if stop_step is None else range(start_step, stop_step)
+        # Submitted as they are taken: `depth` now, then one more at each `get`.
+        self._submitted = (self._pool.submit(make_batch, step) for step in steps)
+        self._pending = collections.deque(itertools.islice(self._submitted, depth))
+        self._next, self._stop = int(start_step), stop_step
 
     def get(self, step: int) -> Any:
         """make_batch(step); blocks until it is ready."""
-        if step != self._next_get:
+        if step != self._next:
             raise ValueError(
                 f"Prefetcher serves consecutive steps: asked for step {step}, the next is "
-                f"{self._next_get}; make a new Prefetcher to start elsewhere."
+                f"{self._next}; make a new Prefetcher to start elsewhere."
             )
         if not self._pending:
             raise ValueError(f"Prefetcher stops before step {self._stop}, asked for {step}")
-        future = self._pending.popleft()
         try:
-            batch = future.result()
+            batch = self._pending.popleft().result()
         except BaseException:
             self.close()
             raise
-        self._next_get += 1
-        self._fill()
+        self._next += 1
+        self._pending.extend(itertools.islice(self._submitted, 1))
         return batch
 
     def close(self) -> None:  # drops the batches not started, waits for the one being made
@@ -550,10 +522,6 @@ class Prefetcher:
             future.cancel()
         self._pending.clear()
         self._pool.shutdown(wait=True)
-
-    @property
-    def running(self) -> bool:
-        return any(not future.done() for future in self._pending)
 
     def __enter__(self) -> "Prefetcher":
         return self

@@ -14,8 +14,7 @@ import numpy as np
 from comatch_jax.data.dataset import STANDARD_STATISTICS, ImageDataset, import_tensorflow
 
 TFDS_DATASETS = ("fashion_mnist", "mnist", "cifar10", "cifar100", "svhn_cropped", "stl10")
-# Examples per chunk when a split's size is unknown (see `_read_split`).
-_CHUNK = 4096
+_CHUNK = 4096  # examples per chunk read (`_read_split`)
 
 
 @functools.lru_cache(maxsize=None)
@@ -36,15 +35,11 @@ def tfds_is_prepared(name: str, data_dir: str | None) -> bool:
 
 
 def _read_split(builder: Any, split: str) -> tuple[np.ndarray, np.ndarray]:
-    """(images uint8 [N, H, W, C], labels) of a whole TFDS split, read into NumPy arrays."""
-    tfds = import_tfds()
-    if builder.info.splits.total_num_examples:
-        data = tfds.as_numpy(builder.as_dataset(split=split, batch_size=-1))
-        return data["image"], data["label"]
-    # Unknown split sizes (`tfds.testing.mock_data` without metadata): batch_size=-1 would
-    # pad-batch to sys.maxsize, which aborts TensorFlow; read in chunks instead.
+    """(images uint8 [N, H, W, C], labels) of a whole TFDS split, read into NumPy arrays in
+    chunks (batch_size=-1 would pad-batch a split of unknown size, e.g. under
+    `tfds.testing.mock_data`, to sys.maxsize, which aborts TensorFlow)."""
     ds = builder.as_dataset(split=split).map(lambda ex: (ex["image"], ex["label"]))
-    chunks = list(tfds.as_numpy(ds.batch(_CHUNK)))
+    chunks = list(import_tfds().as_numpy(ds.batch(_CHUNK)))
     if not chunks:
         raise ValueError(f"TFDS split {builder.name}:{split} is empty; pick another split.")
     return np.concatenate([c[0] for c in chunks]), np.concatenate([c[1] for c in chunks])

@@ -86,11 +86,6 @@ def check_finite(
     )
 
 
-def prefixed(prefix: str, metrics: dict[str, float]) -> dict[str, float]:
-    """{prefix + name: value}, e.g. 'train/loss'."""
-    return {prefix + name: value for name, value in metrics.items()}
-
-
 def progress_line(
     step: int, num_steps: int, metrics: dict[str, float], images_per_sec: float, eta_s: float
 ) -> str:

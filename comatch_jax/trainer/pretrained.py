@@ -41,13 +41,6 @@ def with_pretrained_normalization(
     return dataclasses.replace(data, mean=mean, std=std)
 
 
-def _strip_prefix(state_dict: dict[str, np.ndarray]) -> str:
-    """'module.' when every key has it (a DistributedDataParallel checkpoint), else ''."""
-    if state_dict and all(key.startswith("module.") for key in state_dict):
-        return "module."
-    return ""
-
-
 def _adapt_input_channels(
     state_dict: dict[str, np.ndarray],
     first_conv: torch_weights.LayerMapping,
@@ -89,13 +82,10 @@ def initialise_from_torch(
 
     The backbone must load entirely (else a one-line ValueError from torch_weights); the
     heads take the state dict's values where names and shapes match (torchvision's 1000-way
-    `fc` does not fit another class count: the classifier keeps its fresh initialisation);
-    everything else keeps `state`'s values. The optimizer state is untouched (SGD momentum
-    starts at zero either way). One log line says what was loaded, in how long, and the
-    normalisation and image size used (images are not resized: they train at their own size).
-
-    Raises FileNotFoundError / ValueError (one line) from torch_weights.load_state_dict,
-    torch_weights.architecture_of and torch_weights.convert.
+    `fc` fits no other class count: the classifier keeps its fresh initialisation); the rest,
+    the optimizer state included, keeps `state`'s values. One log line says what was loaded,
+    in how long, and the normalisation used (images train at their own size). Raises
+    FileNotFoundError / ValueError (one line) from torch_weights.
     """
     source = config.model.init_from_torch
     start = time.monotonic()
@@ -103,7 +93,8 @@ def initialise_from_torch(
     mapping = torch_weights.MAPPINGS[architecture](**options)
     state_dict = torch_weights.load_state_dict(source)
     template = jax.device_get({"params": state.params, "batch_stats": state.batch_stats})
-    prefix = _strip_prefix(state_dict)
+    # 'module.' before every key: a DistributedDataParallel checkpoint.
+    prefix = "module." if state_dict and all(k.startswith("module.") for k in state_dict) else ""
     state_dict = _adapt_input_channels(state_dict, mapping[0], template, prefix, log)
     variables, report = torch_weights.convert(
         state_dict, architecture, template, strip_prefix=prefix, log=logging.warning, **options

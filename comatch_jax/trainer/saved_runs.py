@@ -62,12 +62,8 @@ def check_workdir(
             f"--workdir={workdir} is not empty and holds no comatch_jax run; "
             "choose a new or empty directory."
         )
-    saved_fingerprint = read_run_info(workdir).get("fingerprint")
-    change = (
-        fingerprint
-        and saved_fingerprint
-        and data.describe_data_change(saved_fingerprint, fingerprint)
-    )
+    recorded = read_run_info(workdir).get("fingerprint")
+    change = recorded and fingerprint and data.describe_data_change(recorded, fingerprint)
     if change:
         raise ValueError(
             f"--workdir={workdir} holds a run on other data ({change}); use a new "
@@ -93,11 +89,8 @@ def check_workdir(
             "more (to train on), or a new --workdir."
         )
     if steps and changed:
-        logging.warning(
-            "Resuming the run in %s with %s.",
-            workdir,
-            ", ".join(f"{k}={current.get(k)} (was {saved.get(k)})" for k in changed),
-        )
+        changes = ", ".join(f"{k}={current.get(k)} (was {saved.get(k)})" for k in changed)
+        logging.warning(f"Resuming the run in {workdir} with {changes}.")
 
 
 def _only_an_empty_start(workdir: str) -> bool:

@@ -92,8 +92,7 @@ def train_and_evaluate(
             config, data, step_fn, run_keys(config.seed)[1], replicated, batch_sharding
         )
         knn = method.evaluation == "self_supervised"
-        accuracy_of = _test_accuracy(config, model, method, data, replicated, batch_sharding)
-        evaluate = functools.partial(_evaluate, accuracy_of, writer=writer, knn=knn)
+        evaluate = _evaluator(config, model, knn, data, replicated, batch_sharding, writer)
         log_step = functools.partial(
             _log_step,
             config=config,
@@ -101,7 +100,8 @@ def train_and_evaluate(
             method=method,
             # An image folder's unlabeled images have no truth: no pseudo-label accuracy.
             truth_known=bool(np.any(np.asarray(data.unlabeled_labels) >= 0)),
-            last_checkpoint=lambda: _last_complete(checkpoints),
+            # The last complete checkpoint: waits for an asynchronous save.
+            last_checkpoint=lambda: checkpoints.wait_until_finished() or checkpoints.latest_step(),
         )
         pending: list[dict[str, jax.Array]] = []  # the step metrics since the last log
         results, skipped, saved, clock = {}, 0, checkpoints.latest_step(), (step, 0.0)
@@ -191,14 +191,11 @@ def _finished_run(workdir: str, step: int) -> dict[str, Any] | None:
         summary = json.load(f)
     if summary["final_step"] != step:
         return None
+    knn = " by kNN on frozen features" if summary["evaluation"] == "knn" else ""
     logging.warning(
-        "The run in %s is already finished at step %d (final test accuracy %.4f EMA, %.4f raw "
-        "model%s); nothing to do.",
-        workdir,
-        step,
-        summary["test_accuracy"],
-        summary["test_accuracy_raw"],
-        " by kNN on frozen features" if summary["evaluation"] == "knn" else "",
+        f"The run in {workdir} is already finished at step {step} (final test accuracy "
+        f"{summary['test_accuracy']:.4f} EMA, {summary['test_accuracy_raw']:.4f} raw model{knn}); "
+        "nothing to do."
     )
     return summary
 
@@ -227,70 +224,32 @@ def _log_step(
     skipped = int(means.get("skipped_steps", 0))
     if skipped == len(step_metrics):
         logging.warning(
-            "Every step since the last log (up to %d) had a non-finite loss or gradient and "
-            "was skipped (nonfinite_policy=skip): the parameters did not change.",
-            step,
+            f"Every step since the last log (up to {step}) had a non-finite loss or gradient and "
+            "was skipped (nonfinite_policy=skip): the parameters did not change."
         )
     steps_per_sec = float("nan")
     if step > clock[0]:  # not known at the first step
         steps_per_sec = (step - clock[0]) / (time.monotonic() - clock[1])
         means["steps_per_sec"] = steps_per_sec
         means["images_per_sec"] = steps_per_sec * images_per_step
-    writer.write_scalars(step, metrics.prefixed("train/", means))
+    writer.write_scalars(step, {f"train/{name}": value for name, value in means.items()})
     eta = (config.num_steps - step) / steps_per_sec
     speed = steps_per_sec * images_per_step
     logging.info("%s", metrics.progress_line(step, config.num_steps, means, speed, eta))
     return skipped
 
 
-def _evaluate(
-    accuracy_of: Callable[[Any, Any], dict[str, float]],
-    state: TrainState,
-    step: int,
-    *,
-    writer: metrics.HeldUntilCheckpoint,
-    knn: bool,
-) -> dict[str, float]:
-    """Test accuracy of the EMA and the raw model (and the EMA model's NLL for a
-    classifier), logged and written."""
-    ema = accuracy_of(state.ema_params, state.ema_batch_stats)
-    raw = accuracy_of(state.params, state.batch_stats)
-    results = {"test_accuracy": ema["accuracy"], "test_accuracy_raw": raw["accuracy"]}
-    if "nll" in ema:
-        results["test_nll"] = ema["nll"]
-    writer.write_scalars(step, metrics.prefixed("eval/", results))
-    logging.info(
-        "step %d: test accuracy %.4f (EMA), %.4f (raw model)%s",
-        step,
-        ema["accuracy"],
-        raw["accuracy"],
-        " by kNN on frozen features" if knn else "",
-    )
-    return results
-
-
 def _warn_if_skipped(skipped: int, steps_run: int, step: int) -> None:
     """After the loop: how many of this run's steps were skipped (nonfinite_policy='skip')."""
     if skipped:
+        advice = "."
+        if skipped >= steps_run:
+            advice = ": the model did not train. Check the inputs, or train in a new --workdir "
+            advice += "with a lower --config.optim.lr."
         logging.warning(
-            "%d of the %d steps this run made (up to %d) were skipped for a non-finite loss or "
-            "gradient (nonfinite_policy=skip)%s",
-            skipped,
-            steps_run,
-            step,
-            (
-                ": the model did not train. Check the inputs, or train in a new --workdir with a "
-                "lower --config.optim.lr."
-                if skipped >= steps_run
-                else "."
-            ),
+            f"{skipped} of the {steps_run} steps this run made (up to {step}) were skipped for a "
+            f"non-finite loss or gradient (nonfinite_policy=skip){advice}"
         )
-
-
-def _last_complete(checkpoints: Any) -> int | None:
-    """The step of the last complete checkpoint (waits for an asynchronous save), or None."""
-    checkpoints.wait_until_finished()
-    return checkpoints.latest_step()
 
 
 @contextlib.contextmanager
@@ -316,22 +275,24 @@ def _one_line_when_the_disk_is_full(workdir: str, checkpoints: Any) -> Iterator[
         ) from None
 
 
-def _test_accuracy(
+def _evaluator(
     config: ml_collections.ConfigDict,
     model: Any,
-    method: Any,
+    knn: bool,
     data: pipeline.SemiSupervisedData,
     replicated: NamedSharding,
     batch_sharding: NamedSharding,
-) -> Callable[[Any, Any], dict[str, float]]:
-    """accuracy_of(params, batch_stats) -> {'accuracy', and 'nll' for a classifier}: the
-    method's evaluation (its classifier, or kNN on frozen features when the classifier is
-    untrained) on the test set."""
-    if method.evaluation == "self_supervised":
+    writer: metrics.HeldUntilCheckpoint,
+) -> Callable[[TrainState, int], dict[str, float]]:
+    """evaluate(state, step): the test accuracy of the EMA and the raw model (and the EMA
+    model's NLL for a classifier), logged and written. A classifier is evaluated as itself,
+    a self-supervised method (`knn`: its classifier is untrained) by kNN on frozen
+    features."""
+    if knn:
         predict_batch = jax.jit(
             evaluation.make_predict_fn(model, config.dataset.mean, config.dataset.std)
         )
-        return lambda params, batch_stats: evaluation.knn_evaluate(
+        accuracy_of = lambda params, batch_stats: evaluation.knn_evaluate(
             predict_batch,
             {"params": params, "batch_stats": batch_stats},
             data.labeled_images,
@@ -343,16 +304,32 @@ def _test_accuracy(
             temperature=config.probe.knn_temperature,
             batch_size=config.eval_batch_size,
         )
-    eval_step = jax.jit(
-        train_step.make_eval_step(model, config),
-        in_shardings=(replicated, replicated, batch_sharding, batch_sharding, batch_sharding),
-    )
-    return lambda params, batch_stats: evaluation.evaluate(
-        eval_step,
-        params,
-        batch_stats,
-        data.test_images,
-        data.test_labels,
-        config.eval_batch_size,
-        sharding=batch_sharding,
-    )
+    else:
+        eval_step = jax.jit(
+            train_step.make_eval_step(model, config),
+            in_shardings=(replicated, replicated, batch_sharding, batch_sharding, batch_sharding),
+        )
+        accuracy_of = lambda params, batch_stats: evaluation.evaluate(
+            eval_step,
+            params,
+            batch_stats,
+            data.test_images,
+            data.test_labels,
+            config.eval_batch_size,
+            sharding=batch_sharding,
+        )
+
+    def evaluate(state: TrainState, step: int) -> dict[str, float]:
+        ema = accuracy_of(state.ema_params, state.ema_batch_stats)
+        raw = accuracy_of(state.params, state.batch_stats)
+        results = {"test_accuracy": ema["accuracy"], "test_accuracy_raw": raw["accuracy"]}
+        if "nll" in ema:
+            results["test_nll"] = ema["nll"]
+        writer.write_scalars(step, {f"eval/{name}": value for name, value in results.items()})
+        logging.info(
+            f"step {step}: test accuracy {ema['accuracy']:.4f} (EMA), {raw['accuracy']:.4f} (raw "
+            f"model){' by kNN on frozen features' if knn else ''}"
+        )
+        return results
+
+    return evaluate
