@@ -24,10 +24,8 @@ flags.DEFINE_integer("process_id", None, "Several hosts: this process's index, 0
 
 def _train() -> None:
     cli.apply_default_cpu_flags()  # before JAX starts its CPU backend
-    import jax
-    import tensorflow as tf  # file reading only
+    import jax  # TensorFlow, where a data source needs it, is imported by dataset.import_tensorflow
 
-    tf.config.set_visible_devices([], "GPU")  # tf.data must never take GPU memory from JAX
     cluster = dict(
         coordinator_address=FLAGS.coordinator_address,
         num_processes=FLAGS.num_processes,
