@@ -101,7 +101,7 @@ def test_from_a_run_through_the_page_to_a_retrained_run(browser, tmp_path, caplo
     config = _folder_config(tmp_path / "data")
     config.num_steps = 2
     train.train_and_evaluate(config, str(tmp_path / "run"), writer=RecordingWriter())
-    caplog.set_level("INFO")
+    caplog.set_level("INFO", logger="absl")  # an earlier command may have quietened absl
     requests = request_labels.request_labels(
         str(tmp_path / "run"), str(tmp_path / "requests.csv"), budget=4
     )
