@@ -1,5 +1,5 @@
 """An image folder as a dataset: `root`/labeled/<class>/**, `root`/unlabeled/** and optional
-`root`/val/<class>/**, decoded once into the incremental cache of `folder_cache`."""
+`root`/val/<class>/**, decoded once into the cache of `folder_cache`."""
 
 from __future__ import annotations
 
@@ -179,7 +179,7 @@ def load_image_folder(
     their Unicode NFC form. Files with other extensions than IMAGE_EXTENSIONS are ignored
     (counted in the log). Each part is decoded by tf.data to image_size x image_size RGB
     (`folder_cache`) into a uint8 cache in `cache_dir` (default `root`/.comatch_cache), read
-    back as a memmap; later loads decode only the files added or changed since. Without val/,
+    back as a memmap; a part is decoded again only when its files change. Without val/,
     a stratified `val_fraction` of labeled/ (seeded) is held out for validation. test/ is not
     read. require_unlabeled=False (a run that draws no unlabeled images) accepts a missing or
     empty unlabeled/ (then [0, S, S, 3]). The options' ranges are checked with the config's
