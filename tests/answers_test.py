@@ -96,6 +96,21 @@ def test_a_label_that_is_one_class_and_the_index_of_another_is_refused(tmp_path)
     assert read.labels.tolist() == [1, 2, 3]
 
 
+def test_an_image_folders_labels_are_its_folder_names_never_indices(tmp_path):
+    """Folders 0, 1, 2, 10 (sorted 0, 1, 10, 2): the page's and the requests CSV's '2' is the
+    folder '2'; '3', an index but no folder, is refused."""
+    classes, pool = ("0", "1", "10", "2"), ["unlabeled/a.png", "unlabeled/b.png"]
+    folder = dict(classes=classes, root=str(tmp_path), unlabeled_paths=pool)
+    read = _read_ids(tmp_path, "path,label\nunlabeled/a.png,2\nunlabeled/b.png,10\n", **folder)
+    assert read.labels.tolist() == [3, 2]
+    with pytest.raises(ValueError) as error:
+        _read_ids(tmp_path, "path,label\nunlabeled/a.png,3\n", **folder)
+    assert str(error.value) == (
+        f"{tmp_path / 'answers.csv'} line 2: label '3' is neither a class name (0, 1, 10, 2) nor "
+        "__unknown__ (none of these classes); fix the row or remove it."
+    )
+
+
 def test_class_names_match_in_either_unicode_form(tmp_path):
     composed, decomposed = "café", unicodedata.normalize("NFD", "café")
     assert composed != decomposed

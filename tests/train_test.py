@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
+import orbax.checkpoint as ocp
 
 from comatch_jax import config_lib, data as datasets
 from comatch_jax.trainer import saved_runs as runs, train
@@ -391,32 +392,42 @@ def test_concat_and_split_per_device_round_trip():
     np.testing.assert_array_equal(concat_per_device([a, b], groups=1), jnp.concatenate([a, b]))
 
 
+@pytest.mark.parametrize("full_at, then", [(6, "resume from step 3"), (3, "start again")])
 def test_a_full_disk_while_checkpointing_is_one_line_and_the_rerun_writes_each_step_once(
-    reference, tmp_path, monkeypatch
+    reference, tmp_path, monkeypatch, full_at, then
 ):
-    """The disk fills while Orbax commits the final checkpoint (step 6; a write in its
-    background thread fails with ENOSPC): one line says what to do, the step-3 checkpoint is
-    kept, and the same command resumes to the uninterrupted run's state and metrics, with no
-    step written twice (the metrics of steps 4-6 wait for their checkpoint)."""
+    """The disk fills while Orbax commits a checkpoint (the final one, step 6, or one in the
+    run, step 3; a write in its background thread fails with ENOSPC): one line says what to
+    do, earlier checkpoints are kept, and the same command resumes to the uninterrupted run's
+    state and metrics, with no step written twice (the metrics of the steps up to a checkpoint
+    wait for it to commit)."""
     from etils import epath
 
     path_type = type(epath.Path(tmp_path))
     write_text = path_type.write_text
 
-    def full_disk_at_step_6(self, *args, **kwargs):
-        if self.name == "commit_success.txt" and self.parent.name.startswith("6."):
+    def full_disk_at_that_step(self, *args, **kwargs):
+        if self.name == "commit_success.txt" and self.parent.name.startswith(f"{full_at}."):
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(self))
         return write_text(self, *args, **kwargs)
 
+    # A slow step: the loop looks again only once the background save has ended (failed).
+    in_progress = ocp.CheckpointManager.is_saving_in_progress
+
+    def settled(self):
+        while in_progress(self):
+            time.sleep(0.01)
+        return False
+
     workdir = str(tmp_path / "run")
-    monkeypatch.setattr(path_type, "write_text", full_disk_at_step_6)
+    monkeypatch.setattr(path_type, "write_text", full_disk_at_that_step)
+    monkeypatch.setattr(ocp.CheckpointManager, "is_saving_in_progress", settled)
     with pytest.raises(OSError) as error:
         train.train_and_evaluate(
             tiny_config(), workdir, writer=RecordingWriter(), dataset=synthetic_dataset()
         )
     assert str(error.value) == (
-        f"the disk is full at {workdir}; free space and rerun the same command to resume "
-        "from step 3"
+        f"the disk is full at {workdir}; free space and rerun the same command to {then}"
     )
     monkeypatch.undo()
     state, _ = train.train_and_evaluate(
@@ -430,6 +441,21 @@ def test_a_full_disk_while_checkpointing_is_one_line_and_the_rerun_writes_each_s
         for r in map(json.loads, open(os.path.join(d, "metrics.jsonl")))
     ]
     assert records(workdir) == records(reference[0])
+
+
+def test_a_second_training_on_a_workdir_in_use_is_refused(tmp_path):
+    """Two trainings on one workdir would both write checkpoints and metrics there; while one
+    holds the workdir (training.lock), the other is refused in one line, and once it ends the
+    workdir trains again."""
+    workdir = str(tmp_path / "run")
+    with runs.claim_workdir(workdir, keep_checkpoints=1):
+        with pytest.raises(ValueError, match=r"is in use by another training process; wait"):
+            train.train_and_evaluate(
+                tiny_config(), workdir, writer=RecordingWriter(), dataset=synthetic_dataset()
+            )
+    config = tiny_config()
+    config.num_steps = 1
+    train.train_and_evaluate(config, workdir, writer=RecordingWriter(), dataset=synthetic_dataset())
 
 
 def test_a_workdir_path_with_brackets_is_refused_before_training(tmp_path):

@@ -4,8 +4,9 @@ The file is one of two kinds, told apart by its content:
 * an answers CSV (the labelling page's download, answer_from_truth, or typed by hand): a
   `label` column and, to name the image, `id` (a dataset read by name: the image's index in
   its train split) or `path` (an image folder: a file of root/unlabeled/, absolute or
-  relative to the root, as the requests CSV names it). A label is a class name or a class
-  index; UNKNOWN answers "none of these classes". An image answered twice must be answered
+  relative to the root, as the requests CSV names it). A label is a class name (an image
+  folder's labels are only its folder names, so folders named 0, 1, 2, 10 read unambiguously)
+  or, for ids, also a class index; UNKNOWN answers "none of these classes". An image answered twice must be answered
   alike.
 * a Label Studio export (image folders) of the project request_labels writes tasks for:
   JSON (the full task list) or JSON_MIN (both start with `[`), or CSV (an `image` column and
@@ -114,8 +115,8 @@ def read_answers(
 
     A row repeated with the same label counts once. Raises OSError, or ValueError in one line
     naming the file, the row and what to do, for: an empty or malformed file, an image outside
-    the pool (or already labeled), a label that is no class, a label that is one class's name
-    and another class's index (class folders 0, 1, 2, 10: '2' names class '2' but index 2 is
+    the pool (or already labeled), a label that is no class, an id's label that is one class's
+    name and another class's index (classes 0, 1, 10, 2: '2' names class '2' but index 2 is
     class '10'), an image answered twice with different labels (answers CSV).
     """
     with open(path, "rb") as f:
@@ -175,7 +176,8 @@ def read_answers(
         if label == UNKNOWN:
             return -1
         named = by_name.get(class_key(label))
-        number = label.isascii() and label.isdigit() and int(label) < len(class_names)
+        number = root is None and label.isascii() and label.isdigit()
+        number = number and int(label) < len(class_names)  # indices: ids only, never folders
         indexed = int(label) if number else None
         if named is not None and indexed is not None and named != indexed:
             raise ValueError(
@@ -185,9 +187,10 @@ def read_answers(
             )
         if named is None and indexed is None:
             shown = ", ".join(class_names[:5]) + (", ..." if len(class_names) > 5 else "")
+            index = "" if root is not None else f" nor an index 0..{len(class_names) - 1},"
             raise ValueError(
-                f"{where}: label {label!r} is neither a class name ({shown}) nor an index "
-                f"0..{len(class_names) - 1}, nor {UNKNOWN} (none of these classes); {fix}."
+                f"{where}: label {label!r} is neither a class name ({shown}){index} nor "
+                f"{UNKNOWN} (none of these classes); {fix}."
             )
         return named if named is not None else indexed
 

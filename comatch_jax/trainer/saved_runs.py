@@ -10,10 +10,13 @@ TrainState of the run's config, with explicit shardings.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import errno
+import fcntl
 import json
 import os
-from typing import Any
+from typing import Any, Iterator
 
 import jax
 import jax.numpy as jnp
@@ -94,12 +97,12 @@ def check_workdir(
 
 
 def _only_an_empty_start(workdir: str) -> bool:
-    """Whether `workdir` holds nothing but the empty checkpoints/ folder of a run that was
-    stopped (e.g. by Ctrl-C while compiling) before it wrote its record: a fresh start."""
-    if os.listdir(workdir) != ["checkpoints"]:
+    """Whether `workdir` holds nothing but the lock and empty checkpoints/ folder of a run
+    that was stopped (e.g. by Ctrl-C while compiling) before it wrote its record: a fresh start."""
+    if not set(os.listdir(workdir)) <= {"checkpoints", LOCK_NAME}:
         return False
     directory = os.path.join(workdir, "checkpoints")
-    return os.path.isdir(directory) and not os.listdir(directory)
+    return not os.path.isdir(directory) or not os.listdir(directory)
 
 
 def _checkpoint_steps(workdir: str) -> list[int]:
@@ -171,6 +174,54 @@ def checkpoint_manager(workdir: str, max_to_keep: int | None = None) -> ocp.Chec
         # Named, so that reading a step's metadata (train_seconds_at) needs no restore args.
         item_handlers=ocp.StandardCheckpointHandler(),
     )
+
+
+LOCK_NAME = "training.lock"
+
+
+@contextlib.contextmanager
+def claim_workdir(workdir: str, keep_checkpoints: int) -> Iterator[ocp.CheckpointManager]:
+    """Creates `workdir` and holds it while a run trains there; yields the Orbax manager of
+    workdir/checkpoints, closed on every exit (which finishes a started save: no half-written
+    checkpoint).
+
+    Process 0 holds an exclusive lock on workdir/training.lock, which the OS lets go when the
+    process ends, however it ends. Raises ValueError when another process holds it (a second
+    training on the same workdir), and turns a full disk (an OSError, or Orbax's error whose
+    message holds the OS's 'No space left on device') into one OSError saying what to do.
+    """
+    atomic_files.make_directory(workdir, "workdir")
+    primary = multihost.is_primary()
+    with (
+        open(os.path.join(workdir, LOCK_NAME), "a") if primary else contextlib.nullcontext()
+    ) as lock:
+        try:
+            if lock is not None:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ValueError(
+                f"--workdir={workdir} is in use by another training process; wait for it to end "
+                "(the same command then resumes), or use another --workdir."
+            ) from None
+        checkpoints = checkpoint_manager(workdir, max_to_keep=keep_checkpoints)
+        try:
+            with checkpoints:
+                yield checkpoints
+        except Exception as error:
+            cause = error
+            while cause is not None and not (
+                (isinstance(cause, OSError) and cause.errno == errno.ENOSPC)
+                or os.strerror(errno.ENOSPC) in str(cause)
+            ):
+                cause = cause.__cause__ or cause.__context__
+            if cause is None:
+                raise
+            step = checkpoints.latest_step()  # Orbax forgets a save that failed
+            then = "start again" if step is None else f"resume from step {step}"
+            raise OSError(
+                f"the disk is full at {os.path.abspath(workdir)}; free space and rerun the same "
+                f"command to {then}"
+            ) from None
 
 
 def build_training(

@@ -10,12 +10,11 @@ signal (stopping), several processes (multihost), the pure step (core.train_step
 from __future__ import annotations
 
 import contextlib
-import errno
 import functools
 import json
 import os
 import time
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import jax
 import ml_collections
@@ -23,7 +22,7 @@ import numpy as np
 from absl import logging
 from jax.sharding import NamedSharding, PartitionSpec
 
-from comatch_jax import atomic_files, config_lib, multihost
+from comatch_jax import config_lib, multihost
 from comatch_jax.core import evaluation, methods, train_step
 from comatch_jax.core.train_state import TrainState
 from comatch_jax.data import pipeline
@@ -64,10 +63,7 @@ def train_and_evaluate(
     replicated = NamedSharding(mesh, PartitionSpec())  # params, EMA, queue, optimizer state
     batch_sharding = NamedSharding(mesh, PartitionSpec("data"))  # every batch
     multihost.barrier("workdir checked")  # before process 0 writes into it
-    atomic_files.make_directory(workdir, "workdir")
-    checkpoints = saved_runs.checkpoint_manager(workdir, max_to_keep=config.keep_checkpoints)
-    # Closing the manager (on every exit) finishes a started save: no half-written checkpoint.
-    with _one_line_when_the_disk_is_full(workdir, checkpoints), checkpoints:
+    with saved_runs.claim_workdir(workdir, config.keep_checkpoints) as checkpoints:
         state, seconds_before = _restore_or_init(
             config, workdir, checkpoints, init_state, replicated
         )
@@ -105,6 +101,7 @@ def train_and_evaluate(
         )
         pending: list[dict[str, jax.Array]] = []  # the step metrics since the last log
         results, skipped, saved, clock = {}, 0, checkpoints.latest_step(), (step, 0.0)
+        released = saved  # the last checkpoint whose steps' scalars were written
         train_start = time.time()
         train_seconds = lambda: seconds_before + time.time() - train_start
         with contextlib.ExitStack() as stack:
@@ -134,8 +131,9 @@ def train_and_evaluate(
                     saved_runs.save_checkpoint(checkpoints, step, state, train_seconds())
                     writer.release(saved)  # Orbax waited for the previous save to be committed
                     saved = step
-                elif not checkpoints.is_saving_in_progress():
-                    writer.release(saved)
+                elif saved != released and not checkpoints.is_saving_in_progress():
+                    checkpoints.wait_until_finished()  # at once; raises if that save failed
+                    writer.release(released := saved)
                 if stop_now:
                     checkpoints.wait_until_finished()
                     writer.release(step)
@@ -250,29 +248,6 @@ def _warn_if_skipped(skipped: int, steps_run: int, step: int) -> None:
             f"{skipped} of the {steps_run} steps this run made (up to {step}) were skipped for a "
             f"non-finite loss or gradient (nonfinite_policy=skip){advice}"
         )
-
-
-@contextlib.contextmanager
-def _one_line_when_the_disk_is_full(workdir: str, checkpoints: Any) -> Iterator[None]:
-    """Turns an error of a full disk (an OSError, or Orbax's from its writer, whose message
-    holds the OS's 'No space left on device') into one OSError saying what to do."""
-    try:
-        yield
-    except Exception as error:
-        cause = error
-        while cause is not None and not (
-            (isinstance(cause, OSError) and cause.errno == errno.ENOSPC)
-            or os.strerror(errno.ENOSPC) in str(cause)
-        ):
-            cause = cause.__cause__ or cause.__context__
-        if cause is None:
-            raise
-        step = checkpoints.latest_step()  # Orbax forgets a save that failed
-        then = "start again" if step is None else f"resume from step {step}"
-        raise OSError(
-            f"the disk is full at {os.path.abspath(workdir)}; free space and rerun the same "
-            f"command to {then}"
-        ) from None
 
 
 def _evaluator(
