@@ -203,6 +203,8 @@ def claim_workdir(workdir: str, keep_checkpoints: int) -> Iterator[ocp.Checkpoin
                 f"--workdir={workdir} is in use by another training process; wait for it to end "
                 "(the same command then resumes), or use another --workdir."
             ) from None
+        except OSError as error:  # a file system without flock (some network ones)
+            logging.warning(f"Cannot lock {lock.name} ({error}): a second training is not refused.")
         checkpoints = checkpoint_manager(workdir, max_to_keep=keep_checkpoints)
         try:
             with checkpoints:
