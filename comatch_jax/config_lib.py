@@ -168,10 +168,10 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     c, name, m = config, config.method, methods.get_method(config.method)
     must_be = {  # (what a value must be, its test): the fields
         ("positive", lambda v: v > 0): "batch_size num_steps num_labels log_every eval_every "
-        "checkpoint_every keep_checkpoints eval_batch_size comatch.temperature "
+        "checkpoint_every keep_checkpoints eval_batch_size optim.lr comatch.temperature "
         "comatch.queue_size comatch.da_length fixmatch.da_length softmatch.n_sigma "
         "simclr.temperature dataset.image_size",
-        (">= 0", lambda v: v >= 0): "mu optim.backbone_lr_scale fixmatch.lambda_u "
+        (">= 0", lambda v: v >= 0): "seed mu optim.backbone_lr_scale fixmatch.lambda_u "
         "freematch.lambda_u freematch.lambda_f softmatch.lambda_u barlow_twins.lambda_offdiag",
         ("in [0, 1]", lambda v: 0 <= v <= 1): "comatch.alpha comatch.threshold fixmatch.threshold",
         ("in [0, 1)", lambda v: 0 <= v < 1): "ema.decay comatch.threshold_momentum "

@@ -57,7 +57,9 @@ def test_the_main_command_trains_on_a_machine_without_tensorflow(tmp_path):
     needs none (scikit-learn's digits), metrics going to the log and metrics.jsonl."""
     from kill_resume_test import REPO, TINY_RUN
 
-    code = BLOCK_TENSORFLOW + "import runpy; runpy.run_module('comatch_jax.main', run_name='__main__')"
+    code = (
+        BLOCK_TENSORFLOW + "import runpy; runpy.run_module('comatch_jax.main', run_name='__main__')"
+    )
     args = [f"--workdir={tmp_path}/run", *TINY_RUN]
     result = subprocess.run(
         [sys.executable, "-c", code, *args], cwd=REPO, capture_output=True, text=True, timeout=600

@@ -118,6 +118,9 @@ def test_workdir_of_a_different_model_is_refused_and_kept(tmp_path):
         ("num_steps", -1, "num_steps must be positive"),
         ("num_labels", 0, "num_labels must be positive"),
         ("dataset.image_size", 0, "dataset.image_size must be positive"),
+        ("optim.lr", 0.0, "optim.lr must be positive"),  # trained and learnt nothing
+        ("optim.lr", -1.0, "optim.lr must be positive"),  # diverged, then advised a lower lr
+        ("seed", -3, "seed must be >= 0"),
         ("dataset.val_fraction", 1.0, r"dataset.val_fraction must be in \(0, 1\)"),
         ("dataset.corrupt_policy", "ignore", "dataset.corrupt_policy must be 'fail' or 'skip'"),
         ("dataset.source", "http", "dataset.source must be 'auto' or 'tfds' or 'idx'"),

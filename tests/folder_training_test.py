@@ -119,15 +119,14 @@ def test_label_requests_on_an_image_folder_name_files_and_answers_join_by_path(t
     assert {r["path"] for r in rows} == unlabeled
     assert {r["predicted_class"] for r in rows} <= set(data.class_names)  # names, not indices
 
-    # Answers: u{i} has colour i % 3 of (red, green, blue); one by absolute path and class
-    # name, one by root-relative path and class index.
+    # Answers: u{i} has colour i % 3 of (red, green, blue); one by absolute path, one by
+    # root-relative path, each with its class (folder) name.
     colour = lambda path: ("red", "green", "blue")[int(os.path.basename(path)[1:-4]) % 3]
     first, second = rows[0]["path"], rows[1]["path"]
     answers = tmp_path / "labels.csv"
     answers.write_text(
         f"path,label\n{first},{colour(first)}\n"
-        f"{os.path.relpath(second, config.dataset.root)},"
-        f"{data.class_names.index(colour(second))}\n"
+        f"{os.path.relpath(second, config.dataset.root)},{colour(second)}\n"
     )
     config.dataset.extra_labels_csv = str(answers)
     retrained = training_data.prepare_data(config)

@@ -647,7 +647,8 @@ def test_the_log_names_the_evaluation_set_and_warns_when_it_is_small(tmp_path, c
     )
     small = (
         f"The evaluation set ({6 if layout.startswith('val') else 3} images, 3 classes) has fewer "
-        f"than 10 per class: its accuracy is noisy; add images to {root}/val/<class_name>/."
+        f"than 10 images per class on average (its accuracy is noisy); add images to "
+        f"{root}/val/<class_name>/."
     )
     assert small in caplog.text
     caplog.clear()
@@ -681,12 +682,13 @@ def test_classes_without_evaluation_images_are_named(tmp_path, caplog, layout, m
     with caplog.at_level(logging.INFO, logger="absl"):
         data = _load(root)
     if missing is None:
-        assert "whose accuracy is not measured" not in caplog.text
+        assert "accuracy is not measured" not in caplog.text
         assert set(data.test_labels) == {0, 1, 2}
     else:
         assert re.search(
-            rf"has no images of {missing}, whose accuracy is not measured and fewer than 10 per "
-            f"class: its accuracy is noisy; add images to {re.escape(root)}/val/<class_name>/.",
+            rf"has no images of {missing} \(their accuracy is not measured\); and fewer than 10 "
+            rf"images per class on average \(its accuracy is noisy\); add images to "
+            f"{re.escape(root)}/val/<class_name>/.",
             caplog.text,
         ), caplog.text
 

@@ -277,8 +277,7 @@ def test_requests_skip_labeled_images_kept_in_the_unlabeled_set(digits_run):
     assert np.isin(data.labeled_ids, data.unlabeled_ids).all()
     requests = request_labels.rank_unlabeled(run, data, budget=1480, strategy="entropy")
     assert not np.isin(requests.ids, data.labeled_ids).any()
-    with pytest.raises(ValueError, match=r"budget must be in 1..1480"):
-        request_labels.rank_unlabeled(run, data, budget=1481, strategy="entropy")
+    assert len(request_labels.rank_unlabeled(run, data, budget=1481, strategy="random").ids) == 1480
 
 
 def test_requests_skip_images_answered_unknown(digits_run, tmp_path):
@@ -292,8 +291,7 @@ def test_requests_skip_images_answered_unknown(digits_run, tmp_path):
     assert data.unknown_ids.tolist() == [unknown[0]] and unknown[0] in data.unlabeled_ids
     requests = request_labels.rank_unlabeled(run, data, budget=1478, strategy="entropy")
     assert not np.isin(unknown, requests.ids).any()
-    with pytest.raises(ValueError, match=r"budget must be in 1..1478"):
-        request_labels.rank_unlabeled(run, data, budget=1479, strategy="entropy")
+    assert len(request_labels.rank_unlabeled(run, data, budget=1479, strategy="random").ids) == 1478
 
 
 def test_padding_the_last_batch_changes_no_prediction(digits_run):
@@ -339,11 +337,7 @@ def test_likely_unknown_images_are_listed_apart_and_never_requested(digits_run, 
 @pytest.mark.parametrize(
     "options,message",
     [
-        (
-            dict(budget=0),
-            "must be in 1..1480 (the unlabeled train-split images not yet answered), got 0",
-        ),
-        (dict(budget=100000), r"--budget must be in 1..1480"),
+        (dict(budget=0), "--budget must be positive, got 0."),
         (dict(budget=5, strategy="coreset"), "Unknown strategy 'coreset'"),
         (dict(budget=5, label_studio_root="/"), "--label_studio_root/url need a run on an image"),
         (
@@ -390,5 +384,5 @@ def test_nothing_left_to_request_is_said_plainly():
         class_names=("a", "b", "c"),
         source="test",
     )
-    with pytest.raises(ValueError, match=r"--budget must be in 1..0 \(the unlabeled"):
+    with pytest.raises(ValueError, match=r"No unlabeled train-split image is left to request"):
         request_labels.rank_unlabeled(None, data, budget=5, strategy="entropy")

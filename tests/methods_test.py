@@ -88,10 +88,11 @@ def test_pretrain_then_finetune_and_probe(tmp_path):
     )
     assert int(state.step) == 4
 
-    # With lr 0 and no weight decay the fine-tuned backbone stays the pretrained one.
+    # With the backbone's learning rate scaled by 0 and no weight decay the fine-tuned
+    # backbone stays the pretrained one.
     frozen = method_config("supervised")
     frozen.init_from = pretrain
-    frozen.optim.lr = 0.0
+    frozen.optim.backbone_lr_scale = 0.0
     frozen.optim.weight_decay = 0.0
     state, _ = train.train_and_evaluate(
         frozen, str(tmp_path / "ft0"), writer=RecordingWriter(), dataset=synthetic_dataset()

@@ -67,16 +67,22 @@ def rank_unlabeled(
     """Scores the unlabeled train-split images of `data` with `run` and picks `budget`.
 
     Images already labeled or answered UNKNOWN, and those of an extra unlabeled split (no
-    train-split id), are never requested. Raises ValueError (one line) for a budget outside
-    1..what is left, before any image is scored.
+    train-split id), are never requested; a budget above what is left requests all of it.
+    Raises ValueError (one line) for a budget below 1 or no image left, before any scoring.
     """
     answered = np.concatenate([data.labeled_ids, data.unknown_ids])
     candidates = (data.unlabeled_ids >= 0) & ~np.isin(data.unlabeled_ids, answered)
-    if not 0 < budget <= candidates.sum():
+    left = int(candidates.sum())
+    if budget <= 0 or not left:
         raise ValueError(
-            f"--budget must be in 1..{candidates.sum()} (the unlabeled train-split images not yet "
-            f"answered), got {budget}."
+            f"--budget must be positive, got {budget}."
+            if budget <= 0
+            else "No unlabeled "
+            "train-split image is left to request: every one is labeled or answered."
         )
+    if budget > left:
+        logging.warning(f"--budget={budget} is more than the {left} images not yet answered: all.")
+        budget = left
     predict = ema_model.predictor(run, batch_size)
     outputs = predict(data.unlabeled_images[candidates])
     labeled = predict(data.labeled_images)["embedding"] if strategy == "kcenter" else None

@@ -307,11 +307,13 @@ def _log_evaluation_set(root: str, dataset: ImageDataset, has_val: bool, val_fra
     per_class = np.bincount(dataset.test_labels, minlength=num_classes)
     missing = [name for name, n in zip(dataset.class_names, per_class) if not n]
     some = ", ".join(missing[:10]) + (f" and {len(missing) - 10} more" if len(missing) > 10 else "")
-    problems = [f"no images of {some}, whose accuracy is not measured"] if missing else []
+    problems = [f"no images of {some} (their accuracy is not measured)"] if missing else []
     if count < EVAL_IMAGES_PER_CLASS * num_classes:
-        problems.append(f"fewer than {EVAL_IMAGES_PER_CLASS} per class: its accuracy is noisy")
+        problems.append(
+            f"fewer than {EVAL_IMAGES_PER_CLASS} images per class on average (its accuracy is noisy)"
+        )
     if problems:
         logging.warning(
             f"The evaluation set ({count} images, {num_classes} classes) has "
-            f"{' and '.join(problems)}; add images to {root}/val/<class_name>/."
+            f"{'; and '.join(problems)}; add images to {root}/val/<class_name>/."
         )

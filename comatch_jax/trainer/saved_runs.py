@@ -343,6 +343,11 @@ def load_run(
         if step is None:
             raise FileNotFoundError(f"{workdir} has no checkpoint yet.")
         state = restore_state(manager, step, abstract_state(init_state, sharding), workdir)
+    if step < config.num_steps:
+        logging.warning(
+            f"{workdir} is not finished: using its checkpoint of step {step} of "
+            f"{config.num_steps}."
+        )
     return TrainedRun(
         config,
         state,
