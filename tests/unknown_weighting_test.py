@@ -11,6 +11,8 @@ import pytest
 from comatch_jax import config_lib
 from comatch_jax.core import losses, methods
 
+from comatch_adaptive_test import _expected_q
+
 
 def _unit(x):
     return x / np.linalg.norm(x, axis=-1, keepdims=True)
@@ -108,16 +110,7 @@ def test_comatch_loss_weighs_only_l_u_cls_and_only_when_on(rule):
 
     # Reference: q as the loss builds it, the method's mask, and the weights over the
     # unlabeled weak embeddings with the labeled batch and the one-hot entries as references.
-    probs = jax.nn.softmax(outputs["unlabeled_weak"]["logits"], axis=-1)
-    probs, _, _ = losses.distribution_alignment(probs, state["da_history"], state["da_count"])
-    q = losses.memory_smoothed_pseudo_labels(
-        probs,
-        outputs["unlabeled_weak"]["embedding"],
-        state["queue_embeddings"],
-        state["queue_probs"],
-        alpha=config.comatch.alpha,
-        temperature=config.comatch.temperature,
-    )
+    q = _expected_q(outputs, state, config)
     ce = np.asarray(losses.soft_cross_entropy(outputs["unlabeled_strong0"]["logits"], q))
     if rule == "fixed":
         thresholds = np.full(c, 0.3)
