@@ -22,3 +22,25 @@ os.environ.setdefault(
 )
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
+
+# pytest-xdist (--dist=loadscope) gives a worker one whole module at a time, by default the
+# modules with the most tests first, which put the few slow ones last and left one worker on
+# them alone at the end. Longest first instead (pyproject.toml turns xdist's order off): these
+# modules took the most time (compiling, starting processes); the others keep their order.
+SLOWEST_MODULES = (
+    "methods_test.py",
+    "experiments_test.py",
+    "kill_resume_test.py",
+    "multihost_test.py",
+    "train_test.py",
+    "models_test.py",
+    "train_step_test.py",
+    "multi_device_test.py",
+    "presets_test.py",
+    "pretrained_test.py",
+)
+
+
+def pytest_collection_modifyitems(items):
+    rank = {name: index for index, name in enumerate(SLOWEST_MODULES)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: order kept within
