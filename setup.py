@@ -29,7 +29,7 @@ setup(
     # The labelling page's template ships with the package; its test drives Chromium.
     package_data={"comatch_jax.commands": ["labelling_page.html", "labelling_page.js"]},
     extras_require={
-        "test": ["pytest>=8", "pytest-xdist>=3.6", "nbclient", "nbformat", "ipykernel", "selenium"]
+        "test": ["pytest>=8", "pytest-xdist>=3.8", "nbclient", "nbformat", "ipykernel", "selenium"]
     },
     # The commands a finished run uses; each is also `python -m comatch_jax.commands.NAME`.
     entry_points={
