@@ -303,7 +303,7 @@ def test_auto_uses_idx_when_tfds_not_prepared(tmp_path, caplog):
     empty = tmp_path / "tfds_empty"
     empty.mkdir()
     config = _config(source="auto", data_dir=str(empty), idx_dir=directory)
-    with caplog.at_level(logging.INFO):
+    with caplog.at_level(logging.INFO, logger="absl"):  # an earlier entry point may quiet it
         ds = datasets.load_dataset(config)
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.INFO] == [
         f"fashion_mnist: reading the IDX files in {directory}."
