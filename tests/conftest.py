@@ -24,9 +24,9 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
 # pytest-xdist (--dist=loadscope) gives a worker one whole module at a time, by default the
-# modules with the most tests first, which put the few slow ones last and left one worker on
-# them alone at the end. Longest first instead (pyproject.toml turns xdist's order off): these
-# modules took the most time (compiling, starting processes); the others keep their order.
+# modules with the most tests first, which puts the few slow ones last, where one worker may
+# be left running them alone. Longest first instead (pyproject.toml turns xdist's order off):
+# these modules took the most time (compiling, starting processes); the others keep their order.
 SLOWEST_MODULES = (
     "methods_test.py",
     "experiments_test.py",
