@@ -47,8 +47,15 @@ def run(tmp_path_factory):
 
 
 def _run(tmp_path, devices, batch_norm="global", bn_groups=0, method="comatch", xla_defaults=False):
-    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+    # The suite's flags (tests/conftest.py) and the device count.
+    flags = os.environ.get("XLA_FLAGS", "").split()
     if xla_defaults:  # XLA's own CPU flags, not comatch_jax's YNNPACK default (see below)
+        flags = [flag for flag in flags if "ynn_fusion_type" not in flag]
+    env = dict(
+        os.environ,
+        XLA_FLAGS=" ".join([*flags, f"--xla_force_host_platform_device_count={devices}"]),
+    )
+    if xla_defaults:
         env["COMATCH_JAX_KEEP_XLA_FLAGS"] = "1"
     name = f"{devices}_{batch_norm}_{bn_groups}_{method}"
     out = str(tmp_path / f"result{name}.npz")

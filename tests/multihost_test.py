@@ -49,9 +49,8 @@ def _free_port() -> int:
 
 def _start(workdir, *extra, processes=2, devices_per_process=1):
     """Starts the run as `processes` processes; returns the Popen objects."""
-    env = dict(
-        os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices_per_process}"
-    )
+    device_count = f"--xla_force_host_platform_device_count={devices_per_process}"
+    env = dict(os.environ, XLA_FLAGS=f"{os.environ.get('XLA_FLAGS', '')} {device_count}")
     command = [sys.executable, "-m", "comatch_jax.main", f"--workdir={workdir}", *TINY_RUN, *extra]
     if processes == 1:
         return [subprocess.Popen(command, cwd=REPO, env=env, stderr=subprocess.PIPE, text=True)]
