@@ -11,14 +11,16 @@ sys.path.insert(0, os.path.dirname(__file__))
 # convolutions on CPU), set before any test starts JAX's backend. Most of a cold suite's time
 # is XLA:CPU compiling small programs, so tests (and the processes they start, which inherit
 # os.environ) also compile with LLVM at -O1 without its expensive passes: about a third less
-# compile time, and bit-identical states and metrics in the runs compared (experiments/
+# compile time, and bit-identical states and losses in the runs compared (experiments/
 # RESULTS.md, "Test suite time"). Only on the measured jaxlib: XLA aborts on unknown flags.
 from comatch_jax import cli  # noqa: E402
 
 COMPILE_FASTER = "--xla_backend_optimization_level=1 --xla_llvm_disable_expensive_passes=true"
 cli.apply_default_cpu_flags()
-if tuple(int(part) for part in jaxlib.__version__.split(".")[:2]) == cli.MEASURED_JAXLIB:
-    os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {COMPILE_FASTER}".strip()
+_flags = os.environ.get("XLA_FLAGS", "")
+_measured = tuple(int(part) for part in jaxlib.__version__.split(".")[:2]) == cli.MEASURED_JAXLIB
+if _measured and COMPILE_FASTER not in _flags:  # xdist's workers inherit the controller's
+    os.environ["XLA_FLAGS"] = f"{_flags} {COMPILE_FASTER}".strip()
 
 # Most of the suite's time is XLA compilation, and many tests (and the subprocesses the
 # kill/resume and multi-host tests start, which inherit os.environ) compile the same tiny

@@ -47,9 +47,10 @@ def run(tmp_path_factory):
 
 
 def _run(tmp_path, devices, batch_norm="global", bn_groups=0, method="comatch", xla_defaults=False):
-    # The suite's flags (tests/conftest.py) and the device count.
+    # The suite's flags (tests/conftest.py) and the device count; with xla_defaults, without
+    # comatch_jax's YNNPACK flag (see below): XLA's own fusions, at the suite's LLVM level.
     flags = os.environ.get("XLA_FLAGS", "").split()
-    if xla_defaults:  # XLA's own CPU flags, not comatch_jax's YNNPACK default (see below)
+    if xla_defaults:
         flags = [flag for flag in flags if "ynn_fusion_type" not in flag]
     env = dict(
         os.environ,
@@ -89,7 +90,7 @@ def test_per_device_batch_norm_on_two_devices_matches_two_groups_on_one(run):
     compute what one device computes with the batch split into two BatchNorm groups, and
     that differs from global (synchronised) statistics.
 
-    Run with XLA's default CPU flags: under comatch_jax's default
+    Run without comatch_jax's XLA:CPU flag: under it
     (--xla_cpu_experimental_ynn_fusion_type=dot) XLA:CPU computes the one-device emulation
     wrongly (first loss 5e-4 off, later ones by several %), while the real two-device run
     matches XLA's defaults (experiments/RESULTS.md, "CPU step")."""
