@@ -26,6 +26,11 @@ DEFAULT_CPU_FLAG = "--xla_cpu_experimental_ynn_fusion_type=dot"
 MEASURED_JAXLIB = (0, 10)  # an unknown flag aborts XLA: only on the version measured
 
 
+def measured_jaxlib() -> bool:
+    """Whether the installed jaxlib is MEASURED_JAXLIB, whose XLA flags are known."""
+    return tuple(int(part) for part in jaxlib.__version__.split(".")[:2]) == MEASURED_JAXLIB
+
+
 def apply_default_cpu_flags() -> bool:
     """Adds DEFAULT_CPU_FLAG to XLA_FLAGS (before JAX starts its backend); returns whether it
     did. Not when XLA_FLAGS sets a YNNPACK fusion type already, COMATCH_JAX_KEEP_XLA_FLAGS=1,
@@ -33,7 +38,7 @@ def apply_default_cpu_flags() -> bool:
     xla_flags = os.environ.get("XLA_FLAGS", "")
     if os.environ.get("COMATCH_JAX_KEEP_XLA_FLAGS") == "1" or "ynn_fusion_type" in xla_flags:
         return False
-    if tuple(int(part) for part in jaxlib.__version__.split(".")[:2]) == MEASURED_JAXLIB:
+    if measured_jaxlib():
         os.environ["XLA_FLAGS"] = f"{xla_flags} {DEFAULT_CPU_FLAG}".strip()
         return True
     return False

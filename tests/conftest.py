@@ -2,8 +2,6 @@ import os
 import sys
 import tempfile
 
-import jaxlib  # its version only; importing it starts no backend
-
 # Tests import shared helpers from each other (e.g. train_test.tiny_config).
 sys.path.insert(0, os.path.dirname(__file__))
 
@@ -18,8 +16,7 @@ from comatch_jax import cli  # noqa: E402
 COMPILE_FASTER = "--xla_backend_optimization_level=1 --xla_llvm_disable_expensive_passes=true"
 cli.apply_default_cpu_flags()
 _flags = os.environ.get("XLA_FLAGS", "")
-_measured = tuple(int(part) for part in jaxlib.__version__.split(".")[:2]) == cli.MEASURED_JAXLIB
-if _measured and COMPILE_FASTER not in _flags:  # xdist's workers inherit the controller's
+if cli.measured_jaxlib() and COMPILE_FASTER not in _flags:  # xdist's workers inherit it
     os.environ["XLA_FLAGS"] = f"{_flags} {COMPILE_FASTER}".strip()
 
 # Most of the suite's time is XLA compilation, and many tests (and the subprocesses the
