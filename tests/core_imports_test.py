@@ -1,33 +1,41 @@
 """The core must run where only jax/flax/optax are installed (a GPU box without TensorFlow)."""
 
+import os
 import pathlib
 import subprocess
 import sys
 
-PACKAGE = pathlib.Path(__file__).resolve().parent.parent / "comatch_jax"
+REPO = pathlib.Path(__file__).resolve().parent.parent
+PACKAGE = REPO / "comatch_jax"
 # Every module of core/, and the top-level modules below it.
 CORE = ["config_lib", "multihost", "atomic_files"] + [
     f"core.{path.stem}" for path in sorted((PACKAGE / "core").glob("*.py"))
 ]
-BLOCK_TENSORFLOW = (
-    "import sys\n"
-    "for blocked in ('tensorflow', 'tensorflow_datasets', 'clu.metric_writers'):\n"
-    "    sys.modules[blocked] = None  # any import of these now raises ImportError\n"
-)
+
+
+def without_tensorflow(env=None) -> dict:
+    """`env` (default os.environ) for a process in which `import tensorflow` fails, as on the
+    GPU machine: tests/without_tensorflow/sitecustomize.py first on its PYTHONPATH."""
+    env = dict(os.environ if env is None else env)
+    paths = [str(REPO / "tests" / "without_tensorflow"), str(REPO), env.get("PYTHONPATH", "")]
+    env["PYTHONPATH"] = os.pathsep.join(path for path in paths if path)
+    return env
 
 
 def test_core_imports_without_tensorflow_or_clu_writers_and_so_do_the_trainer_and_commands():
     """TensorFlow is imported only when files are read or metrics written, so a machine
     without it can import the core, the trainer and the commands' run loading."""
     code = (
-        BLOCK_TENSORFLOW
+        "import sys\n"
         + "".join(f"import comatch_jax.{name}\n" for name in CORE)
         + "assert 'tensorflow' not in [m for m in sys.modules if sys.modules[m] is not None]\n"
         + "import comatch_jax.trainer.train, comatch_jax.trainer.saved_runs\n"
         + "import comatch_jax.data.pipeline, comatch_jax.commands.ema_model\n"
         + "import comatch_jax.commands.active_learning\n"
     )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "-c", code], env=without_tensorflow(), capture_output=True, text=True
+    )
     assert result.returncode == 0, result.stderr
 
 
@@ -55,14 +63,15 @@ def test_a_console_script_shows_its_docstring_and_flags_under_help():
 def test_the_main_command_trains_on_a_machine_without_tensorflow(tmp_path):
     """The GPU machine has jax but no TensorFlow: `comatch_jax.main` trains on a source that
     needs none (scikit-learn's digits), metrics going to the log and metrics.jsonl."""
-    from kill_resume_test import REPO, TINY_RUN
+    from kill_resume_test import TINY_RUN
 
-    code = (
-        BLOCK_TENSORFLOW + "import runpy; runpy.run_module('comatch_jax.main', run_name='__main__')"
-    )
-    args = [f"--workdir={tmp_path}/run", *TINY_RUN]
     result = subprocess.run(
-        [sys.executable, "-c", code, *args], cwd=REPO, capture_output=True, text=True, timeout=600
+        [sys.executable, "-m", "comatch_jax.main", f"--workdir={tmp_path}/run", *TINY_RUN],
+        cwd=REPO,
+        env=without_tensorflow(),
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "no TensorBoard event files" in result.stderr

@@ -5,6 +5,8 @@ import os
 import subprocess
 import sys
 
+from core_imports_test import without_tensorflow
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -213,29 +215,10 @@ def test_adaptive_thresholds_tabulates_accuracy_and_mask_rate_over_time(tmp_path
     assert out.read_text().splitlines()[: len(lines)] == lines
 
 
-_HIDE_TENSORFLOW = '''"""Hides TensorFlow as if it were not installed, as on the GPU machine."""
-import importlib.machinery as _machinery
-
-_find_spec = _machinery.PathFinder.find_spec.__func__
-
-
-def _hiding_find_spec(cls, name, path=None, target=None):
-    if name == "tensorflow" or name.startswith("tensorflow."):
-        return None
-    return _find_spec(cls, name, path, target)
-
-
-_machinery.PathFinder.find_spec = classmethod(_hiding_find_spec)
-'''
-
-
 def test_gpu_evidence_smoke_runs_every_part_without_tensorflow(tmp_path):
     """gpu_evidence.py --smoke on the CPU, in processes where `import tensorflow` fails (the
     GPU machine has none): every part runs or says why not, and the table is written."""
-    hide = tmp_path / "hide_tf"
-    hide.mkdir()
-    (hide / "sitecustomize.py").write_text(_HIDE_TENSORFLOW)
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(hide), REPO]))
+    env = without_tensorflow()
     check = subprocess.run(
         [sys.executable, "-c", "import tensorflow"], env=env, capture_output=True, text=True
     )
@@ -290,10 +273,7 @@ def test_gpu_evidence_smoke_runs_every_part_without_tensorflow(tmp_path):
 def test_trainer_writes_metrics_without_tensorflow(tmp_path):
     """Without TensorFlow (so without clu's writers) the trainer logs a warning and writes
     metrics.jsonl only."""
-    hide = tmp_path / "hide_tf"
-    hide.mkdir()
-    (hide / "sitecustomize.py").write_text(_HIDE_TENSORFLOW)
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(hide), REPO]), JAX_PLATFORMS="cpu")
+    env = dict(without_tensorflow(), JAX_PLATFORMS="cpu")
     script = f"""
 import sys
 from comatch_jax.trainer import metrics

@@ -21,6 +21,7 @@ import pytest
 
 from comatch_jax.trainer import saved_runs as runs
 
+from core_imports_test import without_tensorflow
 from nonfinite_test import nan_gradient_method  # noqa: F401 (a fixture)
 from train_test import _leaves
 
@@ -240,11 +241,17 @@ def test_nonfinite_stop_keeps_a_complete_checkpoint_and_the_advice_resumes(
 
 
 def _start_long_run(workdir):
-    """A run of 100,000 steps, its stderr read line by line (`process.stderr`)."""
+    """A run of 100,000 steps, its stderr read line by line (`process.stderr`), without
+    TensorFlow (no TensorBoard files, which this run does not check)."""
     command = _command(workdir)
     command[command.index("--config.num_steps=30")] = "--config.num_steps=100000"
     return subprocess.Popen(
-        command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+        command,
+        cwd=REPO,
+        env=without_tensorflow(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
     )
 
 

@@ -5,7 +5,9 @@ A SIGTERM sent to one of two processes during training stops both at the same st
 complete checkpoint (JAX's preemption service); rerunning the command, they end where one
 process with two devices ends (the same global batch split the same way), with one metrics
 line per log step (process 0 writes the run's files). The two processes use host batches
-(data not on the device): each reads only its own rows.
+(data not on the device): each reads only its own rows. The processes run without TensorFlow,
+as on the GPU machine (metrics go to metrics.jsonl only): process 0 would otherwise import it
+for TensorBoard while process 1 waits for it in a busy loop.
 """
 
 import json
@@ -22,6 +24,7 @@ import pytest
 
 from comatch_jax.trainer import saved_runs as runs
 
+from core_imports_test import without_tensorflow
 from kill_resume_test import REPO, TINY_RUN as DIGITS_RUN
 
 # kill_resume_test's tiny digits run, longer and logged every other step.
@@ -50,7 +53,8 @@ def _free_port() -> int:
 def _start(workdir, *extra, processes=2, devices_per_process=1):
     """Starts the run as `processes` processes; returns the Popen objects."""
     device_count = f"--xla_force_host_platform_device_count={devices_per_process}"
-    env = dict(os.environ, XLA_FLAGS=f"{os.environ.get('XLA_FLAGS', '')} {device_count}")
+    env = without_tensorflow()
+    env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} {device_count}"
     command = [sys.executable, "-m", "comatch_jax.main", f"--workdir={workdir}", *TINY_RUN, *extra]
     if processes == 1:
         return [subprocess.Popen(command, cwd=REPO, env=env, stderr=subprocess.PIPE, text=True)]

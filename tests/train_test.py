@@ -219,6 +219,8 @@ def test_main_end_to_end_under_tfds_mock_data(tmp_path, monkeypatch):
         "--config.eval_batch_size=8",
         "--config.model.widths=(4,8)",
         "--config.comatch.queue_size=8",
+        "--config.augment.strong0=weak",  # the data path is tested here, not the views
+        "--config.augment.strong1=weak",
     ]
     monkeypatch.setattr(sys, "argv", argv)  # config_flags reads overrides from sys.argv
     flags.FLAGS.unparse_flags()
