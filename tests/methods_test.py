@@ -194,8 +194,9 @@ def test_declaration_names_the_views_the_loss_reads(name):
     config_lib.validate_config(config)
     rng = np.random.default_rng(0)
     state = method.init_state(config, NUM_CLASSES, HEAD_SHAPES["embedding"][0])
-    loss, (new_state, metrics) = method.loss(
-        _declared_outputs(method, config, rng), _batch(config, rng), state, config
+    method_loss = jax.jit(lambda *args: method.loss(*args, config))  # one program, not one per op
+    loss, (new_state, metrics) = method_loss(
+        _declared_outputs(method, config, rng), _batch(config, rng), state
     )
     assert np.isfinite(float(loss))
     assert jax.tree.structure(new_state) == jax.tree.structure(state)
@@ -318,10 +319,12 @@ def test_no_gradient_through_the_weak_view_or_the_method_state(name):
         state["queue_filled"] = jnp.asarray(state["queue_embeddings"].shape[0], jnp.int32)
     batch = _batch(config, rng)
 
+    @jax.jit  # one program, not one per op
     def loss(outputs, state):
         return method.loss(outputs, batch, state, config)[0]
 
-    grad_outputs, grad_state = jax.grad(loss, argnums=(0, 1), allow_int=True)(outputs, state)
+    grad = jax.jit(jax.grad(loss, argnums=(0, 1), allow_int=True))
+    grad_outputs, grad_state = grad(outputs, state)
     for head, value in grad_outputs["unlabeled_weak"].items():
         np.testing.assert_array_equal(value, 0.0, err_msg=f"unlabeled_weak {head}")
     for key, value in state.items():
