@@ -9,6 +9,8 @@ max p; lambda(p) = exp(-(min(max p - mu_t, 0))^2 / (2 sigma_t^2 / n^2)); UA(p) =
 p / C / E[p]); L_u = mean lambda CE(Q, argmax p).
 """
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -77,6 +79,7 @@ def reference_softmatch(p, strong_logits, mu, var, class_mean, count, m, n_sigma
     return weights, mu, var, class_mean, loss_u
 
 
+@functools.partial(jax.jit, static_argnames="m")  # one program, not one per op
 def _freematch(p, strong, tau, p_model, hist_model, m):
     thresholds, tau, p_model, hist_model = losses.freematch_thresholds(
         jnp.asarray(p, jnp.float32), tau, p_model, hist_model, momentum=m
@@ -131,11 +134,11 @@ def test_freematch_fairness_is_zero_without_kept_examples_and_its_gradient_is_th
     rng = np.random.default_rng(3)
     strong = jnp.asarray(rng.normal(size=(6, 5)), jnp.float32)
     p_model = jnp.full((5,), 0.2)
-    assert float(losses.freematch_fairness_loss(strong, jnp.zeros(6), p_model, p_model)) == 0.0
+    # jitted: one program each instead of one per op
+    loss = jax.jit(losses.freematch_fairness_loss)
+    assert float(loss(strong, jnp.zeros(6), p_model, p_model)) == 0.0
     mask = jnp.array([1.0, 1, 0, 1, 0, 1])
-    grads = jax.grad(losses.freematch_fairness_loss, argnums=(0, 2, 3))(
-        strong, mask, p_model, p_model
-    )
+    grads = jax.jit(jax.grad(loss, argnums=(0, 2, 3)))(strong, mask, p_model, p_model)
     np.testing.assert_array_equal(grads[0][np.array([2, 4])], 0.0)  # dropped examples
     assert np.abs(grads[0]).max() > 0
     np.testing.assert_array_equal(grads[1], 0.0)  # the EMAs are constants
@@ -161,6 +164,20 @@ def test_freematch_thresholds_start_low_and_rise_with_confidence():
     assert float(thresholds[1]) < 0.2 * float(tau)
 
 
+# jitted: one program, not one per op
+@functools.partial(jax.jit, static_argnames=("m", "n_sigma", "align"))
+def _softmatch(p, strong, mu, var, class_mean, count, m, n_sigma, align):
+    weighting, new_class_mean, new_count = p, class_mean, count
+    if align:
+        weighting, new_class_mean, new_count = losses.uniform_alignment(
+            p, class_mean, count, momentum=m
+        )
+    new_mu, new_var = losses.softmatch_gaussian(weighting, mu, var, momentum=m)
+    weights = losses.softmatch_weights(weighting, new_mu, new_var, n_sigma=n_sigma)
+    loss = losses.weighted_hard_pseudo_label_loss(strong, p, weights)
+    return new_class_mean, new_count, new_mu, new_var, weights, loss
+
+
 @pytest.mark.parametrize(
     "seed,batch,classes,count,n_sigma,align",
     [(0, 16, 10, 0, 1.0, True), (1, 9, 4, 3, 2.0, True), (2, 12, 6, 1, 2.0, False)],
@@ -183,15 +200,11 @@ def test_softmatch_matches_reference(seed, batch, classes, count, n_sigma, align
         n_sigma,
         align,
     )
-    weighting, new_class_mean, new_count = p, class_mean, count
+    new_class_mean, new_count, new_mu, new_var, got_weights, loss = _softmatch(
+        p, strong, mu, var, class_mean, jnp.asarray(count), m=m, n_sigma=n_sigma, align=align
+    )
     if align:
-        weighting, new_class_mean, new_count = losses.uniform_alignment(
-            p, class_mean, jnp.asarray(count), momentum=m
-        )
         assert int(new_count) == count + 1
-    new_mu, new_var = losses.softmatch_gaussian(weighting, mu, var, momentum=m)
-    got_weights = losses.softmatch_weights(weighting, new_mu, new_var, n_sigma=n_sigma)
-    loss = losses.weighted_hard_pseudo_label_loss(strong, p, got_weights)
     np.testing.assert_allclose(new_class_mean, e_class_mean, rtol=1e-5)
     assert float(new_mu) == pytest.approx(e_mu, rel=1e-5)
     assert float(new_var) == pytest.approx(e_var, rel=1e-5)
@@ -371,6 +384,11 @@ def _check_metrics(metrics, expected):
         _check(metrics[name], value, name)
 
 
+def _jitted_loss(method, config):
+    """method.loss under `config`, jitted: one program instead of one per op."""
+    return jax.jit(lambda outputs, batch, state: method.loss(outputs, batch, state, config))
+
+
 @pytest.mark.parametrize("start", ["init", "random"])
 def test_freematch_method_one_step_matches_the_papers_equations(start):
     rng = np.random.default_rng(10)
@@ -390,7 +408,7 @@ def test_freematch_method_one_step_matches_the_papers_equations(start):
             "class_histogram": jnp.asarray(_softmax(rng.normal(size=NUM_CLASSES)), jnp.float32),
         }
     outputs, batch = _method_inputs(rng, config)
-    loss, (new_state, metrics) = method.loss(outputs, batch, state, config)
+    loss, (new_state, metrics) = _jitted_loss(method, config)(outputs, batch, state)
 
     p, strong, loss_x, truth = _numpy(outputs, batch)
     old = {k: np.asarray(v, np.float64) for k, v in state.items()}
@@ -437,7 +455,7 @@ def test_softmatch_method_one_step_matches_the_papers_equations(start):
             "alignment_count": jnp.asarray(3, jnp.int32),
         }
     outputs, batch = _method_inputs(rng, config)
-    loss, (new_state, metrics) = method.loss(outputs, batch, state, config)
+    loss, (new_state, metrics) = _jitted_loss(method, config)(outputs, batch, state)
 
     p, strong, loss_x, truth = _numpy(outputs, batch)
     old = {k: np.asarray(v, np.float64) for k, v in state.items()}

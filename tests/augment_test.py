@@ -578,6 +578,7 @@ def test_order_matters_geometric_then_photometric_differs_from_the_reverse():
     channel_first = jnp.moveaxis(jnp.asarray(image, jnp.float32), -1, 0)
     fill = jnp.float32(128)
 
+    @jax.jit  # one program instead of one per op
     def slot(image, op):  # one drawn op: its warp, then its photometric step
         op = jnp.int32(op)
         warped = augment._randaugment_warp(image, op, jnp.float32(1.0), fill)

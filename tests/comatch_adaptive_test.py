@@ -158,16 +158,26 @@ def _full_queue(state, rng):
 
 def _expected_q(outputs, state, config):
     """q as the paper builds it (DA then memory smoothing), from the library's tested parts."""
-    probs = jax.nn.softmax(outputs["unlabeled_weak"]["logits"], axis=-1)
-    probs, _, _ = losses.distribution_alignment(probs, state["da_history"], state["da_count"])
-    return losses.memory_smoothed_pseudo_labels(
-        probs,
-        outputs["unlabeled_weak"]["embedding"],
-        state["queue_embeddings"],
-        state["queue_probs"],
-        alpha=config.comatch.alpha,
-        temperature=config.comatch.temperature,
-    )
+
+    @jax.jit  # one program instead of one per op
+    def q(weak, state):
+        probs = jax.nn.softmax(weak["logits"], axis=-1)
+        probs, _, _ = losses.distribution_alignment(probs, state["da_history"], state["da_count"])
+        return losses.memory_smoothed_pseudo_labels(
+            probs,
+            weak["embedding"],
+            state["queue_embeddings"],
+            state["queue_probs"],
+            alpha=config.comatch.alpha,
+            temperature=config.comatch.temperature,
+        )
+
+    return q(outputs["unlabeled_weak"], state)
+
+
+def _jitted_loss(method, config):
+    """method.loss under `config`, jitted: one program instead of one per op."""
+    return jax.jit(lambda outputs, batch, state: method.loss(outputs, batch, state, config))
 
 
 @pytest.mark.parametrize("seed", [0, 1])
@@ -185,7 +195,7 @@ def test_comatch_loss_with_the_freematch_rule_masks_q_by_the_adaptive_thresholds
     state["global_threshold"] = jnp.float32(0.5)
     outputs, batch = _outputs(rng, config), _batch(rng, config)
 
-    loss, (new_state, metrics) = method.loss(outputs, batch, state, config)
+    loss, (new_state, metrics) = _jitted_loss(method, config)(outputs, batch, state)
     q = np.asarray(_expected_q(outputs, state, config), np.float64)
     strong = np.asarray(outputs["unlabeled_strong0"]["logits"])
     thresholds, tau, p_model, mask, loss_u = reference_adaptive(
@@ -200,7 +210,7 @@ def test_comatch_loss_with_the_freematch_rule_masks_q_by_the_adaptive_thresholds
     expected = metrics["loss_x"] + metrics["loss_u"] + metrics["loss_ctr"]  # lambdas 1
     np.testing.assert_allclose(loss, expected, rtol=1e-6)
     # W^q keeps its fixed T: the contrastive term is the fixed rule's.
-    _, (_, fixed_metrics) = method.loss(outputs, batch, _strip(state), _config("fixed"))
+    _, (_, fixed_metrics) = _jitted_loss(method, _config("fixed"))(outputs, batch, _strip(state))
     np.testing.assert_array_equal(metrics["loss_ctr"], fixed_metrics["loss_ctr"])
 
 
@@ -221,7 +231,7 @@ def test_the_fixed_rule_is_the_papers_comatch(full):
     if full:  # else the queue is empty and q is the aligned p
         state = _full_queue(state, rng)
     outputs, batch = _outputs(rng, config), _batch(rng, config)
-    loss, (new_state, metrics) = method.loss(outputs, batch, state, config)
+    loss, (new_state, metrics) = _jitted_loss(method, config)(outputs, batch, state)
     assert set(new_state) == FIXED_STATE_KEYS
     assert set(metrics) == {"loss_x", "loss_u", "loss_ctr", "mask_rate", "pseudo_label_acc"}
 
@@ -323,7 +333,8 @@ def test_no_gradient_through_the_adaptive_thresholds_or_the_weak_view():
     def loss(outputs, state):
         return method.loss(outputs, batch, state, config)[0]
 
-    grad_outputs, grad_state = jax.grad(loss, argnums=(0, 1), allow_int=True)(outputs, state)
+    grad = jax.jit(jax.grad(loss, argnums=(0, 1), allow_int=True))  # one program, not one per op
+    grad_outputs, grad_state = grad(outputs, state)
     for head, value in grad_outputs["unlabeled_weak"].items():
         np.testing.assert_array_equal(value, 0.0, err_msg=head)
     for key in ("global_threshold", "class_probs", "queue_probs", "queue_embeddings"):

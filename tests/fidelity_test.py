@@ -6,6 +6,8 @@ The weight transplant is tests/torch_weights_test.py; augmentations tests/augmen
 presets tests/presets_test.py.
 """
 
+import functools
+
 import flax.traverse_util
 import jax
 import jax.numpy as jnp
@@ -57,11 +59,13 @@ def test_optimizer_step_k_uses_lr_k():
 
 
 # ----------------------------------------------------------------------------- 4. decay
+@functools.cache  # three tests read the same variables
 def _wrn_variables(depth=28, widen=2, dtype="float32", num_classes=10):
     config = config_lib.base_config().model
     config.update(name="wide_resnet", depth=depth, widen_factor=widen, dtype=dtype)
     model = models.create_model(config, num_classes)
-    return model, model.init(jax.random.PRNGKey(0), jnp.zeros((2, 32, 32, 3)), train=False)
+    init = jax.jit(functools.partial(model.init, train=False))  # one program, not one per op
+    return model, init(jax.random.PRNGKey(0), jnp.zeros((2, 32, 32, 3)))
 
 
 def test_weight_decay_covers_every_parameter_but_batch_norm_as_the_official_rule():
@@ -157,13 +161,16 @@ def test_initialisation_is_the_official_one():
 
 
 # ----------------------------------------------------------------------------- 8. DA floor
+_distribution_alignment = jax.jit(losses.distribution_alignment)  # one program, not one per op
+
+
 def test_distribution_alignment_with_saturated_logits_gives_no_nan():
     logits = jnp.where(jnp.arange(5)[None, :] == jnp.array([0, 0, 1, 0])[:, None], 80.0, -80.0)
     probs = jax.nn.softmax(logits, axis=-1)
     assert float(probs.min()) == 0.0  # float32: exactly one-hot; the official code's 0 / 0
     history, count = jnp.zeros((32, 5)), jnp.zeros((), jnp.int32)
     for _ in range(40):  # past the ring buffer's wrap-around
-        aligned, history, count = losses.distribution_alignment(probs, history, count)
+        aligned, history, count = _distribution_alignment(probs, history, count)
         assert np.all(np.isfinite(aligned))
         np.testing.assert_allclose(aligned.sum(-1), 1.0, rtol=1e-6)
         np.testing.assert_array_equal(jnp.argmax(aligned, -1), [0, 0, 1, 0])
@@ -176,7 +183,7 @@ def test_distribution_alignment_floor_leaves_normal_inputs_unchanged():
     for _ in range(6):
         logits = rng.normal(size=(16, 10)) * 3
         p = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
-        got, history, count = losses.distribution_alignment(jnp.float32(p), history, count)
+        got, history, count = _distribution_alignment(jnp.float32(p), history, count)
         means.append(p.mean(0))
         expected = p / np.mean(means[-4:], axis=0)  # the official formula, float64
         expected /= expected.sum(1, keepdims=True)
@@ -205,9 +212,7 @@ def test_distribution_alignment_with_confident_logits_is_the_official_formula(se
         logits[np.arange(batch), rng.integers(0, 3, size=batch)] += 30.0  # classes 0-2 only
         probs32 = np.asarray(jax.nn.softmax(jnp.float32(logits), axis=-1))
         assert 0 < probs32[:, 3:].mean() < 1e-12  # the regime the old floor distorted
-        aligned, history, count = losses.distribution_alignment(
-            jnp.asarray(probs32), history, count
-        )
+        aligned, history, count = _distribution_alignment(jnp.asarray(probs32), history, count)
         prob_list.append(probs32.astype(np.float64).mean(0))
         expected = _official_distribution_alignment(prob_list, probs32.astype(np.float64))
         worst = max(worst, float(np.abs(np.asarray(aligned) - expected).max()))
@@ -218,16 +223,14 @@ def test_distribution_alignment_floor_is_float32_tiny_hand_checked():
     """History of one batch [[1, 0], [1, 0]] (class 1 never predicted): mean [1, 0]; the
     floor turns 0 into float32's tiny, class 1's probability 0 stays 0: [[1, 0], [1, 0]]."""
     assert losses.DA_FLOOR == float(np.finfo(np.float32).tiny)
-    aligned, _, _ = losses.distribution_alignment(
+    aligned, _, _ = _distribution_alignment(
         jnp.array([[1.0, 0.0], [1.0, 0.0]]), jnp.zeros((4, 2)), jnp.zeros((), jnp.int32)
     )
     np.testing.assert_array_equal(aligned, [[1.0, 0.0], [1.0, 0.0]])
     # A positive mean of 1e-13 is divided by as it is: probs [[1, 2e-13], [1, 0]] have the
     # mean [1, 1e-13]; row 0 becomes [1, 2] / 3, row 1 stays [1, 0].
     probs = jnp.array([[1.0, 2e-13], [1.0, 0.0]], jnp.float32)
-    aligned, _, _ = losses.distribution_alignment(
-        probs, jnp.zeros((4, 2)), jnp.zeros((), jnp.int32)
-    )
+    aligned, _, _ = _distribution_alignment(probs, jnp.zeros((4, 2)), jnp.zeros((), jnp.int32))
     np.testing.assert_allclose(aligned, [[1 / 3, 2 / 3], [1.0, 0.0]], rtol=1e-5)
 
 
@@ -237,14 +240,15 @@ def test_bfloat16_model_runs_the_backbone_in_bf16_and_heads_and_losses_in_float3
     config.model.update(name="wide_resnet", depth=10, widen_factor=1, dtype="bfloat16")
     model = models.create_model(config.model, 10)
     x = jax.random.normal(jax.random.PRNGKey(0), (8, 32, 32, 3))
-    variables = model.init(jax.random.PRNGKey(1), x, train=False)
-    out, state = model.apply(
-        variables,
-        x,
+    # jitted: one program each instead of one per op
+    variables = jax.jit(functools.partial(model.init, train=False))(jax.random.PRNGKey(1), x)
+    apply = functools.partial(
+        model.apply,
         train=True,
         mutable=["batch_stats", "intermediates"],
         capture_intermediates=True,
     )
+    out, state = jax.jit(apply)(variables, x)
     inter = flax.traverse_util.flatten_dict(state["intermediates"])
     backbone = {k: v for k, v in inter.items() if k[0] == "backbone" and len(k) > 2}
     assert backbone and all(v[0].dtype == jnp.bfloat16 for v in backbone.values())
@@ -254,16 +258,21 @@ def test_bfloat16_model_runs_the_backbone_in_bf16_and_heads_and_losses_in_float3
     # Every CoMatch loss term and metric in float32.
     config.comatch.queue_size = 16
     method = methods.get_method("comatch")
-    method_state = method.init_state(config, 10, config.model.low_dim)
-    view = lambda i: {k: v[2 * i : 2 * i + 2] for k, v in out.items()}
-    outputs = {
-        "labeled_weak": view(0),
-        "unlabeled_weak": view(1),
-        "unlabeled_strong0": view(2),
-        "unlabeled_strong1": view(3),
-    }
-    batch = {"labels": jnp.array([1, 2]), "unlabeled_labels": jnp.array([3, 4])}
-    loss, (_, metrics) = method.loss(outputs, batch, method_state, config)
+
+    @jax.jit  # one program instead of one per op
+    def loss_fn(out):
+        method_state = method.init_state(config, 10, config.model.low_dim)
+        view = lambda i: {k: v[2 * i : 2 * i + 2] for k, v in out.items()}
+        outputs = {
+            "labeled_weak": view(0),
+            "unlabeled_weak": view(1),
+            "unlabeled_strong0": view(2),
+            "unlabeled_strong1": view(3),
+        }
+        batch = {"labels": jnp.array([1, 2]), "unlabeled_labels": jnp.array([3, 4])}
+        return method.loss(outputs, batch, method_state, config)
+
+    loss, (_, metrics) = loss_fn(out)
     assert loss.dtype == jnp.float32
     assert all(v.dtype == jnp.float32 for v in metrics.values()), metrics
 
@@ -274,10 +283,12 @@ def test_other_backbones_also_have_float32_heads(name):
     config.update(name=name, depth=18, dtype="bfloat16", widths=(8, 16))
     model = models.create_model(config, 3)
     x = jnp.ones((2, 32, 32, 3))
-    variables = model.init(jax.random.PRNGKey(0), x, train=False)
-    _, state = model.apply(
-        variables, x, train=False, capture_intermediates=True, mutable=["intermediates"]
+    # jitted: one program each instead of one per op
+    variables = jax.jit(functools.partial(model.init, train=False))(jax.random.PRNGKey(0), x)
+    apply = functools.partial(
+        model.apply, train=False, capture_intermediates=True, mutable=["intermediates"]
     )
+    _, state = jax.jit(apply)(variables, x)
     inter = flax.traverse_util.flatten_dict(state["intermediates"])
     assert inter[("classifier", "__call__")][0].dtype == jnp.float32
     assert inter[("backbone", "__call__")][0].dtype == jnp.float32  # pooled in float32

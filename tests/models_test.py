@@ -1,3 +1,4 @@
+import functools
 import os
 
 import flax.linen as nn
@@ -28,8 +29,10 @@ def _model_config(**overrides):
 def test_models_give_logits_and_unit_embeddings(overrides, size):
     model = models.create_model(_model_config(low_dim=16, **overrides), num_classes=5)
     x = jnp.ones((2, size, size, 3))
-    variables = model.init(jax.random.PRNGKey(0), x, train=False)
-    out, updates = model.apply(variables, x, train=True, mutable=["batch_stats"])
+    # jitted: one program each instead of one per op
+    variables = jax.jit(functools.partial(model.init, train=False))(jax.random.PRNGKey(0), x)
+    apply = jax.jit(functools.partial(model.apply, train=True, mutable=["batch_stats"]))
+    out, updates = apply(variables, x)
     assert out["logits"].shape == (2, 5) and out["logits"].dtype == jnp.float32
     np.testing.assert_allclose(jnp.linalg.norm(out["embedding"], axis=-1), 1.0, rtol=1e-4)
     # Parameters stay float32 whatever the activation dtype.
@@ -57,8 +60,10 @@ def test_optional_ssl_heads_and_decoder():
     )
     model = models.create_model(config, num_classes=3, image_shape=(14, 14, 1))
     x = jnp.ones((4, 14, 14, 1))
-    variables = model.init(jax.random.PRNGKey(0), x, train=False)
-    out, _ = model.apply(variables, x, train=True, mutable=["batch_stats"])
+    # jitted: one program each instead of one per op
+    variables = jax.jit(functools.partial(model.init, train=False))(jax.random.PRNGKey(0), x)
+    apply = jax.jit(functools.partial(model.apply, train=True, mutable=["batch_stats"]))
+    out, _ = apply(variables, x)
     assert out["projection"].shape == (4, 24)
     assert out["prediction"].shape == (4, 24)
     assert out["reconstruction"].shape == (4, 14, 14, 1)
@@ -180,10 +185,11 @@ def test_batch_norm_mode_sets_the_groups():
 def test_max_pool_2x2_is_flax_max_pool_with_the_same_gradient(shape):
     x = jax.random.normal(jax.random.PRNGKey(0), shape)
     reference = lambda x: nn.max_pool(x, (2, 2), strides=(2, 2))
-    np.testing.assert_array_equal(models.max_pool_2x2(x), reference(x))
+    # Both sides jitted alike: one program each instead of one per op.
+    np.testing.assert_array_equal(jax.jit(models.max_pool_2x2)(x), jax.jit(reference)(x))
     loss = lambda pool: lambda x: jnp.sum(pool(x) ** 2 * jnp.arange(shape[-1]))
     np.testing.assert_array_equal(
-        jax.grad(loss(models.max_pool_2x2))(x), jax.grad(loss(reference))(x)
+        jax.jit(jax.grad(loss(models.max_pool_2x2)))(x), jax.jit(jax.grad(loss(reference)))(x)
     )
 
 

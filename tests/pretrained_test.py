@@ -2,6 +2,7 @@
 options (backbone lr scale, heads-only warm start, frozen BatchNorm), and a short ResNet-18
 run from converted weights that resumes identically. NumPy + safetensors only (no torch)."""
 
+import functools
 import json
 import shutil
 
@@ -146,17 +147,20 @@ def test_frozen_backbone_batch_norm_keeps_its_statistics_and_uses_them():
     stats = jax.tree.map(lambda v: v + 0.3, variables["batch_stats"])
     variables = {"params": variables["params"], "batch_stats": stats}
     images = jax.random.normal(jax.random.PRNGKey(1), (4, 32, 32, 3))
-    out, updates = model.apply(variables, images, train=True, mutable=["batch_stats"])
+    # The forwards jitted: one program each instead of one per op. The init stays eager: the
+    # tests below that initialise the same model reuse its per-op programs.
+    train_apply = lambda model: jax.jit(
+        functools.partial(model.apply, train=True, mutable=["batch_stats"])
+    )
+    out, updates = train_apply(model)(variables, images)
     for a, b in zip(
         jax.tree.leaves(updates["batch_stats"]["backbone"]), jax.tree.leaves(stats["backbone"])
     ):
         np.testing.assert_array_equal(a, b)
-    eval_out = model.apply(variables, images, train=False)
+    eval_out = jax.jit(functools.partial(model.apply, train=False))(variables, images)
     np.testing.assert_allclose(out["features"], eval_out["features"], rtol=1e-5, atol=1e-6)
     config.freeze_backbone_bn = False
-    _, moved = models.create_model(config, num_classes=10).apply(
-        variables, images, train=True, mutable=["batch_stats"]
-    )
+    _, moved = train_apply(models.create_model(config, num_classes=10))(variables, images)
     assert not np.allclose(
         moved["batch_stats"]["backbone"]["BatchNorm_0"]["mean"],
         stats["backbone"]["BatchNorm_0"]["mean"],
@@ -233,7 +237,8 @@ def test_a_model_without_a_torch_layout_is_one_line(weights):
     config.model.init_from_torch = weights[0]
     _, _, _, init_state = runs.build_training(config, 4, (32, 32, 3))
     with pytest.raises(ValueError, match="needs model.name resnet or wide_resnet"):
-        pretrained.initialise_from_torch(init_state(jax.random.key(0)), config)
+        # init_state jitted: one program, not one per op
+        pretrained.initialise_from_torch(jax.jit(init_state)(jax.random.key(0)), config)
 
 
 def test_rgb_weights_on_gray_images_sum_conv1_over_its_input_channels(weights):

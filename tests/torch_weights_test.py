@@ -5,6 +5,7 @@ experiments/make_wrn_fixture.py from the official definition (github salesforce/
 WideResNet.py); this test needs NumPy only, no torch.
 """
 
+import functools
 import os
 import sys
 import types
@@ -42,6 +43,11 @@ def _model(momentum=0.999):
         bn_unbiased_running_var=True,
     )
     return models.create_model(config, num_classes=10)
+
+
+def _apply(model, variables, x, **kwargs):
+    # jitted: one program instead of one per op
+    return jax.jit(functools.partial(model.apply, **kwargs))(variables, x)
 
 
 @pytest.fixture(scope="module")
@@ -85,7 +91,7 @@ def test_parameter_counts_are_equal_per_layer(official, converted):
 
 def test_eval_mode_logits_and_embeddings_match_the_official_model(official, converted):
     model, variables, _ = converted
-    out = model.apply(variables, jnp.asarray(official["input"]), train=False)
+    out = _apply(model, variables, jnp.asarray(official["input"]), train=False)
     np.testing.assert_allclose(out["logits"], official["eval_logits"], rtol=0, atol=1e-4)
     np.testing.assert_allclose(out["embedding"], official["eval_embedding"], rtol=0, atol=1e-4)
     # Not vacuous: the logits are not all alike.
@@ -96,8 +102,8 @@ def test_eval_mode_logits_and_embeddings_match_the_official_model(official, conv
 def test_batch_norm_statistics_after_one_train_mode_forward(official, converted, tag, momentum):
     _, variables, _ = converted
     model = _model(momentum)
-    out, updates = model.apply(
-        variables, jnp.asarray(official["input"]), train=True, mutable=["batch_stats"]
+    out, updates = _apply(
+        model, variables, jnp.asarray(official["input"]), train=True, mutable=["batch_stats"]
     )
     if tag == "official":
         np.testing.assert_allclose(out["logits"], official["train_logits"], rtol=0, atol=1e-4)
@@ -209,7 +215,7 @@ def test_torchvision_resnet_converts_to_the_same_features_and_logits(depth, resn
                 tree = tree.get(name, {})
             flax_count += sum(np.size(leaf) for leaf in jax.tree.leaves(tree))
         assert flax_count == torch_count, layer.torch_name
-    out = model.apply(variables, jnp.asarray(resnet_outputs[f"resnet{depth}/input"]), train=False)
+    out = _apply(model, variables, jnp.asarray(resnet_outputs[f"resnet{depth}/input"]), train=False)
     expected = resnet_outputs[f"resnet{depth}/features"]
     np.testing.assert_allclose(out["features"], expected, rtol=0, atol=1e-4)
     np.testing.assert_allclose(

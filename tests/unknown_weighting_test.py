@@ -13,6 +13,9 @@ from comatch_jax.core import losses, methods
 
 from comatch_adaptive_test import _expected_q
 
+# jitted: one program per shape instead of one per op
+_similarity_weights = jax.jit(losses.labeled_similarity_weights)
+
 
 def _unit(x):
     return x / np.linalg.norm(x, axis=-1, keepdims=True)
@@ -37,7 +40,7 @@ def test_weights_match_reference(b, m, d):
     z, references = _unit(rng.normal(size=(b, d))), _unit(rng.normal(size=(m, d)))
     mask = rng.random(m) < 0.6
     mask[0] = True
-    got = losses.labeled_similarity_weights(jnp.asarray(z), jnp.asarray(references), mask)
+    got = _similarity_weights(jnp.asarray(z), jnp.asarray(references), mask)
     assert got.dtype == jnp.float32 and got.shape == (b,)
     np.testing.assert_allclose(got, reference_weights(z, references, mask), rtol=1e-5, atol=1e-6)
 
@@ -52,20 +55,20 @@ def test_weights_hand_checked():
     # n_sigma = 1: exp(-gap^2 / (2 0.41)); the default n_sigma = 2 divides 2 sigma^2 by 4.
     expected = [1.0, 1.0, math.exp(-(0.3**2) / 0.82), math.exp(-(0.9**2) / 0.82)]
     np.testing.assert_allclose(
-        losses.labeled_similarity_weights(z, references, mask, n_sigma=1.0), expected, rtol=1e-6
+        _similarity_weights(z, references, mask, n_sigma=1.0), expected, rtol=1e-6
     )
     np.testing.assert_allclose(
-        losses.labeled_similarity_weights(z, references, mask), np.power(expected, 4), rtol=1e-5
+        _similarity_weights(z, references, mask), np.power(expected, 4), rtol=1e-5
     )
     # Equal similarities: variance 0 is floored, every weight is 1 (nothing below the mean).
-    same = losses.labeled_similarity_weights(jnp.ones((3, 1)), jnp.ones((1, 1)), jnp.array([True]))
+    same = _similarity_weights(jnp.ones((3, 1)), jnp.ones((1, 1)), jnp.array([True]))
     np.testing.assert_array_equal(same, [1.0, 1.0, 1.0])
 
 
 def test_weights_have_no_gradient():
     z = jnp.asarray(_unit(np.random.default_rng(0).normal(size=(5, 4))))
-    grad = jax.grad(
-        lambda x: jnp.sum(losses.labeled_similarity_weights(x, x[:2], jnp.ones(2, bool)))
+    grad = jax.jit(  # one program instead of one per op
+        jax.grad(lambda x: jnp.sum(losses.labeled_similarity_weights(x, x[:2], jnp.ones(2, bool))))
     )
     np.testing.assert_array_equal(grad(z), 0.0)
 
