@@ -126,7 +126,11 @@ def test_from_a_run_through_the_page_to_a_retrained_run(browser, tmp_path, caplo
     _press(browser, Keys.ARROW_LEFT, Keys.ARROW_LEFT)
     assert _text(browser, "current") == f"Answer: {classes[guesses[1, 1]]}"
 
-    browser.refresh()  # answers live in localStorage: nothing is lost
+    # Answers live in localStorage: nothing is lost on a reload. Chromium hands a page's
+    # localStorage writes to its browser process asynchronously, so a reload in the same
+    # instant as the last key can start before them (once, on a loaded machine): wait first.
+    time.sleep(1.0)
+    browser.refresh()
     assert _text(browser, "progress") == "3 of 4 labelled"
     assert _text(browser, "position") == "Image 4 of 4"  # the first unanswered image
     _press(browser, "0")

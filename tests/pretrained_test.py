@@ -143,8 +143,10 @@ def test_frozen_backbone_batch_norm_keeps_its_statistics_and_uses_them():
     config.freeze_backbone_bn = True
     model = models.create_model(config, num_classes=10)
     variables = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3)), train=False)
-    # Non-trivial running statistics, so that using them differs from batch statistics.
-    stats = jax.tree.map(lambda v: v + 0.3, variables["batch_stats"])
+    # Non-trivial running statistics, so that using them differs from batch statistics (and
+    # leaves the features non-zero: a shifted-up mean made every ReLU output 0).
+    shift = lambda path, v: v - 0.1 if path[-1].key == "mean" else v * 2.0
+    stats = jax.tree_util.tree_map_with_path(shift, variables["batch_stats"])
     variables = {"params": variables["params"], "batch_stats": stats}
     images = jax.random.normal(jax.random.PRNGKey(1), (4, 32, 32, 3))
     # The forwards jitted: one program each instead of one per op. The init stays eager: the
@@ -158,9 +160,11 @@ def test_frozen_backbone_batch_norm_keeps_its_statistics_and_uses_them():
     ):
         np.testing.assert_array_equal(a, b)
     eval_out = jax.jit(functools.partial(model.apply, train=False))(variables, images)
+    assert np.abs(out["features"]).max() > 0.1
     np.testing.assert_allclose(out["features"], eval_out["features"], rtol=1e-5, atol=1e-6)
     config.freeze_backbone_bn = False
-    _, moved = train_apply(models.create_model(config, num_classes=10))(variables, images)
+    batch_out, moved = train_apply(models.create_model(config, num_classes=10))(variables, images)
+    assert np.abs(batch_out["features"] - out["features"]).max() > 0.1  # batch statistics
     assert not np.allclose(
         moved["batch_stats"]["backbone"]["BatchNorm_0"]["mean"],
         stats["backbone"]["BatchNorm_0"]["mean"],
