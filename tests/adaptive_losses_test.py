@@ -384,8 +384,9 @@ def _check_metrics(metrics, expected):
         _check(metrics[name], value, name)
 
 
-def _jitted_loss(method, config):
-    """method.loss under `config`, jitted: one program instead of one per op."""
+def jitted_loss(method, config):
+    """method.loss(outputs, batch, state) under `config`, jitted: one XLA program instead of
+    one per op (tests here and in comatch_adaptive_test and methods_test)."""
     return jax.jit(lambda outputs, batch, state: method.loss(outputs, batch, state, config))
 
 
@@ -408,7 +409,7 @@ def test_freematch_method_one_step_matches_the_papers_equations(start):
             "class_histogram": jnp.asarray(_softmax(rng.normal(size=NUM_CLASSES)), jnp.float32),
         }
     outputs, batch = _method_inputs(rng, config)
-    loss, (new_state, metrics) = _jitted_loss(method, config)(outputs, batch, state)
+    loss, (new_state, metrics) = jitted_loss(method, config)(outputs, batch, state)
 
     p, strong, loss_x, truth = _numpy(outputs, batch)
     old = {k: np.asarray(v, np.float64) for k, v in state.items()}
@@ -455,7 +456,7 @@ def test_softmatch_method_one_step_matches_the_papers_equations(start):
             "alignment_count": jnp.asarray(3, jnp.int32),
         }
     outputs, batch = _method_inputs(rng, config)
-    loss, (new_state, metrics) = _jitted_loss(method, config)(outputs, batch, state)
+    loss, (new_state, metrics) = jitted_loss(method, config)(outputs, batch, state)
 
     p, strong, loss_x, truth = _numpy(outputs, batch)
     old = {k: np.asarray(v, np.float64) for k, v in state.items()}

@@ -16,6 +16,7 @@ from comatch_jax import config_lib
 from comatch_jax.core import losses, methods
 from comatch_jax.trainer import train
 
+from adaptive_losses_test import jitted_loss
 from losses_test import (
     reference_contrastive,
     reference_embedding_graph,
@@ -175,11 +176,6 @@ def _expected_q(outputs, state, config):
     return q(outputs["unlabeled_weak"], state)
 
 
-def _jitted_loss(method, config):
-    """method.loss under `config`, jitted: one program instead of one per op."""
-    return jax.jit(lambda outputs, batch, state: method.loss(outputs, batch, state, config))
-
-
 @pytest.mark.parametrize("seed", [0, 1])
 def test_comatch_loss_with_the_freematch_rule_masks_q_by_the_adaptive_thresholds(seed):
     rng = np.random.default_rng(seed)
@@ -195,7 +191,7 @@ def test_comatch_loss_with_the_freematch_rule_masks_q_by_the_adaptive_thresholds
     state["global_threshold"] = jnp.float32(0.5)
     outputs, batch = _outputs(rng, config), _batch(rng, config)
 
-    loss, (new_state, metrics) = _jitted_loss(method, config)(outputs, batch, state)
+    loss, (new_state, metrics) = jitted_loss(method, config)(outputs, batch, state)
     q = np.asarray(_expected_q(outputs, state, config), np.float64)
     strong = np.asarray(outputs["unlabeled_strong0"]["logits"])
     thresholds, tau, p_model, mask, loss_u = reference_adaptive(
@@ -210,7 +206,7 @@ def test_comatch_loss_with_the_freematch_rule_masks_q_by_the_adaptive_thresholds
     expected = metrics["loss_x"] + metrics["loss_u"] + metrics["loss_ctr"]  # lambdas 1
     np.testing.assert_allclose(loss, expected, rtol=1e-6)
     # W^q keeps its fixed T: the contrastive term is the fixed rule's.
-    _, (_, fixed_metrics) = _jitted_loss(method, _config("fixed"))(outputs, batch, _strip(state))
+    _, (_, fixed_metrics) = jitted_loss(method, _config("fixed"))(outputs, batch, _strip(state))
     np.testing.assert_array_equal(metrics["loss_ctr"], fixed_metrics["loss_ctr"])
 
 
@@ -231,7 +227,7 @@ def test_the_fixed_rule_is_the_papers_comatch(full):
     if full:  # else the queue is empty and q is the aligned p
         state = _full_queue(state, rng)
     outputs, batch = _outputs(rng, config), _batch(rng, config)
-    loss, (new_state, metrics) = _jitted_loss(method, config)(outputs, batch, state)
+    loss, (new_state, metrics) = jitted_loss(method, config)(outputs, batch, state)
     assert set(new_state) == FIXED_STATE_KEYS
     assert set(metrics) == {"loss_x", "loss_u", "loss_ctr", "mask_rate", "pseudo_label_acc"}
 

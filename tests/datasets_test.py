@@ -17,7 +17,8 @@ from comatch_jax import config_lib
 from comatch_jax import data as datasets
 from comatch_jax.data import idx, tfds_source
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from core_imports_test import without_tensorflow
+
 DEBIAN_DIR = "/usr/share/datasets/fashion-mnist"
 
 
@@ -220,20 +221,19 @@ def test_real_debian_fashion_mnist():
 def test_idx_and_split_work_without_tensorflow(tmp_path):
     directory = _write_idx_dir(tmp_path / "idx", _fake_arrays())
     code = textwrap.dedent(f"""
-        import sys
-        sys.modules["tensorflow"] = None
-        sys.modules["tensorflow_datasets"] = None
+        import importlib.util
+        assert importlib.util.find_spec("tensorflow") is None  # hidden
         from comatch_jax import data as ip
         ds = ip.load_idx_dataset({directory!r}, "fashion_mnist")
         lab, unl = ip.split_labeled_unlabeled(
             ds.train_labels, num_labels=10, num_classes=10, seed=0
         )
         assert len(lab) == 10 and len(unl) == 20
-        assert "tensorflow" not in [m for m in sys.modules if sys.modules[m]]
         print("OK")
         """)
-    env = dict(os.environ, PYTHONPATH=REPO_ROOT)
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=without_tensorflow()
+    )
     assert result.returncode == 0, result.stderr
     assert "OK" in result.stdout
 

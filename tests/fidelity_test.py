@@ -59,7 +59,7 @@ def test_optimizer_step_k_uses_lr_k():
 
 
 # ----------------------------------------------------------------------------- 4. decay
-@functools.cache  # three tests read the same variables
+@functools.cache  # three tests read (never modify) the same variables
 def _wrn_variables(depth=28, widen=2, dtype="float32", num_classes=10):
     config = config_lib.base_config().model
     config.update(name="wide_resnet", depth=depth, widen_factor=widen, dtype=dtype)

@@ -55,6 +55,8 @@ def _command(workdir):
 def _run(workdir):
     result = subprocess.run(_command(workdir), cwd=REPO, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-3000:]
+    # With TensorFlow and the TensorBoard writer: no library INFO lines by default.
+    assert not _library_info_lines(result.stderr), _library_info_lines(result.stderr)[:5]
 
 
 def _finished_checkpoints(workdir):
@@ -193,7 +195,7 @@ def _nan_gradient_run(workdir, *extra):
     args += [f"{name}={value}" for name, value in overrides.items()]
     args = [a for a in args if not a.startswith("--config.comatch.")]
     command = [sys.executable, "-c", NAN_GRADIENT_ENTRY, f"--workdir={workdir}", *args, *extra]
-    # Without TensorFlow, which these checks do not need (its own log lines are cli_test's).
+    # Without TensorFlow, which these checks do not need (_run checks the log with it).
     return subprocess.run(
         command, cwd=REPO, env=without_tensorflow(), capture_output=True, text=True, timeout=600
     )

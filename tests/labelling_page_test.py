@@ -127,8 +127,9 @@ def test_from_a_run_through_the_page_to_a_retrained_run(browser, tmp_path, caplo
     assert _text(browser, "current") == f"Answer: {classes[guesses[1, 1]]}"
 
     # Answers live in localStorage: nothing is lost on a reload. Chromium hands a page's
-    # localStorage writes to its browser process asynchronously, so a reload in the same
-    # instant as the last key can start before them (once, on a loaded machine): wait first.
+    # localStorage writes to its browser process asynchronously, and the page cannot tell
+    # when they are committed, so a reload in the same instant as the last key could start
+    # before them: a person reloads later, the test waits a second.
     time.sleep(1.0)
     browser.refresh()
     assert _text(browser, "progress") == "3 of 4 labelled"

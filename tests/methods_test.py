@@ -14,6 +14,7 @@ from comatch_jax.core import methods, models, train_step
 from comatch_jax.commands import probe
 from comatch_jax.trainer import saved_runs as runs, train
 
+from adaptive_losses_test import jitted_loss
 from train_test import RecordingWriter, synthetic_dataset, tiny_config
 
 SSL_MODEL = dict(projector_widths=(16, 16), predictor_widths=(8, 16), decoder=True, decoder_width=8)
@@ -194,8 +195,7 @@ def test_declaration_names_the_views_the_loss_reads(name):
     config_lib.validate_config(config)
     rng = np.random.default_rng(0)
     state = method.init_state(config, NUM_CLASSES, HEAD_SHAPES["embedding"][0])
-    method_loss = jax.jit(lambda *args: method.loss(*args, config))  # one program, not one per op
-    loss, (new_state, metrics) = method_loss(
+    loss, (new_state, metrics) = jitted_loss(method, config)(
         _declared_outputs(method, config, rng), _batch(config, rng), state
     )
     assert np.isfinite(float(loss))

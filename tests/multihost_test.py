@@ -7,7 +7,7 @@ process with two devices ends (the same global batch split the same way), with o
 line per log step (process 0 writes the run's files). The two processes use host batches
 (data not on the device): each reads only its own rows. The processes run without TensorFlow,
 as on the GPU machine (metrics go to metrics.jsonl only): process 0 would otherwise import it
-for TensorBoard while process 1 waits for it in a busy loop.
+for TensorBoard while process 1 waits for it.
 """
 
 import json

@@ -144,9 +144,9 @@ def test_frozen_backbone_batch_norm_keeps_its_statistics_and_uses_them():
     model = models.create_model(config, num_classes=10)
     variables = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3)), train=False)
     # Non-trivial running statistics, so that using them differs from batch statistics (and
-    # leaves the features non-zero: a shifted-up mean made every ReLU output 0).
-    shift = lambda path, v: v - 0.1 if path[-1].key == "mean" else v * 2.0
-    stats = jax.tree_util.tree_map_with_path(shift, variables["batch_stats"])
+    # leaves the features non-zero: a shifted-up mean would make every ReLU output 0).
+    moved_statistics = lambda path, v: v - 0.1 if path[-1].key == "mean" else v * 2.0
+    stats = jax.tree_util.tree_map_with_path(moved_statistics, variables["batch_stats"])
     variables = {"params": variables["params"], "batch_stats": stats}
     images = jax.random.normal(jax.random.PRNGKey(1), (4, 32, 32, 3))
     # The forwards jitted: one program each instead of one per op. The init stays eager: the

@@ -1,6 +1,7 @@
 """First on PYTHONPATH, this makes `import tensorflow` and `import tensorflow_datasets` fail as
 if they were not installed (the GPU machine has neither), in the process and in every process
-it starts. Tests put it there with core_imports_test.without_tensorflow()."""
+it starts. Tests put it there with core_imports_test.without_tensorflow(); any other
+sitecustomize later on the path then does not run."""
 
 import importlib.machinery as _machinery
 
