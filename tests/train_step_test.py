@@ -157,20 +157,6 @@ def test_ema_is_decay_times_ema_plus_one_minus_decay_times_new_params(student):
     assert int(new_state.step) == int(state.step) + 1
 
 
-def test_average_batch_stats_averages_the_statistics():
-    config = step_config(average_batch_stats=True)
-    _, step, state, batch = build(config, methods.get_method("comatch"))
-    new_state, _ = step(state, batch)
-    decay = config.ema.decay
-    old, new, ema = map(
-        _np, (state.ema_batch_stats, new_state.batch_stats, new_state.ema_batch_stats)
-    )
-    assert old
-    for e0, b1, e1 in zip(old, new, ema):
-        np.testing.assert_allclose(e1, decay * e0 + (1 - decay) * b1, rtol=1e-6, atol=1e-7)
-        assert not np.allclose(e1, b1)
-
-
 def test_queue_gets_the_weak_views_in_order_wrapping_around(student):
     config, model, state, batch, new_state, metrics = student
     # The outputs the loss saw are the student's forward over the step's views, in order.
@@ -212,9 +198,26 @@ def test_queue_gets_the_weak_views_in_order_wrapping_around(student):
 
 @pytest.fixture(scope="module")
 def teacher():
-    config = step_config(teacher_weak_views=True)
+    """CoMatch (spied on) with the EMA model making the weak views' pseudo-labels and
+    averaging BatchNorm statistics: the two EMA options, independent of each other, in one
+    compiled step."""
+    config = step_config(teacher_weak_views=True, average_batch_stats=True)
     model, step, state, batch = build(config, SPY)
     return config, model, step, state, batch
+
+
+def test_average_batch_stats_averages_the_statistics(teacher):
+    config, _, step, state, batch = teacher
+    assert config.ema.average_batch_stats
+    new_state, _ = step(state, batch)
+    decay = config.ema.decay
+    old, new, ema = map(
+        _np, (state.ema_batch_stats, new_state.batch_stats, new_state.ema_batch_stats)
+    )
+    assert old
+    for e0, b1, e1 in zip(old, new, ema):
+        np.testing.assert_allclose(e1, decay * e0 + (1 - decay) * b1, rtol=1e-6, atol=1e-7)
+        assert not np.allclose(e1, b1)
 
 
 def test_teacher_weak_views_come_from_the_ema_model_in_eval_mode(teacher):

@@ -455,9 +455,10 @@ def test_a_second_training_on_a_workdir_in_use_is_refused(tmp_path):
             train.train_and_evaluate(
                 tiny_config(), workdir, writer=RecordingWriter(), dataset=synthetic_dataset()
             )
-    config = tiny_config()
-    config.num_steps = 1
-    train.train_and_evaluate(config, workdir, writer=RecordingWriter(), dataset=synthetic_dataset())
+    state, _ = train.train_and_evaluate(
+        tiny_config(), workdir, writer=RecordingWriter(), dataset=synthetic_dataset()
+    )
+    assert int(state.step) == tiny_config().num_steps
 
 
 def test_a_workdir_path_with_brackets_is_refused_before_training(tmp_path):
