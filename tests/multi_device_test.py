@@ -14,32 +14,42 @@ import numpy as np
 import pytest
 
 from comatch_jax import cli
+from comatch_jax.core import models
 from comatch_jax.trainer import train
 from train_test import RecordingWriter, synthetic_dataset, tiny_config
 
-# Runs tiny_config("comatch") once per BatchNorm setting ({runs}: name -> (batch_norm,
-# groups)) and saves each run's logged losses and final params to {out}/NAME.npz.
-SCRIPT = """
-import sys
-import numpy as np, jax
-sys.path.insert(0, {tests!r})
-from train_test import tiny_config, synthetic_dataset, RecordingWriter
-from comatch_jax.core import models
-from comatch_jax import cli
-from comatch_jax.trainer import train
-assert jax.local_device_count() == {devices}
-create_model = models.create_model
-for name, (batch_norm, groups) in {runs!r}.items():
+
+def train_tiny(workdir, batch_norm="global", groups=0):
+    """tiny_config("comatch") with `batch_norm`, trained in this process; groups > 0:
+    per-device BatchNorm of that many devices, emulated on one. Returns its logged losses
+    and final params, flat."""
     config = tiny_config("comatch")
     config.model.batch_norm = batch_norm
-    models.create_model = create_model
-    if groups:  # per-device BatchNorm of `groups` devices, emulated on this one
-        models.create_model = lambda *a, **k: create_model(*a, **{{**k, "num_devices": groups}})
-    writer = RecordingWriter()
-    state, _ = train.train_and_evaluate(config, {out!r} + "/" + name, writer=writer, dataset=synthetic_dataset())
+    create_model = models.create_model
+    if groups:
+        models.create_model = lambda *a, **k: create_model(*a, **{**k, "num_devices": groups})
+    try:
+        writer = RecordingWriter()
+        state, _ = train.train_and_evaluate(
+            config, str(workdir), writer=writer, dataset=synthetic_dataset()
+        )
+    finally:
+        models.create_model = create_model
     losses = [s["train/loss"] for _, s in writer.scalars if "train/loss" in s]
-    leaves = [np.asarray(x).ravel() for x in jax.tree.leaves(jax.device_get(state.params))]
-    np.savez({out!r} + "/" + name + ".npz", losses=np.array(losses), params=np.concatenate(leaves))
+    leaves = jax.tree.leaves(jax.device_get(state.params))
+    return {"losses": np.array(losses), "params": np.concatenate([np.ravel(x) for x in leaves])}
+
+
+# train_tiny once per entry of {runs} (name -> (batch_norm, groups)), each result saved to
+# {out}/NAME.npz.
+SCRIPT = """
+import sys
+import jax, numpy as np
+sys.path.insert(0, {tests!r})
+from multi_device_test import train_tiny
+assert jax.local_device_count() == {devices}
+for name, (batch_norm, groups) in {runs!r}.items():
+    np.savez({out!r} + "/" + name + ".npz", **train_tiny({out!r} + "/" + name, batch_norm, groups))
 """
 
 
@@ -70,16 +80,7 @@ def two_devices(tmp_path_factory):
 @pytest.fixture(scope="module")
 def one_device(tmp_path_factory):
     """One device, this test process (the suite's flags): global BatchNorm."""
-    writer = RecordingWriter()
-    state, _ = train.train_and_evaluate(
-        tiny_config("comatch"),
-        str(tmp_path_factory.mktemp("one_device")),
-        writer=writer,
-        dataset=synthetic_dataset(),
-    )
-    losses = [s["train/loss"] for _, s in writer.scalars if "train/loss" in s]
-    leaves = jax.tree.leaves(jax.device_get(state.params))
-    return {"losses": np.array(losses), "params": np.concatenate([np.ravel(x) for x in leaves])}
+    return train_tiny(tmp_path_factory.mktemp("one_device"))
 
 
 @pytest.fixture(scope="module")
