@@ -156,3 +156,11 @@ def test_a_half_written_answers_file_stops_the_run_before_it_claims_its_workdir(
     with pytest.raises(ValueError, match="line 3: label '' is neither a class name") as error:
         train.train_and_evaluate(config, str(tmp_path / "run"), dataset=dataset)
     assert "\n" not in str(error.value) and not (tmp_path / "run").exists()
+
+
+def test_a_missing_answers_file_is_one_line_naming_the_field(tmp_path):
+    config, dataset = tiny_config(), synthetic_dataset()
+    config.dataset.extra_labels_csv = str(tmp_path / "moved.csv")
+    with pytest.raises(ValueError, match=r"^dataset.extra_labels_csv: no file .*moved.csv") as e:
+        train.train_and_evaluate(config, str(tmp_path / "run"), dataset=dataset)
+    assert "\n" not in str(e.value) and not (tmp_path / "run").exists()

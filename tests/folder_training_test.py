@@ -118,6 +118,19 @@ def test_label_requests_on_an_image_folder_name_files_and_answers_join_by_path(t
     unlabeled = {os.path.join(config.dataset.root, p) for p in data.unlabeled_paths}
     assert {r["path"] for r in rows} == unlabeled
     assert {r["predicted_class"] for r in rows} <= set(data.class_names)  # names, not indices
+    # A --label_studio_url given without its trailing slash: the folder's files are under it.
+    from comatch_jax.commands import request_labels
+
+    url_csv = str(tmp_path / "url" / "requests.csv")
+    request_labels.request_labels(
+        str(tmp_path / "run"),
+        url_csv,
+        labelling_page=False,
+        label_studio_url="http://h/files",
+        budget=2,
+    )
+    for task in json.load(open(tmp_path / "url" / "requests_tasks.json")):
+        assert task["data"]["image"].startswith("http://h/files/unlabeled/"), task
 
     # Answers: u{i} has colour i % 3 of (red, green, blue); one by absolute path, one by
     # root-relative path, each with its class (folder) name.

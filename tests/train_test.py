@@ -8,6 +8,7 @@ import os
 import shutil
 import signal
 import sys
+import threading
 import time
 
 import jax
@@ -348,6 +349,48 @@ def test_a_resumed_run_adds_up_its_training_time_and_a_stop_at_the_final_step_fi
     assert json.loads((workdir / "summary.json").read_text()) == summary
     for x, y in zip(_leaves(full_state), _leaves(state)):
         np.testing.assert_array_equal(x, y)
+
+
+def test_a_signal_while_the_final_checkpoint_commits_loses_no_metrics(
+    reference, tmp_path, monkeypatch, caplog
+):
+    """A Ctrl-C after the final step's save has started, while the loop waits for its commit
+    (the scalars since the previous checkpoint are held until then): the run finishes, says
+    so, and metrics.jsonl holds every line of the uninterrupted run."""
+    wait, armed = ocp.CheckpointManager.wait_until_finished, []
+
+    class Arm(logging.Handler):
+        def emit(self, record):
+            armed.append(record.getMessage() == "Saving the checkpoint of step 6")
+
+    def signal_then_wait(manager):
+        if any(armed) and threading.current_thread() is threading.main_thread():
+            armed.clear()  # once
+            os.kill(os.getpid(), signal.SIGINT)
+        return wait(manager)
+
+    monkeypatch.setattr(ocp.CheckpointManager, "wait_until_finished", signal_then_wait)
+    logger, arm = logging.getLogger("absl"), Arm()
+    level = logger.level
+    logger.setLevel(logging.INFO)
+    logger.addHandler(arm)
+    try:
+        with caplog.at_level(logging.WARNING):
+            state, _ = train.train_and_evaluate(
+                tiny_config(), str(tmp_path), writer=RecordingWriter(), dataset=synthetic_dataset()
+            )
+    except KeyboardInterrupt:  # not pytest's own: fail this test only
+        pytest.fail("the Ctrl-C ended the run before its held scalars were written")
+    finally:
+        logger.removeHandler(arm)
+        logger.setLevel(level)
+    assert int(state.step) == 6 and (tmp_path / "summary.json").exists()
+    assert "SIGINT came during the final step 6: the run finished." in caplog.text
+    lines = lambda d: [
+        {k: v for k, v in json.loads(line).items() if "per_s" not in k and "seconds" not in k}
+        for line in (d / "metrics.jsonl").read_text().splitlines()
+    ]
+    assert lines(tmp_path) == lines(reference[0])
 
 
 def test_a_finished_run_is_left_as_it_is_and_a_lower_num_steps_is_refused(

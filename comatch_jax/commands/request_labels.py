@@ -190,6 +190,7 @@ def request_labels(
         logging.info("To answer them, open %s in a browser.", page)
     if label_studio_root or label_studio_url:
         url, document_root = label_studio_url or LOCAL_FILES, label_studio_root or root
+        url += "" if url.endswith(("/", "=")) else "/"  # a folder's URL: its files are under it
         write_label_studio_files(
             stem, images, predicted, scores, classes, document_root=document_root, url_prefix=url
         )

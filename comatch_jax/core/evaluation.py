@@ -90,13 +90,17 @@ def evaluate(
     batch_size: int,
     sharding: jax.sharding.Sharding | None = None,
 ) -> dict[str, float]:
-    """Accuracy and mean NLL over the whole set; the last batch is padded and masked.
+    """Accuracy and mean NLL over the whole set, in batches of `batch_size` or of the whole
+    set where that is smaller (rounded up to a multiple of the devices); the last batch is
+    padded and masked.
 
     `eval_step(params, batch_stats, images, labels, mask)` returns the summed `correct`,
     `nll` and `count` (train_step.make_eval_step). With `sharding` (the batch sharding of the
     mesh) every chunk is split over the devices, so in a multi-host run each process
     evaluates its share of every chunk."""
     totals = {"correct": 0.0, "nll": 0.0, "count": 0.0}
+    devices = 1 if sharding is None else len(sharding.device_set)  # a batch splits over them
+    batch_size = min(batch_size, max(-(-len(labels) // devices), 1) * devices)
     for start in range(0, len(labels), batch_size):
         real = min(batch_size, len(labels) - start)
         mask = (np.arange(batch_size) < real).astype(np.float32)  # the padding is not counted

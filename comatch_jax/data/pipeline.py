@@ -173,6 +173,11 @@ def prepare_data(config: ml_collections.ConfigDict, dataset: Any = None) -> Semi
     fingerprint["parts"][ANSWERS] = {"count": 0, "files": None}
     unknown_ids, answered = np.zeros(0, np.int32), ""
     if options.extra_labels_csv:
+        if not os.path.isfile(options.extra_labels_csv):
+            raise ValueError(
+                f"dataset.extra_labels_csv: no file {options.extra_labels_csv} (the answers "
+                "the run trains with); put the file there, or give its path"
+            )
         answers = read_answers(
             options.extra_labels_csv,
             dataset.class_names,

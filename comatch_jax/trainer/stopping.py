@@ -10,8 +10,9 @@ a notice to any process makes every process reach Orbax's
 `CheckpointManager.reached_preemption(step)` at the same step, where all of them save and
 stop (as MaxText does). A Ctrl-C is passed on to that service as a SIGTERM to this process.
 
-Outside the loop the signals keep their usual meaning: Ctrl-C raises KeyboardInterrupt and
-SIGTERM ends the process (exit status 143).
+During the final step the request is noted and the run finishes. Outside the loop (and the
+final checkpoint's commit) the signals keep their usual meaning: Ctrl-C raises
+KeyboardInterrupt and SIGTERM ends the process (exit status 143).
 """
 
 from __future__ import annotations
@@ -87,6 +88,12 @@ class StopRequest:
         if self._multiprocess:
             return self._checkpoints.reached_preemption(step)
         return bool(self.signum)
+
+    def finished(self, step: int) -> None:
+        """Logs that a signal during the final step did not stop the run: it finished."""
+        if self.signum:
+            name = signal.Signals(self.signum).name
+            logging.warning("%s came during the final step %d: the run finished.", name, step)
 
     def stopped(self, step: int) -> Stopped:
         """The Stopped to raise once the checkpoint of `step` is complete."""

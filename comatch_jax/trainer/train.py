@@ -138,9 +138,11 @@ def train_and_evaluate(
                     checkpoints.wait_until_finished()
                     writer.release(step)
                     raise stop.stopped(step)
+            checkpoints.wait_until_finished()  # under the handlers: a signal loses no scalars
+            writer.release(step)
+            stop.finished(step)
         results = results or evaluate(state, step)
-        checkpoints.wait_until_finished()
-        writer.release(step)
+        writer.release(step)  # a rerun's final evaluation
         _warn_if_skipped(skipped, step - start_step, step)
         summary = {
             "final_step": step,
