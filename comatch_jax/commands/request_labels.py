@@ -14,7 +14,7 @@ it:
                                  unless --nolabelling_page;
   requests_tasks.json,           with --label_studio_root=DIR or --label_studio_url=PREFIX
   requests_label_config.xml      (an image folder only): Label Studio's import files, each
-                                 file's URL its path under DIR (local files) or PREFIX + it;
+                                 file's URL its path under DIR (local files) or PREFIX/ + it;
   requests_unknown.csv           with --unknown_rate=R: the images likely of none of the
                                  classes (ema_model.UnknownScorer), highest score first, to
                                  check as junk; they are never requested.
