@@ -286,24 +286,29 @@ def test_a_checkpoint_format_this_version_cannot_read_is_one_line(reference, tmp
 
 
 @contextlib.contextmanager
-def signal_at_step(step, sig=signal.SIGINT):
-    """Sends `sig` to this process (Ctrl-C: SIGINT) as the progress line of `step` is
-    logged, inside the training loop."""
+def on_log_message(callback):
+    """Calls `callback(message)` for every absl log line (INFO included) while active."""
 
-    class Sender(logging.Handler):
+    class Handler(logging.Handler):
         def emit(self, record):
-            if record.getMessage().startswith(f"step {step}/"):
-                os.kill(os.getpid(), sig)
+            callback(record.getMessage())
 
-    logger, sender = logging.getLogger("absl"), Sender()
+    logger, handler = logging.getLogger("absl"), Handler()
     level = logger.level
     logger.setLevel(logging.INFO)
-    logger.addHandler(sender)
+    logger.addHandler(handler)
     try:
         yield
     finally:
-        logger.removeHandler(sender)
+        logger.removeHandler(handler)
         logger.setLevel(level)
+
+
+def signal_at_step(step, sig=signal.SIGINT):
+    """Sends `sig` to this process (Ctrl-C: SIGINT) as the progress line of `step` is
+    logged, inside the training loop."""
+    send = lambda message: message.startswith(f"step {step}/") and os.kill(os.getpid(), sig)
+    return on_log_message(send)
 
 
 def test_ctrl_c_checkpoints_then_the_rerun_ends_identically(reference, tmp_path):
@@ -358,10 +363,7 @@ def test_a_signal_while_the_final_checkpoint_commits_loses_no_metrics(
     (the scalars since the previous checkpoint are held until then): the run finishes, says
     so, and metrics.jsonl holds every line of the uninterrupted run."""
     wait, armed = ocp.CheckpointManager.wait_until_finished, []
-
-    class Arm(logging.Handler):
-        def emit(self, record):
-            armed.append(record.getMessage() == "Saving the checkpoint of step 6")
+    arm = lambda message: armed.append(message == "Saving the checkpoint of step 6")
 
     def signal_then_wait(manager):
         if any(armed) and threading.current_thread() is threading.main_thread():
@@ -370,20 +372,13 @@ def test_a_signal_while_the_final_checkpoint_commits_loses_no_metrics(
         return wait(manager)
 
     monkeypatch.setattr(ocp.CheckpointManager, "wait_until_finished", signal_then_wait)
-    logger, arm = logging.getLogger("absl"), Arm()
-    level = logger.level
-    logger.setLevel(logging.INFO)
-    logger.addHandler(arm)
     try:
-        with caplog.at_level(logging.WARNING):
+        with on_log_message(arm), caplog.at_level(logging.WARNING):
             state, _ = train.train_and_evaluate(
                 tiny_config(), str(tmp_path), writer=RecordingWriter(), dataset=synthetic_dataset()
             )
     except KeyboardInterrupt:  # not pytest's own: fail this test only
         pytest.fail("the Ctrl-C ended the run before its held scalars were written")
-    finally:
-        logger.removeHandler(arm)
-        logger.setLevel(level)
     assert int(state.step) == 6 and (tmp_path / "summary.json").exists()
     assert "SIGINT came during the final step 6: the run finished." in caplog.text
     lines = lambda d: [
