@@ -60,10 +60,10 @@ flags.DEFINE_bool(
 )
 flags.DEFINE_string("json_out", "", "Also write the figures as JSON here.")
 flags.DEFINE_bool(
-    "weak_views_only",
+    "smoke",
     False,
-    "The weak view in the strong slots too (compiles several times faster on a CPU; for "
-    "smoke tests, not for figures).",
+    "smoke_config's tiny model and queue, and the weak view in the strong slots (compiles in "
+    "seconds on a CPU; for smoke tests, not for figures).",
 )
 FLAGS = flags.FLAGS
 
@@ -143,6 +143,15 @@ def benchmark_config(preset="", *, method="comatch", dtype="", batch_size=0, mu=
     return config
 
 
+def smoke_config(config):
+    """The smoke tests' tiny version of `config`, in place: a small CNN, a short queue, and
+    the weak view in the strong slots (the strong augmentations have their own tests). This
+    script's --smoke and gpu_evidence.py --smoke's speed part build the same programs."""
+    config.model.name, config.model.widths = "small_cnn", (8, 16)
+    config.comatch.queue_size = 32
+    config.augment.strong0 = config.augment.strong1 = "weak"
+
+
 def input_shape(config, image_size=0, num_classes=0):
     """(image side, channels, classes) of config.dataset, with the overrides where non-zero."""
     size, channels, classes = _SHAPES[config.dataset.name]
@@ -197,9 +206,7 @@ def measure(
     }
 
     make_views = jax.jit(lambda key, batch: train_step.make_views(key, batch, method, config))
-    figures["augment_s"] = _median_seconds(
-        lambda: make_views(jax.random.key(1), batch), repeats
-    )
+    figures["augment_s"] = _median_seconds(lambda: make_views(jax.random.key(1), batch), repeats)
 
     # The bare step: the same step with every view slot set to 'none' (no augmentation).
     bare_config = config.copy_and_resolve_references()
@@ -273,8 +280,8 @@ def main(argv):
         batch_size=FLAGS.batch_size,
         mu=FLAGS.mu,
     )
-    if FLAGS.weak_views_only:
-        config.augment.strong0 = config.augment.strong1 = "weak"
+    if FLAGS.smoke:
+        smoke_config(config)
     size, channels, num_classes = input_shape(config, FLAGS.image_size, FLAGS.num_classes)
     figures = measure(
         config,

@@ -330,6 +330,32 @@ def test_ctrl_c_checkpoints_then_the_rerun_ends_identically(reference, tmp_path)
         np.testing.assert_array_equal(x, y)
 
 
+def test_the_same_signal_twice_at_once_is_one_stop_with_a_checkpoint(tmp_path, caplog):
+    """GNU `timeout` (without --foreground) and Slurm signal the process and then its whole
+    process group: the same SIGINT arrives twice, microseconds apart. The second, sent here
+    once the handler has run for the first, is the same request: one stop, one checkpoint."""
+
+    def twice(message):
+        if message.startswith("step 2/"):
+            for _ in range(2):
+                os.kill(os.getpid(), signal.SIGINT)
+                time.sleep(0.01)  # the Python handler runs in here
+
+    config = tiny_config()
+    config.checkpoint_every = 100
+    with (
+        on_log_message(twice),
+        caplog.at_level(logging.WARNING),
+        pytest.raises(SystemExit, match="Stopped by SIGINT at step 3") as stop,
+    ):
+        train.train_and_evaluate(
+            config, str(tmp_path), writer=RecordingWriter(), dataset=synthetic_dataset()
+        )
+    assert stop.value.exit_status == 128 + signal.SIGINT
+    assert caplog.text.count("SIGINT received") == 1
+    assert sorted(os.listdir(tmp_path / "checkpoints")) == ["3"]
+
+
 def test_a_resumed_run_adds_up_its_training_time_and_a_stop_at_the_final_step_finishes_it(
     reference, tmp_path
 ):
