@@ -153,8 +153,9 @@ def test_make_synthetic_folder_writes_the_image_folder_layout(tmp_path):
 
 
 def test_adaptive_thresholds_tabulates_accuracy_and_mask_rate_over_time(tmp_path):
-    """2 methods x 4 steps on a tiny image folder through the real entry point; a second
-    call reports the finished runs without rerunning them."""
+    """4 steps of CoMatch with FreeMatch's threshold on a tiny image folder through the real
+    entry point, tabulated beside a finished supervised run, which is reported from its
+    files (as the script reports every finished run), not rerun."""
     folder = tmp_path / "folder"
     result = subprocess.run(
         [
@@ -172,6 +173,15 @@ def test_adaptive_thresholds_tabulates_accuracy_and_mask_rate_over_time(tmp_path
         text=True,
     )
     assert result.returncode == 0, result.stderr[-3000:]
+    # A finished supervised run: what the trainer writes (metrics.jsonl, summary.json).
+    runs = tmp_path / "runs" / "folder"
+    supervised = runs / "supervised_seed0"
+    supervised.mkdir(parents=True)
+    lines = [{"step": s, "train/loss": 1.0, "train/loss_x": 1.0} for s in (2, 4)]
+    lines.append({"step": 4, "eval/test_accuracy": 0.5})
+    (supervised / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    summary = {"test_accuracy": 0.5, "train_seconds": 6.0, "final_step": 4}
+    (supervised / "summary.json").write_text(json.dumps(summary))
     out = tmp_path / "table.md"
     command = [
         sys.executable,
@@ -195,28 +205,25 @@ def test_adaptive_thresholds_tabulates_accuracy_and_mask_rate_over_time(tmp_path
     ]
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-3000:]
+    assert "configs/comatch_adaptive.py" in result.stdout  # the one run it trained
+    assert (
+        "configs/supervised.py" not in result.stdout
+        and not (runs / "supervised_seed0.log").exists()
+    )
     lines = out.read_text().splitlines()
     header = next(line for line in lines if line.startswith("| method"))
     assert "mask rate @50%" in header and "mask rate @100%" in header
     assert "pseudo-label" not in header  # an image folder has no unlabeled truth
     rows = {line.split(" | ")[0][2:]: line.split(" | ") for line in lines if line.startswith("| ")}
     supervised, adaptive = rows["Supervised only"], rows["CoMatch + FreeMatch threshold"]
+    assert supervised[1:4] == ["50.00%", "50.0", "0.1 min"]
     assert supervised[4:7] == ["—", "—", "— |"]  # no unlabeled loss, no mask rate
     for cell in adaptive[4:6]:  # thresholds start at 1/C: most pseudo-labels are kept
         assert cell.endswith("%") and 0.0 <= float(cell[:-1]) <= 100.0
     tau = float(adaptive[6].rstrip(" |"))  # 4 steps at momentum 0.999: still near 1/C
     assert 0.333 <= tau < 0.5
-    runs = tmp_path / "runs" / "folder"
-    for name in ("supervised_seed0", "comatch_adaptive_seed0"):
-        summary = json.loads((runs / name / "summary.json").read_text())
-        assert summary["final_step"] == 4
-    # Resumable: the finished runs are reported, not rerun.
-    before = (runs / "comatch_adaptive_seed0.log").read_text()
-    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "comatch_jax.main" not in result.stdout
-    assert (runs / "comatch_adaptive_seed0.log").read_text() == before
-    assert out.read_text().splitlines()[: len(lines)] == lines
+    summary = json.loads((runs / "comatch_adaptive_seed0" / "summary.json").read_text())
+    assert summary["final_step"] == 4
 
 
 def test_gpu_evidence_smoke_runs_every_part_without_tensorflow(tmp_path):
