@@ -45,19 +45,42 @@ def method_config(name):
     return config
 
 
+# The adaptive-threshold methods train 20 steps: their thresholds' smoke run (below).
+ADAPTIVE = ("freematch", "softmatch")
+ADAPTIVE_SCHEDULE = dict(num_steps=20, log_every=5, eval_every=10, checkpoint_every=10)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """trained(name) -> (workdir, state, summary, writer) of method_config(name)'s run (for
+    FreeMatch and SoftMatch on ADAPTIVE_SCHEDULE), trained once for this module's tests."""
+    done = {}
+
+    def run(name):
+        if name not in done:
+            config, writer = method_config(name), RecordingWriter()
+            workdir = str(tmp_path_factory.mktemp(name))
+            if name in ADAPTIVE:
+                config.update(ADAPTIVE_SCHEDULE)
+            state, summary = train.train_and_evaluate(
+                config, workdir, writer=writer, dataset=synthetic_dataset()
+            )
+            done[name] = workdir, state, summary, writer
+        return done[name]
+
+    return run
+
+
 @pytest.mark.parametrize("name", sorted(methods.METHODS))
-def test_each_method_trains_with_finite_losses(tmp_path, name):
-    writer = RecordingWriter()
-    state, summary = train.train_and_evaluate(
-        method_config(name), str(tmp_path), writer=writer, dataset=synthetic_dataset()
-    )
+def test_each_method_trains_with_finite_losses(trained, name):
+    workdir, state, summary, writer = trained(name)
     logged = [s for _, s in writer.scalars if "train/loss" in s]
     assert logged and all(np.isfinite(v) for s in logged for v in s.values())
-    assert int(state.step) == 4
+    assert int(state.step) == (ADAPTIVE_SCHEDULE["num_steps"] if name in ADAPTIVE else 4)
     self_supervised = methods.get_method(name).evaluation == "self_supervised"
     assert summary["evaluation"] == ("knn" if self_supervised else "classifier")
     if self_supervised:  # kNN on the EMA model's features, as the probe command computes it
-        knn = probe.probe_run(str(tmp_path), "knn", batch_size=16, dataset=synthetic_dataset())
+        knn = probe.probe_run(workdir, "knn", batch_size=16, dataset=synthetic_dataset())
         assert summary["test_accuracy"] == knn["knn_accuracy"]
     else:  # the EMA (and raw) classifier of the returned state, recomputed here
         config, data = method_config(name), synthetic_dataset()
@@ -74,14 +97,8 @@ def test_each_method_trains_with_finite_losses(tmp_path, name):
             assert summary[key] == pytest.approx(accuracy, abs=1e-9), key
 
 
-def test_pretrain_then_finetune_and_probe(tmp_path):
-    pretrain = str(tmp_path / "pretrain")
-    train.train_and_evaluate(
-        method_config("barlow_twins"),
-        pretrain,
-        writer=RecordingWriter(),
-        dataset=synthetic_dataset(),
-    )
+def test_pretrain_then_finetune_and_probe(trained, tmp_path):
+    pretrain = trained("barlow_twins")[0]
     finetune = method_config("supervised")
     finetune.init_from = pretrain
     state, _ = train.train_and_evaluate(
@@ -120,11 +137,8 @@ def test_finetune_config_requires_init_from():
         config_lib.validate_config(config)
 
 
-def test_finetune_from_a_different_backbone_is_a_clear_error(tmp_path):
-    pretrain = str(tmp_path / "pretrain")
-    train.train_and_evaluate(
-        method_config("simclr"), pretrain, writer=RecordingWriter(), dataset=synthetic_dataset()
-    )
+def test_finetune_from_a_different_backbone_is_a_clear_error(trained, tmp_path):
+    pretrain = trained("simclr")[0]
     finetune = method_config("supervised")
     finetune.init_from = pretrain
     finetune.model.widths = (8, 32)
@@ -341,18 +355,12 @@ def test_no_gradient_through_the_weak_view_or_the_method_state(name):
 
 
 # ----------------------------------------------------------------------------- FreeMatch, SoftMatch
-@pytest.mark.parametrize("name", ["freematch", "softmatch"])
-def test_adaptive_threshold_methods_train_20_steps(tmp_path, name):
-    """A 20-step smoke run: finite losses, pseudo-labels used from the first steps (the
-    thresholds start at 1/C), and the method state carried as the EMAs say."""
+@pytest.mark.parametrize("name", ADAPTIVE)
+def test_adaptive_threshold_methods_train_20_steps(trained, name):
+    """A 20-step smoke run (ADAPTIVE_SCHEDULE): finite losses, pseudo-labels used from the
+    first steps (the thresholds start at 1/C), and the method state carried as the EMAs say."""
     config = method_config(name)
-    config.num_steps = 20
-    config.log_every = 5
-    config.eval_every = config.checkpoint_every = 10
-    writer = RecordingWriter()
-    state, summary = train.train_and_evaluate(
-        config, str(tmp_path), writer=writer, dataset=synthetic_dataset()
-    )
+    _, state, summary, writer = trained(name)
     logged = [s for _, s in writer.scalars if "train/loss_u" in s]
     assert len(logged) == 4 and int(state.step) == 20
     assert all(np.isfinite(v) for s in logged for v in s.values())
