@@ -34,6 +34,7 @@ import jax
 import numpy as np
 from absl import app, flags
 
+import gpu_evidence  # experiments/gpu_evidence.py: the smoke config (no side effects)
 from comatch_jax import config_lib
 from comatch_jax.data import pipeline as prefetch
 from comatch_jax.trainer import saved_runs as runs, train
@@ -62,8 +63,8 @@ flags.DEFINE_string("json_out", "", "Also write the figures as JSON here.")
 flags.DEFINE_bool(
     "smoke",
     False,
-    "smoke_config's tiny model and queue, and the weak view in the strong slots (compiles in "
-    "seconds on a CPU; for smoke tests, not for figures).",
+    "gpu_evidence.smoke_config's tiny model and queue, and the weak view in the strong slots "
+    "(compiles in seconds on a CPU; for smoke tests, not for figures).",
 )
 FLAGS = flags.FLAGS
 
@@ -141,15 +142,6 @@ def benchmark_config(preset="", *, method="comatch", dtype="", batch_size=0, mu=
     if mu:
         config.mu = mu
     return config
-
-
-def smoke_config(config):
-    """The smoke tests' tiny version of `config`, in place: a small CNN, a short queue, and
-    the weak view in the strong slots (the strong augmentations have their own tests). This
-    script's --smoke and gpu_evidence.py --smoke's speed part build the same programs."""
-    config.model.name, config.model.widths = "small_cnn", (8, 16)
-    config.comatch.queue_size = 32
-    config.augment.strong0 = config.augment.strong1 = "weak"
 
 
 def input_shape(config, image_size=0, num_classes=0):
@@ -281,7 +273,7 @@ def main(argv):
         mu=FLAGS.mu,
     )
     if FLAGS.smoke:
-        smoke_config(config)
+        gpu_evidence.smoke_config(config)
     size, channels, num_classes = input_shape(config, FLAGS.image_size, FLAGS.num_classes)
     figures = measure(
         config,

@@ -103,12 +103,19 @@ def _write(path, record):
 # ----------------------------------------------------------------------------- speed
 
 
-def _smoke_sizes(config, *, batch_size, mu):
-    """The smoke's tiny config (benchmark.smoke_config) with B and mu as given."""
-    sys.path.insert(0, HERE)
-    import benchmark  # pylint: disable=g-import-not-at-top
+def smoke_config(config):
+    """The smoke's tiny version of `config`, in place: a small CNN, a short queue, and the
+    weak view in the strong slots (compiles in seconds on a CPU; the strong augmentations
+    have their own tests). benchmark.py --smoke uses it too, so that its smoke test and this
+    script's build the same programs."""
+    config.model.name, config.model.widths = "small_cnn", (8, 16)
+    config.comatch.queue_size = 32
+    config.augment.strong0 = config.augment.strong1 = "weak"
 
-    benchmark.smoke_config(config)
+
+def _smoke_sizes(config, *, batch_size, mu):
+    """smoke_config with B and mu as given."""
+    smoke_config(config)
     config.batch_size, config.mu = batch_size, mu
 
 

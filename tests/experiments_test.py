@@ -155,7 +155,8 @@ def test_make_synthetic_folder_writes_the_image_folder_layout(tmp_path):
 def test_adaptive_thresholds_tabulates_accuracy_and_mask_rate_over_time(tmp_path):
     """4 steps of CoMatch with FreeMatch's threshold on a tiny image folder through the real
     entry point, tabulated beside a finished supervised run, which is reported from its
-    files (as the script reports every finished run), not rerun."""
+    files (as the script reports every finished run), not rerun; a second call reports both
+    from their files."""
     folder = tmp_path / "folder"
     result = subprocess.run(
         [
@@ -224,6 +225,13 @@ def test_adaptive_thresholds_tabulates_accuracy_and_mask_rate_over_time(tmp_path
     assert 0.333 <= tau < 0.5
     summary = json.loads((runs / "comatch_adaptive_seed0" / "summary.json").read_text())
     assert summary["final_step"] == 4
+    # Called again, the trained run is reported from its files too: the same table.
+    before = (runs / "comatch_adaptive_seed0.log").read_text()
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "comatch_jax.main" not in result.stdout
+    assert (runs / "comatch_adaptive_seed0.log").read_text() == before
+    assert out.read_text().splitlines()[: len(lines)] == lines
 
 
 def test_gpu_evidence_smoke_runs_every_part_without_tensorflow(tmp_path):

@@ -168,7 +168,7 @@ def test_killed_run_resumes_to_the_same_final_state_and_metrics(tmp_path, uninte
     summaries = [json.load(open(os.path.join(d, "summary.json"))) for d in (reference, workdir)]
     assert summaries[0]["test_accuracy"] == summaries[1]["test_accuracy"]
     assert len(_finished_checkpoints(workdir)) <= 2  # pruned to keep_checkpoints
-    # Each step once in metrics.jsonl and in TensorBoard. After SIGTERM, every step the
+    # Each step once in metrics.jsonl (and after SIGTERM in TensorBoard). After SIGTERM, every step the
     # uninterrupted run logged (and the stop's step); a SIGKILL in the instant between a
     # commit and the next step loses the lines of that checkpoint's steps, never repeats them.
     steps, expected = _jsonl_steps(workdir), set(_jsonl_steps(reference))
@@ -224,7 +224,7 @@ def _nan_gradient_run(workdir, *extra):
     args += [f"{name}={value}" for name, value in overrides.items()]
     args = [a for a in args if not a.startswith("--config.comatch.")]
     command = [sys.executable, "-c", NAN_GRADIENT_ENTRY, f"--workdir={workdir}", *args, *extra]
-    # Without TensorFlow, which these checks do not need (_run checks the log with it).
+    # Without TensorFlow, which these checks do not need (the SIGTERM case checks the log with it).
     return subprocess.run(
         command, cwd=REPO, env=without_tensorflow(), capture_output=True, text=True, timeout=600
     )
