@@ -178,9 +178,9 @@ def test_adaptive_thresholds_tabulates_accuracy_and_mask_rate_over_time(tmp_path
     runs = tmp_path / "runs" / "folder"
     supervised = runs / "supervised_seed0"
     supervised.mkdir(parents=True)
-    lines = [{"step": s, "train/loss": 1.0, "train/loss_x": 1.0} for s in (2, 4)]
-    lines.append({"step": 4, "eval/test_accuracy": 0.5})
-    (supervised / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    records = [{"step": s, "train/loss": 1.0, "train/loss_x": 1.0} for s in (2, 4)]
+    records.append({"step": 4, "eval/test_accuracy": 0.5})
+    (supervised / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     summary = {"test_accuracy": 0.5, "train_seconds": 6.0, "final_step": 4}
     (supervised / "summary.json").write_text(json.dumps(summary))
     out = tmp_path / "table.md"
