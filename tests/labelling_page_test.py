@@ -78,6 +78,24 @@ def _press(driver, *keys):
         ActionChains(driver).send_keys(key).perform()
 
 
+def _wait_until_the_browser_holds(driver, progress, timeout=60):
+    """Waits until the page opened afresh in a second tab shows `progress`. Chromium hands a
+    page's localStorage writes to its browser process asynchronously (seconds on a loaded
+    machine), and a reload that starts before they arrive shows the answers from before them;
+    a person reloads later. The page only reads localStorage when it opens."""
+    page, first = driver.current_url, driver.current_window_handle
+    driver.switch_to.new_window("tab")
+    try:
+        driver.get(page)
+        deadline = time.time() + timeout
+        while _text(driver, "progress") != progress and time.time() < deadline:
+            time.sleep(0.2)
+            driver.refresh()
+    finally:
+        driver.close()
+        driver.switch_to.window(first)
+
+
 def _download(driver):
     """Clicks "Download answers" and returns the saved CSV's rows."""
     for old in os.listdir(driver.downloads):
@@ -126,11 +144,8 @@ def test_from_a_run_through_the_page_to_a_retrained_run(browser, tmp_path, caplo
     _press(browser, Keys.ARROW_LEFT, Keys.ARROW_LEFT)
     assert _text(browser, "current") == f"Answer: {classes[guesses[1, 1]]}"
 
-    # Answers live in localStorage: nothing is lost on a reload. Chromium hands a page's
-    # localStorage writes to its browser process asynchronously, and the page cannot tell
-    # when they are committed, so a reload in the same instant as the last key could start
-    # before them: a person reloads later, the test waits a second.
-    time.sleep(1.0)
+    # Answers live in localStorage: nothing is lost on a reload.
+    _wait_until_the_browser_holds(browser, "3 of 4 labelled")
     browser.refresh()
     assert _text(browser, "progress") == "3 of 4 labelled"
     assert _text(browser, "position") == "Image 4 of 4"  # the first unanswered image

@@ -6,6 +6,7 @@ features (how self-supervised methods are evaluated), and a model's feature maps
 
 from __future__ import annotations
 
+import functools
 import time
 from typing import Any, Callable
 
@@ -114,6 +115,7 @@ def evaluate(
     return {"accuracy": totals["correct"] / totals["count"], "nll": totals["nll"] / totals["count"]}
 
 
+@functools.partial(jax.jit, static_argnames=("num_classes", "k", "temperature"))
 def knn_predict(
     train_features: jax.Array,
     train_labels: jax.Array,
@@ -163,6 +165,9 @@ def knn_evaluate(
     return {"accuracy": float(np.mean(np.asarray(predicted) == test_labels))}
 
 
+@functools.partial(
+    jax.jit, static_argnames=("num_classes", "steps", "learning_rate", "weight_decay")
+)
 def fit_linear_probe(
     features: np.ndarray,
     labels: np.ndarray,
@@ -199,6 +204,7 @@ def fit_linear_probe(
     return params["w"], params["b"], mean, std
 
 
+@jax.jit
 def linear_probe_predict(probe: tuple[jax.Array, ...], features: np.ndarray) -> jax.Array:
     """Predicted classes [M] of a probe from `fit_linear_probe` for `features` [M, F]."""
     weights, bias, mean, std = probe

@@ -1,7 +1,7 @@
 """Training metrics: averaged between logs, checked, shown on one line, and written.
 
 The train step returns one dict of scalars per step; the trainer keeps them on the device
-until a logging step and averages them (clu.metrics). They go to the log at once (the
+until a logging step and averages them on the host (NumPy). They go to the log at once (the
 progress line), and to workdir/metrics.jsonl and TensorBoard (clu's writer, which imports
 TensorFlow; without it metrics.jsonl only) once the checkpoint of their step is committed.
 """
@@ -15,7 +15,6 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 from absl import logging
-from clu import metrics as clu_metrics
 
 # The metrics on the progress line, in this order, under these names, when the method reports
 # them: the adaptive thresholds last (FreeMatch's tau_t starts at 1/C, so a mask rate of 1
@@ -41,11 +40,9 @@ def average_over_steps(step_metrics: Sequence[dict[str, Any]]) -> dict[str, floa
     }
     kept = ~stacked.pop("skipped").astype(bool) if "skipped" in stacked else None
     mask = kept if kept is not None and kept.any() else None
-    averages = {name: clu_metrics.Average.from_output(name) for name in stacked}
-    collection = clu_metrics.Collection.create(**averages).single_from_model_output(
-        **stacked, mask=mask
-    )
-    means = {name: float(value) for name, value in collection.compute().items()}
+    rows = slice(None) if mask is None else mask
+    # In each metric's own dtype (float32), as clu.metrics.Average's sum / count.
+    means = {name: float(np.mean(values[rows])) for name, values in stacked.items()}
     if kept is not None:
         means["skipped_steps"] = float(np.sum(~kept))
     if "pseudo_label_acc" in means and "mask_rate" in stacked:
