@@ -78,7 +78,7 @@ def _press(driver, *keys):
         ActionChains(driver).send_keys(key).perform()
 
 
-def _wait_until_the_browser_holds(driver, progress, timeout=60):
+def _wait_until_the_browser_holds(driver, progress, timeout=30):
     """Waits until the page opened afresh in a second tab shows `progress`. Chromium hands a
     page's localStorage writes to its browser process asynchronously (seconds on a loaded
     machine), and a reload that starts before they arrive shows the answers from before them;
@@ -91,6 +91,8 @@ def _wait_until_the_browser_holds(driver, progress, timeout=60):
         while _text(driver, "progress") != progress and time.time() < deadline:
             time.sleep(0.2)
             driver.refresh()
+        kept = _text(driver, "progress")
+        assert kept == progress, f"a second tab shows {kept!r} after {timeout} s: answers not kept"
     finally:
         driver.close()
         driver.switch_to.window(first)

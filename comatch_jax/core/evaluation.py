@@ -115,7 +115,7 @@ def evaluate(
     return {"accuracy": totals["correct"] / totals["count"], "nll": totals["nll"] / totals["count"]}
 
 
-@functools.partial(jax.jit, static_argnames=("num_classes", "k", "temperature"))
+@functools.partial(jax.jit, static_argnames=("num_classes", "k"))
 def knn_predict(
     train_features: jax.Array,
     train_labels: jax.Array,
@@ -165,9 +165,7 @@ def knn_evaluate(
     return {"accuracy": float(np.mean(np.asarray(predicted) == test_labels))}
 
 
-@functools.partial(
-    jax.jit, static_argnames=("num_classes", "steps", "learning_rate", "weight_decay")
-)
+@functools.partial(jax.jit, static_argnames=("num_classes", "steps", "seed"))
 def fit_linear_probe(
     features: np.ndarray,
     labels: np.ndarray,

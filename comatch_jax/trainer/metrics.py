@@ -27,7 +27,7 @@ PROGRESS_NAMES = {
 
 
 def average_over_steps(step_metrics: Sequence[dict[str, Any]]) -> dict[str, float]:
-    """Means of the per-step metric dicts (host values) since the last log.
+    """Means (in float64) of the per-step metric dicts (host values) since the last log.
 
     Skipped steps (their `skipped` flag set; nonfinite_policy='skip') are left out of the
     means and counted as `skipped_steps`; when every step was skipped, the means are over all
@@ -41,8 +41,9 @@ def average_over_steps(step_metrics: Sequence[dict[str, Any]]) -> dict[str, floa
     kept = ~stacked.pop("skipped").astype(bool) if "skipped" in stacked else None
     mask = kept if kept is not None and kept.any() else None
     rows = slice(None) if mask is None else mask
-    # In each metric's own dtype (float32), as clu.metrics.Average's sum / count.
-    means = {name: float(np.mean(values[rows])) for name, values in stacked.items()}
+    means = {
+        name: float(np.mean(values[rows], dtype=np.float64)) for name, values in stacked.items()
+    }
     if kept is not None:
         means["skipped_steps"] = float(np.sum(~kept))
     if "pseudo_label_acc" in means and "mask_rate" in stacked:
