@@ -45,6 +45,16 @@ def _model(momentum=0.999):
     return models.create_model(config, num_classes=10)
 
 
+def _template(model):
+    """The model's variables as `convert` takes them: the shapes of model.init (traced with
+    jax.eval_shape, nothing compiled), filled with positive values from a NumPy RNG (the
+    leaves a state dict lacks keep them)."""
+    init = functools.partial(model.init, train=False)
+    shapes = jax.eval_shape(init, jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3)))
+    rng = np.random.default_rng(0)
+    return jax.tree.map(lambda s: rng.uniform(0.5, 1.5, s.shape).astype(s.dtype), shapes)
+
+
 def _apply(model, variables, x, **kwargs):
     # jitted: one program instead of one per op
     return jax.jit(functools.partial(model.apply, **kwargs))(variables, x)
@@ -53,7 +63,7 @@ def _apply(model, variables, x, **kwargs):
 @pytest.fixture(scope="module")
 def converted(official):
     model = _model()
-    template = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3)), train=False)
+    template = _template(model)
     variables, report = torch_weights.convert(
         _state(official), "wide_resnet", template, depth=28, widen_factor=2
     )
@@ -121,7 +131,7 @@ def test_batch_norm_statistics_after_one_train_mode_forward(official, converted,
 
 def test_missing_backbone_key_is_one_line_error_and_head_keys_are_optional(official):
     model = _model()
-    template = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3)), train=False)
+    template = _template(model)
     state = _state(official)
     lines = []
     heads_dropped = {k: v for k, v in state.items() if not k.startswith("classifier.")}
@@ -180,7 +190,7 @@ def _resnet(depth, num_classes=1000):
     config = config_lib.base_config().model
     config.update(name="resnet", depth=depth, stem="imagenet", low_dim=16)
     model = models.create_model(config, num_classes=num_classes)
-    template = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3)), train=False)
+    template = _template(model)
     return model, template
 
 
@@ -194,10 +204,10 @@ def test_torchvision_resnet_converts_to_the_same_features_and_logits(depth, resn
     )
     # Every torchvision key is used; only our embedding head has no torchvision counterpart.
     assert sorted(report.loaded + report.ignored) == sorted(state)
-    assert lines == [
+    assert lines == [  # in the template's order (jax.eval_shape's: sorted keys)
         f"not in table: params/{n}/{l}"
         for n in ("head_hidden", "head_out")
-        for l in ("kernel", "bias")
+        for l in ("bias", "kernel")
     ]
     parameters = sum(v.size for k, v in state.items() if k.endswith(("weight", "bias")))
     assert parameters == TORCHVISION_PARAMETERS[depth]

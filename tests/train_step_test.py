@@ -37,6 +37,9 @@ def step_config(method="comatch", **ema):
     config.optim.lr = 0.05
     config.ema.decay = 0.9
     config.ema.update(ema)
+    # The weak view in the strong slots, as train_test.tiny_config: what is checked here does
+    # not depend on what the strong views are, and RandAugment's would double each compile.
+    config.augment.strong0 = config.augment.strong1 = "weak"
     return config
 
 
