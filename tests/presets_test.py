@@ -16,6 +16,8 @@ from comatch_jax import config_lib
 from comatch_jax.core import methods, models, train_state, train_step
 from comatch_jax.data import dataset
 
+from adaptive_losses_test import jitted_loss
+
 _config_file = config_lib.config_file
 
 
@@ -135,11 +137,10 @@ def test_competition_preset_behaves_as_the_papers_setup():
         for name in ("labeled_weak", "unlabeled_weak", "unlabeled_strong0", "unlabeled_strong1")
     }
     method = methods.get_method(config.method)
-    loss, (_, metrics) = method.loss(
+    loss, (_, metrics) = jitted_loss(method, config)(
         outputs,
         {"labels": np.arange(4, dtype=np.int32), "unlabeled_labels": np.zeros(4, np.int32)},
         method.init_state(config, 800, 64),
-        config,
     )
     terms = metrics["loss_x"] + 10 * metrics["loss_u"] + 5 * metrics["loss_ctr"]
     assert float(loss) == pytest.approx(float(terms), rel=1e-6)

@@ -8,6 +8,7 @@ Tiny shapes (small_cnn, 12x12 grey images, B=4, mu=2) and a handful of compilati
 """
 
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -127,11 +128,20 @@ def _views(config, method, state, batch):
     return train_step.make_views(jax.random.fold_in(state.rng, state.step), batch, method, config)
 
 
+@functools.lru_cache
+def _jitted_forward(model, mean, std, train):
+    def forward(variables, images):
+        inputs = train_step.preprocess(images, mean, std)
+        if train:
+            return model.apply(variables, inputs, train=True, mutable=["batch_stats"])[0]
+        return model.apply(variables, inputs, train=False)
+
+    return jax.jit(forward)  # one program instead of one per op
+
+
 def _forward(model, variables, images, config, train):
-    inputs = train_step.preprocess(images, config.dataset.mean, config.dataset.std)
-    if train:
-        return model.apply(variables, inputs, train=True, mutable=["batch_stats"])[0]
-    return model.apply(variables, inputs, train=False)
+    mean, std = tuple(config.dataset.mean), tuple(config.dataset.std)
+    return _jitted_forward(model, mean, std, train)(variables, images)
 
 
 @pytest.fixture(scope="module")
