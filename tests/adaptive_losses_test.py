@@ -386,7 +386,7 @@ def _check_metrics(metrics, expected):
 
 def jitted_loss(method, config):
     """method.loss(outputs, batch, state) under `config`, jitted: one XLA program instead of
-    one per op (tests here and in comatch_adaptive_test and methods_test)."""
+    one per op (tests here and in comatch_adaptive_test, methods_test and presets_test)."""
     return jax.jit(lambda outputs, batch, state: method.loss(outputs, batch, state, config))
 
 

@@ -1,5 +1,6 @@
-"""Every published preset builds its model and a whole train step, so presets cannot rot,
-and keeps the published values.
+"""Every published preset validates, builds its model and a whole train step, so presets
+cannot rot, and keeps the published values. Presets that differ only in num_labels (which the
+step never reads) build the same step: it is traced once for them.
 
 The heavy ones (WRN-28-8, ResNet-50 with 800 classes) are traced and shape-checked with
 jax.eval_shape (the whole step: augment, forward, losses, update, queue, EMA); the CIFAR-10
@@ -68,15 +69,21 @@ def _step_and_inputs(preset, batch_size=2, mu=1):
     )
 
 
-def _without_num_labels(preset):
+def _step_key(preset):
+    """What the traced step depends on: the preset's config but num_labels (the data split),
+    and the image size and classes used here."""
     config = _config_file("comatch", preset)
-    config.num_labels = 0  # the data split: the step never reads it
-    return config.to_json()
+    config.num_labels = 0
+    return config.to_json(), PRESETS[preset]
 
 
-# One preset of each group that differs only in num_labels (CIFAR-10's 40/250/4000, ...):
-# they build the same step, traced once.
-TRACED = sorted({_without_num_labels(p): p for p in reversed(PRESETS)}.values())
+# The first preset of each group with the same _step_key (CIFAR-10's 40/250/4000, ...).
+TRACED = sorted({_step_key(p): p for p in reversed(PRESETS)}.values())
+
+
+@pytest.mark.parametrize("preset", sorted(PRESETS))
+def test_every_preset_validates(preset):
+    config_lib.validate_config(_config_file("comatch", preset))
 
 
 @pytest.mark.parametrize("preset", TRACED)

@@ -204,7 +204,7 @@ def test_torchvision_resnet_converts_to_the_same_features_and_logits(depth, resn
     )
     # Every torchvision key is used; only our embedding head has no torchvision counterpart.
     assert sorted(report.loaded + report.ignored) == sorted(state)
-    assert lines == [  # in the template's order (jax.eval_shape's: sorted keys)
+    assert lines == [  # in the template's order (JAX rebuilds dicts with sorted keys)
         f"not in table: params/{n}/{l}"
         for n in ("head_hidden", "head_out")
         for l in ("bias", "kernel")

@@ -220,9 +220,9 @@ def convert(
     **table_options: Any,
 ) -> tuple[dict[str, Any], ConversionReport]:
     """Converts `state_dict` (PyTorch name -> array) into Flax variables shaped like
-    `template` (our model's {'params', 'batch_stats'}: arrays or jax.ShapeDtypeStructs), with
-    the table MAPPINGS[architecture](**table_options), e.g. depth=28, widen_factor=2 for
-    'wide_resnet'. Every leaf under `required_prefixes` (top-level Flax names) must be
+    `template` (our model's {'params', 'batch_stats'} arrays; a leaf the state dict does not
+    provide keeps the template's value), with the table MAPPINGS[architecture](**table_options),
+    e.g. depth=28, widen_factor=2 for 'wide_resnet'. Every leaf under `required_prefixes` (top-level Flax names) must be
     provided, with the right shape. `strip_prefix` is removed from every key first ('module.'
     for a DistributedDataParallel checkpoint); `log` gets each report line (None: silent).
 
