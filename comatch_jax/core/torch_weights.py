@@ -222,8 +222,8 @@ def convert(
     """Converts `state_dict` (PyTorch name -> array) into Flax variables shaped like
     `template` (our model's {'params', 'batch_stats'} arrays; a leaf the state dict does not
     provide keeps the template's value), with the table MAPPINGS[architecture](**table_options),
-    e.g. depth=28, widen_factor=2 for 'wide_resnet'. Every leaf under `required_prefixes` (top-level Flax names) must be
-    provided, with the right shape. `strip_prefix` is removed from every key first ('module.'
+    e.g. depth=28, widen_factor=2 for 'wide_resnet'. Every leaf under `required_prefixes`
+    (top-level Flax names) must be provided, with the right shape. `strip_prefix` is removed from every key first ('module.'
     for a DistributedDataParallel checkpoint); `log` gets each report line (None: silent).
 
     Returns (NumPy variables with the template's structure and dtypes, the report). Raises
