@@ -223,8 +223,9 @@ def convert(
     `template` (our model's {'params', 'batch_stats'} arrays; a leaf the state dict does not
     provide keeps the template's value), with the table MAPPINGS[architecture](**table_options),
     e.g. depth=28, widen_factor=2 for 'wide_resnet'. Every leaf under `required_prefixes`
-    (top-level Flax names) must be provided, with the right shape. `strip_prefix` is removed from every key first ('module.'
-    for a DistributedDataParallel checkpoint); `log` gets each report line (None: silent).
+    (top-level Flax names) must be provided, with the right shape. `strip_prefix` is removed
+    from every key first ('module.' for a DistributedDataParallel checkpoint); `log` gets each
+    report line (None: silent).
 
     Returns (NumPy variables with the template's structure and dtypes, the report). Raises
     ValueError (one line) for an unknown architecture, or a required key that is missing or
